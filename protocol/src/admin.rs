@@ -1,0 +1,130 @@
+//! Bodies of the admin API (`/v1/admin/...`), shared by the control plane and the CLI.
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{EventId, Stage, Topic};
+use crate::state::Payload;
+
+/// `POST /v1/admin/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEvent {
+    pub id: EventId,
+    pub title: String,
+    /// RFC 3339 timestamp, e.g. `2026-12-01T20:00:00Z`.
+    pub starts_at: String,
+    pub stages: Vec<Stage>,
+}
+
+/// One event as `GET /v1/admin/events` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventSummary {
+    pub id: EventId,
+    pub topic: Topic,
+    pub title: String,
+    pub starts_at: String,
+    pub stages: Vec<Stage>,
+    /// The current stage; `None` until the first publish.
+    pub stage: Option<Stage>,
+    /// The current version; 0 until the first publish.
+    pub version: u64,
+    pub published_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventList {
+    pub events: Vec<EventSummary>,
+}
+
+/// `POST /v1/admin/events/{id}/publish`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    pub stage: Stage,
+    /// Passed to devices unchanged; `{}` when absent.
+    #[serde(default = "Payload::empty")]
+    pub payload: Payload,
+}
+
+/// The answer to an accepted publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishReceipt {
+    pub topic: Topic,
+    pub version: u64,
+    pub published_at_ms: u64,
+}
+
+/// `GET /v1/admin/stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub nodes: Vec<NodeStats>,
+    pub topics: Vec<TopicStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStats {
+    pub node: String,
+    pub connections: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicStats {
+    pub topic: Topic,
+    pub subscribers: u64,
+    pub version: u64,
+    /// Acks received for `version`.
+    pub acks: u64,
+}
+
+/// Stable error codes of HTTP answers; each has exactly one status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiErrorCode {
+    Unauthorized,
+    InvalidRequest,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    Unavailable,
+    Internal,
+}
+
+impl ApiErrorCode {
+    pub fn status(self) -> u16 {
+        match self {
+            Self::Unauthorized => 401,
+            Self::InvalidRequest => 400,
+            Self::NotFound => 404,
+            Self::Conflict => 409,
+            Self::PayloadTooLarge => 413,
+            Self::Unavailable => 503,
+            Self::Internal => 500,
+        }
+    }
+}
+
+/// Every non-2xx answer: `{"error":{"code":"…","message":"…","field":"…"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: ApiErrorBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    pub code: ApiErrorCode,
+    pub message: String,
+    /// The request field the error is about, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(code: ApiErrorCode, message: impl Into<String>) -> Self {
+        Self { error: ApiErrorBody { code, message: message.into(), field: None } }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.error.field = Some(field.into());
+        self
+    }
+}

@@ -1,0 +1,99 @@
+//! The versioned state of one event: what the operator publishes and every device receives.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::names::{Stage, Topic};
+
+/// Largest accepted payload, in bytes of JSON text. Broadcast messages stay small so that one
+/// encoded copy per node can be shared by every connection.
+pub const PAYLOAD_MAX_BYTES: usize = 4 * 1024;
+
+/// One state of one event. `version` strictly increases per topic; applying the same state
+/// twice changes nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventState {
+    pub topic: Topic,
+    pub version: u64,
+    pub stage: Stage,
+    /// When the control plane accepted the publish, in milliseconds since the Unix epoch.
+    pub published_at_ms: u64,
+    pub payload: Payload,
+}
+
+/// Why a payload was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload must be a JSON object")]
+    NotAnObject,
+    #[error("payload is {size} bytes, more than the {PAYLOAD_MAX_BYTES} byte limit")]
+    TooLarge { size: usize },
+}
+
+/// The JSON object an operator attached to a publish, kept as the exact text it arrived as so
+/// that devices receive it unchanged.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Payload(Box<RawValue>);
+
+impl Payload {
+    /// Accepts any JSON object of at most [`PAYLOAD_MAX_BYTES`].
+    pub fn from_raw(raw: Box<RawValue>) -> Result<Self, PayloadError> {
+        let text = raw.get();
+        if !text.starts_with('{') {
+            return Err(PayloadError::NotAnObject);
+        }
+        if text.len() > PAYLOAD_MAX_BYTES {
+            return Err(PayloadError::TooLarge { size: text.len() });
+        }
+        Ok(Self(raw))
+    }
+
+    /// Parses JSON text into a payload (used by the CLI and tests).
+    pub fn parse(text: &str) -> Result<Self, PayloadError> {
+        let raw = RawValue::from_string(text.trim().to_owned())
+            .map_err(|_| PayloadError::NotAnObject)?;
+        Self::from_raw(raw)
+    }
+
+    /// The empty object `{}`.
+    pub fn empty() -> Self {
+        Self::parse("{}").unwrap_or_else(|_| unreachable!("{{}} is a JSON object"))
+    }
+
+    pub fn as_json(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_json() == other.as_json()
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        Self::from_raw(raw).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_keeps_the_exact_text() {
+        let payload = Payload::parse(r#"{ "b": 1,  "a": [true] }"#).expect("object");
+        assert_eq!(payload.as_json(), r#"{ "b": 1,  "a": [true] }"#);
+    }
+
+    #[test]
+    fn payload_must_be_a_small_object() {
+        assert_eq!(Payload::parse("[1]").unwrap_err(), PayloadError::NotAnObject);
+        assert_eq!(Payload::parse("not json").unwrap_err(), PayloadError::NotAnObject);
+        let big = format!(r#"{{"x":"{}"}}"#, "y".repeat(PAYLOAD_MAX_BYTES));
+        assert!(matches!(Payload::parse(&big), Err(PayloadError::TooLarge { .. })));
+    }
+}
