@@ -1,0 +1,286 @@
+//! Who may connect and who may operate.
+//!
+//! - Devices present a JWT signed HS256 with the device-token secret; its claims say which
+//!   device, profile and device class the connection belongs to ([`DeviceTokenKey`]).
+//! - Operators present the admin token as a bearer token ([`AdminToken`]).
+//!
+//! Both secrets must be long enough to resist guessing; comparisons are constant-time. The
+//! messages of [`TokenError`] are safe to return to clients: they say what is wrong with the
+//! token, never anything about the secret.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// Shortest accepted secret, in bytes, for both device-token and admin secrets.
+pub const SECRET_MIN_BYTES: usize = 32;
+/// Longest accepted device or profile id, in bytes.
+pub const ID_MAX_BYTES: usize = 128;
+/// Longest token we even try to parse; anything longer is malformed.
+const TOKEN_MAX_BYTES: usize = 4096;
+
+/// The kind of device behind a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceClass {
+    Tv,
+    Mobile,
+    Web,
+}
+
+impl std::str::FromStr for DeviceClass {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "tv" => Ok(Self::Tv),
+            "mobile" => Ok(Self::Mobile),
+            "web" => Ok(Self::Web),
+            other => Err(format!("unknown device class {other:?}: expected tv, mobile or web")),
+        }
+    }
+}
+
+/// The claims of a device token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceClaims {
+    /// Device id.
+    pub sub: String,
+    /// Profile id: whose data this device may read.
+    pub profile: String,
+    pub class: DeviceClass,
+    /// Expiry, in seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("missing device token: pass it as ?token=… or Authorization: Bearer …")]
+    Missing,
+    #[error("malformed device token")]
+    Malformed,
+    #[error("device token uses an unsupported algorithm; expected HS256")]
+    UnsupportedAlgorithm,
+    #[error("device token signature does not verify")]
+    BadSignature,
+    #[error("device token has expired")]
+    Expired,
+    #[error("device token claims are invalid: sub and profile must be 1 to 128 bytes")]
+    InvalidClaims,
+}
+
+/// Why a secret was refused at startup.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("{name} must be at least {SECRET_MIN_BYTES} bytes long (it is {len})")]
+    TooShort { name: &'static str, len: usize },
+}
+
+fn check_secret(name: &'static str, secret: &[u8]) -> Result<(), SecretError> {
+    if secret.len() < SECRET_MIN_BYTES {
+        return Err(SecretError::TooShort { name, len: secret.len() });
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Header<'a> {
+    alg: &'a str,
+}
+
+const HEADER_HS256: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+/// Signs and verifies device tokens.
+#[derive(Clone)]
+pub struct DeviceTokenKey {
+    mac: Hmac<Sha256>,
+}
+
+impl fmt::Debug for DeviceTokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeviceTokenKey(<secret>)")
+    }
+}
+
+impl DeviceTokenKey {
+    pub fn new(secret: &[u8]) -> Result<Self, SecretError> {
+        check_secret("the device-token secret", secret)?;
+        let mac = Hmac::<Sha256>::new_from_slice(secret)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        Ok(Self { mac })
+    }
+
+    /// Issues a token for `claims`.
+    pub fn sign(&self, claims: &DeviceClaims) -> String {
+        let claims_json =
+            serde_json::to_vec(claims).unwrap_or_else(|_| unreachable!("claims always encode"));
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(HEADER_HS256),
+            URL_SAFE_NO_PAD.encode(claims_json)
+        );
+        let mut mac = self.mac.clone();
+        mac.update(signing_input.as_bytes());
+        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{signing_input}.{signature}")
+    }
+
+    /// Checks the signature and expiry of `token` at `now_s` (seconds since the Unix epoch).
+    pub fn verify(&self, token: &str, now_s: u64) -> Result<DeviceClaims, TokenError> {
+        if token.is_empty() {
+            return Err(TokenError::Missing);
+        }
+        if token.len() > TOKEN_MAX_BYTES {
+            return Err(TokenError::Malformed);
+        }
+        let Some((signing_input, signature)) = token.rsplit_once('.') else {
+            return Err(TokenError::Malformed);
+        };
+        let Some((header, claims)) = signing_input.split_once('.') else {
+            return Err(TokenError::Malformed);
+        };
+        if claims.contains('.') {
+            return Err(TokenError::Malformed);
+        }
+        let header_json = URL_SAFE_NO_PAD.decode(header).map_err(|_| TokenError::Malformed)?;
+        let header: Header<'_> =
+            serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
+        if header.alg != "HS256" {
+            return Err(TokenError::UnsupportedAlgorithm);
+        }
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
+        let mut mac = self.mac.clone();
+        mac.update(signing_input.as_bytes());
+        mac.verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
+        let claims_json = URL_SAFE_NO_PAD.decode(claims).map_err(|_| TokenError::Malformed)?;
+        let claims: DeviceClaims =
+            serde_json::from_slice(&claims_json).map_err(|_| TokenError::Malformed)?;
+        if claims.exp <= now_s {
+            return Err(TokenError::Expired);
+        }
+        let id_ok = |id: &str| !id.is_empty() && id.len() <= ID_MAX_BYTES;
+        if !id_ok(&claims.sub) || !id_ok(&claims.profile) {
+            return Err(TokenError::InvalidClaims);
+        }
+        Ok(claims)
+    }
+}
+
+/// The operators' bearer token.
+#[derive(Clone)]
+pub struct AdminToken {
+    digest: [u8; 32],
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<secret>)")
+    }
+}
+
+impl AdminToken {
+    pub fn new(token: &str) -> Result<Self, SecretError> {
+        check_secret("the admin token", token.as_bytes())?;
+        Ok(Self { digest: sha256(token.as_bytes()) })
+    }
+
+    /// Constant-time check of a presented token: both sides are hashed to fixed-length
+    /// digests first, so neither content nor length leaks through timing.
+    pub fn matches(&self, presented: &str) -> bool {
+        let presented = sha256(presented.as_bytes());
+        presented.iter().zip(self.digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    Sha256::digest(bytes).into()
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+pub fn bearer_token(header_value: &str) -> Option<&str> {
+    let (scheme, token) = header_value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A random secret suitable for development, as 64 hex characters.
+pub fn random_secret(random_u64: impl FnMut() -> u64) -> String {
+    let mut next = random_u64;
+    (0..4).map(|_| format!("{:016x}", next())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn claims(exp: u64) -> DeviceClaims {
+        DeviceClaims { sub: "tv-1".into(), profile: "p-1".into(), class: DeviceClass::Tv, exp }
+    }
+
+    #[test]
+    fn signed_tokens_verify() {
+        let key = DeviceTokenKey::new(SECRET).expect("key");
+        let token = key.sign(&claims(2_000));
+        assert_eq!(key.verify(&token, 1_000), Ok(claims(2_000)));
+    }
+
+    #[test]
+    fn refuses_expired_tampered_foreign_and_malformed_tokens() {
+        let key = DeviceTokenKey::new(SECRET).expect("key");
+        let token = key.sign(&claims(2_000));
+        assert_eq!(key.verify(&token, 2_000), Err(TokenError::Expired));
+
+        let other = DeviceTokenKey::new(b"another secret that is long enough!").expect("key");
+        assert_eq!(other.verify(&token, 1_000), Err(TokenError::BadSignature));
+
+        let (signing_input, _) = token.rsplit_once('.').expect("three parts");
+        let forged_claims = URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&claims(9_999_999)).expect("encodes"));
+        let header = signing_input.split('.').next().expect("header");
+        let signature = token.rsplit('.').next().expect("signature");
+        let forged = format!("{header}.{forged_claims}.{signature}");
+        assert_eq!(key.verify(&forged, 1_000), Err(TokenError::BadSignature));
+
+        assert_eq!(key.verify("", 1_000), Err(TokenError::Missing));
+        assert_eq!(key.verify("a.b", 1_000), Err(TokenError::Malformed));
+        assert_eq!(key.verify("a.b.c.d", 1_000), Err(TokenError::Malformed));
+        assert_eq!(key.verify("!!.!!.!!", 1_000), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn refuses_alg_none() {
+        let key = DeviceTokenKey::new(SECRET).expect("key");
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(2_000)).expect("encodes"));
+        let token = format!("{header}.{body}.");
+        assert_eq!(key.verify(&token, 1_000), Err(TokenError::UnsupportedAlgorithm));
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(DeviceTokenKey::new(b"short").is_err());
+        assert!(AdminToken::new("short").is_err());
+    }
+
+    #[test]
+    fn admin_token_matches_only_itself() {
+        let token = AdminToken::new("an admin token that is long enough").expect("token");
+        assert!(token.matches("an admin token that is long enough"));
+        assert!(!token.matches("an admin token that is long enougH"));
+        assert!(!token.matches(""));
+    }
+
+    #[test]
+    fn bearer_header_parsing() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
+}
