@@ -1,0 +1,40 @@
+//! Ringside's two-tier pub/sub.
+//!
+//! - **Tier 1, [`bus`]**: carries one message per state change to every gateway node. The
+//!   [`Bus`] trait is what the control plane publishes to and what each node consumes; this crate
+//!   ships the in-memory [`MemoryBus`] used by `ringside serve` (Kafka implements the same trait).
+//!   A feed starts with the latest state of every topic, so a node that (re)starts rebuilds its
+//!   state before it serves devices.
+//! - **Tier 2, [`hub`]**: each node's in-memory fan-out. [`Hub::apply`] encodes a state once and
+//!   offers the shared bytes to every subscribed connection's [`Mailbox`].
+//! - **[`mailbox`]**: one per connection, bounded by the number of topics the connection holds:
+//!   a newer state of a topic replaces an unsent older one (conflation), and versions offered to
+//!   a connection never go backwards. A slow socket therefore never holds a backlog and never
+//!   delays anyone else.
+//!
+//! The gateway owns the sockets; this crate never touches one.
+
+pub mod bus;
+pub mod hub;
+pub mod mailbox;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use bus::{Bus, BusFeed, FeedItem, MemoryBus, run_bus_consumer};
+pub use hub::{Applied, EncodedState, Hub, HubMetrics};
+pub use mailbox::{Mailbox, Offer};
+
+/// A boxed future, so that [`Bus`] implementations can be used as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Errors of the broadcast tier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BroadcastError {
+    /// The bus did not accept a publish (broker down, timeout). Safe to retry.
+    #[error("broadcast bus unavailable: {0}")]
+    BusUnavailable(String),
+    /// The bus was shut down.
+    #[error("broadcast bus closed")]
+    BusClosed,
+}
