@@ -1,1 +1,391 @@
-fn main() {}
+//! `ringside`: run the platform, mint device tokens, operate events and watch them as a device.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use auth::{DeviceClaims, DeviceClass, DeviceTokenKey};
+use clap::{Args, Parser, Subcommand};
+use client::watcher::WatchEvent;
+use client::{AdminClient, Watcher, WatcherConfig};
+use gateway::GatewayConfig;
+use protocol::admin::{CreateEvent, PublishRequest};
+use protocol::{EventId, Payload, Stage};
+use ringside::secrets::{self, SecretSource, Secrets};
+use ringside::{ServeConfig, serve};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "ringside", version, about = "Prefetch, then broadcast: live-event state to every screen at once")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole platform in one process (embedded bus and store).
+    Serve(ServeArgs),
+    /// Print a device token (or, with --admin, the admin token).
+    Token(TokenArgs),
+    /// Operate events through the admin API.
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// Print the admin API's stats.
+    Stats(ClientArgs),
+    /// Connect as a device and print every state received.
+    Watch(WatchArgs),
+}
+
+#[derive(Args)]
+struct SecretArgs {
+    /// Secret that signs device tokens (at least 32 bytes).
+    #[arg(long, env = "RINGSIDE_DEVICE_TOKEN_SECRET", hide_env_values = true)]
+    device_token_secret: Option<String>,
+    /// Operators' bearer token (at least 32 bytes).
+    #[arg(long, env = "RINGSIDE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Where development secrets are kept.
+    #[arg(long, env = "RINGSIDE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl SecretArgs {
+    fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(secrets::default_state_dir)
+    }
+
+    /// Configured secrets, else the development ones.
+    fn resolve(&self) -> anyhow::Result<Secrets> {
+        if let (Some(device_token_secret), Some(admin_token)) =
+            (self.device_token_secret.clone(), self.admin_token.clone())
+        {
+            return Ok(Secrets { device_token_secret, admin_token });
+        }
+        let development = secrets::development(&self.state_dir())?.with_context(|| {
+            format!(
+                "no secrets: set RINGSIDE_DEVICE_TOKEN_SECRET and RINGSIDE_ADMIN_TOKEN, or run \
+                 `ringside serve` once in development mode to create {}",
+                self.state_dir().join("dev-secrets.json").display()
+            )
+        })?;
+        Ok(Secrets {
+            device_token_secret: self.device_token_secret.clone().unwrap_or(development.device_token_secret),
+            admin_token: self.admin_token.clone().unwrap_or(development.admin_token),
+        })
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "RINGSIDE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Refuse to start without configured secrets.
+    #[arg(long, env = "RINGSIDE_PRODUCTION")]
+    production: bool,
+    #[command(flatten)]
+    secrets: SecretArgs,
+    /// This node's id (default: host name and a random suffix).
+    #[arg(long, env = "RINGSIDE_NODE_ID")]
+    node_id: Option<String>,
+    #[arg(long, env = "RINGSIDE_HEARTBEAT_MS", help = "Ping interval [default: 25000]")]
+    heartbeat_ms: Option<u64>,
+    #[arg(long, env = "RINGSIDE_HEARTBEAT_MISSES", help = "Silent heartbeats before a close [default: 3]")]
+    heartbeat_misses: Option<u32>,
+    #[arg(long, env = "RINGSIDE_SUBSCRIBE_TIMEOUT_MS", help = "Close connections without a topic after [default: 10000]")]
+    subscribe_timeout_ms: Option<u64>,
+    #[arg(long, env = "RINGSIDE_MAX_TOPICS_PER_CONNECTION", help = "[default: 16]")]
+    max_topics_per_connection: Option<usize>,
+    #[arg(long, env = "RINGSIDE_MAX_FRAME_BYTES", help = "Largest client frame [default: 16384]")]
+    max_frame_bytes: Option<usize>,
+    #[arg(long, env = "RINGSIDE_SEND_TIMEOUT_MS", help = "Slow-consumer cut-off [default: 30000]")]
+    send_timeout_ms: Option<u64>,
+    #[arg(long, env = "RINGSIDE_MAX_CONNECTIONS", help = "[default: 250000]")]
+    max_connections: Option<u64>,
+    #[arg(long, env = "RINGSIDE_SHUTDOWN_GRACE_MS", help = "Drain deadline [default: 10000]")]
+    shutdown_grace_ms: Option<u64>,
+    #[arg(long, env = "RINGSIDE_RECONNECT_SPREAD_MS", help = "Goaway reconnect spread [default: 5000]")]
+    reconnect_spread_ms: Option<u64>,
+    #[arg(long, env = "RINGSIDE_READ_BUFFER_BYTES", help = "Per-connection read buffer [default: 512]")]
+    read_buffer_bytes: Option<usize>,
+}
+
+impl ServeArgs {
+    fn gateway_config(&self) -> GatewayConfig {
+        let defaults = GatewayConfig::default();
+        let ms = |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
+        GatewayConfig {
+            node_id: self.node_id.clone().unwrap_or_else(default_node_id),
+            heartbeat_interval: ms(self.heartbeat_ms, defaults.heartbeat_interval),
+            heartbeat_misses: self.heartbeat_misses.unwrap_or(defaults.heartbeat_misses),
+            subscribe_timeout: ms(self.subscribe_timeout_ms, defaults.subscribe_timeout),
+            max_topics_per_connection: self
+                .max_topics_per_connection
+                .unwrap_or(defaults.max_topics_per_connection),
+            max_frame_bytes: self.max_frame_bytes.unwrap_or(defaults.max_frame_bytes),
+            send_timeout: ms(self.send_timeout_ms, defaults.send_timeout),
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            shutdown_grace: ms(self.shutdown_grace_ms, defaults.shutdown_grace),
+            reconnect_spread: ms(self.reconnect_spread_ms, defaults.reconnect_spread),
+            read_buffer_bytes: self.read_buffer_bytes.unwrap_or(defaults.read_buffer_bytes),
+        }
+    }
+}
+
+fn default_node_id() -> String {
+    let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect())
+        .unwrap_or_default();
+    let host = if host.is_empty() { "ringside".to_owned() } else { host };
+    format!("{host}-{:04x}", fastrand::u16(..))
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// Device id (the token's `sub`).
+    #[arg(long, required_unless_present = "admin")]
+    device: Option<String>,
+    /// Profile id whose data the device may read.
+    #[arg(long, required_unless_present = "admin")]
+    profile: Option<String>,
+    /// Device class: tv, mobile or web.
+    #[arg(long, default_value = "tv")]
+    class: DeviceClass,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    ttl_s: u64,
+    /// Print the admin token instead.
+    #[arg(long)]
+    admin: bool,
+    #[command(flatten)]
+    secrets: SecretArgs,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// Base URL of a Ringside node.
+    #[arg(long, env = "RINGSIDE_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    #[command(flatten)]
+    secrets: SecretArgs,
+}
+
+impl ClientArgs {
+    fn admin(&self) -> anyhow::Result<AdminClient> {
+        Ok(AdminClient::new(self.server.clone(), &self.secrets.resolve()?.admin_token))
+    }
+}
+
+#[derive(Subcommand)]
+enum EventCommand {
+    /// Create an event.
+    Create {
+        id: EventId,
+        #[arg(long)]
+        title: String,
+        /// RFC 3339 start time, e.g. 2026-12-01T20:00:00Z.
+        #[arg(long)]
+        starts_at: String,
+        /// Comma-separated stages, in order.
+        #[arg(long, value_delimiter = ',', default_value = "UPCOMING,LIVE,ENDED")]
+        stages: Vec<Stage>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List events with their current stage and version.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Publish a new state of an event to every device.
+    Publish {
+        id: EventId,
+        #[arg(long)]
+        stage: Stage,
+        /// JSON object passed to devices unchanged.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    /// Event to watch.
+    #[arg(long)]
+    event: EventId,
+    /// Device token; minted from the development secret when absent.
+    #[arg(long, env = "RINGSIDE_DEVICE_TOKEN")]
+    token: Option<String>,
+    /// Stop after this many states.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Nodes to connect to (comma-separated base URLs); defaults to --server.
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn unix_now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn mint_token(secrets: &Secrets, device: &str, profile: &str, class: DeviceClass, ttl_s: u64) -> anyhow::Result<String> {
+    let key = DeviceTokenKey::new(secrets.device_token_secret.as_bytes())?;
+    let claims = DeviceClaims {
+        sub: device.to_owned(),
+        profile: profile.to_owned(),
+        class,
+        exp: unix_now_s() + ttl_s,
+    };
+    Ok(key.sign(&claims))
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn init_logging() {
+    let filter: tracing_subscriber::filter::Targets = std::env::var("RINGSIDE_LOG")
+        .ok()
+        .and_then(|spec| spec.parse().ok())
+        .unwrap_or_else(|| "info".parse().unwrap_or_default());
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(filter)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve(args) => run_serve(args).await,
+        Command::Token(args) => {
+            let secrets = args.secrets.resolve()?;
+            if args.admin {
+                println!("{}", secrets.admin_token);
+            } else {
+                let (device, profile) = (args.device.unwrap_or_default(), args.profile.unwrap_or_default());
+                println!("{}", mint_token(&secrets, &device, &profile, args.class, args.ttl_s)?);
+            }
+            Ok(())
+        }
+        Command::Event(EventCommand::Create { id, title, starts_at, stages, client }) => {
+            let event = CreateEvent { id, title, starts_at, stages };
+            print_json(&client.admin()?.create_event(&event).await?)
+        }
+        Command::Event(EventCommand::List { client }) => print_json(&client.admin()?.list_events().await?),
+        Command::Event(EventCommand::Publish { id, stage, payload, client }) => {
+            let payload = Payload::parse(&payload).context("--payload")?;
+            print_json(&client.admin()?.publish(&id, &PublishRequest { stage, payload }).await?)
+        }
+        Command::Stats(client) => print_json(&client.admin()?.stats().await?),
+        Command::Watch(args) => run_watch(args).await,
+    }
+}
+
+async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let state_dir = args.secrets.state_dir();
+    let (secrets, source) = secrets::for_server(
+        args.secrets.device_token_secret.clone(),
+        args.secrets.admin_token.clone(),
+        args.production,
+        &state_dir,
+    )?;
+    let config = ServeConfig { gateway: args.gateway_config(), secrets };
+    config.gateway.validate()?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    print_banner(address, &config, &source);
+
+    let shutdown = CancellationToken::new();
+    let signal_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested; draining");
+        signal_shutdown.cancel();
+    });
+    let report = serve(listener, config, shutdown).await?;
+    if report.sessions_left > 0 {
+        bail!("drain timed out with {} sessions open", report.sessions_left);
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = async {
+            match terminate.as_mut() {
+                Some(signal) => { signal.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+fn print_banner(address: SocketAddr, config: &ServeConfig, source: &SecretSource) {
+    let node = &config.gateway.node_id;
+    println!("ringside {} listening on {address} (node {node}; embedded bus and store)", env!("CARGO_PKG_VERSION"));
+    println!("  devices    ws://{address}/v1/ws?token=<device token>");
+    println!("  admin API  http://{address}/v1/admin  (Authorization: Bearer <admin token>)");
+    println!("  metrics    http://{address}/metrics   health: http://{address}/healthz");
+    println!("  console    not available yet");
+    println!("  device token:  ringside token --device tv-1 --profile p-1 --class tv");
+    println!("  admin token:   ringside token --admin");
+    match source {
+        SecretSource::Configured => println!("  secrets:       from configuration"),
+        SecretSource::DevelopmentFile(path) => println!(
+            "  secrets:       DEVELOPMENT secrets generated in {} (set RINGSIDE_DEVICE_TOKEN_SECRET and RINGSIDE_ADMIN_TOKEN, and pass --production, in production)",
+            path.display()
+        ),
+    }
+    if address.port() != 8080 {
+        println!("  CLI:           pass --server http://{address} (or set RINGSIDE_SERVER)");
+    }
+}
+
+async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
+    let token = match args.token {
+        Some(token) => token,
+        None => {
+            let secrets = args.client.secrets.resolve()?;
+            mint_token(&secrets, &format!("watch-{:04x}", fastrand::u16(..)), "watch", DeviceClass::Web, 86_400)?
+        }
+    };
+    let nodes = if args.nodes.is_empty() { vec![args.client.server.clone()] } else { args.nodes };
+    let endpoints = nodes.iter().map(|n| client::device::ws_url(n)).collect();
+    let mut watcher = Watcher::new(WatcherConfig::new(endpoints, token, vec![args.event.topic()]));
+    let mut received = 0;
+    loop {
+        match watcher.next().await {
+            WatchEvent::Connected { node, endpoint } => eprintln!("connected to {endpoint} (node {node})"),
+            WatchEvent::Disconnected { reason, retry_in } => {
+                eprintln!("disconnected: {reason}; retrying in {} ms", retry_in.as_millis());
+            }
+            WatchEvent::State(state) => {
+                println!("{}", protocol::ServerFrame::State(state).encode());
+                received += 1;
+                if args.count.is_some_and(|count| received >= count) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

@@ -20,6 +20,9 @@ use crate::mailbox::{Mailbox, Offer};
 /// Subscriber shards per topic. A fan-out locks one shard at a time; a subscribe locks one.
 const SUBSCRIBER_SHARDS: usize = 16;
 
+/// One shard of a topic's subscribers, by connection id.
+type SubscriberShard = Mutex<HashMap<u64, Arc<Mailbox>>>;
+
 /// A state encoded once as its `state` frame, shared by every connection that sends it.
 #[derive(Debug)]
 pub struct EncodedState {
@@ -80,7 +83,7 @@ impl HubMetrics {
 #[derive(Debug)]
 struct TopicChannel {
     current: RwLock<Option<Arc<EncodedState>>>,
-    shards: Box<[Mutex<HashMap<u64, Arc<Mailbox>>>]>,
+    shards: Box<[SubscriberShard]>,
     subscribers: AtomicU64,
     /// Acks counted for `ack_version` (statistics; approximate while a publish is in flight).
     ack_version: AtomicU64,

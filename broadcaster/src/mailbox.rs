@@ -31,6 +31,8 @@ struct Slot {
     topic: Topic,
     /// Newest version offered to (or held by) the connection.
     newest_version: u64,
+    /// Newest version the device acknowledged.
+    acked_version: u64,
     pending: Option<Arc<EncodedState>>,
 }
 
@@ -57,7 +59,7 @@ impl Mailbox {
         if slots.iter().any(|slot| &slot.topic == topic) {
             return false;
         }
-        slots.push(Slot { topic: topic.clone(), newest_version: since, pending: None });
+        slots.push(Slot { topic: topic.clone(), newest_version: since, acked_version: 0, pending: None });
         true
     }
 
@@ -91,6 +93,22 @@ impl Mailbox {
         };
         self.wake.notify_one();
         outcome
+    }
+
+    /// Records an ack; true when it is the first ack of a version this connection was offered
+    /// (so a device cannot inflate delivery counts by repeating or inventing acks).
+    pub fn acknowledge(&self, topic: &Topic, version: u64) -> bool {
+        let mut slots = self.slots();
+        let Some(slot) = slots.iter_mut().find(|slot| &slot.topic == topic) else {
+            return false;
+        };
+        let offered = version <= slot.newest_version && slot.pending.is_none()
+            || slot.pending.as_ref().is_some_and(|p| version < p.version);
+        if !offered || version <= slot.acked_version {
+            return false;
+        }
+        slot.acked_version = version;
+        true
     }
 
     /// Moves every pending state into `out`, oldest topic first.

@@ -1,0 +1,43 @@
+//! A Rust client for Ringside, used by `ringside watch`, the tests and the load tool.
+//!
+//! - [`device`]: [`DeviceConnection`], one WebSocket connection speaking protocol v1.
+//! - [`watcher`]: [`Watcher`], a device that stays subscribed across disconnects: it reconnects
+//!   with jittered exponential backoff over a list of nodes, honours `goaway`, and resubscribes
+//!   with the last version it saw so it catches up exactly.
+//! - [`admin`]: [`AdminClient`], the typed admin API, and [`http`], a minimal HTTP/1.1 call.
+
+pub mod admin;
+pub mod device;
+pub mod http;
+pub mod watcher;
+
+pub use admin::AdminClient;
+pub use device::{ConnectOptions, DeviceConnection};
+pub use watcher::{Watcher, WatcherConfig};
+
+use protocol::admin::ApiError;
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid address {0:?}")]
+    InvalidAddress(String),
+    #[error("cannot connect: {0}")]
+    Connect(#[from] std::io::Error),
+    #[error("server refused the connection with HTTP {status}: {body}")]
+    Refused { status: u16, body: String },
+    #[error("WebSocket error: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("server sent an invalid frame: {0}")]
+    Decode(#[from] protocol::DecodeError),
+    #[error("connection closed by the server (code {code}: {reason})")]
+    Closed { code: u16, reason: String },
+    #[error("server sent {0} where it should have sent {1}")]
+    Unexpected(String, &'static str),
+    #[error("HTTP error: {0}")]
+    Http(String),
+    #[error("admin API answered {status}: {}", error.error.message)]
+    Api { status: u16, error: ApiError },
+    #[error("timed out")]
+    Timeout,
+}

@@ -1,0 +1,70 @@
+//! The control plane: operators create events and publish their states here; it never writes
+//! to a device socket.
+//!
+//! - [`store`]: the [`EventStore`] trait (events, their current state, version assignment) and
+//!   the in-memory store of a single-process deployment.
+//! - [`api`]: the admin API under `/v1/admin`, behind the admin bearer token.
+//!
+//! A publish is validated, given the next version of its event by the store, accepted by the
+//! tier-1 [`broadcaster::Bus`], and only then answered.
+
+pub mod api;
+pub mod store;
+
+use std::sync::Arc;
+
+use broadcaster::{BoxFuture, BroadcastError};
+use protocol::admin::{ApiError, ApiErrorCode, Stats};
+
+pub use api::ControlPlane;
+pub use store::{EventStore, MemoryEventStore};
+
+/// Errors of the control plane; each maps to one [`ApiErrorCode`].
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("missing or wrong admin token")]
+    Unauthorized,
+    #[error("{message}")]
+    InvalidRequest { field: Option<String>, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("the broadcast bus did not accept the publish; retry")]
+    Unavailable(#[from] BroadcastError),
+}
+
+impl ControlError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidRequest { field: Some(field.into()), message: message.into() }
+    }
+
+    pub fn code(&self) -> ApiErrorCode {
+        match self {
+            Self::Unauthorized => ApiErrorCode::Unauthorized,
+            Self::InvalidRequest { .. } => ApiErrorCode::InvalidRequest,
+            Self::NotFound(_) => ApiErrorCode::NotFound,
+            Self::Conflict(_) => ApiErrorCode::Conflict,
+            Self::PayloadTooLarge(_) => ApiErrorCode::PayloadTooLarge,
+            Self::Unavailable(_) => ApiErrorCode::Unavailable,
+        }
+    }
+
+    pub fn to_api_error(&self) -> ApiError {
+        let error = ApiError::new(self.code(), self.to_string());
+        match self {
+            Self::InvalidRequest { field: Some(field), .. } => error.with_field(field.clone()),
+            _ => error,
+        }
+    }
+}
+
+/// Where `GET /v1/admin/stats` gets its numbers: the local node in a single-process
+/// deployment, the node registry across many.
+pub trait StatsSource: Send + Sync + 'static {
+    fn stats(&self) -> BoxFuture<'_, Stats>;
+}
+
+pub type SharedStats = Arc<dyn StatsSource>;

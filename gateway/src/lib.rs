@@ -1,0 +1,169 @@
+//! The WebSocket gateway: device sessions over protocol v1.
+//!
+//! - [`config`]: every limit and timeout of a node, validated before anything binds.
+//! - [`upgrade`]: `GET /v1/ws`: authenticates the device token, refuses with an HTTP status
+//!   before any upgrade, and hands the upgraded socket to a session.
+//! - [`session`]: one task per connection. It reads client frames, answers them, and writes the
+//!   states its [`broadcaster::Mailbox`] holds; heartbeats, idle and slow-consumer cut-offs and
+//!   the goaway before every server-initiated close live here.
+//! - [`metrics`]: the node's counters for `/metrics`.
+//!
+//! [`Gateway`] ties them together and owns the session tasks, so that a drain can reach every
+//! one of them (axum's graceful shutdown does not wait for upgraded connections).
+
+pub mod config;
+pub mod metrics;
+pub mod session;
+pub mod upgrade;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use auth::DeviceTokenKey;
+use axum::Router;
+use axum::response::{IntoResponse, Response};
+use broadcaster::Hub;
+use protocol::admin::{ApiError, ApiErrorCode, NodeStats};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::GatewayConfig;
+pub use metrics::GatewayMetrics;
+
+/// Why an upgrade request was refused. Each maps to one HTTP status; clients see the message,
+/// which never includes internal details.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Unauthorized(#[from] auth::TokenError),
+    #[error("not a WebSocket upgrade request: {0}")]
+    NotUpgradable(&'static str),
+    #[error("this node is at its connection limit; retry with backoff")]
+    AtCapacity,
+    #[error("this node is draining; reconnect to another node")]
+    Draining,
+}
+
+impl GatewayError {
+    fn code(&self) -> ApiErrorCode {
+        match self {
+            Self::Unauthorized(_) => ApiErrorCode::Unauthorized,
+            Self::NotUpgradable(_) => ApiErrorCode::InvalidRequest,
+            Self::AtCapacity | Self::Draining => ApiErrorCode::Unavailable,
+        }
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let code = self.code();
+        let status = axum::http::StatusCode::from_u16(code.status())
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, axum::Json(ApiError::new(code, self.to_string()))).into_response();
+        let headers = response.headers_mut();
+        match self {
+            Self::Unauthorized(_) => {
+                headers.insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+            }
+            Self::AtCapacity | Self::Draining => {
+                headers.insert("retry-after", axum::http::HeaderValue::from_static("5"));
+            }
+            Self::NotUpgradable(_) => {}
+        }
+        response
+    }
+}
+
+/// One gateway node: its hub, its sessions and its limits.
+#[derive(Debug)]
+pub struct Gateway {
+    pub(crate) config: GatewayConfig,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) device_key: DeviceTokenKey,
+    pub(crate) metrics: GatewayMetrics,
+    pub(crate) sessions: TaskTracker,
+    /// Cancelled when the node drains: every session sends goaway and closes.
+    pub(crate) drain: CancellationToken,
+    pub(crate) draining: AtomicBool,
+    next_connection: AtomicU64,
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    pub sessions_at_start: u64,
+    /// Sessions still open when the grace period ran out (0 when the drain finished).
+    pub sessions_left: u64,
+}
+
+impl Gateway {
+    pub fn new(
+        config: GatewayConfig,
+        hub: Arc<Hub>,
+        device_key: DeviceTokenKey,
+        metrics: GatewayMetrics,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            hub,
+            device_key,
+            metrics,
+            sessions: TaskTracker::new(),
+            drain: CancellationToken::new(),
+            draining: AtomicBool::new(false),
+            next_connection: AtomicU64::new(1),
+        })
+    }
+
+    /// The WebSocket route, `GET /v1/ws`.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/ws", axum::routing::get(upgrade::upgrade))
+            .with_state(self.clone())
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub fn node_stats(&self) -> NodeStats {
+        NodeStats {
+            node: self.config.node_id.clone(),
+            connections: u64::try_from(self.metrics.connections.get()).unwrap_or(0),
+        }
+    }
+
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Stops taking connections, sends every session a goaway (with a jittered reconnect delay)
+    /// and a close, and waits up to the configured grace period for them to finish.
+    pub async fn drain(&self) -> DrainReport {
+        self.draining.store(true, Ordering::Release);
+        let sessions_at_start = self.sessions.len() as u64;
+        self.drain.cancel();
+        self.sessions.close();
+        let finished =
+            tokio::time::timeout(self.config.shutdown_grace, self.sessions.wait()).await.is_ok();
+        let sessions_left = if finished { 0 } else { self.sessions.len() as u64 };
+        if finished {
+            tracing::info!(sessions_at_start, "gateway drained");
+        } else {
+            tracing::warn!(sessions_at_start, sessions_left, "gateway drain timed out");
+        }
+        DrainReport { sessions_at_start, sessions_left }
+    }
+
+    /// A reconnect delay for a goaway, spread uniformly over the configured window so that
+    /// the devices of a draining node do not all come back at once.
+    pub(crate) fn reconnect_delay(&self) -> Duration {
+        let spread_ms = u64::try_from(self.config.reconnect_spread.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(fastrand::u64(0..=spread_ms))
+    }
+}

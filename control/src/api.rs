@@ -1,0 +1,240 @@
+//! The admin API, `/v1/admin/...`, JSON in and out, behind `Authorization: Bearer <admin token>`.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use auth::AdminToken;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use broadcaster::Bus;
+use protocol::admin::{CreateEvent, EventList, PublishReceipt};
+use protocol::{EventId, Payload, PayloadError, Stage};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use telemetry::{Counter, Registry};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::{ControlError, EventStore, SharedStats};
+
+/// Largest admin request body, in bytes.
+pub const ADMIN_BODY_MAX_BYTES: usize = 64 * 1024;
+/// Longest event title, in characters.
+pub const TITLE_MAX_CHARS: usize = 200;
+/// Most stages one event may define.
+pub const STAGES_MAX: usize = 32;
+
+impl IntoResponse for ControlError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code().status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if let Self::Unavailable(error) = &self {
+            tracing::warn!(%error, "publish refused: bus unavailable");
+        }
+        let mut response = (status, axum::Json(self.to_api_error())).into_response();
+        if matches!(self, Self::Unauthorized) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[derive(Debug)]
+struct ControlMetrics {
+    publishes: Arc<Counter>,
+    publishes_failed: Arc<Counter>,
+}
+
+/// The control plane's shared state.
+pub struct ControlPlane {
+    store: Arc<dyn EventStore>,
+    bus: Arc<dyn Bus>,
+    stats: SharedStats,
+    admin_token: AdminToken,
+    metrics: ControlMetrics,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane").finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        bus: Arc<dyn Bus>,
+        stats: SharedStats,
+        admin_token: AdminToken,
+        registry: &Registry,
+    ) -> Arc<Self> {
+        let metrics = ControlMetrics {
+            publishes: registry.counter("ringside_publishes_total", "Publishes accepted by the bus."),
+            publishes_failed: registry.counter(
+                "ringside_publishes_failed_total",
+                "Publishes the bus did not accept (answered 503).",
+            ),
+        };
+        Arc::new(Self { store, bus, stats, admin_token, metrics })
+    }
+
+    /// The admin routes, all behind the admin token.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/admin/events", post(create_event).get(list_events))
+            .route("/v1/admin/events/{id}", get(get_event))
+            .route("/v1/admin/events/{id}/publish", post(publish))
+            .route("/v1/admin/stats", get(stats))
+            .route("/v1/admin/{*rest}", axum::routing::any(not_found))
+            .layer(DefaultBodyLimit::max(ADMIN_BODY_MAX_BYTES))
+            .route_layer(middleware::from_fn_with_state(self.clone(), require_admin))
+            .with_state(self.clone())
+    }
+}
+
+async fn require_admin(
+    State(control): State<Arc<ControlPlane>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ControlError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(auth::bearer_token);
+    match presented {
+        Some(token) if control.admin_token.matches(token) => Ok(next.run(request).await),
+        _ => Err(ControlError::Unauthorized),
+    }
+}
+
+async fn not_found() -> ControlError {
+    ControlError::NotFound("no such admin endpoint".into())
+}
+
+/// Reads a JSON body; errors name the offending field.
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a Result<Bytes, BytesRejection>) -> Result<T, ControlError> {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ControlError::PayloadTooLarge(format!(
+                "request body exceeds {ADMIN_BODY_MAX_BYTES} bytes"
+            )));
+        }
+        Err(rejection) => {
+            return Err(ControlError::InvalidRequest { field: None, message: rejection.body_text() });
+        }
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if path == "." || path.is_empty() {
+            ControlError::InvalidRequest { field: None, message: format!("invalid JSON body: {inner}") }
+        } else {
+            ControlError::invalid(path.clone(), format!("{path}: {inner}"))
+        }
+    })
+}
+
+fn validate_event(event: &CreateEvent) -> Result<(), ControlError> {
+    let title_chars = event.title.trim().chars().count();
+    if title_chars == 0 || title_chars > TITLE_MAX_CHARS {
+        return Err(ControlError::invalid("title", format!("title: must be 1 to {TITLE_MAX_CHARS} characters")));
+    }
+    if OffsetDateTime::parse(&event.starts_at, &Rfc3339).is_err() {
+        return Err(ControlError::invalid(
+            "starts_at",
+            "starts_at: must be an RFC 3339 timestamp such as 2026-12-01T20:00:00Z",
+        ));
+    }
+    if event.stages.is_empty() || event.stages.len() > STAGES_MAX {
+        return Err(ControlError::invalid("stages", format!("stages: must list 1 to {STAGES_MAX} stages")));
+    }
+    for (index, stage) in event.stages.iter().enumerate() {
+        if event.stages[..index].contains(stage) {
+            return Err(ControlError::invalid("stages", format!("stages: {stage} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+async fn create_event(
+    State(control): State<Arc<ControlPlane>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ControlError> {
+    let event: CreateEvent = parse_json(&body)?;
+    validate_event(&event)?;
+    let summary = control.store.create(event).await?;
+    tracing::info!(event = %summary.id, "event created");
+    Ok((StatusCode::CREATED, axum::Json(summary)).into_response())
+}
+
+async fn list_events(State(control): State<Arc<ControlPlane>>) -> Result<Response, ControlError> {
+    let events = control.store.list().await?;
+    Ok(axum::Json(EventList { events }).into_response())
+}
+
+fn parse_event_id(id: &str) -> Result<EventId, ControlError> {
+    EventId::parse(id).map_err(|_| ControlError::NotFound(format!("unknown event {id:?}")))
+}
+
+async fn get_event(
+    State(control): State<Arc<ControlPlane>>,
+    Path(id): Path<String>,
+) -> Result<Response, ControlError> {
+    let summary = control.store.get(&parse_event_id(&id)?).await?;
+    Ok(axum::Json(summary).into_response())
+}
+
+/// The publish body, with the payload kept raw so that its size decides 413 versus 400.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    stage: Stage,
+    #[serde(default)]
+    payload: Option<Box<RawValue>>,
+}
+
+async fn publish(
+    State(control): State<Arc<ControlPlane>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ControlError> {
+    let id = parse_event_id(&id)?;
+    let request: PublishBody = parse_json(&body)?;
+    let payload = match request.payload {
+        None => Payload::empty(),
+        Some(raw) => Payload::from_raw(raw).map_err(|error| match error {
+            PayloadError::TooLarge { .. } => ControlError::PayloadTooLarge(format!("payload: {error}")),
+            PayloadError::NotAnObject => ControlError::invalid("payload", format!("payload: {error}")),
+        })?,
+    };
+    let published_at_ms =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let new = control.store.next_state(&id, request.stage, payload, published_at_ms).await?;
+    let state = new.state;
+    let receipt = PublishReceipt {
+        topic: state.topic.clone(),
+        version: state.version,
+        published_at_ms: state.published_at_ms,
+    };
+    if let Err(error) = control.bus.publish(state.clone()).await {
+        control.metrics.publishes_failed.increment();
+        return Err(error.into());
+    }
+    control.store.record_published(&state).await?;
+    control.metrics.publishes.increment();
+    tracing::info!(event = %id, version = state.version, stage = %state.stage, "state published");
+    Ok(axum::Json(receipt).into_response())
+}
+
+async fn stats(State(control): State<Arc<ControlPlane>>) -> Response {
+    axum::Json(control.stats.stats().await).into_response()
+}

@@ -1,0 +1,141 @@
+//! Events and their versions.
+
+use std::collections::BTreeMap;
+use std::sync::{PoisonError, RwLock};
+
+use broadcaster::BoxFuture;
+use protocol::admin::{CreateEvent, EventSummary};
+use protocol::{EventId, EventState, Payload, Stage};
+
+use crate::ControlError;
+
+/// An accepted state change, before the bus has it.
+#[derive(Debug, Clone)]
+pub struct NewState {
+    pub state: EventState,
+}
+
+/// The events of a deployment and the current state of each.
+///
+/// Versions strictly increase per event. A version handed out by [`EventStore::next_state`] whose
+/// publish then fails is never reused, so versions may have gaps but never repeat.
+pub trait EventStore: Send + Sync + 'static {
+    fn create(&self, event: CreateEvent) -> BoxFuture<'_, Result<EventSummary, ControlError>>;
+    fn list(&self) -> BoxFuture<'_, Result<Vec<EventSummary>, ControlError>>;
+    fn get(&self, id: &EventId) -> BoxFuture<'_, Result<EventSummary, ControlError>>;
+    /// Assigns the next version of `id` to a state with `stage` and `payload`, after checking
+    /// the stage is one of the event's.
+    fn next_state(
+        &self,
+        id: &EventId,
+        stage: Stage,
+        payload: Payload,
+        published_at_ms: u64,
+    ) -> BoxFuture<'_, Result<NewState, ControlError>>;
+    /// Records that the bus accepted `state`: it becomes the event's current state (unless a
+    /// newer one already is).
+    fn record_published(&self, state: &EventState) -> BoxFuture<'_, Result<(), ControlError>>;
+}
+
+#[derive(Debug)]
+struct EventRecord {
+    summary: EventSummary,
+    /// Highest version handed out, published or not.
+    last_assigned: u64,
+}
+
+/// The store of a single-process deployment. Its state lives as long as the process.
+#[derive(Debug, Default)]
+pub struct MemoryEventStore {
+    events: RwLock<BTreeMap<EventId, EventRecord>>,
+}
+
+impl MemoryEventStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn unknown_event(id: &EventId) -> ControlError {
+    ControlError::NotFound(format!("unknown event {id:?}"))
+}
+
+impl EventStore for MemoryEventStore {
+    fn create(&self, event: CreateEvent) -> BoxFuture<'_, Result<EventSummary, ControlError>> {
+        let result = (|| {
+            let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
+            if events.contains_key(&event.id) {
+                return Err(ControlError::Conflict(format!("event {:?} already exists", event.id)));
+            }
+            let summary = EventSummary {
+                topic: event.id.topic(),
+                id: event.id.clone(),
+                title: event.title,
+                starts_at: event.starts_at,
+                stages: event.stages,
+                stage: None,
+                version: 0,
+                published_at_ms: None,
+            };
+            events.insert(event.id, EventRecord { summary: summary.clone(), last_assigned: 0 });
+            Ok(summary)
+        })();
+        Box::pin(async move { result })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<EventSummary>, ControlError>> {
+        let events = self.events.read().unwrap_or_else(PoisonError::into_inner);
+        let list = events.values().map(|record| record.summary.clone()).collect();
+        Box::pin(async move { Ok(list) })
+    }
+
+    fn get(&self, id: &EventId) -> BoxFuture<'_, Result<EventSummary, ControlError>> {
+        let events = self.events.read().unwrap_or_else(PoisonError::into_inner);
+        let result = events.get(id).map(|r| r.summary.clone()).ok_or_else(|| unknown_event(id));
+        Box::pin(async move { result })
+    }
+
+    fn next_state(
+        &self,
+        id: &EventId,
+        stage: Stage,
+        payload: Payload,
+        published_at_ms: u64,
+    ) -> BoxFuture<'_, Result<NewState, ControlError>> {
+        let result = (|| {
+            let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
+            let record = events.get_mut(id).ok_or_else(|| unknown_event(id))?;
+            if !record.summary.stages.contains(&stage) {
+                return Err(ControlError::invalid(
+                    "stage",
+                    format!(
+                        "stage {stage} is not one of event {id}'s stages ({})",
+                        record.summary.stages.iter().map(Stage::as_str).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            record.last_assigned += 1;
+            let state = EventState {
+                topic: record.summary.topic.clone(),
+                version: record.last_assigned,
+                stage,
+                published_at_ms,
+                payload,
+            };
+            Ok(NewState { state })
+        })();
+        Box::pin(async move { result })
+    }
+
+    fn record_published(&self, state: &EventState) -> BoxFuture<'_, Result<(), ControlError>> {
+        let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(record) = events.get_mut(&state.topic.event_id()) {
+            if record.summary.version < state.version {
+                record.summary.version = state.version;
+                record.summary.stage = Some(state.stage.clone());
+                record.summary.published_at_ms = Some(state.published_at_ms);
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+}

@@ -1,0 +1,114 @@
+//! `GET /v1/ws`: authentication and the WebSocket handshake.
+//!
+//! Everything that can refuse a connection runs before the `101 Switching Protocols`: a device
+//! with a missing, malformed, badly signed or expired token gets `401` and a JSON error, a node
+//! at capacity or draining gets `503` with `Retry-After`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::{Gateway, GatewayError, session};
+
+/// The device token from `?token=` or `Authorization: Bearer`.
+fn presented_token<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'a str> {
+    let from_query = query.into_iter().flat_map(|q| q.split('&')).find_map(|pair| {
+        pair.strip_prefix("token=")
+    });
+    from_query.or_else(|| {
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth::bearer_token)
+    })
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn unix_now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+pub(crate) async fn upgrade(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
+    match accept(&gateway, request) {
+        Ok(response) => response,
+        Err(error) => {
+            gateway.metrics.upgrades_refused.increment();
+            tracing::debug!(%error, "upgrade refused");
+            error.into_response()
+        }
+    }
+}
+
+fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, GatewayError> {
+    let headers = request.headers();
+    let token = presented_token(request.uri().query(), headers).unwrap_or_default();
+    let claims = gateway.device_key.verify(token, unix_now_s())?;
+
+    if !header_has_token(headers, header::CONNECTION, "upgrade")
+        || !header_has_token(headers, header::UPGRADE, "websocket")
+    {
+        return Err(GatewayError::NotUpgradable("expected Connection: upgrade and Upgrade: websocket"));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
+        return Err(GatewayError::NotUpgradable("expected Sec-WebSocket-Version: 13"));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(GatewayError::NotUpgradable("missing Sec-WebSocket-Key"));
+    };
+    let accept_key = derive_accept_key(key.as_bytes());
+
+    if gateway.draining.load(Ordering::Acquire) {
+        return Err(GatewayError::Draining);
+    }
+    let open = u64::try_from(gateway.metrics.connections.get()).unwrap_or(0);
+    if open >= gateway.config.max_connections {
+        return Err(GatewayError::AtCapacity);
+    }
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return Err(GatewayError::NotUpgradable("connection cannot be upgraded"));
+    };
+
+    let config = WebSocketConfig::default()
+        .read_buffer_size(gateway.config.read_buffer_bytes)
+        // Write every frame through at once: batching happens in the session, which feeds all
+        // pending states before one flush.
+        .write_buffer_size(0)
+        .max_write_buffer_size(gateway.config.max_frame_bytes.max(64 * 1024))
+        .max_message_size(Some(gateway.config.max_frame_bytes))
+        .max_frame_size(Some(gateway.config.max_frame_bytes));
+    let task_gateway = gateway.clone();
+    gateway.sessions.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                        .await;
+                session::run(task_gateway, socket, claims).await;
+            }
+            Err(error) => tracing::debug!(%error, "upgrade did not complete"),
+        }
+    });
+
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept_key).unwrap_or_else(|_| unreachable!("base64 is a valid header")),
+    );
+    Ok(response)
+}

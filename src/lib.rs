@@ -1,0 +1,15 @@
+//! The `ringside` binary's library: it composes the platform's crates into one process.
+//!
+//! - [`server`]: [`server::serve`] runs the gateway, the control plane, `/healthz` and
+//!   `/metrics` on one listener with the embedded (in-memory) bus and store, until a
+//!   cancellation token fires; then it drains. Tests start it on port 0 exactly as `main` does.
+//! - [`secrets`]: where the device-token secret and the admin token come from: configuration,
+//!   or in development a generated pair kept in the state directory.
+//!
+//! The CLI (`src/main.rs`) only parses arguments and calls into this library and the `client`
+//! crate.
+
+pub mod secrets;
+pub mod server;
+
+pub use server::{ServeConfig, serve};

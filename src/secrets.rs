@@ -1,0 +1,144 @@
+//! The two secrets of a deployment: the device-token secret (signs device JWTs) and the admin
+//! token (operators' bearer token).
+//!
+//! Production sets both (`RINGSIDE_DEVICE_TOKEN_SECRET`, `RINGSIDE_ADMIN_TOKEN`) and passes
+//! `--production`, which makes a missing secret a startup error. Without them, development mode
+//! generates a random pair once, stores it in `<state dir>/dev-secrets.json` (mode 0600) and
+//! says so on startup; the CLI's token, event and watch commands read the same file. There is
+//! no built-in default secret.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// The secrets a process runs with.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Secrets {
+    pub device_token_secret: String,
+    pub admin_token: String,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets(<redacted>)")
+    }
+}
+
+/// Where the secrets came from, for the startup banner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Configured,
+    /// Generated for development and stored in this file.
+    DevelopmentFile(PathBuf),
+}
+
+const DEV_SECRETS_FILE: &str = "dev-secrets.json";
+
+/// The state directory: `RINGSIDE_STATE_DIR`, else `~/.ringside`, else `./.ringside`.
+pub fn default_state_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".ringside"))
+        .unwrap_or_else(|| PathBuf::from(".ringside"))
+}
+
+fn random_secret() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Resolves the secrets for `serve`: both configured, or (unless `production`) the development
+/// pair, created if needed. A half-configured pair is an error rather than a silent mix.
+pub fn for_server(
+    device_token_secret: Option<String>,
+    admin_token: Option<String>,
+    production: bool,
+    state_dir: &Path,
+) -> anyhow::Result<(Secrets, SecretSource)> {
+    match (device_token_secret, admin_token) {
+        (Some(device_token_secret), Some(admin_token)) => {
+            Ok((Secrets { device_token_secret, admin_token }, SecretSource::Configured))
+        }
+        (None, None) if !production => {
+            let path = state_dir.join(DEV_SECRETS_FILE);
+            let secrets = match read_file(&path)? {
+                Some(secrets) => secrets,
+                None => create_file(&path)?,
+            };
+            Ok((secrets, SecretSource::DevelopmentFile(path)))
+        }
+        (None, None) => bail!(
+            "--production needs RINGSIDE_DEVICE_TOKEN_SECRET and RINGSIDE_ADMIN_TOKEN; \
+             Ringside has no default secrets"
+        ),
+        _ => bail!(
+            "set both RINGSIDE_DEVICE_TOKEN_SECRET and RINGSIDE_ADMIN_TOKEN, or neither \
+             (development mode generates both)"
+        ),
+    }
+}
+
+/// The development secrets, for CLI commands run beside a development server.
+pub fn development(state_dir: &Path) -> anyhow::Result<Option<Secrets>> {
+    read_file(&state_dir.join(DEV_SECRETS_FILE))
+}
+
+fn read_file(path: &Path) -> anyhow::Result<Option<Secrets>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .with_context(|| format!("{} is not a valid secrets file", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn create_file(path: &Path) -> anyhow::Result<Secrets> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let secrets = Secrets { device_token_secret: random_secret()?, admin_token: random_secret()? };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(&serde_json::to_vec_pretty(&secrets)?));
+    match written {
+        Ok(()) => Ok(secrets),
+        // Another process created it first: use theirs.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            read_file(path)?.context("secrets file vanished while being created")
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot write {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn development_secrets_are_created_once_and_reused() {
+        let dir = std::env::temp_dir().join(format!("ringside-secrets-{}", std::process::id()));
+        let (first, source) = for_server(None, None, false, &dir).expect("created");
+        assert!(matches!(source, SecretSource::DevelopmentFile(_)));
+        assert_eq!(first.admin_token.len(), 64);
+        let (second, _) = for_server(None, None, false, &dir).expect("reused");
+        assert_eq!(first.admin_token, second.admin_token);
+        assert_ne!(first.admin_token, first.device_token_secret);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn production_never_falls_back() {
+        let dir = std::env::temp_dir().join("ringside-never-created");
+        assert!(for_server(None, None, true, &dir).is_err());
+        assert!(for_server(Some("x".repeat(40)), None, false, &dir).is_err());
+        assert!(!dir.exists());
+    }
+}

@@ -1,0 +1,127 @@
+//! One process serving everything: the WebSocket gateway, the admin API, `/healthz` and
+//! `/metrics`, over the embedded in-memory bus and event store.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use auth::{AdminToken, DeviceTokenKey};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use broadcaster::{Bus, Hub, HubMetrics, MemoryBus, run_bus_consumer};
+use control::{ControlPlane, MemoryEventStore, StatsSource};
+use gateway::{DrainReport, Gateway, GatewayConfig, GatewayMetrics};
+use protocol::admin::{ApiError, ApiErrorCode, Stats};
+use telemetry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::secrets::Secrets;
+
+/// Everything `serve` needs, validated before it binds anything.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub gateway: GatewayConfig,
+    pub secrets: Secrets,
+}
+
+/// Stats of a single-process deployment: this node's gateway.
+struct LocalStats {
+    gateway: Arc<Gateway>,
+}
+
+impl StatsSource for LocalStats {
+    fn stats(&self) -> broadcaster::BoxFuture<'_, Stats> {
+        let stats = Stats {
+            nodes: vec![self.gateway.node_stats()],
+            topics: self.gateway.hub().topic_stats(),
+        };
+        Box::pin(async move { stats })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Operations {
+    registry: Arc<Registry>,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+}
+
+async fn healthz(State(ops): State<Operations>) -> Response {
+    let ready = ops.gateway.hub().is_ready() && !ops.shutdown.is_cancelled();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({
+        "status": if ready { "ok" } else { "unavailable" },
+        "node": ops.gateway.node_id(),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(ops): State<Operations>) -> Response {
+    let mut response = ops.registry.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+async fn not_found() -> Response {
+    let error = ApiError::new(ApiErrorCode::NotFound, "no such endpoint");
+    (StatusCode::NOT_FOUND, axum::Json(error)).into_response()
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then stops accepting, sends every
+/// session a goaway and a close, and waits up to the grace period.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServeConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<DrainReport> {
+    config.gateway.validate()?;
+    let device_key = DeviceTokenKey::new(config.secrets.device_token_secret.as_bytes())?;
+    let admin_token = AdminToken::new(&config.secrets.admin_token)?;
+
+    let registry = Registry::new();
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let hub = Arc::new(Hub::new(HubMetrics::new(&registry)));
+    let gateway = Gateway::new(config.gateway, hub.clone(), device_key, GatewayMetrics::new(&registry));
+    let control = ControlPlane::new(
+        Arc::new(MemoryEventStore::new()),
+        bus.clone(),
+        Arc::new(LocalStats { gateway: gateway.clone() }),
+        admin_token,
+        &registry,
+    );
+
+    // The node serves subscriptions only once it holds the latest state of every topic.
+    let consumer_shutdown = shutdown.child_token();
+    let consumer = tokio::spawn(run_bus_consumer(bus.subscribe(), hub.clone(), consumer_shutdown));
+    hub.wait_ready().await;
+
+    let operations = Operations { registry, gateway: gateway.clone(), shutdown: shutdown.clone() };
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(operations)
+        .merge(gateway.router())
+        .merge(control.router())
+        .fallback(not_found);
+
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
+    let http = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let drain = async {
+        shutdown.cancelled().await;
+        gateway.drain().await
+    };
+    let (served, report) = tokio::join!(http, drain);
+    served.context("HTTP server failed")?;
+    consumer.abort();
+    Ok(report)
+}
