@@ -17,7 +17,11 @@ use ringside::{ServeConfig, serve};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "ringside", version, about = "Prefetch, then broadcast: live-event state to every screen at once")]
+#[command(
+    name = "ringside",
+    version,
+    about = "Prefetch, then broadcast: live-event state to every screen at once"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,7 +57,9 @@ struct SecretArgs {
 
 impl SecretArgs {
     fn state_dir(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(secrets::default_state_dir)
+        self.state_dir
+            .clone()
+            .unwrap_or_else(secrets::default_state_dir)
     }
 
     /// Configured secrets, else the development ones.
@@ -61,7 +67,10 @@ impl SecretArgs {
         if let (Some(device_token_secret), Some(admin_token)) =
             (self.device_token_secret.clone(), self.admin_token.clone())
         {
-            return Ok(Secrets { device_token_secret, admin_token });
+            return Ok(Secrets {
+                device_token_secret,
+                admin_token,
+            });
         }
         let development = secrets::development(&self.state_dir())?.with_context(|| {
             format!(
@@ -71,7 +80,10 @@ impl SecretArgs {
             )
         })?;
         Ok(Secrets {
-            device_token_secret: self.device_token_secret.clone().unwrap_or(development.device_token_secret),
+            device_token_secret: self
+                .device_token_secret
+                .clone()
+                .unwrap_or(development.device_token_secret),
             admin_token: self.admin_token.clone().unwrap_or(development.admin_token),
         })
     }
@@ -90,32 +102,69 @@ struct ServeArgs {
     /// This node's id (default: host name and a random suffix).
     #[arg(long, env = "RINGSIDE_NODE_ID")]
     node_id: Option<String>,
-    #[arg(long, env = "RINGSIDE_HEARTBEAT_MS", help = "Ping interval [default: 25000]")]
+    #[arg(
+        long,
+        env = "RINGSIDE_HEARTBEAT_MS",
+        help = "Ping interval [default: 25000]"
+    )]
     heartbeat_ms: Option<u64>,
-    #[arg(long, env = "RINGSIDE_HEARTBEAT_MISSES", help = "Silent heartbeats before a close [default: 3]")]
+    #[arg(
+        long,
+        env = "RINGSIDE_HEARTBEAT_MISSES",
+        help = "Silent heartbeats before a close [default: 3]"
+    )]
     heartbeat_misses: Option<u32>,
-    #[arg(long, env = "RINGSIDE_SUBSCRIBE_TIMEOUT_MS", help = "Close connections without a topic after [default: 10000]")]
+    #[arg(
+        long,
+        env = "RINGSIDE_SUBSCRIBE_TIMEOUT_MS",
+        help = "Close connections without a topic after [default: 10000]"
+    )]
     subscribe_timeout_ms: Option<u64>,
-    #[arg(long, env = "RINGSIDE_MAX_TOPICS_PER_CONNECTION", help = "[default: 16]")]
+    #[arg(
+        long,
+        env = "RINGSIDE_MAX_TOPICS_PER_CONNECTION",
+        help = "[default: 16]"
+    )]
     max_topics_per_connection: Option<usize>,
-    #[arg(long, env = "RINGSIDE_MAX_FRAME_BYTES", help = "Largest client frame [default: 16384]")]
+    #[arg(
+        long,
+        env = "RINGSIDE_MAX_FRAME_BYTES",
+        help = "Largest client frame [default: 16384]"
+    )]
     max_frame_bytes: Option<usize>,
-    #[arg(long, env = "RINGSIDE_SEND_TIMEOUT_MS", help = "Slow-consumer cut-off [default: 30000]")]
+    #[arg(
+        long,
+        env = "RINGSIDE_SEND_TIMEOUT_MS",
+        help = "Slow-consumer cut-off [default: 30000]"
+    )]
     send_timeout_ms: Option<u64>,
     #[arg(long, env = "RINGSIDE_MAX_CONNECTIONS", help = "[default: 250000]")]
     max_connections: Option<u64>,
-    #[arg(long, env = "RINGSIDE_SHUTDOWN_GRACE_MS", help = "Drain deadline [default: 10000]")]
+    #[arg(
+        long,
+        env = "RINGSIDE_SHUTDOWN_GRACE_MS",
+        help = "Drain deadline [default: 10000]"
+    )]
     shutdown_grace_ms: Option<u64>,
-    #[arg(long, env = "RINGSIDE_RECONNECT_SPREAD_MS", help = "Goaway reconnect spread [default: 5000]")]
+    #[arg(
+        long,
+        env = "RINGSIDE_RECONNECT_SPREAD_MS",
+        help = "Goaway reconnect spread [default: 5000]"
+    )]
     reconnect_spread_ms: Option<u64>,
-    #[arg(long, env = "RINGSIDE_READ_BUFFER_BYTES", help = "Per-connection read buffer [default: 512]")]
+    #[arg(
+        long,
+        env = "RINGSIDE_READ_BUFFER_BYTES",
+        help = "Per-connection read buffer [default: 512]"
+    )]
     read_buffer_bytes: Option<usize>,
 }
 
 impl ServeArgs {
     fn gateway_config(&self) -> GatewayConfig {
         let defaults = GatewayConfig::default();
-        let ms = |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
+        let ms =
+            |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
         GatewayConfig {
             node_id: self.node_id.clone().unwrap_or_else(default_node_id),
             heartbeat_interval: ms(self.heartbeat_ms, defaults.heartbeat_interval),
@@ -136,9 +185,19 @@ impl ServeArgs {
 
 fn default_node_id() -> String {
     let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(40)
+                .collect()
+        })
         .unwrap_or_default();
-    let host = if host.is_empty() { "ringside".to_owned() } else { host };
+    let host = if host.is_empty() {
+        "ringside".to_owned()
+    } else {
+        host
+    };
     format!("{host}-{:04x}", fastrand::u16(..))
 }
 
@@ -174,7 +233,10 @@ struct ClientArgs {
 
 impl ClientArgs {
     fn admin(&self) -> anyhow::Result<AdminClient> {
-        Ok(AdminClient::new(self.server.clone(), &self.secrets.resolve()?.admin_token))
+        Ok(AdminClient::new(
+            self.server.clone(),
+            &self.secrets.resolve()?.admin_token,
+        ))
     }
 }
 
@@ -231,10 +293,18 @@ struct WatchArgs {
 }
 
 fn unix_now_s() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
-fn mint_token(secrets: &Secrets, device: &str, profile: &str, class: DeviceClass, ttl_s: u64) -> anyhow::Result<String> {
+fn mint_token(
+    secrets: &Secrets,
+    device: &str,
+    profile: &str,
+    class: DeviceClass,
+    ttl_s: u64,
+) -> anyhow::Result<String> {
     let key = DeviceTokenKey::new(secrets.device_token_secret.as_bytes())?;
     let claims = DeviceClaims {
         sub: device.to_owned(),
@@ -278,19 +348,48 @@ async fn main() -> anyhow::Result<()> {
             if args.admin {
                 println!("{}", secrets.admin_token);
             } else {
-                let (device, profile) = (args.device.unwrap_or_default(), args.profile.unwrap_or_default());
-                println!("{}", mint_token(&secrets, &device, &profile, args.class, args.ttl_s)?);
+                let (device, profile) = (
+                    args.device.unwrap_or_default(),
+                    args.profile.unwrap_or_default(),
+                );
+                println!(
+                    "{}",
+                    mint_token(&secrets, &device, &profile, args.class, args.ttl_s)?
+                );
             }
             Ok(())
         }
-        Command::Event(EventCommand::Create { id, title, starts_at, stages, client }) => {
-            let event = CreateEvent { id, title, starts_at, stages };
+        Command::Event(EventCommand::Create {
+            id,
+            title,
+            starts_at,
+            stages,
+            client,
+        }) => {
+            let event = CreateEvent {
+                id,
+                title,
+                starts_at,
+                stages,
+            };
             print_json(&client.admin()?.create_event(&event).await?)
         }
-        Command::Event(EventCommand::List { client }) => print_json(&client.admin()?.list_events().await?),
-        Command::Event(EventCommand::Publish { id, stage, payload, client }) => {
+        Command::Event(EventCommand::List { client }) => {
+            print_json(&client.admin()?.list_events().await?)
+        }
+        Command::Event(EventCommand::Publish {
+            id,
+            stage,
+            payload,
+            client,
+        }) => {
             let payload = Payload::parse(&payload).context("--payload")?;
-            print_json(&client.admin()?.publish(&id, &PublishRequest { stage, payload }).await?)
+            print_json(
+                &client
+                    .admin()?
+                    .publish(&id, &PublishRequest { stage, payload })
+                    .await?,
+            )
         }
         Command::Stats(client) => print_json(&client.admin()?.stats().await?),
         Command::Watch(args) => run_watch(args).await,
@@ -305,8 +404,11 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         args.production,
         &state_dir,
     )?;
-    let config = ServeConfig { gateway: args.gateway_config(), secrets };
-    config.gateway.validate()?;
+    let config = ServeConfig {
+        gateway: args.gateway_config(),
+        secrets,
+    };
+    config.validate()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -322,13 +424,17 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     let report = serve(listener, config, shutdown).await?;
     if report.sessions_left > 0 {
-        bail!("drain timed out with {} sessions open", report.sessions_left);
+        bail!(
+            "drain timed out with {} sessions open",
+            report.sessions_left
+        );
     }
     Ok(())
 }
 
 async fn wait_for_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         () = async {
@@ -342,7 +448,10 @@ async fn wait_for_signal() {
 
 fn print_banner(address: SocketAddr, config: &ServeConfig, source: &SecretSource) {
     let node = &config.gateway.node_id;
-    println!("ringside {} listening on {address} (node {node}; embedded bus and store)", env!("CARGO_PKG_VERSION"));
+    println!(
+        "ringside {} listening on {address} (node {node}; embedded bus and store)",
+        env!("CARGO_PKG_VERSION")
+    );
     println!("  devices    ws://{address}/v1/ws?token=<device token>");
     println!("  admin API  http://{address}/v1/admin  (Authorization: Bearer <admin token>)");
     println!("  metrics    http://{address}/metrics   health: http://{address}/healthz");
@@ -366,18 +475,37 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
         Some(token) => token,
         None => {
             let secrets = args.client.secrets.resolve()?;
-            mint_token(&secrets, &format!("watch-{:04x}", fastrand::u16(..)), "watch", DeviceClass::Web, 86_400)?
+            mint_token(
+                &secrets,
+                &format!("watch-{:04x}", fastrand::u16(..)),
+                "watch",
+                DeviceClass::Web,
+                86_400,
+            )?
         }
     };
-    let nodes = if args.nodes.is_empty() { vec![args.client.server.clone()] } else { args.nodes };
+    let nodes = if args.nodes.is_empty() {
+        vec![args.client.server.clone()]
+    } else {
+        args.nodes
+    };
     let endpoints = nodes.iter().map(|n| client::device::ws_url(n)).collect();
-    let mut watcher = Watcher::new(WatcherConfig::new(endpoints, token, vec![args.event.topic()]));
+    let mut watcher = Watcher::new(WatcherConfig::new(
+        endpoints,
+        token,
+        vec![args.event.topic()],
+    ));
     let mut received = 0;
     loop {
         match watcher.next().await {
-            WatchEvent::Connected { node, endpoint } => eprintln!("connected to {endpoint} (node {node})"),
+            WatchEvent::Connected { node, endpoint } => {
+                eprintln!("connected to {endpoint} (node {node})")
+            }
             WatchEvent::Disconnected { reason, retry_in } => {
-                eprintln!("disconnected: {reason}; retrying in {} ms", retry_in.as_millis());
+                eprintln!(
+                    "disconnected: {reason}; retrying in {} ms",
+                    retry_in.as_millis()
+                );
             }
             WatchEvent::State(state) => {
                 println!("{}", protocol::ServerFrame::State(state).encode());

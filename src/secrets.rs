@@ -57,9 +57,13 @@ pub fn for_server(
     state_dir: &Path,
 ) -> anyhow::Result<(Secrets, SecretSource)> {
     match (device_token_secret, admin_token) {
-        (Some(device_token_secret), Some(admin_token)) => {
-            Ok((Secrets { device_token_secret, admin_token }, SecretSource::Configured))
-        }
+        (Some(device_token_secret), Some(admin_token)) => Ok((
+            Secrets {
+                device_token_secret,
+                admin_token,
+            },
+            SecretSource::Configured,
+        )),
         (None, None) if !production => {
             let path = state_dir.join(DEV_SECRETS_FILE);
             let secrets = match read_file(&path)? {
@@ -98,7 +102,10 @@ fn create_file(path: &Path) -> anyhow::Result<Secrets> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
 
-    let secrets = Secrets { device_token_secret: random_secret()?, admin_token: random_secret()? };
+    let secrets = Secrets {
+        device_token_secret: random_secret()?,
+        admin_token: random_secret()?,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }

@@ -27,6 +27,16 @@ pub struct ServeConfig {
     pub secrets: Secrets,
 }
 
+impl ServeConfig {
+    /// Checks every setting and secret; runs before anything binds.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.gateway.validate()?;
+        DeviceTokenKey::new(self.secrets.device_token_secret.as_bytes())?;
+        AdminToken::new(&self.secrets.admin_token)?;
+        Ok(())
+    }
+}
+
 /// Stats of a single-process deployment: this node's gateway.
 struct LocalStats {
     gateway: Arc<Gateway>,
@@ -51,7 +61,11 @@ struct Operations {
 
 async fn healthz(State(ops): State<Operations>) -> Response {
     let ready = ops.gateway.hub().is_ready() && !ops.shutdown.is_cancelled();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = serde_json::json!({
         "status": if ready { "ok" } else { "unavailable" },
         "node": ops.gateway.node_id(),
@@ -80,28 +94,43 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<DrainReport> {
-    config.gateway.validate()?;
+    config.validate()?;
     let device_key = DeviceTokenKey::new(config.secrets.device_token_secret.as_bytes())?;
     let admin_token = AdminToken::new(&config.secrets.admin_token)?;
 
     let registry = Registry::new();
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
     let hub = Arc::new(Hub::new(HubMetrics::new(&registry)));
-    let gateway = Gateway::new(config.gateway, hub.clone(), device_key, GatewayMetrics::new(&registry));
+    let gateway = Gateway::new(
+        config.gateway,
+        hub.clone(),
+        device_key,
+        GatewayMetrics::new(&registry),
+    );
     let control = ControlPlane::new(
         Arc::new(MemoryEventStore::new()),
         bus.clone(),
-        Arc::new(LocalStats { gateway: gateway.clone() }),
+        Arc::new(LocalStats {
+            gateway: gateway.clone(),
+        }),
         admin_token,
         &registry,
     );
 
     // The node serves subscriptions only once it holds the latest state of every topic.
     let consumer_shutdown = shutdown.child_token();
-    let consumer = tokio::spawn(run_bus_consumer(bus.subscribe(), hub.clone(), consumer_shutdown));
+    let consumer = tokio::spawn(run_bus_consumer(
+        bus.subscribe(),
+        hub.clone(),
+        consumer_shutdown,
+    ));
     hub.wait_ready().await;
 
-    let operations = Operations { registry, gateway: gateway.clone(), shutdown: shutdown.clone() };
+    let operations = Operations {
+        registry,
+        gateway: gateway.clone(),
+        shutdown: shutdown.clone(),
+    };
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -115,7 +144,8 @@ pub async fn serve(
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
-    let http = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let http =
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let drain = async {
         shutdown.cancelled().await;
         gateway.drain().await

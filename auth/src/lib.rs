@@ -39,7 +39,9 @@ impl std::str::FromStr for DeviceClass {
             "tv" => Ok(Self::Tv),
             "mobile" => Ok(Self::Mobile),
             "web" => Ok(Self::Web),
-            other => Err(format!("unknown device class {other:?}: expected tv, mobile or web")),
+            other => Err(format!(
+                "unknown device class {other:?}: expected tv, mobile or web"
+            )),
         }
     }
 }
@@ -82,7 +84,10 @@ pub enum SecretError {
 
 fn check_secret(name: &'static str, secret: &[u8]) -> Result<(), SecretError> {
     if secret.len() < SECRET_MIN_BYTES {
-        return Err(SecretError::TooShort { name, len: secret.len() });
+        return Err(SecretError::TooShort {
+            name,
+            len: secret.len(),
+        });
     }
     Ok(())
 }
@@ -146,17 +151,24 @@ impl DeviceTokenKey {
         if claims.contains('.') {
             return Err(TokenError::Malformed);
         }
-        let header_json = URL_SAFE_NO_PAD.decode(header).map_err(|_| TokenError::Malformed)?;
+        let header_json = URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|_| TokenError::Malformed)?;
         let header: Header<'_> =
             serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
         if header.alg != "HS256" {
             return Err(TokenError::UnsupportedAlgorithm);
         }
-        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| TokenError::Malformed)?;
         let mut mac = self.mac.clone();
         mac.update(signing_input.as_bytes());
-        mac.verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
-        let claims_json = URL_SAFE_NO_PAD.decode(claims).map_err(|_| TokenError::Malformed)?;
+        mac.verify_slice(&signature)
+            .map_err(|_| TokenError::BadSignature)?;
+        let claims_json = URL_SAFE_NO_PAD
+            .decode(claims)
+            .map_err(|_| TokenError::Malformed)?;
         let claims: DeviceClaims =
             serde_json::from_slice(&claims_json).map_err(|_| TokenError::Malformed)?;
         if claims.exp <= now_s {
@@ -185,14 +197,20 @@ impl fmt::Debug for AdminToken {
 impl AdminToken {
     pub fn new(token: &str) -> Result<Self, SecretError> {
         check_secret("the admin token", token.as_bytes())?;
-        Ok(Self { digest: sha256(token.as_bytes()) })
+        Ok(Self {
+            digest: sha256(token.as_bytes()),
+        })
     }
 
     /// Constant-time check of a presented token: both sides are hashed to fixed-length
     /// digests first, so neither content nor length leaks through timing.
     pub fn matches(&self, presented: &str) -> bool {
         let presented = sha256(presented.as_bytes());
-        presented.iter().zip(self.digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        presented
+            .iter()
+            .zip(self.digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
     }
 }
 
@@ -220,7 +238,12 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
     fn claims(exp: u64) -> DeviceClaims {
-        DeviceClaims { sub: "tv-1".into(), profile: "p-1".into(), class: DeviceClass::Tv, exp }
+        DeviceClaims {
+            sub: "tv-1".into(),
+            profile: "p-1".into(),
+            class: DeviceClass::Tv,
+            exp,
+        }
     }
 
     #[test]
@@ -240,8 +263,8 @@ mod tests {
         assert_eq!(other.verify(&token, 1_000), Err(TokenError::BadSignature));
 
         let (signing_input, _) = token.rsplit_once('.').expect("three parts");
-        let forged_claims = URL_SAFE_NO_PAD
-            .encode(serde_json::to_vec(&claims(9_999_999)).expect("encodes"));
+        let forged_claims =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(9_999_999)).expect("encodes"));
         let header = signing_input.split('.').next().expect("header");
         let signature = token.rsplit('.').next().expect("signature");
         let forged = format!("{header}.{forged_claims}.{signature}");
@@ -259,7 +282,10 @@ mod tests {
         let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(2_000)).expect("encodes"));
         let token = format!("{header}.{body}.");
-        assert_eq!(key.verify(&token, 1_000), Err(TokenError::UnsupportedAlgorithm));
+        assert_eq!(
+            key.verify(&token, 1_000),
+            Err(TokenError::UnsupportedAlgorithm)
+        );
     }
 
     #[test]

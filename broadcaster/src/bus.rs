@@ -71,15 +71,26 @@ impl Default for MemoryBus {
 impl MemoryBus {
     pub fn new() -> Self {
         let (sender, _) = broadcast::channel(MEMORY_BUS_CAPACITY);
-        Self { shared: Arc::new(MemoryBusShared { latest: Mutex::default(), sender }) }
+        Self {
+            shared: Arc::new(MemoryBusShared {
+                latest: Mutex::default(),
+                sender,
+            }),
+        }
     }
 }
 
 impl Bus for MemoryBus {
     fn publish(&self, state: EventState) -> BoxFuture<'_, Result<(), BroadcastError>> {
         let state = Arc::new(state);
-        let mut latest = self.shared.latest.lock().unwrap_or_else(PoisonError::into_inner);
-        let newer = latest.get(&state.topic).is_none_or(|held| held.version < state.version);
+        let mut latest = self
+            .shared
+            .latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let newer = latest
+            .get(&state.topic)
+            .is_none_or(|held| held.version < state.version);
         if newer {
             latest.insert(state.topic.clone(), state.clone());
         }
@@ -92,7 +103,12 @@ impl Bus for MemoryBus {
 
     fn subscribe(&self) -> Box<dyn BusFeed> {
         let (snapshot, receiver) = self.shared.snapshot();
-        Box::new(MemoryFeed { shared: self.shared.clone(), snapshot, caught_up: false, receiver })
+        Box::new(MemoryFeed {
+            shared: self.shared.clone(),
+            snapshot,
+            caught_up: false,
+            receiver,
+        })
     }
 }
 
@@ -121,7 +137,9 @@ impl BusFeed for MemoryFeed {
                         tracing::warn!(skipped, "bus feed lagged; resynchronizing from snapshot");
                         (self.snapshot, self.receiver) = self.shared.snapshot();
                     }
-                    Err(broadcast::error::RecvError::Closed) => return Err(BroadcastError::BusClosed),
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(BroadcastError::BusClosed);
+                    }
                 }
             }
         })
@@ -193,12 +211,17 @@ mod tests {
         assert!(matches!(feed.next().await, Ok(FeedItem::CaughtUp)));
         let total = MEMORY_BUS_CAPACITY as u64 * 3;
         for version in 1..=total {
-            bus.publish(state("event:a", version)).await.expect("publish");
+            bus.publish(state("event:a", version))
+                .await
+                .expect("publish");
         }
         let mut last = 0;
         while last < total {
             let (_, version) = next_state(&mut feed).await;
-            assert!(version >= last, "versions from one feed may repeat but never go back");
+            assert!(
+                version >= last,
+                "versions from one feed may repeat but never go back"
+            );
             last = version;
         }
         assert_eq!(last, total);

@@ -65,8 +65,10 @@ pub struct HubMetrics {
 impl HubMetrics {
     pub fn new(registry: &Registry) -> Self {
         Self {
-            states_applied: registry
-                .counter("ringside_hub_states_applied_total", "States that became current."),
+            states_applied: registry.counter(
+                "ringside_hub_states_applied_total",
+                "States that became current.",
+            ),
             states_stale: registry.counter(
                 "ringside_hub_states_stale_total",
                 "States dropped because the hub held the same or a newer version.",
@@ -103,11 +105,16 @@ impl TopicChannel {
 
     fn shard(&self, connection: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Mailbox>>> {
         let index = (connection % SUBSCRIBER_SHARDS as u64) as usize;
-        self.shards[index].lock().unwrap_or_else(PoisonError::into_inner)
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn current(&self) -> Option<Arc<EncodedState>> {
-        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn is_unused(&self) -> bool {
@@ -135,7 +142,11 @@ impl Hub {
     }
 
     fn channel(&self, topic: &Topic) -> Option<Arc<TopicChannel>> {
-        self.topics.read().unwrap_or_else(PoisonError::into_inner).get(topic).cloned()
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .cloned()
     }
 
     fn channel_or_create(&self, topic: &Topic) -> Arc<TopicChannel> {
@@ -143,7 +154,10 @@ impl Hub {
             return channel;
         }
         let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
-        topics.entry(topic.clone()).or_insert_with(|| Arc::new(TopicChannel::new())).clone()
+        topics
+            .entry(topic.clone())
+            .or_insert_with(|| Arc::new(TopicChannel::new()))
+            .clone()
     }
 
     /// Makes `state` current for its topic if it is newer than what the hub holds, and offers
@@ -152,15 +166,23 @@ impl Hub {
         let channel = self.channel_or_create(&state.topic);
         let encoded = Arc::new(EncodedState::encode(state));
         {
-            let mut current = channel.current.write().unwrap_or_else(PoisonError::into_inner);
-            if current.as_ref().is_some_and(|held| held.version >= encoded.version) {
+            let mut current = channel
+                .current
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if current
+                .as_ref()
+                .is_some_and(|held| held.version >= encoded.version)
+            {
                 self.metrics.states_stale.increment();
                 return Applied::Stale;
             }
             *current = Some(encoded.clone());
         }
         channel.ack_count.store(0, Ordering::Relaxed);
-        channel.ack_version.store(encoded.version, Ordering::Relaxed);
+        channel
+            .ack_version
+            .store(encoded.version, Ordering::Relaxed);
         self.metrics.states_applied.increment();
 
         // Subscribers that join after their shard was visited read the new current state
@@ -181,7 +203,9 @@ impl Hub {
             }
         }
         self.metrics.states_conflated.add(conflated);
-        Applied::FannedOut { subscribers: offered }
+        Applied::FannedOut {
+            subscribers: offered,
+        }
     }
 
     /// Subscribes connection `connection` to `topic`, delivering into `mailbox`. The mailbox
@@ -191,7 +215,11 @@ impl Hub {
         let channel = self.channel_or_create(topic);
         // Register first, then read the current state: a concurrent `apply` either sees this
         // subscriber or has already replaced the current state that is read below.
-        if channel.shard(connection).insert(connection, mailbox.clone()).is_none() {
+        if channel
+            .shard(connection)
+            .insert(connection, mailbox.clone())
+            .is_none()
+        {
             channel.subscribers.fetch_add(1, Ordering::AcqRel);
         }
         if let Some(current) = channel.current() {
@@ -200,7 +228,9 @@ impl Hub {
     }
 
     pub fn unsubscribe(&self, topic: &Topic, connection: u64) {
-        let Some(channel) = self.channel(topic) else { return };
+        let Some(channel) = self.channel(topic) else {
+            return;
+        };
         if channel.shard(connection).remove(&connection).is_some() {
             channel.subscribers.fetch_sub(1, Ordering::AcqRel);
         }
@@ -226,7 +256,9 @@ impl Hub {
 
     /// The current version of `topic`, 0 when it has none.
     pub fn version(&self, topic: &Topic) -> u64 {
-        self.channel(topic).and_then(|c| c.current()).map_or(0, |s| s.version)
+        self.channel(topic)
+            .and_then(|c| c.current())
+            .map_or(0, |s| s.version)
     }
 
     pub fn topic_stats(&self) -> Vec<TopicStats> {

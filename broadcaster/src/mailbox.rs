@@ -59,7 +59,12 @@ impl Mailbox {
         if slots.iter().any(|slot| &slot.topic == topic) {
             return false;
         }
-        slots.push(Slot { topic: topic.clone(), newest_version: since, acked_version: 0, pending: None });
+        slots.push(Slot {
+            topic: topic.clone(),
+            newest_version: since,
+            acked_version: 0,
+            pending: None,
+        });
         true
     }
 
@@ -113,7 +118,11 @@ impl Mailbox {
 
     /// Moves every pending state into `out`, oldest topic first.
     pub fn take_pending(&self, out: &mut Vec<Arc<EncodedState>>) {
-        out.extend(self.slots().iter_mut().filter_map(|slot| slot.pending.take()));
+        out.extend(
+            self.slots()
+                .iter_mut()
+                .filter_map(|slot| slot.pending.take()),
+        );
     }
 
     /// Resolves when something may be pending. A wake-up that arrives while nobody waits is
@@ -141,7 +150,9 @@ mod tests {
     fn pending_versions(mailbox: &Mailbox) -> Vec<(String, u64)> {
         let mut out = Vec::new();
         mailbox.take_pending(&mut out);
-        out.iter().map(|s| (s.topic.to_string(), s.version)).collect()
+        out.iter()
+            .map(|s| (s.topic.to_string(), s.version))
+            .collect()
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The admin API, typed.
 
-use protocol::admin::{ApiError, ApiErrorCode, CreateEvent, EventList, EventSummary, PublishReceipt, PublishRequest, Stats};
 use protocol::EventId;
+use protocol::admin::{
+    ApiError, ApiErrorCode, CreateEvent, EventList, EventSummary, PublishReceipt, PublishRequest,
+    Stats,
+};
 use serde::de::DeserializeOwned;
 
 use crate::ClientError;
@@ -17,7 +20,10 @@ pub struct AdminClient {
 impl AdminClient {
     /// `base` is `http://host:port`.
     pub fn new(base: impl Into<String>, admin_token: &str) -> Self {
-        Self { base: base.into(), bearer: format!("Bearer {admin_token}") }
+        Self {
+            base: base.into(),
+            bearer: format!("Bearer {admin_token}"),
+        }
     }
 
     async fn call<T: DeserializeOwned>(
@@ -26,7 +32,14 @@ impl AdminClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ClientError> {
-        let response = call(&self.base, method, path, &[("authorization", &self.bearer)], body).await?;
+        let response = call(
+            &self.base,
+            method,
+            path,
+            &[("authorization", &self.bearer)],
+            body,
+        )
+        .await?;
         decode(&response)
     }
 
@@ -36,7 +49,10 @@ impl AdminClient {
     }
 
     pub async fn list_events(&self) -> Result<Vec<EventSummary>, ClientError> {
-        Ok(self.call::<EventList>("GET", "/v1/admin/events", None).await?.events)
+        Ok(self
+            .call::<EventList>("GET", "/v1/admin/events", None)
+            .await?
+            .events)
     }
 
     pub async fn publish(
@@ -45,7 +61,12 @@ impl AdminClient {
         request: &PublishRequest,
     ) -> Result<PublishReceipt, ClientError> {
         let body = serde_json::to_vec(request).map_err(|e| ClientError::Http(e.to_string()))?;
-        self.call("POST", &format!("/v1/admin/events/{event}/publish"), Some(body)).await
+        self.call(
+            "POST",
+            &format!("/v1/admin/events/{event}/publish"),
+            Some(body),
+        )
+        .await
     }
 
     pub async fn stats(&self) -> Result<Stats, ClientError> {
@@ -56,10 +77,13 @@ impl AdminClient {
 /// A 2xx answer's JSON body, or the API error it carries.
 pub fn decode<T: DeserializeOwned>(response: &HttpResponse) -> Result<T, ClientError> {
     if (200..300).contains(&response.status) {
-        return serde_json::from_slice(&response.body).map_err(|e| ClientError::Http(e.to_string()));
+        return serde_json::from_slice(&response.body)
+            .map_err(|e| ClientError::Http(e.to_string()));
     }
-    let error = serde_json::from_slice(&response.body).unwrap_or_else(|_| {
-        ApiError::new(ApiErrorCode::Internal, response.text())
-    });
-    Err(ClientError::Api { status: response.status, error })
+    let error = serde_json::from_slice(&response.body)
+        .unwrap_or_else(|_| ApiError::new(ApiErrorCode::Internal, response.text()));
+    Err(ClientError::Api {
+        status: response.status,
+        error,
+    })
 }

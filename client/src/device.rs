@@ -47,7 +47,11 @@ pub fn ws_url(base: &str) -> String {
         .strip_prefix("http://")
         .map(|rest| format!("ws://{rest}"))
         .unwrap_or_else(|| base.to_owned());
-    if base.ends_with("/v1/ws") { base } else { format!("{base}/v1/ws") }
+    if base.ends_with("/v1/ws") {
+        base
+    } else {
+        format!("{base}/v1/ws")
+    }
 }
 
 impl DeviceConnection {
@@ -65,13 +69,20 @@ impl DeviceConnection {
         let request = format!("{url}{separator}token={token}")
             .into_client_request()
             .map_err(|_| ClientError::InvalidAddress(url.to_owned()))?;
-        let host = request.uri().host().ok_or_else(|| ClientError::InvalidAddress(url.into()))?;
+        let host = request
+            .uri()
+            .host()
+            .ok_or_else(|| ClientError::InvalidAddress(url.into()))?;
         let port = request.uri().port_u16().unwrap_or(80);
         let address: SocketAddr = format!("{host}:{port}")
             .parse()
             .or_else(|_| format!("[{host}]:{port}").parse())
             .map_err(|_| ClientError::InvalidAddress(url.to_owned()))?;
-        let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let socket = if address.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         if let Some(bind) = options.bind {
             socket.bind(SocketAddr::new(bind, 0))?;
         }
@@ -101,11 +112,24 @@ impl DeviceConnection {
         };
         let mut connection = Self {
             socket,
-            welcome: Welcome { connection_id: String::new(), node: String::new(), heartbeat_ms: 0 },
+            welcome: Welcome {
+                connection_id: String::new(),
+                node: String::new(),
+                heartbeat_ms: 0,
+            },
         };
         match connection.next_frame().await? {
-            ServerFrame::Welcome { connection_id, node, heartbeat_ms, .. } => {
-                connection.welcome = Welcome { connection_id, node, heartbeat_ms };
+            ServerFrame::Welcome {
+                connection_id,
+                node,
+                heartbeat_ms,
+                ..
+            } => {
+                connection.welcome = Welcome {
+                    connection_id,
+                    node,
+                    heartbeat_ms,
+                };
                 Ok(connection)
             }
             other => Err(ClientError::Unexpected(format!("{other:?}"), "welcome")),
@@ -113,7 +137,9 @@ impl DeviceConnection {
     }
 
     pub async fn send(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
-        self.socket.send(Message::Text(frame.encode().into())).await?;
+        self.socket
+            .send(Message::Text(frame.encode().into()))
+            .await?;
         Ok(())
     }
 
@@ -133,13 +159,20 @@ impl DeviceConnection {
     pub async fn subscribe(&mut self, topics: &[(Topic, u64)]) -> Result<(), ClientError> {
         let topics = topics
             .iter()
-            .map(|(topic, since)| SubscribeTopic { topic: topic.clone(), since: *since })
+            .map(|(topic, since)| SubscribeTopic {
+                topic: topic.clone(),
+                since: *since,
+            })
             .collect();
         self.send(&ClientFrame::Subscribe { topics }).await
     }
 
     pub async fn ack(&mut self, topic: &Topic, version: u64) -> Result<(), ClientError> {
-        self.send(&ClientFrame::Ack { topic: topic.clone(), version }).await
+        self.send(&ClientFrame::Ack {
+            topic: topic.clone(),
+            version,
+        })
+        .await
     }
 
     /// The next protocol frame. Pings are answered by the WebSocket layer; a close frame ends
@@ -159,7 +192,10 @@ impl DeviceConnection {
                     return Err(ClientError::Closed { code, reason });
                 }
                 Message::Binary(_) => {
-                    return Err(ClientError::Unexpected("a binary frame".into(), "a text frame"));
+                    return Err(ClientError::Unexpected(
+                        "a binary frame".into(),
+                        "a text frame",
+                    ));
                 }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }

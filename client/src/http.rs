@@ -25,8 +25,12 @@ impl HttpResponse {
 
 /// The `host:port` of a base URL such as `http://127.0.0.1:8080`.
 pub fn authority(base: &str) -> Result<String, ClientError> {
-    let uri: hyper::Uri = base.parse().map_err(|_| ClientError::InvalidAddress(base.into()))?;
-    let authority = uri.authority().ok_or_else(|| ClientError::InvalidAddress(base.into()))?;
+    let uri: hyper::Uri = base
+        .parse()
+        .map_err(|_| ClientError::InvalidAddress(base.into()))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| ClientError::InvalidAddress(base.into()))?;
     Ok(authority.to_string())
 }
 
@@ -55,7 +59,10 @@ pub async fn call(
     let request = request
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| ClientError::Http(e.to_string()))?;
-    let response = sender.send_request(request).await.map_err(|e| ClientError::Http(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response
@@ -65,5 +72,9 @@ pub async fn call(
         .map_err(|e| ClientError::Http(e.to_string()))?
         .to_bytes();
     driver.abort();
-    Ok(HttpResponse { status, headers, body })
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
 }

@@ -41,10 +41,16 @@ impl WatcherConfig {
 /// What the watcher saw.
 #[derive(Debug)]
 pub enum WatchEvent {
-    Connected { node: String, endpoint: String },
+    Connected {
+        node: String,
+        endpoint: String,
+    },
     /// A state newer than any seen before for its topic.
     State(EventState),
-    Disconnected { reason: String, retry_in: Duration },
+    Disconnected {
+        reason: String,
+        retry_in: Duration,
+    },
 }
 
 #[derive(Debug)]
@@ -120,7 +126,10 @@ impl Watcher {
                     }
                     return WatchEvent::State(state);
                 }
-                ServerFrame::Goaway { reconnect_after_ms, reason } => {
+                ServerFrame::Goaway {
+                    reconnect_after_ms,
+                    reason,
+                } => {
                     let retry_in = Duration::from_millis(reconnect_after_ms);
                     let reason = match reason {
                         GoawayReason::Shutdown => "goaway: node shutting down",
@@ -134,7 +143,8 @@ impl Watcher {
                 ServerFrame::Error { code, message } => {
                     self.failures += 1;
                     let retry_in = self.backoff();
-                    return self.disconnected(format!("error {}: {message}", code.as_str()), retry_in);
+                    return self
+                        .disconnected(format!("error {}: {message}", code.as_str()), retry_in);
                 }
                 ServerFrame::Welcome { .. }
                 | ServerFrame::Subscribed { .. }
@@ -167,9 +177,14 @@ impl Watcher {
 
     async fn open(&self, endpoint: &str) -> Result<DeviceConnection, ClientError> {
         let mut connection =
-            DeviceConnection::connect_with(endpoint, &self.config.token, &self.config.connect).await?;
-        let topics: Vec<(Topic, u64)> =
-            self.config.topics.iter().map(|t| (t.clone(), self.version(t))).collect();
+            DeviceConnection::connect_with(endpoint, &self.config.token, &self.config.connect)
+                .await?;
+        let topics: Vec<(Topic, u64)> = self
+            .config
+            .topics
+            .iter()
+            .map(|t| (t.clone(), self.version(t)))
+            .collect();
         connection.subscribe(&topics).await?;
         Ok(connection)
     }

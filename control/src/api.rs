@@ -32,14 +32,16 @@ pub const STAGES_MAX: usize = 32;
 
 impl IntoResponse for ControlError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code().status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.code().status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if let Self::Unavailable(error) = &self {
             tracing::warn!(%error, "publish refused: bus unavailable");
         }
         let mut response = (status, axum::Json(self.to_api_error())).into_response();
         if matches!(self, Self::Unauthorized) {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -75,13 +77,20 @@ impl ControlPlane {
         registry: &Registry,
     ) -> Arc<Self> {
         let metrics = ControlMetrics {
-            publishes: registry.counter("ringside_publishes_total", "Publishes accepted by the bus."),
+            publishes: registry
+                .counter("ringside_publishes_total", "Publishes accepted by the bus."),
             publishes_failed: registry.counter(
                 "ringside_publishes_failed_total",
                 "Publishes the bus did not accept (answered 503).",
             ),
         };
-        Arc::new(Self { store, bus, stats, admin_token, metrics })
+        Arc::new(Self {
+            store,
+            bus,
+            stats,
+            admin_token,
+            metrics,
+        })
     }
 
     /// The admin routes, all behind the admin token.
@@ -119,7 +128,9 @@ async fn not_found() -> ControlError {
 }
 
 /// Reads a JSON body; errors name the offending field.
-fn parse_json<'a, T: Deserialize<'a>>(body: &'a Result<Bytes, BytesRejection>) -> Result<T, ControlError> {
+fn parse_json<'a, T: Deserialize<'a>>(
+    body: &'a Result<Bytes, BytesRejection>,
+) -> Result<T, ControlError> {
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -128,7 +139,10 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a Result<Bytes, BytesRejection>) -
             )));
         }
         Err(rejection) => {
-            return Err(ControlError::InvalidRequest { field: None, message: rejection.body_text() });
+            return Err(ControlError::InvalidRequest {
+                field: None,
+                message: rejection.body_text(),
+            });
         }
     };
     let mut deserializer = serde_json::Deserializer::from_slice(body);
@@ -136,7 +150,10 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a Result<Bytes, BytesRejection>) -
         let path = error.path().to_string();
         let inner = error.into_inner();
         if path == "." || path.is_empty() {
-            ControlError::InvalidRequest { field: None, message: format!("invalid JSON body: {inner}") }
+            ControlError::InvalidRequest {
+                field: None,
+                message: format!("invalid JSON body: {inner}"),
+            }
         } else {
             ControlError::invalid(path.clone(), format!("{path}: {inner}"))
         }
@@ -146,7 +163,10 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a Result<Bytes, BytesRejection>) -
 fn validate_event(event: &CreateEvent) -> Result<(), ControlError> {
     let title_chars = event.title.trim().chars().count();
     if title_chars == 0 || title_chars > TITLE_MAX_CHARS {
-        return Err(ControlError::invalid("title", format!("title: must be 1 to {TITLE_MAX_CHARS} characters")));
+        return Err(ControlError::invalid(
+            "title",
+            format!("title: must be 1 to {TITLE_MAX_CHARS} characters"),
+        ));
     }
     if OffsetDateTime::parse(&event.starts_at, &Rfc3339).is_err() {
         return Err(ControlError::invalid(
@@ -155,11 +175,17 @@ fn validate_event(event: &CreateEvent) -> Result<(), ControlError> {
         ));
     }
     if event.stages.is_empty() || event.stages.len() > STAGES_MAX {
-        return Err(ControlError::invalid("stages", format!("stages: must list 1 to {STAGES_MAX} stages")));
+        return Err(ControlError::invalid(
+            "stages",
+            format!("stages: must list 1 to {STAGES_MAX} stages"),
+        ));
     }
     for (index, stage) in event.stages.iter().enumerate() {
         if event.stages[..index].contains(stage) {
-            return Err(ControlError::invalid("stages", format!("stages: {stage} is listed twice")));
+            return Err(ControlError::invalid(
+                "stages",
+                format!("stages: {stage} is listed twice"),
+            ));
         }
     }
     Ok(())
@@ -212,13 +238,21 @@ async fn publish(
     let payload = match request.payload {
         None => Payload::empty(),
         Some(raw) => Payload::from_raw(raw).map_err(|error| match error {
-            PayloadError::TooLarge { .. } => ControlError::PayloadTooLarge(format!("payload: {error}")),
-            PayloadError::NotAnObject => ControlError::invalid("payload", format!("payload: {error}")),
+            PayloadError::TooLarge { .. } => {
+                ControlError::PayloadTooLarge(format!("payload: {error}"))
+            }
+            PayloadError::NotAnObject => {
+                ControlError::invalid("payload", format!("payload: {error}"))
+            }
         })?,
     };
-    let published_at_ms =
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let new = control.store.next_state(&id, request.stage, payload, published_at_ms).await?;
+    let published_at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let new = control
+        .store
+        .next_state(&id, request.stage, payload, published_at_ms)
+        .await?;
     let state = new.state;
     let receipt = PublishReceipt {
         topic: state.topic.clone(),

@@ -25,7 +25,10 @@ pub enum ControlError {
     #[error("missing or wrong admin token")]
     Unauthorized,
     #[error("{message}")]
-    InvalidRequest { field: Option<String>, message: String },
+    InvalidRequest {
+        field: Option<String>,
+        message: String,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -38,7 +41,10 @@ pub enum ControlError {
 
 impl ControlError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::InvalidRequest { field: Some(field.into()), message: message.into() }
+        Self::InvalidRequest {
+            field: Some(field.into()),
+            message: message.into(),
+        }
     }
 
     pub fn code(&self) -> ApiErrorCode {
@@ -55,7 +61,9 @@ impl ControlError {
     pub fn to_api_error(&self) -> ApiError {
         let error = ApiError::new(self.code(), self.to_string());
         match self {
-            Self::InvalidRequest { field: Some(field), .. } => error.with_field(field.clone()),
+            Self::InvalidRequest {
+                field: Some(field), ..
+            } => error.with_field(field.clone()),
             _ => error,
         }
     }

@@ -65,7 +65,10 @@ impl EventStore for MemoryEventStore {
         let result = (|| {
             let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
             if events.contains_key(&event.id) {
-                return Err(ControlError::Conflict(format!("event {:?} already exists", event.id)));
+                return Err(ControlError::Conflict(format!(
+                    "event {:?} already exists",
+                    event.id
+                )));
             }
             let summary = EventSummary {
                 topic: event.id.topic(),
@@ -77,7 +80,13 @@ impl EventStore for MemoryEventStore {
                 version: 0,
                 published_at_ms: None,
             };
-            events.insert(event.id, EventRecord { summary: summary.clone(), last_assigned: 0 });
+            events.insert(
+                event.id,
+                EventRecord {
+                    summary: summary.clone(),
+                    last_assigned: 0,
+                },
+            );
             Ok(summary)
         })();
         Box::pin(async move { result })
@@ -85,13 +94,19 @@ impl EventStore for MemoryEventStore {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<EventSummary>, ControlError>> {
         let events = self.events.read().unwrap_or_else(PoisonError::into_inner);
-        let list = events.values().map(|record| record.summary.clone()).collect();
+        let list = events
+            .values()
+            .map(|record| record.summary.clone())
+            .collect();
         Box::pin(async move { Ok(list) })
     }
 
     fn get(&self, id: &EventId) -> BoxFuture<'_, Result<EventSummary, ControlError>> {
         let events = self.events.read().unwrap_or_else(PoisonError::into_inner);
-        let result = events.get(id).map(|r| r.summary.clone()).ok_or_else(|| unknown_event(id));
+        let result = events
+            .get(id)
+            .map(|r| r.summary.clone())
+            .ok_or_else(|| unknown_event(id));
         Box::pin(async move { result })
     }
 
@@ -110,7 +125,13 @@ impl EventStore for MemoryEventStore {
                     "stage",
                     format!(
                         "stage {stage} is not one of event {id}'s stages ({})",
-                        record.summary.stages.iter().map(Stage::as_str).collect::<Vec<_>>().join(", ")
+                        record
+                            .summary
+                            .stages
+                            .iter()
+                            .map(Stage::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }

@@ -94,7 +94,13 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_zeroes_are_not() {
         assert_eq!(GatewayConfig::default().validate(), Ok(()));
-        let config = GatewayConfig { heartbeat_misses: 0, ..GatewayConfig::default() };
-        assert_eq!(config.validate().map_err(|e| e.field), Err("heartbeat_misses"));
+        let config = GatewayConfig {
+            heartbeat_misses: 0,
+            ..GatewayConfig::default()
+        };
+        assert_eq!(
+            config.validate().map_err(|e| e.field),
+            Err("heartbeat_misses")
+        );
     }
 }

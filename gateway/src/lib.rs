@@ -60,11 +60,15 @@ impl IntoResponse for GatewayError {
         let code = self.code();
         let status = axum::http::StatusCode::from_u16(code.status())
             .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, axum::Json(ApiError::new(code, self.to_string()))).into_response();
+        let mut response =
+            (status, axum::Json(ApiError::new(code, self.to_string()))).into_response();
         let headers = response.headers_mut();
         match self {
             Self::Unauthorized(_) => {
-                headers.insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+                headers.insert(
+                    "www-authenticate",
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
             }
             Self::AtCapacity | Self::Draining => {
                 headers.insert("retry-after", axum::http::HeaderValue::from_static("5"));
@@ -149,15 +153,23 @@ impl Gateway {
         let sessions_at_start = self.sessions.len() as u64;
         self.drain.cancel();
         self.sessions.close();
-        let finished =
-            tokio::time::timeout(self.config.shutdown_grace, self.sessions.wait()).await.is_ok();
-        let sessions_left = if finished { 0 } else { self.sessions.len() as u64 };
+        let finished = tokio::time::timeout(self.config.shutdown_grace, self.sessions.wait())
+            .await
+            .is_ok();
+        let sessions_left = if finished {
+            0
+        } else {
+            self.sessions.len() as u64
+        };
         if finished {
             tracing::info!(sessions_at_start, "gateway drained");
         } else {
             tracing::warn!(sessions_at_start, sessions_left, "gateway drain timed out");
         }
-        DrainReport { sessions_at_start, sessions_left }
+        DrainReport {
+            sessions_at_start,
+            sessions_left,
+        }
     }
 
     /// A reconnect delay for a goaway, spread uniformly over the configured window so that

@@ -14,7 +14,9 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use protocol::frame::GoawayReason;
-use protocol::{ClientFrame, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerFrame, SubscribeTopic, Topic};
+use protocol::{
+    ClientFrame, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerFrame, SubscribeTopic, Topic,
+};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -36,7 +38,11 @@ enum Ending {
     /// A bad client frame: error frame, then close.
     BadFrame { code: ErrorCode, message: String },
     /// A server-initiated close: goaway, then close.
-    GoAway { reason: GoawayReason, close: CloseCode, reconnect_after: Duration },
+    GoAway {
+        reason: GoawayReason,
+        close: CloseCode,
+        reconnect_after: Duration,
+    },
     /// The socket did not accept a write in time.
     SlowConsumer,
 }
@@ -125,14 +131,19 @@ impl Session {
     }
 
     fn next_deadline(&self) -> Instant {
-        let idle_deadline = self.topicless_since.map(|t| t + self.gateway.config.subscribe_timeout);
+        let idle_deadline = self
+            .topicless_since
+            .map(|t| t + self.gateway.config.subscribe_timeout);
         idle_deadline.map_or(self.next_ping, |idle| idle.min(self.next_ping))
     }
 
     async fn on_timer(&mut self, socket: &mut Socket) -> Result<(), Ending> {
         let config = &self.gateway.config;
         let now = Instant::now();
-        if self.topicless_since.is_some_and(|since| now >= since + config.subscribe_timeout) {
+        if self
+            .topicless_since
+            .is_some_and(|since| now >= since + config.subscribe_timeout)
+        {
             return Err(Ending::GoAway {
                 reason: GoawayReason::Idle,
                 close: CloseCode::POLICY_VIOLATION,
@@ -210,7 +221,10 @@ impl Session {
         socket: &mut Socket,
         requested: Vec<SubscribeTopic>,
     ) -> Result<(), Ending> {
-        let new_topics = requested.iter().filter(|r| !self.topics.contains(&r.topic)).count();
+        let new_topics = requested
+            .iter()
+            .filter(|r| !self.topics.contains(&r.topic))
+            .count();
         let limit = self.gateway.config.max_topics_per_connection;
         if self.topics.len() + new_topics > limit {
             return Err(Ending::BadFrame {
@@ -223,7 +237,9 @@ impl Session {
         let mut answered = Vec::with_capacity(requested.len());
         for SubscribeTopic { topic, since } in requested {
             if self.mailbox.open(&topic, since) {
-                self.gateway.hub.subscribe(&topic, self.connection, &self.mailbox);
+                self.gateway
+                    .hub
+                    .subscribe(&topic, self.connection, &self.mailbox);
                 self.topics.push(topic.clone());
             }
             answered.push(topic);
@@ -231,7 +247,8 @@ impl Session {
         if !self.topics.is_empty() {
             self.topicless_since = None;
         }
-        self.send_frame(socket, &ServerFrame::Subscribed { topics: answered }).await
+        self.send_frame(socket, &ServerFrame::Subscribed { topics: answered })
+            .await
     }
 
     async fn unsubscribe(&mut self, socket: &mut Socket, topics: Vec<Topic>) -> Result<(), Ending> {
@@ -244,7 +261,8 @@ impl Session {
         if self.topics.is_empty() && self.topicless_since.is_none() {
             self.topicless_since = Some(Instant::now());
         }
-        self.send_frame(socket, &ServerFrame::Unsubscribed { topics }).await
+        self.send_frame(socket, &ServerFrame::Unsubscribed { topics })
+            .await
     }
 
     /// Writes every pending state, then flushes once.
@@ -257,7 +275,9 @@ impl Session {
         let batch = &mut self.outbound;
         let written = timeout(send_timeout, async {
             for state in batch.iter() {
-                socket.feed(Message::Text(shared_text(&state.frame))).await?;
+                socket
+                    .feed(Message::Text(shared_text(&state.frame)))
+                    .await?;
             }
             socket.flush().await
         })
@@ -272,15 +292,16 @@ impl Session {
         for state in self.outbound.drain(..) {
             metrics.messages_sent.increment();
             metrics.bytes_sent.add(state.frame.len() as u64);
-            metrics
-                .publish_to_send
-                .observe(Duration::from_millis(now_ms.saturating_sub(state.published_at_ms)));
+            metrics.publish_to_send.observe(Duration::from_millis(
+                now_ms.saturating_sub(state.published_at_ms),
+            ));
         }
         Ok(())
     }
 
     async fn send_frame(&mut self, socket: &mut Socket, frame: &ServerFrame) -> Result<(), Ending> {
-        self.write(socket, Message::Text(frame.encode().into())).await
+        self.write(socket, Message::Text(frame.encode().into()))
+            .await
     }
 
     async fn write(&mut self, socket: &mut Socket, message: Message) -> Result<(), Ending> {
@@ -306,7 +327,11 @@ impl Session {
                 let close = (code.close_code(), code.as_str());
                 (ServerFrame::Error { code, message }, close)
             }
-            Ending::GoAway { reason, close, reconnect_after } => {
+            Ending::GoAway {
+                reason,
+                close,
+                reconnect_after,
+            } => {
                 let reconnect_after_ms = u64::try_from(reconnect_after.as_millis()).unwrap_or(0);
                 let close_reason = match reason {
                     GoawayReason::Shutdown => "server shutting down",
@@ -314,13 +339,22 @@ impl Session {
                     GoawayReason::HeartbeatTimeout => "heartbeat timeout",
                     GoawayReason::Other => "closing",
                 };
-                (ServerFrame::Goaway { reconnect_after_ms, reason }, (close, close_reason))
+                (
+                    ServerFrame::Goaway {
+                        reconnect_after_ms,
+                        reason,
+                    },
+                    (close, close_reason),
+                )
             }
         };
         let (CloseCode(code), reason) = close;
         let closing = async {
             socket.send(Message::Text(notice.encode().into())).await?;
-            let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) };
+            let frame = CloseFrame {
+                code: code.into(),
+                reason: Utf8Bytes::from_static(reason),
+            };
             socket.close(Some(frame)).await?;
             // Wait for the peer's close frame so the close handshake completes cleanly.
             while socket.next().await.is_some() {}
@@ -337,5 +371,7 @@ fn shared_text(frame: &Bytes) -> Utf8Bytes {
 }
 
 fn unix_now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

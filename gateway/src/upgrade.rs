@@ -20,11 +20,15 @@ use crate::{Gateway, GatewayError, session};
 
 /// The device token from `?token=` or `Authorization: Bearer`.
 fn presented_token<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'a str> {
-    let from_query = query.into_iter().flat_map(|q| q.split('&')).find_map(|pair| {
-        pair.strip_prefix("token=")
-    });
+    let from_query = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("token="));
     from_query.or_else(|| {
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth::bearer_token)
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(auth::bearer_token)
     })
 }
 
@@ -38,7 +42,9 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 }
 
 fn unix_now_s() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 pub(crate) async fn upgrade(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
@@ -60,10 +66,17 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
     if !header_has_token(headers, header::CONNECTION, "upgrade")
         || !header_has_token(headers, header::UPGRADE, "websocket")
     {
-        return Err(GatewayError::NotUpgradable("expected Connection: upgrade and Upgrade: websocket"));
+        return Err(GatewayError::NotUpgradable(
+            "expected Connection: upgrade and Upgrade: websocket",
+        ));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
-        return Err(GatewayError::NotUpgradable("expected Sec-WebSocket-Version: 13"));
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != "13")
+    {
+        return Err(GatewayError::NotUpgradable(
+            "expected Sec-WebSocket-Version: 13",
+        ));
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err(GatewayError::NotUpgradable("missing Sec-WebSocket-Key"));
@@ -77,7 +90,10 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
     if open >= gateway.config.max_connections {
         return Err(GatewayError::AtCapacity);
     }
-    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+    let Some(on_upgrade) = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+    else {
         return Err(GatewayError::NotUpgradable("connection cannot be upgraded"));
     };
 
@@ -93,9 +109,12 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
     gateway.sessions.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let socket =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                        .await;
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
                 session::run(task_gateway, socket, claims).await;
             }
             Err(error) => tracing::debug!(%error, "upgrade did not complete"),
@@ -108,7 +127,8 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(
         header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept_key).unwrap_or_else(|_| unreachable!("base64 is a valid header")),
+        HeaderValue::from_str(&accept_key)
+            .unwrap_or_else(|_| unreachable!("base64 is a valid header")),
     );
     Ok(response)
 }

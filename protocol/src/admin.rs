@@ -120,7 +120,13 @@ pub struct ApiErrorBody {
 
 impl ApiError {
     pub fn new(code: ApiErrorCode, message: impl Into<String>) -> Self {
-        Self { error: ApiErrorBody { code, message: message.into(), field: None } }
+        Self {
+            error: ApiErrorBody {
+                code,
+                message: message.into(),
+                field: None,
+            },
+        }
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {

@@ -19,10 +19,17 @@ use crate::state::EventState;
 pub enum ClientFrame {
     /// Start receiving the topics; for each, the current state is sent right after
     /// `subscribed` when its version is greater than `since`.
-    Subscribe { topics: Vec<SubscribeTopic> },
-    Unsubscribe { topics: Vec<Topic> },
+    Subscribe {
+        topics: Vec<SubscribeTopic>,
+    },
+    Unsubscribe {
+        topics: Vec<Topic>,
+    },
     /// The device applied `version` of `topic`; counted for delivery statistics.
-    Ack { topic: Topic, version: u64 },
+    Ack {
+        topic: Topic,
+        version: u64,
+    },
 }
 
 /// One entry of a `subscribe` frame.
@@ -110,20 +117,29 @@ impl ClientFrame {
                     .topics
                     .into_iter()
                     .map(|entry| {
-                        Ok(SubscribeTopic { topic: Topic::parse(&entry.topic)?, since: entry.since })
+                        Ok(SubscribeTopic {
+                            topic: Topic::parse(&entry.topic)?,
+                            since: entry.since,
+                        })
                     })
                     .collect::<Result<_, NameError>>()?;
                 Ok(Self::Subscribe { topics })
             }
             "unsubscribe" => {
                 let wire: UnsubscribeWire<'_> = parse_body(text)?;
-                let topics =
-                    wire.topics.iter().map(|t| Topic::parse(t)).collect::<Result<_, _>>()?;
+                let topics = wire
+                    .topics
+                    .iter()
+                    .map(|t| Topic::parse(t))
+                    .collect::<Result<_, _>>()?;
                 Ok(Self::Unsubscribe { topics })
             }
             "ack" => {
                 let wire: AckWire<'_> = parse_body(text)?;
-                Ok(Self::Ack { topic: Topic::parse(&wire.topic)?, version: wire.version })
+                Ok(Self::Ack {
+                    topic: Topic::parse(&wire.topic)?,
+                    version: wire.version,
+                })
             }
             other => Err(DecodeError::InvalidFrame(format!(
                 "unknown frame type {:?}; expected subscribe, unsubscribe or ack",
@@ -144,7 +160,10 @@ impl ClientFrame {
         let wire = match self {
             Self::Subscribe { topics } => Wire::Subscribe { topics },
             Self::Unsubscribe { topics } => Wire::Unsubscribe { topics },
-            Self::Ack { topic, version } => Wire::Ack { topic, version: *version },
+            Self::Ack { topic, version } => Wire::Ack {
+                topic,
+                version: *version,
+            },
         };
         serde_json::to_string(&wire).unwrap_or_else(|_| unreachable!("frames always encode"))
     }
@@ -169,12 +188,27 @@ pub enum GoawayReason {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
-    Welcome { connection_id: String, node: String, heartbeat_ms: u64, protocol: u32 },
-    Subscribed { topics: Vec<Topic> },
-    Unsubscribed { topics: Vec<Topic> },
+    Welcome {
+        connection_id: String,
+        node: String,
+        heartbeat_ms: u64,
+        protocol: u32,
+    },
+    Subscribed {
+        topics: Vec<Topic>,
+    },
+    Unsubscribed {
+        topics: Vec<Topic>,
+    },
     State(EventState),
-    Goaway { reconnect_after_ms: u64, reason: GoawayReason },
-    Error { code: ErrorCode, message: String },
+    Goaway {
+        reconnect_after_ms: u64,
+        reason: GoawayReason,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -221,16 +255,26 @@ impl ServerFrame {
                     protocol: w.protocol,
                 }
             }
-            "subscribed" => Self::Subscribed { topics: parse_body::<TopicsWire>(text)?.topics },
-            "unsubscribed" => Self::Unsubscribed { topics: parse_body::<TopicsWire>(text)?.topics },
+            "subscribed" => Self::Subscribed {
+                topics: parse_body::<TopicsWire>(text)?.topics,
+            },
+            "unsubscribed" => Self::Unsubscribed {
+                topics: parse_body::<TopicsWire>(text)?.topics,
+            },
             "state" => Self::State(parse_body(text)?),
             "goaway" => {
                 let g: GoawayWire = parse_body(text)?;
-                Self::Goaway { reconnect_after_ms: g.reconnect_after_ms, reason: g.reason }
+                Self::Goaway {
+                    reconnect_after_ms: g.reconnect_after_ms,
+                    reason: g.reason,
+                }
             }
             "error" => {
                 let e: ErrorWire = parse_body(text)?;
-                Self::Error { code: e.code, message: e.message }
+                Self::Error {
+                    code: e.code,
+                    message: e.message,
+                }
             }
             other => {
                 return Err(DecodeError::InvalidFrame(format!(
@@ -251,8 +295,13 @@ pub fn encode_state(state: &EventState) -> bytes::Bytes {
         #[serde(flatten)]
         state: &'a EventState,
     }
-    let frame = StateFrame { kind: "state", state };
-    serde_json::to_vec(&frame).unwrap_or_else(|_| unreachable!("states always encode")).into()
+    let frame = StateFrame {
+        kind: "state",
+        state,
+    };
+    serde_json::to_vec(&frame)
+        .unwrap_or_else(|_| unreachable!("states always encode"))
+        .into()
 }
 
 #[cfg(test)]
@@ -267,7 +316,9 @@ mod tests {
             r#"{"type":"subscribe","topics":[{"topic":"event:a","since":3},{"topic":"event:b"}]}"#,
         )
         .expect("valid");
-        let ClientFrame::Subscribe { topics } = frame else { panic!("not a subscribe") };
+        let ClientFrame::Subscribe { topics } = frame else {
+            panic!("not a subscribe")
+        };
         assert_eq!(topics[0].since, 3);
         assert_eq!(topics[1].since, 0);
         assert_eq!(topics[1].topic.as_str(), "event:b");
@@ -282,10 +333,22 @@ mod tests {
             (r#"{"topics":[]}"#, ErrorCode::InvalidFrame),
             (r#"{"type":"dance"}"#, ErrorCode::InvalidFrame),
             (r#"{"type":"subscribe"}"#, ErrorCode::InvalidFrame),
-            (r#"{"type":"subscribe","topics":[{"topic":"event:a","since":-1}]}"#, ErrorCode::InvalidFrame),
-            (r#"{"type":"ack","topic":"event:a"}"#, ErrorCode::InvalidFrame),
-            (r#"{"type":"subscribe","topics":[{"topic":"nope"}]}"#, ErrorCode::BadTopic),
-            (r#"{"type":"unsubscribe","topics":["event:"]}"#, ErrorCode::BadTopic),
+            (
+                r#"{"type":"subscribe","topics":[{"topic":"event:a","since":-1}]}"#,
+                ErrorCode::InvalidFrame,
+            ),
+            (
+                r#"{"type":"ack","topic":"event:a"}"#,
+                ErrorCode::InvalidFrame,
+            ),
+            (
+                r#"{"type":"subscribe","topics":[{"topic":"nope"}]}"#,
+                ErrorCode::BadTopic,
+            ),
+            (
+                r#"{"type":"unsubscribe","topics":["event:"]}"#,
+                ErrorCode::BadTopic,
+            ),
         ];
         for (text, code) in cases {
             let error = ClientFrame::decode(text).expect_err(text);
@@ -308,7 +371,10 @@ mod tests {
             text,
             r#"{"type":"state","topic":"event:x","version":7,"stage":"LIVE","published_at_ms":1700000000000,"payload":{"z":1, "a":"é"}}"#
         );
-        assert_eq!(ServerFrame::decode(text).expect("decodes"), ServerFrame::State(state.clone()));
+        assert_eq!(
+            ServerFrame::decode(text).expect("decodes"),
+            ServerFrame::State(state.clone())
+        );
         assert_eq!(ServerFrame::State(state).encode(), text);
     }
 
@@ -317,6 +383,12 @@ mod tests {
         let frame =
             ServerFrame::decode(r#"{"type":"goaway","reconnect_after_ms":5,"reason":"new"}"#)
                 .expect("decodes");
-        assert_eq!(frame, ServerFrame::Goaway { reconnect_after_ms: 5, reason: GoawayReason::Other });
+        assert_eq!(
+            frame,
+            ServerFrame::Goaway {
+                reconnect_after_ms: 5,
+                reason: GoawayReason::Other
+            }
+        );
     }
 }

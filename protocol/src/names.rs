@@ -22,9 +22,7 @@ pub enum NameError {
     EventId(String),
     #[error("invalid topic {0:?}: expected \"event:<id>\"")]
     Topic(String),
-    #[error(
-        "invalid stage {0:?}: use 1 to 32 characters from A-Z 0-9 _, starting with a letter"
-    )]
+    #[error("invalid stage {0:?}: use 1 to 32 characters from A-Z 0-9 _, starting with a letter")]
     Stage(String),
 }
 

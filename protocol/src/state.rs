@@ -51,8 +51,8 @@ impl Payload {
 
     /// Parses JSON text into a payload (used by the CLI and tests).
     pub fn parse(text: &str) -> Result<Self, PayloadError> {
-        let raw = RawValue::from_string(text.trim().to_owned())
-            .map_err(|_| PayloadError::NotAnObject)?;
+        let raw =
+            RawValue::from_string(text.trim().to_owned()).map_err(|_| PayloadError::NotAnObject)?;
         Self::from_raw(raw)
     }
 
@@ -91,9 +91,18 @@ mod tests {
 
     #[test]
     fn payload_must_be_a_small_object() {
-        assert_eq!(Payload::parse("[1]").unwrap_err(), PayloadError::NotAnObject);
-        assert_eq!(Payload::parse("not json").unwrap_err(), PayloadError::NotAnObject);
+        assert_eq!(
+            Payload::parse("[1]").unwrap_err(),
+            PayloadError::NotAnObject
+        );
+        assert_eq!(
+            Payload::parse("not json").unwrap_err(),
+            PayloadError::NotAnObject
+        );
         let big = format!(r#"{{"x":"{}"}}"#, "y".repeat(PAYLOAD_MAX_BYTES));
-        assert!(matches!(Payload::parse(&big), Err(PayloadError::TooLarge { .. })));
+        assert!(matches!(
+            Payload::parse(&big),
+            Err(PayloadError::TooLarge { .. })
+        ));
     }
 }

@@ -3,7 +3,9 @@
 
 use proptest::prelude::*;
 use protocol::frame::{GoawayReason, encode_state};
-use protocol::{ClientFrame, ErrorCode, EventState, Payload, ServerFrame, Stage, SubscribeTopic, Topic};
+use protocol::{
+    ClientFrame, ErrorCode, EventState, Payload, ServerFrame, Stage, SubscribeTopic, Topic,
+};
 
 fn topic() -> impl Strategy<Value = Topic> {
     "[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}"
@@ -50,16 +52,25 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
 fn server_frame() -> impl Strategy<Value = ServerFrame> {
     prop_oneof![
         ("[a-z0-9-]{1,20}", "[a-z0-9-]{1,20}", any::<u64>()).prop_map(|(c, n, h)| {
-            ServerFrame::Welcome { connection_id: c, node: n, heartbeat_ms: h, protocol: 1 }
+            ServerFrame::Welcome {
+                connection_id: c,
+                node: n,
+                heartbeat_ms: h,
+                protocol: 1,
+            }
         }),
         prop::collection::vec(topic(), 0..4).prop_map(|topics| ServerFrame::Subscribed { topics }),
-        prop::collection::vec(topic(), 0..4).prop_map(|topics| ServerFrame::Unsubscribed { topics }),
+        prop::collection::vec(topic(), 0..4)
+            .prop_map(|topics| ServerFrame::Unsubscribed { topics }),
         event_state().prop_map(ServerFrame::State),
         any::<u64>().prop_map(|ms| ServerFrame::Goaway {
             reconnect_after_ms: ms,
             reason: GoawayReason::Shutdown
         }),
-        ".{0,40}".prop_map(|message| ServerFrame::Error { code: ErrorCode::BadTopic, message }),
+        ".{0,40}".prop_map(|message| ServerFrame::Error {
+            code: ErrorCode::BadTopic,
+            message
+        }),
     ]
 }
 

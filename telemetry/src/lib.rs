@@ -65,7 +65,9 @@ impl Histogram {
     pub fn new(bounds_micros: &'static [u64]) -> Self {
         Self {
             bounds_micros,
-            buckets: (0..=bounds_micros.len()).map(|_| AtomicU64::new(0)).collect(),
+            buckets: (0..=bounds_micros.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             sum_micros: AtomicU64::new(0),
             count: AtomicU64::new(0),
         }
@@ -188,10 +190,25 @@ mod tests {
         let text = registry.render();
         assert!(text.contains("ringside_messages_sent_total 3\n"), "{text}");
         assert!(text.contains("ringside_connections 1\n"), "{text}");
-        assert!(text.contains("ringside_latency_seconds_bucket{le=\"0.0001\"} 1\n"), "{text}");
-        assert!(text.contains("ringside_latency_seconds_bucket{le=\"0.005\"} 2\n"), "{text}");
-        assert!(text.contains("ringside_latency_seconds_bucket{le=\"60\"} 2\n"), "{text}");
-        assert!(text.contains("ringside_latency_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
-        assert!(text.contains("ringside_latency_seconds_count 3\n"), "{text}");
+        assert!(
+            text.contains("ringside_latency_seconds_bucket{le=\"0.0001\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringside_latency_seconds_bucket{le=\"0.005\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringside_latency_seconds_bucket{le=\"60\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringside_latency_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringside_latency_seconds_count 3\n"),
+            "{text}"
+        );
     }
 }

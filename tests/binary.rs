@@ -1,0 +1,237 @@
+//! The `ringside` binary itself: serve, the operator CLI and `watch`, as a user runs them.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringside");
+
+struct StateDir(PathBuf);
+
+impl StateDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ringside-bin-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn ringside(state: &StateDir, args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env("RINGSIDE_STATE_DIR", &state.0)
+        .env_remove("RINGSIDE_DEVICE_TOKEN_SECRET")
+        .env_remove("RINGSIDE_ADMIN_TOKEN")
+        .env_remove("RINGSIDE_SERVER")
+        .env_remove("RINGSIDE_LISTEN");
+    command
+}
+
+fn run_ok(command: &mut Command) -> String {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().unwrap();
+    assert!(
+        status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&stderr)
+    );
+    String::from_utf8(stdout).unwrap()
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(state: &StateDir) -> Server {
+    let mut child = ringside(state, &["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().unwrap().unwrap();
+    let address = first
+        .split_whitespace()
+        .skip_while(|word| *word != "on")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+    let banner: Vec<String> = lines.by_ref().take(8).map(|l| l.unwrap()).collect();
+    assert!(
+        banner.iter().any(|l| l.contains("ringside token --device")),
+        "{banner:?}"
+    );
+    assert!(
+        banner.iter().any(|l| l.contains("DEVELOPMENT secrets")),
+        "{banner:?}"
+    );
+    std::thread::spawn(move || lines.for_each(drop));
+    Server {
+        child,
+        base: format!("http://{address}"),
+    }
+}
+
+#[test]
+fn serve_publish_and_watch_through_the_binary() {
+    let state = StateDir::new("e2e");
+    let mut server = start_server(&state);
+    let server_flag = ["--server", server.base.as_str()];
+
+    let created = run_ok(
+        ringside(
+            &state,
+            &[
+                "event",
+                "create",
+                "fight-night",
+                "--title",
+                "Fight Night",
+                "--starts-at",
+                "2026-12-01T20:00:00Z",
+            ],
+        )
+        .args(server_flag),
+    );
+    assert!(
+        created.contains(r#""topic": "event:fight-night""#),
+        "{created}"
+    );
+
+    let watch = ringside(&state, &["watch", "--event", "fight-night", "--count", "1"])
+        .args(server_flag)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Publish until the watcher has connected and received one state: it may connect after
+    // the first publish, in which case it catches up on subscribe.
+    let started = Instant::now();
+    run_ok(
+        ringside(
+            &state,
+            &[
+                "event",
+                "publish",
+                "fight-night",
+                "--stage",
+                "LIVE",
+                "--payload",
+                r#"{"hero":"h1"}"#,
+            ],
+        )
+        .args(server_flag),
+    );
+    let output = watch.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let line = String::from_utf8(output.stdout).unwrap();
+    assert!(line.contains(r#""type":"state""#), "{line}");
+    assert!(line.contains(r#""stage":"LIVE""#), "{line}");
+    assert!(line.contains(r#""payload":{"hero":"h1"}"#), "{line}");
+
+    let listed = run_ok(ringside(&state, &["event", "list"]).args(server_flag));
+    assert!(listed.contains(r#""version": 1"#), "{listed}");
+
+    // SIGTERM drains and exits cleanly.
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "serve exited with {status}");
+}
+
+#[test]
+fn token_command_mints_verifiable_tokens() {
+    let state = StateDir::new("token");
+    let secret = "a-device-token-secret-of-enough-length!";
+    let token = run_ok(
+        ringside(
+            &state,
+            &[
+                "token",
+                "--device",
+                "tv-9",
+                "--profile",
+                "p-9",
+                "--class",
+                "mobile",
+            ],
+        )
+        .env("RINGSIDE_DEVICE_TOKEN_SECRET", secret)
+        .env(
+            "RINGSIDE_ADMIN_TOKEN",
+            "an-admin-token-of-enough-length-000000",
+        ),
+    );
+    let key = auth::DeviceTokenKey::new(secret.as_bytes()).unwrap();
+    let claims = key.verify(token.trim(), 0).unwrap();
+    assert_eq!(
+        (claims.sub.as_str(), claims.profile.as_str()),
+        ("tv-9", "p-9")
+    );
+    assert_eq!(claims.class, auth::DeviceClass::Mobile);
+
+    // Without configuration or a development secrets file there is nothing to sign with.
+    let refused = ringside(&state, &["token", "--device", "d", "--profile", "p"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("RINGSIDE_DEVICE_TOKEN_SECRET"));
+}
+
+#[test]
+fn production_mode_refuses_to_start_without_secrets() {
+    let state = StateDir::new("prod");
+    let output = ringside(
+        &state,
+        &["serve", "--production", "--listen", "127.0.0.1:0"],
+    )
+    .output()
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no default secrets"), "{stderr}");
+    assert!(
+        !state.0.exists(),
+        "production mode must not create development secrets"
+    );
+
+    let short = ringside(&state, &["serve", "--listen", "127.0.0.1:0"])
+        .env("RINGSIDE_DEVICE_TOKEN_SECRET", "short")
+        .env("RINGSIDE_ADMIN_TOKEN", "also-short")
+        .output()
+        .unwrap();
+    assert!(!short.status.success());
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 32 bytes"));
+}

@@ -1,0 +1,205 @@
+//! Shared by the integration tests: a real server on port 0, composed exactly as `ringside
+//! serve` composes it, and real clients.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use auth::{DeviceClaims, DeviceClass, DeviceTokenKey};
+use client::{AdminClient, DeviceConnection};
+use gateway::{DrainReport, GatewayConfig};
+use protocol::admin::{CreateEvent, PublishReceipt, PublishRequest};
+use protocol::{EventId, EventState, Payload, ServerFrame, Stage, Topic};
+use ringside::secrets::Secrets;
+use ringside::{ServeConfig, serve};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Generous bound for anything that should happen promptly; it only catches a hang.
+pub const PROMPTLY: Duration = Duration::from_secs(10);
+
+pub const DEVICE_SECRET: &str = "test-device-secret-0123456789abcdef";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub ws_url: String,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<DrainReport>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut GatewayConfig)) -> Self {
+        let mut gateway = GatewayConfig {
+            node_id: "test-node".into(),
+            ..GatewayConfig::default()
+        };
+        configure(&mut gateway);
+        let config = ServeConfig {
+            gateway,
+            secrets: Secrets {
+                device_token_secret: DEVICE_SECRET.into(),
+                admin_token: ADMIN_TOKEN.into(),
+            },
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(serve(listener, config, shutdown.clone()));
+        let server = Self {
+            addr,
+            base: format!("http://{addr}"),
+            ws_url: format!("ws://{addr}/v1/ws"),
+            shutdown,
+            handle,
+        };
+        server.wait_healthy().await;
+        server
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = tokio::time::Instant::now() + PROMPTLY;
+        loop {
+            if let Ok(response) = client::http::call(&self.base, "GET", "/healthz", &[], None).await
+            {
+                if response.status == 200 {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server never became healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn admin(&self) -> AdminClient {
+        AdminClient::new(self.base.clone(), ADMIN_TOKEN)
+    }
+
+    pub async fn device(&self) -> DeviceConnection {
+        self.device_named("device").await
+    }
+
+    pub async fn device_named(&self, name: &str) -> DeviceConnection {
+        DeviceConnection::connect(&self.ws_url, &device_token(name, 3600))
+            .await
+            .unwrap()
+    }
+
+    /// Creates an event with stages UPCOMING, LIVE, ENDED.
+    pub async fn create_event(&self, id: &str) -> EventId {
+        let event = CreateEvent {
+            id: EventId::parse(id).unwrap(),
+            title: format!("Event {id}"),
+            starts_at: "2026-12-01T20:00:00Z".into(),
+            stages: ["UPCOMING", "LIVE", "ENDED"]
+                .iter()
+                .map(|s| Stage::parse(s).unwrap())
+                .collect(),
+        };
+        self.admin().create_event(&event).await.unwrap().id
+    }
+
+    pub async fn publish(&self, id: &EventId, stage: &str, payload: &str) -> PublishReceipt {
+        let request = PublishRequest {
+            stage: Stage::parse(stage).unwrap(),
+            payload: Payload::parse(payload).unwrap(),
+        };
+        self.admin().publish(id, &request).await.unwrap()
+    }
+
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = client::http::call(&self.base, "GET", "/metrics", &[], None)
+            .await
+            .unwrap()
+            .text();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+
+    /// Cancels the server and waits for its drain.
+    pub async fn stop(self) -> DrainReport {
+        self.shutdown.cancel();
+        tokio::time::timeout(PROMPTLY, self.handle)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+}
+
+pub fn device_token(device: &str, ttl_s: i64) -> String {
+    let key = DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exp = now.saturating_add_signed(ttl_s);
+    key.sign(&DeviceClaims {
+        sub: device.into(),
+        profile: format!("profile-{device}"),
+        class: DeviceClass::Tv,
+        exp,
+    })
+}
+
+pub fn topic(id: &EventId) -> Topic {
+    id.topic()
+}
+
+/// The next frame, failing the test if none comes promptly.
+pub async fn next_frame(device: &mut DeviceConnection) -> ServerFrame {
+    tokio::time::timeout(PROMPTLY, device.next_frame())
+        .await
+        .expect("a frame in time")
+        .unwrap()
+}
+
+/// The next state frame, skipping `subscribed` and `unsubscribed` answers.
+pub async fn next_state(device: &mut DeviceConnection) -> EventState {
+    loop {
+        match next_frame(device).await {
+            ServerFrame::State(state) => return state,
+            ServerFrame::Subscribed { .. } | ServerFrame::Unsubscribed { .. } => {}
+            other => panic!("expected a state, got {other:?}"),
+        }
+    }
+}
+
+/// Subscribes and waits for the `subscribed` answer.
+pub async fn subscribe(device: &mut DeviceConnection, topics: &[(Topic, u64)]) {
+    device.subscribe(topics).await.unwrap();
+    match next_frame(device).await {
+        ServerFrame::Subscribed { topics: answered } => {
+            assert_eq!(
+                answered,
+                topics.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>()
+            );
+        }
+        other => panic!("expected subscribed, got {other:?}"),
+    }
+}
+
+/// Reads until the server closes; returns the frames before the close and the close code and
+/// reason.
+pub async fn read_until_close(device: &mut DeviceConnection) -> (Vec<ServerFrame>, u16, String) {
+    let mut frames = Vec::new();
+    loop {
+        match tokio::time::timeout(PROMPTLY, device.next_frame())
+            .await
+            .expect("close in time")
+        {
+            Ok(frame) => frames.push(frame),
+            Err(client::ClientError::Closed { code, reason }) => return (frames, code, reason),
+            Err(other) => panic!("expected a close, got {other}"),
+        }
+    }
+}

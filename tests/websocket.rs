@@ -1,0 +1,501 @@
+//! Protocol v1 over real WebSocket connections to a real server.
+
+mod support;
+
+use std::time::Duration;
+
+use client::{ClientError, ConnectOptions, DeviceConnection};
+use futures_util::future::join_all;
+use protocol::frame::GoawayReason;
+use protocol::{ErrorCode, ServerFrame, Topic};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn welcome_subscribe_and_receive_a_published_state() {
+    let server = TestServer::start().await;
+    let event = server.create_event("fight-night").await;
+    let mut device = server.device().await;
+    assert_eq!(device.welcome.node, "test-node");
+    assert!(device.welcome.connection_id.starts_with("test-node-"));
+    assert_eq!(device.welcome.heartbeat_ms, 25_000);
+
+    subscribe(&mut device, &[(topic(&event), 0)]).await;
+    let receipt = server
+        .publish(&event, "LIVE", r#"{"hero": "card-7", "n": [1,2]}"#)
+        .await;
+    let state = next_state(&mut device).await;
+    assert_eq!(state.topic, topic(&event));
+    assert_eq!(state.version, receipt.version);
+    assert_eq!(state.version, 1);
+    assert_eq!(state.stage.as_str(), "LIVE");
+    assert_eq!(state.published_at_ms, receipt.published_at_ms);
+    assert_eq!(state.payload.as_json(), r#"{"hero": "card-7", "n": [1,2]}"#);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn catch_up_sends_the_current_state_only_to_devices_behind() {
+    let server = TestServer::start().await;
+    let event = server.create_event("catch-up").await;
+    for stage in ["UPCOMING", "LIVE", "ENDED"] {
+        server.publish(&event, stage, "{}").await;
+    }
+
+    let mut behind = server.device().await;
+    subscribe(&mut behind, &[(topic(&event), 1)]).await;
+    let state = next_state(&mut behind).await;
+    assert_eq!((state.version, state.stage.as_str()), (3, "ENDED"));
+
+    let mut fresh = server.device().await;
+    subscribe(&mut fresh, &[(topic(&event), 0)]).await;
+    assert_eq!(next_state(&mut fresh).await.version, 3);
+
+    // Up to date: nothing is sent, so the next frame is the next publish.
+    let mut current = server.device().await;
+    subscribe(&mut current, &[(topic(&event), 3)]).await;
+    server.publish(&event, "LIVE", "{}").await;
+    assert_eq!(next_state(&mut current).await.version, 4);
+    assert_eq!(next_state(&mut behind).await.version, 4);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn versions_strictly_increase_under_concurrent_publishes() {
+    let server = TestServer::start().await;
+    let event = server.create_event("race").await;
+    let mut device = server.device().await;
+    subscribe(&mut device, &[(topic(&event), 0)]).await;
+    let publishes = (0..40).map(|_| server.publish(&event, "LIVE", "{}"));
+    let receipts = join_all(publishes).await;
+    let newest = receipts.iter().map(|r| r.version).max().unwrap();
+    let mut versions = receipts.iter().map(|r| r.version).collect::<Vec<_>>();
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions.len(), 40, "every publish got its own version");
+
+    let mut last = 0;
+    while last < newest {
+        let version = next_state(&mut device).await.version;
+        assert!(version > last, "version {version} after {last}");
+        last = version;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_one_of_many_subscribers_receives_the_state() {
+    let server = TestServer::start().await;
+    let event = server.create_event("crowd").await;
+    let (server_ref, event_ref) = (&server, &event);
+    let mut devices = join_all((0..200).map(|i| async move {
+        let mut device = server_ref.device_named(&format!("d{i}")).await;
+        subscribe(&mut device, &[(topic(event_ref), 0)]).await;
+        device
+    }))
+    .await;
+    let stats = server.admin().stats().await.unwrap();
+    assert_eq!(stats.topics[0].subscribers, 200);
+    assert_eq!(stats.nodes[0].connections, 200);
+
+    let receipt = server.publish(&event, "LIVE", r#"{"k":1}"#).await;
+    let received = join_all(devices.iter_mut().map(next_state)).await;
+    assert!(
+        received
+            .iter()
+            .all(|s| s.version == receipt.version && s.payload.as_json() == r#"{"k":1}"#)
+    );
+
+    // Acks are counted once per device for the current version.
+    for device in devices.iter_mut().take(50) {
+        device.ack(&topic(&event), receipt.version).await.unwrap();
+        device.ack(&topic(&event), receipt.version).await.unwrap();
+        device
+            .ack(&topic(&event), receipt.version + 7)
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let acks = server.admin().stats().await.unwrap().topics[0].acks;
+        assert!(acks <= 50, "acks were inflated: {acks}");
+        if acks == 50 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acks never counted: {acks}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_reader_delays_nobody_and_later_gets_the_newest_version() {
+    let server = TestServer::start().await;
+    let event = server.create_event("stall").await;
+    let stalled_options = ConnectOptions {
+        read_buffer_bytes: Some(512),
+        ..ConnectOptions::default()
+    };
+    let mut stalled = DeviceConnection::connect_with(
+        &server.ws_url,
+        &device_token("stalled", 3600),
+        &stalled_options,
+    )
+    .await
+    .unwrap();
+    subscribe(&mut stalled, &[(topic(&event), 0)]).await;
+    let mut readers = Vec::new();
+    for i in 0..4 {
+        let mut device = server.device_named(&format!("reader{i}")).await;
+        subscribe(&mut device, &[(topic(&event), 0)]).await;
+        readers.push(tokio::spawn(async move {
+            let mut last = 0;
+            while last < PUBLISHES {
+                last = next_state(&mut device).await.version;
+            }
+            last
+        }));
+    }
+
+    // Far more bytes than the socket buffers between server and stalled client hold.
+    const PUBLISHES: u64 = 1500;
+    let payload = format!(r#"{{"filler":"{}"}}"#, "x".repeat(4000));
+    for _ in 0..PUBLISHES {
+        server.publish(&event, "LIVE", &payload).await;
+    }
+    for reader in readers {
+        assert_eq!(
+            reader.await.unwrap(),
+            PUBLISHES,
+            "a reader missed the newest version"
+        );
+    }
+
+    // Only now does the stalled device read: it ends at the newest version, in order, having
+    // skipped the versions that were superseded while it was not reading.
+    let mut received = 0;
+    let mut last = 0;
+    while last < PUBLISHES {
+        let version = next_state(&mut stalled).await.version;
+        assert!(version > last);
+        last = version;
+        received += 1;
+    }
+    assert!(
+        received < PUBLISHES,
+        "expected conflation, got all {received} versions"
+    );
+    assert!(server.metric("ringside_hub_states_conflated_total").await > 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery() {
+    let server = TestServer::start().await;
+    let a = server.create_event("a").await;
+    let b = server.create_event("b").await;
+    let mut device = server.device().await;
+    subscribe(&mut device, &[(topic(&a), 0), (topic(&b), 0)]).await;
+    device
+        .send(&protocol::ClientFrame::Unsubscribe {
+            topics: vec![topic(&a)],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next_frame(&mut device).await,
+        ServerFrame::Unsubscribed {
+            topics: vec![topic(&a)]
+        }
+    );
+    server.publish(&a, "LIVE", "{}").await;
+    server.publish(&b, "LIVE", "{}").await;
+    assert_eq!(next_state(&mut device).await.topic, topic(&b));
+    server.stop().await;
+}
+
+async fn expect_error_close(
+    device: &mut DeviceConnection,
+    expected_code: ErrorCode,
+    expected_close: u16,
+) {
+    let (frames, close, _reason) = read_until_close(device).await;
+    let error = frames.iter().find_map(|frame| match frame {
+        ServerFrame::Error { code, message } => Some((*code, message.clone())),
+        _ => None,
+    });
+    let (code, message) = error.expect("an error frame before the close");
+    assert_eq!(code, expected_code, "{message}");
+    assert!(!message.is_empty());
+    assert_eq!(close, expected_close);
+}
+
+#[tokio::test]
+async fn bad_frames_get_an_error_and_the_fitting_close_code_without_harming_others() {
+    let server = TestServer::start_with(|config| {
+        config.max_topics_per_connection = 3;
+        config.max_frame_bytes = 1024;
+    })
+    .await;
+    let event = server.create_event("bystander").await;
+    let mut bystander = server.device_named("bystander").await;
+    subscribe(&mut bystander, &[(topic(&event), 0)]).await;
+
+    let many_topics = (0..4)
+        .map(|i| format!(r#"{{"topic":"event:t{i}"}}"#))
+        .collect::<Vec<_>>();
+    let cases: Vec<(Message, ErrorCode, u16)> = vec![
+        (Message::text("{not json"), ErrorCode::InvalidJson, 1007),
+        (
+            Message::text(r#"{"type":"subscribe"}"#),
+            ErrorCode::InvalidFrame,
+            1007,
+        ),
+        (
+            Message::text(r#"{"type":"teleport"}"#),
+            ErrorCode::InvalidFrame,
+            1007,
+        ),
+        (
+            Message::text(r#"{"type":"subscribe","topics":[{"topic":"event:x","since":"0"}]}"#),
+            ErrorCode::InvalidFrame,
+            1007,
+        ),
+        (
+            Message::text(r#"{"type":"subscribe","topics":[{"topic":"nope"}]}"#),
+            ErrorCode::BadTopic,
+            1008,
+        ),
+        (
+            Message::text(r#"{"type":"unsubscribe","topics":["event:bad topic"]}"#),
+            ErrorCode::BadTopic,
+            1008,
+        ),
+        (
+            Message::text(format!(
+                r#"{{"type":"subscribe","topics":[{}]}}"#,
+                many_topics.join(",")
+            )),
+            ErrorCode::TooManyTopics,
+            1008,
+        ),
+        (
+            Message::text(format!(
+                r#"{{"type":"subscribe","pad":"{}"}}"#,
+                "x".repeat(2000)
+            )),
+            ErrorCode::FrameTooLarge,
+            1009,
+        ),
+        (
+            Message::binary(vec![1, 2, 3]),
+            ErrorCode::BinaryNotSupported,
+            1007,
+        ),
+    ];
+    for (index, (message, code, close)) in cases.into_iter().enumerate() {
+        let mut device = server.device_named(&format!("bad{index}")).await;
+        device.send_message(message).await.unwrap();
+        expect_error_close(&mut device, code, close).await;
+    }
+    assert_eq!(server.metric("ringside_protocol_errors_total").await, 9);
+
+    // A connection that adds topics one frame at a time hits the same limit.
+    let mut greedy = server.device_named("greedy").await;
+    for i in 0..3 {
+        subscribe(
+            &mut greedy,
+            &[(Topic::parse(&format!("event:g{i}")).unwrap(), 0)],
+        )
+        .await;
+    }
+    greedy
+        .subscribe(&[(Topic::parse("event:g3").unwrap(), 0)])
+        .await
+        .unwrap();
+    expect_error_close(&mut greedy, ErrorCode::TooManyTopics, 1008).await;
+
+    server.publish(&event, "LIVE", "{}").await;
+    assert_eq!(
+        next_state(&mut bystander).await.version,
+        1,
+        "bystander still served"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn upgrades_without_a_valid_token_get_401_and_no_socket() {
+    let server = TestServer::start().await;
+    let foreign_key = auth::DeviceTokenKey::new(b"some-other-secret-0123456789abcdef").unwrap();
+    let foreign = foreign_key.sign(&auth::DeviceClaims {
+        sub: "d".into(),
+        profile: "p".into(),
+        class: auth::DeviceClass::Mobile,
+        exp: u64::MAX / 2,
+    });
+    let cases = [
+        (String::new(), "missing"),
+        ("not-a-jwt".to_owned(), "malformed"),
+        (foreign, "signature"),
+        (device_token("late", -10), "expired"),
+    ];
+    for (token, expected) in cases {
+        match DeviceConnection::connect(&server.ws_url, &token).await {
+            Err(ClientError::Refused { status, body }) => {
+                assert_eq!(status, 401);
+                let error: protocol::admin::ApiError = serde_json::from_str(&body).unwrap();
+                assert_eq!(
+                    error.error.code,
+                    protocol::admin::ApiErrorCode::Unauthorized
+                );
+                assert!(
+                    error.error.message.contains(expected),
+                    "{expected}: {}",
+                    error.error.message
+                );
+            }
+            other => panic!("{expected}: expected a 401, got {other:?}"),
+        }
+    }
+    assert_eq!(server.metric("ringside_connections_opened_total").await, 0);
+
+    // The same token as a bearer header is accepted.
+    let token = device_token("header", 3600);
+    let address = server.addr;
+    let request = tokio_tungstenite::tungstenite::http::Request::builder()
+        .uri(format!("ws://{address}/v1/ws"))
+        .header("host", address.to_string())
+        .header("authorization", format!("Bearer {token}"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .body(())
+        .unwrap();
+    let (mut socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.status(), 101);
+    use futures_util::StreamExt;
+    let welcome = socket.next().await.unwrap().unwrap();
+    assert!(welcome.to_text().unwrap().contains(r#""type":"welcome""#));
+
+    // A plain GET with a valid token but no upgrade headers is a 400, not a crash.
+    let plain = client::http::call(
+        &server.base,
+        "GET",
+        &format!("/v1/ws?token={token}"),
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(plain.status, 400);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_never_subscribes_is_closed_with_goaway() {
+    let server =
+        TestServer::start_with(|config| config.subscribe_timeout = Duration::from_millis(200))
+            .await;
+    let mut idle = server.device().await;
+    let (frames, close, _) = read_until_close(&mut idle).await;
+    assert!(
+        matches!(
+            frames.as_slice(),
+            [ServerFrame::Goaway {
+                reason: GoawayReason::Idle,
+                ..
+            }]
+        ),
+        "{frames:?}"
+    );
+    assert_eq!(close, 1008);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_and_live_ones_kept() {
+    let server = TestServer::start_with(|config| {
+        config.heartbeat_interval = Duration::from_millis(100);
+        config.heartbeat_misses = 2;
+    })
+    .await;
+    let event = server.create_event("heartbeat").await;
+    let mut silent = server.device_named("silent").await;
+    subscribe(&mut silent, &[(topic(&event), 0)]).await;
+    let mut live = server.device_named("live").await;
+    subscribe(&mut live, &[(topic(&event), 0)]).await;
+    // The live device keeps reading (its client answers pings); the silent one does not.
+    let live_task = tokio::spawn(async move {
+        let state = next_state(&mut live).await;
+        (state.version, live)
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (frames, close, _) = read_until_close(&mut silent).await;
+    assert!(
+        frames.iter().any(|f| matches!(
+            f,
+            ServerFrame::Goaway {
+                reason: GoawayReason::HeartbeatTimeout,
+                ..
+            }
+        )),
+        "{frames:?}"
+    );
+    assert_eq!(close, 1001);
+    server.publish(&event, "LIVE", "{}").await;
+    let (version, _live) = live_task.await.unwrap();
+    assert_eq!(version, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_sends_goaway_with_spread_reconnect_delays_then_closes() {
+    let server =
+        TestServer::start_with(|config| config.reconnect_spread = Duration::from_millis(3000))
+            .await;
+    let event = server.create_event("drain").await;
+    let mut devices = Vec::new();
+    for i in 0..20 {
+        let mut device = server.device_named(&format!("d{i}")).await;
+        subscribe(&mut device, &[(topic(&event), 0)]).await;
+        devices.push(device);
+    }
+    let readers = devices
+        .into_iter()
+        .map(|mut device| tokio::spawn(async move { read_until_close(&mut device).await }));
+    let readers: Vec<_> = readers.collect();
+    let report = server.stop().await;
+    assert_eq!(report.sessions_at_start, 20);
+    assert_eq!(report.sessions_left, 0);
+    let mut delays = Vec::new();
+    for reader in readers {
+        let (frames, close, _) = reader.await.unwrap();
+        assert_eq!(close, 1001);
+        match frames.as_slice() {
+            [
+                ServerFrame::Goaway {
+                    reconnect_after_ms,
+                    reason: GoawayReason::Shutdown,
+                },
+            ] => {
+                assert!(*reconnect_after_ms <= 3000);
+                delays.push(*reconnect_after_ms);
+            }
+            other => panic!("expected one goaway, got {other:?}"),
+        }
+    }
+    delays.sort_unstable();
+    delays.dedup();
+    assert!(
+        delays.len() > 1,
+        "reconnect delays are jittered, not identical: {delays:?}"
+    );
+}
