@@ -1,0 +1,271 @@
+//! The coordinator of a `fanout` run.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use client::AdminClient;
+use protocol::admin::{CreateEvent, PublishRequest};
+use protocol::{EventId, Payload, Stage};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::time::Instant;
+
+use crate::report::{FanoutReport, Latency, UpdateReport, new_histogram};
+use crate::system::{is_loopback_url, load_average, rss_bytes};
+use crate::wire::{Command, WorkerPlan, WorkerReport};
+
+/// Most connections one worker holds (the machine allows 20,000 open files per process).
+pub const CONNECTIONS_PER_WORKER_MAX: usize = 15_000;
+
+#[derive(Debug, Clone)]
+pub struct FanoutPlan {
+    /// Base URL of the node, e.g. `http://127.0.0.1:8080`.
+    pub server: String,
+    pub device_token_secret: String,
+    pub admin_token: String,
+    pub connections: usize,
+    pub workers: usize,
+    pub publishes: usize,
+    pub publish_interval: Duration,
+    pub event: EventId,
+    pub payload_bytes: usize,
+    /// Gateway process to measure memory of.
+    pub gateway_pid: Option<u32>,
+    /// Source addresses 127.0.0.2, 127.0.0.3, … spread over.
+    pub source_addresses: usize,
+    /// Fleet-wide connections per second.
+    pub connect_rate: f64,
+    pub read_buffer_bytes: usize,
+    /// Time allowed for the last deliveries after the last publish.
+    pub delivery_timeout: Duration,
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    received: u64,
+}
+
+impl Worker {
+    async fn next_report(&mut self) -> anyhow::Result<WorkerReport> {
+        loop {
+            let line = self
+                .lines
+                .next_line()
+                .await?
+                .context("worker exited early")?;
+            if let Ok(report) = serde_json::from_str::<WorkerReport>(&line) {
+                if let WorkerReport::Progress { received } = report {
+                    self.received = received;
+                }
+                return Ok(report);
+            }
+        }
+    }
+}
+
+fn source_addresses(count: usize) -> Vec<IpAddr> {
+    (0..count.clamp(1, 250))
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
+        .collect()
+}
+
+pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
+    if !is_loopback_url(&plan.server) {
+        bail!(
+            "ringside-load only targets loopback addresses, not {}",
+            plan.server
+        );
+    }
+    let workers = plan
+        .workers
+        .max(plan.connections.div_ceil(CONNECTIONS_PER_WORKER_MAX))
+        .max(1);
+    let admin = AdminClient::new(plan.server.clone(), &plan.admin_token);
+    let event = CreateEvent {
+        id: plan.event.clone(),
+        title: "ringside-load fanout".into(),
+        starts_at: "2026-01-01T00:00:00Z".into(),
+        stages: vec![
+            Stage::parse("UPCOMING")?,
+            Stage::parse("LIVE")?,
+            Stage::parse("ENDED")?,
+        ],
+    };
+    match admin.create_event(&event).await {
+        Ok(_) | Err(client::ClientError::Api { status: 409, .. }) => {}
+        Err(error) => return Err(error).context("creating the benchmark event"),
+    }
+
+    let load_average_before = load_average();
+    let rss_before = plan.gateway_pid.and_then(rss_bytes);
+    let addresses = source_addresses(plan.source_addresses);
+    let mut fleet = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let share = plan.connections / workers + usize::from(index < plan.connections % workers);
+        let worker_plan = WorkerPlan {
+            worker: index,
+            ws_url: client::device::ws_url(&plan.server),
+            topic: plan.event.topic().to_string(),
+            device_token_secret: plan.device_token_secret.clone(),
+            connections: share,
+            source_addresses: addresses
+                .iter()
+                .skip(index)
+                .step_by(workers)
+                .copied()
+                .collect::<Vec<_>>(),
+            connect_rate: plan.connect_rate / workers as f64,
+            read_buffer_bytes: plan.read_buffer_bytes,
+        };
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("worker")
+            .arg(serde_json::to_string(&worker_plan)?)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning a worker")?;
+        let stdin = child.stdin.take().context("worker stdin")?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        fleet.push(Worker {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+            received: 0,
+        });
+    }
+
+    let mut connected = 0;
+    let connect_started = Instant::now();
+    for worker in &mut fleet {
+        loop {
+            if let WorkerReport::Ready {
+                connected: n,
+                failed,
+                first_error,
+            } = worker.next_report().await?
+            {
+                connected += n;
+                if failed > 0 {
+                    eprintln!(
+                        "worker: {failed} connections failed (first: {})",
+                        first_error.unwrap_or_default()
+                    );
+                }
+                break;
+            }
+        }
+    }
+    eprintln!(
+        "{connected}/{} devices connected and subscribed in {:.1} s",
+        plan.connections,
+        connect_started.elapsed().as_secs_f64()
+    );
+    // Let allocator and kernel settle before reading memory.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = plan.gateway_pid.and_then(rss_bytes);
+
+    let payload = Payload::parse(&format!(
+        r#"{{"filler":"{}"}}"#,
+        "x".repeat(plan.payload_bytes)
+    ))?;
+    let mut versions = Vec::with_capacity(plan.publishes);
+    for index in 0..plan.publishes {
+        if index > 0 {
+            tokio::time::sleep(plan.publish_interval).await;
+        }
+        let stage = Stage::parse(["LIVE", "ENDED"][index % 2])?;
+        let receipt = admin
+            .publish(
+                &plan.event,
+                &PublishRequest {
+                    stage,
+                    payload: payload.clone(),
+                },
+            )
+            .await?;
+        versions.push(receipt.version);
+    }
+
+    // Wait for every delivery (or the timeout), showing progress.
+    let expected = (connected * plan.publishes) as u64;
+    let deadline = Instant::now() + plan.delivery_timeout;
+    let mut shown = Instant::now();
+    loop {
+        let mut received = 0;
+        for worker in &mut fleet {
+            worker.next_report().await?;
+            received += worker.received;
+        }
+        if shown.elapsed() > Duration::from_secs(1) {
+            eprintln!("delivered {received}/{expected}");
+            shown = Instant::now();
+        }
+        if received >= expected || Instant::now() >= deadline {
+            break;
+        }
+    }
+
+    let load_average_after = load_average();
+    let mut per_version: std::collections::BTreeMap<u64, hdrhistogram::Histogram<u64>> =
+        versions.iter().map(|v| (*v, new_histogram())).collect();
+    for worker in &mut fleet {
+        let finish = serde_json::to_string(&Command::Finish)? + "\n";
+        worker.stdin.write_all(finish.as_bytes()).await?;
+        let samples = loop {
+            if let WorkerReport::Done { samples, .. } = worker.next_report().await? {
+                break samples;
+            }
+        };
+        for (version, latencies) in samples {
+            if let Some(histogram) = per_version.get_mut(&version) {
+                for latency in latencies {
+                    histogram.saturating_record(latency.max(1));
+                }
+            }
+        }
+        let _ = worker.child.wait().await;
+    }
+
+    let mut overall = new_histogram();
+    let mut updates = Vec::new();
+    for (version, histogram) in &per_version {
+        overall.add(histogram).context("merging histograms")?;
+        updates.push(UpdateReport {
+            version: *version,
+            delivered: histogram.len(),
+            expected: connected as u64,
+            latency: Latency::of(histogram),
+        });
+    }
+    let mut lasts: Vec<f64> = updates.iter().map(|u| u.latency.max_ms).collect();
+    lasts.sort_by(f64::total_cmp);
+    let median_time_to_last_device_ms = lasts.get(lasts.len() / 2).copied().unwrap_or(0.0);
+    let gateway_bytes_per_connection = match (rss_before, rss_after) {
+        (Some(before), Some(after)) if connected > 0 => {
+            Some(after.saturating_sub(before) as f64 / connected as f64)
+        }
+        _ => None,
+    };
+    Ok(FanoutReport {
+        connections: plan.connections,
+        connected,
+        workers,
+        payload_bytes: plan.payload_bytes,
+        gateway_rss_before_bytes: rss_before,
+        gateway_rss_after_bytes: rss_after,
+        gateway_bytes_per_connection,
+        load_average_before,
+        load_average_after,
+        delivered: updates.iter().map(|u| u.delivered).sum(),
+        expected,
+        updates,
+        overall: Latency::of(&overall),
+        median_time_to_last_device_ms,
+        clock_note: "latency = device receive time - published_at_ms, one machine and one clock; published_at_ms has 1 ms resolution",
+    })
+}

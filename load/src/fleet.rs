@@ -1,0 +1,167 @@
+//! A worker process: its share of the device fleet.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use auth::{DeviceClaims, DeviceClass, DeviceTokenKey};
+use client::{ConnectOptions, DeviceConnection};
+use protocol::{ServerFrame, Topic};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::wire::{Command, WorkerPlan, WorkerReport};
+
+/// Per version, latency samples in microseconds.
+type Samples = Arc<Mutex<BTreeMap<u64, Vec<u64>>>>;
+
+#[derive(Default)]
+struct Counters {
+    connected: AtomicUsize,
+    failed: AtomicUsize,
+    disconnected: AtomicUsize,
+    received: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+fn emit(report: &WorkerReport) {
+    if let Ok(line) = serde_json::to_string(report) {
+        println!("{line}");
+    }
+}
+
+fn unix_now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Runs one worker until the coordinator says `finish` on stdin.
+pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
+    let key = DeviceTokenKey::new(plan.device_token_secret.as_bytes())?;
+    let topic = Topic::parse(&plan.topic)?;
+    let samples: Samples = Arc::default();
+    let counters = Arc::new(Counters::default());
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 86_400;
+
+    let mean_gap = Duration::from_secs_f64(1.0 / plan.connect_rate.max(1.0));
+    for index in 0..plan.connections {
+        let claims = DeviceClaims {
+            sub: format!("load-{}-{index}", plan.worker),
+            profile: format!("p-{}-{index}", plan.worker),
+            class: DeviceClass::Tv,
+            exp,
+        };
+        let token = key.sign(&claims);
+        let options = ConnectOptions {
+            bind: plan
+                .source_addresses
+                .get(index % plan.source_addresses.len().max(1))
+                .copied(),
+            read_buffer_bytes: Some(plan.read_buffer_bytes),
+            connect_timeout: Some(Duration::from_secs(20)),
+        };
+        let (url, topic, samples, counters) = (
+            plan.ws_url.clone(),
+            topic.clone(),
+            samples.clone(),
+            counters.clone(),
+        );
+        tokio::spawn(
+            async move { run_device(url, token, options, topic, samples, counters).await },
+        );
+        // Exponential gaps: arrivals at the planned mean rate, never in lockstep.
+        tokio::time::sleep(mean_gap.mul_f64(-fastrand::f64().max(1e-9).ln())).await;
+    }
+    while counters.connected.load(Ordering::Acquire) + counters.failed.load(Ordering::Acquire)
+        < plan.connections
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first_error = counters
+        .first_error
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    emit(&WorkerReport::Ready {
+        connected: counters.connected.load(Ordering::Acquire),
+        failed: counters.failed.load(Ordering::Acquire),
+        first_error,
+    });
+
+    let progress_counters = counters.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            emit(&WorkerReport::Progress {
+                received: progress_counters.received.load(Ordering::Relaxed),
+            });
+        }
+    });
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        if let Ok(Command::Finish) = serde_json::from_str(&line) {
+            break;
+        }
+    }
+    let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(PoisonError::into_inner));
+    emit(&WorkerReport::Done {
+        samples,
+        disconnected: counters.disconnected.load(Ordering::Acquire),
+    });
+    Ok(())
+}
+
+async fn run_device(
+    url: String,
+    token: String,
+    options: ConnectOptions,
+    topic: Topic,
+    samples: Samples,
+    counters: Arc<Counters>,
+) {
+    let connected = async {
+        let mut device = DeviceConnection::connect_with(&url, &token, &options).await?;
+        device.subscribe(&[(topic, 0)]).await?;
+        loop {
+            if let ServerFrame::Subscribed { .. } = device.next_frame().await? {
+                return Ok::<_, client::ClientError>(device);
+            }
+        }
+    };
+    let mut device = match connected.await {
+        Ok(device) => {
+            counters.connected.fetch_add(1, Ordering::AcqRel);
+            device
+        }
+        Err(error) => {
+            counters
+                .first_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(error.to_string());
+            counters.failed.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
+    };
+    loop {
+        match device.next_frame().await {
+            Ok(ServerFrame::State(state)) => {
+                let latency_us = unix_now_us().saturating_sub(state.published_at_ms * 1000);
+                samples
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(state.version)
+                    .or_default()
+                    .push(latency_us);
+                counters.received.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                counters.disconnected.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! `ringside-load`: a simulated device fleet that measures Ringside.
+//!
+//! One coordinator process spawns worker processes (each holds at most its share of the fleet,
+//! under the per-process open-files limit) and talks to them over their stdin and stdout with
+//! one JSON object per line ([`wire`]).
+//!
+//! - [`fleet`]: a worker: opens its connections from several loopback source addresses at a
+//!   jittered rate, subscribes each, timestamps every `state` received.
+//! - [`coordinator`]: spawns workers, waits until the fleet is subscribed, measures the
+//!   gateway's memory, publishes through the admin API, and merges the workers' samples.
+//! - [`report`]: latency percentiles per update from HDR histograms, as a table and as JSON.
+//! - [`system`]: RSS of a process and the machine's load average, from `/proc`.
+//!
+//! Latency is the device's receive time minus the state's `published_at_ms`, both read from the
+//! same machine's clock; `published_at_ms` has millisecond resolution, so each sample may read up
+//! to 1 ms high.
+
+pub mod coordinator;
+pub mod fleet;
+pub mod report;
+pub mod system;
+pub mod wire;

@@ -1,0 +1,117 @@
+//! Results: per-update latency percentiles from merged HDR histograms.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    pub fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            p50_ms: ms(histogram.value_at_quantile(0.5)),
+            p90_ms: ms(histogram.value_at_quantile(0.9)),
+            p99_ms: ms(histogram.value_at_quantile(0.99)),
+            p999_ms: ms(histogram.value_at_quantile(0.999)),
+            max_ms: ms(histogram.max()),
+        }
+    }
+}
+
+/// One published update.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateReport {
+    pub version: u64,
+    pub delivered: u64,
+    pub expected: u64,
+    /// Latency of every delivery of this update; `max_ms` is when the last device had it.
+    pub latency: Latency,
+}
+
+/// A `fanout` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutReport {
+    pub connections: usize,
+    pub connected: usize,
+    pub workers: usize,
+    pub payload_bytes: usize,
+    pub gateway_rss_before_bytes: Option<u64>,
+    pub gateway_rss_after_bytes: Option<u64>,
+    pub gateway_bytes_per_connection: Option<f64>,
+    pub load_average_before: Option<f64>,
+    pub load_average_after: Option<f64>,
+    pub updates: Vec<UpdateReport>,
+    pub delivered: u64,
+    pub expected: u64,
+    /// Over every delivery of every update.
+    pub overall: Latency,
+    /// Median over updates of the time until the last device had the update.
+    pub median_time_to_last_device_ms: f64,
+    pub clock_note: &'static str,
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    // 1 µs to 10 min, 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
+}
+
+impl FanoutReport {
+    pub fn print_table(&self) {
+        println!(
+            "fanout: {} of {} devices connected over {} workers; payload {} B",
+            self.connected, self.connections, self.workers, self.payload_bytes
+        );
+        if let (Some(before), Some(after), Some(per)) = (
+            self.gateway_rss_before_bytes,
+            self.gateway_rss_after_bytes,
+            self.gateway_bytes_per_connection,
+        ) {
+            println!(
+                "gateway RSS: {:.1} MiB before, {:.1} MiB connected: {per:.0} B per idle connection",
+                before as f64 / 1048576.0,
+                after as f64 / 1048576.0
+            );
+        }
+        println!(
+            "{:>8} {:>16} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "version", "delivered", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "last ms"
+        );
+        for update in &self.updates {
+            let l = &update.latency;
+            println!(
+                "{:>8} {:>16} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                update.version,
+                format!("{}/{}", update.delivered, update.expected),
+                l.p50_ms,
+                l.p90_ms,
+                l.p99_ms,
+                l.p999_ms,
+                l.max_ms
+            );
+        }
+        let l = &self.overall;
+        println!(
+            "all: delivered {}/{} ({:.3}%); p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms; median time to last device {:.1} ms",
+            self.delivered,
+            self.expected,
+            100.0 * self.delivered as f64 / self.expected.max(1) as f64,
+            l.p50_ms,
+            l.p99_ms,
+            l.p999_ms,
+            l.max_ms,
+            self.median_time_to_last_device_ms
+        );
+        if let (Some(before), Some(after)) = (self.load_average_before, self.load_average_after) {
+            println!("load average (1 min): {before:.2} before, {after:.2} after");
+        }
+        println!("note: {}", self.clock_note);
+    }
+}

@@ -1,0 +1,47 @@
+//! Messages between the coordinator and its workers, one JSON object per line.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What a worker is asked to do (passed as one JSON argument).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerPlan {
+    pub worker: usize,
+    pub ws_url: String,
+    pub topic: String,
+    pub device_token_secret: String,
+    pub connections: usize,
+    /// Source addresses to spread connections over.
+    pub source_addresses: Vec<std::net::IpAddr>,
+    /// Connections opened per second by this worker.
+    pub connect_rate: f64,
+    pub read_buffer_bytes: usize,
+}
+
+/// Worker → coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerReport {
+    /// Every connection is open and subscribed (or failed).
+    Ready {
+        connected: usize,
+        failed: usize,
+        first_error: Option<String>,
+    },
+    /// Periodic count of states received.
+    Progress { received: u64 },
+    /// Final samples: per version, the latency of each delivery in microseconds.
+    Done {
+        samples: BTreeMap<u64, Vec<u64>>,
+        disconnected: usize,
+    },
+}
+
+/// Coordinator → worker, on the worker's stdin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Report samples and exit.
+    Finish,
+}
