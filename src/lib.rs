@@ -9,6 +9,7 @@
 //! The CLI (`src/main.rs`) only parses arguments and calls into this library and the `client`
 //! crate.
 
+pub mod http;
 pub mod secrets;
 pub mod server;
 

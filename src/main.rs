@@ -12,6 +12,7 @@ use client::{AdminClient, Watcher, WatcherConfig};
 use gateway::GatewayConfig;
 use protocol::admin::{CreateEvent, PublishRequest};
 use protocol::{EventId, Payload, Stage};
+use ringside::http::HttpConfig;
 use ringside::secrets::{self, SecretSource, Secrets};
 use ringside::{ServeConfig, serve};
 use tokio_util::sync::CancellationToken;
@@ -42,14 +43,12 @@ enum Command {
     Watch(WatchArgs),
 }
 
+/// Where secrets come from. They are read from the environment (or files the environment
+/// names), never from flags, so that they do not show in process listings:
+/// `RINGSIDE_DEVICE_TOKEN_SECRET` / `RINGSIDE_DEVICE_TOKEN_SECRET_FILE` and
+/// `RINGSIDE_ADMIN_TOKEN` / `RINGSIDE_ADMIN_TOKEN_FILE`.
 #[derive(Args)]
 struct SecretArgs {
-    /// Secret that signs device tokens (at least 32 bytes).
-    #[arg(long, env = "RINGSIDE_DEVICE_TOKEN_SECRET", hide_env_values = true)]
-    device_token_secret: Option<String>,
-    /// Operators' bearer token (at least 32 bytes).
-    #[arg(long, env = "RINGSIDE_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
     /// Where development secrets are kept.
     #[arg(long, env = "RINGSIDE_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -62,10 +61,18 @@ impl SecretArgs {
             .unwrap_or_else(secrets::default_state_dir)
     }
 
+    fn configured(&self) -> anyhow::Result<(Option<String>, Option<String>)> {
+        Ok((
+            secrets::from_env("RINGSIDE_DEVICE_TOKEN_SECRET")?,
+            secrets::from_env("RINGSIDE_ADMIN_TOKEN")?,
+        ))
+    }
+
     /// Configured secrets, else the development ones.
     fn resolve(&self) -> anyhow::Result<Secrets> {
+        let (device_token_secret, admin_token) = self.configured()?;
         if let (Some(device_token_secret), Some(admin_token)) =
-            (self.device_token_secret.clone(), self.admin_token.clone())
+            (device_token_secret.clone(), admin_token.clone())
         {
             return Ok(Secrets {
                 device_token_secret,
@@ -80,11 +87,8 @@ impl SecretArgs {
             )
         })?;
         Ok(Secrets {
-            device_token_secret: self
-                .device_token_secret
-                .clone()
-                .unwrap_or(development.device_token_secret),
-            admin_token: self.admin_token.clone().unwrap_or(development.admin_token),
+            device_token_secret: device_token_secret.unwrap_or(development.device_token_secret),
+            admin_token: admin_token.unwrap_or(development.admin_token),
         })
     }
 }
@@ -97,6 +101,21 @@ struct ServeArgs {
     /// Refuse to start without configured secrets.
     #[arg(long, env = "RINGSIDE_PRODUCTION")]
     production: bool,
+    /// Allow development secrets on a non-loopback listen address.
+    #[arg(long, env = "RINGSIDE_DEV")]
+    dev: bool,
+    #[arg(
+        long,
+        env = "RINGSIDE_MAX_PENDING_CONNECTIONS",
+        help = "HTTP connections not yet upgraded, at once [default: 4096]"
+    )]
+    max_pending_connections: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_HEADER_READ_TIMEOUT_MS",
+        help = "Time a client has to send request headers [default: 10000]"
+    )]
+    header_read_timeout_ms: Option<u64>,
     #[command(flatten)]
     secrets: SecretArgs,
     /// This node's id (default: host name and a random suffix).
@@ -398,14 +417,34 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let state_dir = args.secrets.state_dir();
+    let (device_token_secret, admin_token) = args.secrets.configured()?;
     let (secrets, source) = secrets::for_server(
-        args.secrets.device_token_secret.clone(),
-        args.secrets.admin_token.clone(),
+        device_token_secret,
+        admin_token,
         args.production,
         &state_dir,
     )?;
+    if matches!(source, SecretSource::DevelopmentFile(_))
+        && !args.listen.ip().is_loopback()
+        && !args.dev
+    {
+        bail!(
+            "refusing to serve development secrets on {}, which is not a loopback address: \
+             configure RINGSIDE_DEVICE_TOKEN_SECRET and RINGSIDE_ADMIN_TOKEN, or pass --dev",
+            args.listen
+        );
+    }
+    let http_defaults = HttpConfig::default();
     let config = ServeConfig {
         gateway: args.gateway_config(),
+        http: HttpConfig {
+            max_pending_connections: args
+                .max_pending_connections
+                .unwrap_or(http_defaults.max_pending_connections),
+            header_read_timeout: args
+                .header_read_timeout_ms
+                .map_or(http_defaults.header_read_timeout, Duration::from_millis),
+        },
         secrets,
     };
     config.validate()?;
@@ -501,6 +540,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
             WatchEvent::Connected { node, endpoint } => {
                 eprintln!("connected to {endpoint} (node {node})")
             }
+            WatchEvent::Refused { reason } => bail!("refused: {reason}"),
             WatchEvent::Disconnected { reason, retry_in } => {
                 eprintln!(
                     "disconnected: {reason}; retrying in {} ms",

@@ -83,6 +83,25 @@ pub fn for_server(
     }
 }
 
+/// A secret from the environment: `NAME`, or the trimmed contents of the file `NAME_FILE` names
+/// (as secret stores mount them). Empty values count as unset.
+pub fn from_env(name: &str) -> anyhow::Result<Option<String>> {
+    if let Some(value) = std::env::var(name).ok().filter(|v| !v.is_empty()) {
+        return Ok(Some(value));
+    }
+    let file_variable = format!("{name}_FILE");
+    let Some(path) = std::env::var_os(&file_variable) else {
+        return Ok(None);
+    };
+    let value = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{file_variable}: cannot read {}",
+            PathBuf::from(&path).display()
+        )
+    })?;
+    Ok(Some(value.trim().to_owned()).filter(|v| !v.is_empty()))
+}
+
 /// The development secrets, for CLI commands run beside a development server.
 pub fn development(state_dir: &Path) -> anyhow::Result<Option<Secrets>> {
     read_file(&state_dir.join(DEV_SECRETS_FILE))

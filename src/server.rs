@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use auth::{AdminToken, DeviceTokenKey};
 use axum::Router;
 use axum::extract::State;
@@ -18,12 +17,14 @@ use telemetry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::{HttpConfig, serve_http};
 use crate::secrets::Secrets;
 
 /// Everything `serve` needs, validated before it binds anything.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub gateway: GatewayConfig,
+    pub http: HttpConfig,
     pub secrets: Secrets,
 }
 
@@ -119,11 +120,17 @@ pub async fn serve(
 
     // The node serves subscriptions only once it holds the latest state of every topic.
     let consumer_shutdown = shutdown.child_token();
-    let consumer = tokio::spawn(run_bus_consumer(
-        bus.subscribe(),
-        hub.clone(),
-        consumer_shutdown,
-    ));
+    let consumer_hub = hub.clone();
+    let feed = bus.subscribe();
+    let consumer = tokio::spawn(async move {
+        let result = run_bus_consumer(feed, consumer_hub.clone(), consumer_shutdown).await;
+        if let Err(error) = result {
+            // The node can no longer follow state changes: report unready so that the load
+            // balancer moves devices elsewhere, and say why.
+            tracing::error!(%error, "bus consumer stopped; node is unready");
+            consumer_hub.mark_unready();
+        }
+    });
     hub.wait_ready().await;
 
     let operations = Operations {
@@ -139,19 +146,13 @@ pub async fn serve(
         .merge(control.router())
         .fallback(not_found);
 
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    let http =
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let grace = gateway.shutdown_grace();
+    let http = serve_http(listener, router, config.http, shutdown.clone(), grace);
     let drain = async {
         shutdown.cancelled().await;
         gateway.drain().await
     };
-    let (served, report) = tokio::join!(http, drain);
-    served.context("HTTP server failed")?;
+    let (_http_drained, report) = tokio::join!(http, drain);
     consumer.abort();
     Ok(report)
 }

@@ -227,6 +227,12 @@ fn production_mode_refuses_to_start_without_secrets() {
         "production mode must not create development secrets"
     );
 
+    let public = ringside(&state, &["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!public.status.success());
+    assert!(String::from_utf8_lossy(&public.stderr).contains("not a loopback address"));
+
     let short = ringside(&state, &["serve", "--listen", "127.0.0.1:0"])
         .env("RINGSIDE_DEVICE_TOKEN_SECRET", "short")
         .env("RINGSIDE_ADMIN_TOKEN", "also-short")

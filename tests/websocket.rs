@@ -27,7 +27,6 @@ async fn welcome_subscribe_and_receive_a_published_state() {
     let state = next_state(&mut device).await;
     assert_eq!(state.topic, topic(&event));
     assert_eq!(state.version, receipt.version);
-    assert_eq!(state.version, 1);
     assert_eq!(state.stage.as_str(), "LIVE");
     assert_eq!(state.published_at_ms, receipt.published_at_ms);
     assert_eq!(state.payload.as_json(), r#"{"hero": "card-7", "n": [1,2]}"#);
@@ -38,25 +37,27 @@ async fn welcome_subscribe_and_receive_a_published_state() {
 async fn catch_up_sends_the_current_state_only_to_devices_behind() {
     let server = TestServer::start().await;
     let event = server.create_event("catch-up").await;
+    let mut versions = Vec::new();
     for stage in ["UPCOMING", "LIVE", "ENDED"] {
-        server.publish(&event, stage, "{}").await;
+        versions.push(server.publish(&event, stage, "{}").await.version);
     }
+    let (first, newest) = (versions[0], versions[2]);
 
     let mut behind = server.device().await;
-    subscribe(&mut behind, &[(topic(&event), 1)]).await;
+    subscribe(&mut behind, &[(topic(&event), first)]).await;
     let state = next_state(&mut behind).await;
-    assert_eq!((state.version, state.stage.as_str()), (3, "ENDED"));
+    assert_eq!((state.version, state.stage.as_str()), (newest, "ENDED"));
 
     let mut fresh = server.device().await;
     subscribe(&mut fresh, &[(topic(&event), 0)]).await;
-    assert_eq!(next_state(&mut fresh).await.version, 3);
+    assert_eq!(next_state(&mut fresh).await.version, newest);
 
     // Up to date: nothing is sent, so the next frame is the next publish.
     let mut current = server.device().await;
-    subscribe(&mut current, &[(topic(&event), 3)]).await;
-    server.publish(&event, "LIVE", "{}").await;
-    assert_eq!(next_state(&mut current).await.version, 4);
-    assert_eq!(next_state(&mut behind).await.version, 4);
+    subscribe(&mut current, &[(topic(&event), newest)]).await;
+    let next = server.publish(&event, "LIVE", "{}").await.version;
+    assert_eq!(next_state(&mut current).await.version, next);
+    assert_eq!(next_state(&mut behind).await.version, next);
     server.stop().await;
 }
 
@@ -151,25 +152,28 @@ async fn a_stalled_reader_delays_nobody_and_later_gets_the_newest_version() {
     for i in 0..4 {
         let mut device = server.device_named(&format!("reader{i}")).await;
         subscribe(&mut device, &[(topic(&event), 0)]).await;
+        // Readers read until the final state, the only one with stage ENDED.
         readers.push(tokio::spawn(async move {
-            let mut last = 0;
-            while last < PUBLISHES {
-                last = next_state(&mut device).await.version;
+            loop {
+                let state = next_state(&mut device).await;
+                if state.stage.as_str() == "ENDED" {
+                    return state.version;
+                }
             }
-            last
         }));
     }
 
     // Far more bytes than the socket buffers between server and stalled client hold.
     const PUBLISHES: u64 = 1500;
     let payload = format!(r#"{{"filler":"{}"}}"#, "x".repeat(4000));
-    for _ in 0..PUBLISHES {
+    for _ in 1..PUBLISHES {
         server.publish(&event, "LIVE", &payload).await;
     }
+    let newest = server.publish(&event, "ENDED", &payload).await.version;
     for reader in readers {
         assert_eq!(
             reader.await.unwrap(),
-            PUBLISHES,
+            newest,
             "a reader missed the newest version"
         );
     }
@@ -178,7 +182,7 @@ async fn a_stalled_reader_delays_nobody_and_later_gets_the_newest_version() {
     // skipped the versions that were superseded while it was not reading.
     let mut received = 0;
     let mut last = 0;
-    while last < PUBLISHES {
+    while last < newest {
         let version = next_state(&mut stalled).await.version;
         assert!(version > last);
         last = version;
@@ -318,10 +322,10 @@ async fn bad_frames_get_an_error_and_the_fitting_close_code_without_harming_othe
         .unwrap();
     expect_error_close(&mut greedy, ErrorCode::TooManyTopics, 1008).await;
 
-    server.publish(&event, "LIVE", "{}").await;
+    let receipt = server.publish(&event, "LIVE", "{}").await;
     assert_eq!(
         next_state(&mut bystander).await.version,
-        1,
+        receipt.version,
         "bystander still served"
     );
     server.stop().await;
@@ -450,9 +454,9 @@ async fn silent_connections_are_closed_and_live_ones_kept() {
         "{frames:?}"
     );
     assert_eq!(close, 1001);
-    server.publish(&event, "LIVE", "{}").await;
+    let receipt = server.publish(&event, "LIVE", "{}").await;
     let (version, _live) = live_task.await.unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, receipt.version);
     server.stop().await;
 }
 
@@ -498,4 +502,79 @@ async fn shutdown_sends_goaway_with_spread_reconnect_delays_then_closes() {
         delays.len() > 1,
         "reconnect delays are jittered, not identical: {delays:?}"
     );
+}
+
+#[tokio::test]
+async fn a_connection_is_closed_when_its_token_expires() {
+    let server = TestServer::start().await;
+    let event = server.create_event("expiry").await;
+    let mut device = DeviceConnection::connect(&server.ws_url, &device_token("brief", 1))
+        .await
+        .unwrap();
+    subscribe(&mut device, &[(topic(&event), 0)]).await;
+    let (frames, close, reason) = read_until_close(&mut device).await;
+    assert!(
+        matches!(
+            frames.as_slice(),
+            [ServerFrame::Goaway {
+                reason: GoawayReason::TokenExpired,
+                ..
+            }]
+        ),
+        "{frames:?}"
+    );
+    assert_eq!((close, reason.as_str()), (1008, "token_expired"));
+    assert_eq!(server.metric("ringside_token_expiry_closes_total").await, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_connection_limit_is_enforced_and_released() {
+    let server = TestServer::start_with(|config| config.max_connections = 2).await;
+    let first = server.device_named("one").await;
+    let _second = server.device_named("two").await;
+    match DeviceConnection::connect(&server.ws_url, &device_token("three", 3600)).await {
+        Err(ClientError::Refused { status, body }) => {
+            assert_eq!(status, 503);
+            assert!(body.contains("unavailable"), "{body}");
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    first.close().await.unwrap();
+    // The place is released once the first session has ended.
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        match DeviceConnection::connect(&server.ws_url, &device_token("three", 3600)).await {
+            Ok(_third) => break,
+            Err(ClientError::Refused { status: 503, .. }) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "place never released"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_topics_in_one_subscribe_count_once() {
+    let server = TestServer::start_with(|config| config.max_topics_per_connection = 1).await;
+    let event = server.create_event("once").await;
+    let mut device = server.device().await;
+    device
+        .subscribe(&[(topic(&event), 0), (topic(&event), 0)])
+        .await
+        .unwrap();
+    assert_eq!(
+        next_frame(&mut device).await,
+        ServerFrame::Subscribed {
+            topics: vec![topic(&event)]
+        }
+    );
+    let receipt = server.publish(&event, "LIVE", "{}").await;
+    assert_eq!(next_state(&mut device).await.version, receipt.version);
+    server.stop().await;
 }

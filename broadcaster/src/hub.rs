@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use protocol::admin::TopicStats;
@@ -31,6 +32,8 @@ pub struct EncodedState {
     pub published_at_ms: u64,
     /// The complete JSON text of the `state` frame (valid UTF-8).
     pub frame: Bytes,
+    /// When this node encoded it: the start of the node's own fan-out.
+    pub encoded_at: Instant,
 }
 
 impl EncodedState {
@@ -40,6 +43,7 @@ impl EncodedState {
             version: state.version,
             published_at_ms: state.published_at_ms,
             frame: protocol::frame::encode_state(state),
+            encoded_at: Instant::now(),
         }
     }
 }
@@ -149,23 +153,28 @@ impl Hub {
             .cloned()
     }
 
-    fn channel_or_create(&self, topic: &Topic) -> Arc<TopicChannel> {
-        if let Some(channel) = self.channel(topic) {
-            return channel;
+    /// Runs `f` on the channel of `topic`, creating it if needed, while holding the topic map's
+    /// lock: `unsubscribe` forgets unused channels under the write lock, so a channel cannot be
+    /// forgotten between being looked up and being used by `f`.
+    fn with_channel<R>(&self, topic: &Topic, f: impl FnOnce(&Arc<TopicChannel>) -> R) -> R {
+        {
+            let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(channel) = topics.get(topic) {
+                return f(channel);
+            }
         }
         let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
-        topics
+        let channel = topics
             .entry(topic.clone())
-            .or_insert_with(|| Arc::new(TopicChannel::new()))
-            .clone()
+            .or_insert_with(|| Arc::new(TopicChannel::new()));
+        f(channel)
     }
 
     /// Makes `state` current for its topic if it is newer than what the hub holds, and offers
     /// it to every subscriber. Encodes the state once.
     pub fn apply(&self, state: &EventState) -> Applied {
-        let channel = self.channel_or_create(&state.topic);
         let encoded = Arc::new(EncodedState::encode(state));
-        {
+        let channel = self.with_channel(&state.topic, |channel| {
             let mut current = channel
                 .current
                 .write()
@@ -174,11 +183,15 @@ impl Hub {
                 .as_ref()
                 .is_some_and(|held| held.version >= encoded.version)
             {
-                self.metrics.states_stale.increment();
-                return Applied::Stale;
+                return None;
             }
             *current = Some(encoded.clone());
-        }
+            Some(channel.clone())
+        });
+        let Some(channel) = channel else {
+            self.metrics.states_stale.increment();
+            return Applied::Stale;
+        };
         channel.ack_count.store(0, Ordering::Relaxed);
         channel
             .ack_version
@@ -212,18 +225,20 @@ impl Hub {
     /// must already have the topic open (with the connection's `since`); the current state is
     /// offered to it, so it arrives when it is newer than `since`.
     pub fn subscribe(&self, topic: &Topic, connection: u64, mailbox: &Arc<Mailbox>) {
-        let channel = self.channel_or_create(topic);
         // Register first, then read the current state: a concurrent `apply` either sees this
         // subscriber or has already replaced the current state that is read below.
-        if channel
-            .shard(connection)
-            .insert(connection, mailbox.clone())
-            .is_none()
-        {
-            channel.subscribers.fetch_add(1, Ordering::AcqRel);
-        }
+        let channel = self.with_channel(topic, |channel| {
+            if channel
+                .shard(connection)
+                .insert(connection, mailbox.clone())
+                .is_none()
+            {
+                channel.subscribers.fetch_add(1, Ordering::AcqRel);
+            }
+            channel.clone()
+        });
         if let Some(current) = channel.current() {
-            mailbox.offer(&current);
+            mailbox.offer_catch_up(&current);
         }
     }
 
@@ -290,6 +305,12 @@ impl Hub {
         self.ready.send_replace(true);
     }
 
+    /// Called when the node stops following the bus: its states may be stale.
+    pub fn mark_unready(&self) {
+        self.ready_flag.store(false, Ordering::Release);
+        self.ready.send_replace(false);
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready_flag.load(Ordering::Acquire)
     }
@@ -323,7 +344,7 @@ mod tests {
     fn take(mailbox: &Mailbox) -> Vec<u64> {
         let mut out = Vec::new();
         mailbox.take_pending(&mut out);
-        out.iter().map(|s| s.version).collect()
+        out.iter().map(|d| d.state.version).collect()
     }
 
     #[test]

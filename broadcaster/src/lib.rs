@@ -23,7 +23,7 @@ use std::pin::Pin;
 
 pub use bus::{Bus, BusFeed, FeedItem, MemoryBus, run_bus_consumer};
 pub use hub::{Applied, EncodedState, Hub, HubMetrics};
-pub use mailbox::{Mailbox, Offer};
+pub use mailbox::{Delivery, Mailbox, Offer};
 
 /// A boxed future, so that [`Bus`] implementations can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -33,7 +33,16 @@ struct Slot {
     newest_version: u64,
     /// Newest version the device acknowledged.
     acked_version: u64,
-    pending: Option<Arc<EncodedState>>,
+    pending: Option<Delivery>,
+}
+
+/// A state taken from a mailbox, to send.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub state: Arc<EncodedState>,
+    /// Offered because the connection subscribed behind the current version, rather than by a
+    /// live fan-out: its publish may be long past, so it is not a latency sample.
+    pub catch_up: bool,
 }
 
 /// One connection's outbound states.
@@ -80,8 +89,17 @@ impl Mailbox {
         self.slots().len()
     }
 
-    /// Offers a state; wakes the connection when it was queued.
+    /// Offers a state from a live fan-out; wakes the connection when it was queued.
     pub fn offer(&self, state: &Arc<EncodedState>) -> Offer {
+        self.offer_delivery(state, false)
+    }
+
+    /// Offers the current state to a connection that just subscribed.
+    pub fn offer_catch_up(&self, state: &Arc<EncodedState>) -> Offer {
+        self.offer_delivery(state, true)
+    }
+
+    fn offer_delivery(&self, state: &Arc<EncodedState>, catch_up: bool) -> Offer {
         let outcome = {
             let mut slots = self.slots();
             let Some(slot) = slots.iter_mut().find(|slot| slot.topic == state.topic) else {
@@ -91,7 +109,10 @@ impl Mailbox {
                 return Offer::Ignored;
             }
             slot.newest_version = state.version;
-            match slot.pending.replace(state.clone()) {
+            match slot.pending.replace(Delivery {
+                state: state.clone(),
+                catch_up,
+            }) {
                 Some(_) => Offer::Conflated,
                 None => Offer::Queued,
             }
@@ -108,7 +129,10 @@ impl Mailbox {
             return false;
         };
         let offered = version <= slot.newest_version && slot.pending.is_none()
-            || slot.pending.as_ref().is_some_and(|p| version < p.version);
+            || slot
+                .pending
+                .as_ref()
+                .is_some_and(|p| version < p.state.version);
         if !offered || version <= slot.acked_version {
             return false;
         }
@@ -117,7 +141,7 @@ impl Mailbox {
     }
 
     /// Moves every pending state into `out`, oldest topic first.
-    pub fn take_pending(&self, out: &mut Vec<Arc<EncodedState>>) {
+    pub fn take_pending(&self, out: &mut Vec<Delivery>) {
         out.extend(
             self.slots()
                 .iter_mut()
@@ -151,7 +175,7 @@ mod tests {
         let mut out = Vec::new();
         mailbox.take_pending(&mut out);
         out.iter()
-            .map(|s| (s.topic.to_string(), s.version))
+            .map(|d| (d.state.topic.to_string(), d.state.version))
             .collect()
     }
 

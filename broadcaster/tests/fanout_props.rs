@@ -57,7 +57,7 @@ proptest! {
         done.store(true, std::sync::atomic::Ordering::Release);
         for subscriber in subscribers {
             let (since, seen) = subscriber.join().expect("subscriber");
-            let versions: Vec<u64> = seen.iter().map(|s| s.version).collect();
+            let versions: Vec<u64> = seen.iter().map(|d| d.state.version).collect();
             prop_assert!(versions.windows(2).all(|w| w[0] < w[1]));
             if newest > since {
                 prop_assert_eq!(versions.last().copied(), Some(newest));

@@ -69,15 +69,25 @@ impl DeviceConnection {
         let request = format!("{url}{separator}token={token}")
             .into_client_request()
             .map_err(|_| ClientError::InvalidAddress(url.to_owned()))?;
+        if request.uri().scheme_str() != Some("ws") {
+            return Err(ClientError::InvalidAddress(format!(
+                "{url}: only ws:// is supported (terminate TLS in front of Ringside)"
+            )));
+        }
         let host = request
             .uri()
             .host()
             .ok_or_else(|| ClientError::InvalidAddress(url.into()))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = request.uri().port_u16().unwrap_or(80);
-        let address: SocketAddr = format!("{host}:{port}")
-            .parse()
-            .or_else(|_| format!("[{host}]:{port}").parse())
-            .map_err(|_| ClientError::InvalidAddress(url.to_owned()))?;
+        let address = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|_| ClientError::InvalidAddress(url.to_owned()))?
+            .next()
+            .ok_or_else(|| ClientError::InvalidAddress(url.to_owned()))?;
         let socket = if address.is_ipv4() {
             TcpSocket::new_v4()?
         } else {

@@ -41,3 +41,15 @@ pub enum ClientError {
     #[error("timed out")]
     Timeout,
 }
+
+impl ClientError {
+    /// True when retrying the same request cannot succeed: a malformed address, or a refusal
+    /// that is not about load (401, 400, …; but not 429 or 5xx).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::InvalidAddress(_) => true,
+            Self::Refused { status, .. } => (400..500).contains(status) && *status != 429,
+            _ => false,
+        }
+    }
+}

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use protocol::frame::GoawayReason;
 use protocol::{EventState, ServerFrame, Topic};
 
 use crate::{ClientError, ConnectOptions, DeviceConnection};
@@ -50,6 +49,11 @@ pub enum WatchEvent {
     Disconnected {
         reason: String,
         retry_in: Duration,
+    },
+    /// A node refused the device for a reason retrying cannot fix (bad token, bad address):
+    /// the watcher stops.
+    Refused {
+        reason: String,
     },
 }
 
@@ -131,14 +135,9 @@ impl Watcher {
                     reason,
                 } => {
                     let retry_in = Duration::from_millis(reconnect_after_ms);
-                    let reason = match reason {
-                        GoawayReason::Shutdown => "goaway: node shutting down",
-                        GoawayReason::Idle => "goaway: idle",
-                        GoawayReason::HeartbeatTimeout => "goaway: heartbeat timeout",
-                        GoawayReason::Other => "goaway",
-                    };
+                    let reason = format!("goaway: {}", reason.as_str());
                     self.next_endpoint += 1;
-                    return self.disconnected(reason.into(), retry_in);
+                    return self.disconnected(reason, retry_in);
                 }
                 ServerFrame::Error { code, message } => {
                     self.failures += 1;
@@ -166,6 +165,9 @@ impl Watcher {
                 self.connection = Some(connection);
                 WatchEvent::Connected { node, endpoint }
             }
+            Err(error) if error.is_permanent() => WatchEvent::Refused {
+                reason: format!("{endpoint}: {error}"),
+            },
             Err(error) => {
                 self.failures += 1;
                 self.next_endpoint += 1;

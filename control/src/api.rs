@@ -1,7 +1,7 @@
 //! The admin API, `/v1/admin/...`, JSON in and out, behind `Authorization: Bearer <admin token>`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use auth::AdminToken;
 use axum::Router;
@@ -60,6 +60,7 @@ pub struct ControlPlane {
     stats: SharedStats,
     admin_token: AdminToken,
     metrics: ControlMetrics,
+    publish_locks: std::sync::Mutex<HashMap<EventId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -90,7 +91,16 @@ impl ControlPlane {
             stats,
             admin_token,
             metrics,
+            publish_locks: std::sync::Mutex::default(),
         })
+    }
+
+    fn publish_lock(&self, event: &EventId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .publish_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(event.clone()).or_default().clone()
     }
 
     /// The admin routes, all behind the admin token.
@@ -246,12 +256,13 @@ async fn publish(
             }
         })?,
     };
-    let published_at_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    // One publish per event at a time, from version assignment to the bus's acknowledgement,
+    // so that the bus carries an event's states in version order.
+    let event_lock = control.publish_lock(&id);
+    let _serialized = event_lock.lock().await;
     let new = control
         .store
-        .next_state(&id, request.stage, payload, published_at_ms)
+        .next_state(&id, request.stage, payload)
         .await?;
     let state = new.state;
     let receipt = PublishReceipt {

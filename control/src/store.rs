@@ -18,19 +18,19 @@ pub struct NewState {
 /// The events of a deployment and the current state of each.
 ///
 /// Versions strictly increase per event. A version handed out by [`EventStore::next_state`] whose
-/// publish then fails is never reused, so versions may have gaps but never repeat.
+/// publish then fails is never reused, so versions may have gaps but never repeat. Devices must
+/// treat versions as opaque increasing numbers, not as counters.
 pub trait EventStore: Send + Sync + 'static {
     fn create(&self, event: CreateEvent) -> BoxFuture<'_, Result<EventSummary, ControlError>>;
     fn list(&self) -> BoxFuture<'_, Result<Vec<EventSummary>, ControlError>>;
     fn get(&self, id: &EventId) -> BoxFuture<'_, Result<EventSummary, ControlError>>;
     /// Assigns the next version of `id` to a state with `stage` and `payload`, after checking
-    /// the stage is one of the event's.
+    /// the stage is one of the event's, and stamps it with the publish time.
     fn next_state(
         &self,
         id: &EventId,
         stage: Stage,
         payload: Payload,
-        published_at_ms: u64,
     ) -> BoxFuture<'_, Result<NewState, ControlError>>;
     /// Records that the bus accepted `state`: it becomes the event's current state (unless a
     /// newer one already is).
@@ -44,7 +44,11 @@ struct EventRecord {
     last_assigned: u64,
 }
 
-/// The store of a single-process deployment. Its state lives as long as the process.
+/// The store of a single-process deployment. Its events live as long as the process.
+///
+/// Versions are `max(previous + 1, publish time in ms)`: consecutive within a burst, and still
+/// increasing after a restart that forgot every previous version, so devices that resubscribe
+/// with the version they hold are never stuck behind a counter that started over.
 #[derive(Debug, Default)]
 pub struct MemoryEventStore {
     events: RwLock<BTreeMap<EventId, EventRecord>>,
@@ -54,6 +58,12 @@ impl MemoryEventStore {
     pub fn new() -> Self {
         Self::default()
     }
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn unknown_event(id: &EventId) -> ControlError {
@@ -115,10 +125,10 @@ impl EventStore for MemoryEventStore {
         id: &EventId,
         stage: Stage,
         payload: Payload,
-        published_at_ms: u64,
     ) -> BoxFuture<'_, Result<NewState, ControlError>> {
         let result = (|| {
             let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
+            let published_at_ms = unix_now_ms();
             let record = events.get_mut(id).ok_or_else(|| unknown_event(id))?;
             if !record.summary.stages.contains(&stage) {
                 return Err(ControlError::invalid(
@@ -135,7 +145,7 @@ impl EventStore for MemoryEventStore {
                     ),
                 ));
             }
-            record.last_assigned += 1;
+            record.last_assigned = (record.last_assigned + 1).max(published_at_ms);
             let state = EventState {
                 topic: record.summary.topic.clone(),
                 version: record.last_assigned,
@@ -158,5 +168,64 @@ impl EventStore for MemoryEventStore {
             }
         }
         Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::admin::CreateEvent;
+
+    #[tokio::test]
+    async fn versions_increase_and_survive_a_store_that_starts_over() {
+        let create = || CreateEvent {
+            id: EventId::parse("e").expect("id"),
+            title: "E".into(),
+            starts_at: "2026-12-01T20:00:00Z".into(),
+            stages: vec![Stage::parse("LIVE").expect("stage")],
+        };
+        fn next(store: &MemoryEventStore) -> BoxFuture<'_, Result<NewState, ControlError>> {
+            let id = EventId::parse("e").expect("id");
+            store.next_state(&id, Stage::parse("LIVE").expect("stage"), Payload::empty())
+        }
+        let before_ms = unix_now_ms();
+        let first_store = MemoryEventStore::new();
+        first_store.create(create()).await.expect("created");
+        let a = next(&first_store).await.expect("a").state;
+        let b = next(&first_store).await.expect("b").state;
+        assert!(a.version >= before_ms, "versions start from the clock");
+        assert!(b.version > a.version);
+        assert!(b.published_at_ms >= a.published_at_ms);
+
+        // A restarted process starts with an empty store: once the clock has passed the old
+        // versions (they run ahead of it only during bursts of several publishes per
+        // millisecond), its versions exceed them.
+        while unix_now_ms() <= b.version {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let second_store = MemoryEventStore::new();
+        second_store.create(create()).await.expect("created");
+        let c = next(&second_store).await.expect("c").state;
+        assert!(c.version > b.version);
+
+        let unknown = second_store
+            .next_state(
+                &EventId::parse("nope").expect("id"),
+                Stage::parse("LIVE").expect("stage"),
+                Payload::empty(),
+            )
+            .await;
+        assert!(matches!(unknown, Err(ControlError::NotFound(_))));
+        let bad_stage = second_store
+            .next_state(
+                &EventId::parse("e").expect("id"),
+                Stage::parse("HALF").expect("stage"),
+                Payload::empty(),
+            )
+            .await;
+        assert!(matches!(
+            bad_stage,
+            Err(ControlError::InvalidRequest { .. })
+        ));
     }
 }

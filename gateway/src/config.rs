@@ -59,6 +59,32 @@ pub struct ConfigError {
 impl GatewayConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |field, problem| Err(ConfigError { field, problem });
+        // Upper bounds keep every deadline computation far from overflow.
+        const HOUR: Duration = Duration::from_secs(3600);
+        let bounded = [
+            ("heartbeat_interval", self.heartbeat_interval, HOUR),
+            ("subscribe_timeout", self.subscribe_timeout, HOUR),
+            ("send_timeout", self.send_timeout, HOUR),
+            ("shutdown_grace", self.shutdown_grace, HOUR),
+            ("reconnect_spread", self.reconnect_spread, HOUR),
+        ];
+        for (field, value, max) in bounded {
+            if value > max {
+                return fail(field, "must be at most one hour");
+            }
+        }
+        if self.heartbeat_misses > 100 {
+            return fail("heartbeat_misses", "must be at most 100");
+        }
+        if self.max_topics_per_connection > 1024 {
+            return fail("max_topics_per_connection", "must be at most 1024");
+        }
+        if self.max_frame_bytes > 1024 * 1024 || self.read_buffer_bytes > 1024 * 1024 {
+            return fail(
+                "max_frame_bytes",
+                "frame and read buffer sizes must be at most 1 MiB",
+            );
+        }
         if self.node_id.is_empty() || self.node_id.len() > 64 {
             return fail("node_id", "must be 1 to 64 characters");
         }

@@ -91,6 +91,22 @@ pub struct Gateway {
     pub(crate) drain: CancellationToken,
     pub(crate) draining: AtomicBool,
     next_connection: AtomicU64,
+    /// Sessions admitted (upgrade accepted) and not yet ended; bounded by `max_connections`.
+    admitted: AtomicU64,
+}
+
+/// A reserved place for one session under `max_connections`; released when dropped, however
+/// the session ends (including a failed upgrade or a panic).
+#[derive(Debug)]
+pub(crate) struct SessionPermit {
+    gateway: Arc<Gateway>,
+}
+
+impl Drop for SessionPermit {
+    fn drop(&mut self) {
+        self.gateway.admitted.fetch_sub(1, Ordering::AcqRel);
+        self.gateway.metrics.connections.decrement();
+    }
 }
 
 /// How a drain ended.
@@ -117,6 +133,7 @@ impl Gateway {
             drain: CancellationToken::new(),
             draining: AtomicBool::new(false),
             next_connection: AtomicU64::new(1),
+            admitted: AtomicU64::new(0),
         })
     }
 
@@ -131,6 +148,10 @@ impl Gateway {
         &self.config.node_id
     }
 
+    pub fn shutdown_grace(&self) -> Duration {
+        self.config.shutdown_grace
+    }
+
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
     }
@@ -138,8 +159,22 @@ impl Gateway {
     pub fn node_stats(&self) -> NodeStats {
         NodeStats {
             node: self.config.node_id.clone(),
-            connections: u64::try_from(self.metrics.connections.get()).unwrap_or(0),
+            connections: self.admitted.load(Ordering::Acquire),
         }
+    }
+
+    /// Reserves a session place, or `None` at `max_connections`. Atomic, so a burst of
+    /// upgrades cannot overshoot the limit.
+    pub(crate) fn try_admit(self: &Arc<Self>) -> Option<SessionPermit> {
+        let before = self.admitted.fetch_add(1, Ordering::AcqRel);
+        if before >= self.config.max_connections {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.metrics.connections.increment();
+        Some(SessionPermit {
+            gateway: self.clone(),
+        })
     }
 
     pub(crate) fn next_connection_id(&self) -> u64 {

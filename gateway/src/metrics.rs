@@ -14,6 +14,8 @@ pub struct GatewayMetrics {
     pub slow_consumer_disconnects: Arc<Counter>,
     pub protocol_errors: Arc<Counter>,
     pub publish_to_send: Arc<Histogram>,
+    pub fanout: Arc<Histogram>,
+    pub token_expiry_closes: Arc<Counter>,
 }
 
 impl GatewayMetrics {
@@ -40,7 +42,15 @@ impl GatewayMetrics {
             ),
             publish_to_send: registry.latency_histogram(
                 "ringside_publish_to_send_seconds",
-                "Time from the control plane accepting a publish to the state being written to a socket.",
+                "Time from the control plane accepting a publish to the state being written to a socket (live fan-out only; millisecond resolution).",
+            ),
+            fanout: registry.latency_histogram(
+                "ringside_fanout_seconds",
+                "Time from this node encoding a state to writing it to a socket (live fan-out only).",
+            ),
+            token_expiry_closes: registry.counter(
+                "ringside_token_expiry_closes_total",
+                "Connections closed because their device token expired.",
             ),
         }
     }

@@ -2,14 +2,16 @@
 //! holds, and keeps the connection alive or ends it.
 //!
 //! The task waits on four things at once: node drain, pending states, the next client frame and
-//! its next timer (heartbeat or idle deadline). States are written as the shared bytes the hub
-//! encoded; a batch of pending states is fed to the socket and flushed once.
+//! its next deadline (heartbeat, idle cut-off or token expiry). States are written as the shared
+//! bytes the hub encoded; a batch of pending states is fed to the socket and flushed once.
+//! Whatever way the task ends (return, error, panic), dropping the [`Session`] unsubscribes its
+//! topics and releases its place under the connection limit.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use auth::DeviceClaims;
-use broadcaster::{EncodedState, Mailbox};
+use broadcaster::{Delivery, Mailbox};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
@@ -17,17 +19,18 @@ use protocol::frame::GoawayReason;
 use protocol::{
     ClientFrame, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerFrame, SubscribeTopic, Topic,
 };
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::Gateway;
+use crate::{Gateway, SessionPermit};
 
 pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-/// How long a closing session waits for the peer's close frame.
+/// How long a closing session waits for the peer's close frame, and how long a write in
+/// progress may go on once the node drains.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a session ends.
@@ -37,18 +40,29 @@ enum Ending {
     Gone,
     /// A bad client frame: error frame, then close.
     BadFrame { code: ErrorCode, message: String },
+    /// The peer broke the WebSocket protocol itself: close 1002.
+    ProtocolViolation,
     /// A server-initiated close: goaway, then close.
     GoAway {
         reason: GoawayReason,
         close: CloseCode,
-        reconnect_after: Duration,
     },
     /// The socket did not accept a write in time.
     SlowConsumer,
 }
 
+impl Ending {
+    fn bad_frame(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::BadFrame {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
 struct Session {
     gateway: Arc<Gateway>,
+    _permit: SessionPermit,
     connection: u64,
     mailbox: Arc<Mailbox>,
     /// Topics this connection holds, in subscription order.
@@ -57,15 +71,25 @@ struct Session {
     /// Since when the connection holds no topic (at open, or after its last unsubscribe).
     topicless_since: Option<Instant>,
     next_ping: Instant,
+    token_expires_at: Instant,
     /// Reused buffer for states taken from the mailbox.
-    outbound: Vec<Arc<EncodedState>>,
+    outbound: Vec<Delivery>,
 }
 
-pub(crate) async fn run(gateway: Arc<Gateway>, mut socket: Socket, claims: DeviceClaims) {
+impl Drop for Session {
+    fn drop(&mut self) {
+        for topic in &self.topics {
+            self.gateway.hub.unsubscribe(topic, self.connection);
+        }
+    }
+}
+
+pub(crate) async fn run(permit: SessionPermit, mut socket: Socket, claims: DeviceClaims) {
+    let gateway = permit.gateway.clone();
     let connection = gateway.next_connection_id();
-    gateway.metrics.connections.increment();
     gateway.metrics.connections_opened.increment();
     let now = Instant::now();
+    let token_lifetime = Duration::from_secs(claims.exp.saturating_sub(unix_now_s()));
     let mut session = Session {
         connection,
         mailbox: Mailbox::new(),
@@ -73,16 +97,16 @@ pub(crate) async fn run(gateway: Arc<Gateway>, mut socket: Socket, claims: Devic
         last_inbound: now,
         topicless_since: Some(now),
         next_ping: now + gateway.config.heartbeat_interval,
+        token_expires_at: now
+            .checked_add(token_lifetime)
+            .unwrap_or(now + Duration::from_secs(86_400 * 365)),
         outbound: Vec::new(),
         gateway,
+        _permit: permit,
     };
     tracing::trace!(connection, device = %claims.sub, "session open");
     let ending = session.serve(&mut socket).await;
     session.finish(&mut socket, ending).await;
-    for topic in &session.topics {
-        session.gateway.hub.unsubscribe(topic, connection);
-    }
-    session.gateway.metrics.connections.decrement();
 }
 
 impl Session {
@@ -103,11 +127,7 @@ impl Session {
             tokio::select! {
                 biased;
                 () = drain.cancelled() => {
-                    return Ending::GoAway {
-                        reason: GoawayReason::Shutdown,
-                        close: CloseCode::GOING_AWAY,
-                        reconnect_after: self.gateway.reconnect_delay(),
-                    };
+                    return Ending::GoAway { reason: GoawayReason::Shutdown, close: CloseCode::GOING_AWAY };
                 }
                 () = self.mailbox.ready() => {
                     if let Err(ending) = self.send_pending(socket).await {
@@ -122,7 +142,7 @@ impl Session {
                     }
                 }
                 () = sleep_until(deadline) => {
-                    if let Err(ending) = self.on_timer(socket).await {
+                    if let Err(ending) = self.on_deadline(socket).await {
                         return ending;
                     }
                 }
@@ -130,24 +150,31 @@ impl Session {
         }
     }
 
-    fn next_deadline(&self) -> Instant {
-        let idle_deadline = self
-            .topicless_since
-            .map(|t| t + self.gateway.config.subscribe_timeout);
-        idle_deadline.map_or(self.next_ping, |idle| idle.min(self.next_ping))
+    fn idle_deadline(&self) -> Option<Instant> {
+        self.topicless_since
+            .map(|since| since + self.gateway.config.subscribe_timeout)
     }
 
-    async fn on_timer(&mut self, socket: &mut Socket) -> Result<(), Ending> {
+    fn next_deadline(&self) -> Instant {
+        let earliest = self.next_ping.min(self.token_expires_at);
+        self.idle_deadline()
+            .map_or(earliest, |idle| idle.min(earliest))
+    }
+
+    async fn on_deadline(&mut self, socket: &mut Socket) -> Result<(), Ending> {
         let config = &self.gateway.config;
         let now = Instant::now();
-        if self
-            .topicless_since
-            .is_some_and(|since| now >= since + config.subscribe_timeout)
-        {
+        if now >= self.token_expires_at {
+            self.gateway.metrics.token_expiry_closes.increment();
+            return Err(Ending::GoAway {
+                reason: GoawayReason::TokenExpired,
+                close: CloseCode::POLICY_VIOLATION,
+            });
+        }
+        if self.idle_deadline().is_some_and(|idle| now >= idle) {
             return Err(Ending::GoAway {
                 reason: GoawayReason::Idle,
                 close: CloseCode::POLICY_VIOLATION,
-                reconnect_after: Duration::ZERO,
             });
         }
         if now >= self.next_ping {
@@ -156,7 +183,6 @@ impl Session {
                 return Err(Ending::GoAway {
                     reason: GoawayReason::HeartbeatTimeout,
                     close: CloseCode::GOING_AWAY,
-                    reconnect_after: Duration::ZERO,
                 });
             }
             self.next_ping = now + config.heartbeat_interval;
@@ -173,10 +199,10 @@ impl Session {
         let text = match inbound {
             Ok(Message::Text(text)) => text,
             Ok(Message::Binary(_)) => {
-                return Err(Ending::BadFrame {
-                    code: ErrorCode::BinaryNotSupported,
-                    message: "protocol v1 frames are JSON text".into(),
-                });
+                return Err(Ending::bad_frame(
+                    ErrorCode::BinaryNotSupported,
+                    "protocol v1 frames are JSON text",
+                ));
             }
             // Pongs only prove liveness; pings are answered by tungstenite; a close is
             // answered by tungstenite and the stream then ends.
@@ -184,26 +210,28 @@ impl Session {
                 return Ok(());
             }
             Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
-                return Err(Ending::BadFrame {
-                    code: ErrorCode::FrameTooLarge,
-                    message: format!("frame of {size} bytes exceeds the {max_size} byte limit"),
-                });
+                return Err(Ending::bad_frame(
+                    ErrorCode::FrameTooLarge,
+                    format!("frame of {size} bytes exceeds the {max_size} byte limit"),
+                ));
             }
             Err(WsError::Utf8(_)) => {
-                return Err(Ending::BadFrame {
-                    code: ErrorCode::InvalidJson,
-                    message: "text frame is not valid UTF-8".into(),
-                });
+                return Err(Ending::bad_frame(
+                    ErrorCode::InvalidJson,
+                    "text frame is not valid UTF-8",
+                ));
+            }
+            Err(WsError::Protocol(error)) => {
+                tracing::debug!(connection = self.connection, %error, "WebSocket protocol violation");
+                return Err(Ending::ProtocolViolation);
             }
             Err(error) => {
                 tracing::debug!(connection = self.connection, %error, "socket error");
                 return Err(Ending::Gone);
             }
         };
-        let frame = ClientFrame::decode(&text).map_err(|error| Ending::BadFrame {
-            code: error.code(),
-            message: error.to_string(),
-        })?;
+        let frame = ClientFrame::decode(&text)
+            .map_err(|error| Ending::bad_frame(error.code(), error.to_string()))?;
         match frame {
             ClientFrame::Subscribe { topics } => self.subscribe(socket, topics).await,
             ClientFrame::Unsubscribe { topics } => self.unsubscribe(socket, topics).await,
@@ -219,18 +247,24 @@ impl Session {
     async fn subscribe(
         &mut self,
         socket: &mut Socket,
-        requested: Vec<SubscribeTopic>,
+        mut requested: Vec<SubscribeTopic>,
     ) -> Result<(), Ending> {
+        let mut seen = Vec::with_capacity(requested.len());
+        requested.retain(|entry| {
+            let first = !seen.contains(&entry.topic);
+            seen.push(entry.topic.clone());
+            first
+        });
         let new_topics = requested
             .iter()
             .filter(|r| !self.topics.contains(&r.topic))
             .count();
         let limit = self.gateway.config.max_topics_per_connection;
         if self.topics.len() + new_topics > limit {
-            return Err(Ending::BadFrame {
-                code: ErrorCode::TooManyTopics,
-                message: format!("a connection may hold at most {limit} topics"),
-            });
+            return Err(Ending::bad_frame(
+                ErrorCode::TooManyTopics,
+                format!("a connection may hold at most {limit} topics"),
+            ));
         }
         // Open the mailbox slots first: the hub offers the current state into them, so the
         // states follow the `subscribed` answer on the next turn of the loop.
@@ -271,30 +305,28 @@ impl Session {
         if self.outbound.is_empty() {
             return Ok(());
         }
-        let send_timeout = self.gateway.config.send_timeout;
-        let batch = &mut self.outbound;
-        let written = timeout(send_timeout, async {
-            for state in batch.iter() {
+        let batch = &self.outbound;
+        let written = async {
+            for delivery in batch {
                 socket
-                    .feed(Message::Text(shared_text(&state.frame)))
+                    .feed(Message::Text(shared_text(&delivery.state.frame)))
                     .await?;
             }
             socket.flush().await
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(Ending::Gone),
-            Err(_elapsed) => return Err(Ending::SlowConsumer),
-        }
+        };
+        bounded_write(&self.gateway, written).await?;
         let metrics = &self.gateway.metrics;
         let now_ms = unix_now_ms();
-        for state in self.outbound.drain(..) {
+        for delivery in self.outbound.drain(..) {
+            let state = &delivery.state;
             metrics.messages_sent.increment();
             metrics.bytes_sent.add(state.frame.len() as u64);
-            metrics.publish_to_send.observe(Duration::from_millis(
-                now_ms.saturating_sub(state.published_at_ms),
-            ));
+            if !delivery.catch_up {
+                metrics.fanout.observe(state.encoded_at.elapsed());
+                metrics.publish_to_send.observe(Duration::from_millis(
+                    now_ms.saturating_sub(state.published_at_ms),
+                ));
+            }
         }
         Ok(())
     }
@@ -305,11 +337,7 @@ impl Session {
     }
 
     async fn write(&mut self, socket: &mut Socket, message: Message) -> Result<(), Ending> {
-        match timeout(self.gateway.config.send_timeout, socket.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Ending::Gone),
-            Err(_elapsed) => Err(Ending::SlowConsumer),
-        }
+        bounded_write(&self.gateway, socket.send(message)).await
     }
 
     /// Says why the connection ends (when the peer can still hear it) and closes it.
@@ -322,35 +350,31 @@ impl Session {
                 tracing::debug!(connection = self.connection, "slow consumer disconnected");
                 return;
             }
+            Ending::ProtocolViolation => (None, (CloseCode::PROTOCOL_ERROR, "protocol error")),
             Ending::BadFrame { code, message } => {
                 metrics.protocol_errors.increment();
                 let close = (code.close_code(), code.as_str());
-                (ServerFrame::Error { code, message }, close)
+                (Some(ServerFrame::Error { code, message }), close)
             }
-            Ending::GoAway {
-                reason,
-                close,
-                reconnect_after,
-            } => {
-                let reconnect_after_ms = u64::try_from(reconnect_after.as_millis()).unwrap_or(0);
-                let close_reason = match reason {
-                    GoawayReason::Shutdown => "server shutting down",
-                    GoawayReason::Idle => "no subscription",
-                    GoawayReason::HeartbeatTimeout => "heartbeat timeout",
-                    GoawayReason::Other => "closing",
-                };
+            Ending::GoAway { reason, close } => {
+                // Every server-initiated close spreads its reconnects, so that whatever made
+                // many connections end at once does not bring them all back at once.
+                let reconnect_after_ms =
+                    u64::try_from(self.gateway.reconnect_delay().as_millis()).unwrap_or(0);
                 (
-                    ServerFrame::Goaway {
+                    Some(ServerFrame::Goaway {
                         reconnect_after_ms,
                         reason,
-                    },
-                    (close, close_reason),
+                    }),
+                    (close, reason.as_str()),
                 )
             }
         };
         let (CloseCode(code), reason) = close;
         let closing = async {
-            socket.send(Message::Text(notice.encode().into())).await?;
+            if let Some(notice) = notice {
+                socket.send(Message::Text(notice.encode().into())).await?;
+            }
             let frame = CloseFrame {
                 code: code.into(),
                 reason: Utf8Bytes::from_static(reason),
@@ -364,6 +388,26 @@ impl Session {
     }
 }
 
+/// Runs a socket write under the send timeout, and cuts it short once the node drains: a write
+/// that is stuck must not hold the drain past its grace.
+async fn bounded_write(
+    gateway: &Gateway,
+    write: impl Future<Output = Result<(), WsError>>,
+) -> Result<(), Ending> {
+    let drain_cutoff = async {
+        gateway.drain.cancelled().await;
+        sleep(CLOSE_HANDSHAKE_TIMEOUT).await;
+    };
+    tokio::select! {
+        written = timeout(gateway.config.send_timeout, write) => match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ending::Gone),
+            Err(_elapsed) => Err(Ending::SlowConsumer),
+        },
+        () = drain_cutoff => Err(Ending::Gone),
+    }
+}
+
 /// The state frame as a text message sharing the hub's bytes. The hub encoded the frame with
 /// serde_json, so the bytes are UTF-8; the check below is a short scan, not a copy.
 fn shared_text(frame: &Bytes) -> Utf8Bytes {
@@ -374,4 +418,10 @@ fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn unix_now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -86,10 +86,6 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
     if gateway.draining.load(Ordering::Acquire) {
         return Err(GatewayError::Draining);
     }
-    let open = u64::try_from(gateway.metrics.connections.get()).unwrap_or(0);
-    if open >= gateway.config.max_connections {
-        return Err(GatewayError::AtCapacity);
-    }
     let Some(on_upgrade) = request
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
@@ -105,7 +101,7 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
         .max_write_buffer_size(gateway.config.max_frame_bytes.max(64 * 1024))
         .max_message_size(Some(gateway.config.max_frame_bytes))
         .max_frame_size(Some(gateway.config.max_frame_bytes));
-    let task_gateway = gateway.clone();
+    let permit = gateway.try_admit().ok_or(GatewayError::AtCapacity)?;
     gateway.sessions.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -115,7 +111,7 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
                     Some(config),
                 )
                 .await;
-                session::run(task_gateway, socket, claims).await;
+                session::run(permit, socket, claims).await;
             }
             Err(error) => tracing::debug!(%error, "upgrade did not complete"),
         }

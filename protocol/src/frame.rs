@@ -179,6 +179,8 @@ pub enum GoawayReason {
     Idle,
     /// The peer stopped answering heartbeats.
     HeartbeatTimeout,
+    /// The device token expired; reconnect with a fresh one.
+    TokenExpired,
     /// A reason this client version does not know.
     #[serde(other)]
     Other,
@@ -234,6 +236,18 @@ struct GoawayWire {
 struct ErrorWire {
     code: ErrorCode,
     message: String,
+}
+
+impl GoawayReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::Idle => "idle",
+            Self::HeartbeatTimeout => "heartbeat_timeout",
+            Self::TokenExpired => "token_expired",
+            Self::Other => "other",
+        }
+    }
 }
 
 impl ServerFrame {

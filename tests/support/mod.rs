@@ -35,13 +35,28 @@ impl TestServer {
     }
 
     pub async fn start_with(configure: impl FnOnce(&mut GatewayConfig)) -> Self {
+        Self::start_configured(configure, |_| {}).await
+    }
+
+    pub async fn start_with_http(configure: impl FnOnce(&mut ringside::http::HttpConfig)) -> Self {
+        Self::start_configured(|_| {}, configure).await
+    }
+
+    pub async fn start_configured(
+        configure: impl FnOnce(&mut GatewayConfig),
+        configure_http: impl FnOnce(&mut ringside::http::HttpConfig),
+    ) -> Self {
+        let mut http = ringside::http::HttpConfig::default();
+        configure_http(&mut http);
         let mut gateway = GatewayConfig {
             node_id: "test-node".into(),
             ..GatewayConfig::default()
         };
+        gateway.shutdown_grace = Duration::from_secs(3);
         configure(&mut gateway);
         let config = ServeConfig {
             gateway,
+            http,
             secrets: Secrets {
                 device_token_secret: DEVICE_SECRET.into(),
                 admin_token: ADMIN_TOKEN.into(),
