@@ -3,12 +3,14 @@
 //! - [`server`]: [`server::serve`] runs the gateway, the control plane, `/healthz` and
 //!   `/metrics` on one listener with the embedded (in-memory) bus and store, until a
 //!   cancellation token fires; then it drains. Tests start it on port 0 exactly as `main` does.
+//! - [`content`]: the prefetch catalog, page store and event bridge a process serves from.
 //! - [`secrets`]: where the device-token secret and the admin token come from: configuration,
 //!   or in development a generated pair kept in the state directory.
 //!
 //! The CLI (`src/main.rs`) only parses arguments and calls into this library and the `client`
 //! crate.
 
+pub mod content;
 pub mod http;
 pub mod secrets;
 pub mod server;

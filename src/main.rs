@@ -10,11 +10,17 @@ use clap::{Args, Parser, Subcommand};
 use client::watcher::WatchEvent;
 use client::{AdminClient, Watcher, WatcherConfig};
 use gateway::GatewayConfig;
+use prefetch::cache::CacheConfig;
+use prefetch::generate::DatasetSize;
+use prefetch::{EventSource, PrefetchConfig, PrefetchService};
 use protocol::admin::{CreateEvent, PublishRequest};
 use protocol::{EventId, Payload, Stage};
+use ringside::content::{self, CatalogEvents, DatasetSource, MaterializeMode, StoreSetup};
 use ringside::http::HttpConfig;
 use ringside::secrets::{self, SecretSource, Secrets};
+use ringside::server::PrefetchSetup;
 use ringside::{ServeConfig, serve};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -41,6 +47,187 @@ enum Command {
     Stats(ClientArgs),
     /// Connect as a device and print every state received.
     Watch(WatchArgs),
+    /// Compute every profile's prefetch pages into Redis (only events whose content changed).
+    Materialize(MaterializeArgs),
+    /// Write the deterministic dataset as JSON lines (titles, profiles, events).
+    Dataset(DatasetArgs),
+    /// Print the GraphQL schema (SDL) the prefetch service serves.
+    Schema,
+}
+
+/// Where prefetch content comes from (shared by `serve` and `materialize`).
+#[derive(Args)]
+struct ContentArgs {
+    /// Load the catalog from JSON lines in this folder instead of generating it.
+    #[arg(long, env = "RINGSIDE_CATALOG_DIR")]
+    catalog_dir: Option<PathBuf>,
+    #[arg(long, env = "RINGSIDE_DATASET_TITLES", default_value_t = 20_000)]
+    dataset_titles: usize,
+    #[arg(long, env = "RINGSIDE_DATASET_PROFILES", default_value_t = 200_000)]
+    dataset_profiles: usize,
+    #[arg(long, env = "RINGSIDE_DATASET_SEED", default_value_t = 7)]
+    dataset_seed: u64,
+    /// Keep materialized pages in Redis (shared by every prefetch node) instead of memory.
+    #[arg(long, env = "RINGSIDE_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key Ringside writes.
+    #[arg(long, env = "RINGSIDE_REDIS_PREFIX", default_value = "ringside:")]
+    redis_prefix: String,
+}
+
+impl ContentArgs {
+    fn dataset(&self) -> DatasetSource {
+        match &self.catalog_dir {
+            Some(dir) => DatasetSource::Directory(dir.clone()),
+            None => DatasetSource::Generated(DatasetSize {
+                titles: self.dataset_titles,
+                profiles: self.dataset_profiles,
+                seed: self.dataset_seed,
+            }),
+        }
+    }
+
+    fn store(&self) -> StoreSetup {
+        match &self.redis_url {
+            Some(url) => StoreSetup::Redis {
+                url: url.clone(),
+                prefix: self.redis_prefix.clone(),
+            },
+            None => StoreSetup::Memory,
+        }
+    }
+}
+
+#[derive(Args)]
+struct PrefetchArgs {
+    #[command(flatten)]
+    content: ContentArgs,
+    /// When pages are computed: in the background after startup, or only on demand.
+    #[arg(long, env = "RINGSIDE_MATERIALIZE", default_value = "background")]
+    materialize: MaterializeArg,
+    #[arg(
+        long,
+        env = "RINGSIDE_PREFETCH_CACHE_TTL_S",
+        help = "Node cache TTL [default: 300]"
+    )]
+    prefetch_cache_ttl_s: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_PREFETCH_CACHE_JITTER",
+        help = "Node cache TTL spread, 0 to 1 [default: 0.2]"
+    )]
+    prefetch_cache_jitter: Option<f64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_PREFETCH_STALE_S",
+        help = "Serve stale pages this long past their TTL [default: 600]"
+    )]
+    prefetch_stale_s: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_PREFETCH_CACHE_CAPACITY",
+        help = "Node cache entries [default: 250000]"
+    )]
+    prefetch_cache_capacity: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_DEVICE_CACHE_TTL_S",
+        help = "Device cache TTL in cache hints [default: 1800]"
+    )]
+    device_cache_ttl_s: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_DEVICE_CACHE_JITTER",
+        help = "Device cache TTL spread, 0 to 1 [default: 0.2]"
+    )]
+    device_cache_jitter: Option<f64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_ARTWORK_BASE_URL",
+        help = "Prefix of artwork URLs"
+    )]
+    artwork_base_url: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MaterializeArg {
+    Background,
+    OnDemand,
+}
+
+impl PrefetchArgs {
+    fn setup(&self, production: bool) -> anyhow::Result<PrefetchSetup> {
+        let defaults = PrefetchConfig::default();
+        let fraction = |name: &str, value: Option<f64>, default: f64| -> anyhow::Result<f64> {
+            let value = value.unwrap_or(default);
+            if !(0.0..=1.0).contains(&value) {
+                bail!("{name} must be between 0 and 1, not {value}");
+            }
+            Ok(value)
+        };
+        let secs =
+            |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_secs);
+        let config = PrefetchConfig {
+            cache: CacheConfig {
+                ttl: secs(self.prefetch_cache_ttl_s, defaults.cache.ttl),
+                jitter: fraction(
+                    "--prefetch-cache-jitter",
+                    self.prefetch_cache_jitter,
+                    defaults.cache.jitter,
+                )?,
+                stale_for: secs(self.prefetch_stale_s, defaults.cache.stale_for),
+                capacity: self
+                    .prefetch_cache_capacity
+                    .unwrap_or(defaults.cache.capacity),
+            },
+            device_ttl: secs(self.device_cache_ttl_s, defaults.device_ttl),
+            device_ttl_jitter: fraction(
+                "--device-cache-jitter",
+                self.device_cache_jitter,
+                defaults.device_ttl_jitter,
+            )?,
+            artwork_base_url: self
+                .artwork_base_url
+                .clone()
+                .unwrap_or(defaults.artwork_base_url),
+            graphiql: !production,
+            ..defaults
+        };
+        Ok(PrefetchSetup {
+            config,
+            dataset: self.content.dataset(),
+            store: self.content.store(),
+            materialize: match self.materialize {
+                MaterializeArg::Background => MaterializeMode::Background,
+                MaterializeArg::OnDemand => MaterializeMode::OnDemand,
+            },
+        })
+    }
+}
+
+#[derive(Args)]
+struct MaterializeArgs {
+    #[command(flatten)]
+    content: ContentArgs,
+    /// Only this event (default: every event of the catalog).
+    #[arg(long)]
+    event: Option<EventId>,
+    /// Recompute even when the stored pages are current.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct DatasetArgs {
+    /// Folder to write titles.jsonl, profiles.jsonl and events.jsonl to.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 20_000)]
+    titles: usize,
+    #[arg(long, default_value_t = 200_000)]
+    profiles: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
 }
 
 /// Where secrets come from. They are read from the environment (or files the environment
@@ -118,6 +305,8 @@ struct ServeArgs {
     header_read_timeout_ms: Option<u64>,
     #[command(flatten)]
     secrets: SecretArgs,
+    #[command(flatten)]
+    prefetch: PrefetchArgs,
     /// This node's id (default: host name and a random suffix).
     #[arg(long, env = "RINGSIDE_NODE_ID")]
     node_id: Option<String>,
@@ -412,6 +601,24 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Stats(client) => print_json(&client.admin()?.stats().await?),
         Command::Watch(args) => run_watch(args).await,
+        Command::Materialize(args) => run_materialize(args).await,
+        Command::Dataset(args) => {
+            let size = DatasetSize {
+                titles: args.titles,
+                profiles: args.profiles,
+                seed: args.seed,
+            };
+            prefetch::jsonl::write(&args.out, &prefetch::generate::generate(size))?;
+            println!("wrote {}", args.out.display());
+            Ok(())
+        }
+        Command::Schema => {
+            print!(
+                "{}",
+                prefetch::schema::build_schema(Default::default()).sdl()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -446,6 +653,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 .map_or(http_defaults.header_read_timeout, Duration::from_millis),
         },
         secrets,
+        prefetch: args.prefetch.setup(args.production)?,
     };
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -507,6 +715,49 @@ fn print_banner(address: SocketAddr, config: &ServeConfig, source: &SecretSource
     if address.port() != 8080 {
         println!("  CLI:           pass --server http://{address} (or set RINGSIDE_SERVER)");
     }
+}
+
+async fn run_materialize(args: MaterializeArgs) -> anyhow::Result<()> {
+    let StoreSetup::Redis { .. } = args.content.store() else {
+        bail!(
+            "materialize writes to Redis: set RINGSIDE_REDIS_URL (a single process materializes in memory by itself)"
+        );
+    };
+    let catalog = Arc::new(content::load_catalog(&args.content.dataset()).await?);
+    let store = content::open_store(&args.content.store()).await?;
+    if args.force {
+        for event in &catalog.events {
+            store.set_fingerprint(&event.content.id, 0).await?;
+        }
+    }
+    // Materializing needs no secret; the key only satisfies the service's constructor.
+    let unused_key = DeviceTokenKey::new(&[0u8; 32])?;
+    let events = CatalogEvents {
+        catalog: catalog.clone(),
+    }
+    .events()
+    .await;
+    let service = PrefetchService::new(
+        catalog.clone(),
+        store,
+        Arc::new(CatalogEvents { catalog }),
+        unused_key,
+        PrefetchConfig::default(),
+        &telemetry::Registry::new(),
+    );
+    for event in events
+        .iter()
+        .filter(|e| args.event.as_ref().is_none_or(|only| &e.id == only))
+    {
+        let report = service.materialize_event(event).await?;
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({
+                "event": report.event, "pages": report.pages, "skipped": report.skipped, "elapsed_ms": report.elapsed_ms,
+            }))?
+        );
+    }
+    Ok(())
 }
 
 async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {

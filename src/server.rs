@@ -10,13 +10,15 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use broadcaster::{Bus, Hub, HubMetrics, MemoryBus, run_bus_consumer};
-use control::{ControlPlane, MemoryEventStore, StatsSource};
+use control::{ControlPlane, EventStore, MemoryEventStore, StatsSource};
 use gateway::{DrainReport, Gateway, GatewayConfig, GatewayMetrics};
+use prefetch::{PrefetchConfig, PrefetchService};
 use protocol::admin::{ApiError, ApiErrorCode, Stats};
 use telemetry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::content::{ControlEvents, DatasetSource, MaterializeMode, StoreSetup};
 use crate::http::{HttpConfig, serve_http};
 use crate::secrets::Secrets;
 
@@ -26,6 +28,16 @@ pub struct ServeConfig {
     pub gateway: GatewayConfig,
     pub http: HttpConfig,
     pub secrets: Secrets,
+    pub prefetch: PrefetchSetup,
+}
+
+/// How the prefetch service of this process is set up.
+#[derive(Debug, Clone)]
+pub struct PrefetchSetup {
+    pub config: PrefetchConfig,
+    pub dataset: DatasetSource,
+    pub store: StoreSetup,
+    pub materialize: MaterializeMode,
 }
 
 impl ServeConfig {
@@ -108,8 +120,22 @@ pub async fn serve(
         device_key,
         GatewayMetrics::new(&registry),
     );
+    let events: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    let catalog = Arc::new(crate::content::load_catalog(&config.prefetch.dataset).await?);
+    crate::content::seed_events(&catalog, events.as_ref()).await?;
+    let pages = crate::content::open_store(&config.prefetch.store).await?;
+    let prefetch = PrefetchService::new(
+        catalog,
+        pages,
+        Arc::new(ControlEvents {
+            store: events.clone(),
+        }),
+        DeviceTokenKey::new(config.secrets.device_token_secret.as_bytes())?,
+        config.prefetch.config.clone(),
+        &registry,
+    );
     let control = ControlPlane::new(
-        Arc::new(MemoryEventStore::new()),
+        events,
         bus.clone(),
         Arc::new(LocalStats {
             gateway: gateway.clone(),
@@ -144,7 +170,29 @@ pub async fn serve(
         .with_state(operations)
         .merge(gateway.router())
         .merge(control.router())
+        .merge(prefetch::http::router(prefetch.clone()))
         .fallback(not_found);
+
+    let materializer = (config.prefetch.materialize == MaterializeMode::Background).then(|| {
+        let prefetch = prefetch.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                reports = prefetch.materialize_all() => {
+                    for report in reports {
+                        match report {
+                            Ok(report) => tracing::info!(event = %report.event, pages = report.pages, skipped = report.skipped, elapsed_ms = report.elapsed_ms, "event materialized"),
+                            Err(error) => tracing::warn!(%error, "materialization failed; pages are computed on demand"),
+                        }
+                    }
+                    if let Some(bytes) = prefetch.store_bytes() {
+                        tracing::info!(store_mib = bytes / (1024 * 1024), "page store size");
+                    }
+                }
+            }
+        })
+    });
 
     let grace = gateway.shutdown_grace();
     let http = serve_http(listener, router, config.http, shutdown.clone(), grace);
@@ -154,5 +202,8 @@ pub async fn serve(
     };
     let (_http_drained, report) = tokio::join!(http, drain);
     consumer.abort();
+    if let Some(materializer) = materializer {
+        materializer.abort();
+    }
     Ok(report)
 }

@@ -53,16 +53,15 @@ async fn create_list_and_publish() {
 
     let listed = admin_call(&server, "GET", "/v1/admin/events", "").await;
     let list: EventList = serde_json::from_slice(&listed.body).unwrap();
-    assert_eq!(list.events.len(), 1);
-    assert_eq!(list.events[0].version, receipt.version);
-    assert_eq!(
-        list.events[0].stage.as_ref().map(|s| s.as_str()),
-        Some("LIVE")
-    );
-    assert_eq!(
-        list.events[0].published_at_ms,
-        Some(receipt.published_at_ms)
-    );
+    let ours: Vec<&EventSummary> = list
+        .events
+        .iter()
+        .filter(|e| e.id.as_str() == "final")
+        .collect();
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0].version, receipt.version);
+    assert_eq!(ours[0].stage.as_ref().map(|s| s.as_str()), Some("LIVE"));
+    assert_eq!(ours[0].published_at_ms, Some(receipt.published_at_ms));
     server.stop().await;
 }
 
@@ -134,7 +133,9 @@ async fn invalid_event_bodies_get_400_naming_the_field() {
         serde_json::from_slice::<EventList>(&listed.body)
             .unwrap()
             .events
-            .len(),
+            .iter()
+            .filter(|e| ["e", "final"].contains(&e.id.as_str()))
+            .count(),
         0
     );
     server.stop().await;
@@ -253,7 +254,9 @@ async fn every_admin_route_needs_the_admin_token() {
         serde_json::from_slice::<EventList>(&listed.body)
             .unwrap()
             .events
-            .len(),
+            .iter()
+            .filter(|e| ["e", "final"].contains(&e.id.as_str()))
+            .count(),
         0
     );
     let missing = admin_call(&server, "GET", "/v1/admin/unknown", "").await;

@@ -32,7 +32,10 @@ fn ringside(state: &StateDir, args: &[&str]) -> Command {
         .env_remove("RINGSIDE_DEVICE_TOKEN_SECRET")
         .env_remove("RINGSIDE_ADMIN_TOKEN")
         .env_remove("RINGSIDE_SERVER")
-        .env_remove("RINGSIDE_LISTEN");
+        .env_remove("RINGSIDE_LISTEN")
+        // A small catalog keeps a debug build's startup short.
+        .env("RINGSIDE_DATASET_TITLES", "2000")
+        .env("RINGSIDE_DATASET_PROFILES", "300");
     command
 }
 
@@ -105,7 +108,7 @@ fn serve_publish_and_watch_through_the_binary() {
             &[
                 "event",
                 "create",
-                "fight-night",
+                "my-show",
                 "--title",
                 "Fight Night",
                 "--starts-at",
@@ -114,12 +117,9 @@ fn serve_publish_and_watch_through_the_binary() {
         )
         .args(server_flag),
     );
-    assert!(
-        created.contains(r#""topic": "event:fight-night""#),
-        "{created}"
-    );
+    assert!(created.contains(r#""topic": "event:my-show""#), "{created}");
 
-    let watch = ringside(&state, &["watch", "--event", "fight-night", "--count", "1"])
+    let watch = ringside(&state, &["watch", "--event", "my-show", "--count", "1"])
         .args(server_flag)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -134,7 +134,7 @@ fn serve_publish_and_watch_through_the_binary() {
             &[
                 "event",
                 "publish",
-                "fight-night",
+                "my-show",
                 "--stage",
                 "LIVE",
                 "--payload",

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test]
 async fn welcome_subscribe_and_receive_a_published_state() {
     let server = TestServer::start().await;
-    let event = server.create_event("fight-night").await;
+    let event = server.create_event("test-bout").await;
     let mut device = server.device().await;
     assert_eq!(device.welcome.node, "test-node");
     assert!(device.welcome.connection_id.starts_with("test-node-"));

@@ -218,7 +218,7 @@ async fn list_events(State(control): State<Arc<ControlPlane>>) -> Result<Respons
 }
 
 fn parse_event_id(id: &str) -> Result<EventId, ControlError> {
-    EventId::parse(id).map_err(|_| ControlError::NotFound(format!("unknown event {id:?}")))
+    EventId::parse(id).map_err(|_| ControlError::NotFound(format!("unknown event {id}")))
 }
 
 async fn get_event(

@@ -35,6 +35,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Records that the bus accepted `state`: it becomes the event's current state (unless a
     /// newer one already is).
     fn record_published(&self, state: &EventState) -> BoxFuture<'_, Result<(), ControlError>>;
+    /// Every event with its current state (`None` before the first publish).
+    fn with_states(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<(EventSummary, Option<EventState>)>, ControlError>>;
 }
 
 #[derive(Debug)]
@@ -42,6 +46,7 @@ struct EventRecord {
     summary: EventSummary,
     /// Highest version handed out, published or not.
     last_assigned: u64,
+    current: Option<EventState>,
 }
 
 /// The store of a single-process deployment. Its events live as long as the process.
@@ -67,7 +72,7 @@ fn unix_now_ms() -> u64 {
 }
 
 fn unknown_event(id: &EventId) -> ControlError {
-    ControlError::NotFound(format!("unknown event {id:?}"))
+    ControlError::NotFound(format!("unknown event {id}"))
 }
 
 impl EventStore for MemoryEventStore {
@@ -76,7 +81,7 @@ impl EventStore for MemoryEventStore {
             let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
             if events.contains_key(&event.id) {
                 return Err(ControlError::Conflict(format!(
-                    "event {:?} already exists",
+                    "event {} already exists",
                     event.id
                 )));
             }
@@ -95,6 +100,7 @@ impl EventStore for MemoryEventStore {
                 EventRecord {
                     summary: summary.clone(),
                     last_assigned: 0,
+                    current: None,
                 },
             );
             Ok(summary)
@@ -165,9 +171,21 @@ impl EventStore for MemoryEventStore {
                 record.summary.version = state.version;
                 record.summary.stage = Some(state.stage.clone());
                 record.summary.published_at_ms = Some(state.published_at_ms);
+                record.current = Some(state.clone());
             }
         }
         Box::pin(async { Ok(()) })
+    }
+
+    fn with_states(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<(EventSummary, Option<EventState>)>, ControlError>> {
+        let events = self.events.read().unwrap_or_else(PoisonError::into_inner);
+        let all = events
+            .values()
+            .map(|r| (r.summary.clone(), r.current.clone()))
+            .collect();
+        Box::pin(async move { Ok(all) })
     }
 }
 

@@ -57,6 +57,7 @@ impl TestServer {
         let config = ServeConfig {
             gateway,
             http,
+            prefetch: test_prefetch_setup(),
             secrets: Secrets {
                 device_token_secret: DEVICE_SECRET.into(),
                 admin_token: ADMIN_TOKEN.into(),
@@ -148,6 +149,21 @@ impl TestServer {
             .unwrap()
             .unwrap()
             .unwrap()
+    }
+}
+
+/// A small catalog (every test builds its own in well under a second), kept in memory and
+/// materialized on demand.
+pub fn test_prefetch_setup() -> ringside::server::PrefetchSetup {
+    ringside::server::PrefetchSetup {
+        config: prefetch::PrefetchConfig::default(),
+        dataset: ringside::content::DatasetSource::Generated(prefetch::generate::DatasetSize {
+            titles: 2_000,
+            profiles: 300,
+            seed: 7,
+        }),
+        store: ringside::content::StoreSetup::Memory,
+        materialize: ringside::content::MaterializeMode::OnDemand,
     }
 }
 

@@ -1,0 +1,109 @@
+//! Prefetch: the GraphQL service that warms device caches for every stage of a live event.
+//!
+//! Before an event, devices ask once for everything they will need at every stage of it; at
+//! kickoff the broadcast only has to say which stage is current.
+//!
+//! - [`catalog`]: titles, profiles and event relations, indexed; [`generate`] makes a
+//!   deterministic dataset and [`jsonl`] loads or writes one as JSON lines.
+//! - [`materialize`]: ranks each profile's rows for each stage of an event into a compact page.
+//! - [`store`]: where pages live: memory for one process, Redis across prefetch nodes.
+//! - [`cache`]: the per-node cache in front of the store (TTL jitter, coalescing, stale while
+//!   revalidate).
+//! - [`service`]: [`PrefetchService`] ties them together: pools per event, page loading,
+//!   background materialization.
+//! - [`schema`]: the GraphQL schema; [`http`]: `POST`/`GET /graphql` with device-token auth,
+//!   persisted queries, limits and cache headers; [`limits`]: depth, field and alias limits.
+
+pub mod cache;
+pub mod catalog;
+pub mod generate;
+pub mod http;
+pub mod jsonl;
+pub mod limits;
+pub mod materialize;
+pub mod schema;
+pub mod service;
+pub mod store;
+
+use broadcaster::BoxFuture;
+use protocol::{EventId, EventState, Stage};
+
+pub use service::{PrefetchConfig, PrefetchService};
+
+/// Errors a prefetch request can end with. Each has a stable `extensions.code`; messages never
+/// carry internal details.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PrefetchError {
+    #[error("recommendations are temporarily unavailable; retry with backoff")]
+    StoreUnavailable,
+    #[error("unknown event {0:?}")]
+    UnknownEvent(String),
+    #[error("event {event} has no stage {stage:?}")]
+    UnknownStage { event: String, stage: String },
+    #[error("query is nested too deeply: at most {max} levels")]
+    TooDeep { max: usize },
+    #[error("query selects too many fields: at most {max}, fragments counted where spread")]
+    TooComplex { max: usize },
+    #[error("query uses too many aliases: at most {max}")]
+    TooManyAliases { max: usize },
+    #[error("persisted query not found: send the query text with its hash")]
+    PersistedQueryNotFound,
+    #[error("persisted query hash does not match the query text")]
+    PersistedQueryMismatch,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("internal error")]
+    Internal,
+}
+
+impl PrefetchError {
+    /// The stable `extensions.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::StoreUnavailable => "STORE_UNAVAILABLE",
+            Self::UnknownEvent(_) => "UNKNOWN_EVENT",
+            Self::UnknownStage { .. } => "UNKNOWN_STAGE",
+            Self::TooDeep { .. } => "QUERY_TOO_DEEP",
+            Self::TooComplex { .. } => "QUERY_TOO_COMPLEX",
+            Self::TooManyAliases { .. } => "TOO_MANY_ALIASES",
+            Self::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
+            Self::PersistedQueryMismatch => "PERSISTED_QUERY_HASH_MISMATCH",
+            Self::BadRequest(_) => "BAD_REQUEST",
+            Self::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl From<store::StoreError> for PrefetchError {
+    fn from(error: store::StoreError) -> Self {
+        tracing::warn!(%error, "page store error");
+        Self::StoreUnavailable
+    }
+}
+
+/// An event as prefetch sees it: what the control plane knows of it now.
+#[derive(Debug, Clone)]
+pub struct LiveEvent {
+    pub id: EventId,
+    pub title: String,
+    pub starts_at: String,
+    pub stages: Vec<Stage>,
+    /// The current state, exactly as devices receive it over WebSocket; `None` before the first
+    /// publish.
+    pub state: Option<EventState>,
+}
+
+impl LiveEvent {
+    /// Upcoming or live: not yet at its last stage.
+    pub fn is_visible(&self) -> bool {
+        match &self.state {
+            None => true,
+            Some(state) => self.stages.last() != Some(&state.stage),
+        }
+    }
+}
+
+/// Where prefetch learns which events exist and their current states.
+pub trait EventSource: Send + Sync + 'static {
+    fn events(&self) -> BoxFuture<'_, Vec<LiveEvent>>;
+}

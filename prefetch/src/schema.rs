@@ -1,0 +1,497 @@
+#![allow(missing_debug_implementations)] // GraphQL output types; they are never logged.
+//! The GraphQL schema devices prefetch through. `schema.graphql` at the repository root is
+//! its exported SDL (a test keeps them equal).
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_graphql::{
+    Context, EmptyMutation, EmptySubscription, Enum, ErrorExtensions, ID, InputValueError,
+    InputValueResult, Object, Scalar, ScalarType, Schema, SimpleObject, Value,
+};
+
+use crate::catalog::{ArtworkSize as CatalogArtworkSize, Catalog, GENRES};
+use crate::limits::QueryLimits;
+use crate::materialize::{Page, Row as PageRow, RowKind as PageRowKind};
+use crate::service::PrefetchService;
+use crate::{LiveEvent, PrefetchError};
+
+pub type PrefetchSchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
+
+pub fn build_schema(limits: QueryLimits) -> PrefetchSchema {
+    // Our own limits run first with precise error codes (see `limits`); these are a backstop.
+    Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+        .limit_depth(limits.max_depth * 2)
+        .limit_complexity(limits.max_fields * 4)
+        .finish()
+}
+
+impl ErrorExtensions for PrefetchError {
+    fn extend(&self) -> async_graphql::Error {
+        async_graphql::Error::new(self.to_string())
+            .extend_with(|_, extensions| extensions.set("code", self.code()))
+    }
+}
+
+/// What the HTTP layer learns from a request's resolution: the versions the data was built
+/// for, for the cache hint.
+#[derive(Debug, Default)]
+pub struct ResponseHints {
+    pub versions: Vec<(String, u64)>,
+}
+
+/// Per-request data: who asks, and where to record hints.
+#[derive(Clone)]
+pub struct RequestScope {
+    pub service: Arc<PrefetchService>,
+    /// The profile from the device token.
+    pub profile_id: String,
+    pub hints: Arc<Mutex<ResponseHints>>,
+    /// The device-cache TTL of this response, in seconds (jittered once per response).
+    pub ttl_seconds: u32,
+}
+
+impl RequestScope {
+    async fn event_prefetch(&self, event: LiveEvent) -> Result<EventPrefetch, PrefetchError> {
+        let profile = self.service.page_profile(&self.profile_id);
+        let page = self.service.page(&event, &profile).await?;
+        let version = event.state.as_ref().map_or(0, |s| s.version);
+        self.hints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .versions
+            .push((event.id.to_string(), version));
+        Ok(EventPrefetch {
+            catalog: self.service.catalog.clone(),
+            artwork_base: Arc::from(self.service.config.artwork_base_url.as_str()),
+            event,
+            page,
+        })
+    }
+}
+
+fn scope<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a RequestScope> {
+    ctx.data::<RequestScope>()
+        .map_err(|_| PrefetchError::Internal.extend())
+}
+
+/// A 64-bit integer (versions, millisecond timestamps), as a JSON number. Values stay below
+/// 2^53, so JavaScript reads them exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Long(pub u64);
+
+#[Scalar]
+impl ScalarType for Long {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        match &value {
+            Value::Number(n) => n
+                .as_u64()
+                .map(Long)
+                .ok_or_else(|| InputValueError::custom("expected a non-negative integer")),
+            _ => Err(InputValueError::expected_type(value)),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        Value::Number(self.0.into())
+    }
+}
+
+pub struct QueryRoot;
+
+#[Object]
+impl QueryRoot {
+    /// Everything this device's profile needs for every upcoming or live event, for every stage
+    /// of each, in one round trip. The profile is the device token's; there is no way to ask
+    /// for another's.
+    async fn prefetch(&self, ctx: &Context<'_>) -> async_graphql::Result<Prefetch> {
+        let scope = scope(ctx)?;
+        let events: Vec<LiveEvent> = scope
+            .service
+            .events
+            .events()
+            .await
+            .into_iter()
+            .filter(LiveEvent::is_visible)
+            .collect();
+        let resolved =
+            futures_util::future::try_join_all(events.into_iter().map(|e| scope.event_prefetch(e)))
+                .await
+                .map_err(|e| e.extend())?;
+        let hints = scope.hints.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(Prefetch {
+            profile_id: ID(scope.profile_id.clone()),
+            cache_hint: CacheHint {
+                ttl_seconds: scope.ttl_seconds as i32,
+                events: hints
+                    .versions
+                    .iter()
+                    .map(|(id, version)| EventVersion {
+                        event_id: ID(id.clone()),
+                        version: Long(*version),
+                    })
+                    .collect(),
+            },
+            events: resolved,
+        })
+    }
+
+    /// One event by id, whatever its stage (upcoming, live or ended).
+    async fn event(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<EventPrefetch> {
+        let scope = scope(ctx)?;
+        let event = scope
+            .service
+            .events
+            .events()
+            .await
+            .into_iter()
+            .find(|e| e.id.as_str() == id.as_str())
+            .ok_or_else(|| PrefetchError::UnknownEvent(id.to_string()).extend())?;
+        scope.event_prefetch(event).await.map_err(|e| e.extend())
+    }
+}
+
+/// The answer to `prefetch`.
+#[derive(SimpleObject)]
+pub struct Prefetch {
+    /// The profile the data is for (the device token's).
+    pub profile_id: ID,
+    pub cache_hint: CacheHint,
+    pub events: Vec<EventPrefetch>,
+}
+
+/// How long the device may keep this response, and which event versions it was built for.
+#[derive(SimpleObject)]
+pub struct CacheHint {
+    /// Seconds to keep the response; jittered per response so devices that fetched together do
+    /// not expire together.
+    pub ttl_seconds: i32,
+    pub events: Vec<EventVersion>,
+}
+
+#[derive(SimpleObject)]
+pub struct EventVersion {
+    pub event_id: ID,
+    /// The event state version the data was built for (0 before the first publish).
+    pub version: Long,
+}
+
+/// The state of an event: the same message the WebSocket `state` frame carries.
+#[derive(SimpleObject)]
+#[graphql(name = "EventState")]
+pub struct EventStateObject {
+    pub topic: String,
+    pub version: Long,
+    pub stage: String,
+    pub published_at_ms: Long,
+    /// The operator's JSON object, unchanged.
+    pub payload: async_graphql::Json<serde_json::Value>,
+}
+
+/// One event's content for every stage.
+pub struct EventPrefetch {
+    catalog: Arc<Catalog>,
+    artwork_base: Arc<str>,
+    event: LiveEvent,
+    page: Arc<Page>,
+}
+
+impl EventPrefetch {
+    fn stage_content(&self, index: usize) -> Option<StageContent> {
+        let page = self.page.stages.iter().find(|s| s.stage == index)?;
+        let stage = self.event.stages.get(index)?.to_string();
+        let card = |title: u32| TitleCard {
+            catalog: self.catalog.clone(),
+            index: title,
+            artwork_base: self.artwork_base.clone(),
+        };
+        let row = |row: &PageRow| Row {
+            id: ID(format!("{}:{}:{}", self.event.id, stage, row_id(row))),
+            kind: RowKind::from(row.kind),
+            title: self.row_title(row, &stage, index),
+            cards: row.titles.iter().map(|&t| card(t)).collect(),
+        };
+        let (event_rows, home_rows): (Vec<&PageRow>, Vec<&PageRow>) = page
+            .rows
+            .iter()
+            .partition(|r| r.kind == PageRowKind::Related);
+        let mut event_page_rows: Vec<Row> = page
+            .rows
+            .iter()
+            .filter(|r| r.kind == PageRowKind::Event)
+            .map(row)
+            .collect();
+        event_page_rows.extend(event_rows.into_iter().map(row));
+        Some(StageContent {
+            stage: stage.clone(),
+            home: HomeSurface {
+                billboard: card(page.billboard),
+                rows: home_rows.into_iter().map(row).collect(),
+            },
+            event_page: EventPageSurface {
+                hero: card(page.billboard),
+                rows: event_page_rows,
+            },
+        })
+    }
+
+    fn row_title(&self, row: &PageRow, stage: &str, index: usize) -> String {
+        let event = &self.event.title;
+        let last = index + 1 == self.event.stages.len();
+        match row.kind {
+            PageRowKind::Event if stage == "LIVE" => format!("Live now: {event}"),
+            PageRowKind::Event if index == 0 => format!("Get ready for {event}"),
+            PageRowKind::Event if last => format!("After {event}"),
+            PageRowKind::Event => format!("{event}: {}", stage.replace('_', " ").to_lowercase()),
+            PageRowKind::Related => format!("More around {event}"),
+            PageRowKind::TopPicks => "Top picks for you".into(),
+            PageRowKind::Genre => format!(
+                "{} for you",
+                GENRES.get(row.param as usize).unwrap_or(&"More")
+            ),
+            PageRowKind::BecauseYouWatched => format!(
+                "Because you watched {}",
+                self.catalog
+                    .titles
+                    .get(row.param as usize)
+                    .map_or("a favourite", |t| t.title.name.as_str())
+            ),
+            PageRowKind::Trending => "Trending now".into(),
+        }
+    }
+}
+
+fn row_id(row: &PageRow) -> String {
+    match row.kind {
+        PageRowKind::Event => "event".into(),
+        PageRowKind::Related => "related".into(),
+        PageRowKind::TopPicks => "top-picks".into(),
+        PageRowKind::Genre => format!("genre-{}", row.param),
+        PageRowKind::BecauseYouWatched => format!("because-{}", row.param),
+        PageRowKind::Trending => "trending".into(),
+    }
+}
+
+#[Object]
+impl EventPrefetch {
+    async fn id(&self) -> ID {
+        ID(self.event.id.to_string())
+    }
+
+    /// The WebSocket topic that carries this event's state.
+    async fn topic(&self) -> String {
+        self.event.id.topic().to_string()
+    }
+
+    async fn title(&self) -> &str {
+        &self.event.title
+    }
+
+    /// RFC 3339.
+    async fn starts_at(&self) -> &str {
+        &self.event.starts_at
+    }
+
+    /// The event's stages, in order.
+    async fn stages(&self) -> Vec<String> {
+        self.event.stages.iter().map(ToString::to_string).collect()
+    }
+
+    /// The current state; null before the first publish.
+    async fn state(&self) -> Option<EventStateObject> {
+        self.event.state.as_ref().map(|state| EventStateObject {
+            topic: state.topic.to_string(),
+            version: Long(state.version),
+            stage: state.stage.to_string(),
+            published_at_ms: Long(state.published_at_ms),
+            payload: async_graphql::Json(
+                serde_json::from_str(state.payload.as_json()).unwrap_or(serde_json::Value::Null),
+            ),
+        })
+    }
+
+    /// The state version this content was built for (0 before the first publish).
+    async fn built_for_version(&self) -> Long {
+        Long(self.event.state.as_ref().map_or(0, |s| s.version))
+    }
+
+    /// The content of every stage, keyed by stage name.
+    async fn by_stage(&self) -> Vec<StageContent> {
+        (0..self.event.stages.len())
+            .filter_map(|i| self.stage_content(i))
+            .collect()
+    }
+
+    /// The content of one stage.
+    async fn stage(&self, name: String) -> async_graphql::Result<StageContent> {
+        self.event
+            .stages
+            .iter()
+            .position(|s| s.as_str() == name)
+            .and_then(|i| self.stage_content(i))
+            .ok_or_else(|| {
+                PrefetchError::UnknownStage {
+                    event: self.event.id.to_string(),
+                    stage: name,
+                }
+                .extend()
+            })
+    }
+}
+
+/// What a device shows at one stage.
+#[derive(SimpleObject)]
+pub struct StageContent {
+    pub stage: String,
+    pub home: HomeSurface,
+    pub event_page: EventPageSurface,
+}
+
+/// The home screen: a billboard and rows.
+#[derive(SimpleObject)]
+pub struct HomeSurface {
+    pub billboard: TitleCard,
+    pub rows: Vec<Row>,
+}
+
+/// The event's own page: a hero and its rows.
+#[derive(SimpleObject)]
+pub struct EventPageSurface {
+    pub hero: TitleCard,
+    pub rows: Vec<Row>,
+}
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+pub enum RowKind {
+    Event,
+    Related,
+    TopPicks,
+    Genre,
+    BecauseYouWatched,
+    Trending,
+}
+
+impl From<PageRowKind> for RowKind {
+    fn from(kind: PageRowKind) -> Self {
+        match kind {
+            PageRowKind::Event => Self::Event,
+            PageRowKind::Related => Self::Related,
+            PageRowKind::TopPicks => Self::TopPicks,
+            PageRowKind::Genre => Self::Genre,
+            PageRowKind::BecauseYouWatched => Self::BecauseYouWatched,
+            PageRowKind::Trending => Self::Trending,
+        }
+    }
+}
+
+/// A ranked row of title cards.
+#[derive(SimpleObject)]
+pub struct Row {
+    /// Stable across requests: `<event>:<stage>:<row>`.
+    pub id: ID,
+    pub kind: RowKind,
+    pub title: String,
+    pub cards: Vec<TitleCard>,
+}
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+pub enum ArtworkSize {
+    PosterSmall,
+    PosterLarge,
+    Backdrop,
+    Billboard,
+}
+
+impl From<ArtworkSize> for CatalogArtworkSize {
+    fn from(size: ArtworkSize) -> Self {
+        match size {
+            ArtworkSize::PosterSmall => Self::PosterSmall,
+            ArtworkSize::PosterLarge => Self::PosterLarge,
+            ArtworkSize::Backdrop => Self::Backdrop,
+            ArtworkSize::Billboard => Self::Billboard,
+        }
+    }
+}
+
+impl From<CatalogArtworkSize> for ArtworkSize {
+    fn from(size: CatalogArtworkSize) -> Self {
+        match size {
+            CatalogArtworkSize::PosterSmall => Self::PosterSmall,
+            CatalogArtworkSize::PosterLarge => Self::PosterLarge,
+            CatalogArtworkSize::Backdrop => Self::Backdrop,
+            CatalogArtworkSize::Billboard => Self::Billboard,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct Artwork {
+    pub size: ArtworkSize,
+    pub url: String,
+    pub width: i32,
+    pub height: i32,
+}
+
+/// A title as a card: display metadata and artwork references.
+pub struct TitleCard {
+    catalog: Arc<Catalog>,
+    index: u32,
+    artwork_base: Arc<str>,
+}
+
+impl TitleCard {
+    fn entry(&self) -> &crate::catalog::Title {
+        &self.catalog.titles[self.index as usize].title
+    }
+}
+
+#[Object]
+impl TitleCard {
+    async fn id(&self) -> ID {
+        ID(self.entry().id.clone())
+    }
+
+    async fn title(&self) -> &str {
+        &self.entry().name
+    }
+
+    async fn synopsis(&self) -> &str {
+        &self.entry().synopsis
+    }
+
+    async fn genres(&self) -> &[String] {
+        &self.entry().genres
+    }
+
+    /// Age rating: ALL, 7+, 13+, 16+ or 18+.
+    async fn maturity(&self) -> &'static str {
+        self.entry().maturity.label()
+    }
+
+    async fn runtime_minutes(&self) -> i32 {
+        i32::from(self.entry().runtime_minutes)
+    }
+
+    async fn year(&self) -> i32 {
+        i32::from(self.entry().year)
+    }
+
+    /// Artwork references, for the sizes asked for (all when none are named).
+    async fn artwork(&self, sizes: Option<Vec<ArtworkSize>>) -> Vec<Artwork> {
+        let wanted: Option<Vec<CatalogArtworkSize>> =
+            sizes.map(|s| s.into_iter().map(Into::into).collect());
+        self.entry()
+            .artwork
+            .iter()
+            .filter(|a| wanted.as_ref().is_none_or(|w| w.contains(&a.size)))
+            .map(|a| {
+                let (width, height) = a.size.pixels();
+                Artwork {
+                    size: a.size.into(),
+                    url: format!("{}{}", self.artwork_base, a.path),
+                    width: i32::from(width),
+                    height: i32::from(height),
+                }
+            })
+            .collect()
+    }
+}

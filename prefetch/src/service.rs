@@ -1,0 +1,338 @@
+//! [`PrefetchService`]: one prefetch node's state, shared by every request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use auth::DeviceTokenKey;
+use broadcaster::BoxFuture;
+use bytes::Bytes;
+use telemetry::{Counter, Histogram, Registry};
+
+use crate::cache::{CacheConfig, CacheMetrics, PageCache, PageLoader};
+use crate::catalog::Catalog;
+use crate::limits::QueryLimits;
+use crate::materialize::{EventPool, EventSpec, Page, decode, encode, fingerprint_of, materialize};
+use crate::schema::{PrefetchSchema, build_schema};
+use crate::store::{PageKey, PageStore};
+use crate::{EventSource, LiveEvent, PrefetchError};
+
+/// Settings of a prefetch node. Every field has a documented default (docs/OPERATIONS.md).
+#[derive(Debug, Clone)]
+pub struct PrefetchConfig {
+    pub cache: CacheConfig,
+    /// Mean lifetime devices should give a prefetch in their own cache.
+    pub device_ttl: Duration,
+    /// Relative spread of the device TTL (0.2: ±20 %), drawn per response.
+    pub device_ttl_jitter: f64,
+    /// Prefix of artwork URLs; artwork paths are appended.
+    pub artwork_base_url: String,
+    pub limits: QueryLimits,
+    /// Largest GraphQL request body.
+    pub body_limit_bytes: usize,
+    /// Serve the GraphiQL page on `GET /graphql` (development).
+    pub graphiql: bool,
+    /// Persisted queries remembered per node.
+    pub persisted_queries: u64,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        Self {
+            cache: CacheConfig::default(),
+            device_ttl: Duration::from_secs(1800),
+            device_ttl_jitter: 0.2,
+            artwork_base_url: "https://artwork.ringside.invalid/".into(),
+            limits: QueryLimits::default(),
+            body_limit_bytes: 64 * 1024,
+            graphiql: true,
+            persisted_queries: 10_000,
+        }
+    }
+}
+
+impl PrefetchConfig {
+    /// A device-cache TTL drawn from the jitter window.
+    pub fn jittered_device_ttl(&self) -> Duration {
+        let factor = 1.0 + self.device_ttl_jitter * (2.0 * fastrand::f64() - 1.0);
+        self.device_ttl.mul_f64(factor.max(0.0))
+    }
+}
+
+/// The key under which pages of profiles the catalog does not know are kept: everyone without
+/// a taste profile gets the same cold-start page.
+pub const COLD_START_PROFILE: &str = "\u{0}cold-start";
+
+#[derive(Debug)]
+pub(crate) struct PrefetchMetrics {
+    pub store_reads: Arc<Counter>,
+    pub pages_materialized: Arc<Counter>,
+    pub requests: Arc<Counter>,
+    pub request_errors: Arc<Counter>,
+    pub request_latency: Arc<Histogram>,
+}
+
+/// Loads pages: from the store, or materialized on demand when the store has none (yet) for
+/// the event's current pool.
+struct PageSource {
+    catalog: Arc<Catalog>,
+    store: Arc<dyn PageStore>,
+    pools: RwLock<HashMap<Arc<str>, Arc<EventPool>>>,
+    metrics: Arc<PrefetchMetrics>,
+}
+
+impl PageSource {
+    fn pool(&self, event: &str) -> Option<Arc<EventPool>> {
+        self.pools
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(event)
+            .cloned()
+    }
+}
+
+impl PageLoader for PageSource {
+    fn load(&self, key: &PageKey) -> BoxFuture<'_, Result<Bytes, PrefetchError>> {
+        let key = key.clone();
+        Box::pin(async move {
+            let pool = self.pool(&key.event).ok_or(PrefetchError::Internal)?;
+            self.metrics.store_reads.increment();
+            if let Some(blob) = self.store.get(&key).await? {
+                if fingerprint_of(&blob) == Some(pool.fingerprint) {
+                    return Ok(blob);
+                }
+            }
+            let profile = self
+                .catalog
+                .profile(&key.profile)
+                .map(|i| &self.catalog.profiles[i as usize]);
+            let blob = Bytes::from(encode(&materialize(&self.catalog, &pool, profile), &pool));
+            self.metrics.pages_materialized.increment();
+            if let Err(error) = self.store.put(vec![(key.clone(), blob.clone())]).await {
+                tracing::debug!(%error, "could not store an on-demand page");
+            }
+            Ok(blob)
+        })
+    }
+}
+
+/// What a materialization run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaterializeReport {
+    pub event: String,
+    /// Pages computed and stored; 0 when the stored pages were already current.
+    pub pages: usize,
+    pub skipped: bool,
+    pub elapsed_ms: u64,
+}
+
+/// Profiles materialized per batch (one blocking task and one store write each).
+const MATERIALIZE_BATCH: usize = 2_000;
+
+pub struct PrefetchService {
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) events: Arc<dyn EventSource>,
+    source: Arc<PageSource>,
+    pub(crate) pages: PageCache,
+    pub(crate) config: PrefetchConfig,
+    pub(crate) device_key: DeviceTokenKey,
+    pub(crate) metrics: Arc<PrefetchMetrics>,
+    pub(crate) schema: PrefetchSchema,
+    pub(crate) persisted: moka::sync::Cache<String, Arc<str>>,
+}
+
+impl std::fmt::Debug for PrefetchService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefetchService")
+            .field("catalog", &self.catalog)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PrefetchService {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        store: Arc<dyn PageStore>,
+        events: Arc<dyn EventSource>,
+        device_key: DeviceTokenKey,
+        config: PrefetchConfig,
+        registry: &Registry,
+    ) -> Arc<Self> {
+        let metrics = Arc::new(PrefetchMetrics {
+            store_reads: registry.counter(
+                "ringside_prefetch_store_reads_total",
+                "Reads of the page store (origin reads).",
+            ),
+            pages_materialized: registry.counter(
+                "ringside_prefetch_pages_materialized_total",
+                "Pages computed (on demand or by a materialization run).",
+            ),
+            requests: registry.counter(
+                "ringside_prefetch_requests_total",
+                "GraphQL requests served.",
+            ),
+            request_errors: registry.counter(
+                "ringside_prefetch_request_errors_total",
+                "GraphQL requests answered with errors.",
+            ),
+            request_latency: registry.latency_histogram(
+                "ringside_prefetch_request_seconds",
+                "GraphQL request latency.",
+            ),
+        });
+        let source = Arc::new(PageSource {
+            catalog: catalog.clone(),
+            store,
+            pools: RwLock::default(),
+            metrics: metrics.clone(),
+        });
+        let pages = PageCache::new(
+            config.cache.clone(),
+            source.clone(),
+            CacheMetrics::new(registry),
+        );
+        Arc::new(Self {
+            schema: build_schema(config.limits),
+            persisted: moka::sync::Cache::new(config.persisted_queries),
+            catalog,
+            events,
+            source,
+            pages,
+            config,
+            device_key,
+            metrics,
+        })
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn schema_sdl(&self) -> String {
+        self.schema.sdl()
+    }
+
+    /// The candidate pool of `event` as it is now; rebuilt (and the event's cached pages
+    /// dropped) when its stages changed.
+    pub(crate) fn pool_for(&self, event: &LiveEvent) -> Arc<EventPool> {
+        let stages: Vec<String> = event.stages.iter().map(|s| s.as_str().to_owned()).collect();
+        if let Some(pool) = self.source.pool(event.id.as_str()) {
+            if pool.spec.stages == stages {
+                return pool;
+            }
+        }
+        let spec = EventSpec::from_catalog(&self.catalog, event.id.as_str(), stages);
+        let pool = Arc::new(EventPool::new(&self.catalog, spec));
+        let previous = self
+            .source
+            .pools
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(Arc::from(event.id.as_str()), pool.clone());
+        if previous.is_some() {
+            let _stale_entries_expire_anyway = self.pages.invalidate_event(event.id.as_str());
+        }
+        pool
+    }
+
+    /// The page of `profile` for `event`, through the cache.
+    pub(crate) async fn page(
+        &self,
+        event: &LiveEvent,
+        profile: &Arc<str>,
+    ) -> Result<Arc<Page>, PrefetchError> {
+        let pool = self.pool_for(event);
+        let key = PageKey {
+            event: Arc::from(event.id.as_str()),
+            profile: profile.clone(),
+        };
+        let blob = self.pages.get(&key).await?;
+        decode(&blob, &pool)
+            .map(Arc::new)
+            .map_err(|_| PrefetchError::Internal)
+    }
+
+    /// The key a device's pages are kept under: its profile, or the shared cold-start key.
+    pub(crate) fn page_profile(&self, profile: &str) -> Arc<str> {
+        if self.catalog.profile(profile).is_some() {
+            Arc::from(profile)
+        } else {
+            Arc::from(COLD_START_PROFILE)
+        }
+    }
+
+    /// Materializes every profile's page of `event` into the store, unless the store already
+    /// holds pages for the event's current pool (then nothing is recomputed: incremental).
+    pub async fn materialize_event(
+        &self,
+        event: &LiveEvent,
+    ) -> Result<MaterializeReport, PrefetchError> {
+        let started = Instant::now();
+        let pool = self.pool_for(event);
+        let store = &self.source.store;
+        if store.fingerprint(event.id.as_str()).await? == Some(pool.fingerprint) {
+            return Ok(MaterializeReport {
+                event: event.id.to_string(),
+                pages: 0,
+                skipped: true,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            });
+        }
+        let event_key: Arc<str> = Arc::from(event.id.as_str());
+        let profiles = self.catalog.profiles.len();
+        let mut pages = 0;
+        for start in (0..profiles).step_by(MATERIALIZE_BATCH) {
+            let (catalog, batch_pool, batch_event) =
+                (self.catalog.clone(), pool.clone(), event_key.clone());
+            let batch = tokio::task::spawn_blocking(move || {
+                let end = (start + MATERIALIZE_BATCH).min(catalog.profiles.len());
+                catalog.profiles[start..end]
+                    .iter()
+                    .map(|profile| {
+                        let page = materialize(&catalog, &batch_pool, Some(profile));
+                        let key = PageKey {
+                            event: batch_event.clone(),
+                            profile: Arc::from(&*profile.id),
+                        };
+                        (key, Bytes::from(encode(&page, &batch_pool)))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|_| PrefetchError::Internal)?;
+            pages += batch.len();
+            self.metrics.pages_materialized.add(batch.len() as u64);
+            store.put(batch).await?;
+        }
+        store
+            .set_fingerprint(event.id.as_str(), pool.fingerprint)
+            .await?;
+        let _stale_entries_expire_anyway = self.pages.invalidate_event(event.id.as_str());
+        Ok(MaterializeReport {
+            event: event.id.to_string(),
+            pages,
+            skipped: false,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Materializes every visible event, one after the other.
+    pub async fn materialize_all(&self) -> Vec<Result<MaterializeReport, PrefetchError>> {
+        let mut reports = Vec::new();
+        for event in self
+            .events
+            .events()
+            .await
+            .into_iter()
+            .filter(LiveEvent::is_visible)
+        {
+            reports.push(self.materialize_event(&event).await);
+        }
+        reports
+    }
+
+    /// Approximate bytes of the page store, when it can tell.
+    pub fn store_bytes(&self) -> Option<usize> {
+        self.source.store.approximate_bytes()
+    }
+}

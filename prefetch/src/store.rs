@@ -1,0 +1,226 @@
+//! Where materialized pages live: in memory for a single process, in Redis when several
+//! prefetch nodes share them. Both hold the same compact blobs (see [`crate::materialize`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use broadcaster::BoxFuture;
+use bytes::Bytes;
+
+/// Identifies one page: an event and a profile.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PageKey {
+    pub event: Arc<str>,
+    pub profile: Arc<str>,
+}
+
+/// Errors of a page store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer (Redis down, timeout). Callers may serve stale data.
+    #[error("page store unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub trait PageStore: Send + Sync + 'static {
+    fn get(&self, key: &PageKey) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>>;
+    fn put(&self, pages: Vec<(PageKey, Bytes)>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The fingerprint of the pool an event was last fully materialized for.
+    fn fingerprint(&self, event: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
+    fn set_fingerprint(
+        &self,
+        event: &str,
+        fingerprint: u64,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Approximate bytes held, when the store can tell.
+    fn approximate_bytes(&self) -> Option<usize>;
+}
+
+/// Pages in this process's memory, grouped by event.
+#[derive(Debug, Default)]
+pub struct MemoryPageStore {
+    events: RwLock<HashMap<Arc<str>, HashMap<Arc<str>, Bytes>>>,
+    fingerprints: RwLock<HashMap<String, u64>>,
+}
+
+impl MemoryPageStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl PageStore for MemoryPageStore {
+    fn get(&self, key: &PageKey) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
+        let events = self.events.read().unwrap_or_else(PoisonError::into_inner);
+        let page = events
+            .get(&key.event)
+            .and_then(|pages| pages.get(&key.profile))
+            .cloned();
+        Box::pin(async move { Ok(page) })
+    }
+
+    fn put(&self, pages: Vec<(PageKey, Bytes)>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
+        for (key, page) in pages {
+            events
+                .entry(key.event)
+                .or_default()
+                .insert(key.profile, page);
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn fingerprint(&self, event: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        let fingerprint = self
+            .fingerprints
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(event)
+            .copied();
+        Box::pin(async move { Ok(fingerprint) })
+    }
+
+    fn set_fingerprint(
+        &self,
+        event: &str,
+        fingerprint: u64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.fingerprints
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(event.to_owned(), fingerprint);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn approximate_bytes(&self) -> Option<usize> {
+        let events = self.events.read().unwrap_or_else(PoisonError::into_inner);
+        // Blob, its `Bytes` handle, the shared profile-id key and the map slot.
+        Some(
+            events
+                .values()
+                .flat_map(|pages| pages.values())
+                .map(|b| b.len() + 32 + 16 + 16)
+                .sum(),
+        )
+    }
+}
+
+/// How long materialized pages live in Redis without being rewritten: long enough to outlast
+/// any event, short enough that pages of forgotten events go away by themselves.
+pub const REDIS_PAGE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Redis calls fail after this long, so an unreachable Redis turns into a clear error (or stale
+/// data) instead of a hung request.
+pub const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Pages in Redis under `<prefix>page:<event>:<profile>`.
+#[derive(Clone)]
+pub struct RedisPageStore {
+    connection: redis::aio::ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisPageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPageStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(error: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+impl RedisPageStore {
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379/0`). The connection reconnects by itself.
+    pub async fn connect(url: &str, prefix: impl Into<String>) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+            .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+            .set_number_of_retries(1);
+        let connection = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self {
+            connection,
+            prefix: prefix.into(),
+        })
+    }
+
+    fn key(&self, key: &PageKey) -> String {
+        format!("{}page:{}:{}", self.prefix, key.event, key.profile)
+    }
+}
+
+impl PageStore for RedisPageStore {
+    fn get(&self, key: &PageKey) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
+        let redis_key = self.key(key);
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            let value: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&redis_key)
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            Ok(value.map(Bytes::from))
+        })
+    }
+
+    fn put(&self, pages: Vec<(PageKey, Bytes)>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut pipeline = redis::pipe();
+        for (key, page) in &pages {
+            pipeline
+                .cmd("SET")
+                .arg(self.key(key))
+                .arg(page.as_ref())
+                .arg("EX")
+                .arg(REDIS_PAGE_TTL.as_secs())
+                .ignore();
+        }
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            pipeline
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn fingerprint(&self, event: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        let key = format!("{}fingerprint:{event}", self.prefix);
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn set_fingerprint(
+        &self,
+        event: &str,
+        fingerprint: u64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = format!("{}fingerprint:{event}", self.prefix);
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(fingerprint)
+                .arg("EX")
+                .arg(REDIS_PAGE_TTL.as_secs())
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn approximate_bytes(&self) -> Option<usize> {
+        None
+    }
+}

@@ -1,0 +1,167 @@
+//! What prefetch serves from: the catalog (generated or loaded), the page store (memory or
+//! Redis), and the control plane's events as prefetch's [`EventSource`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use broadcaster::BoxFuture;
+use control::{ControlError, EventStore};
+use prefetch::catalog::Catalog;
+use prefetch::generate::{DatasetSize, generate};
+use prefetch::store::{MemoryPageStore, PageStore, RedisPageStore};
+use prefetch::{EventSource, LiveEvent};
+use protocol::admin::CreateEvent;
+use protocol::{EventId, Stage};
+
+/// Where the catalog comes from.
+#[derive(Debug, Clone)]
+pub enum DatasetSource {
+    /// The deterministic generator.
+    Generated(DatasetSize),
+    /// `titles.jsonl`, `profiles.jsonl` and `events.jsonl` in a folder.
+    Directory(PathBuf),
+}
+
+/// Where materialized pages live.
+#[derive(Debug, Clone)]
+pub enum StoreSetup {
+    Memory,
+    Redis { url: String, prefix: String },
+}
+
+/// When pages are computed in a single-process deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaterializeMode {
+    /// Every visible event for every profile, in the background after startup (pages not
+    /// computed yet are computed on demand meanwhile).
+    Background,
+    /// Only on demand, page by page.
+    OnDemand,
+}
+
+/// Builds the catalog (on a blocking thread: the default dataset takes a moment).
+pub async fn load_catalog(source: &DatasetSource) -> anyhow::Result<Catalog> {
+    let source = source.clone();
+    let started = Instant::now();
+    let catalog = tokio::task::spawn_blocking(move || match source {
+        DatasetSource::Generated(size) => {
+            let dataset = generate(size);
+            Catalog::build(dataset.titles, dataset.profiles, dataset.events)
+                .map_err(anyhow::Error::from)
+        }
+        DatasetSource::Directory(dir) => prefetch::jsonl::load(&dir)
+            .with_context(|| format!("loading the catalog from {}", dir.display())),
+    })
+    .await??;
+    tracing::info!(
+        titles = catalog.titles.len(),
+        profiles = catalog.profiles.len(),
+        events = catalog.events.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        approximate_mib = catalog.approximate_bytes() / (1024 * 1024),
+        "catalog ready"
+    );
+    Ok(catalog)
+}
+
+pub async fn open_store(setup: &StoreSetup) -> anyhow::Result<Arc<dyn PageStore>> {
+    Ok(match setup {
+        StoreSetup::Memory => Arc::new(MemoryPageStore::new()),
+        StoreSetup::Redis { url, prefix } => Arc::new(
+            RedisPageStore::connect(url, prefix.clone())
+                .await
+                .with_context(|| format!("cannot reach Redis at {url}"))?,
+        ),
+    })
+}
+
+/// Creates the catalog's events in the control plane's store (existing ones are kept), so
+/// that a single-process deployment starts with events to prefetch and publish.
+pub async fn seed_events(catalog: &Catalog, store: &dyn EventStore) -> anyhow::Result<()> {
+    for event in &catalog.events {
+        let content = &event.content;
+        let create = CreateEvent {
+            id: EventId::parse(&content.id)?,
+            title: content.title.clone(),
+            starts_at: content.starts_at.clone(),
+            stages: content
+                .stages
+                .iter()
+                .map(|s| Stage::parse(s))
+                .collect::<Result<_, _>>()?,
+        };
+        match store.create(create).await {
+            Ok(_) | Err(ControlError::Conflict(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The control plane's events, as prefetch sees them.
+#[derive(Clone)]
+pub struct ControlEvents {
+    pub store: Arc<dyn EventStore>,
+}
+
+impl std::fmt::Debug for ControlEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlEvents").finish_non_exhaustive()
+    }
+}
+
+impl EventSource for ControlEvents {
+    fn events(&self) -> BoxFuture<'_, Vec<LiveEvent>> {
+        Box::pin(async move {
+            match self.store.with_states().await {
+                Ok(events) => events
+                    .into_iter()
+                    .map(|(summary, state)| LiveEvent {
+                        id: summary.id,
+                        title: summary.title,
+                        starts_at: summary.starts_at,
+                        stages: summary.stages,
+                        state,
+                    })
+                    .collect(),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot list events");
+                    Vec::new()
+                }
+            }
+        })
+    }
+}
+
+/// The catalog's own events, with no state: what `ringside materialize` works from.
+#[derive(Debug)]
+pub struct CatalogEvents {
+    pub catalog: Arc<Catalog>,
+}
+
+impl EventSource for CatalogEvents {
+    fn events(&self) -> BoxFuture<'_, Vec<LiveEvent>> {
+        let events = self
+            .catalog
+            .events
+            .iter()
+            .filter_map(|event| {
+                let content = &event.content;
+                Some(LiveEvent {
+                    id: EventId::parse(&content.id).ok()?,
+                    title: content.title.clone(),
+                    starts_at: content.starts_at.clone(),
+                    stages: content
+                        .stages
+                        .iter()
+                        .map(|s| Stage::parse(s).ok())
+                        .collect::<Option<_>>()?,
+                    state: None,
+                })
+            })
+            .collect();
+        Box::pin(async move { events })
+    }
+}
