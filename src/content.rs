@@ -66,9 +66,12 @@ pub async fn load_catalog(source: &DatasetSource) -> anyhow::Result<Catalog> {
     Ok(catalog)
 }
 
-pub async fn open_store(setup: &StoreSetup) -> anyhow::Result<Arc<dyn PageStore>> {
+pub async fn open_store(
+    setup: &StoreSetup,
+    catalog: &Arc<Catalog>,
+) -> anyhow::Result<Arc<dyn PageStore>> {
     Ok(match setup {
-        StoreSetup::Memory => Arc::new(MemoryPageStore::new()),
+        StoreSetup::Memory => Arc::new(MemoryPageStore::new(catalog.clone())),
         StoreSetup::Redis { url, prefix } => Arc::new(
             RedisPageStore::connect(url, prefix.clone())
                 .await

@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole platform in one process (embedded bus and store).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a device token (or, with --admin, the admin token).
     Token(TokenArgs),
     /// Operate events through the admin API.
@@ -550,7 +550,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Serve(args) => run_serve(args).await,
+        Command::Serve(args) => run_serve(*args).await,
         Command::Token(args) => {
             let secrets = args.secrets.resolve()?;
             if args.admin {
@@ -724,7 +724,7 @@ async fn run_materialize(args: MaterializeArgs) -> anyhow::Result<()> {
         );
     };
     let catalog = Arc::new(content::load_catalog(&args.content.dataset()).await?);
-    let store = content::open_store(&args.content.store()).await?;
+    let store = content::open_store(&args.content.store(), &catalog).await?;
     if args.force {
         for event in &catalog.events {
             store.set_fingerprint(&event.content.id, 0).await?;

@@ -123,7 +123,7 @@ pub async fn serve(
     let events: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
     let catalog = Arc::new(crate::content::load_catalog(&config.prefetch.dataset).await?);
     crate::content::seed_events(&catalog, events.as_ref()).await?;
-    let pages = crate::content::open_store(&config.prefetch.store).await?;
+    let pages = crate::content::open_store(&config.prefetch.store, &catalog).await?;
     let prefetch = PrefetchService::new(
         catalog,
         pages,

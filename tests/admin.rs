@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The admin API and the operational endpoints over real HTTP.
 
 mod support;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Protocol v1 over real WebSocket connections to a real server.
 
 mod support;

@@ -9,6 +9,9 @@ use protocol::{EventId, EventState, Payload, Stage};
 
 use crate::ControlError;
 
+/// An event and its current state (`None` before the first publish).
+pub type EventWithState = (EventSummary, Option<EventState>);
+
 /// An accepted state change, before the bus has it.
 #[derive(Debug, Clone)]
 pub struct NewState {
@@ -36,9 +39,7 @@ pub trait EventStore: Send + Sync + 'static {
     /// newer one already is).
     fn record_published(&self, state: &EventState) -> BoxFuture<'_, Result<(), ControlError>>;
     /// Every event with its current state (`None` before the first publish).
-    fn with_states(
-        &self,
-    ) -> BoxFuture<'_, Result<Vec<(EventSummary, Option<EventState>)>, ControlError>>;
+    fn with_states(&self) -> BoxFuture<'_, Result<Vec<EventWithState>, ControlError>>;
 }
 
 #[derive(Debug)]
@@ -177,9 +178,7 @@ impl EventStore for MemoryEventStore {
         Box::pin(async { Ok(()) })
     }
 
-    fn with_states(
-        &self,
-    ) -> BoxFuture<'_, Result<Vec<(EventSummary, Option<EventState>)>, ControlError>> {
+    fn with_states(&self) -> BoxFuture<'_, Result<Vec<EventWithState>, ControlError>> {
         let events = self.events.read().unwrap_or_else(PoisonError::into_inner);
         let all = events
             .values()

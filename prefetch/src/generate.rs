@@ -209,63 +209,80 @@ fn generate_profiles(
         .collect()
 }
 
+/// One of the dataset's live events.
+struct EventTemplate {
+    id: &'static str,
+    title: &'static str,
+    starts_at: &'static str,
+    stages: &'static [&'static str],
+    genres: &'static [&'static str],
+}
+
 fn generate_events(rng: &mut Rng, titles: &[Title], by_genre: &[Vec<usize>]) -> Vec<EventContent> {
-    let specs: [(&str, &str, &str, &[&str], &[&str]); 4] = [
-        (
-            "fight-night",
-            "Fight Night: Title Bout",
-            "2026-12-05T20:00:00Z",
-            &["UPCOMING", "LIVE", "ENDED"],
-            &["Sports", "Action"],
-        ),
-        (
-            "championship-final",
-            "Championship Final",
-            "2026-12-12T18:00:00Z",
-            &["UPCOMING", "LIVE", "ENDED"],
-            &["Sports", "Documentary"],
-        ),
-        (
-            "awards-gala",
-            "The Awards Gala",
-            "2026-12-19T01:00:00Z",
-            &["UPCOMING", "RED_CARPET", "LIVE", "ENDED"],
-            &["Music", "Drama", "Documentary"],
-        ),
-        (
-            "season-premiere",
-            "Season Premiere Night",
-            "2026-12-26T21:00:00Z",
-            &["UPCOMING", "LIVE", "ENDED"],
-            &["SciFi", "Drama"],
-        ),
+    let specs = [
+        EventTemplate {
+            id: "fight-night",
+            title: "Fight Night: Title Bout",
+            starts_at: "2026-12-05T20:00:00Z",
+            stages: &["UPCOMING", "LIVE", "ENDED"],
+            genres: &["Sports", "Action"],
+        },
+        EventTemplate {
+            id: "championship-final",
+            title: "Championship Final",
+            starts_at: "2026-12-12T18:00:00Z",
+            stages: &["UPCOMING", "LIVE", "ENDED"],
+            genres: &["Sports", "Documentary"],
+        },
+        EventTemplate {
+            id: "awards-gala",
+            title: "The Awards Gala",
+            starts_at: "2026-12-19T01:00:00Z",
+            stages: &["UPCOMING", "RED_CARPET", "LIVE", "ENDED"],
+            genres: &["Music", "Drama", "Documentary"],
+        },
+        EventTemplate {
+            id: "season-premiere",
+            title: "Season Premiere Night",
+            starts_at: "2026-12-26T21:00:00Z",
+            stages: &["UPCOMING", "LIVE", "ENDED"],
+            genres: &["SciFi", "Drama"],
+        },
     ];
     specs
         .iter()
-        .map(|(id, title, starts_at, stages, genres)| {
-            let mut related = Vec::new();
-            for genre in genres
-                .iter()
-                .filter_map(|g| GENRES.iter().position(|name| name == g))
-            {
-                let pool = &by_genre[genre];
-                for _ in 0..60.min(pool.len()) {
-                    let candidate = pool[rng.usize(0..pool.len())];
-                    let id = title_id(candidate);
-                    if !related.contains(&id) && candidate < titles.len() {
-                        related.push(id);
+        .map(
+            |EventTemplate {
+                 id,
+                 title,
+                 starts_at,
+                 stages,
+                 genres,
+             }| {
+                let mut related = Vec::new();
+                for genre in genres
+                    .iter()
+                    .filter_map(|g| GENRES.iter().position(|name| name == g))
+                {
+                    let pool = &by_genre[genre];
+                    for _ in 0..60.min(pool.len()) {
+                        let candidate = pool[rng.usize(0..pool.len())];
+                        let id = title_id(candidate);
+                        if !related.contains(&id) && candidate < titles.len() {
+                            related.push(id);
+                        }
                     }
                 }
-            }
-            EventContent {
-                id: (*id).to_owned(),
-                title: (*title).to_owned(),
-                starts_at: (*starts_at).to_owned(),
-                stages: stages.iter().map(|s| (*s).to_owned()).collect(),
-                related_titles: related,
-                genres: genres.iter().map(|g| (*g).to_owned()).collect(),
-            }
-        })
+                EventContent {
+                    id: (*id).to_owned(),
+                    title: (*title).to_owned(),
+                    starts_at: (*starts_at).to_owned(),
+                    stages: stages.iter().map(|s| (*s).to_owned()).collect(),
+                    related_titles: related,
+                    genres: genres.iter().map(|g| (*g).to_owned()).collect(),
+                }
+            },
+        )
         .collect()
 }
 

@@ -96,7 +96,7 @@ fn authenticate(
     service: &PrefetchService,
     headers: &HeaderMap,
     query_token: Option<&str>,
-) -> Result<String, Response> {
+) -> Result<String, auth::TokenError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -110,13 +110,14 @@ fn authenticate(
         .device_key
         .verify(token, now)
         .map(|claims| claims.profile)
-        .map_err(|error| {
-            error_response(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHENTICATED",
-                &error.to_string(),
-            )
-        })
+}
+
+fn unauthenticated(error: auth::TokenError) -> Response {
+    error_response(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+        &error.to_string(),
+    )
 }
 
 async fn post_graphql(
@@ -126,7 +127,7 @@ async fn post_graphql(
 ) -> Response {
     let profile = match authenticate(&service, &headers, None) {
         Ok(profile) => profile,
-        Err(response) => return response,
+        Err(error) => return unauthenticated(error),
     };
     let body = match body {
         Ok(body) => body,
@@ -171,7 +172,7 @@ async fn get_graphql(
     }
     let profile = match authenticate(&service, &headers, params.get("token").map(String::as_str)) {
         Ok(profile) => profile,
-        Err(response) => return response,
+        Err(error) => return unauthenticated(error),
     };
     let parse_json = |name: &str| -> Result<Option<serde_json::Value>, PrefetchError> {
         params

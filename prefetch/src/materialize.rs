@@ -225,33 +225,99 @@ impl TopN {
     }
 }
 
+/// How deep each ranked list goes: enough to fill a row after every earlier row of the same
+/// stage page took its titles.
+const RANK_DEPTH: usize = ROW_LENGTH * 8;
+
+/// The best `depth` eligible candidates by `score`, best first.
+fn ranked(
+    candidates: usize,
+    eligible: &[bool],
+    depth: usize,
+    score: impl Fn(usize) -> Option<f32>,
+) -> Vec<u16> {
+    let mut top = TopN::new(depth);
+    for candidate in (0..candidates).filter(|&c| eligible[c]) {
+        if let Some(s) = score(candidate) {
+            top.offer(s, candidate as u16);
+        }
+    }
+    top.best.into_iter().map(|(_, c)| c).collect()
+}
+
+/// The first `n` of `ranking` not used yet on this stage page; marks them used.
+fn take_unused(ranking: &[u16], n: usize, used: &mut Vec<u16>) -> Vec<u32> {
+    let picked: Vec<u16> = ranking
+        .iter()
+        .copied()
+        .filter(|c| !used.contains(c))
+        .take(n)
+        .collect();
+    used.extend_from_slice(&picked);
+    picked.into_iter().map(u32::from).collect()
+}
+
 /// Computes the page of `profile` (or of a cold-start visitor, `None`) for an event.
+///
+/// Rankings that do not depend on the stage (top picks, genre rows, trending) are computed once
+/// per profile; each stage then takes from them the titles its earlier rows left.
 pub fn materialize(catalog: &Catalog, pool: &EventPool, profile: Option<&ProfileEntry>) -> Page {
     let neutral = [128u8; GENRES.len()];
     let affinities = profile.map_or(&neutral, |p| &p.affinities);
     let limit = profile.map_or(Maturity::Age13, |p| p.maturity_limit);
     let recent: &[u32] = profile.map_or(&[], |p| &p.recent);
-    let recent_set: HashSet<u32> = recent.iter().copied().collect();
+    let candidates = pool.titles.len();
+    let genres_of = |c: usize| catalog.titles[pool.titles[c] as usize].genres;
 
-    // Stage-independent per-candidate facts.
     let eligible: Vec<bool> = pool
         .titles
         .iter()
-        .map(|&t| catalog.titles[t as usize].title.maturity <= limit && !recent_set.contains(&t))
+        .map(|&t| catalog.titles[t as usize].title.maturity <= limit && !recent.contains(&t))
         .collect();
-    let taste: Vec<f32> = pool
-        .titles
-        .iter()
-        .map(|&t| {
-            let genres = catalog.titles[t as usize].genres;
+    let taste: Vec<f32> = (0..candidates)
+        .map(|c| {
+            let genres = genres_of(c);
             let total: u32 = genres.iter().map(|g| u32::from(affinities[g])).sum();
             total as f32 / (255.0 * genres.len().max(1) as f32)
         })
         .collect();
     let mut favourites: Vec<usize> = (0..GENRES.len()).filter(|&g| affinities[g] > 0).collect();
     favourites.sort_by_key(|&g| std::cmp::Reverse(affinities[g]));
-    let last_watched = recent.first().copied();
 
+    let top_picks = ranked(candidates, &eligible, RANK_DEPTH, |c| {
+        Some(0.7 * taste[c] + 0.3 * pool.popularity[c])
+    });
+    let trending = ranked(candidates, &eligible, RANK_DEPTH, |c| {
+        Some(pool.popularity[c])
+    });
+    let genre_row = |genre: usize| {
+        let titles = ranked(candidates, &eligible, RANK_DEPTH, |c| {
+            genres_of(c)
+                .contains(genre)
+                .then(|| 0.4 * taste[c] + 0.6 * pool.popularity[c])
+        });
+        (RowKind::Genre, genre as u32, titles)
+    };
+    // Personal rows: the favourite genre, then "because you watched" the last title (or the
+    // second favourite genre when there is no recent watch).
+    let mut personal = Vec::with_capacity(2);
+    if let Some(&first) = favourites.first() {
+        personal.push(genre_row(first));
+    }
+    match recent.first() {
+        Some(&watched) => {
+            let like = catalog.titles[watched as usize].genres;
+            let titles = ranked(candidates, &eligible, RANK_DEPTH, |c| {
+                genres_of(c)
+                    .overlaps(like)
+                    .then(|| 0.5 * taste[c] + 0.5 * pool.popularity[c])
+            });
+            personal.push((RowKind::BecauseYouWatched, watched, titles));
+        }
+        None => personal.extend(favourites.get(1).map(|&g| genre_row(g))),
+    }
+
+    let has_related = pool.related.iter().any(|&r| r);
     let stage_count = pool.spec.stages.len();
     let stages = pool
         .spec
@@ -260,119 +326,52 @@ pub fn materialize(catalog: &Catalog, pool: &EventPool, profile: Option<&Profile
         .enumerate()
         .map(|(index, stage)| {
             let (w_taste, w_pop, w_rel) = stage_weights(stage, index, stage_count);
-            let mut used = vec![false; pool.titles.len()];
-            let pick = |score: &dyn Fn(usize) -> Option<f32>, n: usize, used: &mut Vec<bool>| {
-                let mut top = TopN::new(n);
-                for candidate in 0..pool.titles.len() {
-                    if used[candidate] || !eligible[candidate] {
-                        continue;
-                    }
-                    if let Some(s) = score(candidate) {
-                        top.offer(s, candidate as u16);
-                    }
-                }
-                let picked: Vec<u32> = top.best.iter().map(|&(_, c)| u32::from(c)).collect();
-                for &c in &picked {
-                    used[c as usize] = true;
-                }
-                picked
-            };
-            let event_score = |c: usize| {
+            // The event's own ranking depends on the stage: related titles only, or (for an
+            // event the catalog relates nothing to) everything, weighted by genre overlap.
+            let event_ranking = ranked(candidates, &eligible, RANK_DEPTH, |c| {
                 let relation = if pool.related[c] {
                     1.0
-                } else if catalog.titles[pool.titles[c] as usize]
-                    .genres
-                    .overlaps(pool.spec.genres)
-                {
+                } else if has_related {
+                    return None;
+                } else if genres_of(c).overlaps(pool.spec.genres) {
                     0.3
                 } else {
                     0.0
                 };
                 Some(w_taste * taste[c] + w_pop * pool.popularity[c] + w_rel * relation)
-            };
-            let only_related = |c: usize| pool.related[c].then(|| event_score(c)).flatten();
-            let has_related = pool.related.iter().any(|&r| r);
-            let billboard_pick = if has_related {
-                pick(&only_related, 1, &mut used)
-            } else {
-                pick(&event_score, 1, &mut used)
-            };
-            let billboard = billboard_pick.first().copied().unwrap_or(0);
-            let mut rows = Vec::with_capacity(7);
-            let event_row = if has_related {
-                pick(&only_related, ROW_LENGTH, &mut used)
-            } else {
-                pick(&event_score, ROW_LENGTH, &mut used)
-            };
+            });
+            let mut used: Vec<u16> = Vec::with_capacity(ROW_LENGTH * 7 + 1);
+            let billboard = take_unused(&event_ranking, 1, &mut used)
+                .first()
+                .copied()
+                .unwrap_or(0);
+            let mut rows = Vec::with_capacity(6);
             rows.push(Row {
                 kind: RowKind::Event,
                 param: 0,
-                titles: event_row,
+                titles: take_unused(&event_ranking, ROW_LENGTH, &mut used),
             });
-            let top_picks = pick(
-                &|c| Some(0.7 * taste[c] + 0.3 * pool.popularity[c]),
-                ROW_LENGTH,
-                &mut used,
-            );
             rows.push(Row {
                 kind: RowKind::TopPicks,
                 param: 0,
-                titles: top_picks,
+                titles: take_unused(&top_picks, ROW_LENGTH, &mut used),
             });
-            for (rank, &genre) in favourites.iter().take(2).enumerate() {
-                // The second genre row gives way to "because you watched" when there is one.
-                if rank == 1 {
-                    if let Some(watched) = last_watched {
-                        let like = catalog.titles[watched as usize].genres;
-                        let titles = pick(
-                            &|c| {
-                                let genres = catalog.titles[pool.titles[c] as usize].genres;
-                                genres
-                                    .overlaps(like)
-                                    .then(|| 0.5 * taste[c] + 0.5 * pool.popularity[c])
-                            },
-                            ROW_LENGTH,
-                            &mut used,
-                        );
-                        rows.push(Row {
-                            kind: RowKind::BecauseYouWatched,
-                            param: watched,
-                            titles,
-                        });
-                        continue;
-                    }
-                }
-                let titles = pick(
-                    &|c| {
-                        catalog.titles[pool.titles[c] as usize]
-                            .genres
-                            .contains(genre)
-                            .then(|| 0.4 * taste[c] + 0.6 * pool.popularity[c])
-                    },
-                    ROW_LENGTH,
-                    &mut used,
-                );
+            for (kind, param, ranking) in &personal {
                 rows.push(Row {
-                    kind: RowKind::Genre,
-                    param: genre as u32,
-                    titles,
+                    kind: *kind,
+                    param: *param,
+                    titles: take_unused(ranking, ROW_LENGTH, &mut used),
                 });
             }
-            let trending = pick(&|c| Some(pool.popularity[c]), ROW_LENGTH, &mut used);
             rows.push(Row {
                 kind: RowKind::Trending,
                 param: 0,
-                titles: trending,
+                titles: take_unused(&trending, ROW_LENGTH, &mut used),
             });
-            let related = pick(
-                &|c| pool.related[c].then(|| event_score(c)).flatten(),
-                ROW_LENGTH,
-                &mut used,
-            );
             rows.push(Row {
                 kind: RowKind::Related,
                 param: 0,
-                titles: related,
+                titles: take_unused(&event_ranking, ROW_LENGTH, &mut used),
             });
             StagePage {
                 stage: index,

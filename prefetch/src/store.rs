@@ -8,6 +8,8 @@ use std::time::Duration;
 use broadcaster::BoxFuture;
 use bytes::Bytes;
 
+use crate::catalog::Catalog;
+
 /// Identifies one page: an event and a profile.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PageKey {
@@ -37,36 +39,70 @@ pub trait PageStore: Send + Sync + 'static {
     fn approximate_bytes(&self) -> Option<usize>;
 }
 
-/// Pages in this process's memory, grouped by event.
-#[derive(Debug, Default)]
+/// Pages in this process's memory: per event, one slot per catalog profile (no key stored per
+/// page), plus a small map for keys the catalog does not know (the cold-start page).
+#[derive(Debug)]
 pub struct MemoryPageStore {
-    events: RwLock<HashMap<Arc<str>, HashMap<Arc<str>, Bytes>>>,
+    catalog: Arc<Catalog>,
+    events: RwLock<HashMap<Arc<str>, EventPages>>,
     fingerprints: RwLock<HashMap<String, u64>>,
 }
 
+#[derive(Debug, Default)]
+struct EventPages {
+    by_profile: Vec<Option<Box<[u8]>>>,
+    others: HashMap<Arc<str>, Box<[u8]>>,
+}
+
 impl MemoryPageStore {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(catalog: Arc<Catalog>) -> Self {
+        Self {
+            catalog,
+            events: RwLock::default(),
+            fingerprints: RwLock::default(),
+        }
     }
 }
 
 impl PageStore for MemoryPageStore {
     fn get(&self, key: &PageKey) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
         let events = self.events.read().unwrap_or_else(PoisonError::into_inner);
-        let page = events
-            .get(&key.event)
-            .and_then(|pages| pages.get(&key.profile))
-            .cloned();
+        let page =
+            events
+                .get(&key.event)
+                .and_then(|pages| match self.catalog.profile(&key.profile) {
+                    Some(index) => pages
+                        .by_profile
+                        .get(index as usize)?
+                        .as_deref()
+                        .map(Bytes::copy_from_slice),
+                    None => pages
+                        .others
+                        .get(&key.profile)
+                        .map(|blob| Bytes::copy_from_slice(blob)),
+                });
         Box::pin(async move { Ok(page) })
     }
 
     fn put(&self, pages: Vec<(PageKey, Bytes)>) -> BoxFuture<'_, Result<(), StoreError>> {
         let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
         for (key, page) in pages {
-            events
-                .entry(key.event)
-                .or_default()
-                .insert(key.profile, page);
+            let event = events.entry(key.event).or_default();
+            let blob: Box<[u8]> = page.as_ref().into();
+            match self.catalog.profile(&key.profile) {
+                Some(index) => {
+                    let index = index as usize;
+                    if event.by_profile.len() <= index {
+                        event
+                            .by_profile
+                            .resize_with(self.catalog.profiles.len().max(index + 1), || None);
+                    }
+                    event.by_profile[index] = Some(blob);
+                }
+                None => {
+                    event.others.insert(key.profile, blob);
+                }
+            }
         }
         Box::pin(async { Ok(()) })
     }
@@ -95,14 +131,21 @@ impl PageStore for MemoryPageStore {
 
     fn approximate_bytes(&self) -> Option<usize> {
         let events = self.events.read().unwrap_or_else(PoisonError::into_inner);
-        // Blob, its `Bytes` handle, the shared profile-id key and the map slot.
-        Some(
-            events
-                .values()
-                .flat_map(|pages| pages.values())
-                .map(|b| b.len() + 32 + 16 + 16)
-                .sum(),
-        )
+        // Each blob plus its allocation header, and every slot.
+        let bytes = events
+            .values()
+            .map(|pages| {
+                pages.by_profile.len() * std::mem::size_of::<Option<Box<[u8]>>>()
+                    + pages
+                        .by_profile
+                        .iter()
+                        .flatten()
+                        .map(|b| b.len() + 16)
+                        .sum::<usize>()
+                    + pages.others.values().map(|b| b.len() + 64).sum::<usize>()
+            })
+            .sum();
+        Some(bytes)
     }
 }
 

@@ -35,17 +35,26 @@ impl TestServer {
     }
 
     pub async fn start_with(configure: impl FnOnce(&mut GatewayConfig)) -> Self {
-        Self::start_configured(configure, |_| {}).await
+        Self::start_configured(configure, |_| {}, |_| {}).await
     }
 
     pub async fn start_with_http(configure: impl FnOnce(&mut ringside::http::HttpConfig)) -> Self {
-        Self::start_configured(|_| {}, configure).await
+        Self::start_configured(|_| {}, configure, |_| {}).await
+    }
+
+    pub async fn start_with_prefetch(
+        configure: impl FnOnce(&mut ringside::server::PrefetchSetup),
+    ) -> Self {
+        Self::start_configured(|_| {}, |_| {}, configure).await
     }
 
     pub async fn start_configured(
         configure: impl FnOnce(&mut GatewayConfig),
         configure_http: impl FnOnce(&mut ringside::http::HttpConfig),
+        configure_prefetch: impl FnOnce(&mut ringside::server::PrefetchSetup),
     ) -> Self {
+        let mut prefetch = test_prefetch_setup();
+        configure_prefetch(&mut prefetch);
         let mut http = ringside::http::HttpConfig::default();
         configure_http(&mut http);
         let mut gateway = GatewayConfig {
@@ -57,7 +66,7 @@ impl TestServer {
         let config = ServeConfig {
             gateway,
             http,
-            prefetch: test_prefetch_setup(),
+            prefetch,
             secrets: Secrets {
                 device_token_secret: DEVICE_SECRET.into(),
                 admin_token: ADMIN_TOKEN.into(),
@@ -139,6 +148,26 @@ impl TestServer {
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+
+    /// Sends a GraphQL query with a device token; returns the HTTP answer and its JSON body.
+    pub async fn graphql(
+        &self,
+        token: &str,
+        body: serde_json::Value,
+    ) -> (client::http::HttpResponse, serde_json::Value) {
+        let bearer = format!("Bearer {token}");
+        let response = client::http::call(
+            &self.base,
+            "POST",
+            "/graphql",
+            &[("authorization", &bearer)],
+            Some(serde_json::to_vec(&body).unwrap()),
+        )
+        .await
+        .unwrap();
+        let json = serde_json::from_slice(&response.body).unwrap_or(serde_json::Value::Null);
+        (response, json)
     }
 
     /// Cancels the server and waits for its drain.

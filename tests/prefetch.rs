@@ -1,0 +1,611 @@
+#![allow(clippy::unwrap_used)]
+//! The prefetch GraphQL service over real HTTP, with the machine's real Redis where a test
+//! needs one (each test under its own key prefix, removed at the end).
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+const FULL_PREFETCH: &str = r#"{
+  prefetch {
+    profileId
+    cacheHint { ttlSeconds events { eventId version } }
+    events {
+      id topic title stages builtForVersion
+      state { topic version stage publishedAtMs payload }
+      byStage {
+        stage
+        home { billboard { id title artwork(sizes: [BILLBOARD]) { size url width height } }
+               rows { id kind title cards { id title genres maturity runtimeMinutes artwork(sizes: [POSTER_SMALL]) { url } } } }
+        eventPage { hero { id } rows { kind cards { id } } }
+      }
+    }
+  }
+}"#;
+
+fn token(profile: &str) -> String {
+    let key = auth::DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    key.sign(&auth::DeviceClaims {
+        sub: format!("dev-{profile}"),
+        profile: profile.into(),
+        class: auth::DeviceClass::Tv,
+        exp,
+    })
+}
+
+fn error_code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| {
+            let text = body.to_string();
+            panic!("no error code in {}", &text[..text.len().min(300)])
+        })
+}
+
+#[tokio::test]
+async fn prefetch_returns_every_stage_of_every_visible_event_for_the_profile() {
+    let server = TestServer::start().await;
+    let (response, body) = server
+        .graphql(&token("p000001"), json!({ "query": FULL_PREFETCH }))
+        .await;
+    assert_eq!(response.status, 200, "{body}");
+    assert!(body.get("errors").is_none(), "{body}");
+    let prefetch = &body["data"]["prefetch"];
+    assert_eq!(prefetch["profileId"], "p000001");
+    let events = prefetch["events"].as_array().unwrap();
+    let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    for id in [
+        "fight-night",
+        "championship-final",
+        "awards-gala",
+        "season-premiere",
+    ] {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+    for event in events {
+        let stages: Vec<&str> = event["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        let by_stage: Vec<&str> = event["byStage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["stage"].as_str().unwrap())
+            .collect();
+        assert_eq!(stages, by_stage, "content for every stage, in order");
+        for stage in event["byStage"].as_array().unwrap() {
+            let rows = stage["home"]["rows"].as_array().unwrap();
+            assert!(rows.len() >= 4, "{stage}");
+            assert!(
+                rows.iter()
+                    .all(|r| r["cards"].as_array().unwrap().len() == 8)
+            );
+            let url = stage["home"]["billboard"]["artwork"][0]["url"]
+                .as_str()
+                .unwrap();
+            assert!(url.ends_with("billboard.jpg"), "{url}");
+            assert_eq!(stage["eventPage"]["rows"][0]["kind"], "EVENT");
+        }
+        assert_eq!(event["state"], Value::Null, "nothing published yet");
+    }
+    // The cache hint: in the data, in the extensions, and as the HTTP cache lifetime.
+    let ttl = prefetch["cacheHint"]["ttlSeconds"].as_u64().unwrap();
+    assert!((1440..=2160).contains(&ttl), "{ttl}");
+    assert_eq!(
+        body["extensions"]["cacheHint"]["ttlSeconds"].as_u64(),
+        Some(ttl)
+    );
+    assert_eq!(
+        response.headers["cache-control"],
+        format!("private, max-age={ttl}").as_str()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn device_cache_ttls_are_jittered_per_response() {
+    let server = TestServer::start().await;
+    let mut ttls = Vec::new();
+    for _ in 0..20 {
+        let (_, body) = server
+            .graphql(
+                &token("p000002"),
+                json!({ "query": "{ prefetch { cacheHint { ttlSeconds } } }" }),
+            )
+            .await;
+        ttls.push(
+            body["data"]["prefetch"]["cacheHint"]["ttlSeconds"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    assert!(ttls.iter().all(|t| (1440..=2160).contains(t)), "{ttls:?}");
+    ttls.sort_unstable();
+    ttls.dedup();
+    assert!(
+        ttls.len() > 10,
+        "devices that fetch together must not expire together: {ttls:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_state_in_a_prefetch_is_the_state_the_websocket_sends() {
+    let server = TestServer::start().await;
+    let event = protocol::EventId::parse("fight-night").unwrap();
+    let mut device = server.device().await;
+    subscribe(&mut device, &[(event.topic(), 0)]).await;
+    server
+        .publish(&event, "LIVE", r#"{"round": 3, "hero": "main-card"}"#)
+        .await;
+    let ws = next_state(&mut device).await;
+
+    let query = r#"{ event(id: "fight-night") { builtForVersion state { topic version stage publishedAtMs payload } } }"#;
+    let (_, body) = server
+        .graphql(&token("p000003"), json!({ "query": query }))
+        .await;
+    let state = &body["data"]["event"]["state"];
+    assert_eq!(state["topic"], ws.topic.as_str());
+    assert_eq!(state["version"].as_u64(), Some(ws.version));
+    assert_eq!(state["stage"], ws.stage.as_str());
+    assert_eq!(state["publishedAtMs"].as_u64(), Some(ws.published_at_ms));
+    assert_eq!(
+        state["payload"],
+        serde_json::from_str::<Value>(ws.payload.as_json()).unwrap()
+    );
+    assert_eq!(
+        body["data"]["event"]["builtForVersion"].as_u64(),
+        Some(ws.version)
+    );
+    assert_eq!(
+        body["extensions"]["cacheHint"]["events"][0]["version"].as_u64(),
+        Some(ws.version)
+    );
+
+    // Once an event reaches its last stage it leaves the prefetch.
+    server.publish(&event, "ENDED", "{}").await;
+    let (_, body) = server
+        .graphql(
+            &token("p000003"),
+            json!({ "query": "{ prefetch { events { id } } }" }),
+        )
+        .await;
+    let ids: Vec<&str> = body["data"]["prefetch"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert!(!ids.contains(&"fight-night"), "{ids:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_profile_reads_only_its_own_data() {
+    let server = TestServer::start().await;
+    let query =
+        r#"{ prefetch { profileId events { id byStage { home { rows { cards { id } } } } } } }"#;
+    let (_, mine) = server
+        .graphql(&token("p000010"), json!({ "query": query }))
+        .await;
+    let (_, theirs) = server
+        .graphql(&token("p000011"), json!({ "query": query }))
+        .await;
+    assert_eq!(mine["data"]["prefetch"]["profileId"], "p000010");
+    assert_eq!(theirs["data"]["prefetch"]["profileId"], "p000011");
+    assert_ne!(
+        mine["data"]["prefetch"]["events"], theirs["data"]["prefetch"]["events"],
+        "personal rows differ"
+    );
+    // There is no way to name another profile.
+    let (_, sneaky) = server
+        .graphql(
+            &token("p000010"),
+            json!({ "query": r#"{ prefetch(profileId: "p000011") { profileId } }"# }),
+        )
+        .await;
+    assert_eq!(error_code(&sneaky), "GRAPHQL_VALIDATION_FAILED");
+    assert!(sneaky["data"].is_null());
+    // A profile the catalog does not know gets the shared cold-start page, not someone's.
+    let (_, stranger) = server
+        .graphql(&token("nobody-known"), json!({ "query": query }))
+        .await;
+    assert_eq!(stranger["data"]["prefetch"]["profileId"], "nobody-known");
+    assert_ne!(
+        stranger["data"]["prefetch"]["events"],
+        mine["data"]["prefetch"]["events"]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_stable_codes() {
+    let server = TestServer::start_with_prefetch(|setup| {
+        setup.config.limits = prefetch::limits::QueryLimits {
+            max_depth: 6,
+            max_fields: 60,
+            max_aliases: 3,
+        };
+    })
+    .await;
+    let device = token("p000004");
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({ "query": "{ prefetch { " }), "GRAPHQL_PARSE_FAILED"),
+        (
+            json!({ "query": "{ nothingHere }" }),
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        (
+            json!({ "query": r#"{ event(id: "no-such-event") { id } }"# }),
+            "UNKNOWN_EVENT",
+        ),
+        (
+            json!({ "query": r#"{ event(id: "fight-night") { stage(name: "HALFTIME") { stage } } }"# }),
+            "UNKNOWN_STAGE",
+        ),
+        (
+            json!({ "query": "{ prefetch { events { byStage { home { rows { cards { artwork { url } } } } } } } }" }),
+            "QUERY_TOO_DEEP",
+        ),
+        (
+            json!({ "query": "{ a: prefetch { profileId } b: prefetch { profileId } c: prefetch { profileId } d: prefetch { profileId } }" }),
+            "TOO_MANY_ALIASES",
+        ),
+        (
+            json!({ "query": format!("query {{ prefetch {{ profileId {} }} }}", "...F ".repeat(20)) + " fragment F on Prefetch { profileId cacheHint { ttlSeconds } }" }),
+            "QUERY_TOO_COMPLEX",
+        ),
+        (
+            json!({ "extensions": { "persistedQuery": { "version": 1, "sha256Hash": "00".repeat(32) } } }),
+            "PERSISTED_QUERY_NOT_FOUND",
+        ),
+        (
+            json!({ "query": "{ prefetch { profileId } }", "extensions": { "persistedQuery": { "version": 1, "sha256Hash": "00".repeat(32) } } }),
+            "PERSISTED_QUERY_HASH_MISMATCH",
+        ),
+        (json!({ "variables": {} }), "BAD_REQUEST"),
+    ];
+    for (request, code) in cases {
+        let (response, body) = server.graphql(&device, request.clone()).await;
+        assert_eq!(response.status, 200, "{request}");
+        assert_eq!(error_code(&body), code, "{request}");
+        assert!(!body["errors"][0]["message"].as_str().unwrap().is_empty());
+    }
+
+    // HTTP-level refusals.
+    let expired = support::device_token("late", -5);
+    let (response, body) = server
+        .graphql(&expired, json!({ "query": "{ prefetch { profileId } }" }))
+        .await;
+    assert_eq!(response.status, 401);
+    assert_eq!(error_code(&body), "UNAUTHENTICATED");
+    let missing = client::http::call(&server.base, "POST", "/graphql", &[], Some(b"{}".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(missing.status, 401);
+    let huge =
+        json!({ "query": format!("{{ prefetch {{ profileId }} }} #{}", "x".repeat(70 * 1024)) });
+    let (response, body) = server.graphql(&device, huge).await;
+    assert_eq!(response.status, 413);
+    assert_eq!(error_code(&body), "PAYLOAD_TOO_LARGE");
+    let (response, body) = server
+        .graphql(&device, Value::String("not an object".into()))
+        .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(error_code(&body), "BAD_REQUEST");
+    server.stop().await;
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn persisted_queries_work_over_cacheable_gets() {
+    let server = TestServer::start().await;
+    let device = token("p000005");
+    let query = "{ prefetch { profileId cacheHint { ttlSeconds } } }";
+    let hash = sha256_hex(query);
+    let extensions = json!({ "persistedQuery": { "version": 1, "sha256Hash": hash } }).to_string();
+    let get_path = format!("/graphql?extensions={}", percent_encode(&extensions));
+    let bearer = format!("Bearer {device}");
+
+    // Unknown hash first: the client then sends the text once.
+    let first = client::http::call(
+        &server.base,
+        "GET",
+        &get_path,
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await
+    .unwrap();
+    let body: Value = serde_json::from_slice(&first.body).unwrap();
+    assert_eq!(error_code(&body), "PERSISTED_QUERY_NOT_FOUND");
+    let (_, registered) = server.graphql(&device, json!({ "query": query, "extensions": { "persistedQuery": { "version": 1, "sha256Hash": hash } } })).await;
+    assert_eq!(registered["data"]["prefetch"]["profileId"], "p000005");
+
+    let cached = client::http::call(
+        &server.base,
+        "GET",
+        &get_path,
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(cached.status, 200);
+    let body: Value = serde_json::from_slice(&cached.body).unwrap();
+    assert_eq!(body["data"]["prefetch"]["profileId"], "p000005");
+    let cache_control = cached.headers["cache-control"].to_str().unwrap();
+    assert!(
+        cache_control.starts_with("private, max-age="),
+        "{cache_control}"
+    );
+    assert_eq!(cached.headers["vary"], "Authorization");
+    server.stop().await;
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn graphiql_is_served_in_development() {
+    let server = TestServer::start().await;
+    let page = client::http::call(&server.base, "GET", "/graphql", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("GraphiQL"));
+    server.stop().await;
+}
+
+#[test]
+fn schema_graphql_is_the_schema_the_code_serves() {
+    let served = prefetch::schema::build_schema(Default::default()).sdl();
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))
+        .unwrap_or_default();
+    assert!(
+        committed == served,
+        "schema.graphql is out of date: run `cargo run -q -- schema > schema.graphql` and review the diff"
+    );
+}
+
+/// Keys under a prefix of their own in the machine's Redis, deleted when dropped.
+struct RedisKeys {
+    url: String,
+    prefix: String,
+}
+
+impl RedisKeys {
+    fn new(test: &str) -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            prefix: format!(
+                "ringside-test:{test}:{}:{}:",
+                std::process::id(),
+                fastrand::u32(..)
+            ),
+        }
+    }
+
+    async fn count(&self) -> usize {
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        keys.len()
+    }
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        if let Ok(client) = redis::Client::open(self.url.as_str()) {
+            if let Ok(mut connection) = client.get_connection() {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{}*", self.prefix))
+                    .query(&mut connection)
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut connection);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_misses_for_one_page_read_the_store_once() {
+    let keys = RedisKeys::new("coalesce");
+    let server = TestServer::start_with_prefetch(|setup| {
+        setup.store = ringside::content::StoreSetup::Redis {
+            url: keys.url.clone(),
+            prefix: keys.prefix.clone(),
+        };
+    })
+    .await;
+    let query = json!({ "query": r#"{ event(id: "fight-night") { byStage { stage } } }"# });
+    let device = token("p000020");
+    let answers =
+        futures_util::future::join_all((0..40).map(|_| server.graphql(&device, query.clone())))
+            .await;
+    assert!(
+        answers
+            .iter()
+            .all(|(r, b)| r.status == 200 && b.get("errors").is_none())
+    );
+    assert_eq!(
+        server.metric("ringside_prefetch_store_reads_total").await,
+        1
+    );
+    assert!(
+        keys.count().await >= 1,
+        "the page computed on demand was stored in Redis"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn materialization_fills_redis_once_and_skips_unchanged_events() {
+    use prefetch::{EventSource, PrefetchService};
+    let keys = RedisKeys::new("materialize");
+    let dataset = ringside::content::DatasetSource::Generated(prefetch::generate::DatasetSize {
+        titles: 1_000,
+        profiles: 120,
+        seed: 5,
+    });
+    let catalog = std::sync::Arc::new(ringside::content::load_catalog(&dataset).await.unwrap());
+    let store = ringside::content::open_store(
+        &ringside::content::StoreSetup::Redis {
+            url: keys.url.clone(),
+            prefix: keys.prefix.clone(),
+        },
+        &catalog,
+    )
+    .await
+    .unwrap();
+    let events = ringside::content::CatalogEvents {
+        catalog: catalog.clone(),
+    }
+    .events()
+    .await;
+    let service = PrefetchService::new(
+        catalog.clone(),
+        store,
+        std::sync::Arc::new(ringside::content::CatalogEvents { catalog }),
+        auth::DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap(),
+        prefetch::PrefetchConfig::default(),
+        &telemetry::Registry::new(),
+    );
+    let first = service.materialize_event(&events[0]).await.unwrap();
+    assert_eq!((first.pages, first.skipped), (120, false));
+    assert_eq!(
+        keys.count().await,
+        121,
+        "a page per profile and the event's fingerprint"
+    );
+    let again = service.materialize_event(&events[0]).await.unwrap();
+    assert_eq!(
+        (again.pages, again.skipped),
+        (0, true),
+        "unchanged: nothing recomputed"
+    );
+    // A changed event (one more stage) is recomputed; the others are untouched.
+    let mut changed = events[0].clone();
+    changed
+        .stages
+        .push(protocol::Stage::parse("ENCORE").unwrap());
+    let redo = service.materialize_event(&changed).await.unwrap();
+    assert_eq!((redo.pages, redo.skipped), (120, false));
+    assert_eq!(keys.count().await, 121);
+}
+
+/// A Redis server of the test's own, so that stopping it disturbs nobody else.
+struct OwnRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let port = 20_000 + (std::process::id() % 20_000) as u16 + fastrand::u16(..1000);
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/services installs it)");
+        let deadline = std::time::Instant::now() + PROMPTLY;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "own redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_redis_outage_serves_stale_pages_and_clear_errors() {
+    let mut redis = OwnRedis::start();
+    let url = redis.url();
+    let server = TestServer::start_with_prefetch(|setup| {
+        setup.store = ringside::content::StoreSetup::Redis {
+            url: url.clone(),
+            prefix: "ringside:".into(),
+        };
+        setup.config.cache.ttl = Duration::from_millis(300);
+        setup.config.cache.jitter = 0.0;
+        setup.config.cache.stale_for = Duration::from_secs(60);
+    })
+    .await;
+    let query = json!({ "query": r#"{ event(id: "championship-final") { byStage { home { rows { cards { id } } } } } }"# });
+    let (_, before) = server.graphql(&token("p000030"), query.clone()).await;
+    assert!(before.get("errors").is_none(), "{before}");
+
+    let _ = redis.child.kill();
+    let _ = redis.child.wait();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Past its TTL, with Redis gone: the stale page, not an error.
+    let (response, during) = server.graphql(&token("p000030"), query.clone()).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(during["data"], before["data"], "{during}");
+    // A page never cached has nothing stale to fall back on: a clear error, no internals.
+    let (_, cold) = server.graphql(&token("p000031"), query.clone()).await;
+    assert_eq!(error_code(&cold), "STORE_UNAVAILABLE");
+    assert!(
+        !cold["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("redis"),
+        "{cold}"
+    );
+    server.stop().await;
+}
