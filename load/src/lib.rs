@@ -8,6 +8,8 @@
 //!   jittered rate, subscribes each, timestamps every `state` received.
 //! - [`coordinator`]: spawns workers, waits until the fleet is subscribed, measures the
 //!   gateway's memory, publishes through the admin API, and merges the workers' samples.
+//! - [`http_bench`]: requests per second and latency of HTTP targets measured side by side.
+//! - [`origin`]: the page-store read rate while a fleet keeps its prefetch fresh.
 //! - [`report`]: latency percentiles per update from HDR histograms, as a table and as JSON.
 //! - [`system`]: RSS of a process and the machine's load average, from `/proc`.
 //!
@@ -17,6 +19,8 @@
 
 pub mod coordinator;
 pub mod fleet;
+pub mod http_bench;
+pub mod origin;
 pub mod report;
 pub mod system;
 pub mod wire;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use load::coordinator::{FanoutPlan, run_fanout};
+use load::http_bench::HttpTarget;
 use load::wire::WorkerPlan;
 use protocol::EventId;
 
@@ -23,6 +24,10 @@ struct Cli {
 enum Command {
     /// Connect N devices, publish K updates, report delivery and latency per update.
     Fanout(FanoutArgs),
+    /// Prefetch requests/s and latency on a cache hit and a miss, beside a trivial handler.
+    PrefetchBench(PrefetchBenchArgs),
+    /// Page-store read rate while a fleet keeps its prefetch fresh (peak over mean).
+    Origin(OriginArgs),
     /// Internal: one worker process of a run.
     #[command(hide = true)]
     Worker { plan: String },
@@ -67,6 +72,176 @@ struct FanoutArgs {
     output: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct Fleet {
+    #[arg(long, env = "RINGSIDE_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    #[arg(long, env = "RINGSIDE_DEVICE_TOKEN_SECRET", hide_env_values = true)]
+    device_token_secret: String,
+    /// Profiles of the catalog (ids p000000 …) to spread requests over.
+    #[arg(long, default_value_t = 200_000)]
+    profiles: usize,
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+impl Fleet {
+    fn tokens(&self, count: usize) -> anyhow::Result<Vec<String>> {
+        let key = auth::DeviceTokenKey::new(self.device_token_secret.as_bytes())?;
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            + 86_400;
+        Ok((0..count)
+            .map(|i| {
+                key.sign(&auth::DeviceClaims {
+                    sub: format!("bench-{i}"),
+                    profile: format!("p{:06}", i % self.profiles.max(1)),
+                    class: auth::DeviceClass::Tv,
+                    exp,
+                })
+            })
+            .collect())
+    }
+
+    fn write(&self, value: &impl serde::Serialize) -> anyhow::Result<()> {
+        if let Some(path) = &self.output {
+            std::fs::write(path, serde_json::to_vec_pretty(value)?)?;
+            println!("JSON result: {}", path.display());
+        }
+        Ok(())
+    }
+}
+
+#[derive(clap::Args)]
+struct PrefetchBenchArgs {
+    #[command(flatten)]
+    fleet: Fleet,
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    #[arg(long, default_value = "fight-night")]
+    event: String,
+}
+
+#[derive(clap::Args)]
+struct OriginArgs {
+    #[command(flatten)]
+    fleet: Fleet,
+    #[arg(long, default_value_t = 500)]
+    devices: usize,
+    #[arg(long, default_value_t = 12)]
+    duration_s: u64,
+    #[arg(long, default_value_t = 250)]
+    interval_ms: u64,
+    #[arg(long, default_value_t = 100)]
+    bucket_ms: u64,
+    #[arg(long, default_value_t = 1000)]
+    warmup_ms: u64,
+    #[arg(long, default_value = "fight-night")]
+    event: String,
+}
+
+/// The prefetch query the benchmarks send: one event's rows for every stage.
+fn event_query(event: &str) -> String {
+    format!(
+        r#"{{ event(id: "{event}") {{ builtForVersion byStage {{ stage home {{ billboard {{ id }} rows {{ id title cards {{ id title artwork(sizes: [POSTER_SMALL]) {{ url }} }} }} }} }} }} }}"#
+    )
+}
+
+async fn prefetch_bench(args: PrefetchBenchArgs) -> anyhow::Result<()> {
+    if !load::system::is_loopback_url(&args.fleet.server) {
+        anyhow::bail!("ringside-load only targets loopback addresses");
+    }
+    let body = bytes::Bytes::from(serde_json::to_vec(
+        &serde_json::json!({ "query": event_query(&args.event) }),
+    )?);
+    let hit_token = args.fleet.tokens(1)?;
+    let miss_tokens = args.fleet.tokens(args.fleet.profiles)?;
+    let targets = [
+        HttpTarget {
+            name: "trivial handler (GET /healthz)".into(),
+            method: "GET",
+            path: "/healthz".into(),
+            body: None,
+            tokens: Vec::new(),
+        },
+        HttpTarget {
+            name: "prefetch, node-cache hit".into(),
+            method: "POST",
+            path: "/graphql".into(),
+            body: Some(body.clone()),
+            tokens: hit_token,
+        },
+        HttpTarget {
+            name: "prefetch, node-cache miss".into(),
+            method: "POST",
+            path: "/graphql".into(),
+            body: Some(body),
+            tokens: miss_tokens,
+        },
+    ];
+    let duration = Duration::from_secs(args.duration_s);
+    let load_before = load::system::load_average();
+    let mut results = Vec::new();
+    for target in &targets {
+        let result =
+            load::http_bench::measure(&args.fleet.server, target, args.connections, duration)
+                .await?;
+        println!(
+            "{:<34} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+            result.name,
+            result.requests_per_second,
+            result.latency.p50_ms,
+            result.latency.p99_ms,
+            result.errors
+        );
+        results.push(result);
+    }
+    let trivial = results[0].requests_per_second.max(1.0);
+    for result in &results[1..] {
+        println!(
+            "{}: {:.2} of the trivial handler's throughput",
+            result.name,
+            result.requests_per_second / trivial
+        );
+    }
+    println!(
+        "load average (1 min): {:.2} before, {:.2} after",
+        load_before.unwrap_or(0.0),
+        load::system::load_average().unwrap_or(0.0)
+    );
+    args.fleet.write(&results)
+}
+
+async fn origin(args: OriginArgs) -> anyhow::Result<()> {
+    if !load::system::is_loopback_url(&args.fleet.server) {
+        anyhow::bail!("ringside-load only targets loopback addresses");
+    }
+    let plan = load::origin::OriginPlan {
+        base: args.fleet.server.clone(),
+        tokens: args.fleet.tokens(args.devices)?,
+        query: event_query(&args.event),
+        duration: Duration::from_secs(args.duration_s),
+        mean_interval: Duration::from_millis(args.interval_ms),
+        bucket: Duration::from_millis(args.bucket_ms),
+        warmup: Duration::from_millis(args.warmup_ms),
+    };
+    let result = load::origin::run_origin(plan).await?;
+    println!(
+        "origin reads: {} devices, {} requests ({} errors); per {} ms bucket: mean {:.1}, peak {}, peak/mean {:.2}",
+        result.devices,
+        result.requests,
+        result.errors,
+        result.bucket_ms,
+        result.mean_reads_per_bucket,
+        result.peak_reads_per_bucket,
+        result.peak_over_mean
+    );
+    args.fleet.write(&result)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -79,6 +254,14 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(load::fleet::run_worker(plan))?;
             std::process::exit(0);
         }
+        Command::PrefetchBench(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(prefetch_bench(args)),
+        Command::Origin(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(origin(args)),
         Command::Fanout(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -1,0 +1,106 @@
+//! HTTP throughput and latency, several targets measured one after the other in one run so
+//! their ratios are comparable: a trivial handler beside the prefetch query on a cache hit and
+//! on a cache miss.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpStream;
+
+use crate::report::{Latency, new_histogram};
+
+/// What to request. Each request takes the next token, so a rotating list makes every request
+/// come from another profile.
+#[derive(Debug, Clone)]
+pub struct HttpTarget {
+    pub name: String,
+    pub method: &'static str,
+    pub path: String,
+    pub body: Option<Bytes>,
+    pub tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpResult {
+    pub name: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub requests_per_second: f64,
+    pub latency: Latency,
+}
+
+async fn open(
+    authority: &str,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(authority).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// Runs `target` over `connections` keep-alive connections for `duration`.
+pub async fn measure(
+    base: &str,
+    target: &HttpTarget,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<HttpResult> {
+    let authority = client::http::authority(base)?;
+    let deadline = Instant::now() + duration;
+    let mut workers = Vec::new();
+    for worker in 0..connections {
+        let (authority, target) = (authority.clone(), target.clone());
+        workers.push(tokio::spawn(async move {
+            let mut histogram = new_histogram();
+            let mut errors = 0u64;
+            let mut sender = open(&authority).await?;
+            let mut index = worker;
+            while Instant::now() < deadline {
+                let mut request = Request::builder()
+                    .method(target.method)
+                    .uri(&target.path)
+                    .header("host", &authority)
+                    .header("content-type", "application/json");
+                if !target.tokens.is_empty() {
+                    request = request.header(
+                        "authorization",
+                        format!("Bearer {}", target.tokens[index % target.tokens.len()]),
+                    );
+                }
+                index += connections;
+                let request = request.body(Full::new(target.body.clone().unwrap_or_default()))?;
+                let started = Instant::now();
+                sender.ready().await?;
+                let response = sender.send_request(request).await?;
+                let ok = response.status().is_success();
+                let body = response.into_body().collect().await?.to_bytes();
+                let failed = !ok || body.windows(9).any(|w| w == b"\"errors\":");
+                histogram.saturating_record((started.elapsed().as_micros() as u64).max(1));
+                if failed {
+                    errors += 1;
+                }
+            }
+            anyhow::Ok((histogram, errors))
+        }));
+    }
+    let mut merged = new_histogram();
+    let mut errors = 0;
+    for worker in workers {
+        let (histogram, worker_errors) = worker.await.context("worker panicked")??;
+        merged.add(&histogram).context("merging histograms")?;
+        errors += worker_errors;
+    }
+    Ok(HttpResult {
+        name: target.name.clone(),
+        requests: merged.len(),
+        errors,
+        requests_per_second: merged.len() as f64 / duration.as_secs_f64(),
+        latency: Latency::of(&merged),
+    })
+}
