@@ -110,7 +110,19 @@ impl Maturity {
 }
 
 /// Artwork variants devices ask for, with their pixel sizes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    async_graphql::Enum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ArtworkSize {
     PosterSmall,

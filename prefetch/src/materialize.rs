@@ -23,17 +23,19 @@ pub const ROW_LENGTH: usize = 8;
 const BLOB_VERSION: u8 = 1;
 
 /// What a row is, for its heading and its id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, async_graphql::Enum)]
 pub enum RowKind {
-    /// Titles related to the event, ranked for this profile.
+    /// Titles related to the event, ranked for this profile and stage.
     Event,
-    /// More related titles, for the event page.
+    /// More titles around the event, for the event page.
     Related,
+    /// The profile's best matches overall.
     TopPicks,
-    /// The profile's n-th favourite genre (parameter: genre index).
+    /// One of the profile's favourite genres.
     Genre,
-    /// Titles like the one the profile watched last (parameter: title index).
+    /// Titles like one the profile watched recently.
     BecauseYouWatched,
+    /// The most popular titles now.
     Trending,
 }
 

@@ -5,13 +5,13 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_graphql::{
-    Context, EmptyMutation, EmptySubscription, Enum, ErrorExtensions, ID, InputValueError,
+    Context, EmptyMutation, EmptySubscription, ErrorExtensions, ID, InputValueError,
     InputValueResult, Object, Scalar, ScalarType, Schema, SimpleObject, Value,
 };
 
-use crate::catalog::{ArtworkSize as CatalogArtworkSize, Catalog, GENRES};
+use crate::catalog::{ArtworkSize, Catalog, GENRES};
 use crate::limits::QueryLimits;
-use crate::materialize::{Page, Row as PageRow, RowKind as PageRowKind};
+use crate::materialize::{Page, Row as PageRow, RowKind};
 use crate::service::PrefetchService;
 use crate::{LiveEvent, PrefetchError};
 
@@ -206,18 +206,16 @@ impl EventPrefetch {
         };
         let row = |row: &PageRow| Row {
             id: ID(format!("{}:{}:{}", self.event.id, stage, row_id(row))),
-            kind: RowKind::from(row.kind),
+            kind: row.kind,
             title: self.row_title(row, &stage, index),
             cards: row.titles.iter().map(|&t| card(t)).collect(),
         };
-        let (event_rows, home_rows): (Vec<&PageRow>, Vec<&PageRow>) = page
-            .rows
-            .iter()
-            .partition(|r| r.kind == PageRowKind::Related);
+        let (event_rows, home_rows): (Vec<&PageRow>, Vec<&PageRow>) =
+            page.rows.iter().partition(|r| r.kind == RowKind::Related);
         let mut event_page_rows: Vec<Row> = page
             .rows
             .iter()
-            .filter(|r| r.kind == PageRowKind::Event)
+            .filter(|r| r.kind == RowKind::Event)
             .map(row)
             .collect();
         event_page_rows.extend(event_rows.into_iter().map(row));
@@ -238,36 +236,36 @@ impl EventPrefetch {
         let event = &self.event.title;
         let last = index + 1 == self.event.stages.len();
         match row.kind {
-            PageRowKind::Event if stage == "LIVE" => format!("Live now: {event}"),
-            PageRowKind::Event if index == 0 => format!("Get ready for {event}"),
-            PageRowKind::Event if last => format!("After {event}"),
-            PageRowKind::Event => format!("{event}: {}", stage.replace('_', " ").to_lowercase()),
-            PageRowKind::Related => format!("More around {event}"),
-            PageRowKind::TopPicks => "Top picks for you".into(),
-            PageRowKind::Genre => format!(
+            RowKind::Event if stage == "LIVE" => format!("Live now: {event}"),
+            RowKind::Event if index == 0 => format!("Get ready for {event}"),
+            RowKind::Event if last => format!("After {event}"),
+            RowKind::Event => format!("{event}: {}", stage.replace('_', " ").to_lowercase()),
+            RowKind::Related => format!("More around {event}"),
+            RowKind::TopPicks => "Top picks for you".into(),
+            RowKind::Genre => format!(
                 "{} for you",
                 GENRES.get(row.param as usize).unwrap_or(&"More")
             ),
-            PageRowKind::BecauseYouWatched => format!(
+            RowKind::BecauseYouWatched => format!(
                 "Because you watched {}",
                 self.catalog
                     .titles
                     .get(row.param as usize)
                     .map_or("a favourite", |t| t.title.name.as_str())
             ),
-            PageRowKind::Trending => "Trending now".into(),
+            RowKind::Trending => "Trending now".into(),
         }
     }
 }
 
 fn row_id(row: &PageRow) -> String {
     match row.kind {
-        PageRowKind::Event => "event".into(),
-        PageRowKind::Related => "related".into(),
-        PageRowKind::TopPicks => "top-picks".into(),
-        PageRowKind::Genre => format!("genre-{}", row.param),
-        PageRowKind::BecauseYouWatched => format!("because-{}", row.param),
-        PageRowKind::Trending => "trending".into(),
+        RowKind::Event => "event".into(),
+        RowKind::Related => "related".into(),
+        RowKind::TopPicks => "top-picks".into(),
+        RowKind::Genre => format!("genre-{}", row.param),
+        RowKind::BecauseYouWatched => format!("because-{}", row.param),
+        RowKind::Trending => "trending".into(),
     }
 }
 
@@ -360,29 +358,6 @@ pub struct EventPageSurface {
     pub rows: Vec<Row>,
 }
 
-#[derive(Enum, Clone, Copy, PartialEq, Eq)]
-pub enum RowKind {
-    Event,
-    Related,
-    TopPicks,
-    Genre,
-    BecauseYouWatched,
-    Trending,
-}
-
-impl From<PageRowKind> for RowKind {
-    fn from(kind: PageRowKind) -> Self {
-        match kind {
-            PageRowKind::Event => Self::Event,
-            PageRowKind::Related => Self::Related,
-            PageRowKind::TopPicks => Self::TopPicks,
-            PageRowKind::Genre => Self::Genre,
-            PageRowKind::BecauseYouWatched => Self::BecauseYouWatched,
-            PageRowKind::Trending => Self::Trending,
-        }
-    }
-}
-
 /// A ranked row of title cards.
 #[derive(SimpleObject)]
 pub struct Row {
@@ -391,36 +366,6 @@ pub struct Row {
     pub kind: RowKind,
     pub title: String,
     pub cards: Vec<TitleCard>,
-}
-
-#[derive(Enum, Clone, Copy, PartialEq, Eq)]
-pub enum ArtworkSize {
-    PosterSmall,
-    PosterLarge,
-    Backdrop,
-    Billboard,
-}
-
-impl From<ArtworkSize> for CatalogArtworkSize {
-    fn from(size: ArtworkSize) -> Self {
-        match size {
-            ArtworkSize::PosterSmall => Self::PosterSmall,
-            ArtworkSize::PosterLarge => Self::PosterLarge,
-            ArtworkSize::Backdrop => Self::Backdrop,
-            ArtworkSize::Billboard => Self::Billboard,
-        }
-    }
-}
-
-impl From<CatalogArtworkSize> for ArtworkSize {
-    fn from(size: CatalogArtworkSize) -> Self {
-        match size {
-            CatalogArtworkSize::PosterSmall => Self::PosterSmall,
-            CatalogArtworkSize::PosterLarge => Self::PosterLarge,
-            CatalogArtworkSize::Backdrop => Self::Backdrop,
-            CatalogArtworkSize::Billboard => Self::Billboard,
-        }
-    }
 }
 
 #[derive(SimpleObject)]
@@ -477,8 +422,7 @@ impl TitleCard {
 
     /// Artwork references, for the sizes asked for (all when none are named).
     async fn artwork(&self, sizes: Option<Vec<ArtworkSize>>) -> Vec<Artwork> {
-        let wanted: Option<Vec<CatalogArtworkSize>> =
-            sizes.map(|s| s.into_iter().map(Into::into).collect());
+        let wanted = sizes;
         self.entry()
             .artwork
             .iter()
@@ -486,7 +430,7 @@ impl TitleCard {
             .map(|a| {
                 let (width, height) = a.size.pixels();
                 Artwork {
-                    size: a.size.into(),
+                    size: a.size,
                     url: format!("{}{}", self.artwork_base, a.path),
                     width: i32::from(width),
                     height: i32::from(height),
