@@ -14,17 +14,14 @@ use tokio::time::Instant;
 
 use crate::report::{FanoutReport, Latency, UpdateReport, new_histogram};
 use crate::system::{is_loopback_url, load_average, rss_bytes};
-use crate::wire::{Command, WorkerPlan, WorkerReport};
+use crate::wire::{Command, DeviceTarget, WorkerPlan, WorkerReport};
 
 /// Most connections one worker holds (the machine allows 20,000 open files per process).
 pub const CONNECTIONS_PER_WORKER_MAX: usize = 15_000;
 
 #[derive(Debug, Clone)]
 pub struct FanoutPlan {
-    /// Base URL of the node, e.g. `http://127.0.0.1:8080`.
-    pub server: String,
-    pub device_token_secret: String,
-    pub admin_token: String,
+    pub target: FanoutTarget,
     pub connections: usize,
     pub workers: usize,
     pub publishes: usize,
@@ -40,6 +37,76 @@ pub struct FanoutPlan {
     pub read_buffer_bytes: usize,
     /// Time allowed for the last deliveries after the last publish.
     pub delivery_timeout: Duration,
+}
+
+/// The system under test.
+#[derive(Debug, Clone)]
+pub enum FanoutTarget {
+    /// A Ringside node: devices speak protocol v1, the coordinator publishes through the admin
+    /// API (`server` is its base URL, e.g. `http://127.0.0.1:8080`).
+    Ringside {
+        server: String,
+        device_token_secret: String,
+        admin_token: String,
+    },
+    /// A NATS server: devices use its WebSocket listener, the coordinator its TCP protocol.
+    Nats { ws_url: String, address: String },
+}
+
+impl FanoutTarget {
+    fn is_loopback(&self) -> bool {
+        match self {
+            Self::Ringside { server, .. } => is_loopback_url(server),
+            Self::Nats { ws_url, address } => {
+                is_loopback_url(ws_url) && is_loopback_url(&format!("tcp://{address}"))
+            }
+        }
+    }
+}
+
+/// Publishes the run's updates to the system under test.
+enum Publisher {
+    Ringside {
+        admin: AdminClient,
+        event: EventId,
+        payload: Payload,
+    },
+    Nats {
+        publisher: crate::peers::NatsPublisher,
+        subject: String,
+        filler: String,
+        next_version: u64,
+    },
+}
+
+impl Publisher {
+    /// Publishes update number `index`; returns its version.
+    async fn publish(&mut self, index: usize) -> anyhow::Result<u64> {
+        match self {
+            Self::Ringside {
+                admin,
+                event,
+                payload,
+            } => {
+                let stage = Stage::parse(["LIVE", "ENDED"][index % 2])?;
+                let request = PublishRequest {
+                    stage,
+                    payload: payload.clone(),
+                };
+                Ok(admin.publish(event, &request).await?.version)
+            }
+            Self::Nats {
+                publisher,
+                subject,
+                filler,
+                next_version,
+            } => {
+                *next_version += 1;
+                publisher.publish(subject, *next_version, filler).await?;
+                Ok(*next_version)
+            }
+        }
+    }
 }
 
 struct Worker {
@@ -74,31 +141,71 @@ fn source_addresses(count: usize) -> Vec<IpAddr> {
 }
 
 pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
-    if !is_loopback_url(&plan.server) {
+    if !plan.target.is_loopback() {
         bail!(
-            "ringside-load only targets loopback addresses, not {}",
-            plan.server
+            "ringside-load only targets loopback addresses, not {:?}",
+            plan.target
         );
     }
     let workers = plan
         .workers
         .max(plan.connections.div_ceil(CONNECTIONS_PER_WORKER_MAX))
         .max(1);
-    let admin = AdminClient::new(plan.server.clone(), &plan.admin_token);
-    let event = CreateEvent {
-        id: plan.event.clone(),
-        title: "ringside-load fanout".into(),
-        starts_at: "2026-01-01T00:00:00Z".into(),
-        stages: vec![
-            Stage::parse("UPCOMING")?,
-            Stage::parse("LIVE")?,
-            Stage::parse("ENDED")?,
-        ],
+    let filler = "x".repeat(plan.payload_bytes);
+    let (device_target, mut publisher) = match &plan.target {
+        FanoutTarget::Ringside {
+            server,
+            device_token_secret,
+            admin_token,
+        } => {
+            let admin = AdminClient::new(server.clone(), admin_token);
+            let event = CreateEvent {
+                id: plan.event.clone(),
+                title: "ringside-load fanout".into(),
+                starts_at: "2026-01-01T00:00:00Z".into(),
+                stages: vec![
+                    Stage::parse("UPCOMING")?,
+                    Stage::parse("LIVE")?,
+                    Stage::parse("ENDED")?,
+                ],
+            };
+            match admin.create_event(&event).await {
+                Ok(_) | Err(client::ClientError::Api { status: 409, .. }) => {}
+                Err(error) => return Err(error).context("creating the benchmark event"),
+            }
+            let target = DeviceTarget::Ringside {
+                ws_url: client::device::ws_url(server),
+                topic: plan.event.topic().to_string(),
+                device_token_secret: device_token_secret.clone(),
+            };
+            let payload = Payload::parse(&format!(r#"{{"filler":"{filler}"}}"#))?;
+            (
+                target,
+                Publisher::Ringside {
+                    admin,
+                    event: plan.event.clone(),
+                    payload,
+                },
+            )
+        }
+        FanoutTarget::Nats { ws_url, address } => {
+            let subject = format!("event.{}", plan.event);
+            let target = DeviceTarget::Nats {
+                ws_url: ws_url.clone(),
+                subject: subject.clone(),
+            };
+            let publisher = crate::peers::NatsPublisher::connect(address).await?;
+            (
+                target,
+                Publisher::Nats {
+                    publisher,
+                    subject,
+                    filler: filler.clone(),
+                    next_version: 0,
+                },
+            )
+        }
     };
-    match admin.create_event(&event).await {
-        Ok(_) | Err(client::ClientError::Api { status: 409, .. }) => {}
-        Err(error) => return Err(error).context("creating the benchmark event"),
-    }
 
     let load_average_before = load_average();
     let rss_before = plan.gateway_pid.and_then(rss_bytes);
@@ -108,9 +215,7 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         let share = plan.connections / workers + usize::from(index < plan.connections % workers);
         let worker_plan = WorkerPlan {
             worker: index,
-            ws_url: client::device::ws_url(&plan.server),
-            topic: plan.event.topic().to_string(),
-            device_token_secret: plan.device_token_secret.clone(),
+            target: device_target.clone(),
             connections: share,
             source_addresses: addresses
                 .iter()
@@ -169,26 +274,12 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = plan.gateway_pid.and_then(rss_bytes);
 
-    let payload = Payload::parse(&format!(
-        r#"{{"filler":"{}"}}"#,
-        "x".repeat(plan.payload_bytes)
-    ))?;
     let mut versions = Vec::with_capacity(plan.publishes);
     for index in 0..plan.publishes {
         if index > 0 {
             tokio::time::sleep(plan.publish_interval).await;
         }
-        let stage = Stage::parse(["LIVE", "ENDED"][index % 2])?;
-        let receipt = admin
-            .publish(
-                &plan.event,
-                &PublishRequest {
-                    stage,
-                    payload: payload.clone(),
-                },
-            )
-            .await?;
-        versions.push(receipt.version);
+        versions.push(publisher.publish(index).await?);
     }
 
     // Wait for every delivery (or the timeout), showing progress.

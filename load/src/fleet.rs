@@ -10,7 +10,7 @@ use client::{ConnectOptions, DeviceConnection};
 use protocol::{ServerFrame, Topic};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::wire::{Command, WorkerPlan, WorkerReport};
+use crate::wire::{Command, DeviceTarget, WorkerPlan, WorkerReport};
 
 /// Per version, latency samples in microseconds.
 type Samples = Arc<Mutex<BTreeMap<u64, Vec<u64>>>>;
@@ -38,38 +38,51 @@ fn unix_now_us() -> u64 {
 
 /// Runs one worker until the coordinator says `finish` on stdin.
 pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
-    let key = DeviceTokenKey::new(plan.device_token_secret.as_bytes())?;
-    let topic = Topic::parse(&plan.topic)?;
     let samples: Samples = Arc::default();
     let counters = Arc::new(Counters::default());
     let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 86_400;
 
     let mean_gap = Duration::from_secs_f64(1.0 / plan.connect_rate.max(1.0));
+    let key = match &plan.target {
+        DeviceTarget::Ringside {
+            device_token_secret,
+            ..
+        } => Some(DeviceTokenKey::new(device_token_secret.as_bytes())?),
+        DeviceTarget::Nats { .. } => None,
+    };
     for index in 0..plan.connections {
-        let claims = DeviceClaims {
-            sub: format!("load-{}-{index}", plan.worker),
-            profile: format!("p-{}-{index}", plan.worker),
-            class: DeviceClass::Tv,
-            exp,
-        };
-        let token = key.sign(&claims);
-        let options = ConnectOptions {
-            bind: plan
-                .source_addresses
-                .get(index % plan.source_addresses.len().max(1))
-                .copied(),
-            read_buffer_bytes: Some(plan.read_buffer_bytes),
-            connect_timeout: Some(Duration::from_secs(20)),
-        };
-        let (url, topic, samples, counters) = (
-            plan.ws_url.clone(),
-            topic.clone(),
-            samples.clone(),
-            counters.clone(),
-        );
-        tokio::spawn(
-            async move { run_device(url, token, options, topic, samples, counters).await },
-        );
+        let bind = plan
+            .source_addresses
+            .get(index % plan.source_addresses.len().max(1))
+            .copied();
+        let (samples, counters) = (samples.clone(), counters.clone());
+        match &plan.target {
+            DeviceTarget::Ringside { ws_url, topic, .. } => {
+                let claims = DeviceClaims {
+                    sub: format!("load-{}-{index}", plan.worker),
+                    profile: format!("p-{}-{index}", plan.worker),
+                    class: DeviceClass::Tv,
+                    exp,
+                };
+                let token = key.as_ref().map(|k| k.sign(&claims)).unwrap_or_default();
+                let options = ConnectOptions {
+                    bind,
+                    read_buffer_bytes: Some(plan.read_buffer_bytes),
+                    connect_timeout: Some(Duration::from_secs(20)),
+                };
+                let (url, topic) = (ws_url.clone(), Topic::parse(topic)?);
+                tokio::spawn(async move {
+                    run_device(url, token, options, topic, samples, counters).await
+                });
+            }
+            DeviceTarget::Nats { ws_url, subject } => {
+                let (url, subject, read_buffer) =
+                    (ws_url.clone(), subject.clone(), plan.read_buffer_bytes);
+                tokio::spawn(async move {
+                    run_nats_device(url, subject, bind, read_buffer, samples, counters).await
+                });
+            }
+        }
         // Exponential gaps: arrivals at the planned mean rate, never in lockstep.
         tokio::time::sleep(mean_gap.mul_f64(-fastrand::f64().max(1e-9).ln())).await;
     }
@@ -113,6 +126,67 @@ pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn record(samples: &Samples, counters: &Counters, version: u64, published_at_ms: u64) {
+    let latency_us = unix_now_us().saturating_sub(published_at_ms * 1000);
+    samples
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(version)
+        .or_default()
+        .push(latency_us);
+    counters.received.fetch_add(1, Ordering::Relaxed);
+}
+
+fn failed(counters: &Counters, error: String) {
+    counters
+        .first_error
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert(error);
+    counters.failed.fetch_add(1, Ordering::AcqRel);
+}
+
+async fn run_nats_device(
+    url: String,
+    subject: String,
+    bind: Option<std::net::IpAddr>,
+    read_buffer_bytes: usize,
+    samples: Samples,
+    counters: Arc<Counters>,
+) {
+    let ws = match crate::peers::connect_ws(&url, bind, read_buffer_bytes).await {
+        Ok(ws) => ws,
+        Err(error) => return failed(&counters, error.to_string()),
+    };
+    let mut subscribed = false;
+    let result = crate::peers::nats_device(
+        ws,
+        &subject,
+        || {
+            subscribed = true;
+            counters.connected.fetch_add(1, Ordering::AcqRel);
+        },
+        |message| {
+            record(
+                &samples,
+                &counters,
+                message.version,
+                message.published_at_ms,
+            )
+        },
+    )
+    .await;
+    if !subscribed {
+        return failed(
+            &counters,
+            result
+                .err()
+                .map_or("closed before subscribing".into(), |e| e.to_string()),
+        );
+    }
+    counters.disconnected.fetch_add(1, Ordering::AcqRel);
+}
+
 async fn run_device(
     url: String,
     token: String,
@@ -148,14 +222,7 @@ async fn run_device(
     loop {
         match device.next_frame().await {
             Ok(ServerFrame::State(state)) => {
-                let latency_us = unix_now_us().saturating_sub(state.published_at_ms * 1000);
-                samples
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(state.version)
-                    .or_default()
-                    .push(latency_us);
-                counters.received.fetch_add(1, Ordering::Relaxed);
+                record(&samples, &counters, state.version, state.published_at_ms)
             }
             Ok(_) => {}
             Err(_) => {

@@ -21,6 +21,7 @@ pub mod coordinator;
 pub mod fleet;
 pub mod http_bench;
 pub mod origin;
+pub mod peers;
 pub mod report;
 pub mod system;
 pub mod wire;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use load::coordinator::{FanoutPlan, run_fanout};
+use load::coordinator::{FanoutPlan, FanoutTarget, run_fanout};
 use load::http_bench::HttpTarget;
 use load::wire::WorkerPlan;
 use protocol::EventId;
@@ -33,14 +33,39 @@ enum Command {
     Worker { plan: String },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TargetKind {
+    Ringside,
+    Nats,
+}
+
 #[derive(clap::Args)]
 struct FanoutArgs {
+    /// The system under test.
+    #[arg(long, value_enum, default_value = "ringside")]
+    target: TargetKind,
     #[arg(long, env = "RINGSIDE_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
-    #[arg(long, env = "RINGSIDE_DEVICE_TOKEN_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "RINGSIDE_DEVICE_TOKEN_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
     device_token_secret: String,
-    #[arg(long, env = "RINGSIDE_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "RINGSIDE_ADMIN_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     admin_token: String,
+    /// NATS WebSocket listener (with --target nats).
+    #[arg(long, default_value = "ws://127.0.0.1:4280")]
+    nats_ws: String,
+    /// NATS TCP listener the coordinator publishes to (with --target nats).
+    #[arg(long, default_value = "127.0.0.1:4281")]
+    nats_address: String,
     #[arg(long, default_value_t = 1000)]
     connections: usize,
     /// Worker processes (raised so none holds more than 15,000 connections).
@@ -266,10 +291,19 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
+            let target = match args.target {
+                TargetKind::Ringside => FanoutTarget::Ringside {
+                    server: args.server,
+                    device_token_secret: args.device_token_secret,
+                    admin_token: args.admin_token,
+                },
+                TargetKind::Nats => FanoutTarget::Nats {
+                    ws_url: args.nats_ws,
+                    address: args.nats_address,
+                },
+            };
             let report = runtime.block_on(run_fanout(FanoutPlan {
-                server: args.server,
-                device_token_secret: args.device_token_secret,
-                admin_token: args.admin_token,
+                target,
                 connections: args.connections,
                 workers: args.workers,
                 publishes: args.publishes,

@@ -4,13 +4,26 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// What each simulated device connects to and how it subscribes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceTarget {
+    /// Ringside protocol v1: a device token, `subscribe` to an event topic, `state` frames.
+    Ringside {
+        ws_url: String,
+        topic: String,
+        device_token_secret: String,
+    },
+    /// NATS over WebSocket: `CONNECT`, `SUB <subject>`, `MSG` frames whose payload carries the
+    /// version and `published_at_ms`.
+    Nats { ws_url: String, subject: String },
+}
+
 /// What a worker is asked to do (passed as one JSON argument).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerPlan {
     pub worker: usize,
-    pub ws_url: String,
-    pub topic: String,
-    pub device_token_secret: String,
+    pub target: DeviceTarget,
     pub connections: usize,
     /// Source addresses to spread connections over.
     pub source_addresses: Vec<std::net::IpAddr>,
