@@ -81,10 +81,7 @@ pub async fn nats_device(
             _ => continue,
         }
         // Parse every complete operation in the buffer.
-        loop {
-            let Some(line_end) = buffer.windows(2).position(|w| w == b"\r\n") else {
-                break;
-            };
+        while let Some(line_end) = buffer.windows(2).position(|w| w == b"\r\n") {
             let line = std::str::from_utf8(&buffer[..line_end])
                 .unwrap_or_default()
                 .to_owned();
