@@ -609,3 +609,91 @@ async fn a_redis_outage_serves_stale_pages_and_clear_errors() {
     );
     server.stop().await;
 }
+
+/// Events whose stages a test can change while the service runs.
+struct ChangingEvents(std::sync::Mutex<Vec<prefetch::LiveEvent>>);
+
+impl prefetch::EventSource for ChangingEvents {
+    fn events(&self) -> broadcaster::BoxFuture<'_, Vec<prefetch::LiveEvent>> {
+        let events = self.0.lock().unwrap().clone();
+        Box::pin(async move { events })
+    }
+}
+
+#[tokio::test]
+async fn a_changed_event_is_served_with_its_new_content_at_once() {
+    use prefetch::EventSource;
+    let dataset = ringside::content::DatasetSource::Generated(prefetch::generate::DatasetSize {
+        titles: 1_000,
+        profiles: 50,
+        seed: 2,
+    });
+    let catalog = std::sync::Arc::new(ringside::content::load_catalog(&dataset).await.unwrap());
+    let initial = ringside::content::CatalogEvents {
+        catalog: catalog.clone(),
+    }
+    .events()
+    .await;
+    let events = std::sync::Arc::new(ChangingEvents(std::sync::Mutex::new(initial)));
+    let service = prefetch::PrefetchService::new(
+        catalog.clone(),
+        ringside::content::open_store(&ringside::content::StoreSetup::Memory, &catalog)
+            .await
+            .unwrap(),
+        events.clone(),
+        auth::DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap(),
+        prefetch::PrefetchConfig::default(),
+        &telemetry::Registry::new(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server =
+        tokio::spawn(async move { axum::serve(listener, prefetch::http::router(service)).await });
+    let ask = |query: &'static str| {
+        let base = base.clone();
+        async move {
+            let bearer = format!("Bearer {}", token("p000001"));
+            let body = serde_json::to_vec(&json!({ "query": query })).unwrap();
+            let response = client::http::call(
+                &base,
+                "POST",
+                "/graphql",
+                &[("authorization", &bearer)],
+                Some(body),
+            )
+            .await
+            .unwrap();
+            serde_json::from_slice::<Value>(&response.body).unwrap()
+        }
+    };
+    let query =
+        r#"{ event(id: "fight-night") { byStage { stage home { rows { cards { id } } } } } }"#;
+    let before = ask(query).await;
+    assert_eq!(
+        before["data"]["event"]["byStage"].as_array().unwrap().len(),
+        3
+    );
+
+    events
+        .0
+        .lock()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e.id.as_str() == "fight-night")
+        .unwrap()
+        .stages
+        .insert(2, protocol::Stage::parse("POST_FIGHT").unwrap());
+    let after = ask(query).await;
+    assert!(after.get("errors").is_none(), "{after}");
+    let stages: Vec<&str> = after["data"]["event"]["byStage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["UPCOMING", "LIVE", "POST_FIGHT", "ENDED"]);
+    let post_fight =
+        ask(r#"{ event(id: "fight-night") { stage(name: "POST_FIGHT") { stage } } }"#).await;
+    assert_eq!(post_fight["data"]["event"]["stage"]["stage"], "POST_FIGHT");
+    server.abort();
+}

@@ -143,6 +143,7 @@ impl PageCache {
             .expire_after(JitteredExpiry {
                 stale_for: config.stale_for,
             })
+            .support_invalidation_closures()
             .build();
         Self {
             entries,
@@ -161,7 +162,7 @@ impl PageCache {
                 self.metrics.hits.increment();
             } else {
                 self.metrics.stale_served.increment();
-                self.refresh_in_background(key);
+                self.refresh_in_background(key, entry.clone());
             }
             return Ok(entry.page);
         }
@@ -184,7 +185,7 @@ impl PageCache {
     }
 
     /// Starts one refresh of `key` unless one is running.
-    fn refresh_in_background(&self, key: &PageKey) {
+    fn refresh_in_background(&self, key: &PageKey, stale: Entry) {
         {
             let mut refreshing = self
                 .refreshing
@@ -220,6 +221,9 @@ impl PageCache {
                 Err(error) => {
                     metrics.refresh_failures.increment();
                     tracing::warn!(%error, event = %key.event, "refresh failed; serving the stale page");
+                    // Keep the stale page for another stale window: during an outage it stays
+                    // served for as long as refreshes keep failing.
+                    entries.insert(key.clone(), stale).await;
                 }
             }
             refreshing
@@ -232,6 +236,11 @@ impl PageCache {
     /// The TTL drawn for a cached entry (for tests and diagnostics).
     pub async fn ttl_of(&self, key: &PageKey) -> Option<Duration> {
         self.entries.get(key).await.map(|entry| entry.ttl)
+    }
+
+    /// Forgets one entry.
+    pub async fn invalidate(&self, key: &PageKey) {
+        self.entries.invalidate(key).await;
     }
 
     /// Forgets every entry of `event` (after it was rematerialized).

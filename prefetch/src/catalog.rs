@@ -33,7 +33,7 @@ pub const GENRES: [&str; 20] = [
 
 /// A set of genres, one bit each.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct GenreSet(u32);
+pub struct GenreSet(pub(crate) u32);
 
 impl GenreSet {
     pub fn insert(&mut self, genre: usize) {
@@ -200,6 +200,9 @@ pub struct EventContent {
     pub genres: Vec<String>,
 }
 
+/// Most stages a catalog event may have (the admin API's limit).
+pub const MAX_EVENT_STAGES: usize = 32;
+
 /// Why a catalog could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -244,6 +247,8 @@ pub struct Catalog {
     pub events: Vec<EventEntry>,
     /// Title indexes, most popular first.
     pub by_popularity: Vec<u32>,
+    /// A stable hash of every title's and profile's ranking inputs.
+    content_hash: u64,
     title_index: HashMap<Box<str>, u32>,
     profile_index: HashMap<Box<str>, u32>,
     event_index: HashMap<Box<str>, u32>,
@@ -266,10 +271,22 @@ impl Catalog {
         profiles: Vec<Profile>,
         events: Vec<EventContent>,
     ) -> Result<Self, CatalogError> {
+        if titles.is_empty() {
+            return Err(CatalogError::Invalid {
+                line: 0,
+                message: "the catalog has no titles".into(),
+            });
+        }
         let mut title_index = HashMap::with_capacity(titles.len());
         let mut title_entries = Vec::with_capacity(titles.len());
         for (line, title) in titles.into_iter().enumerate() {
             let genres = GenreSet::from_names(&title.genres, line + 1)?;
+            if !(0.0..=1.0).contains(&title.popularity) {
+                return Err(CatalogError::Invalid {
+                    line: line + 1,
+                    message: format!("title {:?}: popularity must be between 0 and 1", title.id),
+                });
+            }
             if title_index
                 .insert(
                     title.id.clone().into_boxed_str(),
@@ -334,10 +351,33 @@ impl Catalog {
         for (line, content) in events.into_iter().enumerate() {
             let related = resolve(&content.related_titles, line + 1)?;
             let genres = GenreSet::from_names(&content.genres, line + 1)?;
-            event_index.insert(
-                content.id.clone().into_boxed_str(),
-                event_entries.len() as u32,
-            );
+            let invalid = |message: String| CatalogError::Invalid {
+                line: line + 1,
+                message,
+            };
+            protocol::EventId::parse(&content.id).map_err(|e| invalid(e.to_string()))?;
+            if content.stages.is_empty() || content.stages.len() > MAX_EVENT_STAGES {
+                return Err(invalid(format!(
+                    "event {:?}: 1 to {MAX_EVENT_STAGES} stages",
+                    content.id
+                )));
+            }
+            for (index, stage) in content.stages.iter().enumerate() {
+                protocol::Stage::parse(stage).map_err(|e| invalid(e.to_string()))?;
+                if content.stages[..index].contains(stage) {
+                    return Err(invalid(format!(
+                        "event {:?}: stage {stage} is listed twice",
+                        content.id
+                    )));
+                }
+            }
+            let new_index = event_entries.len() as u32;
+            if event_index
+                .insert(content.id.clone().into_boxed_str(), new_index)
+                .is_some()
+            {
+                return Err(invalid(format!("duplicate event id {:?}", content.id)));
+            }
             event_entries.push(EventEntry {
                 content,
                 related,
@@ -351,7 +391,24 @@ impl Catalog {
                 .popularity
                 .total_cmp(&title_entries[a as usize].title.popularity)
         });
+        let mut hash = crate::materialize::Fnv::new();
+        for entry in &title_entries {
+            let title = &entry.title;
+            hash.write(title.id.as_bytes());
+            hash.write(&entry.genres.0.to_le_bytes());
+            hash.write(&[title.maturity as u8]);
+            hash.write(&title.popularity.to_le_bytes());
+        }
+        for profile in &profile_entries {
+            hash.write(profile.id.as_bytes());
+            hash.write(&profile.affinities);
+            hash.write(&[profile.maturity_limit as u8]);
+            for recent in profile.recent.iter() {
+                hash.write(&recent.to_le_bytes());
+            }
+        }
         Ok(Self {
+            content_hash: hash.finish(),
             by_popularity,
             titles: title_entries,
             profiles: profile_entries,
@@ -360,6 +417,11 @@ impl Catalog {
             profile_index,
             event_index,
         })
+    }
+
+    /// Changes whenever a title's or a profile's ranking inputs change.
+    pub fn content_hash(&self) -> u64 {
+        self.content_hash
     }
 
     pub fn title(&self, id: &str) -> Option<u32> {
@@ -399,5 +461,73 @@ impl Catalog {
             .map(|p| std::mem::size_of::<ProfileEntry>() + p.id.len() + p.recent.len() * 4 + 40)
             .sum();
         titles + profiles + self.title_index.len() * 32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::{DatasetSize, generate};
+
+    fn small() -> crate::generate::Dataset {
+        generate(DatasetSize {
+            titles: 200,
+            profiles: 20,
+            seed: 9,
+        })
+    }
+
+    #[test]
+    fn refuses_catalogs_that_would_break_ranking_or_pages() {
+        let d = small();
+        assert!(
+            Catalog::build(Vec::new(), d.profiles.clone(), Vec::new()).is_err(),
+            "no titles"
+        );
+
+        let mut titles = d.titles.clone();
+        titles[3].popularity = f32::NAN;
+        assert!(
+            Catalog::build(titles, d.profiles.clone(), d.events.clone()).is_err(),
+            "NaN popularity"
+        );
+
+        let mut events = d.events.clone();
+        events.push(events[0].clone());
+        assert!(
+            Catalog::build(d.titles.clone(), d.profiles.clone(), events).is_err(),
+            "duplicate event"
+        );
+
+        let mut events = d.events.clone();
+        events[0].stages = (0..40).map(|i| format!("S{i}")).collect();
+        assert!(
+            Catalog::build(d.titles.clone(), d.profiles.clone(), events).is_err(),
+            "too many stages"
+        );
+
+        let mut events = d.events.clone();
+        events[1].stages = vec!["live".into()];
+        assert!(
+            Catalog::build(d.titles.clone(), d.profiles.clone(), events).is_err(),
+            "bad stage name"
+        );
+
+        assert!(Catalog::build(d.titles, d.profiles, d.events).is_ok());
+    }
+
+    #[test]
+    fn the_content_hash_follows_ranking_inputs() {
+        let d = small();
+        let base = Catalog::build(d.titles.clone(), d.profiles.clone(), d.events.clone())
+            .expect("catalog");
+        let same = Catalog::build(d.titles.clone(), d.profiles.clone(), d.events.clone())
+            .expect("catalog");
+        assert_eq!(base.content_hash(), same.content_hash());
+        let mut titles = d.titles.clone();
+        titles[0].maturity = Maturity::Age18;
+        titles[0].popularity = titles[0].popularity / 2.0;
+        let rerated = Catalog::build(titles, d.profiles, d.events).expect("catalog");
+        assert_ne!(base.content_hash(), rerated.content_hash());
     }
 }

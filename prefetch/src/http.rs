@@ -268,7 +268,9 @@ async fn run(
         Ok(document) => document,
         Err(error) => {
             service.metrics.request_errors.increment();
-            return error_response(StatusCode::OK, "GRAPHQL_PARSE_FAILED", &error.to_string());
+            // The parser's message can quote the query: keep the answer short.
+            let message: String = error.to_string().chars().take(300).collect();
+            return error_response(StatusCode::OK, "GRAPHQL_PARSE_FAILED", &message);
         }
     };
     if let Err(error) = limits::check(&document, service.config.limits) {

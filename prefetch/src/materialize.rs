@@ -13,14 +13,15 @@
 //! changed event is recomputed and an unchanged one is left alone.
 
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
 
 use crate::catalog::{Catalog, GENRES, GenreSet, Maturity, ProfileEntry};
 
 /// Titles per row.
 pub const ROW_LENGTH: usize = 8;
 /// Blob format version.
-const BLOB_VERSION: u8 = 1;
+const BLOB_VERSION: u8 = 2;
+/// The blob's "no title" position (pools hold at most `u16::MAX` titles, positions below it).
+const NO_TITLE: u16 = u16::MAX;
 
 /// What a row is, for its heading and its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, async_graphql::Enum)]
@@ -78,7 +79,8 @@ pub struct Row {
 pub struct StagePage {
     /// The stage's position in the event's stage list.
     pub stage: usize,
-    pub billboard: u32,
+    /// `None` only when the profile may see no title at all.
+    pub billboard: Option<u32>,
     /// Home rows, then the event page's rows (`Event` and `Related`).
     pub rows: Vec<Row>,
 }
@@ -171,20 +173,24 @@ impl EventPool {
                 add(title, &mut chosen);
             }
         }
-        chosen.truncate(u16::MAX as usize);
+        chosen.truncate(NO_TITLE as usize);
         let related_set: HashSet<u32> = spec.related.iter().copied().collect();
         let max_popularity = chosen
             .iter()
             .map(|&t| catalog.titles[t as usize].title.popularity)
             .fold(f32::MIN_POSITIVE, f32::max);
-        let fingerprint = {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            spec.id.hash(&mut hasher);
-            spec.stages.hash(&mut hasher);
-            chosen.hash(&mut hasher);
-            catalog.titles.len().hash(&mut hasher);
-            hasher.finish()
-        };
+        // A stable hash (FNV-1a) of everything a page depends on, so a page is recomputed when
+        // any of it changes and nodes of one deployment agree whatever their build.
+        let mut fingerprint = Fnv::new();
+        fingerprint.write(spec.id.as_bytes());
+        for stage in &spec.stages {
+            fingerprint.write(stage.as_bytes());
+        }
+        fingerprint.write(&catalog.content_hash().to_le_bytes());
+        for &title in &chosen {
+            fingerprint.write(&title.to_le_bytes());
+        }
+        let fingerprint = fingerprint.finish();
         Self {
             positions: chosen
                 .iter()
@@ -200,6 +206,25 @@ impl EventPool {
             fingerprint,
             spec,
         }
+    }
+}
+
+/// FNV-1a, 64 bits: stable across builds and platforms, unlike `DefaultHasher`.
+pub(crate) struct Fnv(u64);
+
+impl Fnv {
+    pub(crate) fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub(crate) fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -343,10 +368,11 @@ pub fn materialize(catalog: &Catalog, pool: &EventPool, profile: Option<&Profile
                 Some(w_taste * taste[c] + w_pop * pool.popularity[c] + w_rel * relation)
             });
             let mut used: Vec<u16> = Vec::with_capacity(ROW_LENGTH * 7 + 1);
-            let billboard = take_unused(&event_ranking, 1, &mut used)
-                .first()
-                .copied()
-                .unwrap_or(0);
+            // The billboard is the event's best title for this profile, else its best match
+            // overall: always a title the profile may see.
+            let billboard = [&event_ranking, &top_picks, &trending]
+                .into_iter()
+                .find_map(|ranking| take_unused(ranking, 1, &mut used).first().copied());
             let mut rows = Vec::with_capacity(6);
             rows.push(Row {
                 kind: RowKind::Event,
@@ -388,7 +414,7 @@ pub fn materialize(catalog: &Catalog, pool: &EventPool, profile: Option<&Profile
     };
     // Rows were picked as pool positions; pages hold catalog indexes.
     for stage in &mut page.stages {
-        stage.billboard = pool.titles[stage.billboard as usize];
+        stage.billboard = stage.billboard.map(|b| pool.titles[b as usize]);
         for row in &mut stage.rows {
             for title in &mut row.titles {
                 *title = pool.titles[*title as usize];
@@ -412,11 +438,11 @@ pub fn encode(page: &Page, pool: &EventPool) -> Vec<u8> {
     out.push(page.stages.len() as u8);
     for stage in &page.stages {
         out.push(stage.stage as u8);
-        out.extend_from_slice(&position(stage.billboard).to_le_bytes());
+        out.extend_from_slice(&stage.billboard.map_or(NO_TITLE, position).to_le_bytes());
         out.push(stage.rows.len() as u8);
         for row in &stage.rows {
             out.push(row.kind.code());
-            out.extend_from_slice(&(row.param as u16).to_le_bytes());
+            out.extend_from_slice(&row.param.to_le_bytes());
             out.push(row.titles.len() as u8);
             for &title in &row.titles {
                 out.extend_from_slice(&position(title).to_le_bytes());
@@ -439,6 +465,15 @@ impl Reader<'_> {
 
     fn u16(&mut self) -> Result<u16, BlobError> {
         Ok(u16::from_le_bytes([self.u8()?, self.u8()?]))
+    }
+
+    fn u32(&mut self) -> Result<u32, BlobError> {
+        Ok(u32::from_le_bytes([
+            self.u8()?,
+            self.u8()?,
+            self.u8()?,
+            self.u8()?,
+        ]))
     }
 
     fn u64(&mut self) -> Result<u64, BlobError> {
@@ -468,12 +503,15 @@ pub fn decode(bytes: &[u8], pool: &EventPool) -> Result<Page, BlobError> {
     let mut stages = Vec::with_capacity(stage_count as usize);
     for _ in 0..stage_count {
         let stage = reader.u8()? as usize;
-        let billboard = title(reader.u16()?)?;
+        let billboard = match reader.u16()? {
+            NO_TITLE => None,
+            position => Some(title(position)?),
+        };
         let row_count = reader.u8()?;
         let mut rows = Vec::with_capacity(row_count as usize);
         for _ in 0..row_count {
             let kind = RowKind::from_code(reader.u8()?).ok_or(BlobError)?;
-            let param = u32::from(reader.u16()?);
+            let param = reader.u32()?;
             let len = reader.u8()?;
             let titles = (0..len)
                 .map(|_| title(reader.u16()?))
@@ -527,7 +565,7 @@ mod tests {
         assert_eq!(page.stages.len(), 3);
         for stage in &page.stages {
             let mut all: Vec<u32> = stage.rows.iter().flat_map(|r| r.titles.clone()).collect();
-            all.push(stage.billboard);
+            all.extend(stage.billboard);
             let distinct: HashSet<u32> = all.iter().copied().collect();
             assert_eq!(
                 distinct.len(),
@@ -585,6 +623,54 @@ mod tests {
         assert!(
             horror_share >= ROW_LENGTH / 2,
             "{horror_share} of {ROW_LENGTH}"
+        );
+    }
+
+    #[test]
+    fn a_profile_that_may_see_no_related_title_still_gets_an_eligible_billboard() {
+        let mut dataset = generate(DatasetSize {
+            titles: 600,
+            profiles: 10,
+            seed: 4,
+        });
+        let related: HashSet<String> = dataset.events[0].related_titles.iter().cloned().collect();
+        for title in &mut dataset.titles {
+            if related.contains(&title.id) {
+                title.maturity = Maturity::Age18;
+            }
+        }
+        let catalog =
+            Catalog::build(dataset.titles, dataset.profiles, dataset.events).expect("catalog");
+        let pool = pool(&catalog, "fight-night");
+        let mut kid = catalog.profiles[0].clone();
+        kid.maturity_limit = Maturity::Age7;
+        let page = materialize(&catalog, &pool, Some(&kid));
+        for stage in &page.stages {
+            let billboard = stage.billboard.expect("some title is suitable");
+            assert!(catalog.titles[billboard as usize].title.maturity <= Maturity::Age7);
+            assert!(
+                stage
+                    .rows
+                    .iter()
+                    .flat_map(|r| &r.titles)
+                    .all(|&t| catalog.titles[t as usize].title.maturity <= Maturity::Age7)
+            );
+        }
+    }
+
+    #[test]
+    fn large_row_parameters_survive_the_blob() {
+        let catalog = catalog();
+        let pool = pool(&catalog, "fight-night");
+        let mut page = materialize(&catalog, &pool, Some(&catalog.profiles[1]));
+        page.stages[0].rows[3].param = 70_000;
+        assert_eq!(
+            decode(&encode(&page, &pool), &pool)
+                .expect("decodes")
+                .stages[0]
+                .rows[3]
+                .param,
+            70_000
         );
     }
 

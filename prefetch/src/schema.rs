@@ -36,7 +36,8 @@ impl ErrorExtensions for PrefetchError {
 /// for, for the cache hint.
 #[derive(Debug, Default)]
 pub struct ResponseHints {
-    pub versions: Vec<(String, u64)>,
+    /// Event id → version, once per event however many fields resolved it.
+    pub versions: std::collections::BTreeMap<String, u64>,
 }
 
 /// Per-request data: who asks, and where to record hints.
@@ -59,7 +60,7 @@ impl RequestScope {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .versions
-            .push((event.id.to_string(), version));
+            .insert(event.id.to_string(), version);
         Ok(EventPrefetch {
             catalog: self.service.catalog.clone(),
             artwork_base: Arc::from(self.service.config.artwork_base_url.as_str()),
@@ -222,11 +223,11 @@ impl EventPrefetch {
         Some(StageContent {
             stage: stage.clone(),
             home: HomeSurface {
-                billboard: card(page.billboard),
+                billboard: page.billboard.map(card),
                 rows: home_rows.into_iter().map(row).collect(),
             },
             event_page: EventPageSurface {
-                hero: card(page.billboard),
+                hero: page.billboard.map(card),
                 rows: event_page_rows,
             },
         })
@@ -347,14 +348,16 @@ pub struct StageContent {
 /// The home screen: a billboard and rows.
 #[derive(SimpleObject)]
 pub struct HomeSurface {
-    pub billboard: TitleCard,
+    /// Null only when the profile may see no title at all.
+    pub billboard: Option<TitleCard>,
     pub rows: Vec<Row>,
 }
 
 /// The event's own page: a hero and its rows.
 #[derive(SimpleObject)]
 pub struct EventPageSurface {
-    pub hero: TitleCard,
+    /// Null only when the profile may see no title at all.
+    pub hero: Option<TitleCard>,
     pub rows: Vec<Row>,
 }
 
