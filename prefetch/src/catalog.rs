@@ -526,7 +526,7 @@ mod tests {
         assert_eq!(base.content_hash(), same.content_hash());
         let mut titles = d.titles.clone();
         titles[0].maturity = Maturity::Age18;
-        titles[0].popularity = titles[0].popularity / 2.0;
+        titles[0].popularity /= 2.0;
         let rerated = Catalog::build(titles, d.profiles, d.events).expect("catalog");
         assert_ne!(base.content_hash(), rerated.content_hash());
     }
