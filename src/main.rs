@@ -343,7 +343,7 @@ struct ServeArgs {
     #[arg(
         long,
         env = "RINGSIDE_SEND_TIMEOUT_MS",
-        help = "Slow-consumer cut-off [default: 30000]"
+        help = "Slow-consumer cut-off, below the shutdown grace [default: 10000]"
     )]
     send_timeout_ms: Option<u64>,
     #[arg(long, env = "RINGSIDE_MAX_CONNECTIONS", help = "[default: 250000]")]
@@ -351,7 +351,7 @@ struct ServeArgs {
     #[arg(
         long,
         env = "RINGSIDE_SHUTDOWN_GRACE_MS",
-        help = "Drain deadline [default: 10000]"
+        help = "Drain deadline [default: 15000]"
     )]
     shutdown_grace_ms: Option<u64>,
     #[arg(

@@ -39,9 +39,9 @@ impl Default for GatewayConfig {
             subscribe_timeout: Duration::from_secs(10),
             max_topics_per_connection: 16,
             max_frame_bytes: 16 * 1024,
-            send_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(10),
             max_connections: 250_000,
-            shutdown_grace: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(15),
             reconnect_spread: Duration::from_secs(5),
             read_buffer_bytes: 512,
         }
@@ -105,6 +105,12 @@ impl GatewayConfig {
         }
         if self.send_timeout.is_zero() {
             return fail("send_timeout", "must be positive");
+        }
+        if self.send_timeout >= self.shutdown_grace {
+            return fail(
+                "send_timeout",
+                "must be shorter than shutdown_grace, so a stuck write cannot outlast a drain",
+            );
         }
         if self.read_buffer_bytes < 64 {
             return fail("read_buffer_bytes", "must be at least 64");

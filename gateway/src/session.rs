@@ -19,7 +19,7 @@ use protocol::frame::GoawayReason;
 use protocol::{
     ClientFrame, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerFrame, SubscribeTopic, Topic,
 };
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -106,7 +106,7 @@ pub(crate) async fn run(permit: SessionPermit, mut socket: Socket, claims: Devic
     };
     tracing::trace!(connection, device = %claims.sub, "session open");
     let ending = session.serve(&mut socket).await;
-    session.finish(&mut socket, ending).await;
+    Box::pin(session.finish(&mut socket, ending)).await;
 }
 
 impl Session {
@@ -118,15 +118,23 @@ impl Session {
             heartbeat_ms: u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
             protocol: PROTOCOL_VERSION,
         };
-        if let Err(ending) = self.send_frame(socket, &welcome).await {
+        if let Err(ending) = Box::pin(self.send_frame(socket, &welcome)).await {
             return ending;
         }
-        let drain = self.gateway.drain.clone();
+        // One drain registration and one timer for the whole session, not one per turn of the
+        // loop: both are shared structures that every session would otherwise contend on.
+        let drain = self.gateway.drain.clone().cancelled_owned();
+        tokio::pin!(drain);
+        let timer = sleep_until(self.next_deadline());
+        tokio::pin!(timer);
         loop {
             let deadline = self.next_deadline();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 biased;
-                () = drain.cancelled() => {
+                () = &mut drain => {
                     return Ending::GoAway { reason: GoawayReason::Shutdown, close: CloseCode::GOING_AWAY };
                 }
                 () = self.mailbox.ready() => {
@@ -137,12 +145,14 @@ impl Session {
                 inbound = socket.next() => {
                     let Some(inbound) = inbound else { return Ending::Gone };
                     self.last_inbound = Instant::now();
-                    if let Err(ending) = self.handle_inbound(socket, inbound).await {
+                    // Client frames and timers are rare next to state writes: their futures
+                    // live on the heap while they run, keeping every idle session small.
+                    if let Err(ending) = Box::pin(self.handle_inbound(socket, inbound)).await {
                         return ending;
                     }
                 }
-                () = sleep_until(deadline) => {
-                    if let Err(ending) = self.on_deadline(socket).await {
+                () = &mut timer => {
+                    if let Err(ending) = Box::pin(self.on_deadline(socket)).await {
                         return ending;
                     }
                 }
@@ -388,23 +398,17 @@ impl Session {
     }
 }
 
-/// Runs a socket write under the send timeout, and cuts it short once the node drains: a write
-/// that is stuck must not hold the drain past its grace.
+/// Runs a socket write under the send timeout. The configuration keeps the send timeout below
+/// the shutdown grace, so a stuck write cannot hold a drain past it. (A write that completes at
+/// once never registers the timeout's timer.)
 async fn bounded_write(
     gateway: &Gateway,
     write: impl Future<Output = Result<(), WsError>>,
 ) -> Result<(), Ending> {
-    let drain_cutoff = async {
-        gateway.drain.cancelled().await;
-        sleep(CLOSE_HANDSHAKE_TIMEOUT).await;
-    };
-    tokio::select! {
-        written = timeout(gateway.config.send_timeout, write) => match written {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Ending::Gone),
-            Err(_elapsed) => Err(Ending::SlowConsumer),
-        },
-        () = drain_cutoff => Err(Ending::Gone),
+    match timeout(gateway.config.send_timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ending::Gone),
+        Err(_elapsed) => Err(Ending::SlowConsumer),
     }
 }
 

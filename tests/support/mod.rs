@@ -62,6 +62,7 @@ impl TestServer {
             ..GatewayConfig::default()
         };
         gateway.shutdown_grace = Duration::from_secs(3);
+        gateway.send_timeout = Duration::from_secs(2);
         configure(&mut gateway);
         let config = ServeConfig {
             gateway,
