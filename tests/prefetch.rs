@@ -41,6 +41,17 @@ fn token(profile: &str) -> String {
     })
 }
 
+/// A server whose prefetch pages live in the machine's Redis, under keys of its own.
+async fn server_on_redis(test: &str) -> (TestServer, RedisKeys) {
+    let keys = RedisKeys::new(test);
+    let (url, prefix) = (keys.url.clone(), keys.prefix.clone());
+    let server = TestServer::start_with_prefetch(|setup| {
+        setup.store = ringside::content::StoreSetup::Redis { url, prefix };
+    })
+    .await;
+    (server, keys)
+}
+
 fn error_code(body: &Value) -> &str {
     body["errors"][0]["extensions"]["code"]
         .as_str()
@@ -52,7 +63,7 @@ fn error_code(body: &Value) -> &str {
 
 #[tokio::test]
 async fn prefetch_returns_every_stage_of_every_visible_event_for_the_profile() {
-    let server = TestServer::start().await;
+    let (server, keys) = server_on_redis("every-stage").await;
     let (response, body) = server
         .graphql(&token("p000001"), json!({ "query": FULL_PREFETCH }))
         .await;
@@ -142,7 +153,7 @@ async fn device_cache_ttls_are_jittered_per_response() {
 
 #[tokio::test]
 async fn the_state_in_a_prefetch_is_the_state_the_websocket_sends() {
-    let server = TestServer::start().await;
+    let (server, _keys) = server_on_redis("state").await;
     let event = protocol::EventId::parse("fight-night").unwrap();
     let mut device = server.device().await;
     subscribe(&mut device, &[(event.topic(), 0)]).await;
@@ -193,7 +204,7 @@ async fn the_state_in_a_prefetch_is_the_state_the_websocket_sends() {
 
 #[tokio::test]
 async fn a_profile_reads_only_its_own_data() {
-    let server = TestServer::start().await;
+    let (server, _keys) = server_on_redis("isolation").await;
     let query =
         r#"{ prefetch { profileId events { id byStage { home { rows { cards { id } } } } } } }"#;
     let (_, mine) = server
