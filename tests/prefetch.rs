@@ -121,6 +121,7 @@ async fn prefetch_returns_every_stage_of_every_visible_event_for_the_profile() {
         response.headers["cache-control"],
         format!("private, max-age={ttl}").as_str()
     );
+    assert!(keys.count().await >= 4, "pages were stored in Redis");
     server.stop().await;
 }
 

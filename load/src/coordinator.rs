@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::time::Instant;
 
-use crate::report::{FanoutReport, Latency, UpdateReport, new_histogram};
+use crate::report::{FanoutReport, Latency, StormReport, UpdateReport, new_histogram};
 use crate::system::{is_loopback_url, load_average, rss_bytes};
 use crate::wire::{Command, DeviceTarget, WorkerPlan, WorkerReport};
 
@@ -37,6 +37,26 @@ pub struct FanoutPlan {
     pub read_buffer_bytes: usize,
     /// Time allowed for the last deliveries after the last publish.
     pub delivery_timeout: Duration,
+    /// After the publishes, take the node down and back up (the storm scenario).
+    pub storm: Option<StormPlan>,
+}
+
+/// How the storm scenario takes the node down and brings it back.
+#[derive(Debug, Clone)]
+pub struct StormPlan {
+    /// SIGTERM (graceful drain: goaway with spread reconnect delays) or SIGKILL (no goaway).
+    pub signal: StormSignal,
+    /// A shell command that starts the node again and prints its PID.
+    pub restart_command: String,
+    /// Health URL of the restarted node.
+    pub health_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StormSignal {
+    Drain,
+    Kill,
 }
 
 /// The system under test.
@@ -134,6 +154,36 @@ impl Worker {
     }
 }
 
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Waits until the workers report `expected` deliveries in all, or the timeout; shows progress.
+async fn wait_for_deliveries(
+    fleet: &mut [Worker],
+    expected: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut shown = Instant::now();
+    loop {
+        let mut received = 0;
+        for worker in fleet.iter_mut() {
+            worker.next_report().await?;
+            received += worker.received;
+        }
+        if shown.elapsed() > Duration::from_secs(1) {
+            eprintln!("delivered {received}/{expected}");
+            shown = Instant::now();
+        }
+        if received >= expected || Instant::now() >= deadline {
+            return Ok(());
+        }
+    }
+}
+
 fn source_addresses(count: usize) -> Vec<IpAddr> {
     (0..count.clamp(1, 250))
         .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
@@ -225,6 +275,7 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
                 .collect::<Vec<_>>(),
             connect_rate: plan.connect_rate / workers as f64,
             read_buffer_bytes: plan.read_buffer_bytes,
+            reconnect: plan.storm.is_some(),
         };
         let mut child = tokio::process::Command::new(std::env::current_exe()?)
             .arg("worker")
@@ -282,33 +333,71 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         versions.push(publisher.publish(index).await?);
     }
 
-    // Wait for every delivery (or the timeout), showing progress.
-    let expected = (connected * plan.publishes) as u64;
-    let deadline = Instant::now() + plan.delivery_timeout;
-    let mut shown = Instant::now();
-    loop {
-        let mut received = 0;
-        for worker in &mut fleet {
-            worker.next_report().await?;
-            received += worker.received;
+    let mut expected = (connected * plan.publishes) as u64;
+    wait_for_deliveries(&mut fleet, expected, plan.delivery_timeout).await?;
+
+    let mut storm_timeline = None;
+    if let Some(storm) = &plan.storm {
+        let pid = plan
+            .gateway_pid
+            .context("the storm scenario needs --gateway-pid")?;
+        let signal = match storm.signal {
+            StormSignal::Drain => "-TERM",
+            StormSignal::Kill => "-KILL",
+        };
+        let down_at = Instant::now();
+        let down_at_ms = unix_now_ms();
+        eprintln!("storm: kill {signal} {pid}");
+        tokio::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .await?;
+        // Wait for the old node to be gone before starting the new one on its port.
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if shown.elapsed() > Duration::from_secs(1) {
-            eprintln!("delivered {received}/{expected}");
-            shown = Instant::now();
+        let restart = tokio::process::Command::new("sh")
+            .args(["-c", &storm.restart_command])
+            .output()
+            .await?;
+        if !restart.status.success() {
+            bail!(
+                "restart command failed: {}",
+                String::from_utf8_lossy(&restart.stderr)
+            );
         }
-        if received >= expected || Instant::now() >= deadline {
-            break;
+        while client::http::call(&storm.health_url, "GET", "/healthz", &[], None)
+            .await
+            .map_or(true, |r| r.status != 200)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let back_after = down_at.elapsed();
+        eprintln!(
+            "storm: node back after {:.2} s; publishing the newest state",
+            back_after.as_secs_f64()
+        );
+        versions.push(publisher.publish(plan.publishes).await?);
+        expected += connected as u64;
+        wait_for_deliveries(&mut fleet, expected, plan.delivery_timeout).await?;
+        storm_timeline = Some((storm.signal, down_at_ms, back_after));
     }
 
     let load_average_after = load_average();
+    let mut connects: Vec<u64> = Vec::new();
     let mut per_version: std::collections::BTreeMap<u64, hdrhistogram::Histogram<u64>> =
         versions.iter().map(|v| (*v, new_histogram())).collect();
     for worker in &mut fleet {
         let finish = serde_json::to_string(&Command::Finish)? + "\n";
         worker.stdin.write_all(finish.as_bytes()).await?;
         let samples = loop {
-            if let WorkerReport::Done { samples, .. } = worker.next_report().await? {
+            if let WorkerReport::Done {
+                samples,
+                connects_ms,
+                ..
+            } = worker.next_report().await?
+            {
+                connects.extend(connects_ms);
                 break samples;
             }
         };
@@ -342,7 +431,33 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         }
         _ => None,
     };
+    let storm = storm_timeline.map(|(signal, down_at_ms, back_after)| {
+        let bucket_ms = 100;
+        let reconnects: Vec<u64> = connects
+            .iter()
+            .copied()
+            .filter(|&t| t >= down_at_ms)
+            .collect();
+        let last = reconnects.iter().copied().max().unwrap_or(down_at_ms);
+        let mut curve = vec![0u64; ((last - down_at_ms) / bucket_ms + 1) as usize];
+        for t in &reconnects {
+            curve[((t - down_at_ms) / bucket_ms) as usize] += 1;
+        }
+        let newest = updates.last();
+        StormReport {
+            signal,
+            node_back_after_ms: back_after.as_millis() as u64,
+            reconnects: reconnects.len() as u64,
+            all_reconnected_after_ms: last - down_at_ms,
+            peak_reconnects_per_second: curve.iter().copied().max().unwrap_or(0)
+                * (1000 / bucket_ms),
+            reconnects_per_100ms: curve,
+            newest_delivered: newest.map_or(0, |u| u.delivered),
+            newest_last_device_ms: newest.map_or(0.0, |u| u.latency.max_ms),
+        }
+    });
     Ok(FanoutReport {
+        storm,
         connections: plan.connections,
         connected,
         workers,

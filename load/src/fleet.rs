@@ -22,6 +22,7 @@ struct Counters {
     disconnected: AtomicUsize,
     received: AtomicU64,
     first_error: Mutex<Option<String>>,
+    connects_ms: Mutex<Vec<u64>>,
 }
 
 fn emit(report: &WorkerReport) {
@@ -71,9 +72,15 @@ pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
                     connect_timeout: Some(Duration::from_secs(20)),
                 };
                 let (url, topic) = (ws_url.clone(), Topic::parse(topic)?);
-                tokio::spawn(async move {
-                    run_device(url, token, options, topic, samples, counters).await
-                });
+                if plan.reconnect {
+                    tokio::spawn(async move {
+                        run_watcher(url, token, options, topic, samples, counters).await
+                    });
+                } else {
+                    tokio::spawn(async move {
+                        run_device(url, token, options, topic, samples, counters).await
+                    });
+                }
             }
             DeviceTarget::Nats { ws_url, subject } => {
                 let (url, subject, read_buffer) =
@@ -119,9 +126,16 @@ pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
         }
     }
     let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(PoisonError::into_inner));
+    let connects_ms = std::mem::take(
+        &mut *counters
+            .connects_ms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
     emit(&WorkerReport::Done {
         samples,
         disconnected: counters.disconnected.load(Ordering::Acquire),
+        connects_ms,
     });
     Ok(())
 }
@@ -185,6 +199,48 @@ async fn run_nats_device(
         );
     }
     counters.disconnected.fetch_add(1, Ordering::AcqRel);
+}
+
+/// A device that stays connected: every (re)connection is timestamped.
+async fn run_watcher(
+    url: String,
+    token: String,
+    options: ConnectOptions,
+    topic: Topic,
+    samples: Samples,
+    counters: Arc<Counters>,
+) {
+    let mut config = client::WatcherConfig::new(vec![url], token, vec![topic]);
+    config.ack = false;
+    config.connect = options;
+    let mut watcher = client::Watcher::new(config);
+    let mut first = true;
+    loop {
+        match watcher.next().await {
+            client::watcher::WatchEvent::Connected { .. } => {
+                counters
+                    .connects_ms
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(unix_now_us() / 1000);
+                if std::mem::take(&mut first) {
+                    counters.connected.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            client::watcher::WatchEvent::State(state) => {
+                record(&samples, &counters, state.version, state.published_at_ms)
+            }
+            client::watcher::WatchEvent::Disconnected { .. } => {
+                counters.disconnected.fetch_add(1, Ordering::AcqRel);
+            }
+            client::watcher::WatchEvent::Refused { reason } => {
+                if first {
+                    failed(&counters, reason);
+                }
+                return;
+            }
+        }
+    }
 }
 
 async fn run_device(

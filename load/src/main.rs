@@ -95,6 +95,19 @@ struct FanoutArgs {
     /// Write the JSON result here.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Storm: after the publishes, take the node down (`drain`: SIGTERM, `kill`: SIGKILL) and
+    /// run --restart-command, then publish once more and measure the reconnects.
+    #[arg(long, value_enum)]
+    storm: Option<StormArg>,
+    /// Shell command that starts the node again (with --storm).
+    #[arg(long, default_value = "")]
+    restart_command: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StormArg {
+    Drain,
+    Kill,
 }
 
 #[derive(clap::Args)]
@@ -293,7 +306,7 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             let target = match args.target {
                 TargetKind::Ringside => FanoutTarget::Ringside {
-                    server: args.server,
+                    server: args.server.clone(),
                     device_token_secret: args.device_token_secret,
                     admin_token: args.admin_token,
                 },
@@ -302,7 +315,16 @@ fn main() -> anyhow::Result<()> {
                     address: args.nats_address,
                 },
             };
+            let storm = args.storm.map(|signal| load::coordinator::StormPlan {
+                signal: match signal {
+                    StormArg::Drain => load::coordinator::StormSignal::Drain,
+                    StormArg::Kill => load::coordinator::StormSignal::Kill,
+                },
+                restart_command: args.restart_command.clone(),
+                health_url: args.server.clone(),
+            });
             let report = runtime.block_on(run_fanout(FanoutPlan {
+                storm,
                 target,
                 connections: args.connections,
                 workers: args.workers,

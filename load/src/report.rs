@@ -36,9 +36,27 @@ pub struct UpdateReport {
     pub latency: Latency,
 }
 
+/// The storm part of a run: the node taken down under load and brought back.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormReport {
+    pub signal: crate::coordinator::StormSignal,
+    /// From the signal until the restarted node answered `/healthz`.
+    pub node_back_after_ms: u64,
+    pub reconnects: u64,
+    /// From the signal until the last device had reconnected.
+    pub all_reconnected_after_ms: u64,
+    pub peak_reconnects_per_second: u64,
+    /// Reconnections per 100 ms from the signal on.
+    pub reconnects_per_100ms: Vec<u64>,
+    /// Devices that received the state published once the node was back, and when the last did.
+    pub newest_delivered: u64,
+    pub newest_last_device_ms: f64,
+}
+
 /// A `fanout` run.
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutReport {
+    pub storm: Option<StormReport>,
     pub connections: usize,
     pub connected: usize,
     pub workers: usize,
@@ -111,6 +129,19 @@ impl FanoutReport {
         );
         if let (Some(before), Some(after)) = (self.load_average_before, self.load_average_after) {
             println!("load average (1 min): {before:.2} before, {after:.2} after");
+        }
+        if let Some(storm) = &self.storm {
+            println!(
+                "storm ({:?}): node back after {} ms; {} reconnects, all back after {} ms, peak {} reconnects/s; newest state reached {}/{} devices, the last {:.1} ms after publish",
+                storm.signal,
+                storm.node_back_after_ms,
+                storm.reconnects,
+                storm.all_reconnected_after_ms,
+                storm.peak_reconnects_per_second,
+                storm.newest_delivered,
+                self.connected,
+                storm.newest_last_device_ms
+            );
         }
         println!("note: {}", self.clock_note);
     }

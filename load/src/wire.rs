@@ -25,6 +25,10 @@ pub struct WorkerPlan {
     pub worker: usize,
     pub target: DeviceTarget,
     pub connections: usize,
+    /// Keep every device connected across disconnects (reconnect with jittered backoff,
+    /// honouring goaway) and report each (re)connection's time: the storm scenario.
+    #[serde(default)]
+    pub reconnect: bool,
     /// Source addresses to spread connections over.
     pub source_addresses: Vec<std::net::IpAddr>,
     /// Connections opened per second by this worker.
@@ -48,6 +52,9 @@ pub enum WorkerReport {
     Done {
         samples: BTreeMap<u64, Vec<u64>>,
         disconnected: usize,
+        /// With `reconnect`: when each (re)connection happened, in ms since the Unix epoch.
+        #[serde(default)]
+        connects_ms: Vec<u64>,
     },
 }
 
