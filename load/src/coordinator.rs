@@ -471,6 +471,7 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         expected,
         updates,
         overall: Latency::of(&overall),
+        cdf: crate::report::cdf_points(&overall),
         median_time_to_last_device_ms,
         clock_note: "latency = device receive time - published_at_ms, one machine and one clock; published_at_ms has 1 ms resolution",
     })

@@ -8,6 +8,7 @@
 //!   jittered rate, subscribes each, timestamps every `state` received.
 //! - [`coordinator`]: spawns workers, waits until the fleet is subscribed, measures the
 //!   gateway's memory, publishes through the admin API, and merges the workers' samples.
+//! - [`html`]: a standalone HTML report with plots, from any result files.
 //! - [`http_bench`]: requests per second and latency of HTTP targets measured side by side.
 //! - [`origin`]: the page-store read rate while a fleet keeps its prefetch fresh.
 //! - [`report`]: latency percentiles per update from HDR histograms, as a table and as JSON.
@@ -19,6 +20,7 @@
 
 pub mod coordinator;
 pub mod fleet;
+pub mod html;
 pub mod http_bench;
 pub mod origin;
 pub mod peers;

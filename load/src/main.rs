@@ -28,6 +28,14 @@ enum Command {
     PrefetchBench(PrefetchBenchArgs),
     /// Page-store read rate while a fleet keeps its prefetch fresh (peak over mean).
     Origin(OriginArgs),
+    /// Write an HTML report with plots from result files (opens from disk, no network).
+    Report {
+        /// Where to write the HTML.
+        #[arg(long, default_value = "load-results/report.html")]
+        out: PathBuf,
+        /// JSON result files written with --output.
+        inputs: Vec<PathBuf>,
+    },
     /// Internal: one worker process of a run.
     #[command(hide = true)]
     Worker { plan: String },
@@ -283,6 +291,19 @@ async fn origin(args: OriginArgs) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Report { out, inputs } => {
+            let mut results = Vec::new();
+            for input in inputs {
+                let text = std::fs::read_to_string(&input)?;
+                let name = input
+                    .file_stem()
+                    .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+                results.push((name, serde_json::from_str(&text)?));
+            }
+            std::fs::write(&out, load::html::render(&results))?;
+            println!("report: {}", out.display());
+            Ok(())
+        }
         Command::Worker { plan } => {
             let plan: WorkerPlan = serde_json::from_str(&plan)?;
             // One thread per worker: the fleet spreads over processes, not threads.

@@ -71,9 +71,23 @@ pub struct FanoutReport {
     pub expected: u64,
     /// Over every delivery of every update.
     pub overall: Latency,
+    /// The latency distribution over every delivery: (latency ms, fraction delivered by then).
+    #[serde(default)]
+    pub cdf: Vec<(f64, f64)>,
     /// Median over updates of the time until the last device had the update.
     pub median_time_to_last_device_ms: f64,
     pub clock_note: &'static str,
+}
+
+/// Points of a histogram's cumulative distribution: (value in ms, fraction at or below it).
+pub fn cdf_points(histogram: &Histogram<u64>) -> Vec<(f64, f64)> {
+    let mut points: Vec<(f64, f64)> = (0..=100)
+        .map(|i| f64::from(i) / 100.0)
+        .chain([0.995, 0.999, 0.9999, 1.0])
+        .map(|q| (histogram.value_at_quantile(q) as f64 / 1000.0, q))
+        .collect();
+    points.sort_by(|a, b| a.1.total_cmp(&b.1));
+    points
 }
 
 pub fn new_histogram() -> Histogram<u64> {
