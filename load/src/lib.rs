@@ -10,6 +10,7 @@
 //!   gateway's memory, publishes through the admin API, and merges the workers' samples.
 //! - [`html`]: a standalone HTML report with plots, from any result files.
 //! - [`http_bench`]: requests per second and latency of HTTP targets measured side by side.
+//! - [`kickoff`]: prefetch over a window, then LIVE: who switched from cache, who had to fetch.
 //! - [`origin`]: the page-store read rate while a fleet keeps its prefetch fresh.
 //! - [`report`]: latency percentiles per update from HDR histograms, as a table and as JSON.
 //! - [`system`]: RSS of a process and the machine's load average, from `/proc`.
@@ -22,6 +23,7 @@ pub mod coordinator;
 pub mod fleet;
 pub mod html;
 pub mod http_bench;
+pub mod kickoff;
 pub mod origin;
 pub mod peers;
 pub mod report;

@@ -28,6 +28,8 @@ enum Command {
     PrefetchBench(PrefetchBenchArgs),
     /// Page-store read rate while a fleet keeps its prefetch fresh (peak over mean).
     Origin(OriginArgs),
+    /// Prefetch over a window, then LIVE: devices that switch from cache vs fetch, the fetch wave.
+    Kickoff(KickoffArgs),
     /// Write an HTML report with plots from result files (opens from disk, no network).
     Report {
         /// Where to write the HTML.
@@ -189,6 +191,57 @@ struct OriginArgs {
     event: String,
 }
 
+#[derive(clap::Args)]
+struct KickoffArgs {
+    #[command(flatten)]
+    fleet: Fleet,
+    #[arg(long, env = "RINGSIDE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+    #[arg(long, default_value_t = 2000)]
+    devices: usize,
+    #[arg(long, default_value = "fight-night")]
+    event: protocol::EventId,
+    #[arg(long, default_value_t = 10)]
+    prefetch_window_s: u64,
+    /// Share of devices that prefetch before the moment.
+    #[arg(long, default_value_t = 0.9)]
+    prefetch_share: f64,
+    /// Window over which devices without the content spread their fetch.
+    #[arg(long, default_value_t = 3000)]
+    fetch_spread_ms: u64,
+}
+
+async fn kickoff(args: KickoffArgs) -> anyhow::Result<()> {
+    if !load::system::is_loopback_url(&args.fleet.server) {
+        anyhow::bail!("ringside-load only targets loopback addresses");
+    }
+    let result = load::kickoff::run_kickoff(load::kickoff::KickoffPlan {
+        server: args.fleet.server.clone(),
+        admin_token: args.admin_token.clone(),
+        tokens: args.fleet.tokens(args.devices)?,
+        event: args.event.clone(),
+        prefetch_window: Duration::from_secs(args.prefetch_window_s),
+        prefetch_share: args.prefetch_share,
+        fetch_spread: Duration::from_millis(args.fetch_spread_ms),
+        bucket: Duration::from_millis(100),
+    })
+    .await?;
+    println!(
+        "kickoff: {} devices, {} prefetched ({} errors); LIVE reached {} (p99 {:.1} ms); {} switched from cache, {} had to fetch ({} errors), fetch wave peak {:.0}/s; every device showing LIVE content {:.0} ms after the publish",
+        result.devices,
+        result.prefetched,
+        result.prefetch_errors,
+        result.state_delivered,
+        result.state_latency.p99_ms,
+        result.switched_from_cache,
+        result.had_to_fetch,
+        result.fetch_errors,
+        result.peak_fetches_per_second,
+        result.all_switched_after_ms
+    );
+    args.fleet.write(&result)
+}
+
 /// The prefetch query the benchmarks send: one event's rows for every stage.
 fn event_query(event: &str) -> String {
     format!(
@@ -291,6 +344,10 @@ async fn origin(args: OriginArgs) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Kickoff(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(kickoff(args)),
         Command::Report { out, inputs } => {
             let mut results = Vec::new();
             for input in inputs {
