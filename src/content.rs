@@ -103,10 +103,18 @@ pub async fn seed_events(catalog: &Catalog, store: &dyn EventStore) -> anyhow::R
     Ok(())
 }
 
-/// The control plane's events, as prefetch sees them.
+/// The control plane's events, as prefetch sees them. The last list read is kept: while the
+/// store is unreachable (Redis down), prefetch keeps answering from it, stale rather than empty.
 #[derive(Clone)]
 pub struct ControlEvents {
     pub store: Arc<dyn EventStore>,
+    pub last_known: Arc<std::sync::Mutex<Vec<LiveEvent>>>,
+}
+
+impl ControlEvents {
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self { store, last_known: Arc::default() }
+    }
 }
 
 impl std::fmt::Debug for ControlEvents {
@@ -118,20 +126,28 @@ impl std::fmt::Debug for ControlEvents {
 impl EventSource for ControlEvents {
     fn events(&self) -> BoxFuture<'_, Vec<LiveEvent>> {
         Box::pin(async move {
+            let last_known = || {
+                self.last_known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+            };
             match self.store.with_states().await {
-                Ok(events) => events
-                    .into_iter()
-                    .map(|(summary, state)| LiveEvent {
-                        id: summary.id,
-                        title: summary.title,
-                        starts_at: summary.starts_at,
-                        stages: summary.stages,
-                        state,
-                    })
-                    .collect(),
+                Ok(events) => {
+                    let events: Vec<LiveEvent> = events
+                        .into_iter()
+                        .map(|(summary, state)| LiveEvent {
+                            id: summary.id,
+                            title: summary.title,
+                            starts_at: summary.starts_at,
+                            stages: summary.stages,
+                            state,
+                        })
+                        .collect();
+                    *self.last_known.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        events.clone();
+                    events
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot list events");
-                    Vec::new()
+                    tracing::warn!(%error, "cannot list events; serving the last known list");
+                    last_known()
                 }
             }
         })

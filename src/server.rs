@@ -120,16 +120,30 @@ pub async fn serve(
         device_key,
         GatewayMetrics::new(&registry),
     );
-    let events: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    // With Redis configured, events, versions and current states live there: shared by every
+    // control instance and kept across restarts.
+    let events: Arc<dyn EventStore> = match &config.prefetch.store {
+        StoreSetup::Memory => Arc::new(MemoryEventStore::new()),
+        StoreSetup::Redis { url, prefix } => Arc::new(
+            control::RedisEventStore::connect(url, prefix.clone())
+                .await
+                .map_err(|error| anyhow::anyhow!("cannot reach Redis at {url}: {error}"))?,
+        ),
+    };
+    // The bus starts from the current state of every event the store knows, so a restarted
+    // node serves exact catch-up at once.
+    for (_, state) in events.with_states().await? {
+        if let Some(state) = state {
+            bus.publish(state).await?;
+        }
+    }
     let catalog = Arc::new(crate::content::load_catalog(&config.prefetch.dataset).await?);
     crate::content::seed_events(&catalog, events.as_ref()).await?;
     let pages = crate::content::open_store(&config.prefetch.store, &catalog).await?;
     let prefetch = PrefetchService::new(
         catalog,
         pages,
-        Arc::new(ControlEvents {
-            store: events.clone(),
-        }),
+        Arc::new(ControlEvents::new(events.clone())),
         DeviceTokenKey::new(config.secrets.device_token_secret.as_bytes())?,
         config.prefetch.config.clone(),
         &registry,

@@ -3,12 +3,15 @@
 //!
 //! - [`store`]: the [`EventStore`] trait (events, their current state, version assignment) and
 //!   the in-memory store of a single-process deployment.
+//! - [`redis_store`]: the same in Redis, shared by every control-plane instance and kept across
+//!   restarts.
 //! - [`api`]: the admin API under `/v1/admin`, behind the admin bearer token.
 //!
 //! A publish is validated, given the next version of its event by the store, accepted by the
 //! tier-1 [`broadcaster::Bus`], and only then answered.
 
 pub mod api;
+pub mod redis_store;
 pub mod store;
 
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use broadcaster::{BoxFuture, BroadcastError};
 use protocol::admin::{ApiError, ApiErrorCode, Stats};
 
 pub use api::ControlPlane;
+pub use redis_store::RedisEventStore;
 pub use store::{EventStore, MemoryEventStore};
 
 /// Errors of the control plane; each maps to one [`ApiErrorCode`].
@@ -37,6 +41,8 @@ pub enum ControlError {
     PayloadTooLarge(String),
     #[error("the broadcast bus did not accept the publish; retry")]
     Unavailable(#[from] BroadcastError),
+    #[error("the event store is unavailable; retry")]
+    StoreUnavailable,
 }
 
 impl ControlError {
@@ -54,7 +60,7 @@ impl ControlError {
             Self::NotFound(_) => ApiErrorCode::NotFound,
             Self::Conflict(_) => ApiErrorCode::Conflict,
             Self::PayloadTooLarge(_) => ApiErrorCode::PayloadTooLarge,
-            Self::Unavailable(_) => ApiErrorCode::Unavailable,
+            Self::Unavailable(_) | Self::StoreUnavailable => ApiErrorCode::Unavailable,
         }
     }
 

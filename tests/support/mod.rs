@@ -264,3 +264,95 @@ pub async fn read_until_close(device: &mut DeviceConnection) -> (Vec<ServerFrame
         }
     }
 }
+
+/// Keys under a prefix of their own in the machine's Redis, deleted when dropped.
+pub struct RedisKeys {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl RedisKeys {
+    pub fn new(test: &str) -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            prefix: format!(
+                "ringside-test:{test}:{}:{}:",
+                std::process::id(),
+                fastrand::u32(..)
+            ),
+        }
+    }
+
+    pub async fn count(&self) -> usize {
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        keys.len()
+    }
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        if let Ok(client) = redis::Client::open(self.url.as_str()) {
+            if let Ok(mut connection) = client.get_connection() {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{}*", self.prefix))
+                    .query(&mut connection)
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut connection);
+                }
+            }
+        }
+    }
+}
+
+/// A Redis server of the test's own, so that stopping it disturbs nobody else.
+pub struct OwnRedis {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl OwnRedis {
+    pub fn start() -> Self {
+        let port = 20_000 + (std::process::id() % 20_000) as u16 + fastrand::u16(..1000);
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/services installs it)");
+        let deadline = std::time::Instant::now() + PROMPTLY;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "own redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,254 @@
+//! Events, versions and current states in Redis, shared by every control-plane instance and
+//! kept across restarts.
+//!
+//! Keys, under the deployment's prefix:
+//! - `events`: a hash of event id → the event as created (JSON).
+//! - `version:<id>`: the last version handed out. A Lua script assigns
+//!   `max(last + 1, publish time in ms)` atomically, so versions stay unique and increasing
+//!   however many instances publish at once, and keep increasing if the key is ever lost.
+//! - `state:<id>`: the current state (JSON), replaced only by a newer version (Lua).
+
+use broadcaster::BoxFuture;
+use protocol::admin::{CreateEvent, EventSummary};
+use protocol::{EventId, EventState, Payload, Stage};
+use redis::Script;
+
+use crate::store::{EventWithState, NewState};
+use crate::{ControlError, EventStore};
+
+const NEXT_VERSION: &str = r"
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local version = math.max(last + 1, tonumber(ARGV[1]))
+redis.call('SET', KEYS[1], string.format('%d', version))
+return version
+";
+
+const RECORD_IF_NEWER: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current and cjson.decode(current).version >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+";
+
+/// The control plane's store in Redis.
+#[derive(Clone)]
+pub struct RedisEventStore {
+    connection: redis::aio::ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEventStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(error: redis::RedisError) -> ControlError {
+    tracing::warn!(%error, "event store unavailable");
+    ControlError::StoreUnavailable
+}
+
+fn corrupt(what: &str) -> ControlError {
+    tracing::error!(what, "unreadable record in the event store");
+    ControlError::StoreUnavailable
+}
+
+impl RedisEventStore {
+    pub async fn connect(url: &str, prefix: impl Into<String>) -> Result<Self, ControlError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
+            .set_response_timeout(Some(std::time::Duration::from_millis(500)))
+            .set_number_of_retries(1);
+        let connection = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self {
+            connection,
+            prefix: prefix.into(),
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    async fn created(&self, id: &EventId) -> Result<CreateEvent, ControlError> {
+        let mut connection = self.connection.clone();
+        let json: Option<String> = redis::cmd("HGET")
+            .arg(self.key("events"))
+            .arg(id.as_str())
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        let json = json.ok_or_else(|| ControlError::NotFound(format!("unknown event {id}")))?;
+        serde_json::from_str(&json).map_err(|_| corrupt("event"))
+    }
+
+    async fn all(&self) -> Result<Vec<EventWithState>, ControlError> {
+        let mut connection = self.connection.clone();
+        let events: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.key("events"))
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let state_keys: Vec<String> = events
+            .iter()
+            .map(|(id, _)| self.key(&format!("state:{id}")))
+            .collect();
+        let states: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&state_keys)
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        let mut all = Vec::with_capacity(events.len());
+        for ((_, json), state) in events.iter().zip(states) {
+            let created: CreateEvent = serde_json::from_str(json).map_err(|_| corrupt("event"))?;
+            let state: Option<EventState> = state
+                .map(|s| serde_json::from_str(&s))
+                .transpose()
+                .map_err(|_| corrupt("state"))?;
+            all.push((summary(created, state.as_ref()), state));
+        }
+        all.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        Ok(all)
+    }
+}
+
+fn summary(created: CreateEvent, state: Option<&EventState>) -> EventSummary {
+    EventSummary {
+        topic: created.id.topic(),
+        id: created.id,
+        title: created.title,
+        starts_at: created.starts_at,
+        stages: created.stages,
+        stage: state.map(|s| s.stage.clone()),
+        version: state.map_or(0, |s| s.version),
+        published_at_ms: state.map(|s| s.published_at_ms),
+    }
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl EventStore for RedisEventStore {
+    fn create(&self, event: CreateEvent) -> BoxFuture<'_, Result<EventSummary, ControlError>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let json = serde_json::to_string(&event).map_err(|_| ControlError::StoreUnavailable)?;
+            let created: bool = redis::cmd("HSETNX")
+                .arg(self.key("events"))
+                .arg(event.id.as_str())
+                .arg(json)
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            if !created {
+                return Err(ControlError::Conflict(format!(
+                    "event {} already exists",
+                    event.id
+                )));
+            }
+            Ok(summary(event, None))
+        })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<EventSummary>, ControlError>> {
+        Box::pin(async move {
+            Ok(self
+                .all()
+                .await?
+                .into_iter()
+                .map(|(summary, _)| summary)
+                .collect())
+        })
+    }
+
+    fn get(&self, id: &EventId) -> BoxFuture<'_, Result<EventSummary, ControlError>> {
+        let id = id.clone();
+        Box::pin(async move {
+            let created = self.created(&id).await?;
+            let mut connection = self.connection.clone();
+            let state: Option<String> = redis::cmd("GET")
+                .arg(self.key(&format!("state:{id}")))
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            let state: Option<EventState> = state
+                .map(|s| serde_json::from_str(&s))
+                .transpose()
+                .map_err(|_| corrupt("state"))?;
+            Ok(summary(created, state.as_ref()))
+        })
+    }
+
+    fn next_state(
+        &self,
+        id: &EventId,
+        stage: Stage,
+        payload: Payload,
+    ) -> BoxFuture<'_, Result<NewState, ControlError>> {
+        let id = id.clone();
+        Box::pin(async move {
+            let created = self.created(&id).await?;
+            if !created.stages.contains(&stage) {
+                let stages: Vec<&str> = created.stages.iter().map(Stage::as_str).collect();
+                return Err(ControlError::invalid(
+                    "stage",
+                    format!(
+                        "stage {stage} is not one of event {id}'s stages ({})",
+                        stages.join(", ")
+                    ),
+                ));
+            }
+            let published_at_ms = unix_now_ms();
+            let mut connection = self.connection.clone();
+            let version: u64 = Script::new(NEXT_VERSION)
+                .key(self.key(&format!("version:{id}")))
+                .arg(published_at_ms)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            Ok(NewState {
+                state: EventState {
+                    topic: id.topic(),
+                    version,
+                    stage,
+                    published_at_ms,
+                    payload,
+                },
+            })
+        })
+    }
+
+    fn record_published(&self, state: &EventState) -> BoxFuture<'_, Result<(), ControlError>> {
+        let state = state.clone();
+        Box::pin(async move {
+            let json = serde_json::to_string(&state).map_err(|_| ControlError::StoreUnavailable)?;
+            let mut connection = self.connection.clone();
+            let _replaced: i64 = Script::new(RECORD_IF_NEWER)
+                .key(self.key(&format!("state:{}", state.topic.event_id())))
+                .arg(json)
+                .arg(state.version)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn with_states(&self) -> BoxFuture<'_, Result<Vec<EventWithState>, ControlError>> {
+        Box::pin(self.all())
+    }
+}
