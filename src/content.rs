@@ -113,7 +113,10 @@ pub struct ControlEvents {
 
 impl ControlEvents {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { store, last_known: Arc::default() }
+        Self {
+            store,
+            last_known: Arc::default(),
+        }
     }
 }
 
@@ -127,7 +130,10 @@ impl EventSource for ControlEvents {
     fn events(&self) -> BoxFuture<'_, Vec<LiveEvent>> {
         Box::pin(async move {
             let last_known = || {
-                self.last_known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+                self.last_known
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
             };
             match self.store.with_states().await {
                 Ok(events) => {
@@ -141,8 +147,10 @@ impl EventSource for ControlEvents {
                             state,
                         })
                         .collect();
-                    *self.last_known.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                        events.clone();
+                    *self
+                        .last_known
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = events.clone();
                     events
                 }
                 Err(error) => {

@@ -202,16 +202,7 @@ impl EventStore for RedisEventStore {
         let id = id.clone();
         Box::pin(async move {
             let created = self.created(&id).await?;
-            if !created.stages.contains(&stage) {
-                let stages: Vec<&str> = created.stages.iter().map(Stage::as_str).collect();
-                return Err(ControlError::invalid(
-                    "stage",
-                    format!(
-                        "stage {stage} is not one of event {id}'s stages ({})",
-                        stages.join(", ")
-                    ),
-                ));
-            }
+            crate::store::check_stage(&id, &created.stages, &stage)?;
             let published_at_ms = unix_now_ms();
             let mut connection = self.connection.clone();
             let version: u64 = Script::new(NEXT_VERSION)

@@ -72,6 +72,25 @@ fn unix_now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Refuses a stage the event does not define, naming the ones it does.
+pub(crate) fn check_stage(
+    id: &EventId,
+    stages: &[Stage],
+    stage: &Stage,
+) -> Result<(), ControlError> {
+    if stages.contains(stage) {
+        return Ok(());
+    }
+    let known: Vec<&str> = stages.iter().map(Stage::as_str).collect();
+    Err(ControlError::invalid(
+        "stage",
+        format!(
+            "stage {stage} is not one of event {id}'s stages ({})",
+            known.join(", ")
+        ),
+    ))
+}
+
 fn unknown_event(id: &EventId) -> ControlError {
     ControlError::NotFound(format!("unknown event {id}"))
 }
@@ -137,21 +156,7 @@ impl EventStore for MemoryEventStore {
             let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
             let published_at_ms = unix_now_ms();
             let record = events.get_mut(id).ok_or_else(|| unknown_event(id))?;
-            if !record.summary.stages.contains(&stage) {
-                return Err(ControlError::invalid(
-                    "stage",
-                    format!(
-                        "stage {stage} is not one of event {id}'s stages ({})",
-                        record
-                            .summary
-                            .stages
-                            .iter()
-                            .map(Stage::as_str)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ));
-            }
+            check_stage(id, &record.summary.stages, &stage)?;
             record.last_assigned = (record.last_assigned + 1).max(published_at_ms);
             let state = EventState {
                 topic: record.summary.topic.clone(),
