@@ -66,17 +66,33 @@ pub async fn load_catalog(source: &DatasetSource) -> anyhow::Result<Catalog> {
     Ok(catalog)
 }
 
+/// Redis calls fail after this long, so an unreachable Redis turns into a clear error (or stale
+/// data) instead of a hung request.
+pub const REDIS_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// One connection to Redis, shared by every store of the process; it reconnects by itself.
+pub async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url).with_context(|| format!("invalid Redis URL {url}"))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+        .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+        .set_number_of_retries(1);
+    client
+        .get_connection_manager_with_config(config)
+        .await
+        .with_context(|| format!("cannot reach Redis at {url}"))
+}
+
 pub async fn open_store(
     setup: &StoreSetup,
     catalog: &Arc<Catalog>,
 ) -> anyhow::Result<Arc<dyn PageStore>> {
     Ok(match setup {
         StoreSetup::Memory => Arc::new(MemoryPageStore::new(catalog.clone())),
-        StoreSetup::Redis { url, prefix } => Arc::new(
-            RedisPageStore::connect(url, prefix.clone())
-                .await
-                .with_context(|| format!("cannot reach Redis at {url}"))?,
-        ),
+        StoreSetup::Redis { url, prefix } => Arc::new(RedisPageStore::new(
+            connect_redis(url).await?,
+            prefix.clone(),
+        )),
     })
 }
 

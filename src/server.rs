@@ -124,11 +124,10 @@ pub async fn serve(
     // control instance and kept across restarts.
     let events: Arc<dyn EventStore> = match &config.prefetch.store {
         StoreSetup::Memory => Arc::new(MemoryEventStore::new()),
-        StoreSetup::Redis { url, prefix } => Arc::new(
-            control::RedisEventStore::connect(url, prefix.clone())
-                .await
-                .map_err(|error| anyhow::anyhow!("cannot reach Redis at {url}: {error}"))?,
-        ),
+        StoreSetup::Redis { url, prefix } => Arc::new(control::RedisEventStore::new(
+            crate::content::connect_redis(url).await?,
+            prefix.clone(),
+        )),
     };
     // The bus starts from the current state of every event the store knows, so a restarted
     // node serves exact catch-up at once.

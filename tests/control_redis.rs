@@ -27,12 +27,14 @@ fn event(id: &str) -> CreateEvent {
 #[tokio::test]
 async fn versions_from_two_instances_are_unique_and_increasing() {
     let keys = RedisKeys::new("versions");
-    let first = RedisEventStore::connect(&keys.url, keys.prefix.clone())
-        .await
-        .unwrap();
-    let second = RedisEventStore::connect(&keys.url, keys.prefix.clone())
-        .await
-        .unwrap();
+    let first = RedisEventStore::new(
+        ringside::content::connect_redis(&keys.url).await.unwrap(),
+        keys.prefix.clone(),
+    );
+    let second = RedisEventStore::new(
+        ringside::content::connect_redis(&keys.url).await.unwrap(),
+        keys.prefix.clone(),
+    );
     first.create(event("shared")).await.unwrap();
     let id = EventId::parse("shared").unwrap();
     let assign = |store: RedisEventStore, id: EventId| async move {

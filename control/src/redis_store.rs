@@ -58,20 +58,12 @@ fn corrupt(what: &str) -> ControlError {
 }
 
 impl RedisEventStore {
-    pub async fn connect(url: &str, prefix: impl Into<String>) -> Result<Self, ControlError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
-            .set_response_timeout(Some(std::time::Duration::from_millis(500)))
-            .set_number_of_retries(1);
-        let connection = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(unavailable)?;
-        Ok(Self {
+    /// Events under `prefix`, over a connection that reconnects by itself.
+    pub fn new(connection: redis::aio::ConnectionManager, prefix: impl Into<String>) -> Self {
+        Self {
             connection,
             prefix: prefix.into(),
-        })
+        }
     }
 
     fn key(&self, name: &str) -> String {

@@ -152,9 +152,6 @@ impl PageStore for MemoryPageStore {
 /// How long materialized pages live in Redis without being rewritten: long enough to outlast
 /// any event, short enough that pages of forgotten events go away by themselves.
 pub const REDIS_PAGE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Redis calls fail after this long, so an unreachable Redis turns into a clear error (or stale
-/// data) instead of a hung request.
-pub const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Pages in Redis under `<prefix>page:<event>:<profile>`.
 #[derive(Clone)]
@@ -176,21 +173,13 @@ fn unavailable(error: redis::RedisError) -> StoreError {
 }
 
 impl RedisPageStore {
-    /// Connects to `url` (e.g. `redis://127.0.0.1:6379/0`). The connection reconnects by itself.
-    pub async fn connect(url: &str, prefix: impl Into<String>) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_RESPONSE_TIMEOUT))
-            .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
-            .set_number_of_retries(1);
-        let connection = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(unavailable)?;
-        Ok(Self {
+    /// Pages under `prefix`, over a connection that reconnects by itself (see
+    /// `ringside::content::connect_redis`).
+    pub fn new(connection: redis::aio::ConnectionManager, prefix: impl Into<String>) -> Self {
+        Self {
             connection,
             prefix: prefix.into(),
-        })
+        }
     }
 
     fn key(&self, key: &PageKey) -> String {
