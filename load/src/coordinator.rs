@@ -133,6 +133,7 @@ struct Worker {
     child: Child,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
+    connected: usize,
     received: u64,
 }
 
@@ -145,7 +146,12 @@ impl Worker {
                 .await?
                 .context("worker exited early")?;
             if let Ok(report) = serde_json::from_str::<WorkerReport>(&line) {
-                if let WorkerReport::Progress { received } = report {
+                if let WorkerReport::Progress {
+                    connected,
+                    received,
+                } = report
+                {
+                    self.connected = connected;
                     self.received = received;
                 }
                 return Ok(report);
@@ -175,7 +181,8 @@ async fn wait_for_deliveries(
             received += worker.received;
         }
         if shown.elapsed() > Duration::from_secs(1) {
-            eprintln!("delivered {received}/{expected}");
+            let connected: usize = fleet.iter().map(|w| w.connected).sum();
+            eprintln!("connected {connected}, delivered {received}/{expected}");
             shown = Instant::now();
         }
         if received >= expected || Instant::now() >= deadline {
@@ -291,20 +298,28 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
             child,
             stdin,
             lines: BufReader::new(stdout).lines(),
+            connected: 0,
             received: 0,
         });
     }
 
     let mut connected = 0;
     let connect_started = Instant::now();
-    for worker in &mut fleet {
-        loop {
+    let mut ready = vec![false; fleet.len()];
+    let mut shown = Instant::now();
+    while ready.iter().any(|r| !r) {
+        for (index, worker) in fleet.iter_mut().enumerate() {
+            if ready[index] {
+                continue;
+            }
             if let WorkerReport::Ready {
                 connected: n,
                 failed,
                 first_error,
             } = worker.next_report().await?
             {
+                ready[index] = true;
+                worker.connected = n;
                 connected += n;
                 if failed > 0 {
                     eprintln!(
@@ -312,8 +327,12 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
                         first_error.unwrap_or_default()
                     );
                 }
-                break;
             }
+        }
+        if shown.elapsed() > Duration::from_secs(1) {
+            let so_far: usize = fleet.iter().map(|w| w.connected).sum();
+            eprintln!("connected and subscribed {so_far}/{}", plan.connections);
+            shown = Instant::now();
         }
     }
     eprintln!(

@@ -43,6 +43,17 @@ pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
     let counters = Arc::new(Counters::default());
     let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 86_400;
 
+    // Progress from the first connection on, for the coordinator's live display.
+    let progress_counters = counters.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            emit(&WorkerReport::Progress {
+                connected: progress_counters.connected.load(Ordering::Relaxed),
+                received: progress_counters.received.load(Ordering::Relaxed),
+            });
+        }
+    });
     let mean_gap = Duration::from_secs_f64(1.0 / plan.connect_rate.max(1.0));
     let key = match &plan.target {
         DeviceTarget::Ringside {
@@ -107,16 +118,6 @@ pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
         connected: counters.connected.load(Ordering::Acquire),
         failed: counters.failed.load(Ordering::Acquire),
         first_error,
-    });
-
-    let progress_counters = counters.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            emit(&WorkerReport::Progress {
-                received: progress_counters.received.load(Ordering::Relaxed),
-            });
-        }
     });
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();

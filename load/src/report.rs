@@ -113,13 +113,13 @@ impl FanoutReport {
             );
         }
         println!(
-            "{:>8} {:>16} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:>14} {:>16} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "version", "delivered", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "last ms"
         );
         for update in &self.updates {
             let l = &update.latency;
             println!(
-                "{:>8} {:>16} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                "{:>14} {:>16} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
                 update.version,
                 format!("{}/{}", update.delivered, update.expected),
                 l.p50_ms,

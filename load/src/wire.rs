@@ -47,7 +47,12 @@ pub enum WorkerReport {
         first_error: Option<String>,
     },
     /// Periodic count of states received.
-    Progress { received: u64 },
+    Progress {
+        /// Devices connected and subscribed so far.
+        #[serde(default)]
+        connected: usize,
+        received: u64,
+    },
     /// Final samples: per version, the latency of each delivery in microseconds.
     Done {
         samples: BTreeMap<u64, Vec<u64>>,
