@@ -336,31 +336,23 @@ async fn persisted_queries_work_over_cacheable_gets() {
     let extensions = json!({ "persistedQuery": { "version": 1, "sha256Hash": hash } }).to_string();
     let get_path = format!("/graphql?extensions={}", percent_encode(&extensions));
     let bearer = format!("Bearer {device}");
+    let get = |path: &str| {
+        let (base, path, bearer) = (server.base.clone(), path.to_owned(), bearer.clone());
+        async move {
+            client::http::call(&base, "GET", &path, &[("authorization", &bearer)], None)
+                .await
+                .unwrap()
+        }
+    };
 
     // Unknown hash first: the client then sends the text once.
-    let first = client::http::call(
-        &server.base,
-        "GET",
-        &get_path,
-        &[("authorization", &bearer)],
-        None,
-    )
-    .await
-    .unwrap();
+    let first = get(&get_path).await;
     let body: Value = serde_json::from_slice(&first.body).unwrap();
     assert_eq!(error_code(&body), "PERSISTED_QUERY_NOT_FOUND");
     let (_, registered) = server.graphql(&device, json!({ "query": query, "extensions": { "persistedQuery": { "version": 1, "sha256Hash": hash } } })).await;
     assert_eq!(registered["data"]["prefetch"]["profileId"], "p000005");
 
-    let cached = client::http::call(
-        &server.base,
-        "GET",
-        &get_path,
-        &[("authorization", &bearer)],
-        None,
-    )
-    .await
-    .unwrap();
+    let cached = get(&get_path).await;
     assert_eq!(cached.status, 200);
     let body: Value = serde_json::from_slice(&cached.body).unwrap();
     assert_eq!(body["data"]["prefetch"]["profileId"], "p000005");
