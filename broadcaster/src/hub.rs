@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
-use bytes::Bytes;
 use protocol::admin::TopicStats;
 use protocol::{EventState, Topic};
 use telemetry::{Counter, Registry};
 use tokio::sync::watch;
+use tungstenite::Utf8Bytes;
 
 use crate::mailbox::{Mailbox, Offer};
 
@@ -30,8 +30,9 @@ pub struct EncodedState {
     pub topic: Topic,
     pub version: u64,
     pub published_at_ms: u64,
-    /// The complete JSON text of the `state` frame (valid UTF-8).
-    pub frame: Bytes,
+    /// The complete JSON text of the `state` frame, as the WebSocket text payload itself:
+    /// every connection sends a clone of it (a reference count, no copy and no UTF-8 check).
+    pub frame: Utf8Bytes,
     /// When this node encoded it: the start of the node's own fan-out.
     pub encoded_at: Instant,
 }
@@ -42,7 +43,7 @@ impl EncodedState {
             topic: state.topic.clone(),
             version: state.version,
             published_at_ms: state.published_at_ms,
-            frame: protocol::frame::encode_state(state),
+            frame: Utf8Bytes::from(protocol::frame::encode_state(state)),
             encoded_at: Instant::now(),
         }
     }

@@ -319,7 +319,7 @@ impl Session {
         let written = async {
             for delivery in batch {
                 socket
-                    .feed(Message::Text(shared_text(&delivery.state.frame)))
+                    .feed(Message::Text(delivery.state.frame.clone()))
                     .await?;
             }
             socket.flush().await
@@ -410,12 +410,6 @@ async fn bounded_write(
         Ok(Err(_)) => Err(Ending::Gone),
         Err(_elapsed) => Err(Ending::SlowConsumer),
     }
-}
-
-/// The state frame as a text message sharing the hub's bytes. The hub encoded the frame with
-/// serde_json, so the bytes are UTF-8; the check below is a short scan, not a copy.
-fn shared_text(frame: &Bytes) -> Utf8Bytes {
-    Utf8Bytes::try_from(frame.clone()).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
 }
 
 fn unix_now_ms() -> u64 {

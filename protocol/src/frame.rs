@@ -301,7 +301,7 @@ impl ServerFrame {
 }
 
 /// Encodes a `state` frame once, for every connection that receives it.
-pub fn encode_state(state: &EventState) -> bytes::Bytes {
+pub fn encode_state(state: &EventState) -> String {
     #[derive(Serialize)]
     struct StateFrame<'a> {
         #[serde(rename = "type")]
@@ -313,9 +313,7 @@ pub fn encode_state(state: &EventState) -> bytes::Bytes {
         kind: "state",
         state,
     };
-    serde_json::to_vec(&frame)
-        .unwrap_or_else(|_| unreachable!("states always encode"))
-        .into()
+    serde_json::to_string(&frame).unwrap_or_else(|_| unreachable!("states always encode"))
 }
 
 #[cfg(test)]
@@ -379,14 +377,13 @@ mod tests {
             published_at_ms: 1_700_000_000_000,
             payload: Payload::parse(r#"{"z":1, "a":"é"}"#).expect("payload"),
         };
-        let bytes = encode_state(&state);
-        let text = std::str::from_utf8(&bytes).expect("utf-8");
+        let text = encode_state(&state);
         assert_eq!(
             text,
             r#"{"type":"state","topic":"event:x","version":7,"stage":"LIVE","published_at_ms":1700000000000,"payload":{"z":1, "a":"é"}}"#
         );
         assert_eq!(
-            ServerFrame::decode(text).expect("decodes"),
+            ServerFrame::decode(&text).expect("decodes"),
             ServerFrame::State(state.clone())
         );
         assert_eq!(ServerFrame::State(state).encode(), text);
