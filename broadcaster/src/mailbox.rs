@@ -85,10 +85,6 @@ impl Mailbox {
         slots.len() != before
     }
 
-    pub fn topic_count(&self) -> usize {
-        self.slots().len()
-    }
-
     /// Offers a state from a live fan-out; wakes the connection when it was queued.
     pub fn offer(&self, state: &Arc<EncodedState>) -> Offer {
         self.offer_delivery(state, false)

@@ -153,12 +153,6 @@ impl DeviceConnection {
         Ok(())
     }
 
-    /// Sends raw text (for tests of bad input).
-    pub async fn send_text(&mut self, text: impl Into<String>) -> Result<(), ClientError> {
-        self.socket.send(Message::Text(text.into().into())).await?;
-        Ok(())
-    }
-
     /// Sends a raw message (for tests of bad input).
     pub async fn send_message(&mut self, message: Message) -> Result<(), ClientError> {
         self.socket.send(message).await?;

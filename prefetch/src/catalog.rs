@@ -60,10 +60,6 @@ impl GenreSet {
         self.0 == 0
     }
 
-    pub fn names(self) -> Vec<&'static str> {
-        self.iter().map(|g| GENRES[g]).collect()
-    }
-
     fn from_names(names: &[String], line: usize) -> Result<Self, CatalogError> {
         let mut set = Self::default();
         for name in names {
