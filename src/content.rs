@@ -83,6 +83,33 @@ pub async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionMa
         .with_context(|| format!("cannot reach Redis at {url}"))
 }
 
+/// Redis as a gateway node uses it: not needed to start or to serve devices, connected when it
+/// first answers, and reconnecting by itself afterwards.
+#[derive(Debug)]
+pub struct RedisLink {
+    pub url: String,
+    pub prefix: String,
+    connection: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+}
+
+impl RedisLink {
+    pub fn new(url: &str, prefix: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            connection: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The connection, made now if it was not yet (an error when Redis does not answer).
+    pub async fn connection(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        self.connection
+            .get_or_try_init(|| connect_redis(&self.url))
+            .await
+            .cloned()
+    }
+}
+
 pub async fn open_store(
     setup: &StoreSetup,
     catalog: &Arc<Catalog>,

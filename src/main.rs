@@ -18,7 +18,7 @@ use protocol::{EventId, Payload, Stage};
 use ringside::content::{self, CatalogEvents, DatasetSource, MaterializeMode, StoreSetup};
 use ringside::http::HttpConfig;
 use ringside::secrets::{self, SecretSource, Secrets};
-use ringside::server::PrefetchSetup;
+use ringside::server::{BusSetup, PrefetchSetup, Role};
 use ringside::{ServeConfig, serve};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -36,8 +36,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the whole platform in one process (embedded bus and store).
+    /// Run the whole platform in one process (embedded bus and store unless Kafka and Redis
+    /// are configured).
     Serve(Box<ServeArgs>),
+    /// Run a WebSocket gateway node that follows the Kafka bus (needs RINGSIDE_KAFKA_BROKERS).
+    Gateway(Box<ServeArgs>),
+    /// Run a control-plane instance: the admin API and prefetch GraphQL (needs
+    /// RINGSIDE_KAFKA_BROKERS and RINGSIDE_REDIS_URL; run several).
+    Control(Box<ServeArgs>),
     /// Print a device token (or, with --admin, the admin token).
     Token(TokenArgs),
     /// Operate events through the admin API.
@@ -280,6 +286,59 @@ impl SecretArgs {
     }
 }
 
+/// Tier 1 on Kafka. Unset, the process uses its embedded in-memory bus.
+#[derive(Args)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers (comma-separated host:port); switches tier 1 to Kafka.
+    #[arg(long, env = "RINGSIDE_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    #[arg(long, env = "RINGSIDE_KAFKA_TOPIC", default_value = kafka::DEFAULT_TOPIC)]
+    kafka_topic: String,
+    /// librdkafka properties (key=value lines) for every Kafka client: TLS, SASL, tuning.
+    #[arg(long, env = "RINGSIDE_KAFKA_CONFIG_FILE")]
+    kafka_config_file: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "RINGSIDE_KAFKA_PARTITIONS",
+        help = "Partitions when Ringside creates the topic [default: the broker's]"
+    )]
+    kafka_partitions: Option<i32>,
+    #[arg(
+        long,
+        env = "RINGSIDE_KAFKA_REPLICATION",
+        help = "Replication factor when Ringside creates the topic [default: the broker's]"
+    )]
+    kafka_replication: Option<i32>,
+    #[arg(
+        long,
+        env = "RINGSIDE_KAFKA_PUBLISH_TIMEOUT_MS",
+        help = "A publish not acknowledged by then answers 503 [default: 5000]"
+    )]
+    kafka_publish_timeout_ms: Option<u64>,
+}
+
+impl KafkaArgs {
+    fn setup(&self) -> anyhow::Result<BusSetup> {
+        let Some(brokers) = &self.kafka_brokers else {
+            return Ok(BusSetup::Memory);
+        };
+        let mut config = kafka::KafkaConfig::new(brokers.clone());
+        config.topic = self.kafka_topic.clone();
+        config.partitions = self.kafka_partitions;
+        config.replication = self.kafka_replication;
+        if let Some(ms) = self.kafka_publish_timeout_ms {
+            config.publish_timeout = Duration::from_millis(ms);
+        }
+        if let Some(path) = &self.kafka_config_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            config.options = kafka::KafkaConfig::parse_options(&text)
+                .with_context(|| format!("in {}", path.display()))?;
+        }
+        Ok(BusSetup::Kafka(config))
+    }
+}
+
 #[derive(Args)]
 struct ServeArgs {
     /// Address to listen on; port 0 picks a free port.
@@ -307,6 +366,8 @@ struct ServeArgs {
     secrets: SecretArgs,
     #[command(flatten)]
     prefetch: PrefetchArgs,
+    #[command(flatten)]
+    kafka: KafkaArgs,
     /// This node's id (default: host name and a random suffix).
     #[arg(long, env = "RINGSIDE_NODE_ID")]
     node_id: Option<String>,
@@ -550,7 +611,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Serve(args) => run_serve(*args).await,
+        Command::Serve(args) => run_serve(*args, Role::All).await,
+        Command::Gateway(args) => run_serve(*args, Role::Gateway).await,
+        Command::Control(args) => run_serve(*args, Role::Control).await,
         Command::Token(args) => {
             let secrets = args.secrets.resolve()?;
             if args.admin {
@@ -622,7 +685,7 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn run_serve(args: ServeArgs, role: Role) -> anyhow::Result<()> {
     let state_dir = args.secrets.state_dir();
     let (device_token_secret, admin_token) = args.secrets.configured()?;
     let (secrets, source) = secrets::for_server(
@@ -643,6 +706,8 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let http_defaults = HttpConfig::default();
     let config = ServeConfig {
+        role,
+        bus: args.kafka.setup()?,
         gateway: args.gateway_config(),
         http: HttpConfig {
             max_pending_connections: args
@@ -695,12 +760,30 @@ async fn wait_for_signal() {
 
 fn print_banner(address: SocketAddr, config: &ServeConfig, source: &SecretSource) {
     let node = &config.gateway.node_id;
+    let role = match config.role {
+        Role::All => "gateway and control",
+        Role::Gateway => "gateway",
+        Role::Control => "control",
+    };
+    let bus = match &config.bus {
+        BusSetup::Memory => "embedded bus".to_owned(),
+        BusSetup::Kafka(kafka) => format!("Kafka {} topic {}", kafka.brokers, kafka.topic),
+    };
+    let store = match &config.prefetch.store {
+        StoreSetup::Memory => "embedded store",
+        StoreSetup::Redis { .. } => "Redis store",
+    };
     println!(
-        "ringside {} listening on {address} (node {node}; embedded bus and store)",
+        "ringside {} listening on {address} (node {node}: {role}; {bus}; {store})",
         env!("CARGO_PKG_VERSION")
     );
-    println!("  devices    ws://{address}/v1/ws?token=<device token>");
-    println!("  admin API  http://{address}/v1/admin  (Authorization: Bearer <admin token>)");
+    if config.role.serves_devices() {
+        println!("  devices    ws://{address}/v1/ws?token=<device token>");
+    }
+    if config.role.serves_control() {
+        println!("  admin API  http://{address}/v1/admin  (Authorization: Bearer <admin token>)");
+        println!("  prefetch   http://{address}/graphql");
+    }
     println!("  metrics    http://{address}/metrics   health: http://{address}/healthz");
     println!("  console    not available yet");
     println!("  device token:  ringside token --device tv-1 --profile p-1 --class tv");

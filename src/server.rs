@@ -1,7 +1,11 @@
-//! One process serving everything: the WebSocket gateway, the admin API, `/healthz` and
-//! `/metrics`, over the embedded in-memory bus and event store.
+//! A Ringside process in one of its roles: the gateway (WebSocket devices), the control plane
+//! (admin API and prefetch GraphQL), or both. `/healthz` and `/metrics` are always served.
+//!
+//! What the process runs on is configuration, not code: the embedded bus and store, or Kafka
+//! (tier 1) and Redis (events, versions, current states, prefetch pages, the node registry).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use auth::{AdminToken, DeviceTokenKey};
 use axum::Router;
@@ -9,25 +13,65 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use broadcaster::{Bus, Hub, HubMetrics, MemoryBus, run_bus_consumer};
-use control::{ControlPlane, EventStore, MemoryEventStore, StatsSource};
+use broadcaster::{Applied, Bus, Hub, HubMetrics, MemoryBus, run_bus_consumer};
+use control::nodes::HEARTBEAT_INTERVAL;
+use control::{
+    ClusterStats, ControlError, ControlPlane, EventStore, MemoryEventStore, NodeRegistry,
+    NodeReport, RedisEventStore, StatsSource,
+};
 use gateway::{DrainReport, Gateway, GatewayConfig, GatewayMetrics};
+use kafka::{KafkaBus, KafkaConfig};
+use prefetch::store::{MemoryPageStore, PageStore, RedisPageStore};
 use prefetch::{PrefetchConfig, PrefetchService};
 use protocol::admin::{ApiError, ApiErrorCode, Stats};
-use telemetry::Registry;
+use telemetry::{Counter, Registry};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::content::{ControlEvents, DatasetSource, MaterializeMode, StoreSetup};
+use crate::content::{ControlEvents, DatasetSource, MaterializeMode, RedisLink, StoreSetup};
 use crate::http::{HttpConfig, serve_http};
 use crate::secrets::Secrets;
 
-/// Everything `serve` needs, validated before it binds anything.
+/// What a process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything in one process (`ringside serve`).
+    All,
+    /// WebSocket devices only, following the Kafka bus (`ringside gateway`).
+    Gateway,
+    /// The admin API and prefetch GraphQL (`ringside control`); stateless, run several.
+    Control,
+}
+
+impl Role {
+    pub fn serves_devices(self) -> bool {
+        matches!(self, Self::All | Self::Gateway)
+    }
+
+    pub fn serves_control(self) -> bool {
+        matches!(self, Self::All | Self::Control)
+    }
+}
+
+/// Tier 1.
+#[derive(Debug, Clone)]
+pub enum BusSetup {
+    /// In-process: one node only.
+    Memory,
+    Kafka(KafkaConfig),
+}
+
+/// Everything a process needs, validated before it binds anything.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    pub role: Role,
+    pub bus: BusSetup,
     pub gateway: GatewayConfig,
     pub http: HttpConfig,
     pub secrets: Secrets,
+    /// Prefetch settings; `prefetch.store` also decides where events and the node registry
+    /// live (Redis when set).
     pub prefetch: PrefetchSetup,
 }
 
@@ -43,10 +87,25 @@ pub struct PrefetchSetup {
 impl ServeConfig {
     /// Checks every setting and secret; runs before anything binds.
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.gateway.validate()?;
+        if self.role.serves_devices() {
+            self.gateway.validate()?;
+        }
         DeviceTokenKey::new(self.secrets.device_token_secret.as_bytes())?;
         AdminToken::new(&self.secrets.admin_token)?;
-        Ok(())
+        let kafka = matches!(self.bus, BusSetup::Kafka(_));
+        let redis = matches!(self.prefetch.store, StoreSetup::Redis { .. });
+        match self.role {
+            Role::Gateway if !kafka => anyhow::bail!(
+                "`ringside gateway` follows the Kafka bus: set RINGSIDE_KAFKA_BROKERS \
+                 (or run everything in one process with `ringside serve`)"
+            ),
+            Role::Control if !(kafka && redis) => anyhow::bail!(
+                "`ringside control` publishes to Kafka and keeps events and versions in Redis, \
+                 shared by every instance: set RINGSIDE_KAFKA_BROKERS and RINGSIDE_REDIS_URL \
+                 (or run everything in one process with `ringside serve`)"
+            ),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -56,24 +115,29 @@ struct LocalStats {
 }
 
 impl StatsSource for LocalStats {
-    fn stats(&self) -> broadcaster::BoxFuture<'_, Stats> {
+    fn stats(&self) -> broadcaster::BoxFuture<'_, Result<Stats, ControlError>> {
         let stats = Stats {
             nodes: vec![self.gateway.node_stats()],
             topics: self.gateway.hub().topic_stats(),
         };
-        Box::pin(async move { stats })
+        Box::pin(async move { Ok(stats) })
     }
 }
 
 #[derive(Debug, Clone)]
 struct Operations {
     registry: Arc<Registry>,
-    gateway: Arc<Gateway>,
+    gateway: Option<Arc<Gateway>>,
+    node: String,
     shutdown: CancellationToken,
 }
 
 async fn healthz(State(ops): State<Operations>) -> Response {
-    let ready = ops.gateway.hub().is_ready() && !ops.shutdown.is_cancelled();
+    let ready = ops
+        .gateway
+        .as_ref()
+        .is_none_or(|gateway| gateway.hub().is_ready())
+        && !ops.shutdown.is_cancelled();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -81,7 +145,7 @@ async fn healthz(State(ops): State<Operations>) -> Response {
     };
     let body = serde_json::json!({
         "status": if ready { "ok" } else { "unavailable" },
-        "node": ops.gateway.node_id(),
+        "node": ops.node,
     });
     (status, axum::Json(body)).into_response()
 }
@@ -108,86 +172,334 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<DrainReport> {
     config.validate()?;
-    let device_key = DeviceTokenKey::new(config.secrets.device_token_secret.as_bytes())?;
-    let admin_token = AdminToken::new(&config.secrets.admin_token)?;
-
+    let address = listener.local_addr()?;
     let registry = Registry::new();
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
-    let hub = Arc::new(Hub::new(HubMetrics::new(&registry)));
-    let gateway = Gateway::new(
-        config.gateway,
-        hub.clone(),
-        device_key,
-        GatewayMetrics::new(&registry),
-    );
-    // With Redis configured, events, versions and current states live there: shared by every
-    // control instance and kept across restarts.
-    let events: Arc<dyn EventStore> = match &config.prefetch.store {
-        StoreSetup::Memory => Arc::new(MemoryEventStore::new()),
-        StoreSetup::Redis { url, prefix } => Arc::new(control::RedisEventStore::new(
-            crate::content::connect_redis(url).await?,
-            prefix.clone(),
-        )),
+    let bus: Arc<dyn Bus> = match &config.bus {
+        BusSetup::Memory => Arc::new(MemoryBus::new()),
+        BusSetup::Kafka(kafka) => Arc::new(KafkaBus::connect(kafka.clone(), &registry).await?),
     };
-    // The bus starts from the current state of every event the store knows, so a restarted
-    // node serves exact catch-up at once.
-    for (_, state) in events.with_states().await? {
-        if let Some(state) = state {
-            bus.publish(state).await?;
-        }
+    let redis = match &config.prefetch.store {
+        StoreSetup::Memory => None,
+        StoreSetup::Redis { url, prefix } => Some(Arc::new(RedisLink::new(url, prefix))),
+    };
+    // Stopped after the drain, so that a draining node still reports itself (as not ready).
+    let stopped = CancellationToken::new();
+
+    let node = if config.role.serves_devices() {
+        Some(
+            Node::start(
+                config.gateway.clone(),
+                &config.secrets,
+                bus.as_ref(),
+                redis.clone(),
+                &registry,
+                address.to_string(),
+                &stopped,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let mut router = Router::new();
+    let mut background = Vec::new();
+    if config.role.serves_control() {
+        let (control_router, materializer) = start_control(
+            &config,
+            bus.clone(),
+            redis.as_deref(),
+            node.as_ref().map(|n| n.gateway.clone()),
+            &registry,
+            &shutdown,
+        )
+        .await?;
+        router = router.merge(control_router);
+        background.extend(materializer);
     }
-    let catalog = Arc::new(crate::content::load_catalog(&config.prefetch.dataset).await?);
-    crate::content::seed_events(&catalog, events.as_ref()).await?;
-    let pages = crate::content::open_store(&config.prefetch.store, &catalog).await?;
-    let prefetch = PrefetchService::new(
-        catalog,
-        pages,
-        Arc::new(ControlEvents::new(events.clone())),
-        DeviceTokenKey::new(config.secrets.device_token_secret.as_bytes())?,
-        config.prefetch.config.clone(),
-        &registry,
-    );
-    let control = ControlPlane::new(
-        events,
-        bus.clone(),
-        Arc::new(LocalStats {
-            gateway: gateway.clone(),
-        }),
-        admin_token,
-        &registry,
-    );
-
-    // The node serves subscriptions only once it holds the latest state of every topic.
-    let consumer_shutdown = shutdown.child_token();
-    let consumer_hub = hub.clone();
-    let feed = bus.subscribe();
-    let consumer = tokio::spawn(async move {
-        let result = run_bus_consumer(feed, consumer_hub.clone(), consumer_shutdown).await;
-        if let Err(error) = result {
-            // The node can no longer follow state changes: report unready so that the load
-            // balancer moves devices elsewhere, and say why.
-            tracing::error!(%error, "bus consumer stopped; node is unready");
-            consumer_hub.mark_unready();
-        }
-    });
-    hub.wait_ready().await;
-
+    if let Some(node) = &node {
+        router = router.merge(node.gateway.router());
+    }
     let operations = Operations {
         registry,
-        gateway: gateway.clone(),
+        gateway: node.as_ref().map(|n| n.gateway.clone()),
+        node: config.gateway.node_id.clone(),
         shutdown: shutdown.clone(),
     };
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(operations)
-        .merge(gateway.router())
-        .merge(control.router())
-        .merge(prefetch::http::router(prefetch.clone()))
+        .merge(router)
         .fallback(not_found);
 
+    let grace = config.gateway.shutdown_grace;
+    let http = serve_http(listener, router, config.http, shutdown.clone(), grace);
+    let drain = async {
+        shutdown.cancelled().await;
+        match &node {
+            Some(node) => node.gateway.drain().await,
+            None => DrainReport::default(),
+        }
+    };
+    let (_http_drained, report) = tokio::join!(http, drain);
+    stopped.cancel();
+    if let Some(node) = node {
+        node.stop().await;
+    }
+    for task in background {
+        task.abort();
+    }
+    Ok(report)
+}
+
+/// How often a gateway node compares its states with the event store's, to repair anything the
+/// bus lost (a broker that came back empty) or delivered out of reach.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The gateway side of a process: the hub, its sessions, and the tasks that keep it current.
+struct Node {
+    gateway: Arc<Gateway>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    async fn start(
+        config: GatewayConfig,
+        secrets: &Secrets,
+        bus: &dyn Bus,
+        redis: Option<Arc<RedisLink>>,
+        registry: &Arc<Registry>,
+        address: String,
+        stopped: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let hub = Arc::new(Hub::new(HubMetrics::new(registry)));
+        let gateway = Gateway::new(
+            config,
+            hub.clone(),
+            DeviceTokenKey::new(secrets.device_token_secret.as_bytes())?,
+            GatewayMetrics::new(registry),
+        );
+        let mut tasks = Vec::new();
+        if let Some(redis) = &redis {
+            let repaired = registry.counter(
+                "ringside_states_reconciled_total",
+                "States this node took from the event store because the bus had not delivered them.",
+            );
+            // The node starts from the store's current states (when Redis answers), then reads
+            // the bus: together they give exact catch-up even if the bus lost its log.
+            for state in store_states(redis).await.unwrap_or_default() {
+                hub.apply(&state);
+            }
+            tasks.push(tokio::spawn(run_reconciler(
+                redis.clone(),
+                hub.clone(),
+                repaired,
+                stopped.clone(),
+            )));
+            tasks.push(tokio::spawn(run_node_reports(
+                redis.clone(),
+                gateway.clone(),
+                address,
+                stopped.clone(),
+            )));
+        }
+        let consumer_hub = hub.clone();
+        let feed = bus.subscribe();
+        let consumer_stop = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = run_bus_consumer(feed, consumer_hub.clone(), consumer_stop).await;
+            if let Err(error) = result {
+                // The node can no longer follow state changes: report unready so that the
+                // load balancer moves devices elsewhere, and say why.
+                tracing::error!(%error, "bus consumer stopped; node is unready");
+                consumer_hub.mark_unready();
+            }
+        }));
+        // The node serves subscriptions only once it holds the latest state of every topic.
+        if !hub.is_ready() {
+            tracing::info!("reading the bus before accepting devices");
+        }
+        hub.wait_ready().await;
+        Ok(Self { gateway, tasks })
+    }
+
+    /// After the drain: the registry entry goes (the reporter removes it), then the tasks.
+    async fn stop(self) {
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+    }
+}
+
+/// The event store's current states, or `None` when Redis does not answer.
+async fn store_states(redis: &RedisLink) -> Option<Vec<protocol::EventState>> {
+    let connection = redis.connection().await.ok()?;
+    let events = RedisEventStore::new(connection, redis.prefix.clone())
+        .with_states()
+        .await
+        .ok()?;
+    Some(events.into_iter().filter_map(|(_, state)| state).collect())
+}
+
+/// Every [`RECONCILE_INTERVAL`], applies the store's states that the hub still lacks a moment
+/// after it first saw them lacking (a state published just now may be in the store before it
+/// arrives through the bus). Counts and logs each one: the bus should have delivered it.
+async fn run_reconciler(
+    redis: Arc<RedisLink>,
+    hub: Arc<Hub>,
+    repaired: Arc<Counter>,
+    stopped: CancellationToken,
+) {
+    let pause = |duration| {
+        let stopped = stopped.clone();
+        async move {
+            tokio::select! {
+                () = stopped.cancelled() => false,
+                () = tokio::time::sleep(duration) => true,
+            }
+        }
+    };
+    while pause(RECONCILE_INTERVAL).await {
+        let Some(states) = store_states(&redis).await else {
+            continue;
+        };
+        let missing: Vec<_> = states
+            .into_iter()
+            .filter(|state| hub.version(&state.topic) < state.version)
+            .collect();
+        if missing.is_empty() || !pause(Duration::from_secs(1)).await {
+            continue;
+        }
+        for state in missing {
+            if let Applied::FannedOut { .. } = hub.apply(&state) {
+                repaired.increment();
+                tracing::warn!(topic = %state.topic, version = state.version, "state missing from the bus taken from the event store");
+            }
+        }
+    }
+}
+
+/// Reports this node to the registry every [`HEARTBEAT_INTERVAL`] until `stopped`, then removes
+/// it. A Redis outage is logged once and the reports resume by themselves.
+async fn run_node_reports(
+    redis: Arc<RedisLink>,
+    gateway: Arc<Gateway>,
+    address: String,
+    stopped: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reachable = true;
+    loop {
+        tokio::select! {
+            () = stopped.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let report = NodeReport {
+            node: protocol::admin::NodeStats {
+                address: Some(address.clone()),
+                ..gateway.node_stats()
+            },
+            topics: gateway.hub().topic_stats(),
+            reported_at_ms: unix_now_ms(),
+        };
+        let result = match redis.connection().await {
+            Ok(connection) => NodeRegistry::new(connection, redis.prefix.clone())
+                .report(&report)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(()) if !reachable => {
+                reachable = true;
+                tracing::info!("node registry reachable again");
+            }
+            Err(error) if reachable => {
+                reachable = false;
+                tracing::warn!(%error, "node registry unavailable; devices are unaffected, reports resume when Redis answers");
+            }
+            _ => {}
+        }
+    }
+    if let Ok(connection) = redis.connection().await {
+        let node = gateway.node_id();
+        if let Err(error) = NodeRegistry::new(connection, redis.prefix.clone())
+            .remove(node)
+            .await
+        {
+            tracing::warn!(%error, "could not remove this node from the registry; it expires by itself");
+        }
+    }
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The control side of a process: the admin API and the prefetch service, plus the background
+/// materializer when configured.
+async fn start_control(
+    config: &ServeConfig,
+    bus: Arc<dyn Bus>,
+    redis: Option<&RedisLink>,
+    local_gateway: Option<Arc<Gateway>>,
+    registry: &Arc<Registry>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Router, Option<JoinHandle<()>>)> {
+    let catalog = Arc::new(crate::content::load_catalog(&config.prefetch.dataset).await?);
+    // With Redis, events, versions and current states live there, shared by every control
+    // instance and kept across restarts; so do the prefetch pages and the node registry.
+    let (events, pages, stats): (
+        Arc<dyn EventStore>,
+        Arc<dyn PageStore>,
+        Arc<dyn StatsSource>,
+    ) = match (redis, local_gateway) {
+        (Some(redis), _) => {
+            let connection = redis.connection().await?;
+            (
+                Arc::new(RedisEventStore::new(
+                    connection.clone(),
+                    redis.prefix.clone(),
+                )),
+                Arc::new(RedisPageStore::new(
+                    connection.clone(),
+                    redis.prefix.clone(),
+                )),
+                Arc::new(ClusterStats {
+                    registry: NodeRegistry::new(connection, redis.prefix.clone()),
+                }),
+            )
+        }
+        (None, Some(gateway)) => (
+            Arc::new(MemoryEventStore::new()),
+            Arc::new(MemoryPageStore::new(catalog.clone())),
+            Arc::new(LocalStats { gateway }),
+        ),
+        (None, None) => anyhow::bail!("a control plane without Redis needs a local gateway"),
+    };
+    crate::content::seed_events(&catalog, events.as_ref()).await?;
+    let prefetch = PrefetchService::new(
+        catalog,
+        pages,
+        Arc::new(ControlEvents::new(events.clone())),
+        DeviceTokenKey::new(config.secrets.device_token_secret.as_bytes())?,
+        config.prefetch.config.clone(),
+        registry,
+    );
+    let control = ControlPlane::new(
+        events,
+        bus,
+        stats,
+        AdminToken::new(&config.secrets.admin_token)?,
+        registry,
+    );
+    let router = control
+        .router()
+        .merge(prefetch::http::router(prefetch.clone()));
     let materializer = (config.prefetch.materialize == MaterializeMode::Background).then(|| {
-        let prefetch = prefetch.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -206,17 +518,5 @@ pub async fn serve(
             }
         })
     });
-
-    let grace = gateway.shutdown_grace();
-    let http = serve_http(listener, router, config.http, shutdown.clone(), grace);
-    let drain = async {
-        shutdown.cancelled().await;
-        gateway.drain().await
-    };
-    let (_http_drained, report) = tokio::join!(http, drain);
-    consumer.abort();
-    if let Some(materializer) = materializer {
-        materializer.abort();
-    }
-    Ok(report)
+    Ok((router, materializer))
 }

@@ -280,6 +280,6 @@ async fn publish(
     Ok(axum::Json(receipt).into_response())
 }
 
-async fn stats(State(control): State<Arc<ControlPlane>>) -> Response {
-    axum::Json(control.stats.stats().await).into_response()
+async fn stats(State(control): State<Arc<ControlPlane>>) -> Result<Response, ControlError> {
+    Ok(axum::Json(control.stats.stats().await?).into_response())
 }

@@ -5,12 +5,14 @@
 //!   the in-memory store of a single-process deployment.
 //! - [`redis_store`]: the same in Redis, shared by every control-plane instance and kept across
 //!   restarts.
+//! - [`nodes`]: the node registry in Redis that cross-node stats are aggregated from.
 //! - [`api`]: the admin API under `/v1/admin`, behind the admin bearer token.
 //!
 //! A publish is validated, given the next version of its event by the store, accepted by the
 //! tier-1 [`broadcaster::Bus`], and only then answered.
 
 pub mod api;
+pub mod nodes;
 pub mod redis_store;
 pub mod store;
 
@@ -20,6 +22,7 @@ use broadcaster::{BoxFuture, BroadcastError};
 use protocol::admin::{ApiError, ApiErrorCode, Stats};
 
 pub use api::ControlPlane;
+pub use nodes::{ClusterStats, NodeRegistry, NodeReport};
 pub use redis_store::RedisEventStore;
 pub use store::{EventStore, MemoryEventStore};
 
@@ -78,7 +81,7 @@ impl ControlError {
 /// Where `GET /v1/admin/stats` gets its numbers: the local node in a single-process
 /// deployment, the node registry across many.
 pub trait StatsSource: Send + Sync + 'static {
-    fn stats(&self) -> BoxFuture<'_, Stats>;
+    fn stats(&self) -> BoxFuture<'_, Result<Stats, ControlError>>;
 }
 
 pub type SharedStats = Arc<dyn StatsSource>;

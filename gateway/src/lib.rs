@@ -110,7 +110,7 @@ impl Drop for SessionPermit {
 }
 
 /// How a drain ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DrainReport {
     pub sessions_at_start: u64,
     /// Sessions still open when the grace period ran out (0 when the drain finished).
@@ -160,6 +160,9 @@ impl Gateway {
         NodeStats {
             node: self.config.node_id.clone(),
             connections: self.admitted.load(Ordering::Acquire),
+            address: None,
+            ready: self.hub.is_ready() && !self.draining.load(Ordering::Acquire),
+            last_seen_ms_ago: None,
         }
     }
 

@@ -65,6 +65,20 @@ pub struct Stats {
 pub struct NodeStats {
     pub node: String,
     pub connections: u64,
+    /// The address the node listens on, as it reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Whether the node holds the latest state of every topic and accepts devices (false while
+    /// it starts or drains).
+    #[serde(default = "ready_by_default")]
+    pub ready: bool,
+    /// How long ago the node last reported to the registry, in a multi-node deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_ms_ago: Option<u64>,
+}
+
+fn ready_by_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -65,6 +65,8 @@ impl TestServer {
         gateway.send_timeout = Duration::from_secs(2);
         configure(&mut gateway);
         let config = ServeConfig {
+            role: ringside::server::Role::All,
+            bus: ringside::server::BusSetup::Memory,
             gateway,
             http,
             prefetch,

@@ -1,0 +1,259 @@
+//! The node registry in Redis: every gateway node reports itself every
+//! [`HEARTBEAT_INTERVAL`]; a report lives [`NODE_TTL`], so a node that dies without a word drops
+//! out by itself, and a node that stops removes its own entry. `GET /v1/admin/stats` on any
+//! control instance aggregates the live entries.
+//!
+//! Keys, under the deployment's prefix:
+//! - `node:<id>`: the node's last report (JSON), expiring after [`NODE_TTL`].
+//! - `nodes`: a sorted set of node ids scored by when their report expires, so that listing
+//!   does not scan the keyspace; expired members are pruned on every listing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use broadcaster::BoxFuture;
+use protocol::admin::{NodeStats, Stats, TopicStats};
+use serde::{Deserialize, Serialize};
+
+use crate::{ControlError, StatsSource};
+
+/// How often a node reports.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a report counts: a node missing this many heartbeats in a row is gone.
+pub const NODE_TTL: Duration = Duration::from_secs(10);
+
+/// What a node reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node: NodeStats,
+    pub topics: Vec<TopicStats>,
+    /// The node's clock when it reported, in ms since the Unix epoch.
+    pub reported_at_ms: u64,
+}
+
+/// The registry's keys in Redis.
+#[derive(Clone)]
+pub struct NodeRegistry {
+    connection: redis::aio::ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for NodeRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeRegistry")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl NodeRegistry {
+    pub fn new(connection: redis::aio::ConnectionManager, prefix: impl Into<String>) -> Self {
+        Self {
+            connection,
+            prefix: prefix.into(),
+        }
+    }
+
+    fn node_key(&self, node: &str) -> String {
+        format!("{}node:{node}", self.prefix)
+    }
+
+    fn set_key(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+
+    /// Writes `report` for [`NODE_TTL`].
+    pub async fn report(&self, report: &NodeReport) -> Result<(), redis::RedisError> {
+        let json = serde_json::to_string(report).map_err(|error| {
+            redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "unserializable node report",
+                error.to_string(),
+            ))
+        })?;
+        let ttl_ms = NODE_TTL.as_millis() as u64;
+        let mut connection = self.connection.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(self.node_key(&report.node.node))
+            .arg(json)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.set_key())
+            .arg(unix_now_ms() + ttl_ms)
+            .arg(&report.node.node)
+            .ignore()
+            .query_async::<()>(&mut connection)
+            .await
+    }
+
+    /// Removes `node` (a node that stops says so instead of waiting to expire).
+    pub async fn remove(&self, node: &str) -> Result<(), redis::RedisError> {
+        let mut connection = self.connection.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(self.node_key(node))
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.set_key())
+            .arg(node)
+            .ignore()
+            .query_async::<()>(&mut connection)
+            .await
+    }
+
+    /// Every live node's last report, by node id.
+    pub async fn reports(&self) -> Result<Vec<NodeReport>, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let (ids,): (Vec<String>,) = redis::pipe()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.set_key())
+            .arg("-inf")
+            .arg(unix_now_ms())
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(self.set_key())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut connection)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.node_key(id)).collect();
+        let reports: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut connection)
+            .await?;
+        let mut live: Vec<NodeReport> = reports
+            .into_iter()
+            .flatten()
+            .filter_map(|json| match serde_json::from_str(&json) {
+                Ok(report) => Some(report),
+                Err(error) => {
+                    tracing::warn!(%error, "skipping an unreadable node report");
+                    None
+                }
+            })
+            .collect();
+        live.sort_by(|a, b| a.node.node.cmp(&b.node.node));
+        Ok(live)
+    }
+}
+
+/// Sums node reports into the admin API's stats: subscribers add up across nodes; a topic's
+/// version is the newest any node holds, and its acks are those of the nodes holding it.
+pub fn aggregate(reports: Vec<NodeReport>, now_ms: u64) -> Stats {
+    let mut topics: BTreeMap<protocol::Topic, TopicStats> = BTreeMap::new();
+    let mut nodes = Vec::with_capacity(reports.len());
+    for report in reports {
+        for topic in report.topics {
+            let entry = topics
+                .entry(topic.topic.clone())
+                .or_insert_with(|| TopicStats {
+                    topic: topic.topic.clone(),
+                    subscribers: 0,
+                    version: 0,
+                    acks: 0,
+                });
+            entry.subscribers += topic.subscribers;
+            if topic.version > entry.version {
+                entry.version = topic.version;
+                entry.acks = 0;
+            }
+            if topic.version == entry.version {
+                entry.acks += topic.acks;
+            }
+        }
+        nodes.push(NodeStats {
+            last_seen_ms_ago: Some(now_ms.saturating_sub(report.reported_at_ms)),
+            ..report.node
+        });
+    }
+    Stats {
+        nodes,
+        topics: topics.into_values().collect(),
+    }
+}
+
+/// Stats of a multi-node deployment, from the registry.
+#[derive(Debug)]
+pub struct ClusterStats {
+    pub registry: NodeRegistry,
+}
+
+impl StatsSource for ClusterStats {
+    fn stats(&self) -> BoxFuture<'_, Result<Stats, ControlError>> {
+        Box::pin(async move {
+            let reports = self.registry.reports().await.map_err(|error| {
+                tracing::warn!(%error, "node registry unavailable");
+                ControlError::StoreUnavailable
+            })?;
+            Ok(aggregate(reports, unix_now_ms()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::Topic;
+
+    fn report(node: &str, topics: &[(&str, u64, u64, u64)]) -> NodeReport {
+        NodeReport {
+            node: NodeStats {
+                node: node.into(),
+                connections: topics.iter().map(|t| t.1).sum(),
+                address: None,
+                ready: true,
+                last_seen_ms_ago: None,
+            },
+            topics: topics
+                .iter()
+                .map(|&(topic, subscribers, version, acks)| TopicStats {
+                    topic: Topic::parse(topic).expect("topic"),
+                    subscribers,
+                    version,
+                    acks,
+                })
+                .collect(),
+            reported_at_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn aggregate_adds_subscribers_and_counts_acks_of_the_newest_version_only() {
+        let stats = aggregate(
+            vec![
+                report("a", &[("event:x", 10, 7, 9), ("event:y", 1, 2, 1)]),
+                report("b", &[("event:x", 5, 7, 5)]),
+                // Still behind: its subscribers count, its acks are for an older version.
+                report("c", &[("event:x", 3, 6, 3)]),
+            ],
+            1_500,
+        );
+        assert_eq!(stats.nodes.len(), 3);
+        assert_eq!(stats.nodes[0].last_seen_ms_ago, Some(500));
+        let x = &stats.topics[0];
+        assert_eq!(
+            (
+                x.topic.to_string().as_str(),
+                x.subscribers,
+                x.version,
+                x.acks
+            ),
+            ("event:x", 18, 7, 14)
+        );
+        assert_eq!(stats.topics[1].subscribers, 1);
+    }
+}

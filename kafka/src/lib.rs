@@ -1,0 +1,606 @@
+//! Tier 1 on Kafka: [`KafkaBus`] implements [`broadcaster::Bus`] over one topic.
+//!
+//! - **Publish**: each state is one record keyed by its topic name (so one event's states share a
+//!   partition and keep their order), produced by an idempotent producer with `acks=all`. The
+//!   publish resolves only once the broker has acknowledged the record, or fails with
+//!   [`BroadcastError::BusUnavailable`] within the publish timeout.
+//! - **Feed**: every node reads every partition by manual assignment (no consumer group: each
+//!   node must see every state), from the beginning of the log. The topic is created
+//!   log-compacted, so the log holds about one record per event plus the recent tail. The feed
+//!   reports [`FeedItem::CaughtUp`] once every partition reached the end it had when the feed
+//!   started (the high watermark, or an end-of-partition event, whichever comes first).
+//!   Correctness does not rest on either: states carry versions and consumers drop anything not
+//!   newer than what they hold, and the gateway also reconciles with the event store.
+//! - rdkafka's blocking consumer runs on its own OS thread and hands states to the async side
+//!   through a bounded channel, so nothing blocks the runtime.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use broadcaster::{BoxFuture, BroadcastError, Bus, BusFeed, FeedItem};
+use protocol::EventState;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use telemetry::{Counter, Registry};
+use tokio::sync::mpsc;
+
+/// Topic of Ringside's state records unless configured otherwise.
+pub const DEFAULT_TOPIC: &str = "ringside.states";
+
+/// How a node reaches Kafka.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: comma-separated `host:port` list.
+    pub brokers: String,
+    pub topic: String,
+    /// Partitions and replication factor used when Ringside creates the topic; `None` takes the
+    /// broker's defaults (`num.partitions`, `default.replication.factor`). An existing topic is
+    /// used as it is.
+    pub partitions: Option<i32>,
+    pub replication: Option<i32>,
+    /// How long a publish may wait for the broker's acknowledgement before it fails
+    /// (librdkafka's `message.timeout.ms`).
+    pub publish_timeout: Duration,
+    /// How long startup waits for the broker (topic creation, metadata) before giving up.
+    pub connect_timeout: Duration,
+    /// librdkafka properties passed through unchanged to every client (TLS, SASL, tuning);
+    /// they override Ringside's own settings.
+    pub options: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic: DEFAULT_TOPIC.to_owned(),
+            partitions: None,
+            replication: None,
+            publish_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(30),
+            options: Vec::new(),
+        }
+    }
+
+    /// Parses librdkafka properties, one `key=value` per line; blank lines and lines starting
+    /// with `#` are skipped.
+    pub fn parse_options(text: &str) -> Result<Vec<(String, String)>, KafkaSetupError> {
+        text.lines()
+            .enumerate()
+            .map(|(index, line)| (index, line.trim()))
+            .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+            .map(|(index, line)| match line.split_once('=') {
+                Some((key, value)) if !key.trim().is_empty() => {
+                    Ok((key.trim().to_owned(), value.trim().to_owned()))
+                }
+                _ => Err(KafkaSetupError::Options(format!(
+                    "line {}: expected key=value, found {line:?}",
+                    index + 1
+                ))),
+            })
+            .collect()
+    }
+
+    fn client(&self, own: &[(&str, String)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        // Notice a recreated topic (or new partitions) within seconds.
+        config.set("topic.metadata.refresh.interval.ms", "5000");
+        for (key, value) in own {
+            config.set(*key, value);
+        }
+        for (key, value) in &self.options {
+            config.set(key, value);
+        }
+        config
+    }
+
+    fn producer(&self) -> Result<FutureProducer, KafkaSetupError> {
+        let timeout_ms = self.publish_timeout.as_millis().max(1000).to_string();
+        self.client(&[
+            ("enable.idempotence", "true".into()),
+            ("acks", "all".into()),
+            // A state change is one small record: send it now rather than batch it.
+            ("linger.ms", "0".into()),
+            ("message.timeout.ms", timeout_ms.clone()),
+            ("request.timeout.ms", timeout_ms),
+        ])
+        .create()
+        .map_err(KafkaSetupError::Client)
+    }
+
+    fn consumer(&self) -> Result<BaseConsumer, KafkaSetupError> {
+        self.client(&[
+            // Required by librdkafka even though the feed never joins a group or commits.
+            ("group.id", "ringside-gateway".into()),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("enable.partition.eof", "true".into()),
+            // A log that starts over (a broker that lost its data) is read from its start.
+            ("auto.offset.reset", "earliest".into()),
+            ("fetch.wait.max.ms", "100".into()),
+            // Notice a recreated topic quickly.
+        ])
+        .create()
+        .map_err(KafkaSetupError::Client)
+    }
+}
+
+/// Why the Kafka bus could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("invalid Kafka option: {0}")]
+    Options(String),
+    #[error("cannot create a Kafka client: {0}")]
+    Client(#[source] KafkaError),
+    #[error("cannot create Kafka topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+    #[error("Kafka at {brokers} did not answer within {waited:?}: {reason}")]
+    Unreachable {
+        brokers: String,
+        waited: Duration,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct BusMetrics {
+    received: Arc<Counter>,
+    invalid: Arc<Counter>,
+    errors: Arc<Counter>,
+    topic_created: Arc<Counter>,
+}
+
+impl BusMetrics {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            received: registry.counter(
+                "ringside_bus_records_total",
+                "State records this node read from the Kafka topic.",
+            ),
+            invalid: registry.counter(
+                "ringside_bus_invalid_records_total",
+                "Records on the Kafka topic that are not a valid state (skipped).",
+            ),
+            errors: registry.counter(
+                "ringside_bus_errors_total",
+                "Errors reported by the Kafka consumer (librdkafka retries by itself).",
+            ),
+            topic_created: registry.counter(
+                "ringside_bus_topic_created_total",
+                "Times this process created the Kafka topic (at first start, or after a broker lost it).",
+            ),
+        }
+    }
+}
+
+/// How often a process checks that the topic still exists (a broker that keeps nothing on
+/// disk comes back without it), creating it again if not.
+pub const TOPIC_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The tier-1 bus of a multi-node deployment.
+pub struct KafkaBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: KafkaConfig,
+    /// Replaced when the broker fences it (see [`KafkaBus::publish`]); cloning is cheap.
+    producer: Mutex<FutureProducer>,
+    admin: AdminClient<DefaultClientContext>,
+    metrics: BusMetrics,
+}
+
+impl std::fmt::Debug for KafkaBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBus")
+            .field("brokers", &self.inner.config.brokers)
+            .field("topic", &self.inner.config.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaBus {
+    /// Connects, and creates the topic if it does not exist yet; waits up to
+    /// `connect_timeout` for the broker.
+    pub async fn connect(
+        config: KafkaConfig,
+        registry: &Registry,
+    ) -> Result<Self, KafkaSetupError> {
+        let admin: AdminClient<DefaultClientContext> = config
+            .client(&[])
+            .create()
+            .map_err(KafkaSetupError::Client)?;
+        let bus = Inner {
+            producer: Mutex::new(config.producer()?),
+            admin,
+            metrics: BusMetrics::new(registry),
+            config,
+        };
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match bus.ensure_topic().await {
+                Ok(()) => {
+                    let inner = Arc::new(bus);
+                    tokio::spawn(guard_topic(Arc::downgrade(&inner)));
+                    return Ok(Self { inner });
+                }
+                Err(error @ KafkaSetupError::Topic { .. }) => return Err(error),
+                Err(error) if started.elapsed() >= bus.config.connect_timeout => {
+                    return Err(KafkaSetupError::Unreachable {
+                        brokers: bus.config.brokers.clone(),
+                        waited: started.elapsed(),
+                        reason: error.to_string(),
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "waiting for Kafka");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+/// Every [`TOPIC_CHECK_INTERVAL`] while the bus lives, creates the topic if it is missing.
+async fn guard_topic(bus: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(TOPIC_CHECK_INTERVAL).await;
+        let Some(bus) = bus.upgrade() else {
+            return;
+        };
+        if let Err(error) = bus.ensure_topic().await {
+            tracing::debug!(%error, "topic check failed; retrying");
+        }
+    }
+}
+
+impl Inner {
+    /// Creates the topic, log-compacted, unless it exists.
+    async fn ensure_topic(&self) -> Result<(), KafkaSetupError> {
+        let replication = TopicReplication::Fixed(self.config.replication.unwrap_or(-1));
+        let topic = NewTopic::new(
+            &self.config.topic,
+            self.config.partitions.unwrap_or(-1),
+            replication,
+        )
+        .set("cleanup.policy", "compact");
+        let options =
+            AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(5))));
+        let results = self
+            .admin
+            .create_topics([&topic], &options)
+            .await
+            .map_err(|error| KafkaSetupError::Unreachable {
+                brokers: self.config.brokers.clone(),
+                waited: Duration::ZERO,
+                reason: error.to_string(),
+            })?;
+        for result in results {
+            match result {
+                Ok(name) => {
+                    self.metrics.topic_created.increment();
+                    tracing::info!(topic = %name, "created the Kafka topic (log-compacted)");
+                }
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) if is_transient(code) => {
+                    return Err(KafkaSetupError::Unreachable {
+                        brokers: self.config.brokers.clone(),
+                        waited: Duration::ZERO,
+                        reason: format!("creating {name}: {code}"),
+                    });
+                }
+                Err((name, code)) => {
+                    return Err(KafkaSetupError::Topic {
+                        topic: name,
+                        reason: code.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn current_producer(&self) -> FutureProducer {
+        self.producer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn produce(&self, key: &str, payload: &[u8]) -> Result<(), KafkaError> {
+        let record = FutureRecord::to(&self.config.topic)
+            .key(key)
+            .payload(payload);
+        self.current_producer()
+            .send(record, Timeout::After(self.config.publish_timeout))
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| error)
+    }
+
+    /// Repairs what a failed produce left behind; returns whether trying once more now makes
+    /// sense (not after a timeout: the publish has waited long enough).
+    ///
+    /// The producer is always replaced: an idempotent producer whose publish failed (a paused
+    /// or restarted broker) can stay fenced or stuck on producer state the broker no longer
+    /// has. A new one starts with a new producer id; creating it costs about a millisecond.
+    async fn recover(&self, error: &KafkaError) -> bool {
+        let code = error.rdkafka_error_code();
+        match self.config.producer() {
+            Ok(producer) => {
+                *self.producer.lock().unwrap_or_else(PoisonError::into_inner) = producer;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start a new Kafka producer");
+                return false;
+            }
+        }
+        if matches!(
+            code,
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+        ) {
+            // The broker lost the topic (one that keeps nothing on disk came back empty).
+            tracing::warn!(topic = %self.config.topic, "Kafka topic missing; creating it again");
+            if self.ensure_topic().await.is_err() {
+                return false;
+            }
+        }
+        !matches!(code, Some(RDKafkaErrorCode::MessageTimedOut))
+    }
+}
+
+fn is_transient(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::NotController
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::BrokerTransportFailure
+    )
+}
+
+impl Bus for KafkaBus {
+    fn publish(&self, state: EventState) -> BoxFuture<'_, Result<(), BroadcastError>> {
+        let bus = &self.inner;
+        Box::pin(async move {
+            let payload = serde_json::to_vec(&state)
+                .map_err(|error| BroadcastError::BusUnavailable(error.to_string()))?;
+            let key = state.topic.to_string();
+            let mut result = bus.produce(&key, &payload).await;
+            if let Err(error) = &result
+                && bus.recover(error).await
+            {
+                result = bus.produce(&key, &payload).await;
+            }
+            result.map_err(|error| {
+                tracing::warn!(%error, event = %state.topic, version = state.version, "Kafka did not acknowledge a publish");
+                BroadcastError::BusUnavailable(error.to_string())
+            })
+        })
+    }
+
+    fn subscribe(&self) -> Box<dyn BusFeed> {
+        let (sender, receiver) = mpsc::channel(FEED_CAPACITY);
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = FeedReader {
+            config: self.inner.config.clone(),
+            metrics: self.inner.metrics.clone(),
+            sender,
+            stop: stop.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("kafka-feed".into())
+            .spawn(move || reader.run());
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start the Kafka feed thread");
+        }
+        Box::new(KafkaFeed { receiver, stop })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Deliver anything still queued; publishes are awaited, so this is normally empty.
+        let _ = self
+            .current_producer()
+            .flush(Timeout::After(Duration::from_secs(1)));
+    }
+}
+
+/// States read ahead of the hub. Reading stops (and the broker holds the rest) while full.
+const FEED_CAPACITY: usize = 1024;
+
+struct KafkaFeed {
+    receiver: mpsc::Receiver<FeedItem>,
+    stop: Arc<AtomicBool>,
+}
+
+impl BusFeed for KafkaFeed {
+    fn next(&mut self) -> BoxFuture<'_, Result<FeedItem, BroadcastError>> {
+        Box::pin(async move { self.receiver.recv().await.ok_or(BroadcastError::BusClosed) })
+    }
+}
+
+impl Drop for KafkaFeed {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The blocking side of a feed, on its own thread.
+struct FeedReader {
+    config: KafkaConfig,
+    metrics: BusMetrics,
+    sender: mpsc::Sender<FeedItem>,
+    stop: Arc<AtomicBool>,
+}
+
+/// How long one poll blocks; also how quickly the thread notices a stop.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+impl FeedReader {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.sender.is_closed()
+    }
+
+    fn run(self) {
+        let consumer = match self.config.consumer() {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                tracing::error!(%error, "cannot create the Kafka consumer; the node stays unready");
+                return;
+            }
+        };
+        let Some(mut pending) = self.assign(&consumer) else {
+            return;
+        };
+        let mut caught_up = false;
+        let mut last_error_log: Option<Instant> = None;
+        while !self.stopped() {
+            if !caught_up && pending.is_empty() {
+                caught_up = true;
+                tracing::info!(topic = %self.config.topic, "caught up with the Kafka topic");
+                if self.sender.blocking_send(FeedItem::CaughtUp).is_err() {
+                    return;
+                }
+            }
+            let Some(polled) = consumer.poll(POLL_INTERVAL) else {
+                continue;
+            };
+            match polled {
+                Ok(message) => {
+                    self.metrics.received.increment();
+                    let (partition, offset) = (message.partition(), message.offset());
+                    if pending
+                        .get(&partition)
+                        .is_some_and(|end| offset + 1 >= *end)
+                    {
+                        pending.remove(&partition);
+                    }
+                    match serde_json::from_slice::<EventState>(
+                        message.payload().unwrap_or_default(),
+                    ) {
+                        Ok(state) => {
+                            if self
+                                .sender
+                                .blocking_send(FeedItem::State(Arc::new(state)))
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(error) => {
+                            self.metrics.invalid.increment();
+                            tracing::warn!(partition, offset, %error, "skipping a record that is not a state");
+                        }
+                    }
+                }
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    pending.remove(&partition);
+                }
+                Err(error) => {
+                    self.metrics.errors.increment();
+                    // librdkafka keeps retrying by itself; say so at most every 5 s.
+                    if last_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
+                        last_error_log = Some(Instant::now());
+                        tracing::warn!(%error, "Kafka consumer error; retrying");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Assigns every partition of the topic from its beginning; returns each partition's end
+    /// (high watermark) at this moment, for the ones that hold records. Retries until the topic
+    /// is there or the feed is stopped.
+    fn assign(&self, consumer: &BaseConsumer) -> Option<HashMap<i32, i64>> {
+        let topic = &self.config.topic;
+        let timeout = Duration::from_secs(5);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if self.stopped() {
+                return None;
+            }
+            let partitions: Vec<i32> = match consumer.fetch_metadata(Some(topic), timeout) {
+                Ok(metadata) => metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == topic && t.error().is_none())
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect(),
+                Err(error) => {
+                    tracing::warn!(%error, "waiting for Kafka metadata");
+                    Vec::new()
+                }
+            };
+            if !partitions.is_empty() {
+                let mut list = TopicPartitionList::new();
+                let mut ends = HashMap::new();
+                for &partition in &partitions {
+                    if let Err(error) =
+                        list.add_partition_offset(topic, partition, Offset::Beginning)
+                    {
+                        tracing::error!(%error, partition, "cannot assign a Kafka partition");
+                        return None;
+                    }
+                    match consumer.fetch_watermarks(topic, partition, timeout) {
+                        Ok((low, high)) if high > low => {
+                            ends.insert(partition, high);
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, partition, "no watermark; relying on end-of-partition");
+                            ends.insert(partition, i64::MAX);
+                        }
+                    }
+                }
+                match consumer.assign(&list) {
+                    Ok(()) => {
+                        tracing::info!(%topic, partitions = partitions.len(), "reading the Kafka topic from its beginning");
+                        return Some(ends);
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot assign the Kafka topic; retrying"),
+                }
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_key_value_lines_with_comments() {
+        let options = KafkaConfig::parse_options(
+            "# TLS\nsecurity.protocol = SASL_SSL\n\nsasl.mechanisms=PLAIN\nsasl.password=a=b\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            options,
+            vec![
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("sasl.mechanisms".into(), "PLAIN".into()),
+                ("sasl.password".into(), "a=b".into()),
+            ]
+        );
+        let error = KafkaConfig::parse_options("ok=1\nnot a pair\n").expect_err("invalid");
+        assert!(error.to_string().contains("line 2"), "{error}");
+    }
+}
