@@ -449,6 +449,12 @@ struct FeedReader {
     stop: Arc<AtomicBool>,
 }
 
+/// How a consumer's run ended.
+enum Followed {
+    Stopped,
+    LostBroker(KafkaError),
+}
+
 /// How long one poll blocks; also how quickly the thread notices a stop.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -457,25 +463,46 @@ impl FeedReader {
         self.stop.load(Ordering::Relaxed) || self.sender.is_closed()
     }
 
+    /// Follows the topic with one consumer after another until stopped: a consumer that lost
+    /// its broker is replaced by a new one reading from the beginning of the log again (states
+    /// it already delivered are dropped by the hub as not newer). librdkafka 2.12 crashes in its
+    /// metadata cache when a consumer that knew the topic sees it again on a broker that came
+    /// back without its data; a new consumer has no such cache.
     fn run(self) {
-        let consumer = match self.config.consumer() {
-            Ok(consumer) => consumer,
-            Err(error) => {
-                tracing::error!(%error, "cannot create the Kafka consumer; the node stays unready");
-                return;
-            }
-        };
-        let Some(mut pending) = self.assign(&consumer) else {
-            return;
-        };
         let mut caught_up = false;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let consumer = match self.config.consumer() {
+                Ok(consumer) => consumer,
+                Err(error) => {
+                    tracing::error!(%error, "cannot create the Kafka consumer; the node stays unready");
+                    return;
+                }
+            };
+            match self.follow(&consumer, &mut caught_up) {
+                Followed::Stopped => return,
+                Followed::LostBroker(error) => {
+                    tracing::warn!(%error, "Kafka connection lost; following the topic with a new consumer");
+                    drop(consumer);
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Reads with `consumer` until stopped or until it loses its broker.
+    fn follow(&self, consumer: &BaseConsumer, caught_up: &mut bool) -> Followed {
+        let Some(mut pending) = self.assign(consumer) else {
+            return Followed::Stopped;
+        };
         let mut last_error_log: Option<Instant> = None;
         while !self.stopped() {
-            if !caught_up && pending.is_empty() {
-                caught_up = true;
+            if !*caught_up && pending.is_empty() {
+                *caught_up = true;
                 tracing::info!(topic = %self.config.topic, "caught up with the Kafka topic");
                 if self.sender.blocking_send(FeedItem::CaughtUp).is_err() {
-                    return;
+                    return Followed::Stopped;
                 }
             }
             let Some(polled) = consumer.poll(POLL_INTERVAL) else {
@@ -500,7 +527,7 @@ impl FeedReader {
                                 .blocking_send(FeedItem::State(Arc::new(state)))
                                 .is_err()
                             {
-                                return;
+                                return Followed::Stopped;
                             }
                         }
                         Err(error) => {
@@ -514,6 +541,15 @@ impl FeedReader {
                 }
                 Err(error) => {
                     self.metrics.errors.increment();
+                    if matches!(
+                        error.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::AllBrokersDown
+                                | RDKafkaErrorCode::BrokerTransportFailure
+                        )
+                    ) {
+                        return Followed::LostBroker(error);
+                    }
                     // librdkafka keeps retrying by itself; say so at most every 5 s.
                     if last_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
                         last_error_log = Some(Instant::now());
@@ -522,6 +558,7 @@ impl FeedReader {
                 }
             }
         }
+        Followed::Stopped
     }
 
     /// Assigns every partition of the topic from its beginning; returns each partition's end

@@ -2,6 +2,8 @@
 //! serve` composes it, and real clients.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -350,10 +352,30 @@ impl OwnRedis {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
+
+    /// `SIGSTOP`: Redis keeps its sockets and answers nothing, like an unreachable server.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
 }
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

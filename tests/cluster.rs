@@ -1,0 +1,375 @@
+//! Ringside across processes: three gateway nodes and one or two control instances on a real
+//! Kafka-protocol broker (tansu) and Redis, devices spread over the nodes, and the faults the
+//! tier must survive: a killed node, a paused broker, a broker that restarts empty, Redis down.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use client::{DeviceConnection, Watcher, WatcherConfig, watcher::WatchEvent};
+use protocol::admin::CreateEvent;
+use protocol::{EventId, Stage, Topic};
+use support::cluster::{Cluster, Node, eventually};
+use support::{OwnRedis, PROMPTLY, RedisKeys, device_token, next_state, subscribe};
+
+/// Long enough for a node registry entry to expire and a few heartbeats to land.
+const REGISTRY_WAIT: Duration = Duration::from_secs(20);
+
+async fn create_event(control: &Node, id: &str) -> EventId {
+    let event = CreateEvent {
+        id: EventId::parse(id).unwrap(),
+        title: format!("Event {id}"),
+        starts_at: "2026-12-01T20:00:00Z".into(),
+        stages: ["UPCOMING", "LIVE", "ENDED"]
+            .iter()
+            .map(|s| Stage::parse(s).unwrap())
+            .collect(),
+    };
+    control.admin().create_event(&event).await.unwrap().id
+}
+
+/// A device on `node` subscribed to `topic` from version `since`.
+async fn subscribed(node: &Node, name: &str, topic: &Topic, since: u64) -> DeviceConnection {
+    let mut device = node.device(name).await;
+    subscribe(&mut device, &[(topic.clone(), since)]).await;
+    device
+}
+
+/// Reads states until `version`; every state read must be newer than the one before and none
+/// may pass `version`.
+async fn read_until(device: &mut DeviceConnection, version: u64) {
+    let mut last = 0;
+    while last < version {
+        let state = next_state(device).await;
+        assert!(
+            state.version > last,
+            "versions went back: {} after {last}",
+            state.version
+        );
+        assert!(
+            state.version <= version,
+            "a version newer than the newest published"
+        );
+        last = state.version;
+    }
+}
+
+fn cluster(test: &str, keys: &RedisKeys) -> Cluster {
+    Cluster::start(test, &keys.url, &keys.prefix)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_reaches_every_device_on_every_node_and_late_nodes_catch_up() {
+    let keys = RedisKeys::new("cluster-fanout");
+    let cluster = cluster("fanout", &keys);
+    let control = cluster.control("c1").await;
+    let gateways = [
+        cluster.gateway("g1").await,
+        cluster.gateway("g2").await,
+        cluster.gateway("g3").await,
+    ];
+    let event = create_event(&control, "cluster-fanout").await;
+    let topic = event.topic();
+    let mut devices = Vec::new();
+    for (index, gateway) in gateways.iter().enumerate() {
+        for n in 0..4 {
+            devices.push(subscribed(gateway, &format!("d{index}-{n}"), &topic, 0).await);
+        }
+    }
+    let mut newest = 0;
+    for stage in ["UPCOMING", "LIVE", "ENDED"] {
+        newest = control.publish(&event, stage).await.unwrap().version;
+    }
+    for device in &mut devices {
+        read_until(device, newest).await;
+    }
+
+    // A node started after the publishes serves the current state at once.
+    let late = cluster.gateway("g4").await;
+    let mut latecomer = subscribed(&late, "late", &topic, 0).await;
+    let state = next_state(&mut latecomer).await;
+    assert_eq!((state.version, state.stage.as_str()), (newest, "ENDED"));
+
+    // Stats aggregate every live node from the registry.
+    let stats = eventually("stats of four nodes", REGISTRY_WAIT, || async {
+        let stats = control.stats().await.ok()?;
+        let connections: u64 = stats.nodes.iter().map(|n| n.connections).sum();
+        (stats.nodes.len() == 4 && connections == 13).then_some(stats)
+    })
+    .await;
+    let names: Vec<&str> = stats.nodes.iter().map(|n| n.node.as_str()).collect();
+    assert_eq!(names, ["g1", "g2", "g3", "g4"]);
+    assert!(stats.nodes.iter().all(|n| n.ready && n.address.is_some()));
+    let totals = stats.topics.iter().find(|t| t.topic == topic).unwrap();
+    assert_eq!((totals.subscribers, totals.version), (13, newest));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_publishes_from_two_control_instances_get_unique_versions_and_converge() {
+    let keys = RedisKeys::new("cluster-concurrent");
+    let cluster = cluster("concurrent", &keys);
+    let controls = [cluster.control("c1").await, cluster.control("c2").await];
+    let gateways = [
+        cluster.gateway("g1").await,
+        cluster.gateway("g2").await,
+        cluster.gateway("g3").await,
+    ];
+    let event = create_event(&controls[0], "cluster-race").await;
+    let topic = event.topic();
+    let mut devices = Vec::new();
+    for gateway in &gateways {
+        devices.push(subscribed(gateway, &format!("d-{}", gateway.name), &topic, 0).await);
+    }
+    async fn publishes(control: &Node, event: &EventId) -> Vec<u64> {
+        let mut versions = Vec::new();
+        for n in 0..15 {
+            let stage = ["UPCOMING", "LIVE", "ENDED"][n % 3];
+            versions.push(control.publish(event, stage).await.unwrap().version);
+        }
+        versions
+    }
+    let (first, second) = tokio::join!(
+        publishes(&controls[0], &event),
+        publishes(&controls[1], &event)
+    );
+    for versions in [&first, &second] {
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    }
+    let mut all: Vec<u64> = first.iter().chain(&second).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 30, "every publish got its own version");
+    let newest = *all.last().unwrap();
+    for device in &mut devices {
+        read_until(device, newest).await;
+    }
+    // Every node holds the same final state.
+    for gateway in &gateways {
+        let mut device = subscribed(gateway, "check", &topic, 0).await;
+        assert_eq!(next_state(&mut device).await.version, newest);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_of_a_killed_node_reconnect_elsewhere_and_catch_up() {
+    let keys = RedisKeys::new("cluster-kill");
+    let cluster = cluster("kill", &keys);
+    let control = cluster.control("c1").await;
+    let mut gateways = [
+        cluster.gateway("g1").await,
+        cluster.gateway("g2").await,
+        cluster.gateway("g3").await,
+    ];
+    let event = create_event(&control, "cluster-kill").await;
+    let topic = event.topic();
+    let first = control.publish(&event, "UPCOMING").await.unwrap().version;
+    let endpoints: Vec<String> = gateways.iter().map(|g| g.ws_url.clone()).collect();
+    // Each watcher starts on its own node and knows all three.
+    let mut watchers: Vec<Watcher> = (0..9)
+        .map(|n| {
+            let mut endpoints = endpoints.clone();
+            endpoints.rotate_left(n % 3);
+            let mut config = WatcherConfig::new(
+                endpoints,
+                device_token(&format!("w{n}"), 3600),
+                vec![topic.clone()],
+            );
+            config.max_backoff = Duration::from_secs(1);
+            Watcher::new(config)
+        })
+        .collect();
+    for watcher in &mut watchers {
+        watch_until(watcher, first).await;
+    }
+
+    gateways[0].kill();
+    let newest = control.publish(&event, "LIVE").await.unwrap().version;
+    for watcher in &mut watchers {
+        watch_until(watcher, newest).await;
+        assert_eq!(watcher.version(&topic), newest);
+    }
+    // The killed node leaves the registry when its last report expires.
+    eventually(
+        "the killed node to leave the stats",
+        REGISTRY_WAIT,
+        || async {
+            let stats = control.stats().await.ok()?;
+            let names: Vec<String> = stats.nodes.iter().map(|n| n.node.clone()).collect();
+            (names == ["g2", "g3"]).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Follows `watcher` until it holds `version`.
+async fn watch_until(watcher: &mut Watcher, version: u64) {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let event = tokio::time::timeout_at(deadline, watcher.next())
+            .await
+            .expect("the watcher to reach the version in time");
+        match event {
+            WatchEvent::State(state) if state.version >= version => {
+                assert_eq!(state.version, version);
+                return;
+            }
+            WatchEvent::Refused { reason } => panic!("refused: {reason}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_broker_fails_publishes_with_503_and_loses_no_accepted_update() {
+    let keys = RedisKeys::new("cluster-pause");
+    let cluster = cluster("pause", &keys);
+    let control = cluster.control("c1").await;
+    let gateways = [cluster.gateway("g1").await, cluster.gateway("g2").await];
+    let event = create_event(&control, "cluster-pause").await;
+    let topic = event.topic();
+    let mut devices = Vec::new();
+    for gateway in &gateways {
+        devices.push(subscribed(gateway, &format!("d-{}", gateway.name), &topic, 0).await);
+    }
+    let before = control.publish(&event, "UPCOMING").await.unwrap().version;
+    for device in &mut devices {
+        read_until(device, before).await;
+    }
+
+    cluster.broker.pause();
+    let refused = control.publish(&event, "LIVE").await.unwrap_err();
+    assert!(refused.contains("503"), "{refused}");
+    cluster.broker.resume();
+
+    let after = control.publish(&event, "ENDED").await.unwrap().version;
+    for device in &mut devices {
+        read_until(device, after).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_broker_restart_nodes_keep_serving_and_new_publishes_flow() {
+    let keys = RedisKeys::new("cluster-restart");
+    let mut cluster = cluster("restart", &keys);
+    let control = cluster.control("c1").await;
+    let gateways = [cluster.gateway("g1").await, cluster.gateway("g2").await];
+    let event = create_event(&control, "cluster-restart").await;
+    let topic = event.topic();
+    let mut devices = Vec::new();
+    for gateway in &gateways {
+        devices.push(subscribed(gateway, &format!("d-{}", gateway.name), &topic, 0).await);
+    }
+    let before = control.publish(&event, "LIVE").await.unwrap().version;
+    for device in &mut devices {
+        read_until(device, before).await;
+    }
+
+    cluster.broker.kill();
+    // Without a broker, nodes still serve the states they hold.
+    let mut newcomer = subscribed(&gateways[1], "newcomer", &topic, 0).await;
+    assert_eq!(next_state(&mut newcomer).await.version, before);
+    cluster.broker.restart();
+
+    // The broker came back empty; the first publishes may fail while clients reconnect and
+    // the topic is created again, then they flow.
+    let after = eventually(
+        "a publish accepted after the restart",
+        PROMPTLY * 3,
+        || async { control.publish(&event, "ENDED").await.ok() },
+    )
+    .await
+    .version;
+    devices.push(newcomer);
+    for device in &mut devices {
+        read_until(device, after).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_redis_down_devices_are_served_prefetch_is_stale_and_the_registry_recovers() {
+    let redis = OwnRedis::start();
+    let keys = RedisKeys {
+        url: redis.url(),
+        prefix: "ringside-test:redis-down:".into(),
+    };
+    let cluster = cluster("redis-down", &keys);
+    let control = cluster.control("c1").await;
+    let gateways = [cluster.gateway("g1").await, cluster.gateway("g2").await];
+    let event = create_event(&control, "cluster-redis").await;
+    let topic = event.topic();
+    let mut device = subscribed(&gateways[0], "d1", &topic, 0).await;
+    let before = control.publish(&event, "LIVE").await.unwrap().version;
+    read_until(&mut device, before).await;
+    let prefetch = |control: &Node| {
+        let base = control.base.clone();
+        async move {
+            let bearer = format!("Bearer {}", device_token("d1", 3600));
+            let body =
+                serde_json::json!({"query": "{ prefetch { events { id state { version } } } }"});
+            client::http::call(
+                &base,
+                "POST",
+                "/graphql",
+                &[("authorization", &bearer)],
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(prefetch(&control).await.status, 200);
+
+    redis.pause();
+    // Devices: connected ones stay, new ones get the current state.
+    let mut newcomer = subscribed(&gateways[1], "d2", &topic, 0).await;
+    assert_eq!(next_state(&mut newcomer).await.version, before);
+    // Versions come from Redis: a publish is refused clearly rather than hanging.
+    let refused = control.publish(&event, "ENDED").await.unwrap_err();
+    assert!(refused.contains("503"), "{refused}");
+    // Prefetch answers from what it holds.
+    let stale = prefetch(&control).await;
+    assert_eq!(stale.status, 200, "{}", stale.text());
+    assert!(
+        stale.text().contains(&before.to_string()),
+        "{}",
+        stale.text()
+    );
+    let stats = control.stats().await.unwrap_err();
+    assert!(stats.contains("503"), "{stats}");
+
+    redis.resume();
+    let after = eventually(
+        "a publish accepted once Redis is back",
+        PROMPTLY,
+        || async { control.publish(&event, "ENDED").await.ok() },
+    )
+    .await
+    .version;
+    read_until(&mut device, after).await;
+    read_until(&mut newcomer, after).await;
+    // Even a registry that lost every entry (a Redis that came back empty) fills again.
+    let mut connection = redis::Client::open(keys.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let registry_keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}node*", keys.prefix))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(registry_keys.len(), 3, "{registry_keys:?}");
+    let () = redis::cmd("DEL")
+        .arg(&registry_keys)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(control.stats().await.unwrap().nodes.is_empty());
+    eventually("both nodes back in the registry", REGISTRY_WAIT, || async {
+        let stats = control.stats().await.ok()?;
+        (stats.nodes.len() == 2 && stats.nodes.iter().all(|n| n.last_seen_ms_ago < Some(5_000)))
+            .then_some(())
+    })
+    .await;
+}
