@@ -28,8 +28,8 @@ pub struct FanoutPlan {
     pub publish_interval: Duration,
     pub event: EventId,
     pub payload_bytes: usize,
-    /// Gateway process to measure memory of.
-    pub gateway_pid: Option<u32>,
+    /// Gateway processes to measure memory of (the storm takes down the first).
+    pub gateway_pids: Vec<u32>,
     /// Source addresses 127.0.0.2, 127.0.0.3, … spread over.
     pub source_addresses: usize,
     /// Fleet-wide connections per second.
@@ -62,10 +62,13 @@ pub enum StormSignal {
 /// The system under test.
 #[derive(Debug, Clone)]
 pub enum FanoutTarget {
-    /// A Ringside node: devices speak protocol v1, the coordinator publishes through the admin
-    /// API (`server` is its base URL, e.g. `http://127.0.0.1:8080`).
+    /// Ringside nodes: devices speak protocol v1, spread over `nodes` (base URLs such as
+    /// `http://127.0.0.1:8080`); the coordinator publishes each update through every admin API
+    /// of `publish_to` at once (one control plane with Kafka, or every node of a fleet of
+    /// independent single-process nodes).
     Ringside {
-        server: String,
+        nodes: Vec<String>,
+        publish_to: Vec<String>,
         device_token_secret: String,
         admin_token: String,
     },
@@ -76,7 +79,12 @@ pub enum FanoutTarget {
 impl FanoutTarget {
     fn is_loopback(&self) -> bool {
         match self {
-            Self::Ringside { server, .. } => is_loopback_url(server),
+            Self::Ringside {
+                nodes, publish_to, ..
+            } => nodes
+                .iter()
+                .chain(publish_to)
+                .all(|url| is_loopback_url(url)),
             Self::Nats { ws_url, address } => {
                 is_loopback_url(ws_url) && is_loopback_url(&format!("tcp://{address}"))
             }
@@ -87,7 +95,7 @@ impl FanoutTarget {
 /// Publishes the run's updates to the system under test.
 enum Publisher {
     Ringside {
-        admin: AdminClient,
+        admins: Vec<AdminClient>,
         event: EventId,
         payload: Payload,
     },
@@ -100,11 +108,12 @@ enum Publisher {
 }
 
 impl Publisher {
-    /// Publishes update number `index`; returns its version.
-    async fn publish(&mut self, index: usize) -> anyhow::Result<u64> {
+    /// Publishes update number `index`; returns its versions (one per admin API published
+    /// through).
+    async fn publish(&mut self, index: usize) -> anyhow::Result<Vec<u64>> {
         match self {
             Self::Ringside {
-                admin,
+                admins,
                 event,
                 payload,
             } => {
@@ -113,7 +122,14 @@ impl Publisher {
                     stage,
                     payload: payload.clone(),
                 };
-                Ok(admin.publish(event, &request).await?.version)
+                let receipts = futures_util::future::join_all(
+                    admins.iter().map(|admin| admin.publish(event, &request)),
+                )
+                .await;
+                receipts
+                    .into_iter()
+                    .map(|receipt| Ok(receipt?.version))
+                    .collect()
             }
             Self::Nats {
                 publisher,
@@ -123,7 +139,7 @@ impl Publisher {
             } => {
                 *next_version += 1;
                 publisher.publish(subject, *next_version, filler).await?;
-                Ok(*next_version)
+                Ok(vec![*next_version])
             }
         }
     }
@@ -158,6 +174,14 @@ impl Worker {
             }
         }
     }
+}
+
+/// Summed RSS of `pids`; `None` when there are none or one cannot be read.
+fn total_rss(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| rss_bytes(pid)).sum()
 }
 
 fn unix_now_ms() -> u64 {
@@ -204,18 +228,28 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
             plan.target
         );
     }
+    let node_count = match &plan.target {
+        FanoutTarget::Ringside { nodes, .. } => nodes.len(),
+        FanoutTarget::Nats { .. } => 1,
+    };
+    // Each worker connects to one node, so that every node gets the same share.
     let workers = plan
         .workers
         .max(plan.connections.div_ceil(CONNECTIONS_PER_WORKER_MAX))
-        .max(1);
+        .max(1)
+        .next_multiple_of(node_count.max(1));
     let filler = "x".repeat(plan.payload_bytes);
-    let (device_target, mut publisher) = match &plan.target {
+    let (device_targets, mut publisher) = match &plan.target {
         FanoutTarget::Ringside {
-            server,
+            nodes,
+            publish_to,
             device_token_secret,
             admin_token,
         } => {
-            let admin = AdminClient::new(server.clone(), admin_token);
+            let admins: Vec<AdminClient> = publish_to
+                .iter()
+                .map(|url| AdminClient::new(url.clone(), admin_token))
+                .collect();
             let event = CreateEvent {
                 id: plan.event.clone(),
                 title: "ringside-load fanout".into(),
@@ -226,20 +260,25 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
                     Stage::parse("ENDED")?,
                 ],
             };
-            match admin.create_event(&event).await {
-                Ok(_) | Err(client::ClientError::Api { status: 409, .. }) => {}
-                Err(error) => return Err(error).context("creating the benchmark event"),
+            for admin in &admins {
+                match admin.create_event(&event).await {
+                    Ok(_) | Err(client::ClientError::Api { status: 409, .. }) => {}
+                    Err(error) => return Err(error).context("creating the benchmark event"),
+                }
             }
-            let target = DeviceTarget::Ringside {
-                ws_url: client::device::ws_url(server),
-                topic: plan.event.topic().to_string(),
-                device_token_secret: device_token_secret.clone(),
-            };
+            let targets = nodes
+                .iter()
+                .map(|node| DeviceTarget::Ringside {
+                    ws_url: client::device::ws_url(node),
+                    topic: plan.event.topic().to_string(),
+                    device_token_secret: device_token_secret.clone(),
+                })
+                .collect();
             let payload = Payload::parse(&format!(r#"{{"filler":"{filler}"}}"#))?;
             (
-                target,
+                targets,
                 Publisher::Ringside {
-                    admin,
+                    admins,
                     event: plan.event.clone(),
                     payload,
                 },
@@ -247,10 +286,10 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         }
         FanoutTarget::Nats { ws_url, address } => {
             let subject = format!("event.{}", plan.event);
-            let target = DeviceTarget::Nats {
+            let target = vec![DeviceTarget::Nats {
                 ws_url: ws_url.clone(),
                 subject: subject.clone(),
-            };
+            }];
             let publisher = crate::peers::NatsPublisher::connect(address).await?;
             (
                 target,
@@ -265,14 +304,14 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
     };
 
     let load_average_before = load_average();
-    let rss_before = plan.gateway_pid.and_then(rss_bytes);
+    let rss_before = total_rss(&plan.gateway_pids);
     let addresses = source_addresses(plan.source_addresses);
     let mut fleet = Vec::with_capacity(workers);
     for index in 0..workers {
         let share = plan.connections / workers + usize::from(index < plan.connections % workers);
         let worker_plan = WorkerPlan {
             worker: index,
-            target: device_target.clone(),
+            target: device_targets[index % device_targets.len()].clone(),
             connections: share,
             source_addresses: addresses
                 .iter()
@@ -342,7 +381,7 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
     );
     // Let allocator and kernel settle before reading memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = plan.gateway_pid.and_then(rss_bytes);
+    let rss_after = total_rss(&plan.gateway_pids);
 
     let mut versions = Vec::with_capacity(plan.publishes);
     for index in 0..plan.publishes {
@@ -357,8 +396,9 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
 
     let mut storm_timeline = None;
     if let Some(storm) = &plan.storm {
-        let pid = plan
-            .gateway_pid
+        let pid = *plan
+            .gateway_pids
+            .first()
             .context("the storm scenario needs --gateway-pid")?;
         let signal = match storm.signal {
             StormSignal::Drain => "-TERM",
@@ -404,8 +444,14 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
 
     let load_average_after = load_average();
     let mut connects: Vec<u64> = Vec::new();
-    let mut per_version: std::collections::BTreeMap<u64, hdrhistogram::Histogram<u64>> =
-        versions.iter().map(|v| (*v, new_histogram())).collect();
+    // Each update may carry several versions (one per independent node published through).
+    let update_of: std::collections::HashMap<u64, usize> = versions
+        .iter()
+        .enumerate()
+        .flat_map(|(update, versions)| versions.iter().map(move |v| (*v, update)))
+        .collect();
+    let mut per_update: Vec<hdrhistogram::Histogram<u64>> =
+        versions.iter().map(|_| new_histogram()).collect();
     for worker in &mut fleet {
         let finish = serde_json::to_string(&Command::Finish)? + "\n";
         worker.stdin.write_all(finish.as_bytes()).await?;
@@ -421,7 +467,7 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
             }
         };
         for (version, latencies) in samples {
-            if let Some(histogram) = per_version.get_mut(&version) {
+            if let Some(histogram) = update_of.get(&version).map(|&u| &mut per_update[u]) {
                 for latency in latencies {
                     histogram.saturating_record(latency.max(1));
                 }
@@ -432,10 +478,10 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
 
     let mut overall = new_histogram();
     let mut updates = Vec::new();
-    for (version, histogram) in &per_version {
+    for (versions, histogram) in versions.iter().zip(&per_update) {
         overall.add(histogram).context("merging histograms")?;
         updates.push(UpdateReport {
-            version: *version,
+            version: versions.iter().copied().max().unwrap_or(0),
             delivered: histogram.len(),
             expected: connected as u64,
             latency: Latency::of(histogram),

@@ -54,8 +54,17 @@ struct FanoutArgs {
     /// The system under test.
     #[arg(long, value_enum, default_value = "ringside")]
     target: TargetKind,
+    /// The node whose admin API takes the publishes (and whose devices connect, without --nodes).
     #[arg(long, env = "RINGSIDE_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
+    /// Gateway nodes to spread devices over (comma-separated base URLs); one worker per node
+    /// at least. Default: --server.
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
+    /// Publish each update through every one of these admin APIs at once (comma-separated):
+    /// independent nodes with embedded buses. Default: --server.
+    #[arg(long, value_delimiter = ',')]
+    publish_to: Vec<String>,
     #[arg(
         long,
         env = "RINGSIDE_DEVICE_TOKEN_SECRET",
@@ -90,9 +99,10 @@ struct FanoutArgs {
     /// Size of the filler in each payload.
     #[arg(long, default_value_t = 100)]
     payload_bytes: usize,
-    /// PID of the gateway process whose RSS to report.
-    #[arg(long)]
-    gateway_pid: Option<u32>,
+    /// PIDs of the gateway processes whose RSS to report (comma-separated; the storm takes
+    /// down the first).
+    #[arg(long, value_delimiter = ',')]
+    gateway_pid: Vec<u32>,
     #[arg(long, default_value_t = 8)]
     source_addresses: usize,
     /// Fleet-wide new connections per second.
@@ -384,7 +394,16 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             let target = match args.target {
                 TargetKind::Ringside => FanoutTarget::Ringside {
-                    server: args.server.clone(),
+                    nodes: if args.nodes.is_empty() {
+                        vec![args.server.clone()]
+                    } else {
+                        args.nodes.clone()
+                    },
+                    publish_to: if args.publish_to.is_empty() {
+                        vec![args.server.clone()]
+                    } else {
+                        args.publish_to.clone()
+                    },
                     device_token_secret: args.device_token_secret,
                     admin_token: args.admin_token,
                 },
@@ -410,7 +429,7 @@ fn main() -> anyhow::Result<()> {
                 publish_interval: Duration::from_millis(args.publish_interval_ms),
                 event: args.event,
                 payload_bytes: args.payload_bytes,
-                gateway_pid: args.gateway_pid,
+                gateway_pids: args.gateway_pid,
                 source_addresses: args.source_addresses,
                 connect_rate: args.connect_rate,
                 read_buffer_bytes: args.read_buffer_bytes,
