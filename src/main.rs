@@ -327,6 +327,10 @@ impl KafkaArgs {
         config.partitions = self.kafka_partitions;
         config.replication = self.kafka_replication;
         if let Some(ms) = self.kafka_publish_timeout_ms {
+            // Below the publish lock's lifetime, so a lock always outlives its publish.
+            if !(1000..=20_000).contains(&ms) {
+                bail!("--kafka-publish-timeout-ms must be between 1000 and 20000, not {ms}");
+            }
             config.publish_timeout = Duration::from_millis(ms);
         }
         if let Some(path) = &self.kafka_config_file {

@@ -172,53 +172,21 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<DrainReport> {
     config.validate()?;
-    let address = listener.local_addr()?;
-    let registry = Registry::new();
-    let bus: Arc<dyn Bus> = match &config.bus {
-        BusSetup::Memory => Arc::new(MemoryBus::new()),
-        BusSetup::Kafka(kafka) => Arc::new(KafkaBus::connect(kafka.clone(), &registry).await?),
-    };
-    let redis = match &config.prefetch.store {
-        StoreSetup::Memory => None,
-        StoreSetup::Redis { url, prefix } => Some(Arc::new(RedisLink::new(url, prefix))),
-    };
-    // Stopped after the drain, so that a draining node still reports itself (as not ready).
+    // Stopped after the drain, so that a draining node still reports itself (as not ready);
+    // also stopped if startup fails or is cancelled, so no task outlives this function.
     let stopped = CancellationToken::new();
-
-    let node = if config.role.serves_devices() {
-        Some(
-            Node::start(
-                config.gateway.clone(),
-                &config.secrets,
-                bus.as_ref(),
-                redis.clone(),
-                &registry,
-                address.to_string(),
-                &stopped,
-            )
-            .await?,
-        )
-    } else {
-        None
+    let _stop_tasks = stopped.clone().drop_guard();
+    // Startup (reaching the broker, reading the bus) ends early on shutdown.
+    let started = tokio::select! {
+        () = shutdown.cancelled() => return Ok(DrainReport::default()),
+        started = start(&listener, &config, &shutdown, &stopped) => started?,
     };
-    let mut router = Router::new();
-    let mut background = Vec::new();
-    if config.role.serves_control() {
-        let (control_router, materializer) = start_control(
-            &config,
-            bus.clone(),
-            redis.as_deref(),
-            node.as_ref().map(|n| n.gateway.clone()),
-            &registry,
-            &shutdown,
-        )
-        .await?;
-        router = router.merge(control_router);
-        background.extend(materializer);
-    }
-    if let Some(node) = &node {
-        router = router.merge(node.gateway.router());
-    }
+    let Started {
+        registry,
+        node,
+        router,
+        background,
+    } = started;
     let operations = Operations {
         registry,
         gateway: node.as_ref().map(|n| n.gateway.clone()),
@@ -250,6 +218,72 @@ pub async fn serve(
         task.abort();
     }
     Ok(report)
+}
+
+/// What a started process serves with.
+struct Started {
+    registry: Arc<Registry>,
+    node: Option<Node>,
+    router: Router,
+    background: Vec<JoinHandle<()>>,
+}
+
+async fn start(
+    listener: &TcpListener,
+    config: &ServeConfig,
+    shutdown: &CancellationToken,
+    stopped: &CancellationToken,
+) -> anyhow::Result<Started> {
+    let address = listener.local_addr()?;
+    let registry = Registry::new();
+    let bus: Arc<dyn Bus> = match &config.bus {
+        BusSetup::Memory => Arc::new(MemoryBus::new()),
+        BusSetup::Kafka(kafka) => Arc::new(KafkaBus::connect(kafka.clone(), &registry).await?),
+    };
+    let redis = match &config.prefetch.store {
+        StoreSetup::Memory => None,
+        StoreSetup::Redis { url, prefix } => Some(Arc::new(RedisLink::new(url, prefix))),
+    };
+    let node = if config.role.serves_devices() {
+        Some(
+            Node::start(
+                config.gateway.clone(),
+                &config.secrets,
+                bus.as_ref(),
+                redis.clone(),
+                &registry,
+                address.to_string(),
+                stopped,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let mut router = Router::new();
+    let mut background = Vec::new();
+    if config.role.serves_control() {
+        let (control_router, materializer) = start_control(
+            config,
+            bus.clone(),
+            redis.as_deref(),
+            node.as_ref().map(|n| n.gateway.clone()),
+            &registry,
+            shutdown,
+        )
+        .await?;
+        router = router.merge(control_router);
+        background.extend(materializer);
+    }
+    if let Some(node) = &node {
+        router = router.merge(node.gateway.router());
+    }
+    Ok(Started {
+        registry,
+        node,
+        router,
+        background,
+    })
 }
 
 /// How often a gateway node compares its states with the event store's, to repair anything the
@@ -306,7 +340,7 @@ impl Node {
         let consumer_hub = hub.clone();
         let feed = bus.subscribe();
         let consumer_stop = stopped.clone();
-        tasks.push(tokio::spawn(async move {
+        let mut consumer = tokio::spawn(async move {
             let result = run_bus_consumer(feed, consumer_hub.clone(), consumer_stop).await;
             if let Err(error) = result {
                 // The node can no longer follow state changes: report unready so that the
@@ -314,19 +348,29 @@ impl Node {
                 tracing::error!(%error, "bus consumer stopped; node is unready");
                 consumer_hub.mark_unready();
             }
-        }));
+        });
         // The node serves subscriptions only once it holds the latest state of every topic.
         if !hub.is_ready() {
             tracing::info!("reading the bus before accepting devices");
         }
-        hub.wait_ready().await;
+        tokio::select! {
+            () = hub.wait_ready() => {}
+            _ = &mut consumer => anyhow::bail!("the bus feed ended before the node caught up"),
+        }
+        tasks.push(consumer);
         Ok(Self { gateway, tasks })
     }
 
-    /// After the drain: the registry entry goes (the reporter removes it), then the tasks.
+    /// After the drain: the registry entry goes (the reporter removes it), then the tasks;
+    /// any still running after a moment is aborted.
     async fn stop(self) {
-        for task in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        for mut task in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
     }
 }

@@ -67,6 +67,60 @@ async fn versions_from_two_instances_are_unique_and_increasing() {
 }
 
 #[tokio::test]
+async fn one_instance_at_a_time_holds_an_events_publish_lock() {
+    let keys = RedisKeys::new("publish-lock");
+    let store = |keys: &RedisKeys| {
+        let (url, prefix) = (keys.url.clone(), keys.prefix.clone());
+        async move {
+            RedisEventStore::new(
+                ringside::content::connect_redis(&url).await.unwrap(),
+                prefix,
+            )
+        }
+    };
+    let (first, second) = (store(&keys).await, store(&keys).await);
+    let id = EventId::parse("locked").unwrap();
+    let held = first
+        .lock_publishes(&id)
+        .await
+        .unwrap()
+        .expect("a shared lock");
+    // While the first instance holds it, the second cannot take it.
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        second.lock_publishes(&id),
+    )
+    .await;
+    assert!(waited.is_err(), "the lock was taken twice");
+    // Another event's lock is independent.
+    let other = EventId::parse("other").unwrap();
+    let other_lock = second.lock_publishes(&other).await.unwrap().unwrap();
+    second.unlock_publishes(other_lock).await;
+    // Only its holder's token releases it.
+    second
+        .unlock_publishes(control::store::PublishLock {
+            key: held.key.clone(),
+            token: "forged".into(),
+        })
+        .await;
+    assert!(
+        tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            second.lock_publishes(&id)
+        )
+        .await
+        .is_err()
+    );
+    first.unlock_publishes(held).await;
+    let next = tokio::time::timeout(PROMPTLY, second.lock_publishes(&id))
+        .await
+        .expect("free once released")
+        .unwrap();
+    assert!(next.is_some());
+    second.unlock_publishes(next.unwrap()).await;
+}
+
+#[tokio::test]
 async fn a_restarted_node_on_redis_keeps_its_events_and_serves_exact_catch_up() {
     let keys = RedisKeys::new("restart");
     let on_redis = |setup: &mut ringside::server::PrefetchSetup| {

@@ -257,13 +257,25 @@ async fn publish(
         })?,
     };
     // One publish per event at a time, from version assignment to the bus's acknowledgement,
-    // so that the bus carries an event's states in version order.
+    // so that the bus carries an event's states in version order: in this process, then
+    // across every instance sharing the store.
     let event_lock = control.publish_lock(&id);
     let _serialized = event_lock.lock().await;
-    let new = control
-        .store
-        .next_state(&id, request.stage, payload)
-        .await?;
+    let shared_lock = control.store.lock_publishes(&id).await?;
+    let result = publish_in_order(&control, &id, request.stage, payload).await;
+    if let Some(lock) = shared_lock {
+        control.store.unlock_publishes(lock).await;
+    }
+    result
+}
+
+async fn publish_in_order(
+    control: &ControlPlane,
+    id: &EventId,
+    stage: Stage,
+    payload: Payload,
+) -> Result<Response, ControlError> {
+    let new = control.store.next_state(id, stage, payload).await?;
     let state = new.state;
     let receipt = PublishReceipt {
         topic: state.topic.clone(),

@@ -5,8 +5,8 @@
 //!
 //! Keys, under the deployment's prefix:
 //! - `node:<id>`: the node's last report (JSON), expiring after [`NODE_TTL`].
-//! - `nodes`: a sorted set of node ids scored by when their report expires, so that listing
-//!   does not scan the keyspace; expired members are pruned on every listing.
+//! - `nodes`: a sorted set of node ids (scored by their last report), so that listing does not
+//!   scan the keyspace; members whose report expired are pruned on every listing.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -89,7 +89,7 @@ impl NodeRegistry {
             .ignore()
             .cmd("ZADD")
             .arg(self.set_key())
-            .arg(unix_now_ms() + ttl_ms)
+            .arg(report.reported_at_ms)
             .arg(&report.node.node)
             .ignore()
             .query_async::<()>(&mut connection)
@@ -112,16 +112,11 @@ impl NodeRegistry {
             .await
     }
 
-    /// Every live node's last report, by node id.
+    /// Every live node's last report, by node id. Liveness is the report key's TTL, kept by
+    /// Redis's clock, so nodes' clocks need not agree; members whose report expired are pruned.
     pub async fn reports(&self) -> Result<Vec<NodeReport>, redis::RedisError> {
         let mut connection = self.connection.clone();
-        let (ids,): (Vec<String>,) = redis::pipe()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(self.set_key())
-            .arg("-inf")
-            .arg(unix_now_ms())
-            .ignore()
-            .cmd("ZRANGE")
+        let ids: Vec<String> = redis::cmd("ZRANGE")
             .arg(self.set_key())
             .arg(0)
             .arg(-1)
@@ -135,6 +130,20 @@ impl NodeRegistry {
             .arg(&keys)
             .query_async(&mut connection)
             .await?;
+        let expired: Vec<&String> = ids
+            .iter()
+            .zip(&reports)
+            .filter(|(_, report)| report.is_none())
+            .map(|(id, _)| id)
+            .collect();
+        if !expired.is_empty() {
+            let () = redis::cmd("ZREM")
+                .arg(self.set_key())
+                .arg(&expired)
+                .query_async::<i64>(&mut connection)
+                .await
+                .map(|_| ())?;
+        }
         let mut live: Vec<NodeReport> = reports
             .into_iter()
             .flatten()

@@ -7,13 +7,15 @@
 //!   `max(last + 1, publish time in ms)` atomically, so versions stay unique and increasing
 //!   however many instances publish at once, and keep increasing if the key is ever lost.
 //! - `state:<id>`: the current state (JSON), replaced only by a newer version (Lua).
+//! - `lock:<id>`: held by the instance publishing the event, from version assignment to the
+//!   bus's acknowledgement, so that the bus carries one event's states in version order.
 
 use broadcaster::BoxFuture;
 use protocol::admin::{CreateEvent, EventSummary};
 use protocol::{EventId, EventState, Payload, Stage};
 use redis::Script;
 
-use crate::store::{EventWithState, NewState};
+use crate::store::{EventWithState, NewState, PublishLock};
 use crate::{ControlError, EventStore};
 
 const NEXT_VERSION: &str = r"
@@ -32,11 +34,28 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 1
 ";
 
+const RELEASE_LOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// How long a publish lock lives if its holder dies without releasing it. A publish holds it
+/// for at most the bus's publish timeout, which must stay below this.
+pub const PUBLISH_LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a publish waits for another instance's publish of the same event.
+pub const PUBLISH_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The control plane's store in Redis.
 #[derive(Clone)]
 pub struct RedisEventStore {
     connection: redis::aio::ConnectionManager,
     prefix: String,
+    /// Publish locks this process may hold without knowing it, by key: a `SET` or release whose
+    /// answer was lost (Redis unreachable) may still have been applied. The next publish of that
+    /// event reuses the token, so the lock never stands in this process's own way.
+    uncertain_locks: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl std::fmt::Debug for RedisEventStore {
@@ -63,6 +82,7 @@ impl RedisEventStore {
         Self {
             connection,
             prefix: prefix.into(),
+            uncertain_locks: Default::default(),
         }
     }
 
@@ -234,4 +254,94 @@ impl EventStore for RedisEventStore {
     fn with_states(&self) -> BoxFuture<'_, Result<Vec<EventWithState>, ControlError>> {
         Box::pin(self.all())
     }
+
+    fn lock_publishes(
+        &self,
+        id: &EventId,
+    ) -> BoxFuture<'_, Result<Option<PublishLock>, ControlError>> {
+        let key = self.key(&format!("lock:{id}"));
+        Box::pin(async move {
+            let token = self.take_uncertain(&key).unwrap_or_else(lock_token);
+            let deadline = std::time::Instant::now() + PUBLISH_LOCK_WAIT;
+            loop {
+                match self.try_lock(&key, &token).await {
+                    Ok(true) => return Ok(Some(PublishLock { key, token })),
+                    Ok(false) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                    Ok(false) => {
+                        tracing::warn!(%key, "publish lock still held by another instance");
+                        return Err(ControlError::StoreUnavailable);
+                    }
+                    Err(error) => {
+                        self.mark_uncertain(key, token);
+                        return Err(unavailable(error));
+                    }
+                }
+            }
+        })
+    }
+
+    fn unlock_publishes(&self, lock: PublishLock) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let released: Result<i64, _> = Script::new(RELEASE_LOCK)
+                .key(&lock.key)
+                .arg(&lock.token)
+                .invoke_async(&mut connection)
+                .await;
+            if let Err(error) = released {
+                tracing::warn!(%error, key = %lock.key, "publish lock not released; it expires by itself");
+                self.mark_uncertain(lock.key, lock.token);
+            }
+        })
+    }
+}
+
+impl RedisEventStore {
+    /// Takes the lock at `key` for `token`, or finds it already taken for `token`.
+    async fn try_lock(&self, key: &str, token: &str) -> Result<bool, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let ttl_ms = PUBLISH_LOCK_TTL.as_millis() as u64;
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut connection)
+            .await?;
+        if taken.is_some() {
+            return Ok(true);
+        }
+        let holder: Option<String> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut connection)
+            .await?;
+        Ok(holder.as_deref() == Some(token))
+    }
+
+    fn take_uncertain(&self, key: &str) -> Option<String> {
+        self.uncertain_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key)
+    }
+
+    fn mark_uncertain(&self, key: String, token: String) {
+        self.uncertain_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, token);
+    }
+}
+
+/// A token no other holder of a lock has: process, time and a counter.
+fn lock_token() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let count = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{nanos}-{count}", std::process::id())
 }

@@ -40,6 +40,27 @@ pub trait EventStore: Send + Sync + 'static {
     fn record_published(&self, state: &EventState) -> BoxFuture<'_, Result<(), ControlError>>;
     /// Every event with its current state (`None` before the first publish).
     fn with_states(&self) -> BoxFuture<'_, Result<Vec<EventWithState>, ControlError>>;
+    /// Takes `id`'s publish lock across every control instance sharing this store, so that one
+    /// event's versions reach the bus in version order (a compacted log keeps the last record
+    /// per key, which must be the newest). A store only one process uses needs none: the
+    /// control plane's own per-event lock covers it.
+    fn lock_publishes(
+        &self,
+        _id: &EventId,
+    ) -> BoxFuture<'_, Result<Option<PublishLock>, ControlError>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// Releases a lock [`EventStore::lock_publishes`] took.
+    fn unlock_publishes(&self, _lock: PublishLock) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// A held publish lock: its key and the token that proves this holder took it.
+#[derive(Debug)]
+pub struct PublishLock {
+    pub key: String,
+    pub token: String,
 }
 
 #[derive(Debug)]

@@ -27,7 +27,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use telemetry::{Counter, Registry};
@@ -48,7 +48,7 @@ pub struct KafkaConfig {
     pub partitions: Option<i32>,
     pub replication: Option<i32>,
     /// How long a publish may wait for the broker's acknowledgement before it fails
-    /// (librdkafka's `message.timeout.ms`).
+    /// (librdkafka's `message.timeout.ms`, at least 1 s).
     pub publish_timeout: Duration,
     /// How long startup waits for the broker (topic creation, metadata) before giving up.
     pub connect_timeout: Duration,
@@ -104,7 +104,7 @@ impl KafkaConfig {
     }
 
     fn producer(&self) -> Result<FutureProducer, KafkaSetupError> {
-        let timeout_ms = self.publish_timeout.as_millis().max(1000).to_string();
+        let timeout_ms = self.publish_timeout.as_millis().to_string();
         self.client(&[
             ("enable.idempotence", "true".into()),
             ("acks", "all".into()),
@@ -275,8 +275,9 @@ impl Inner {
             replication,
         )
         .set("cleanup.policy", "compact");
-        let options =
-            AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(5))));
+        let options = AdminOptions::new()
+            .operation_timeout(Some(Timeout::After(Duration::from_secs(5))))
+            .request_timeout(Some(Timeout::After(Duration::from_secs(5))));
         let results = self
             .admin
             .create_topics([&topic], &options)
@@ -293,6 +294,16 @@ impl Inner {
                     tracing::info!(topic = %name, "created the Kafka topic (log-compacted)");
                 }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                // A user without the right to create topics checks nothing here: Kafka refuses
+                // before it looks whether the topic exists. Use the topic as provisioned; the
+                // feed waits for it and a publish to a missing topic fails with 503.
+                Err((
+                    name,
+                    RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed,
+                )) => {
+                    tracing::debug!(topic = %name, "not allowed to create Kafka topics; using the topic as provisioned");
+                }
                 Err((name, code)) if is_transient(code) => {
                     return Err(KafkaSetupError::Unreachable {
                         brokers: self.config.brokers.clone(),
@@ -329,6 +340,25 @@ impl Inner {
             .map_err(|(error, _)| error)
     }
 
+    /// Replaces the producer with a new one (a new producer id); false if none can be made.
+    fn renew_producer(&self) -> bool {
+        match self.config.producer() {
+            Ok(producer) => {
+                let old = std::mem::replace(
+                    &mut *self.producer.lock().unwrap_or_else(PoisonError::into_inner),
+                    producer,
+                );
+                // Tearing a producer down joins its thread and flushes: not on the runtime.
+                tokio::task::spawn_blocking(move || drop(old));
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start a new Kafka producer");
+                false
+            }
+        }
+    }
+
     /// Repairs what a failed produce left behind; returns whether trying once more now makes
     /// sense (not after a timeout: the publish has waited long enough).
     ///
@@ -337,14 +367,8 @@ impl Inner {
     /// has. A new one starts with a new producer id; creating it costs about a millisecond.
     async fn recover(&self, error: &KafkaError) -> bool {
         let code = error.rdkafka_error_code();
-        match self.config.producer() {
-            Ok(producer) => {
-                *self.producer.lock().unwrap_or_else(PoisonError::into_inner) = producer;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot start a new Kafka producer");
-                return false;
-            }
+        if !self.renew_producer() {
+            return false;
         }
         if matches!(
             code,
@@ -380,15 +404,26 @@ impl Bus for KafkaBus {
             let payload = serde_json::to_vec(&state)
                 .map_err(|error| BroadcastError::BusUnavailable(error.to_string()))?;
             let key = state.topic.to_string();
-            let mut result = bus.produce(&key, &payload).await;
-            if let Err(error) = &result
-                && bus.recover(error).await
-            {
-                result = bus.produce(&key, &payload).await;
-            }
+            let attempts = async {
+                let mut result = bus.produce(&key, &payload).await;
+                if let Err(error) = &result
+                    && bus.recover(error).await
+                {
+                    result = bus.produce(&key, &payload).await;
+                }
+                result.map_err(|error| error.to_string())
+            };
+            // Retries and topic repairs included, a publish is answered within the timeout.
+            let result = match tokio::time::timeout(bus.config.publish_timeout, attempts).await {
+                Ok(result) => result,
+                Err(_) => {
+                    bus.renew_producer();
+                    Err("not acknowledged within the publish timeout".into())
+                }
+            };
             result.map_err(|error| {
                 tracing::warn!(%error, event = %state.topic, version = state.version, "Kafka did not acknowledge a publish");
-                BroadcastError::BusUnavailable(error.to_string())
+                BroadcastError::BusUnavailable(error)
             })
         })
     }
@@ -409,15 +444,6 @@ impl Bus for KafkaBus {
             tracing::error!(%error, "cannot start the Kafka feed thread");
         }
         Box::new(KafkaFeed { receiver, stop })
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Deliver anything still queued; publishes are awaited, so this is normally empty.
-        let _ = self
-            .current_producer()
-            .flush(Timeout::After(Duration::from_secs(1)));
     }
 }
 
@@ -452,7 +478,11 @@ struct FeedReader {
 /// How a consumer's run ended.
 enum Followed {
     Stopped,
-    LostBroker(KafkaError),
+    /// `after_reading`: the consumer had read records before (so it is not failing at once).
+    LostBroker {
+        error: KafkaError,
+        after_reading: bool,
+    },
 }
 
 /// How long one poll blocks; also how quickly the thread notices a stop.
@@ -481,7 +511,13 @@ impl FeedReader {
             };
             match self.follow(&consumer, &mut caught_up) {
                 Followed::Stopped => return,
-                Followed::LostBroker(error) => {
+                Followed::LostBroker {
+                    error,
+                    after_reading,
+                } => {
+                    if after_reading {
+                        delay = Duration::from_millis(100);
+                    }
                     tracing::warn!(%error, "Kafka connection lost; following the topic with a new consumer");
                     drop(consumer);
                     std::thread::sleep(delay);
@@ -497,6 +533,7 @@ impl FeedReader {
             return Followed::Stopped;
         };
         let mut last_error_log: Option<Instant> = None;
+        let mut after_reading = false;
         while !self.stopped() {
             if !*caught_up && pending.is_empty() {
                 *caught_up = true;
@@ -511,6 +548,7 @@ impl FeedReader {
             match polled {
                 Ok(message) => {
                     self.metrics.received.increment();
+                    after_reading = true;
                     let (partition, offset) = (message.partition(), message.offset());
                     if pending
                         .get(&partition)
@@ -548,7 +586,10 @@ impl FeedReader {
                                 | RDKafkaErrorCode::BrokerTransportFailure
                         )
                     ) {
-                        return Followed::LostBroker(error);
+                        return Followed::LostBroker {
+                            error,
+                            after_reading,
+                        };
                     }
                     // librdkafka keeps retrying by itself; say so at most every 5 s.
                     if last_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {

@@ -283,8 +283,9 @@ impl Cluster {
 async fn wait_healthy(node: &Node) {
     let deadline = tokio::time::Instant::now() + PROMPTLY * 3;
     loop {
-        let answer = client::http::call(&node.base, "GET", "/healthz", &[], None).await;
-        if answer.is_ok_and(|response| response.status == 200) {
+        let call = client::http::call(&node.base, "GET", "/healthz", &[], None);
+        let answer = tokio::time::timeout(Duration::from_secs(1), call).await;
+        if answer.is_ok_and(|answer| answer.is_ok_and(|response| response.status == 200)) {
             return;
         }
         assert!(

@@ -125,16 +125,7 @@ impl TestServer {
 
     /// Creates an event with stages UPCOMING, LIVE, ENDED.
     pub async fn create_event(&self, id: &str) -> EventId {
-        let event = CreateEvent {
-            id: EventId::parse(id).unwrap(),
-            title: format!("Event {id}"),
-            starts_at: "2026-12-01T20:00:00Z".into(),
-            stages: ["UPCOMING", "LIVE", "ENDED"]
-                .iter()
-                .map(|s| Stage::parse(s).unwrap())
-                .collect(),
-        };
-        self.admin().create_event(&event).await.unwrap().id
+        create_event(&self.admin(), id).await
     }
 
     pub async fn publish(&self, id: &EventId, stage: &str, payload: &str) -> PublishReceipt {
@@ -199,6 +190,20 @@ pub fn test_prefetch_setup() -> ringside::server::PrefetchSetup {
         store: ringside::content::StoreSetup::Memory,
         materialize: ringside::content::MaterializeMode::OnDemand,
     }
+}
+
+/// Creates an event with stages UPCOMING, LIVE, ENDED through `admin`.
+pub async fn create_event(admin: &AdminClient, id: &str) -> EventId {
+    let event = CreateEvent {
+        id: EventId::parse(id).unwrap(),
+        title: format!("Event {id}"),
+        starts_at: "2026-12-01T20:00:00Z".into(),
+        stages: ["UPCOMING", "LIVE", "ENDED"]
+            .iter()
+            .map(|s| Stage::parse(s).unwrap())
+            .collect(),
+    };
+    admin.create_event(&event).await.unwrap().id
 }
 
 pub fn device_token(device: &str, ttl_s: i64) -> String {
