@@ -445,7 +445,7 @@ async fn run_node_reports(
                 ..gateway.node_stats()
             },
             topics: gateway.hub().topic_stats(),
-            reported_at_ms: unix_now_ms(),
+            reported_at_ms: protocol::unix_now_ms(),
         };
         let result = match redis.connection().await {
             Ok(connection) => NodeRegistry::new(connection, redis.prefix.clone())
@@ -475,12 +475,6 @@ async fn run_node_reports(
             tracing::warn!(%error, "could not remove this node from the registry; it expires by itself");
         }
     }
-}
-
-fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The control side of a process: the admin API and the prefetch service, plus the background

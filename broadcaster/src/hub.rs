@@ -174,6 +174,13 @@ impl Hub {
     /// Makes `state` current for its topic if it is newer than what the hub holds, and offers
     /// it to every subscriber. Encodes the state once.
     pub fn apply(&self, state: &EventState) -> Applied {
+        // A node re-reading the bus (startup after seeding from the store, a new consumer) sees
+        // mostly states it holds: drop those before paying for the encoding. The check under
+        // the lock below stays the one that decides.
+        if self.version(&state.topic) >= state.version {
+            self.metrics.states_stale.increment();
+            return Applied::Stale;
+        }
         let encoded = Arc::new(EncodedState::encode(state));
         let channel = self.with_channel(&state.topic, |channel| {
             let mut current = channel

@@ -46,12 +46,6 @@ impl std::fmt::Debug for NodeRegistry {
     }
 }
 
-fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl NodeRegistry {
     pub fn new(connection: redis::aio::ConnectionManager, prefix: impl Into<String>) -> Self {
         Self {
@@ -208,7 +202,7 @@ impl StatsSource for ClusterStats {
                 tracing::warn!(%error, "node registry unavailable");
                 ControlError::StoreUnavailable
             })?;
-            Ok(aggregate(reports, unix_now_ms()))
+            Ok(aggregate(reports, protocol::unix_now_ms()))
         })
     }
 }

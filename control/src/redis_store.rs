@@ -148,12 +148,6 @@ fn summary(created: CreateEvent, state: Option<&EventState>) -> EventSummary {
     }
 }
 
-fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl EventStore for RedisEventStore {
     fn create(&self, event: CreateEvent) -> BoxFuture<'_, Result<EventSummary, ControlError>> {
         Box::pin(async move {
@@ -215,7 +209,7 @@ impl EventStore for RedisEventStore {
         Box::pin(async move {
             let created = self.created(&id).await?;
             crate::store::check_stage(&id, &created.stages, &stage)?;
-            let published_at_ms = unix_now_ms();
+            let published_at_ms = protocol::unix_now_ms();
             let mut connection = self.connection.clone();
             let version: u64 = Script::new(NEXT_VERSION)
                 .key(self.key(&format!("version:{id}")))

@@ -87,12 +87,6 @@ impl MemoryEventStore {
     }
 }
 
-fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Refuses a stage the event does not define, naming the ones it does.
 pub(crate) fn check_stage(
     id: &EventId,
@@ -175,7 +169,7 @@ impl EventStore for MemoryEventStore {
     ) -> BoxFuture<'_, Result<NewState, ControlError>> {
         let result = (|| {
             let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
-            let published_at_ms = unix_now_ms();
+            let published_at_ms = protocol::unix_now_ms();
             let record = events.get_mut(id).ok_or_else(|| unknown_event(id))?;
             check_stage(id, &record.summary.stages, &stage)?;
             record.last_assigned = (record.last_assigned + 1).max(published_at_ms);
@@ -231,7 +225,7 @@ mod tests {
             let id = EventId::parse("e").expect("id");
             store.next_state(&id, Stage::parse("LIVE").expect("stage"), Payload::empty())
         }
-        let before_ms = unix_now_ms();
+        let before_ms = protocol::unix_now_ms();
         let first_store = MemoryEventStore::new();
         first_store.create(create()).await.expect("created");
         let a = next(&first_store).await.expect("a").state;
@@ -243,7 +237,7 @@ mod tests {
         // A restarted process starts with an empty store: once the clock has passed the old
         // versions (they run ahead of it only during bursts of several publishes per
         // millisecond), its versions exceed them.
-        while unix_now_ms() <= b.version {
+        while protocol::unix_now_ms() <= b.version {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         let second_store = MemoryEventStore::new();

@@ -326,7 +326,7 @@ impl Session {
         };
         bounded_write(&self.gateway, written).await?;
         let metrics = &self.gateway.metrics;
-        let now_ms = unix_now_ms();
+        let now_ms = protocol::unix_now_ms();
         for delivery in self.outbound.drain(..) {
             let state = &delivery.state;
             metrics.messages_sent.increment();
@@ -410,12 +410,6 @@ async fn bounded_write(
         Ok(Err(_)) => Err(Ending::Gone),
         Err(_elapsed) => Err(Ending::SlowConsumer),
     }
-}
-
-fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn unix_now_s() -> u64 {

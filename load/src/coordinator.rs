@@ -184,12 +184,6 @@ fn total_rss(pids: &[u32]) -> Option<u64> {
     pids.iter().map(|&pid| rss_bytes(pid)).sum()
 }
 
-fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Waits until the workers report `expected` deliveries in all, or the timeout; shows progress.
 async fn wait_for_deliveries(
     fleet: &mut [Worker],
@@ -405,7 +399,7 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
             StormSignal::Kill => "-KILL",
         };
         let down_at = Instant::now();
-        let down_at_ms = unix_now_ms();
+        let down_at_ms = protocol::unix_now_ms();
         eprintln!("storm: kill {signal} {pid}");
         tokio::process::Command::new("kill")
             .args([signal, &pid.to_string()])

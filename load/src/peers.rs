@@ -7,7 +7,7 @@
 //! Ringside's `state` frames.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
@@ -27,12 +27,6 @@ pub struct PeerMessage {
     pub published_at_ms: u64,
     #[serde(default)]
     pub filler: String,
-}
-
-fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Opens a WebSocket from `bind` to `url`.
@@ -153,7 +147,7 @@ impl NatsPublisher {
     ) -> anyhow::Result<u64> {
         let message = PeerMessage {
             version,
-            published_at_ms: unix_now_ms(),
+            published_at_ms: protocol::unix_now_ms(),
             filler: filler.to_owned(),
         };
         let payload = serde_json::to_vec(&message)?;

@@ -21,6 +21,14 @@ pub struct EventState {
     pub payload: Payload,
 }
 
+/// The clock `published_at_ms` is read from: milliseconds since the Unix epoch (0 if the clock
+/// is before it).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Why a payload was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
