@@ -72,8 +72,19 @@ pub enum FanoutTarget {
         device_token_secret: String,
         admin_token: String,
     },
-    /// A NATS server: devices use its WebSocket listener, the coordinator its TCP protocol.
-    Nats { ws_url: String, address: String },
+    /// NATS: devices spread over the WebSocket listeners `ws_urls` (one server, or a cluster
+    /// joined by routes); the coordinator publishes once over TCP to `address`.
+    Nats {
+        ws_urls: Vec<String>,
+        address: String,
+    },
+    /// Pushpin: devices spread over the instances' WebSocket ports `ws_urls` (such as
+    /// `ws://127.0.0.1:7990`); each update goes to every publish endpoint of `publish_urls`
+    /// (such as `http://127.0.0.1:5591`) at once.
+    Pushpin {
+        ws_urls: Vec<String>,
+        publish_urls: Vec<String>,
+    },
 }
 
 impl FanoutTarget {
@@ -85,9 +96,25 @@ impl FanoutTarget {
                 .iter()
                 .chain(publish_to)
                 .all(|url| is_loopback_url(url)),
-            Self::Nats { ws_url, address } => {
-                is_loopback_url(ws_url) && is_loopback_url(&format!("tcp://{address}"))
+            Self::Nats { ws_urls, address } => {
+                ws_urls.iter().all(|url| is_loopback_url(url))
+                    && is_loopback_url(&format!("tcp://{address}"))
             }
+            Self::Pushpin {
+                ws_urls,
+                publish_urls,
+            } => ws_urls
+                .iter()
+                .chain(publish_urls)
+                .all(|url| is_loopback_url(url)),
+        }
+    }
+
+    /// How many nodes devices spread over.
+    fn device_nodes(&self) -> usize {
+        match self {
+            Self::Ringside { nodes, .. } => nodes.len(),
+            Self::Nats { ws_urls, .. } | Self::Pushpin { ws_urls, .. } => ws_urls.len(),
         }
     }
 }
@@ -99,15 +126,24 @@ enum Publisher {
         event: EventId,
         payload: Payload,
     },
-    Nats {
-        publisher: crate::peers::NatsPublisher,
-        subject: String,
+    Peer {
+        publisher: crate::peers::PeerPublisher,
+        channel: String,
         filler: String,
         next_version: u64,
     },
 }
 
 impl Publisher {
+    fn peer(publisher: crate::peers::PeerPublisher, channel: String, filler: String) -> Self {
+        Self::Peer {
+            publisher,
+            channel,
+            filler,
+            next_version: 0,
+        }
+    }
+
     /// Publishes update number `index`; returns its versions (one per admin API published
     /// through).
     async fn publish(&mut self, index: usize) -> anyhow::Result<Vec<u64>> {
@@ -131,14 +167,14 @@ impl Publisher {
                     .map(|receipt| Ok(receipt?.version))
                     .collect()
             }
-            Self::Nats {
+            Self::Peer {
                 publisher,
-                subject,
+                channel,
                 filler,
                 next_version,
             } => {
                 *next_version += 1;
-                publisher.publish(subject, *next_version, filler).await?;
+                publisher.publish(channel, *next_version, filler).await?;
                 Ok(vec![*next_version])
             }
         }
@@ -222,10 +258,7 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
             plan.target
         );
     }
-    let node_count = match &plan.target {
-        FanoutTarget::Ringside { nodes, .. } => nodes.len(),
-        FanoutTarget::Nats { .. } => 1,
-    };
+    let node_count = plan.target.device_nodes();
     // Each worker connects to one node, so that every node gets the same share.
     let workers = plan
         .workers
@@ -260,7 +293,7 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
                     Err(error) => return Err(error).context("creating the benchmark event"),
                 }
             }
-            let targets = nodes
+            let targets: Vec<DeviceTarget> = nodes
                 .iter()
                 .map(|node| DeviceTarget::Ringside {
                     ws_url: client::device::ws_url(node),
@@ -278,22 +311,40 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
                 },
             )
         }
-        FanoutTarget::Nats { ws_url, address } => {
-            let subject = format!("event.{}", plan.event);
-            let target = vec![DeviceTarget::Nats {
-                ws_url: ws_url.clone(),
-                subject: subject.clone(),
-            }];
+        FanoutTarget::Nats { ws_urls, address } => {
+            let channel = format!("event.{}", plan.event);
+            let targets = ws_urls
+                .iter()
+                .map(|ws_url| DeviceTarget::Nats {
+                    ws_url: ws_url.clone(),
+                    subject: channel.clone(),
+                })
+                .collect();
             let publisher = crate::peers::NatsPublisher::connect(address).await?;
             (
-                target,
-                Publisher::Nats {
-                    publisher,
-                    subject,
-                    filler: filler.clone(),
-                    next_version: 0,
-                },
+                targets,
+                Publisher::peer(
+                    crate::peers::PeerPublisher::Nats(publisher),
+                    channel,
+                    filler,
+                ),
             )
+        }
+        FanoutTarget::Pushpin {
+            ws_urls,
+            publish_urls,
+        } => {
+            let channel = format!("event.{}", plan.event);
+            let targets = ws_urls
+                .iter()
+                .map(|ws_url| DeviceTarget::Pushpin {
+                    ws_url: format!("{}/{channel}", ws_url.trim_end_matches('/')),
+                })
+                .collect();
+            let publisher = crate::peers::PeerPublisher::Pushpin {
+                bases: publish_urls.clone(),
+            };
+            (targets, Publisher::peer(publisher, channel, filler))
         }
     };
 

@@ -60,7 +60,7 @@ pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
             device_token_secret,
             ..
         } => Some(DeviceTokenKey::new(device_token_secret.as_bytes())?),
-        DeviceTarget::Nats { .. } => None,
+        DeviceTarget::Nats { .. } | DeviceTarget::Pushpin { .. } => None,
     };
     for index in 0..plan.connections {
         let bind = plan
@@ -93,11 +93,10 @@ pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
                     });
                 }
             }
-            DeviceTarget::Nats { ws_url, subject } => {
-                let (url, subject, read_buffer) =
-                    (ws_url.clone(), subject.clone(), plan.read_buffer_bytes);
+            DeviceTarget::Nats { .. } | DeviceTarget::Pushpin { .. } => {
+                let (target, read_buffer) = (plan.target.clone(), plan.read_buffer_bytes);
                 tokio::spawn(async move {
-                    run_nats_device(url, subject, bind, read_buffer, samples, counters).await
+                    run_peer_device(target, bind, read_buffer, samples, counters).await
                 });
             }
         }
@@ -161,36 +160,41 @@ fn failed(counters: &Counters, error: String) {
     counters.failed.fetch_add(1, Ordering::AcqRel);
 }
 
-async fn run_nats_device(
-    url: String,
-    subject: String,
+/// A device of a peer system (NATS or Pushpin).
+async fn run_peer_device(
+    target: DeviceTarget,
     bind: Option<std::net::IpAddr>,
     read_buffer_bytes: usize,
     samples: Samples,
     counters: Arc<Counters>,
 ) {
-    let ws = match crate::peers::connect_ws(&url, bind, read_buffer_bytes).await {
+    let url = match &target {
+        DeviceTarget::Nats { ws_url, .. } | DeviceTarget::Pushpin { ws_url } => ws_url,
+        DeviceTarget::Ringside { .. } => return failed(&counters, "not a peer target".into()),
+    };
+    let ws = match crate::peers::connect_ws(url, bind, read_buffer_bytes).await {
         Ok(ws) => ws,
         Err(error) => return failed(&counters, error.to_string()),
     };
     let mut subscribed = false;
-    let result = crate::peers::nats_device(
-        ws,
-        &subject,
-        || {
-            subscribed = true;
-            counters.connected.fetch_add(1, Ordering::AcqRel);
-        },
-        |message| {
-            record(
-                &samples,
-                &counters,
-                message.version,
-                message.published_at_ms,
-            )
-        },
-    )
-    .await;
+    let on_subscribed = || {
+        subscribed = true;
+        counters.connected.fetch_add(1, Ordering::AcqRel);
+    };
+    let on_message = |message: crate::peers::PeerMessage| {
+        record(
+            &samples,
+            &counters,
+            message.version,
+            message.published_at_ms,
+        )
+    };
+    let result = match &target {
+        DeviceTarget::Nats { subject, .. } => {
+            crate::peers::nats_device(ws, subject, on_subscribed, on_message).await
+        }
+        _ => crate::peers::pushpin_device(ws, on_subscribed, on_message).await,
+    };
     if !subscribed {
         return failed(
             &counters,

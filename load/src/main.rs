@@ -38,6 +38,12 @@ enum Command {
         /// JSON result files written with --output.
         inputs: Vec<PathBuf>,
     },
+    /// Serve the GRIP origin Pushpin forwards device sessions to (for `--target pushpin`):
+    /// a WebSocket opened at `/<channel>` is subscribed to that channel.
+    GripOrigin {
+        #[arg(long, default_value = "127.0.0.1:7991")]
+        listen: String,
+    },
     /// Internal: one worker process of a run.
     #[command(hide = true)]
     Worker { plan: String },
@@ -47,6 +53,7 @@ enum Command {
 enum TargetKind {
     Ringside,
     Nats,
+    Pushpin,
 }
 
 #[derive(clap::Args)]
@@ -54,15 +61,19 @@ struct FanoutArgs {
     /// The system under test.
     #[arg(long, value_enum, default_value = "ringside")]
     target: TargetKind,
-    /// The node whose admin API takes the publishes (and whose devices connect, without --nodes).
+    /// The Ringside node whose admin API takes the publishes (and whose devices connect,
+    /// without --nodes).
     #[arg(long, env = "RINGSIDE_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// Gateway nodes to spread devices over (comma-separated base URLs); one worker per node
-    /// at least. Default: --server.
+    /// Nodes to spread devices over (comma-separated); one worker per node at least.
+    /// Ringside: base URLs (default --server). NATS: WebSocket listeners (default
+    /// ws://127.0.0.1:4280). Pushpin: WebSocket ports (default ws://127.0.0.1:7990).
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<String>,
-    /// Publish each update through every one of these admin APIs at once (comma-separated):
-    /// independent nodes with embedded buses. Default: --server.
+    /// Where publishes go (comma-separated). Ringside: every one of these admin APIs at once,
+    /// for independent nodes with embedded buses (default --server). NATS: the first TCP
+    /// listener (default 127.0.0.1:4281). Pushpin: every publish endpoint at once (default
+    /// http://127.0.0.1:5591).
     #[arg(long, value_delimiter = ',')]
     publish_to: Vec<String>,
     #[arg(
@@ -79,12 +90,6 @@ struct FanoutArgs {
         default_value = ""
     )]
     admin_token: String,
-    /// NATS WebSocket listener (with --target nats).
-    #[arg(long, default_value = "ws://127.0.0.1:4280")]
-    nats_ws: String,
-    /// NATS TCP listener the coordinator publishes to (with --target nats).
-    #[arg(long, default_value = "127.0.0.1:4281")]
-    nats_address: String,
     #[arg(long, default_value_t = 1000)]
     connections: usize,
     /// Worker processes (raised so none holds more than 15,000 connections).
@@ -371,6 +376,19 @@ fn main() -> anyhow::Result<()> {
             println!("report: {}", out.display());
             Ok(())
         }
+        Command::GripOrigin { listen } => {
+            if !load::system::is_loopback_url(&format!("tcp://{listen}")) {
+                anyhow::bail!("the GRIP origin only listens on loopback addresses");
+            }
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    let listener = tokio::net::TcpListener::bind(&listen).await?;
+                    println!("GRIP origin on {}", listener.local_addr()?);
+                    load::peers::serve_grip_origin(listener).await
+                })
+        }
         Command::Worker { plan } => {
             let plan: WorkerPlan = serde_json::from_str(&plan)?;
             // One thread per worker: the fleet spreads over processes, not threads.
@@ -392,24 +410,28 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
+            let or = |given: &[String], default: &str| -> Vec<String> {
+                if given.is_empty() {
+                    vec![default.to_owned()]
+                } else {
+                    given.to_vec()
+                }
+            };
+            let (nodes, publish_to) = (&args.nodes, &args.publish_to);
             let target = match args.target {
                 TargetKind::Ringside => FanoutTarget::Ringside {
-                    nodes: if args.nodes.is_empty() {
-                        vec![args.server.clone()]
-                    } else {
-                        args.nodes.clone()
-                    },
-                    publish_to: if args.publish_to.is_empty() {
-                        vec![args.server.clone()]
-                    } else {
-                        args.publish_to.clone()
-                    },
-                    device_token_secret: args.device_token_secret,
-                    admin_token: args.admin_token,
+                    nodes: or(nodes, &args.server),
+                    publish_to: or(publish_to, &args.server),
+                    device_token_secret: args.device_token_secret.clone(),
+                    admin_token: args.admin_token.clone(),
                 },
                 TargetKind::Nats => FanoutTarget::Nats {
-                    ws_url: args.nats_ws,
-                    address: args.nats_address,
+                    ws_urls: or(nodes, "ws://127.0.0.1:4280"),
+                    address: or(publish_to, "127.0.0.1:4281").swap_remove(0),
+                },
+                TargetKind::Pushpin => FanoutTarget::Pushpin {
+                    ws_urls: or(nodes, "ws://127.0.0.1:7990"),
+                    publish_urls: or(publish_to, "http://127.0.0.1:5591"),
                 },
             };
             let storm = args.storm.map(|signal| load::coordinator::StormPlan {

@@ -17,6 +17,9 @@ pub enum DeviceTarget {
     /// NATS over WebSocket: `CONNECT`, `SUB <subject>`, `MSG` frames whose payload carries the
     /// version and `published_at_ms`.
     Nats { ws_url: String, subject: String },
+    /// Pushpin over WebSocket: the URL's path names the channel; text frames carry the
+    /// version and `published_at_ms`.
+    Pushpin { ws_url: String },
 }
 
 /// What a worker is asked to do (passed as one JSON argument).
