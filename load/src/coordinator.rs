@@ -13,7 +13,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::time::Instant;
 
 use crate::report::{FanoutReport, Latency, StormReport, UpdateReport, new_histogram};
-use crate::system::{is_loopback_url, load_average, rss_bytes};
+use crate::system::{cpu_seconds, is_loopback_url, load_average, rss_bytes};
 use crate::wire::{Command, DeviceTarget, WorkerPlan, WorkerReport};
 
 /// Most connections one worker holds (the machine allows 20,000 open files per process).
@@ -218,6 +218,14 @@ fn total_rss(pids: &[u32]) -> Option<u64> {
         return None;
     }
     pids.iter().map(|&pid| rss_bytes(pid)).sum()
+}
+
+/// Summed CPU seconds of `pids`; `None` when there are none or one cannot be read.
+fn total_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| cpu_seconds(pid)).sum()
 }
 
 /// Waits until the workers report `expected` deliveries in all, or the timeout; shows progress.
@@ -428,6 +436,9 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = total_rss(&plan.gateway_pids);
 
+    let worker_pids: Vec<u32> = fleet.iter().filter_map(|w| w.child.id()).collect();
+    let cpu_before = total_cpu_seconds(&plan.gateway_pids);
+    let fleet_cpu_before = total_cpu_seconds(&worker_pids);
     let mut versions = Vec::with_capacity(plan.publishes);
     for index in 0..plan.publishes {
         if index > 0 {
@@ -438,6 +449,12 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
 
     let mut expected = (connected * plan.publishes) as u64;
     wait_for_deliveries(&mut fleet, expected, plan.delivery_timeout).await?;
+    let fanout_cpu_seconds = total_cpu_seconds(&plan.gateway_pids)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    let fleet_cpu_seconds = total_cpu_seconds(&worker_pids)
+        .zip(fleet_cpu_before)
+        .map(|(after, before)| after - before);
 
     let mut storm_timeline = None;
     if let Some(storm) = &plan.storm {
@@ -541,6 +558,19 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         }
         _ => None,
     };
+    // Deliveries of the regular updates (the storm's extra publish came after the reading).
+    let regular_deliveries: u64 = updates
+        .iter()
+        .take(plan.publishes)
+        .map(|u| u.delivered)
+        .sum();
+    let per_delivery = |seconds: Option<f64>| {
+        seconds
+            .filter(|_| regular_deliveries > 0)
+            .map(|seconds| seconds * 1e6 / regular_deliveries as f64)
+    };
+    let gateway_cpu_us_per_delivery = per_delivery(fanout_cpu_seconds);
+    let fleet_cpu_us_per_delivery = per_delivery(fleet_cpu_seconds);
     let storm = storm_timeline.map(|(signal, down_at_ms, back_after)| {
         let bucket_ms = 100;
         let reconnects: Vec<u64> = connects
@@ -575,6 +605,8 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         gateway_rss_before_bytes: rss_before,
         gateway_rss_after_bytes: rss_after,
         gateway_bytes_per_connection,
+        gateway_cpu_us_per_delivery,
+        fleet_cpu_us_per_delivery,
         load_average_before,
         load_average_after,
         delivered: updates.iter().map(|u| u.delivered).sum(),

@@ -62,6 +62,7 @@ pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
         } => Some(DeviceTokenKey::new(device_token_secret.as_bytes())?),
         DeviceTarget::Nats { .. } | DeviceTarget::Pushpin { .. } => None,
     };
+    let mut next_arrival = tokio::time::Instant::now();
     for index in 0..plan.connections {
         let bind = plan
             .source_addresses
@@ -100,8 +101,10 @@ pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
                 });
             }
         }
-        // Exponential gaps: arrivals at the planned mean rate, never in lockstep.
-        tokio::time::sleep(mean_gap.mul_f64(-fastrand::f64().max(1e-9).ln())).await;
+        // Exponential gaps: arrivals at the planned mean rate, never in lockstep. Gaps add up
+        // to a schedule, so that the timer's 1 ms resolution does not slow the mean rate.
+        next_arrival += mean_gap.mul_f64(-fastrand::f64().max(1e-9).ln());
+        tokio::time::sleep_until(next_arrival).await;
     }
     while counters.connected.load(Ordering::Acquire) + counters.failed.load(Ordering::Acquire)
         < plan.connections

@@ -64,6 +64,14 @@ pub struct FanoutReport {
     pub gateway_rss_before_bytes: Option<u64>,
     pub gateway_rss_after_bytes: Option<u64>,
     pub gateway_bytes_per_connection: Option<f64>,
+    /// CPU time the server processes used from the first publish until the last delivery
+    /// (or the timeout), per delivery, in microseconds: what fan-out costs the server.
+    #[serde(default)]
+    pub gateway_cpu_us_per_delivery: Option<f64>,
+    /// The same for the load tool's worker processes: what receiving costs the simulated
+    /// devices, which share the machine with the server.
+    #[serde(default)]
+    pub fleet_cpu_us_per_delivery: Option<f64>,
     pub load_average_before: Option<f64>,
     pub load_average_after: Option<f64>,
     pub updates: Vec<UpdateReport>,
@@ -111,6 +119,12 @@ impl FanoutReport {
                 before as f64 / 1048576.0,
                 after as f64 / 1048576.0
             );
+        }
+        if let (Some(server), Some(fleet)) = (
+            self.gateway_cpu_us_per_delivery,
+            self.fleet_cpu_us_per_delivery,
+        ) {
+            println!("CPU per delivery: server {server:.2} µs, load workers {fleet:.2} µs");
         }
         println!(
             "{:>14} {:>16} {:>9} {:>9} {:>9} {:>9} {:>9}",

@@ -1,17 +1,36 @@
-//! Metrics for Ringside's hot paths: plain atomics that cost one relaxed add per update, and a
+//! Metrics for Ringside's hot paths: relaxed atomic adds, striped per thread so that threads
+//! updating the same metric (every session counts its sends) never share a cache line, and a
 //! [`Registry`] that renders them in the Prometheus text format for `GET /metrics`.
 //!
 //! Each library creates its metrics once, at startup, through the registry it is handed, and
 //! keeps `Arc`s to them; nothing on a hot path looks a metric up by name.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+/// Stripes per metric. Threads take stripes round-robin, so up to this many threads update a
+/// metric without contending; readers sum the stripes.
+const STRIPES: usize = 8;
+
+/// One stripe on cache lines of its own (128 bytes: adjacent-line prefetch pairs lines).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// This thread's stripe.
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|stripe| *stripe)
+}
+
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+pub struct Counter([Padded<AtomicU64>; STRIPES]);
 
 impl Counter {
     pub fn increment(&self) {
@@ -19,11 +38,11 @@ impl Counter {
     }
 
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0[stripe()].0.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -51,38 +70,74 @@ pub const LATENCY_BUCKETS_MICROS: &[u64] = &[
     1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
 ];
 
+/// Most bucket bounds a histogram may have: each stripe holds its buckets, the overflow
+/// bucket, the sum and the count in 32 slots.
+const MAX_BOUNDS: usize = 29;
+
+/// One thread stripe of a histogram: `[buckets…, overflow, sum, count]`, used up to
+/// `bounds + 3`.
+type HistogramStripe = Padded<[AtomicU64; MAX_BOUNDS + 3]>;
+
 /// A latency histogram with fixed buckets, exported in seconds.
 #[derive(Debug)]
 pub struct Histogram {
     bounds_micros: &'static [u64],
-    /// One counter per bound, plus the overflow bucket.
-    buckets: Box<[AtomicU64]>,
-    sum_micros: AtomicU64,
-    count: AtomicU64,
+    stripes: Box<[HistogramStripe]>,
+}
+
+/// A histogram's totals, summed over its stripes.
+struct HistogramTotals {
+    /// Per bucket (not cumulative), the overflow bucket last.
+    buckets: Vec<u64>,
+    sum_micros: u64,
+    count: u64,
 }
 
 impl Histogram {
+    /// # Panics
+    /// With more than 29 bounds (a programming error: bounds are constants).
     pub fn new(bounds_micros: &'static [u64]) -> Self {
+        assert!(
+            bounds_micros.len() <= MAX_BOUNDS,
+            "too many histogram bounds"
+        );
         Self {
             bounds_micros,
-            buckets: (0..=bounds_micros.len())
-                .map(|_| AtomicU64::new(0))
+            stripes: (0..STRIPES)
+                .map(|_| Padded(std::array::from_fn(|_| AtomicU64::new(0))))
                 .collect(),
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
         }
     }
 
     pub fn observe(&self, value: Duration) {
         let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
         let index = self.bounds_micros.partition_point(|&bound| bound < micros);
-        self.buckets[index].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        let slots = &self.stripes[stripe()].0;
+        let sum = self.bounds_micros.len() + 1;
+        slots[index].fetch_add(1, Ordering::Relaxed);
+        slots[sum].fetch_add(micros, Ordering::Relaxed);
+        slots[sum + 1].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.totals().count
+    }
+
+    fn totals(&self) -> HistogramTotals {
+        let used = self.bounds_micros.len() + 3;
+        let mut slots = vec![0u64; used];
+        for stripe in &self.stripes {
+            for (total, slot) in slots.iter_mut().zip(&stripe.0[..used]) {
+                *total += slot.load(Ordering::Relaxed);
+            }
+        }
+        let count = slots.pop().unwrap_or(0);
+        let sum_micros = slots.pop().unwrap_or(0);
+        HistogramTotals {
+            buckets: slots,
+            sum_micros,
+            count,
+        }
     }
 }
 
@@ -158,15 +213,18 @@ impl Registry {
 
 fn render_histogram(out: &mut String, name: &str, help: &str, histogram: &Histogram) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    // Buckets, sum and count are read stripe by stripe while others may be adding: the count
+    // rendered is the buckets' total, so that the exposition is consistent in itself.
+    let totals = histogram.totals();
     let mut cumulative = 0;
-    for (bound, bucket) in histogram.bounds_micros.iter().zip(histogram.buckets.iter()) {
-        cumulative += bucket.load(Ordering::Relaxed);
+    for (bound, bucket) in histogram.bounds_micros.iter().zip(&totals.buckets) {
+        cumulative += bucket;
         let seconds = *bound as f64 / 1e6;
         let _ = writeln!(out, "{name}_bucket{{le=\"{seconds}\"}} {cumulative}");
     }
-    cumulative += histogram.buckets[histogram.bounds_micros.len()].load(Ordering::Relaxed);
+    cumulative += totals.buckets.last().copied().unwrap_or(0);
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-    let sum_seconds = histogram.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+    let sum_seconds = totals.sum_micros as f64 / 1e6;
     let _ = writeln!(out, "{name}_sum {sum_seconds}\n{name}_count {cumulative}");
 }
 
@@ -208,6 +266,37 @@ mod tests {
         );
         assert!(
             text.contains("ringside_latency_seconds_count 3\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn stripes_add_up_across_threads() {
+        let registry = Registry::new();
+        let sent = registry.counter("sent_total", "Sent.");
+        let latency = registry.latency_histogram("latency_seconds", "Latency.");
+        std::thread::scope(|scope| {
+            for _ in 0..STRIPES + 3 {
+                scope.spawn(|| {
+                    for _ in 0..1000 {
+                        sent.increment();
+                        latency.observe(Duration::from_millis(2));
+                    }
+                });
+            }
+        });
+        let total = (STRIPES as u64 + 3) * 1000;
+        assert_eq!(sent.get(), total);
+        assert_eq!(latency.count(), total);
+        let text = registry.render();
+        assert!(
+            text.contains(&format!(
+                "latency_seconds_bucket{{le=\"0.0025\"}} {total}\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("latency_seconds_sum {}\n", total as f64 * 0.002)),
             "{text}"
         );
     }
