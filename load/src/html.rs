@@ -124,6 +124,7 @@ pub fn render(results: &[(String, Value)]) -> String {
     let mut storms = Vec::new();
     let mut origins = Vec::new();
     let mut rows = String::new();
+    let mut overload_rows = String::new();
     for (name, result) in results {
         if let Some(cdf) = result["cdf"].as_array() {
             let points = cdf
@@ -133,7 +134,7 @@ pub fn render(results: &[(String, Value)]) -> String {
             cdfs.push((name.clone(), points));
             let _ = write!(
                 rows,
-                "<tr><td>{}</td><td>{}</td><td>{:.3}%</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.0}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{:.3}%</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.0}</td><td>{:.2}</td></tr>",
                 escape(name),
                 result["connected"],
                 100.0 * number(result, &["delivered"]) / number(result, &["expected"]).max(1.0),
@@ -142,6 +143,22 @@ pub fn render(results: &[(String, Value)]) -> String {
                 number(result, &["overall", "p999_ms"]),
                 number(result, &["median_time_to_last_device_ms"]),
                 number(result, &["gateway_bytes_per_connection"]),
+                number(result, &["gateway_cpu_us_per_delivery"]),
+            );
+        }
+        for class in result["classes"].as_array().into_iter().flatten() {
+            let _ = write!(
+                overload_rows,
+                "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.1}%</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td></tr>",
+                escape(name),
+                escape(class["name"].as_str().unwrap_or_default()),
+                number(class, &["offered_per_second"]),
+                100.0 * number(class, &["success_ratio"]),
+                class["shed"],
+                class["failed"],
+                class["unsent"],
+                number(class, &["latency", "p50_ms"]),
+                number(class, &["latency", "p99_ms"]),
             );
         }
         if let Some(curve) = result["storm"]["reconnects_per_100ms"].as_array() {
@@ -181,7 +198,7 @@ pub fn render(results: &[(String, Value)]) -> String {
          <p>Latency is the device's receive time minus the state's publish time, on one machine and one clock.</p>",
     );
     if !cdfs.is_empty() {
-        html.push_str("<h2>Fan-out</h2><table><tr><th>run</th><th>devices</th><th>delivered</th><th>p50 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>last device ms (median)</th><th>B per idle connection</th></tr>");
+        html.push_str("<h2>Fan-out</h2><table><tr><th>run</th><th>devices</th><th>delivered</th><th>p50 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>last device ms (median)</th><th>B per idle connection</th><th>server CPU µs per delivery</th></tr>");
         html.push_str(&rows);
         html.push_str("</table>");
         html.push_str(&line_chart(
@@ -190,6 +207,11 @@ pub fn render(results: &[(String, Value)]) -> String {
             "fraction of deliveries",
             &cdfs,
         ));
+    }
+    if !overload_rows.is_empty() {
+        html.push_str("<h2>Overload</h2><p>Latency of successful requests, from when each was due.</p><table><tr><th>run</th><th>class</th><th>offered/s</th><th>succeeded</th><th>shed</th><th>failed</th><th>unsent</th><th>p50 ms</th><th>p99 ms</th></tr>");
+        html.push_str(&overload_rows);
+        html.push_str("</table>");
     }
     if !storms.is_empty() {
         html.push_str("<h2>Storm</h2>");
@@ -227,7 +249,16 @@ mod tests {
             "storm": {"reconnects_per_100ms": [0, 5, 3]}
         });
         let origin = serde_json::json!({"reads_per_bucket": [3, 1, 2], "bucket_ms": 100, "peak_over_mean": 1.5});
-        let html = render(&[("fanout <1k>".into(), fanout), ("origin".into(), origin)]);
+        let overload = serde_json::json!({"scenario": "overload", "classes": [
+            {"name": "critical: publish", "offered_per_second": 20.0, "success_ratio": 0.5,
+             "shed": 7, "failed": 0, "unsent": 3, "latency": {"p50_ms": 4.0, "p99_ms": 9.5}}
+        ]});
+        let html = render(&[
+            ("fanout <1k>".into(), fanout),
+            ("origin".into(), origin),
+            ("overload".into(), overload),
+        ]);
+        assert!(html.contains("<td>critical: publish</td><td>20</td><td>50.0%</td><td>7</td>"));
         assert!(html.contains("fanout &lt;1k&gt;"));
         assert_eq!(html.matches("<svg").count(), 3);
         assert!(html.contains("peak/mean 1.50"));

@@ -34,9 +34,53 @@ pub struct HttpResult {
     pub latency: Latency,
 }
 
-async fn open(
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx, and no GraphQL `errors`.
+    Success,
+    /// 429 or 503: the server shed it.
+    Shed,
+    /// Any other answer.
+    Failed,
+}
+
+pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Sends `target` once over `sender`, with token number `index` (rotating), and reads the
+/// whole answer.
+pub(crate) async fn send(
+    sender: &mut Sender,
     authority: &str,
-) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    target: &HttpTarget,
+    index: usize,
+) -> anyhow::Result<Outcome> {
+    let mut request = Request::builder()
+        .method(target.method)
+        .uri(&target.path)
+        .header("host", authority)
+        .header("content-type", "application/json");
+    if !target.tokens.is_empty() {
+        request = request.header(
+            "authorization",
+            format!("Bearer {}", target.tokens[index % target.tokens.len()]),
+        );
+    }
+    let request = request.body(Full::new(target.body.clone().unwrap_or_default()))?;
+    sender.ready().await?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(match status.as_u16() {
+        429 | 503 => Outcome::Shed,
+        _ if status.is_success() && !body.windows(9).any(|w| w == b"\"errors\":") => {
+            Outcome::Success
+        }
+        _ => Outcome::Failed,
+    })
+}
+
+pub(crate) async fn open(authority: &str) -> anyhow::Result<Sender> {
     let stream = TcpStream::connect(authority).await?;
     stream.set_nodelay(true)?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -62,27 +106,11 @@ pub async fn measure(
             let mut sender = open(&authority).await?;
             let mut index = worker;
             while Instant::now() < deadline {
-                let mut request = Request::builder()
-                    .method(target.method)
-                    .uri(&target.path)
-                    .header("host", &authority)
-                    .header("content-type", "application/json");
-                if !target.tokens.is_empty() {
-                    request = request.header(
-                        "authorization",
-                        format!("Bearer {}", target.tokens[index % target.tokens.len()]),
-                    );
-                }
-                index += connections;
-                let request = request.body(Full::new(target.body.clone().unwrap_or_default()))?;
                 let started = Instant::now();
-                sender.ready().await?;
-                let response = sender.send_request(request).await?;
-                let ok = response.status().is_success();
-                let body = response.into_body().collect().await?.to_bytes();
-                let failed = !ok || body.windows(9).any(|w| w == b"\"errors\":");
+                let outcome = send(&mut sender, &authority, &target, index).await?;
+                index += connections;
                 histogram.saturating_record((started.elapsed().as_micros() as u64).max(1));
-                if failed {
+                if outcome != Outcome::Success {
                     errors += 1;
                 }
             }

@@ -12,6 +12,8 @@
 //! - [`http_bench`]: requests per second and latency of HTTP targets measured side by side.
 //! - [`kickoff`]: prefetch over a window, then LIVE: who switched from cache, who had to fetch.
 //! - [`origin`]: the page-store read rate while a fleet keeps its prefetch fresh.
+//! - [`overload`]: classes of HTTP/GraphQL traffic above capacity, open loop: success and p99
+//!   per class.
 //! - [`report`]: latency percentiles per update from HDR histograms, as a table and as JSON.
 //! - [`system`]: RSS of a process and the machine's load average, from `/proc`.
 //!
@@ -25,6 +27,7 @@ pub mod html;
 pub mod http_bench;
 pub mod kickoff;
 pub mod origin;
+pub mod overload;
 pub mod peers;
 pub mod report;
 pub mod system;

@@ -30,6 +30,8 @@ enum Command {
     Origin(OriginArgs),
     /// Prefetch over a window, then LIVE: devices that switch from cache vs fetch, the fetch wave.
     Kickoff(KickoffArgs),
+    /// Mixed-priority HTTP/GraphQL traffic above capacity, open loop: success and p99 per class.
+    Overload(OverloadArgs),
     /// Write an HTML report with plots from result files (opens from disk, no network).
     Report {
         /// Where to write the HTML.
@@ -204,6 +206,94 @@ struct OriginArgs {
     warmup_ms: u64,
     #[arg(long, default_value = "fight-night")]
     event: String,
+}
+
+#[derive(clap::Args)]
+struct OverloadArgs {
+    #[command(flatten)]
+    fleet: Fleet,
+    #[arg(long, env = "RINGSIDE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+    #[arg(long, default_value = "fight-night")]
+    event: String,
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Critical class: operator publishes per second (admin API).
+    #[arg(long, default_value_t = 20.0)]
+    publish_rate: f64,
+    /// Device class: small live-path GraphQL queries per second (the event's version).
+    #[arg(long, default_value_t = 500.0)]
+    live_rate: f64,
+    /// Bulk class: full prefetch queries per second, each for another profile (cache misses).
+    #[arg(long, default_value_t = 4000.0)]
+    prefetch_rate: f64,
+}
+
+async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
+    if !load::system::is_loopback_url(&args.fleet.server) {
+        anyhow::bail!("ringside-load only targets loopback addresses");
+    }
+    let graphql = |query: String| {
+        Some(bytes::Bytes::from(
+            serde_json::to_vec(&serde_json::json!({ "query": query })).unwrap_or_default(),
+        ))
+    };
+    let publish = serde_json::to_vec(&serde_json::json!({
+        "stage": "LIVE", "payload": { "from": "ringside-load overload" }
+    }))?;
+    let class = |name: &str, method, path: String, body, tokens, rate, connections| {
+        load::overload::OverloadClass {
+            target: HttpTarget {
+                name: name.into(),
+                method,
+                path,
+                body,
+                tokens,
+            },
+            rate_per_second: rate,
+            connections,
+        }
+    };
+    let event = &args.event;
+    let classes = vec![
+        class(
+            "critical: operator publish",
+            "POST",
+            format!("/v1/admin/events/{event}/publish"),
+            Some(publish.into()),
+            vec![args.admin_token.clone()],
+            args.publish_rate,
+            4,
+        ),
+        class(
+            "device: live-path query",
+            "POST",
+            "/graphql".into(),
+            graphql(format!(
+                r#"{{ event(id: "{event}") {{ builtForVersion }} }}"#
+            )),
+            args.fleet.tokens(1000)?,
+            args.live_rate,
+            32,
+        ),
+        class(
+            "bulk: full prefetch (misses)",
+            "POST",
+            "/graphql".into(),
+            graphql(event_query(event)),
+            args.fleet.tokens(args.fleet.profiles)?,
+            args.prefetch_rate,
+            128,
+        ),
+    ];
+    let report = load::overload::run_overload(load::overload::OverloadPlan {
+        server: args.fleet.server.clone(),
+        classes,
+        duration: Duration::from_secs(args.duration_s),
+    })
+    .await?;
+    report.print_table();
+    args.fleet.write(&report)
 }
 
 #[derive(clap::Args)]
@@ -402,6 +492,10 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(prefetch_bench(args)),
+        Command::Overload(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(overload(args)),
         Command::Origin(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

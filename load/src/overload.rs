@@ -1,0 +1,200 @@
+//! The overload scenario: several classes of HTTP/GraphQL traffic offered together, open loop,
+//! at rates whose sum is above what the node can serve; success and latency per class.
+//!
+//! Each class has its own schedule (request `i` is due at `start + i / rate`) and its own pool
+//! of keep-alive connections that take the next due request when free. Latency is measured
+//! from when a request was due, not from when a connection got to it, so the time it waited
+//! behind a saturated server counts (no coordinated omission). Requests still unsent a grace
+//! period after the run ends are counted as unsent.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::http_bench::{HttpTarget, Outcome, open, send};
+use crate::report::{Latency, new_histogram};
+use crate::system::load_average;
+
+/// How long a single request may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after the run's end due requests may still be sent.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// One class of traffic.
+#[derive(Debug, Clone)]
+pub struct OverloadClass {
+    /// What to request; its name names the class.
+    pub target: HttpTarget,
+    /// Requests per second offered.
+    pub rate_per_second: f64,
+    /// Keep-alive connections the class sends over.
+    pub connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct OverloadPlan {
+    pub server: String,
+    pub classes: Vec<OverloadClass>,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassResult {
+    pub name: String,
+    pub offered_per_second: f64,
+    /// Requests due during the run.
+    pub scheduled: u64,
+    pub succeeded: u64,
+    /// Answered 429 or 503.
+    pub shed: u64,
+    /// Any other answer, a transport error or a timeout.
+    pub failed: u64,
+    /// Due but never sent: every connection of the class was still busy at the end.
+    pub unsent: u64,
+    /// Succeeded over scheduled.
+    pub success_ratio: f64,
+    pub succeeded_per_second: f64,
+    /// Of successful requests, from when each was due.
+    pub latency: Latency,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OverloadReport {
+    pub scenario: &'static str,
+    pub duration_s: f64,
+    pub classes: Vec<ClassResult>,
+    pub load_average_before: Option<f64>,
+    pub load_average_after: Option<f64>,
+}
+
+#[derive(Default)]
+struct Tally {
+    succeeded: u64,
+    shed: u64,
+    failed: u64,
+}
+
+pub async fn run_overload(plan: OverloadPlan) -> anyhow::Result<OverloadReport> {
+    let authority = client::http::authority(&plan.server)?;
+    let load_average_before = load_average();
+    let start = Instant::now() + Duration::from_millis(200);
+    let end = start + plan.duration;
+    let mut classes = Vec::new();
+    for class in &plan.classes {
+        let next = Arc::new(AtomicU64::new(0));
+        let gap = Duration::from_secs_f64(1.0 / class.rate_per_second.max(0.001));
+        let mut tasks = Vec::new();
+        for _ in 0..class.connections.max(1) {
+            let (authority, target, next) = (authority.clone(), class.target.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut histogram = new_histogram();
+                let mut tally = Tally::default();
+                let mut sender = open(&authority).await?;
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let due = start + gap.mul_f64(index as f64);
+                    if due >= end || Instant::now() > end + GRACE {
+                        break;
+                    }
+                    tokio::time::sleep_until(due).await;
+                    let outcome = tokio::time::timeout(
+                        REQUEST_TIMEOUT,
+                        send(&mut sender, &authority, &target, index as usize),
+                    )
+                    .await;
+                    match outcome {
+                        Ok(Ok(Outcome::Success)) => {
+                            tally.succeeded += 1;
+                            histogram.saturating_record((due.elapsed().as_micros() as u64).max(1));
+                        }
+                        Ok(Ok(Outcome::Shed)) => tally.shed += 1,
+                        Ok(Ok(Outcome::Failed)) => tally.failed += 1,
+                        // A broken or stuck connection: count it and start a new one.
+                        Ok(Err(_)) | Err(_) => {
+                            tally.failed += 1;
+                            sender = open(&authority).await?;
+                        }
+                    }
+                }
+                anyhow::Ok((histogram, tally))
+            }));
+        }
+        classes.push((class, tasks));
+    }
+
+    let mut results = Vec::new();
+    for (class, tasks) in classes {
+        let mut histogram = new_histogram();
+        let mut tally = Tally::default();
+        for task in tasks {
+            let (part, counts) = task.await.context("a sender panicked")??;
+            histogram.add(&part).context("merging histograms")?;
+            tally.succeeded += counts.succeeded;
+            tally.shed += counts.shed;
+            tally.failed += counts.failed;
+        }
+        let scheduled = (plan.duration.as_secs_f64() * class.rate_per_second).ceil() as u64;
+        let answered = tally.succeeded + tally.shed + tally.failed;
+        results.push(ClassResult {
+            name: class.target.name.clone(),
+            offered_per_second: class.rate_per_second,
+            scheduled,
+            succeeded: tally.succeeded,
+            shed: tally.shed,
+            failed: tally.failed,
+            unsent: scheduled.saturating_sub(answered),
+            success_ratio: tally.succeeded as f64 / scheduled.max(1) as f64,
+            succeeded_per_second: tally.succeeded as f64 / plan.duration.as_secs_f64(),
+            latency: Latency::of(&histogram),
+        });
+    }
+    Ok(OverloadReport {
+        scenario: "overload",
+        duration_s: plan.duration.as_secs_f64(),
+        classes: results,
+        load_average_before,
+        load_average_after: load_average(),
+    })
+}
+
+impl OverloadReport {
+    pub fn print_table(&self) {
+        println!(
+            "{:<34} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
+            "class",
+            "offered/s",
+            "scheduled",
+            "ok",
+            "shed",
+            "failed",
+            "unsent",
+            "ok %",
+            "p50 ms",
+            "p99 ms"
+        );
+        for c in &self.classes {
+            println!(
+                "{:<34} {:>9.0} {:>9} {:>8} {:>7} {:>7} {:>7} {:>7.1}% {:>9.1} {:>9.1}",
+                c.name,
+                c.offered_per_second,
+                c.scheduled,
+                c.succeeded,
+                c.shed,
+                c.failed,
+                c.unsent,
+                100.0 * c.success_ratio,
+                c.latency.p50_ms,
+                c.latency.p99_ms
+            );
+        }
+        println!(
+            "load average (1 min): {:.2} before, {:.2} after; latency counts from when each request was due",
+            self.load_average_before.unwrap_or(0.0),
+            self.load_average_after.unwrap_or(0.0)
+        );
+    }
+}
