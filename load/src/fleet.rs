@@ -17,6 +17,9 @@ type Samples = Arc<Mutex<BTreeMap<u64, Vec<u64>>>>;
 
 #[derive(Default)]
 struct Counters {
+    /// States published before this worker started are not samples of this run: a device that
+    /// subscribes to an event published in an earlier run gets its current state at once.
+    not_before_ms: u64,
     connected: AtomicUsize,
     failed: AtomicUsize,
     disconnected: AtomicUsize,
@@ -40,7 +43,10 @@ fn unix_now_us() -> u64 {
 /// Runs one worker until the coordinator says `finish` on stdin.
 pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
     let samples: Samples = Arc::default();
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters {
+        not_before_ms: protocol::unix_now_ms(),
+        ..Counters::default()
+    });
     let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 86_400;
 
     // Progress from the first connection on, for the coordinator's live display.
@@ -144,6 +150,9 @@ pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
 }
 
 fn record(samples: &Samples, counters: &Counters, version: u64, published_at_ms: u64) {
+    if published_at_ms < counters.not_before_ms {
+        return;
+    }
     let latency_us = unix_now_us().saturating_sub(published_at_ms * 1000);
     samples
         .lock()
