@@ -305,3 +305,24 @@ async fn run_device(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_published_before_the_worker_started_are_not_samples() {
+        let samples = Samples::default();
+        let counters = Counters {
+            not_before_ms: 1_000,
+            ..Counters::default()
+        };
+        // The current state a device gets at once when it subscribes, from an earlier run.
+        record(&samples, &counters, 7, 999);
+        assert_eq!(counters.received.load(Ordering::Relaxed), 0);
+        assert!(samples.lock().unwrap().is_empty());
+        record(&samples, &counters, 8, 1_000);
+        assert_eq!(counters.received.load(Ordering::Relaxed), 1);
+        assert_eq!(samples.lock().unwrap()[&8].len(), 1);
+    }
+}
