@@ -22,7 +22,9 @@ pub struct HttpTarget {
     pub method: &'static str,
     pub path: String,
     pub body: Option<Bytes>,
-    pub tokens: Vec<String>,
+    /// Shared by every connection of the target: a clone costs a reference count, however
+    /// many profiles it rotates over.
+    pub tokens: std::sync::Arc<[String]>,
 }
 
 #[derive(Debug, Clone, Serialize)]

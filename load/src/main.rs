@@ -225,7 +225,7 @@ struct OverloadArgs {
     #[arg(long, default_value_t = 500.0)]
     live_rate: f64,
     /// Bulk class: full prefetch queries per second, each for another profile (cache misses).
-    #[arg(long, default_value_t = 4000.0)]
+    #[arg(long, default_value_t = 8000.0)]
     prefetch_rate: f64,
 }
 
@@ -261,7 +261,7 @@ async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
             "POST",
             format!("/v1/admin/events/{event}/publish"),
             Some(publish.into()),
-            vec![args.admin_token.clone()],
+            vec![args.admin_token.clone()].into(),
             args.publish_rate,
             4,
         ),
@@ -272,7 +272,7 @@ async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
             graphql(format!(
                 r#"{{ event(id: "{event}") {{ builtForVersion }} }}"#
             )),
-            args.fleet.tokens(1000)?,
+            args.fleet.tokens(1000)?.into(),
             args.live_rate,
             32,
         ),
@@ -281,7 +281,7 @@ async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
             "POST",
             "/graphql".into(),
             graphql(event_query(event)),
-            args.fleet.tokens(args.fleet.profiles)?,
+            args.fleet.tokens(args.fleet.profiles)?.into(),
             args.prefetch_rate,
             128,
         ),
@@ -369,21 +369,21 @@ async fn prefetch_bench(args: PrefetchBenchArgs) -> anyhow::Result<()> {
             method: "GET",
             path: "/healthz".into(),
             body: None,
-            tokens: Vec::new(),
+            tokens: Vec::new().into(),
         },
         HttpTarget {
             name: "prefetch, node-cache hit".into(),
             method: "POST",
             path: "/graphql".into(),
             body: Some(body.clone()),
-            tokens: hit_token,
+            tokens: hit_token.into(),
         },
         HttpTarget {
             name: "prefetch, node-cache miss".into(),
             method: "POST",
             path: "/graphql".into(),
             body: Some(body),
-            tokens: miss_tokens,
+            tokens: miss_tokens.into(),
         },
     ];
     let duration = Duration::from_secs(args.duration_s);
