@@ -227,6 +227,10 @@ struct OverloadArgs {
     /// Bulk class: full prefetch queries per second, each for another profile (cache misses).
     #[arg(long, default_value_t = 8000.0)]
     prefetch_rate: f64,
+    /// Connections the bulk class sends over: its concurrency against the node, like that many
+    /// devices fetching at once.
+    #[arg(long, default_value_t = 1024)]
+    bulk_connections: usize,
 }
 
 async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
@@ -283,7 +287,7 @@ async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
             graphql(event_query(event)),
             args.fleet.tokens(args.fleet.profiles)?.into(),
             args.prefetch_rate,
-            128,
+            args.bulk_connections,
         ),
     ];
     let report = load::overload::run_overload(load::overload::OverloadPlan {
