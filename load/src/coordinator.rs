@@ -212,20 +212,13 @@ impl Worker {
     }
 }
 
-/// Summed RSS of `pids`; `None` when there are none or one cannot be read.
-fn total_rss(pids: &[u32]) -> Option<u64> {
+/// A reading (RSS, CPU time) summed over `pids`; `None` when there are none or one cannot be
+/// read.
+fn summed<T: std::iter::Sum>(pids: &[u32], read: impl Fn(u32) -> Option<T>) -> Option<T> {
     if pids.is_empty() {
         return None;
     }
-    pids.iter().map(|&pid| rss_bytes(pid)).sum()
-}
-
-/// Summed CPU seconds of `pids`; `None` when there are none or one cannot be read.
-fn total_cpu_seconds(pids: &[u32]) -> Option<f64> {
-    if pids.is_empty() {
-        return None;
-    }
-    pids.iter().map(|&pid| cpu_seconds(pid)).sum()
+    pids.iter().map(|&pid| read(pid)).sum()
 }
 
 /// Waits until the workers report `expected` deliveries in all, or the timeout; shows progress.
@@ -274,6 +267,8 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         .max(1)
         .next_multiple_of(node_count.max(1));
     let filler = "x".repeat(plan.payload_bytes);
+    // The NATS subject or Pushpin channel the peers carry the run's updates on.
+    let channel = format!("event.{}", plan.event);
     let (device_targets, mut publisher) = match &plan.target {
         FanoutTarget::Ringside {
             nodes,
@@ -320,7 +315,6 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
             )
         }
         FanoutTarget::Nats { ws_urls, address } => {
-            let channel = format!("event.{}", plan.event);
             let targets = ws_urls
                 .iter()
                 .map(|ws_url| DeviceTarget::Nats {
@@ -342,7 +336,6 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
             ws_urls,
             publish_urls,
         } => {
-            let channel = format!("event.{}", plan.event);
             let targets = ws_urls
                 .iter()
                 .map(|ws_url| DeviceTarget::Pushpin {
@@ -357,7 +350,7 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
     };
 
     let load_average_before = load_average();
-    let rss_before = total_rss(&plan.gateway_pids);
+    let rss_before = summed(&plan.gateway_pids, rss_bytes);
     let addresses = source_addresses(plan.source_addresses);
     let mut fleet = Vec::with_capacity(workers);
     for index in 0..workers {
@@ -434,11 +427,11 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
     );
     // Let allocator and kernel settle before reading memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = total_rss(&plan.gateway_pids);
+    let rss_after = summed(&plan.gateway_pids, rss_bytes);
 
     let worker_pids: Vec<u32> = fleet.iter().filter_map(|w| w.child.id()).collect();
-    let cpu_before = total_cpu_seconds(&plan.gateway_pids);
-    let fleet_cpu_before = total_cpu_seconds(&worker_pids);
+    let cpu_before = summed(&plan.gateway_pids, cpu_seconds);
+    let fleet_cpu_before = summed(&worker_pids, cpu_seconds);
     let mut versions = Vec::with_capacity(plan.publishes);
     for index in 0..plan.publishes {
         if index > 0 {
@@ -449,10 +442,10 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
 
     let mut expected = (connected * plan.publishes) as u64;
     wait_for_deliveries(&mut fleet, expected, plan.delivery_timeout).await?;
-    let fanout_cpu_seconds = total_cpu_seconds(&plan.gateway_pids)
+    let fanout_cpu_seconds = summed(&plan.gateway_pids, cpu_seconds)
         .zip(cpu_before)
         .map(|(after, before)| after - before);
-    let fleet_cpu_seconds = total_cpu_seconds(&worker_pids)
+    let fleet_cpu_seconds = summed(&worker_pids, cpu_seconds)
         .zip(fleet_cpu_before)
         .map(|(after, before)| after - before);
 
