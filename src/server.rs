@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use broadcaster::{Applied, Bus, Hub, HubMetrics, MemoryBus, run_bus_consumer};
+use broadcaster::{Applied, Bus, Hub, HubMetrics, MemoryBus, apply_off_runtime, run_bus_consumer};
 use control::nodes::HEARTBEAT_INTERVAL;
 use control::{
     ClusterStats, ControlError, ControlPlane, EventStore, MemoryEventStore, NodeRegistry,
@@ -415,9 +415,10 @@ async fn run_reconciler(
             continue;
         }
         for state in missing {
-            if let Applied::FannedOut { .. } = hub.apply(&state) {
+            let (topic, version) = (state.topic.clone(), state.version);
+            if let Applied::FannedOut { .. } = apply_off_runtime(&hub, Arc::new(state)).await {
                 repaired.increment();
-                tracing::warn!(topic = %state.topic, version = state.version, "state missing from the bus taken from the event store");
+                tracing::warn!(%topic, version, "state missing from the bus taken from the event store");
             }
         }
     }

@@ -7,7 +7,7 @@ use protocol::{EventState, Topic};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Hub;
+use crate::hub::{Applied, Fanout, Hub};
 use crate::{BoxFuture, BroadcastError};
 
 /// What a feed yields.
@@ -160,11 +160,46 @@ pub async fn run_bus_consumer(
         };
         match item {
             FeedItem::State(state) => {
-                hub.apply(&state);
+                apply_off_runtime(&hub, state).await;
             }
             FeedItem::CaughtUp => hub.mark_ready(),
         }
     }
+}
+
+/// Below this many subscribers a fan-out runs on one thread: splitting it costs more than it
+/// saves.
+const PARALLEL_FANOUT_MIN: u64 = 1024;
+
+/// Applies `state` with its fan-out on blocking threads, split over the machine's cores when
+/// the topic has many subscribers: a fan-out writes to every idle socket itself, which would
+/// keep a runtime worker from its other tasks for as long as that takes. A fan-out that
+/// panicked (a bug) is logged and its subscribers not counted; the node goes on.
+pub async fn apply_off_runtime(hub: &Arc<Hub>, state: Arc<EventState>) -> Applied {
+    let Some(fanout) = hub.make_current(&state) else {
+        return Applied::Stale;
+    };
+    let parts = if fanout.subscribers() < PARALLEL_FANOUT_MIN {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(Fanout::SHARDS))
+    };
+    let fanout = Arc::new(fanout);
+    let parts: Vec<_> = (0..parts)
+        .map(|part| {
+            let shards = part * Fanout::SHARDS / parts..(part + 1) * Fanout::SHARDS / parts;
+            let (hub, fanout) = (hub.clone(), fanout.clone());
+            tokio::task::spawn_blocking(move || hub.fan_out(&fanout, shards))
+        })
+        .collect();
+    let mut subscribers = 0;
+    for part in parts {
+        match part.await {
+            Ok(offered) => subscribers += offered,
+            Err(error) => tracing::error!(topic = %state.topic, %error, "fan-out failed"),
+        }
+    }
+    Applied::FannedOut { subscribers }
 }
 
 #[cfg(test)]
@@ -187,6 +222,37 @@ mod tests {
             FeedItem::State(s) => (s.topic.to_string(), s.version),
             FeedItem::CaughtUp => panic!("expected a state"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_split_over_threads_reaches_every_subscriber_once() {
+        let hub = Arc::new(Hub::new(
+            crate::HubMetrics::new(&telemetry::Registry::new()),
+        ));
+        let topic = Topic::parse("event:a").expect("topic");
+        let mailboxes: Vec<_> = (0..3 * PARALLEL_FANOUT_MIN)
+            .map(|connection| {
+                let mailbox = crate::Mailbox::new();
+                mailbox.open(&topic, 0);
+                hub.subscribe(&topic, connection, &mailbox);
+                mailbox
+            })
+            .collect();
+        let applied = apply_off_runtime(&hub, Arc::new(state("event:a", 1))).await;
+        assert_eq!(
+            applied,
+            Applied::FannedOut {
+                subscribers: mailboxes.len()
+            }
+        );
+        for mailbox in &mailboxes {
+            let mut pending = Vec::new();
+            mailbox.take_pending(&mut pending);
+            assert_eq!(pending.len(), 1);
+            assert_eq!(pending[0].state.version, 1);
+        }
+        let again = apply_off_runtime(&hub, Arc::new(state("event:a", 1))).await;
+        assert_eq!(again, Applied::Stale);
     }
 
     #[tokio::test]

@@ -6,15 +6,16 @@
 //! connection shares the same bytes.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use protocol::admin::TopicStats;
 use protocol::{EventState, Topic};
-use telemetry::{Counter, Registry};
+use telemetry::{Counter, Histogram, Registry};
 use tokio::sync::watch;
-use tungstenite::Utf8Bytes;
 
 use crate::mailbox::{Mailbox, Offer};
 
@@ -24,15 +25,15 @@ const SUBSCRIBER_SHARDS: usize = 16;
 /// One shard of a topic's subscribers, by connection id.
 type SubscriberShard = Mutex<HashMap<u64, Arc<Mailbox>>>;
 
-/// A state encoded once as its `state` frame, shared by every connection that sends it.
+/// A state encoded once as its WebSocket frame, shared by every connection that sends it.
 #[derive(Debug)]
 pub struct EncodedState {
     pub topic: Topic,
     pub version: u64,
     pub published_at_ms: u64,
-    /// The complete JSON text of the `state` frame, as the WebSocket text payload itself:
-    /// every connection sends a clone of it (a reference count, no copy and no UTF-8 check).
-    pub frame: Utf8Bytes,
+    /// The complete WebSocket text frame of the `state` (header and JSON): every connection
+    /// writes these same bytes (a reference count, no copy, no per-connection framing).
+    pub wire: Bytes,
     /// When this node encoded it: the start of the node's own fan-out.
     pub encoded_at: Instant,
 }
@@ -43,9 +44,88 @@ impl EncodedState {
             topic: state.topic.clone(),
             version: state.version,
             published_at_ms: state.published_at_ms,
-            frame: Utf8Bytes::from(protocol::frame::encode_state(state)),
+            wire: text_frame(protocol::frame::encode_state(state).as_bytes()),
             encoded_at: Instant::now(),
         }
+    }
+}
+
+/// A server-to-client WebSocket text frame holding `payload` (RFC 6455 §5.2: final, unmasked,
+/// the shortest length encoding).
+fn text_frame(payload: &[u8]) -> Bytes {
+    const FIN_TEXT: u8 = 0x81;
+    let mut frame = Vec::with_capacity(payload.len() + 10);
+    frame.push(FIN_TEXT);
+    match payload.len() {
+        len @ 0..126 => frame.push(len as u8),
+        len @ 126..=0xFFFF => {
+            frame.push(126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(payload);
+    Bytes::from(frame)
+}
+
+/// What every state written to a socket counts, whoever wrote it (the fan-out directly or the
+/// connection's task).
+#[derive(Debug)]
+pub struct DeliveryMetrics {
+    messages_sent: Arc<Counter>,
+    bytes_sent: Arc<Counter>,
+    publish_to_send: Arc<Histogram>,
+    fanout: Arc<Histogram>,
+}
+
+impl DeliveryMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        Self {
+            messages_sent: registry
+                .counter("ringside_messages_sent_total", "State frames written to sockets."),
+            bytes_sent: registry
+                .counter("ringside_bytes_sent_total", "Bytes of state frames written to sockets."),
+            publish_to_send: registry.latency_histogram(
+                "ringside_publish_to_send_seconds",
+                "Time from the control plane accepting a publish to the state being written to a socket (live fan-out only; millisecond resolution).",
+            ),
+            fanout: registry.latency_histogram(
+                "ringside_fanout_seconds",
+                "Time from this node encoding a state to writing it to a socket (live fan-out only).",
+            ),
+        }
+    }
+
+    /// Counts `state` written to one socket; `live` when a fan-out offered it (a catch-up
+    /// state's publish may be long past, so it is no latency sample).
+    pub fn sent(&self, state: &EncodedState, live: bool) {
+        self.messages_sent.increment();
+        self.bytes_sent.add(state.wire.len() as u64);
+        if live {
+            self.fanout.observe(state.encoded_at.elapsed());
+            self.publish_to_send.observe(Duration::from_millis(
+                protocol::unix_now_ms().saturating_sub(state.published_at_ms),
+            ));
+        }
+    }
+}
+
+/// A state just made current ([`Hub::make_current`]), to offer to its subscribers.
+#[derive(Debug)]
+pub struct Fanout {
+    channel: Arc<TopicChannel>,
+    encoded: Arc<EncodedState>,
+}
+
+impl Fanout {
+    /// The subscribers are spread over this many shards; [`Hub::fan_out`] takes a range of them.
+    pub const SHARDS: usize = SUBSCRIBER_SHARDS;
+
+    pub fn subscribers(&self) -> u64 {
+        self.channel.subscribers.load(Ordering::Acquire)
     }
 }
 
@@ -65,6 +145,7 @@ pub struct HubMetrics {
     pub states_stale: Arc<Counter>,
     pub states_conflated: Arc<Counter>,
     pub acks: Arc<Counter>,
+    pub deliveries: DeliveryMetrics,
 }
 
 impl HubMetrics {
@@ -83,6 +164,7 @@ impl HubMetrics {
                 "Unsent states replaced by a newer version before a slow connection took them.",
             ),
             acks: registry.counter("ringside_acks_total", "Acks received from devices."),
+            deliveries: DeliveryMetrics::new(registry),
         }
     }
 }
@@ -172,14 +254,25 @@ impl Hub {
     }
 
     /// Makes `state` current for its topic if it is newer than what the hub holds, and offers
-    /// it to every subscriber. Encodes the state once.
+    /// it to every subscriber, on the calling thread. Encodes the state once.
     pub fn apply(&self, state: &EventState) -> Applied {
+        match self.make_current(state) {
+            Some(fanout) => Applied::FannedOut {
+                subscribers: self.fan_out(&fanout, 0..SUBSCRIBER_SHARDS),
+            },
+            None => Applied::Stale,
+        }
+    }
+
+    /// The first half of [`Hub::apply`]: makes `state` current if it is newer than what the hub
+    /// holds, encoded once, and returns the fan-out still to do ([`Hub::fan_out`]).
+    pub fn make_current(&self, state: &EventState) -> Option<Fanout> {
         // A node re-reading the bus (startup after seeding from the store, a new consumer) sees
         // mostly states it holds: drop those before paying for the encoding. The check under
         // the lock below stays the one that decides.
         if self.version(&state.topic) >= state.version {
             self.metrics.states_stale.increment();
-            return Applied::Stale;
+            return None;
         }
         let encoded = Arc::new(EncodedState::encode(state));
         let channel = self.with_channel(&state.topic, |channel| {
@@ -198,22 +291,33 @@ impl Hub {
         });
         let Some(channel) = channel else {
             self.metrics.states_stale.increment();
-            return Applied::Stale;
+            return None;
         };
         channel.ack_count.store(0, Ordering::Relaxed);
         channel
             .ack_version
             .store(encoded.version, Ordering::Relaxed);
         self.metrics.states_applied.increment();
+        Some(Fanout { channel, encoded })
+    }
 
+    /// Offers a state made current to the subscribers in `shards` (of
+    /// [`Fanout::SHARDS`]); returns how many took it. Disjoint ranges may run on different
+    /// threads at once.
+    pub fn fan_out(&self, fanout: &Fanout, shards: Range<usize>) -> usize {
+        let Fanout { channel, encoded } = fanout;
         // Subscribers that join after their shard was visited read the new current state
         // themselves (see `subscribe`), so none is missed.
         let mut offered = 0;
         let mut conflated = 0;
-        for shard in &channel.shards {
+        for shard in &channel.shards[shards] {
             let subscribers = shard.lock().unwrap_or_else(PoisonError::into_inner);
             for mailbox in subscribers.values() {
-                match mailbox.offer(&encoded) {
+                match mailbox.offer(encoded) {
+                    Offer::Written => {
+                        offered += 1;
+                        self.metrics.deliveries.sent(encoded, true);
+                    }
                     Offer::Queued => offered += 1,
                     Offer::Conflated => {
                         offered += 1;
@@ -224,9 +328,7 @@ impl Hub {
             }
         }
         self.metrics.states_conflated.add(conflated);
-        Applied::FannedOut {
-            subscribers: offered,
-        }
+        offered
     }
 
     /// Subscribes connection `connection` to `topic`, delivering into `mailbox`. The mailbox
@@ -265,6 +367,11 @@ impl Hub {
                 topics.remove(topic);
             }
         }
+    }
+
+    /// What every state written to a socket counts.
+    pub fn deliveries(&self) -> &DeliveryMetrics {
+        &self.metrics.deliveries
     }
 
     /// Counts an ack when it is for the topic's current version.
@@ -353,6 +460,25 @@ mod tests {
         let mut out = Vec::new();
         mailbox.take_pending(&mut out);
         out.iter().map(|d| d.state.version).collect()
+    }
+
+    #[test]
+    fn states_are_framed_as_tungstenite_reads_them() {
+        use tungstenite::protocol::frame::FrameHeader;
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let payload = vec![b'x'; len];
+            let frame = text_frame(&payload);
+            let mut cursor = std::io::Cursor::new(&frame[..]);
+            let (header, length) = FrameHeader::parse(&mut cursor)
+                .expect("valid header")
+                .expect("complete header");
+            assert!(header.is_final);
+            assert_eq!(header.opcode, OpCode::Data(Data::Text));
+            assert_eq!(header.mask, None);
+            assert_eq!(length, len as u64);
+            assert_eq!(&frame[cursor.position() as usize..], &payload[..]);
+        }
     }
 
     #[test]

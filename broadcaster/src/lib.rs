@@ -5,14 +5,18 @@
 //!   ships the in-memory [`MemoryBus`] used by `ringside serve` (Kafka implements the same trait).
 //!   A feed starts with the latest state of every topic, so a node that (re)starts rebuilds its
 //!   state before it serves devices.
-//! - **Tier 2, [`hub`]**: each node's in-memory fan-out. [`Hub::apply`] encodes a state once and
-//!   offers the shared bytes to every subscribed connection's [`Mailbox`].
-//! - **[`mailbox`]**: one per connection, bounded by the number of topics the connection holds:
-//!   a newer state of a topic replaces an unsent older one (conflation), and versions offered to
-//!   a connection never go backwards. A slow socket therefore never holds a backlog and never
-//!   delays anyone else.
+//! - **Tier 2, [`hub`]**: each node's in-memory fan-out. [`Hub::apply`] encodes a state once,
+//!   as its complete WebSocket frame, and offers the shared bytes to every subscribed
+//!   connection's [`Mailbox`].
+//! - **[`mailbox`]**: one per connection, the connection's way to its socket. An idle
+//!   connection gets a live state written by the fan-out itself, one non-blocking `send`;
+//!   otherwise the state waits, bounded by the number of topics the connection holds: a newer
+//!   state of a topic replaces an unsent older one (conflation), and versions offered to a
+//!   connection never go backwards. A slow socket therefore never holds a backlog of states and
+//!   never delays anyone else.
 //!
-//! The gateway owns the sockets; this crate never touches one.
+//! The gateway accepts the sockets and reads them; it hands each one's write side to its
+//! mailbox.
 
 pub mod bus;
 pub mod hub;
@@ -21,8 +25,8 @@ pub mod mailbox;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use bus::{Bus, BusFeed, FeedItem, MemoryBus, run_bus_consumer};
-pub use hub::{Applied, EncodedState, Hub, HubMetrics};
+pub use bus::{Bus, BusFeed, FeedItem, MemoryBus, apply_off_runtime, run_bus_consumer};
+pub use hub::{Applied, DeliveryMetrics, EncodedState, Fanout, Hub, HubMetrics};
 pub use mailbox::{Delivery, Mailbox, Offer};
 
 /// A boxed future, so that [`Bus`] implementations can be used as trait objects.

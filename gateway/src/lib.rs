@@ -4,8 +4,9 @@
 //! - [`upgrade`]: `GET /v1/ws`: authenticates the device token, refuses with an HTTP status
 //!   before any upgrade, and hands the upgraded socket to a session.
 //! - [`session`]: one task per connection. It reads client frames, answers them, and writes the
-//!   states its [`broadcaster::Mailbox`] holds; heartbeats, idle and slow-consumer cut-offs and
-//!   the goaway before every server-initiated close live here.
+//!   states its [`broadcaster::Mailbox`] holds for it (a live state reaching an idle connection
+//!   is written by the fan-out itself, without waking the task); heartbeats, idle and
+//!   slow-consumer cut-offs and the goaway before every server-initiated close live here.
 //! - [`metrics`]: the node's counters for `/metrics`.
 //!
 //! [`Gateway`] ties them together and owns the session tasks, so that a drain can reach every
@@ -14,6 +15,7 @@
 pub mod config;
 pub mod metrics;
 pub mod session;
+mod socket;
 pub mod upgrade;
 
 use std::sync::Arc;

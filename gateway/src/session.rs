@@ -2,8 +2,10 @@
 //! holds, and keeps the connection alive or ends it.
 //!
 //! The task waits on four things at once: node drain, pending states, the next client frame and
-//! its next deadline (heartbeat, idle cut-off or token expiry). States are written as the shared
-//! bytes the hub encoded; a batch of pending states is fed to the socket and flushed once.
+//! its next deadline (heartbeat, idle cut-off or token expiry). A live state that reaches an
+//! idle connection never wakes the task: the fan-out writes it to the socket itself. The task
+//! writes what had to wait (a catch-up state, or a state that met a full socket) as the same
+//! shared frame the hub encoded, and flushes once.
 //! Whatever way the task ends (return, error, panic), dropping the [`Session`] unsubscribes its
 //! topics and releases its place under the connection limit.
 
@@ -14,20 +16,21 @@ use auth::DeviceClaims;
 use broadcaster::{Delivery, Mailbox};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
 use protocol::frame::GoawayReason;
 use protocol::{
     ClientFrame, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerFrame, SubscribeTopic, Topic,
 };
+use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use crate::socket::DeviceSocket;
 use crate::{Gateway, SessionPermit};
 
-pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub(crate) type Socket = WebSocketStream<DeviceSocket>;
 
 /// How long a closing session waits for the peer's close frame, and how long a write in
 /// progress may go on once the node drains.
@@ -84,7 +87,12 @@ impl Drop for Session {
     }
 }
 
-pub(crate) async fn run(permit: SessionPermit, mut socket: Socket, claims: DeviceClaims) {
+pub(crate) async fn run(
+    permit: SessionPermit,
+    mut socket: Socket,
+    mailbox: Arc<Mailbox>,
+    claims: DeviceClaims,
+) {
     let gateway = permit.gateway.clone();
     let connection = gateway.next_connection_id();
     gateway.metrics.connections_opened.increment();
@@ -92,7 +100,7 @@ pub(crate) async fn run(permit: SessionPermit, mut socket: Socket, claims: Devic
     let token_lifetime = Duration::from_secs(claims.exp.saturating_sub(unix_now_s()));
     let mut session = Session {
         connection,
-        mailbox: Mailbox::new(),
+        mailbox,
         topics: Vec::new(),
         last_inbound: now,
         topicless_since: Some(now),
@@ -214,9 +222,12 @@ impl Session {
                     "protocol v1 frames are JSON text",
                 ));
             }
-            // Pongs only prove liveness; pings are answered by tungstenite; a close is
-            // answered by tungstenite and the stream then ends.
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {
+            // Pongs only prove liveness; pings are answered by tungstenite.
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => return Ok(()),
+            // Tungstenite answers a close and the stream then ends; no state may follow the
+            // answer, so the fan-out stops writing here first.
+            Ok(Message::Close(_)) => {
+                self.mailbox.seal();
                 return Ok(());
             }
             Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
@@ -291,8 +302,15 @@ impl Session {
         if !self.topics.is_empty() {
             self.topicless_since = None;
         }
-        self.send_frame(socket, &ServerFrame::Subscribed { topics: answered })
-            .await
+        let subscribed = ServerFrame::Subscribed { topics: answered };
+        self.send_frame(socket, &subscribed).await?;
+        // Live states follow the answer: from now on the fan-out may write them directly.
+        if let ServerFrame::Subscribed { topics } = &subscribed {
+            for topic in topics {
+                self.mailbox.announce(topic);
+            }
+        }
+        Ok(())
     }
 
     async fn unsubscribe(&mut self, socket: &mut Socket, topics: Vec<Topic>) -> Result<(), Ending> {
@@ -309,34 +327,24 @@ impl Session {
             .await
     }
 
-    /// Writes every pending state, then flushes once.
+    /// Writes every pending state as the frame the hub encoded, and whatever a direct write
+    /// left in the backlog, then flushes once.
     async fn send_pending(&mut self, socket: &mut Socket) -> Result<(), Ending> {
         self.mailbox.take_pending(&mut self.outbound);
-        if self.outbound.is_empty() {
-            return Ok(());
-        }
+        // Whole frames through the mailbox, like the codec's own: tungstenite holds nothing
+        // half-written that these could cut into.
+        let io = socket.get_mut();
         let batch = &self.outbound;
         let written = async {
             for delivery in batch {
-                socket
-                    .feed(Message::Text(delivery.state.frame.clone()))
-                    .await?;
+                io.write_all(&delivery.state.wire).await?;
             }
-            socket.flush().await
+            io.flush().await
         };
         bounded_write(&self.gateway, written).await?;
-        let metrics = &self.gateway.metrics;
-        let now_ms = protocol::unix_now_ms();
+        let deliveries = self.gateway.hub.deliveries();
         for delivery in self.outbound.drain(..) {
-            let state = &delivery.state;
-            metrics.messages_sent.increment();
-            metrics.bytes_sent.add(state.frame.len() as u64);
-            if !delivery.catch_up {
-                metrics.fanout.observe(state.encoded_at.elapsed());
-                metrics.publish_to_send.observe(Duration::from_millis(
-                    now_ms.saturating_sub(state.published_at_ms),
-                ));
-            }
+            deliveries.sent(&delivery.state, !delivery.catch_up);
         }
         Ok(())
     }
@@ -352,6 +360,8 @@ impl Session {
 
     /// Says why the connection ends (when the peer can still hear it) and closes it.
     async fn finish(&mut self, socket: &mut Socket, ending: Ending) {
+        // No state may follow the goaway and close frames.
+        self.mailbox.seal();
         let metrics = &self.gateway.metrics;
         let (notice, close) = match ending {
             Ending::Gone => return,
@@ -401,9 +411,9 @@ impl Session {
 /// Runs a socket write under the send timeout. The configuration keeps the send timeout below
 /// the shutdown grace, so a stuck write cannot hold a drain past it. (A write that completes at
 /// once never registers the timeout's timer.)
-async fn bounded_write(
+async fn bounded_write<E>(
     gateway: &Gateway,
-    write: impl Future<Output = Result<(), WsError>>,
+    write: impl Future<Output = Result<(), E>>,
 ) -> Result<(), Ending> {
     match timeout(gateway.config.send_timeout, write).await {
         Ok(Ok(())) => Ok(()),

@@ -12,10 +12,12 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+use crate::socket::DeviceSocket;
 use crate::{Gateway, GatewayError, session};
 
 /// The device token from `?token=` or `Authorization: Bearer`.
@@ -95,26 +97,30 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
 
     let config = WebSocketConfig::default()
         .read_buffer_size(gateway.config.read_buffer_bytes)
-        // Write every frame through at once: batching happens in the session, which feeds all
-        // pending states before one flush.
+        // Write every frame through at once: the mailbox keeps whatever the socket does not take.
         .write_buffer_size(0)
         .max_write_buffer_size(gateway.config.max_frame_bytes.max(64 * 1024))
         .max_message_size(Some(gateway.config.max_frame_bytes))
         .max_frame_size(Some(gateway.config.max_frame_bytes));
+    let backlog_limit = gateway.config.max_frame_bytes.max(64 * 1024);
     let permit = gateway.try_admit().ok_or(GatewayError::AtCapacity)?;
     gateway.sessions.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => return tracing::debug!(%error, "upgrade did not complete"),
+        };
+        // The session needs the TCP socket itself: the fan-out writes to it directly. Frames
+        // the device sent right behind its upgrade request were read with the request; they are
+        // copied out, so that the HTTP read buffer they sit in is freed now.
+        let (stream, early_frames) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (parts.io.into_inner(), parts.read_buf.to_vec()),
+            Err(_) => return tracing::error!("upgraded connection is not a TCP socket; closed"),
+        };
+        let (socket, mailbox) = DeviceSocket::new(stream, backlog_limit);
+        let socket =
+            WebSocketStream::from_partially_read(socket, early_frames, Role::Server, Some(config))
                 .await;
-                session::run(permit, socket, claims).await;
-            }
-            Err(error) => tracing::debug!(%error, "upgrade did not complete"),
-        }
+        session::run(permit, socket, mailbox, claims).await;
     });
 
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
