@@ -241,7 +241,41 @@ impl Mailbox {
         true
     }
 
-    /// Moves every pending state into `out`, oldest topic first.
+    /// Writes pending states, oldest topic first, each as its whole frame: what the socket does
+    /// not take at once joins the backlog, for [`Mailbox::poll_flush`] to finish. Stops while
+    /// the backlog is full; returns whether every pending state went. Written states are
+    /// appended to `sent`. Taking a state and writing it happen under one lock, so a direct
+    /// write of a newer version can never overtake it.
+    pub fn write_pending(&self, sent: &mut Vec<Delivery>) -> io::Result<bool> {
+        let mut outbound = self.outbound();
+        let out = &mut *outbound;
+        let socket = writable(&mut out.socket, out.failed)?;
+        for slot in &mut out.slots {
+            let Some(frame) = slot.pending.as_ref().map(|d| &d.state.wire) else {
+                continue;
+            };
+            if out.backlog.is_empty() {
+                match socket.try_write(frame) {
+                    Ok(written) => out.backlog.extend_from_slice(&frame[written..]),
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        out.backlog.extend_from_slice(frame);
+                    }
+                    Err(error) => {
+                        out.failed = true;
+                        return Err(error);
+                    }
+                }
+            } else if out.backlog.len() + frame.len() <= out.backlog_limit {
+                out.backlog.extend_from_slice(frame);
+            } else {
+                return Ok(false);
+            }
+            sent.extend(slot.pending.take());
+        }
+        Ok(true)
+    }
+
+    /// Moves every pending state into `out`, oldest topic first, without writing it.
     pub fn take_pending(&self, out: &mut Vec<Delivery>) {
         out.extend(
             self.outbound()
@@ -447,15 +481,16 @@ mod tests {
         // Before `subscribed` is written, live states wait for the task.
         let first = encoded("event:a", 1);
         assert_eq!(mailbox.offer(&first), Offer::Queued);
-        assert_eq!(pending_versions(&mailbox), vec![("event:a".into(), 1)]);
         mailbox.announce(&a);
+        // The task writes what waited; the next live state goes straight out, after it.
+        let mut sent = Vec::new();
+        assert!(mailbox.write_pending(&mut sent).expect("write"));
+        assert_eq!(sent.len(), 1);
         let second = encoded("event:a", 2);
         assert_eq!(mailbox.offer(&second), Offer::Written);
         assert!(pending_versions(&mailbox).is_empty());
-        assert_eq!(
-            read_exactly(&mut peer, second.wire.len()).await,
-            second.wire.to_vec()
-        );
+        let both = [first.wire.to_vec(), second.wire.to_vec()].concat();
+        assert_eq!(read_exactly(&mut peer, both.len()).await, both);
         // A catch-up state always waits, to follow the `subscribed` answer.
         assert_eq!(
             mailbox.offer_catch_up(&encoded("event:a", 3)),

@@ -20,7 +20,6 @@ use protocol::frame::GoawayReason;
 use protocol::{
     ClientFrame, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerFrame, SubscribeTopic, Topic,
 };
-use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -146,7 +145,7 @@ impl Session {
                     return Ending::GoAway { reason: GoawayReason::Shutdown, close: CloseCode::GOING_AWAY };
                 }
                 () = self.mailbox.ready() => {
-                    if let Err(ending) = self.send_pending(socket).await {
+                    if let Err(ending) = self.send_pending().await {
                         return ending;
                     }
                 }
@@ -328,25 +327,24 @@ impl Session {
     }
 
     /// Writes every pending state as the frame the hub encoded, and whatever a direct write
-    /// left in the backlog, then flushes once.
-    async fn send_pending(&mut self, socket: &mut Socket) -> Result<(), Ending> {
-        self.mailbox.take_pending(&mut self.outbound);
-        // Whole frames through the mailbox, like the codec's own: tungstenite holds nothing
-        // half-written that these could cut into.
-        let io = socket.get_mut();
-        let batch = &self.outbound;
+    /// left in the backlog, then flushes.
+    async fn send_pending(&mut self) -> Result<(), Ending> {
+        let (mailbox, sent) = (&self.mailbox, &mut self.outbound);
         let written = async {
-            for delivery in batch {
-                io.write_all(&delivery.state.wire).await?;
+            loop {
+                let all = mailbox.write_pending(sent)?;
+                std::future::poll_fn(|cx| mailbox.poll_flush(cx)).await?;
+                if all {
+                    return Ok::<(), std::io::Error>(());
+                }
             }
-            io.flush().await
         };
-        bounded_write(&self.gateway, written).await?;
+        let outcome = bounded_write(&self.gateway, written).await;
         let deliveries = self.gateway.hub.deliveries();
         for delivery in self.outbound.drain(..) {
             deliveries.sent(&delivery.state, !delivery.catch_up);
         }
-        Ok(())
+        outcome
     }
 
     async fn send_frame(&mut self, socket: &mut Socket, frame: &ServerFrame) -> Result<(), Ending> {
