@@ -301,13 +301,11 @@ impl Session {
         if !self.topics.is_empty() {
             self.topicless_since = None;
         }
-        let subscribed = ServerFrame::Subscribed { topics: answered };
-        self.send_frame(socket, &subscribed).await?;
+        self.send_frame(socket, &ServerFrame::Subscribed { topics: answered })
+            .await?;
         // Live states follow the answer: from now on the fan-out may write them directly.
-        if let ServerFrame::Subscribed { topics } = &subscribed {
-            for topic in topics {
-                self.mailbox.announce(topic);
-            }
+        for topic in &self.topics {
+            self.mailbox.announce(topic);
         }
         Ok(())
     }
@@ -342,7 +340,9 @@ impl Session {
         let outcome = bounded_write(&self.gateway, written).await;
         let deliveries = self.gateway.hub.deliveries();
         for delivery in self.outbound.drain(..) {
-            deliveries.sent(&delivery.state, !delivery.catch_up);
+            if outcome.is_ok() {
+                deliveries.sent(&delivery.state, !delivery.catch_up);
+            }
         }
         outcome
     }
