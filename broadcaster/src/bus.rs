@@ -1,7 +1,7 @@
 //! Tier 1: the bus that carries every state change to every gateway node.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use protocol::{EventState, Topic};
 use tokio::sync::broadcast;
@@ -179,10 +179,16 @@ pub async fn apply_off_runtime(hub: &Arc<Hub>, state: Arc<EventState>) -> Applie
     let Some(fanout) = hub.make_current(&state) else {
         return Applied::Stale;
     };
+    if fanout.subscribers() == 0 {
+        return Applied::FannedOut { subscribers: 0 };
+    }
     let parts = if fanout.subscribers() < PARALLEL_FANOUT_MIN {
         1
     } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(Fanout::SHARDS))
+        static CORES: OnceLock<usize> = OnceLock::new();
+        *CORES.get_or_init(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(Fanout::SHARDS))
+        })
     };
     let fanout = Arc::new(fanout);
     let parts: Vec<_> = (0..parts)

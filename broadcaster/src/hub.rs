@@ -306,13 +306,23 @@ impl Hub {
     /// threads at once.
     pub fn fan_out(&self, fanout: &Fanout, shards: Range<usize>) -> usize {
         let Fanout { channel, encoded } = fanout;
-        // Subscribers that join after their shard was visited read the new current state
-        // themselves (see `subscribe`), so none is missed.
+        // Subscribers that join after their shard was read take the new current state
+        // themselves (see `subscribe`), so none is missed; one that leaves after it has closed
+        // or sealed its mailbox first, which then ignores the offer.
         let mut offered = 0;
         let mut conflated = 0;
+        let mut subscribers = Vec::new();
         for shard in &channel.shards[shards] {
-            let subscribers = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            for mailbox in subscribers.values() {
+            // The shard is locked only to copy it: the offers below are system calls, and
+            // subscribes and unsubscribes on the runtime must not wait for them.
+            subscribers.extend(
+                shard
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .values()
+                    .cloned(),
+            );
+            for mailbox in subscribers.drain(..) {
                 match mailbox.offer(encoded) {
                     Offer::Written => {
                         offered += 1;
