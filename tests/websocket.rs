@@ -134,6 +134,57 @@ async fn every_one_of_many_subscribers_receives_the_state() {
 }
 
 #[tokio::test]
+async fn a_device_that_closes_behind_a_full_socket_still_gets_every_byte_and_the_close_answer() {
+    let server = TestServer::start().await;
+    let event = server.create_event("close-behind").await;
+    let options = ConnectOptions {
+        read_buffer_bytes: Some(512),
+        ..ConnectOptions::default()
+    };
+    let mut device =
+        DeviceConnection::connect_with(&server.ws_url, &device_token("closer", 3600), &options)
+            .await
+            .unwrap();
+    subscribe(&mut device, &[(topic(&event), 0)]).await;
+    // The device reads nothing while far more than the socket buffers hold is published, so
+    // the server's side ends with part of a frame waiting for the socket.
+    let payload = format!(r#"{{"filler":"{}"}}"#, "x".repeat(4000));
+    for _ in 0..1500 {
+        server.publish(&event, "LIVE", &payload).await;
+    }
+    // Then it closes, still without reading: the server's answer queues behind those bytes.
+    let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    };
+    device
+        .send_message(Message::Close(Some(close)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Now it reads: whole states in increasing versions, then the close answer, not a cut.
+    let mut last = 0;
+    let ending = loop {
+        match device.next_frame().await {
+            Ok(ServerFrame::State(state)) => {
+                assert!(state.version > last);
+                last = state.version;
+            }
+            Ok(_) => {}
+            Err(error) => break error,
+        }
+    };
+    assert!(last > 0, "no state arrived before the close");
+    match ending {
+        ClientError::Closed { code, reason } => {
+            assert_eq!((code, reason.as_str()), (1000, "bye"));
+        }
+        other => panic!("expected the close answer, got {other:?}"),
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_stalled_reader_delays_nobody_and_later_gets_the_newest_version() {
     let server = TestServer::start().await;
     let event = server.create_event("stall").await;

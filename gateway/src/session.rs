@@ -362,7 +362,14 @@ impl Session {
         self.mailbox.seal();
         let metrics = &self.gateway.metrics;
         let (notice, close) = match ending {
-            Ending::Gone => return,
+            // The codec may have handed its last frames (the answer to the device's close) to
+            // the mailbox without waiting for the socket to take them: give them the time a
+            // close handshake gets, then let the socket go.
+            Ending::Gone => {
+                let flushed = std::future::poll_fn(|cx| self.mailbox.poll_flush(cx));
+                let _sent_or_gone_either_way = timeout(CLOSE_HANDSHAKE_TIMEOUT, flushed).await;
+                return;
+            }
             Ending::SlowConsumer => {
                 metrics.slow_consumer_disconnects.increment();
                 tracing::debug!(connection = self.connection, "slow consumer disconnected");
