@@ -8,7 +8,7 @@ use std::time::Duration;
 use client::{ClientError, ConnectOptions, DeviceConnection};
 use futures_util::future::join_all;
 use protocol::frame::GoawayReason;
-use protocol::{ErrorCode, ServerFrame, Topic};
+use protocol::{ErrorCode, EventId, ServerFrame, Topic};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -133,19 +133,26 @@ async fn every_one_of_many_subscribers_receives_the_state() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_device_that_closes_behind_a_full_socket_still_gets_every_byte_and_the_close_answer() {
-    let server = TestServer::start().await;
-    let event = server.create_event("close-behind").await;
+/// A device subscribed to `event` with a small read buffer, so that when it stops reading the
+/// socket between it and the server fills quickly.
+async fn stalling_device(server: &TestServer, name: &str, event: &EventId) -> DeviceConnection {
     let options = ConnectOptions {
         read_buffer_bytes: Some(512),
         ..ConnectOptions::default()
     };
     let mut device =
-        DeviceConnection::connect_with(&server.ws_url, &device_token("closer", 3600), &options)
+        DeviceConnection::connect_with(&server.ws_url, &device_token(name, 3600), &options)
             .await
             .unwrap();
-    subscribe(&mut device, &[(topic(&event), 0)]).await;
+    subscribe(&mut device, &[(topic(event), 0)]).await;
+    device
+}
+
+#[tokio::test]
+async fn a_device_that_closes_behind_a_full_socket_still_gets_every_byte_and_the_close_answer() {
+    let server = TestServer::start().await;
+    let event = server.create_event("close-behind").await;
+    let mut device = stalling_device(&server, "closer", &event).await;
     // The device reads nothing while far more than the socket buffers hold is published, so
     // the server's side ends with part of a frame waiting for the socket.
     let payload = format!(r#"{{"filler":"{}"}}"#, "x".repeat(4000));
@@ -188,18 +195,7 @@ async fn a_device_that_closes_behind_a_full_socket_still_gets_every_byte_and_the
 async fn a_stalled_reader_delays_nobody_and_later_gets_the_newest_version() {
     let server = TestServer::start().await;
     let event = server.create_event("stall").await;
-    let stalled_options = ConnectOptions {
-        read_buffer_bytes: Some(512),
-        ..ConnectOptions::default()
-    };
-    let mut stalled = DeviceConnection::connect_with(
-        &server.ws_url,
-        &device_token("stalled", 3600),
-        &stalled_options,
-    )
-    .await
-    .unwrap();
-    subscribe(&mut stalled, &[(topic(&event), 0)]).await;
+    let mut stalled = stalling_device(&server, "stalled", &event).await;
     let mut readers = Vec::new();
     for i in 0..4 {
         let mut device = server.device_named(&format!("reader{i}")).await;
