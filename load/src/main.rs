@@ -234,9 +234,7 @@ struct OverloadArgs {
 }
 
 async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
-    if !load::system::is_loopback_url(&args.fleet.server) {
-        anyhow::bail!("ringside-load only targets loopback addresses");
-    }
+    load::system::require_loopback(&args.fleet.server)?;
     let graphql = |query: String| {
         Some(bytes::Bytes::from(
             serde_json::to_vec(&serde_json::json!({ "query": query })).unwrap_or_default(),
@@ -321,9 +319,7 @@ struct KickoffArgs {
 }
 
 async fn kickoff(args: KickoffArgs) -> anyhow::Result<()> {
-    if !load::system::is_loopback_url(&args.fleet.server) {
-        anyhow::bail!("ringside-load only targets loopback addresses");
-    }
+    load::system::require_loopback(&args.fleet.server)?;
     let result = load::kickoff::run_kickoff(load::kickoff::KickoffPlan {
         server: args.fleet.server.clone(),
         admin_token: args.admin_token.clone(),
@@ -359,9 +355,7 @@ fn event_query(event: &str) -> String {
 }
 
 async fn prefetch_bench(args: PrefetchBenchArgs) -> anyhow::Result<()> {
-    if !load::system::is_loopback_url(&args.fleet.server) {
-        anyhow::bail!("ringside-load only targets loopback addresses");
-    }
+    load::system::require_loopback(&args.fleet.server)?;
     let body = bytes::Bytes::from(serde_json::to_vec(
         &serde_json::json!({ "query": event_query(&args.event) }),
     )?);
@@ -424,9 +418,7 @@ async fn prefetch_bench(args: PrefetchBenchArgs) -> anyhow::Result<()> {
 }
 
 async fn origin(args: OriginArgs) -> anyhow::Result<()> {
-    if !load::system::is_loopback_url(&args.fleet.server) {
-        anyhow::bail!("ringside-load only targets loopback addresses");
-    }
+    load::system::require_loopback(&args.fleet.server)?;
     let plan = load::origin::OriginPlan {
         base: args.fleet.server.clone(),
         tokens: args.fleet.tokens(args.devices)?,

@@ -41,6 +41,14 @@ pub fn is_loopback_url(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Refuses anything but a loopback target: the load tool never sends traffic off the machine.
+pub fn require_loopback(url: &str) -> anyhow::Result<()> {
+    if !is_loopback_url(url) {
+        anyhow::bail!("ringside-load only targets loopback addresses, not {url}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +61,9 @@ mod tests {
         assert!(is_loopback_url("http://localhost:80"));
         assert!(!is_loopback_url("http://10.0.0.1:8080"));
         assert!(!is_loopback_url("http://example.com"));
+        assert!(require_loopback("http://127.0.0.1:1").is_ok());
+        let refused = require_loopback("http://10.0.0.1:8080").unwrap_err();
+        assert!(refused.to_string().contains("10.0.0.1"));
     }
 
     #[test]
