@@ -1,0 +1,4 @@
+//! Hostile rows: ws. See `main.rs` for what every row must keep true.
+
+#[allow(unused_imports)]
+use crate::Bystander;
