@@ -7,17 +7,29 @@
 //!   the node can take it instead of all at once. Upgraded WebSocket connections leave this
 //!   budget; the gateway's own `max_connections` bounds them.
 //! - A header read timeout, so that a client cannot hold a connection by sending a request
-//!   slowly (or not at all).
+//!   slowly (or not at all), and a body read timeout for the same reason: a request whose body
+//!   has not arrived whole in time is answered `408` and its connection closed. Handlers check
+//!   credentials before they read a body, so a client without them is refused at once.
 //! - A graceful shutdown bounded by the grace period: in-flight requests finish, idle
 //!   keep-alive connections close, and anything left after the grace is dropped.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use hyper::body::{Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use protocol::admin::{ApiError, ApiErrorCode};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -26,8 +38,15 @@ use tokio_util::task::TaskTracker;
 /// Limits of the HTTP layer.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
+    /// HTTP connections not yet upgraded, at once (default 4096); beyond it new connections
+    /// wait in the kernel's listen backlog.
     pub max_pending_connections: usize,
+    /// Time a client has to send a request's headers (default 10 s); also closes idle
+    /// keep-alive connections.
     pub header_read_timeout: Duration,
+    /// Time a client has, from the end of its headers, to send the whole body (default 10 s):
+    /// a body trickled byte by byte cannot hold a connection and its pending place longer.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -35,7 +54,27 @@ impl Default for HttpConfig {
         Self {
             max_pending_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl HttpConfig {
+    /// Checks every bound; runs before the listener serves.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        const HOUR: Duration = Duration::from_secs(3600);
+        if self.max_pending_connections == 0 || self.max_pending_connections > 1 << 20 {
+            anyhow::bail!("max_pending_connections must be 1 to 1048576");
+        }
+        for (name, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+        ] {
+            if value < Duration::from_millis(10) || value > HOUR {
+                anyhow::bail!("{name} must be between 10 ms and one hour");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -52,6 +91,10 @@ pub async fn serve_http(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> bool {
+    let router = router.layer(middleware::from_fn_with_state(
+        config.body_read_timeout,
+        bound_body_read,
+    ));
     let connections = TaskTracker::new();
     let pending = Arc::new(Semaphore::new(config.max_pending_connections));
     let mut builder = http1::Builder::new();
@@ -109,5 +152,88 @@ pub async fn serve_http(
             tracing::warn!("HTTP connections still open after the grace period; dropping them");
             false
         }
+    }
+}
+
+/// The layer under every route that bounds the time to read a request body. The handler runs
+/// as usual and reads the body when it wants (after checking credentials); if the body has
+/// not been read to its end when the timeout passes, the handler is dropped and the client is
+/// answered `408` with the connection closed. A handler that has read its body may take as
+/// long as it needs (a publish waits for the bus).
+async fn bound_body_read(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let finished = Arc::new(AtomicBool::new(false));
+    let (parts, body) = request.into_parts();
+    let graphql = parts.uri.path().starts_with("/graphql");
+    let body = Body::new(WatchedBody {
+        inner: body,
+        finished: finished.clone(),
+    });
+    let response = next.run(Request::from_parts(parts, body));
+    tokio::pin!(response);
+    tokio::select! {
+        response = &mut response => return response,
+        () = tokio::time::sleep(timeout) => {}
+    }
+    if finished.load(Ordering::Acquire) {
+        return response.await;
+    }
+    body_timeout_response(graphql, timeout)
+}
+
+fn body_timeout_response(graphql: bool, timeout: Duration) -> Response {
+    let message = format!(
+        "the request body did not arrive within {} ms",
+        timeout.as_millis()
+    );
+    let mut response = if graphql {
+        let body = serde_json::json!({
+            "errors": [{ "message": message, "extensions": { "code": "REQUEST_TIMEOUT" } }]
+        });
+        (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response()
+    } else {
+        let error = ApiError::new(ApiErrorCode::RequestTimeout, message);
+        (StatusCode::REQUEST_TIMEOUT, axum::Json(error)).into_response()
+    };
+    // The rest of the body may still be on its way: the connection cannot carry another request.
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// A request body that notes when it has been read to its end.
+struct WatchedBody {
+    inner: Body,
+    finished: Arc<AtomicBool>,
+}
+
+impl HttpBody for WatchedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.finished.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -366,6 +366,12 @@ struct ServeArgs {
         help = "Time a client has to send request headers [default: 10000]"
     )]
     header_read_timeout_ms: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_BODY_READ_TIMEOUT_MS",
+        help = "Time a client has to send a whole request body, after its headers; 408 beyond [default: 10000]"
+    )]
+    body_read_timeout_ms: Option<u64>,
     #[command(flatten)]
     secrets: SecretArgs,
     #[command(flatten)]
@@ -720,6 +726,9 @@ async fn run_serve(args: ServeArgs, role: Role) -> anyhow::Result<()> {
             header_read_timeout: args
                 .header_read_timeout_ms
                 .map_or(http_defaults.header_read_timeout, Duration::from_millis),
+            body_read_timeout: args
+                .body_read_timeout_ms
+                .map_or(http_defaults.body_read_timeout, Duration::from_millis),
         },
         secrets,
         prefetch: args.prefetch.setup(args.production)?,

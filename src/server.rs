@@ -90,6 +90,7 @@ impl ServeConfig {
         if self.role.serves_devices() {
             self.gateway.validate()?;
         }
+        self.http.validate()?;
         DeviceTokenKey::new(self.secrets.device_token_secret.as_bytes())?;
         AdminToken::new(&self.secrets.admin_token)?;
         let kafka = matches!(self.bus, BusSetup::Kafka(_));
@@ -164,6 +165,15 @@ async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, axum::Json(error)).into_response()
 }
 
+/// A path that exists, with a method it does not have; axum adds the `Allow` header.
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    let error = ApiError::new(
+        ApiErrorCode::MethodNotAllowed,
+        format!("{method} is not allowed here"),
+    );
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(error)).into_response()
+}
+
 /// Serves on `listener` until `shutdown` is cancelled, then stops accepting, sends every
 /// session a goaway and a close, and waits up to the grace period.
 pub async fn serve(
@@ -198,6 +208,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .with_state(operations)
         .merge(router)
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found);
 
     let grace = config.gateway.shutdown_grace;

@@ -97,6 +97,10 @@ pub enum ApiErrorCode {
     Unauthorized,
     InvalidRequest,
     NotFound,
+    /// The path exists but not with this method; the `Allow` header lists the methods it has.
+    MethodNotAllowed,
+    /// The request body did not arrive within the body read timeout.
+    RequestTimeout,
     Conflict,
     PayloadTooLarge,
     Unavailable,
@@ -109,6 +113,8 @@ impl ApiErrorCode {
             Self::Unauthorized => 401,
             Self::InvalidRequest => 400,
             Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::RequestTimeout => 408,
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::Unavailable => 503,

@@ -16,25 +16,21 @@ mod http;
 mod ws;
 
 use client::DeviceConnection;
-use protocol::{EventId, ServerFrame};
+use protocol::EventId;
 use support::{TestServer, next_state, subscribe};
 
 /// A well-behaved device that stays connected while the hostile rows run, and the event it
 /// follows. After each row, [`Bystander::assert_unharmed`] proves the node still serves it.
-pub struct Bystander {
-    pub event: EventId,
+pub(crate) struct Bystander {
+    pub(crate) event: EventId,
     device: DeviceConnection,
 }
 
 impl Bystander {
     /// Creates `event` on `server`, connects a device and subscribes it.
-    pub async fn join(server: &TestServer, event: &str) -> Self {
+    pub(crate) async fn join(server: &TestServer, event: &str) -> Self {
         let event = server.create_event(event).await;
         let mut device = server.device_named("bystander").await;
-        match support::next_frame(&mut device).await {
-            ServerFrame::Welcome { .. } => {}
-            other => panic!("expected welcome, got {other:?}"),
-        }
         subscribe(&mut device, &[(event.topic(), 0)]).await;
         Self { event, device }
     }
@@ -42,7 +38,7 @@ impl Bystander {
     /// Publishes the next state and asserts the bystander gets exactly it, promptly (within
     /// [`support::PROMPTLY`], a bound that only catches a frozen node), and that `/healthz`
     /// answers 200. `row` names the hostile row in the failure message.
-    pub async fn assert_unharmed(&mut self, server: &TestServer, row: &str) {
+    pub(crate) async fn assert_unharmed(&mut self, server: &TestServer, row: &str) {
         let receipt = server.publish(&self.event, "LIVE", "{}").await;
         let state = next_state(&mut self.device).await;
         assert_eq!(
