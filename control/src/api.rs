@@ -6,7 +6,7 @@ use std::sync::Arc;
 use auth::AdminToken;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -103,7 +103,25 @@ impl ControlPlane {
         locks.entry(event.clone()).or_default().clone()
     }
 
-    /// The admin routes, all behind the admin token.
+    /// Gives back a lock [`ControlPlane::publish_lock`] handed out, forgetting it when no other
+    /// publish holds or waits for it: the map holds only events being published right now.
+    fn release_publish_lock(&self, event: &EventId, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut locks = self
+            .publish_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(lock);
+        // Every other holder took its clone under this map lock, so the count cannot rise now.
+        if locks
+            .get(event)
+            .is_some_and(|held| Arc::strong_count(held) == 1)
+        {
+            locks.remove(event);
+        }
+    }
+
+    /// The admin routes, all behind the admin token: a request without it is refused before
+    /// anything else, its body unread, whatever its path or method.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/v1/admin/events", post(create_event).get(list_events))
@@ -111,8 +129,10 @@ impl ControlPlane {
             .route("/v1/admin/events/{id}/publish", post(publish))
             .route("/v1/admin/stats", get(stats))
             .route("/v1/admin/{*rest}", axum::routing::any(not_found))
+            // Set before the token layer, so that a wrong method is answered only with a token.
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(ADMIN_BODY_MAX_BYTES))
-            .route_layer(middleware::from_fn_with_state(self.clone(), require_admin))
+            .layer(middleware::from_fn_with_state(self.clone(), require_admin))
             .with_state(self.clone())
     }
 }
@@ -135,6 +155,10 @@ async fn require_admin(
 
 async fn not_found() -> ControlError {
     ControlError::NotFound("no such admin endpoint".into())
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> ControlError {
+    ControlError::MethodNotAllowed(format!("{method} is not allowed here"))
 }
 
 /// Reads a JSON body; errors name the offending field.
@@ -217,15 +241,26 @@ async fn list_events(State(control): State<Arc<ControlPlane>>) -> Result<Respons
     Ok(axum::Json(EventList { events }).into_response())
 }
 
-fn parse_event_id(id: &str) -> Result<EventId, ControlError> {
-    EventId::parse(id).map_err(|_| ControlError::NotFound(format!("unknown event {id}")))
+/// Longest piece of a client's id quoted back in an error message, in characters.
+const QUOTED_ID_MAX_CHARS: usize = 64;
+
+/// The event named by the `{id}` of a path: 400 when the path is not valid percent-encoded
+/// UTF-8, 404 when it cannot be an event id (so no event by that name exists).
+fn event_id_of(path: Result<Path<String>, PathRejection>) -> Result<EventId, ControlError> {
+    let Path(id) = path.map_err(|_| {
+        ControlError::invalid("id", "id: the path is not valid percent-encoded UTF-8")
+    })?;
+    EventId::parse(&id).map_err(|_| {
+        let quoted: String = id.chars().take(QUOTED_ID_MAX_CHARS).collect();
+        ControlError::NotFound(format!("unknown event {quoted}"))
+    })
 }
 
 async fn get_event(
     State(control): State<Arc<ControlPlane>>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ControlError> {
-    let summary = control.store.get(&parse_event_id(&id)?).await?;
+    let summary = control.store.get(&event_id_of(path)?).await?;
     Ok(axum::Json(summary).into_response())
 }
 
@@ -240,10 +275,10 @@ struct PublishBody {
 
 async fn publish(
     State(control): State<Arc<ControlPlane>>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ControlError> {
-    let id = parse_event_id(&id)?;
+    let id = event_id_of(path)?;
     let request: PublishBody = parse_json(&body)?;
     let payload = match request.payload {
         None => Payload::empty(),
@@ -256,16 +291,23 @@ async fn publish(
             }
         })?,
     };
+    // An unknown event is answered 404 before anything is locked or remembered for it.
+    control.store.get(&id).await?;
     // One publish per event at a time, from version assignment to the bus's acknowledgement,
     // so that the bus carries an event's states in version order: in this process, then
     // across every instance sharing the store.
     let event_lock = control.publish_lock(&id);
-    let _serialized = event_lock.lock().await;
-    let shared_lock = control.store.lock_publishes(&id).await?;
-    let result = publish_in_order(&control, &id, request.stage, payload).await;
-    if let Some(lock) = shared_lock {
-        control.store.unlock_publishes(lock).await;
+    let result = async {
+        let _serialized = event_lock.lock().await;
+        let shared_lock = control.store.lock_publishes(&id).await?;
+        let result = publish_in_order(&control, &id, request.stage, payload).await;
+        if let Some(lock) = shared_lock {
+            control.store.unlock_publishes(lock).await;
+        }
+        result
     }
+    .await;
+    control.release_publish_lock(&id, event_lock);
     result
 }
 
@@ -294,4 +336,75 @@ async fn publish_in_order(
 
 async fn stats(State(control): State<Arc<ControlPlane>>) -> Result<Response, ControlError> {
     Ok(axum::Json(control.stats.stats().await?).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MemoryEventStore, StatsSource};
+    use broadcaster::{BoxFuture, MemoryBus};
+    use protocol::admin::{CreateEvent, Stats};
+
+    struct NoStats;
+
+    impl StatsSource for NoStats {
+        fn stats(&self) -> BoxFuture<'_, Result<Stats, ControlError>> {
+            Box::pin(async {
+                Ok(Stats {
+                    nodes: Vec::new(),
+                    topics: Vec::new(),
+                })
+            })
+        }
+    }
+
+    fn held_locks(control: &ControlPlane) -> usize {
+        control
+            .publish_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    async fn publish_to(control: &Arc<ControlPlane>, id: &str) -> Result<Response, ControlError> {
+        let body = Ok(Bytes::from_static(br#"{"stage":"LIVE"}"#));
+        publish(State(control.clone()), Ok(Path(id.to_owned())), body).await
+    }
+
+    #[tokio::test]
+    async fn publish_locks_are_held_only_while_an_existing_event_publishes() {
+        let store = Arc::new(MemoryEventStore::new());
+        store
+            .create(CreateEvent {
+                id: EventId::parse("real").expect("id"),
+                title: "Real".into(),
+                starts_at: "2026-12-01T20:00:00Z".into(),
+                stages: vec![Stage::parse("LIVE").expect("stage")],
+            })
+            .await
+            .expect("created");
+        let control = ControlPlane::new(
+            store,
+            Arc::new(MemoryBus::new()),
+            Arc::new(NoStats),
+            AdminToken::new("an-admin-token-of-32-bytes-or-more!").expect("token"),
+            &Registry::new(),
+        );
+        for n in 0..1000 {
+            let unknown = publish_to(&control, &format!("made-up-{n}")).await;
+            assert!(matches!(unknown, Err(ControlError::NotFound(_))));
+        }
+        assert_eq!(
+            held_locks(&control),
+            0,
+            "unknown events leave no lock behind"
+        );
+        let published = publish_to(&control, "real").await.expect("published");
+        assert_eq!(published.status(), StatusCode::OK);
+        assert_eq!(
+            held_locks(&control),
+            0,
+            "a finished publish leaves no lock behind"
+        );
+    }
 }

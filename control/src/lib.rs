@@ -39,6 +39,8 @@ pub enum ControlError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -61,6 +63,7 @@ impl ControlError {
             Self::Unauthorized => ApiErrorCode::Unauthorized,
             Self::InvalidRequest { .. } => ApiErrorCode::InvalidRequest,
             Self::NotFound(_) => ApiErrorCode::NotFound,
+            Self::MethodNotAllowed(_) => ApiErrorCode::MethodNotAllowed,
             Self::Conflict(_) => ApiErrorCode::Conflict,
             Self::PayloadTooLarge(_) => ApiErrorCode::PayloadTooLarge,
             Self::Unavailable(_) | Self::StoreUnavailable => ApiErrorCode::Unavailable,
