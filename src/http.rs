@@ -47,6 +47,10 @@ pub struct HttpConfig {
     /// Time a client has, from the end of its headers, to send the whole body (default 10 s):
     /// a body trickled byte by byte cannot hold a connection and its pending place longer.
     pub body_read_timeout: Duration,
+    /// Largest request line and headers together, in bytes (default 64 KiB, at least 8 KiB):
+    /// hyper's read buffer grows to this while it reads them, for every pending connection.
+    /// Beyond it hyper answers `431` and closes the connection.
+    pub max_request_head_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -55,6 +59,7 @@ impl Default for HttpConfig {
             max_pending_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
+            max_request_head_bytes: 64 * 1024,
         }
     }
 }
@@ -65,6 +70,9 @@ impl HttpConfig {
         const HOUR: Duration = Duration::from_secs(3600);
         if self.max_pending_connections == 0 || self.max_pending_connections > 1 << 20 {
             anyhow::bail!("max_pending_connections must be 1 to 1048576");
+        }
+        if !(REQUEST_HEAD_MIN_BYTES..=1 << 20).contains(&self.max_request_head_bytes) {
+            anyhow::bail!("max_request_head_bytes must be 8192 to 1048576");
         }
         for (name, value) in [
             ("header_read_timeout", self.header_read_timeout),
@@ -77,6 +85,9 @@ impl HttpConfig {
         Ok(())
     }
 }
+
+/// hyper's smallest read buffer; `max_request_head_bytes` may not go below it.
+const REQUEST_HEAD_MIN_BYTES: usize = 8192;
 
 /// After an `accept` error (typically out of file descriptors), wait this long before the next
 /// attempt instead of spinning.
@@ -100,7 +111,8 @@ pub async fn serve_http(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout);
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_request_head_bytes);
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,

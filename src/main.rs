@@ -372,6 +372,12 @@ struct ServeArgs {
         help = "Time a client has to send a whole request body, after its headers; 408 beyond [default: 10000]"
     )]
     body_read_timeout_ms: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_MAX_REQUEST_HEAD_BYTES",
+        help = "Largest request line and headers; 431 beyond [default: 65536]"
+    )]
+    max_request_head_bytes: Option<usize>,
     #[command(flatten)]
     secrets: SecretArgs,
     #[command(flatten)]
@@ -729,6 +735,9 @@ async fn run_serve(args: ServeArgs, role: Role) -> anyhow::Result<()> {
             body_read_timeout: args
                 .body_read_timeout_ms
                 .map_or(http_defaults.body_read_timeout, Duration::from_millis),
+            max_request_head_bytes: args
+                .max_request_head_bytes
+                .unwrap_or(http_defaults.max_request_head_bytes),
         },
         secrets,
         prefetch: args.prefetch.setup(args.production)?,

@@ -355,6 +355,20 @@ async fn slow_clients_cannot_hold_the_http_layer() {
         );
     }
 
+    // Headers larger than the bound: 431 and the connection closed, without growing the buffer.
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let mut stream = raw(&server, &big).await;
+    let answer = answer_within(&mut stream, PROMPTLY)
+        .await
+        .expect("an answer, then a close");
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    bystander
+        .assert_unharmed(&server, "oversized headers")
+        .await;
+
     // Headers that never complete: the connection is closed after the header read timeout.
     let mut slowloris = raw(&server, "GET /healthz HTTP/1.1\r\nhost: x\r\n").await;
     assert!(answer_within(&mut slowloris, PROMPTLY).await.is_some());
