@@ -144,6 +144,11 @@ pub struct HubMetrics {
     pub states_applied: Arc<Counter>,
     pub states_stale: Arc<Counter>,
     pub states_conflated: Arc<Counter>,
+    /// States the bus consumer replaced with a newer state of their topic before their fan-out
+    /// started (newest wins).
+    pub states_superseded: Arc<Counter>,
+    /// Bus feeds reopened after one failed.
+    pub feed_restarts: Arc<Counter>,
     pub acks: Arc<Counter>,
     pub deliveries: DeliveryMetrics,
 }
@@ -163,6 +168,14 @@ impl HubMetrics {
                 "ringside_hub_states_conflated_total",
                 "Unsent states replaced by a newer version before a slow connection took them.",
             ),
+            states_superseded: registry.counter(
+                "ringside_hub_states_superseded_total",
+                "States replaced by a newer state of their topic before their fan-out started (newest wins).",
+            ),
+            feed_restarts: registry.counter(
+                "ringside_bus_feed_restarts_total",
+                "Bus feeds reopened after one failed; the node is unready until the new feed has caught up.",
+            ),
             acks: registry.counter("ringside_acks_total", "Acks received from devices."),
             deliveries: DeliveryMetrics::new(registry),
         }
@@ -170,9 +183,9 @@ impl HubMetrics {
 }
 
 #[derive(Debug)]
-struct TopicChannel {
+pub(crate) struct TopicChannel {
     current: RwLock<Option<Arc<EncodedState>>>,
-    shards: Box<[SubscriberShard]>,
+    pub(crate) shards: Box<[SubscriberShard]>,
     subscribers: AtomicU64,
     /// Acks counted for `ack_version` (statistics; approximate while a publish is in flight).
     ack_version: AtomicU64,
@@ -215,7 +228,7 @@ pub struct Hub {
     topics: RwLock<HashMap<Topic, Arc<TopicChannel>>>,
     ready: watch::Sender<bool>,
     ready_flag: AtomicBool,
-    metrics: HubMetrics,
+    pub(crate) metrics: HubMetrics,
 }
 
 impl Hub {
@@ -228,7 +241,7 @@ impl Hub {
         }
     }
 
-    fn channel(&self, topic: &Topic) -> Option<Arc<TopicChannel>> {
+    pub(crate) fn channel(&self, topic: &Topic) -> Option<Arc<TopicChannel>> {
         self.topics
             .read()
             .unwrap_or_else(PoisonError::into_inner)

@@ -25,7 +25,9 @@ pub mod mailbox;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use bus::{Bus, BusFeed, FeedItem, MemoryBus, apply_off_runtime, run_bus_consumer};
+pub use bus::{
+    Bus, BusFeed, ConsumerConfig, FeedItem, MemoryBus, apply_off_runtime, run_bus_consumer,
+};
 pub use hub::{Applied, DeliveryMetrics, EncodedState, Fanout, Hub, HubMetrics};
 pub use mailbox::{Delivery, Mailbox, Offer};
 
