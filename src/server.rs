@@ -14,7 +14,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use broadcaster::{
-    Applied, Bus, ConsumerConfig, Hub, HubMetrics, MemoryBus, apply_off_runtime, run_bus_consumer,
+    Applied, Bus, ConsumerConfig, Hub, HubConfig, HubMetrics, MemoryBus, apply_off_runtime,
+    run_bus_consumer,
 };
 use control::nodes::HEARTBEAT_INTERVAL;
 use control::{
@@ -308,7 +309,12 @@ impl Node {
         address: String,
         stopped: &CancellationToken,
     ) -> anyhow::Result<Self> {
-        let hub = Arc::new(Hub::new(HubMetrics::new(registry)));
+        let hub = Arc::new(Hub::with_config(
+            HubConfig {
+                max_unpublished_topics: config.max_unpublished_topics,
+            },
+            HubMetrics::new(registry),
+        ));
         let gateway = Gateway::new(
             config,
             hub.clone(),

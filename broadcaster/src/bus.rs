@@ -465,7 +465,8 @@ mod tests {
             .map(|connection| {
                 let mailbox = crate::Mailbox::new();
                 mailbox.open(&topic, 0);
-                hub.subscribe(&topic, connection, &mailbox);
+                hub.subscribe(&topic, connection, &mailbox)
+                    .expect("subscribed");
                 mailbox
             })
             .collect();
@@ -619,7 +620,8 @@ mod tests {
         let topic = Topic::parse(topic).expect("topic");
         let mailbox = crate::Mailbox::new();
         mailbox.open(&topic, 0);
-        hub.subscribe(&topic, connection, &mailbox);
+        hub.subscribe(&topic, connection, &mailbox)
+            .expect("subscribed");
         mailbox
     }
 
@@ -692,6 +694,7 @@ mod tests {
         let hub = test_hub();
         let _stuck_device = subscribed(&hub, "event:stuck", 1);
         let other_device = subscribed(&hub, "event:other", 1);
+        hub.apply(&state("event:stuck", 1));
         // Hold a shard of the stuck topic, so that its fan-out cannot finish.
         let channel = hub
             .channel(&Topic::parse("event:stuck").expect("topic"))
@@ -705,7 +708,7 @@ mod tests {
         });
         holding.recv().expect("holding");
         let bus = ScriptedBus::new(vec![vec![
-            item("event:stuck", 1),
+            item("event:stuck", 2),
             item("event:other", 1),
             Step::Item(FeedItem::CaughtUp),
         ]]);

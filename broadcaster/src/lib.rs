@@ -28,7 +28,9 @@ use std::pin::Pin;
 pub use bus::{
     Bus, BusFeed, ConsumerConfig, FeedItem, MemoryBus, apply_off_runtime, run_bus_consumer,
 };
-pub use hub::{Applied, DeliveryMetrics, EncodedState, Fanout, Hub, HubMetrics};
+pub use hub::{
+    Applied, DeliveryMetrics, EncodedState, Fanout, Hub, HubConfig, HubMetrics, TopicLimit,
+};
 pub use mailbox::{Delivery, Mailbox, Offer};
 
 /// A boxed future, so that [`Bus`] implementations can be used as trait objects.
