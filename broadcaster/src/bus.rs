@@ -153,11 +153,11 @@ impl BusFeed for MemoryFeed {
 /// and how a feed that failed is reopened.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
-    /// Most topics fanning out at once. Default 8: a fan-out runs on blocking threads (split
+    /// Most topics fanning out at once (at least 1). Default 8: a fan-out runs on blocking threads (split
     /// over the cores when its topic is big), so a few at once keep a small topic from waiting
     /// behind a big one without multiplying the threads a burst of publishes can claim.
     pub max_concurrent_fanouts: usize,
-    /// Most topics with a state waiting for its fan-out. Default 4096, far above the events a
+    /// Most topics with a state waiting for its fan-out (at least 1). Default 4096, far above the events a
     /// node serves at once. Overflow policy: a newer state of a waiting topic replaces the
     /// older one (newest wins, counted in `ringside_hub_states_superseded_total`); with this
     /// many topics waiting the feed is not read until one starts, and the bus holds the rest
@@ -194,6 +194,13 @@ pub async fn run_bus_consumer(
     config: ConsumerConfig,
     shutdown: CancellationToken,
 ) {
+    // Zeroes would stop the consumer (nothing starts, nothing is read) or spin its reopens.
+    let config = ConsumerConfig {
+        max_concurrent_fanouts: config.max_concurrent_fanouts.max(1),
+        max_waiting_topics: config.max_waiting_topics.max(1),
+        restart_delay_min: config.restart_delay_min.max(Duration::from_millis(1)),
+        restart_delay_max: config.restart_delay_max.max(config.restart_delay_min),
+    };
     Consumer {
         hub,
         config,
@@ -401,7 +408,21 @@ const PARALLEL_FANOUT_MIN: u64 = 1024;
 /// keep a runtime worker from its other tasks for as long as that takes. A fan-out that
 /// panicked (a bug) is logged and its subscribers not counted; the node goes on.
 pub async fn apply_off_runtime(hub: &Arc<Hub>, state: Arc<EventState>) -> Applied {
-    let Some(fanout) = hub.make_current(&state) else {
+    let fanout = if hub.channel(&state.topic).is_some() {
+        hub.make_current(&state)
+    } else {
+        // A topic's first state moves every subscriber that waited for it into its new channel
+        // (before a big event, that may be most of the node): off the runtime as well.
+        let (hub, first) = (hub.clone(), state.clone());
+        match tokio::task::spawn_blocking(move || hub.make_current(&first)).await {
+            Ok(fanout) => fanout,
+            Err(error) => {
+                tracing::error!(topic = %state.topic, %error, "applying a first state failed");
+                None
+            }
+        }
+    };
+    let Some(fanout) = fanout else {
         return Applied::Stale;
     };
     if fanout.subscribers() == 0 {
