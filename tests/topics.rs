@@ -80,3 +80,36 @@ async fn made_up_topics_are_bounded_per_node_and_never_crowd_out_published_ones(
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_configured_budget_applies_and_an_event_created_ahead_still_gets_its_first_state() {
+    let server = TestServer::start_with(|config| config.max_unpublished_topics = 2).await;
+    let upcoming = server.create_event("upcoming-bout").await;
+    let mut fan = server.device_named("fan").await;
+    subscribe(&mut fan, &[(topic(&upcoming), 0), made_up(0, 0)]).await;
+
+    // The budget is full: another topic without a state is refused.
+    let mut other = server.device_named("other").await;
+    other.subscribe(&[made_up(1, 0)]).await.unwrap();
+    let (frames, close, _reason) = read_until_close(&mut other).await;
+    assert!(
+        matches!(frames.as_slice(), [ServerFrame::Error { code, .. }] if code.as_str() == "topic_limit"),
+        "{frames:?}"
+    );
+    assert_eq!(close, 1013);
+    assert_eq!(
+        server
+            .metric("ringside_hub_topic_limit_refusals_total")
+            .await,
+        1
+    );
+
+    // The event's first publish reaches the device that subscribed ahead of it, and gives its
+    // place in the budget back.
+    let receipt = server.publish(&upcoming, "UPCOMING", "{}").await;
+    assert_eq!(next_state(&mut fan).await.version, receipt.version);
+    assert_eq!(server.metric("ringside_hub_unpublished_topics").await, 1);
+    let mut again = server.device_named("again").await;
+    subscribe(&mut again, &[made_up(1, 0)]).await;
+    server.stop().await;
+}
