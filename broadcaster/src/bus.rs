@@ -294,7 +294,7 @@ impl Consumer {
                         }
                         Err(error) => {
                             failures_in_a_row += 1;
-                            let delay = self.restart_delay(failures_in_a_row);
+                            let delay = restart_delay(&self.config, failures_in_a_row);
                             // Its states may go stale from now on: the load balancer and the
                             // upgrade check send devices elsewhere until the new feed caught up.
                             self.hub.mark_unready();
@@ -382,21 +382,19 @@ impl Consumer {
             self.hub.mark_ready();
         }
     }
+}
 
-    /// Exponential from `restart_delay_min` to `restart_delay_max`, jittered over its upper half
-    /// so that the nodes of a cluster that lost the bus together do not all return at once.
-    fn restart_delay(&self, failures_in_a_row: u32) -> Duration {
-        let ConsumerConfig {
-            restart_delay_min: min,
-            restart_delay_max: max,
-            ..
-        } = self.config;
-        let exponent = failures_in_a_row.saturating_sub(1).min(20);
-        let delay = min.saturating_mul(1 << exponent).min(max);
-        let half = delay / 2;
-        let jitter_ms = fastrand::u64(0..=u64::try_from(half.as_millis()).unwrap_or(u64::MAX));
-        half + Duration::from_millis(jitter_ms)
-    }
+/// Exponential from `restart_delay_min` to `restart_delay_max`, jittered over its upper half so
+/// that the nodes of a cluster that lost the bus together do not all come back at once.
+fn restart_delay(config: &ConsumerConfig, failures_in_a_row: u32) -> Duration {
+    let exponent = failures_in_a_row.saturating_sub(1).min(20);
+    let delay = config
+        .restart_delay_min
+        .saturating_mul(1 << exponent)
+        .min(config.restart_delay_max);
+    let half = delay / 2;
+    let jitter_ms = fastrand::u64(0..=u64::try_from(half.as_millis()).unwrap_or(u64::MAX));
+    half + Duration::from_millis(jitter_ms)
 }
 
 /// Below this many subscribers a fan-out runs on one thread: splitting it costs more than it
@@ -650,6 +648,17 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), hub.wait_ready())
             .await
             .expect("the hub became ready");
+    }
+
+    #[test]
+    fn restart_delays_grow_jittered_up_to_the_maximum() {
+        let config = ConsumerConfig::default();
+        for failures in 1..=40 {
+            let full = (config.restart_delay_min * 2u32.pow((failures - 1).min(20)))
+                .min(config.restart_delay_max);
+            let delay = restart_delay(&config, failures);
+            assert!(delay >= full / 2 && delay <= full, "{failures}: {delay:?}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
