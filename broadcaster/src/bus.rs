@@ -29,11 +29,13 @@ pub trait Bus: Send + Sync + 'static {
 
     /// A feed of the latest state of every topic, then [`FeedItem::CaughtUp`], then every state
     /// published from then on. States of one topic arrive in version order; a feed may repeat a
-    /// state, so consumers drop anything not newer than what they hold.
+    /// state, so consumers drop anything not newer than what they hold. A node calls it again
+    /// when its feed failed ([`run_bus_consumer`]).
     fn subscribe(&self) -> Box<dyn BusFeed>;
 }
 
-/// One node's view of the bus.
+/// One node's view of the bus. An error ends the feed: the node becomes unready and opens a new
+/// one.
 pub trait BusFeed: Send {
     fn next(&mut self) -> BoxFuture<'_, Result<FeedItem, BroadcastError>>;
 }
