@@ -443,6 +443,12 @@ struct ServeArgs {
         help = "Per-connection read buffer [default: 512]"
     )]
     read_buffer_bytes: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_MAX_UNPUBLISHED_TOPICS",
+        help = "Topics without a state this node's connections may hold [default: 1024]"
+    )]
+    max_unpublished_topics: Option<usize>,
 }
 
 impl ServeArgs {
@@ -464,6 +470,9 @@ impl ServeArgs {
             shutdown_grace: ms(self.shutdown_grace_ms, defaults.shutdown_grace),
             reconnect_spread: ms(self.reconnect_spread_ms, defaults.reconnect_spread),
             read_buffer_bytes: self.read_buffer_bytes.unwrap_or(defaults.read_buffer_bytes),
+            max_unpublished_topics: self
+                .max_unpublished_topics
+                .unwrap_or(defaults.max_unpublished_topics),
         }
     }
 }

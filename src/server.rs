@@ -13,7 +13,10 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use broadcaster::{Applied, Bus, Hub, HubMetrics, MemoryBus, apply_off_runtime, run_bus_consumer};
+use broadcaster::{
+    Applied, Bus, ConsumerConfig, Hub, HubConfig, HubMetrics, MemoryBus, apply_off_runtime,
+    run_bus_consumer,
+};
 use control::nodes::HEARTBEAT_INTERVAL;
 use control::{
     ClusterStats, ControlError, ControlPlane, EventStore, MemoryEventStore, NodeRegistry,
@@ -260,7 +263,7 @@ async fn start(
             Node::start(
                 config.gateway.clone(),
                 &config.secrets,
-                bus.as_ref(),
+                bus.clone(),
                 redis.clone(),
                 &registry,
                 address.to_string(),
@@ -311,13 +314,18 @@ impl Node {
     async fn start(
         config: GatewayConfig,
         secrets: &Secrets,
-        bus: &dyn Bus,
+        bus: Arc<dyn Bus>,
         redis: Option<Arc<RedisLink>>,
         registry: &Arc<Registry>,
         address: String,
         stopped: &CancellationToken,
     ) -> anyhow::Result<Self> {
-        let hub = Arc::new(Hub::new(HubMetrics::new(registry)));
+        let hub = Arc::new(Hub::with_config(
+            HubConfig {
+                max_unpublished_topics: config.max_unpublished_topics,
+            },
+            HubMetrics::new(registry),
+        ));
         let gateway = Gateway::new(
             config,
             hub.clone(),
@@ -348,25 +356,21 @@ impl Node {
                 stopped.clone(),
             )));
         }
-        let consumer_hub = hub.clone();
-        let feed = bus.subscribe();
-        let consumer_stop = stopped.clone();
-        let mut consumer = tokio::spawn(async move {
-            let result = run_bus_consumer(feed, consumer_hub.clone(), consumer_stop).await;
-            if let Err(error) = result {
-                // The node can no longer follow state changes: report unready so that the
-                // load balancer moves devices elsewhere, and say why.
-                tracing::error!(%error, "bus consumer stopped; node is unready");
-                consumer_hub.mark_unready();
-            }
-        });
+        // Never ends before `stopped`: a feed that fails makes the node unready (its upgrades
+        // get 503 and `/healthz` says so) and is reopened with backoff.
+        let mut consumer = tokio::spawn(run_bus_consumer(
+            bus,
+            hub.clone(),
+            ConsumerConfig::default(),
+            stopped.clone(),
+        ));
         // The node serves subscriptions only once it holds the latest state of every topic.
         if !hub.is_ready() {
             tracing::info!("reading the bus before accepting devices");
         }
         tokio::select! {
             () = hub.wait_ready() => {}
-            _ = &mut consumer => anyhow::bail!("the bus feed ended before the node caught up"),
+            _ = &mut consumer => anyhow::bail!("the bus consumer stopped before the node caught up"),
         }
         tasks.push(consumer);
         Ok(Self { gateway, tasks })

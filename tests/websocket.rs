@@ -96,9 +96,6 @@ async fn every_one_of_many_subscribers_receives_the_state() {
         device
     }))
     .await;
-    let stats = server.admin().stats().await.unwrap();
-    assert_eq!(stats.topics[0].subscribers, 200);
-    assert_eq!(stats.nodes[0].connections, 200);
 
     let receipt = server.publish(&event, "LIVE", r#"{"k":1}"#).await;
     let received = join_all(devices.iter_mut().map(next_state)).await;
@@ -107,6 +104,10 @@ async fn every_one_of_many_subscribers_receives_the_state() {
             .iter()
             .all(|s| s.version == receipt.version && s.payload.as_json() == r#"{"k":1}"#)
     );
+    // Stats list topics that have a state, with every subscriber that waited for it.
+    let stats = server.admin().stats().await.unwrap();
+    assert_eq!(stats.topics[0].subscribers, 200);
+    assert_eq!(stats.nodes[0].connections, 200);
 
     // Acks are counted once per device for the current version.
     for device in devices.iter_mut().take(50) {
@@ -625,4 +626,50 @@ async fn repeated_topics_in_one_subscribe_count_once() {
     let receipt = server.publish(&event, "LIVE", "{}").await;
     assert_eq!(next_state(&mut device).await.version, receipt.version);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_whose_hub_is_not_ready_refuses_upgrades_with_503_until_it_is() {
+    // A gateway composed as `ringside serve` composes it, around a hub whose bus feed has not
+    // caught up (at startup, or while a failed feed is being reopened).
+    let registry = telemetry::Registry::new();
+    let hub = std::sync::Arc::new(broadcaster::Hub::new(broadcaster::HubMetrics::new(
+        &registry,
+    )));
+    let gateway = gateway::Gateway::new(
+        gateway::GatewayConfig::default(),
+        hub.clone(),
+        auth::DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap(),
+        gateway::GatewayMetrics::new(&registry),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_url = format!("ws://{}/v1/ws", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let http = tokio::spawn(ringside::http::serve_http(
+        listener,
+        gateway.router(),
+        ringside::http::HttpConfig::default(),
+        shutdown.clone(),
+        Duration::from_secs(1),
+    ));
+    let token = device_token("early", 3600);
+    match DeviceConnection::connect(&ws_url, &token).await {
+        Err(ClientError::Refused { status, body }) => {
+            assert_eq!(status, 503);
+            assert!(body.contains("not caught up"), "{body}");
+        }
+        other => panic!("expected 503 while not ready, got {other:?}"),
+    }
+    hub.mark_ready();
+    let device = DeviceConnection::connect(&ws_url, &token).await.unwrap();
+    // A node that falls behind again refuses new devices; the connected one stays.
+    hub.mark_unready();
+    match DeviceConnection::connect(&ws_url, &device_token("late", 3600)).await {
+        Err(ClientError::Refused { status: 503, .. }) => {}
+        other => panic!("expected 503 once unready again, got {other:?}"),
+    }
+    device.close().await.unwrap();
+    gateway.drain().await;
+    shutdown.cancel();
+    http.await.unwrap();
 }

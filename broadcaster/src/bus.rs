@@ -1,10 +1,13 @@
 //! Tier 1: the bus that carries every state change to every gateway node.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use protocol::{EventState, Topic};
 use tokio::sync::broadcast;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Applied, Fanout, Hub};
@@ -26,11 +29,13 @@ pub trait Bus: Send + Sync + 'static {
 
     /// A feed of the latest state of every topic, then [`FeedItem::CaughtUp`], then every state
     /// published from then on. States of one topic arrive in version order; a feed may repeat a
-    /// state, so consumers drop anything not newer than what they hold.
+    /// state, so consumers drop anything not newer than what they hold. A node calls it again
+    /// when its feed failed ([`run_bus_consumer`]).
     fn subscribe(&self) -> Box<dyn BusFeed>;
 }
 
-/// One node's view of the bus.
+/// One node's view of the bus. An error ends the feed: the node becomes unready and opens a new
+/// one.
 pub trait BusFeed: Send {
     fn next(&mut self) -> BoxFuture<'_, Result<FeedItem, BroadcastError>>;
 }
@@ -146,25 +151,252 @@ impl BusFeed for MemoryFeed {
     }
 }
 
-/// Applies everything a feed yields to `hub` until `shutdown`; marks the hub ready once the feed
-/// has caught up.
-pub async fn run_bus_consumer(
-    mut feed: Box<dyn BusFeed>,
-    hub: Arc<Hub>,
-    shutdown: CancellationToken,
-) -> Result<(), BroadcastError> {
-    loop {
-        let item = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            item = feed.next() => item?,
-        };
-        match item {
-            FeedItem::State(state) => {
-                apply_off_runtime(&hub, state).await;
-            }
-            FeedItem::CaughtUp => hub.mark_ready(),
+/// How a node follows the bus: how many fan-outs run at once, how many states wait for one,
+/// and how a feed that failed is reopened.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Most topics fanning out at once (at least 1). Default 8: a fan-out runs on blocking threads (split
+    /// over the cores when its topic is big), so a few at once keep a small topic from waiting
+    /// behind a big one without multiplying the threads a burst of publishes can claim.
+    pub max_concurrent_fanouts: usize,
+    /// Most topics with a state waiting for its fan-out (at least 1). Default 4096, far above the events a
+    /// node serves at once. Overflow policy: a newer state of a waiting topic replaces the
+    /// older one (newest wins, counted in `ringside_hub_states_superseded_total`); with this
+    /// many topics waiting the feed is not read until one starts, and the bus holds the rest
+    /// (Kafka keeps its log; a lagging memory feed resynchronizes from its snapshot).
+    pub max_waiting_topics: usize,
+    /// Delay before a failed feed is reopened the first time; it doubles with each failure in a
+    /// row, up to `restart_delay_max`, and each delay is jittered over its upper half. Default
+    /// 100 ms: a feed that died on a passing fault is back almost at once.
+    pub restart_delay_min: Duration,
+    /// Longest delay between reopens. Default 5 s: a broker that stays away is retried often
+    /// enough to come back quickly, seldom enough to cost nothing.
+    pub restart_delay_max: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_fanouts: 8,
+            max_waiting_topics: 4096,
+            restart_delay_min: Duration::from_millis(100),
+            restart_delay_max: Duration::from_secs(5),
         }
     }
+}
+
+/// Follows `bus` into `hub` until `shutdown`: reads the feed while fan-outs run, keeps only the
+/// newest waiting state of each topic, runs at most one fan-out per topic and up to
+/// [`ConsumerConfig::max_concurrent_fanouts`] topics at once. The hub is marked ready once every
+/// state read before the feed's [`FeedItem::CaughtUp`] is current; a feed that fails marks it
+/// unready and is reopened with backoff, and the hub is ready again once the new feed caught up.
+pub async fn run_bus_consumer(
+    bus: Arc<dyn Bus>,
+    hub: Arc<Hub>,
+    config: ConsumerConfig,
+    shutdown: CancellationToken,
+) {
+    // Zeroes would stop the consumer (nothing starts, nothing is read) or spin its reopens.
+    let config = ConsumerConfig {
+        max_concurrent_fanouts: config.max_concurrent_fanouts.max(1),
+        max_waiting_topics: config.max_waiting_topics.max(1),
+        restart_delay_min: config.restart_delay_min.max(Duration::from_millis(1)),
+        restart_delay_max: config.restart_delay_max.max(config.restart_delay_min),
+    };
+    Consumer {
+        hub,
+        config,
+        waiting: HashMap::new(),
+        order: VecDeque::new(),
+        running: Vec::new(),
+        fanouts: JoinSet::new(),
+        read: 0,
+        caught_up_at: None,
+    }
+    .run(bus, shutdown)
+    .await;
+}
+
+/// A feed's next item, read by a future that owns the feed: the consumer can stop polling it
+/// for a while (fan-outs to finish, room to wait) without cancelling a read half done.
+type Reading = BoxFuture<'static, (Result<FeedItem, BroadcastError>, Box<dyn BusFeed>)>;
+
+fn read_next(mut feed: Box<dyn BusFeed>) -> Reading {
+    Box::pin(async move {
+        let item = feed.next().await;
+        (item, feed)
+    })
+}
+
+async fn next_read(
+    reading: &mut Option<Reading>,
+) -> (Result<FeedItem, BroadcastError>, Box<dyn BusFeed>) {
+    match reading {
+        Some(reading) => reading.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The newest state of a topic not yet fanned out.
+struct Waiting {
+    state: Arc<EventState>,
+    /// Read number of the oldest state this one stands for: readiness waits for it.
+    since: u64,
+}
+
+/// A fan-out in progress.
+struct Running {
+    task: tokio::task::Id,
+    topic: Topic,
+    since: u64,
+}
+
+struct Consumer {
+    hub: Arc<Hub>,
+    config: ConsumerConfig,
+    /// At most one state per topic, and at most `max_waiting_topics` topics.
+    waiting: HashMap<Topic, Waiting>,
+    /// The waiting topics, oldest first: fan-outs start in that order, so none starves.
+    order: VecDeque<Topic>,
+    /// At most `max_concurrent_fanouts`, one per topic.
+    running: Vec<Running>,
+    fanouts: JoinSet<()>,
+    /// States read so far, from every feed.
+    read: u64,
+    /// The read number at the last `CaughtUp` while the hub is not ready yet.
+    caught_up_at: Option<u64>,
+}
+
+impl Consumer {
+    async fn run(&mut self, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
+        let mut reading = Some(read_next(bus.subscribe()));
+        let mut reopen_at = Instant::now();
+        let mut failures_in_a_row = 0;
+        loop {
+            self.start_fanouts();
+            self.mark_ready_once_caught_up();
+            let room = self.waiting.len() < self.config.max_waiting_topics;
+            tokio::select! {
+                // Reading comes first, so that what is queued is drained (and conflated) before
+                // the fan-outs that finished make room for more.
+                biased;
+                () = shutdown.cancelled() => return,
+                (item, feed) = next_read(&mut reading), if reading.is_some() && room => {
+                    match item {
+                        Ok(FeedItem::State(state)) => {
+                            self.wait(state);
+                            reading = Some(read_next(feed));
+                        }
+                        Ok(FeedItem::CaughtUp) => {
+                            failures_in_a_row = 0;
+                            if !self.hub.is_ready() {
+                                self.caught_up_at = Some(self.read);
+                            }
+                            reading = Some(read_next(feed));
+                        }
+                        Err(error) => {
+                            failures_in_a_row += 1;
+                            let delay = restart_delay(&self.config, failures_in_a_row);
+                            // Its states may go stale from now on: the load balancer and the
+                            // upgrade check send devices elsewhere until the new feed caught up.
+                            self.hub.mark_unready();
+                            self.caught_up_at = None;
+                            tracing::error!(%error, delay_ms = delay.as_millis() as u64, "bus feed failed; node is unready until a new feed has caught up");
+                            reopen_at = Instant::now() + delay;
+                            reading = None;
+                        }
+                    }
+                }
+                Some(done) = self.fanouts.join_next_with_id(), if !self.fanouts.is_empty() => {
+                    let task = match done {
+                        Ok((task, ())) => task,
+                        Err(error) => {
+                            tracing::error!(%error, "fan-out task failed");
+                            error.id()
+                        }
+                    };
+                    self.running.retain(|running| running.task != task);
+                }
+                () = tokio::time::sleep_until(reopen_at), if reading.is_none() => {
+                    self.hub.metrics.feed_restarts.increment();
+                    tracing::info!("reopening the bus feed");
+                    reading = Some(read_next(bus.subscribe()));
+                }
+            }
+        }
+    }
+
+    /// Keeps `state` as its topic's waiting state unless a newer one waits already.
+    fn wait(&mut self, state: Arc<EventState>) {
+        self.read += 1;
+        match self.waiting.get_mut(&state.topic) {
+            Some(waiting) if waiting.state.version >= state.version => {
+                self.hub.metrics.states_stale.increment();
+            }
+            Some(waiting) => {
+                self.hub.metrics.states_superseded.increment();
+                // `since` stays: the older state it stood for is current only once this is.
+                waiting.state = state;
+            }
+            None => {
+                self.order.push_back(state.topic.clone());
+                let since = self.read;
+                self.waiting
+                    .insert(state.topic.clone(), Waiting { state, since });
+            }
+        }
+    }
+
+    /// Starts the oldest waiting topics that have no fan-out running, up to the limit.
+    fn start_fanouts(&mut self) {
+        while self.running.len() < self.config.max_concurrent_fanouts {
+            let startable = self
+                .order
+                .iter()
+                .position(|topic| !self.running.iter().any(|running| &running.topic == topic));
+            let Some(topic) = startable.and_then(|index| self.order.remove(index)) else {
+                return;
+            };
+            let Some(Waiting { state, since }) = self.waiting.remove(&topic) else {
+                continue;
+            };
+            let hub = self.hub.clone();
+            let task = self.fanouts.spawn(async move {
+                apply_off_runtime(&hub, state).await;
+            });
+            self.running.push(Running {
+                task: task.id(),
+                topic,
+                since,
+            });
+        }
+    }
+
+    /// Marks the hub ready once nothing read before the last `CaughtUp` waits or runs.
+    fn mark_ready_once_caught_up(&mut self) {
+        let Some(caught_up_at) = self.caught_up_at else {
+            return;
+        };
+        let owed = self.waiting.values().any(|w| w.since <= caught_up_at)
+            || self.running.iter().any(|r| r.since <= caught_up_at);
+        if !owed {
+            self.caught_up_at = None;
+            self.hub.mark_ready();
+        }
+    }
+}
+
+/// Exponential from `restart_delay_min` to `restart_delay_max`, jittered over its upper half so
+/// that the nodes of a cluster that lost the bus together do not all come back at once.
+fn restart_delay(config: &ConsumerConfig, failures_in_a_row: u32) -> Duration {
+    let exponent = failures_in_a_row.saturating_sub(1).min(20);
+    let delay = config
+        .restart_delay_min
+        .saturating_mul(1 << exponent)
+        .min(config.restart_delay_max);
+    let half = delay / 2;
+    let jitter_ms = fastrand::u64(0..=u64::try_from(half.as_millis()).unwrap_or(u64::MAX));
+    half + Duration::from_millis(jitter_ms)
 }
 
 /// Below this many subscribers a fan-out runs on one thread: splitting it costs more than it
@@ -176,7 +408,21 @@ const PARALLEL_FANOUT_MIN: u64 = 1024;
 /// keep a runtime worker from its other tasks for as long as that takes. A fan-out that
 /// panicked (a bug) is logged and its subscribers not counted; the node goes on.
 pub async fn apply_off_runtime(hub: &Arc<Hub>, state: Arc<EventState>) -> Applied {
-    let Some(fanout) = hub.make_current(&state) else {
+    let fanout = if hub.channel(&state.topic).is_some() {
+        hub.make_current(&state)
+    } else {
+        // A topic's first state moves every subscriber that waited for it into its new channel
+        // (before a big event, that may be most of the node): off the runtime as well.
+        let (hub, first) = (hub.clone(), state.clone());
+        match tokio::task::spawn_blocking(move || hub.make_current(&first)).await {
+            Ok(fanout) => fanout,
+            Err(error) => {
+                tracing::error!(topic = %state.topic, %error, "applying a first state failed");
+                None
+            }
+        }
+    };
+    let Some(fanout) = fanout else {
         return Applied::Stale;
     };
     if fanout.subscribers() == 0 {
@@ -240,7 +486,8 @@ mod tests {
             .map(|connection| {
                 let mailbox = crate::Mailbox::new();
                 mailbox.open(&topic, 0);
-                hub.subscribe(&topic, connection, &mailbox);
+                hub.subscribe(&topic, connection, &mailbox)
+                    .expect("subscribed");
                 mailbox
             })
             .collect();
@@ -297,5 +544,271 @@ mod tests {
             last = version;
         }
         assert_eq!(last, total);
+    }
+
+    /// A bus whose feeds follow scripts: each `subscribe` takes the next script; a feed that
+    /// runs out of script waits forever, like a live feed with nothing new.
+    #[derive(Default)]
+    struct ScriptedBus {
+        scripts: Mutex<std::collections::VecDeque<Vec<Step>>>,
+        opened: std::sync::atomic::AtomicUsize,
+    }
+
+    enum Step {
+        Item(FeedItem),
+        /// The feed fails, as a broker connection or a consumer thread that died.
+        Fail,
+        /// The feed waits until the test notifies.
+        Wait(Arc<tokio::sync::Notify>),
+    }
+
+    impl ScriptedBus {
+        fn new(scripts: Vec<Vec<Step>>) -> Arc<Self> {
+            Arc::new(Self {
+                scripts: Mutex::new(scripts.into()),
+                opened: Default::default(),
+            })
+        }
+
+        fn opened(&self) -> usize {
+            self.opened.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl Bus for ScriptedBus {
+        fn publish(&self, _: EventState) -> BoxFuture<'_, Result<(), BroadcastError>> {
+            Box::pin(async { Err(BroadcastError::BusClosed) })
+        }
+
+        fn subscribe(&self) -> Box<dyn BusFeed> {
+            self.opened
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let script = self
+                .scripts
+                .lock()
+                .expect("lock")
+                .pop_front()
+                .unwrap_or_default();
+            Box::new(ScriptedFeed {
+                steps: script.into(),
+            })
+        }
+    }
+
+    struct ScriptedFeed {
+        steps: std::collections::VecDeque<Step>,
+    }
+
+    impl BusFeed for ScriptedFeed {
+        fn next(&mut self) -> BoxFuture<'_, Result<FeedItem, BroadcastError>> {
+            Box::pin(async move {
+                loop {
+                    match self.steps.front() {
+                        None => std::future::pending::<()>().await,
+                        Some(Step::Wait(gate)) => {
+                            let gate = gate.clone();
+                            gate.notified().await;
+                            self.steps.pop_front();
+                        }
+                        Some(_) => match self.steps.pop_front() {
+                            Some(Step::Item(item)) => return Ok(item),
+                            _ => return Err(BroadcastError::BusUnavailable("scripted".into())),
+                        },
+                    }
+                }
+            })
+        }
+    }
+
+    fn item(topic: &str, version: u64) -> Step {
+        Step::Item(FeedItem::State(Arc::new(state(topic, version))))
+    }
+
+    fn quick_restarts() -> ConsumerConfig {
+        ConsumerConfig {
+            restart_delay_min: Duration::from_millis(1),
+            ..ConsumerConfig::default()
+        }
+    }
+
+    fn test_hub() -> Arc<Hub> {
+        Arc::new(Hub::new(
+            crate::HubMetrics::new(&telemetry::Registry::new()),
+        ))
+    }
+
+    fn subscribed(hub: &Hub, topic: &str, connection: u64) -> Arc<crate::Mailbox> {
+        let topic = Topic::parse(topic).expect("topic");
+        let mailbox = crate::Mailbox::new();
+        mailbox.open(&topic, 0);
+        hub.subscribe(&topic, connection, &mailbox)
+            .expect("subscribed");
+        mailbox
+    }
+
+    async fn ready_promptly(hub: &Hub) {
+        tokio::time::timeout(Duration::from_secs(10), hub.wait_ready())
+            .await
+            .expect("the hub became ready");
+    }
+
+    #[test]
+    fn restart_delays_grow_jittered_up_to_the_maximum() {
+        let config = ConsumerConfig::default();
+        for failures in 1..=40 {
+            let full = (config.restart_delay_min * 2u32.pow((failures - 1).min(20)))
+                .min(config.restart_delay_max);
+            let delay = restart_delay(&config, failures);
+            assert!(delay >= full / 2 && delay <= full, "{failures}: {delay:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_states_of_one_topic_are_fanned_out_newest_only() {
+        let hub = test_hub();
+        let _device = subscribed(&hub, "event:big", 1);
+        let mut script: Vec<Step> = (1..=100).map(|v| item("event:big", v)).collect();
+        script.push(Step::Item(FeedItem::CaughtUp));
+        let bus = ScriptedBus::new(vec![script]);
+        let shutdown = CancellationToken::new();
+        let consumer = tokio::spawn(run_bus_consumer(
+            bus.clone(),
+            hub.clone(),
+            quick_restarts(),
+            shutdown.clone(),
+        ));
+        ready_promptly(&hub).await;
+        assert_eq!(hub.version(&Topic::parse("event:big").expect("topic")), 100);
+        // The first state starts a fan-out; the 98 read while it runs are superseded by the
+        // newest, which is the only other pass.
+        assert_eq!(hub.metrics.states_applied.get(), 2, "full fan-out passes");
+        assert_eq!(hub.metrics.states_superseded.get(), 98);
+        shutdown.cancel();
+        consumer.await.expect("consumer");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_hub_is_ready_only_once_the_states_before_caught_up_are_current() {
+        let hub = test_hub();
+        let mut script = Vec::new();
+        for version in 1..=50 {
+            for topic in ["event:a", "event:b", "event:c"] {
+                script.push(item(topic, version));
+            }
+        }
+        script.push(Step::Item(FeedItem::CaughtUp));
+        let bus = ScriptedBus::new(vec![script]);
+        let shutdown = CancellationToken::new();
+        let consumer = tokio::spawn(run_bus_consumer(
+            bus.clone(),
+            hub.clone(),
+            ConsumerConfig {
+                max_concurrent_fanouts: 2,
+                max_waiting_topics: 2,
+                ..quick_restarts()
+            },
+            shutdown.clone(),
+        ));
+        ready_promptly(&hub).await;
+        for topic in ["event:a", "event:b", "event:c"] {
+            assert_eq!(
+                hub.version(&Topic::parse(topic).expect("topic")),
+                50,
+                "{topic}"
+            );
+        }
+        shutdown.cancel();
+        consumer.await.expect("consumer");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_topics_fan_out_does_not_hold_back_another() {
+        let hub = test_hub();
+        let _stuck_device = subscribed(&hub, "event:stuck", 1);
+        let other_device = subscribed(&hub, "event:other", 1);
+        hub.apply(&state("event:stuck", 1));
+        // Hold a shard of the stuck topic, so that its fan-out cannot finish.
+        let channel = hub
+            .channel(&Topic::parse("event:stuck").expect("topic"))
+            .expect("channel");
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (held, holding) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _shard = channel.shards[0].lock().expect("shard");
+            held.send(()).expect("held");
+            released.recv().expect("release");
+        });
+        holding.recv().expect("holding");
+        let bus = ScriptedBus::new(vec![vec![
+            item("event:stuck", 2),
+            item("event:other", 1),
+            Step::Item(FeedItem::CaughtUp),
+        ]]);
+        let shutdown = CancellationToken::new();
+        let consumer = tokio::spawn(run_bus_consumer(
+            bus.clone(),
+            hub.clone(),
+            quick_restarts(),
+            shutdown.clone(),
+        ));
+        let delivered = tokio::time::timeout(Duration::from_secs(10), other_device.ready()).await;
+        let mut pending = Vec::new();
+        other_device.take_pending(&mut pending);
+        // Not ready while a state before `CaughtUp` is still being fanned out.
+        let ready_while_stuck = hub.is_ready();
+        release.send(()).expect("release");
+        holder.join().expect("holder");
+        assert!(
+            delivered.is_ok(),
+            "the other topic waited for the stuck one"
+        );
+        assert_eq!(pending.len(), 1);
+        assert!(!ready_while_stuck);
+        ready_promptly(&hub).await;
+        shutdown.cancel();
+        consumer.await.expect("consumer");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_feed_makes_the_hub_unready_until_a_new_feed_caught_up() {
+        let hub = test_hub();
+        let reopen = Arc::new(tokio::sync::Notify::new());
+        let bus = ScriptedBus::new(vec![
+            vec![
+                item("event:a", 1),
+                Step::Item(FeedItem::CaughtUp),
+                Step::Fail,
+            ],
+            vec![
+                Step::Wait(reopen.clone()),
+                item("event:a", 2),
+                Step::Item(FeedItem::CaughtUp),
+            ],
+        ]);
+        let shutdown = CancellationToken::new();
+        let consumer = tokio::spawn(run_bus_consumer(
+            bus.clone(),
+            hub.clone(),
+            quick_restarts(),
+            shutdown.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while bus.opened() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the feed was not reopened"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            !hub.is_ready(),
+            "ready while the new feed has not caught up"
+        );
+        reopen.notify_one();
+        ready_promptly(&hub).await;
+        assert_eq!(hub.version(&Topic::parse("event:a").expect("topic")), 2);
+        assert_eq!(hub.metrics.feed_restarts.get(), 1);
+        shutdown.cancel();
+        consumer.await.expect("consumer");
     }
 }

@@ -1,9 +1,15 @@
 //! Tier 2: one node's fan-out from topics to its connections.
 //!
-//! Each topic keeps its current encoded state and its subscribers, spread over shards that are
-//! locked one at a time, so subscribing never waits for a whole fan-out and no lock covers every
-//! connection. A state is serialized once per node ([`EncodedState::encode`]) and every
-//! connection shares the same bytes.
+//! Each published topic keeps its current encoded state and its subscribers, spread over shards
+//! that are locked one at a time, so subscribing never waits for a whole fan-out and no lock
+//! covers every connection. A state is serialized once per node ([`EncodedState::encode`]) and
+//! every connection shares the same bytes.
+//!
+//! A topic that has no state on this node (an event created but not published yet, or a name a
+//! device made up) gets no channel: its subscribers wait in a small map of their own, bounded by
+//! [`HubConfig::max_unpublished_topics`], and move into the topic's channel when its first state
+//! arrives. So made-up names cost a few bytes each, never take the topics map's write lock and
+//! never fill the budget of topics that are published.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -14,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use protocol::admin::TopicStats;
 use protocol::{EventState, Topic};
-use telemetry::{Counter, Histogram, Registry};
+use telemetry::{Counter, Gauge, Histogram, Registry};
 use tokio::sync::watch;
 
 use crate::mailbox::{Mailbox, Offer};
@@ -24,6 +30,31 @@ const SUBSCRIBER_SHARDS: usize = 16;
 
 /// One shard of a topic's subscribers, by connection id.
 type SubscriberShard = Mutex<HashMap<u64, Arc<Mailbox>>>;
+
+/// A hub's limits.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Most topics without a state that connections of this node may hold at once. Default
+    /// 1024: far more events than are created ahead of their first publish, while made-up names
+    /// (about 200 bytes each here) stay bounded. Over it a subscribe to another such topic is
+    /// refused ([`TopicLimit`]); topics with a state are never refused.
+    pub max_unpublished_topics: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            max_unpublished_topics: 1024,
+        }
+    }
+}
+
+/// A subscribe refused because the node holds its limit of topics without a state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this node holds its limit of {limit} topics that have no state yet; retry later")]
+pub struct TopicLimit {
+    pub limit: usize,
+}
 
 /// A state encoded once as its WebSocket frame, shared by every connection that sends it.
 #[derive(Debug)]
@@ -144,6 +175,15 @@ pub struct HubMetrics {
     pub states_applied: Arc<Counter>,
     pub states_stale: Arc<Counter>,
     pub states_conflated: Arc<Counter>,
+    /// States the bus consumer replaced with a newer state of their topic before their fan-out
+    /// started (newest wins).
+    pub states_superseded: Arc<Counter>,
+    /// Bus feeds reopened after one failed.
+    pub feed_restarts: Arc<Counter>,
+    /// Topics without a state that connections hold.
+    pub unpublished_topics: Arc<Gauge>,
+    /// Subscribes refused at the limit of topics without a state.
+    pub topic_limit_refusals: Arc<Counter>,
     pub acks: Arc<Counter>,
     pub deliveries: DeliveryMetrics,
 }
@@ -163,6 +203,22 @@ impl HubMetrics {
                 "ringside_hub_states_conflated_total",
                 "Unsent states replaced by a newer version before a slow connection took them.",
             ),
+            states_superseded: registry.counter(
+                "ringside_hub_states_superseded_total",
+                "States replaced by a newer state of their topic before their fan-out started (newest wins).",
+            ),
+            feed_restarts: registry.counter(
+                "ringside_bus_feed_restarts_total",
+                "Bus feeds reopened after one failed; the node is unready until the new feed has caught up.",
+            ),
+            unpublished_topics: registry.gauge(
+                "ringside_hub_unpublished_topics",
+                "Topics without a state on this node that connections hold.",
+            ),
+            topic_limit_refusals: registry.counter(
+                "ringside_hub_topic_limit_refusals_total",
+                "Subscribes refused because the node held its limit of topics without a state.",
+            ),
             acks: registry.counter("ringside_acks_total", "Acks received from devices."),
             deliveries: DeliveryMetrics::new(registry),
         }
@@ -170,9 +226,9 @@ impl HubMetrics {
 }
 
 #[derive(Debug)]
-struct TopicChannel {
+pub(crate) struct TopicChannel {
     current: RwLock<Option<Arc<EncodedState>>>,
-    shards: Box<[SubscriberShard]>,
+    pub(crate) shards: Box<[SubscriberShard]>,
     subscribers: AtomicU64,
     /// Acks counted for `ack_version` (statistics; approximate while a publish is in flight).
     ack_version: AtomicU64,
@@ -180,14 +236,37 @@ struct TopicChannel {
 }
 
 impl TopicChannel {
-    fn new() -> Self {
-        Self {
+    /// A channel for a topic's first state, with the subscribers that waited for it.
+    fn with_subscribers(waiting: HashMap<u64, Arc<Mailbox>>) -> Self {
+        let channel = Self {
             current: RwLock::new(None),
             shards: (0..SUBSCRIBER_SHARDS).map(|_| Mutex::default()).collect(),
-            subscribers: AtomicU64::new(0),
+            subscribers: AtomicU64::new(waiting.len() as u64),
             ack_version: AtomicU64::new(0),
             ack_count: AtomicU64::new(0),
+        };
+        for (connection, mailbox) in waiting {
+            channel.shard(connection).insert(connection, mailbox);
         }
+        channel
+    }
+
+    fn insert(&self, connection: u64, mailbox: &Arc<Mailbox>) {
+        if self
+            .shard(connection)
+            .insert(connection, mailbox.clone())
+            .is_none()
+        {
+            self.subscribers.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn remove(&self, connection: u64) -> bool {
+        let removed = self.shard(connection).remove(&connection).is_some();
+        if removed {
+            self.subscribers.fetch_sub(1, Ordering::AcqRel);
+        }
+        removed
     }
 
     fn shard(&self, connection: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Mailbox>>> {
@@ -203,32 +282,43 @@ impl TopicChannel {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
-
-    fn is_unused(&self) -> bool {
-        self.subscribers.load(Ordering::Acquire) == 0 && self.current().is_none()
-    }
 }
+
+/// Subscribers of topics without a state, by topic and connection.
+type UnpublishedTopics = HashMap<Topic, HashMap<u64, Arc<Mailbox>>>;
 
 /// One node's topics and their subscribers.
 #[derive(Debug)]
 pub struct Hub {
+    /// Topics that have a state. Written only when a topic gets its first state; a channel is
+    /// never removed (topics with a state are the events the control plane published).
     topics: RwLock<HashMap<Topic, Arc<TopicChannel>>>,
+    /// Subscribers of topics without a state, at most `max_unpublished_topics` topics. Lock
+    /// order: this lock before `topics` and before any shard.
+    unpublished: Mutex<UnpublishedTopics>,
+    config: HubConfig,
     ready: watch::Sender<bool>,
     ready_flag: AtomicBool,
-    metrics: HubMetrics,
+    pub(crate) metrics: HubMetrics,
 }
 
 impl Hub {
     pub fn new(metrics: HubMetrics) -> Self {
+        Self::with_config(HubConfig::default(), metrics)
+    }
+
+    pub fn with_config(config: HubConfig, metrics: HubMetrics) -> Self {
         Self {
             topics: RwLock::default(),
+            unpublished: Mutex::default(),
+            config,
             ready: watch::Sender::new(false),
             ready_flag: AtomicBool::new(false),
             metrics,
         }
     }
 
-    fn channel(&self, topic: &Topic) -> Option<Arc<TopicChannel>> {
+    pub(crate) fn channel(&self, topic: &Topic) -> Option<Arc<TopicChannel>> {
         self.topics
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -236,21 +326,34 @@ impl Hub {
             .cloned()
     }
 
-    /// Runs `f` on the channel of `topic`, creating it if needed, while holding the topic map's
-    /// lock: `unsubscribe` forgets unused channels under the write lock, so a channel cannot be
-    /// forgotten between being looked up and being used by `f`.
-    fn with_channel<R>(&self, topic: &Topic, f: impl FnOnce(&Arc<TopicChannel>) -> R) -> R {
-        {
-            let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(channel) = topics.get(topic) {
-                return f(channel);
-            }
+    fn unpublished(&self) -> std::sync::MutexGuard<'_, UnpublishedTopics> {
+        self.unpublished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The channel of `topic`, created for its first state with the subscribers that waited for
+    /// it. Created under the `unpublished` lock, so that a subscriber is always either waiting
+    /// there or in the channel, never between.
+    fn channel_for_state(&self, topic: &Topic) -> Arc<TopicChannel> {
+        if let Some(channel) = self.channel(topic) {
+            return channel;
         }
-        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
-        let channel = topics
-            .entry(topic.clone())
-            .or_insert_with(|| Arc::new(TopicChannel::new()));
-        f(channel)
+        let mut unpublished = self.unpublished();
+        if let Some(channel) = self.channel(topic) {
+            return channel;
+        }
+        let waiting = unpublished.remove(topic);
+        if waiting.is_some() {
+            self.metrics.unpublished_topics.decrement();
+        }
+        let channel = Arc::new(TopicChannel::with_subscribers(waiting.unwrap_or_default()));
+        self.topics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(topic.clone(), channel.clone());
+        drop(unpublished);
+        channel
     }
 
     /// Makes `state` current for its topic if it is newer than what the hub holds, and offers
@@ -275,7 +378,8 @@ impl Hub {
             return None;
         }
         let encoded = Arc::new(EncodedState::encode(state));
-        let channel = self.with_channel(&state.topic, |channel| {
+        let channel = self.channel_for_state(&state.topic);
+        {
             let mut current = channel
                 .current
                 .write()
@@ -284,15 +388,12 @@ impl Hub {
                 .as_ref()
                 .is_some_and(|held| held.version >= encoded.version)
             {
+                drop(current);
+                self.metrics.states_stale.increment();
                 return None;
             }
             *current = Some(encoded.clone());
-            Some(channel.clone())
-        });
-        let Some(channel) = channel else {
-            self.metrics.states_stale.increment();
-            return None;
-        };
+        }
         channel.ack_count.store(0, Ordering::Relaxed);
         channel
             .ack_version
@@ -343,39 +444,65 @@ impl Hub {
 
     /// Subscribes connection `connection` to `topic`, delivering into `mailbox`. The mailbox
     /// must already have the topic open (with the connection's `since`); the current state is
-    /// offered to it, so it arrives when it is newer than `since`.
-    pub fn subscribe(&self, topic: &Topic, connection: u64, mailbox: &Arc<Mailbox>) {
-        // Register first, then read the current state: a concurrent `apply` either sees this
-        // subscriber or has already replaced the current state that is read below.
-        let channel = self.with_channel(topic, |channel| {
-            if channel
-                .shard(connection)
-                .insert(connection, mailbox.clone())
-                .is_none()
-            {
-                channel.subscribers.fetch_add(1, Ordering::AcqRel);
-            }
-            channel.clone()
-        });
-        if let Some(current) = channel.current() {
-            mailbox.offer_catch_up(&current);
+    /// offered to it, so it arrives when it is newer than `since`. A topic without a state is
+    /// refused when the node holds its limit of such topics.
+    pub fn subscribe(
+        &self,
+        topic: &Topic,
+        connection: u64,
+        mailbox: &Arc<Mailbox>,
+    ) -> Result<(), TopicLimit> {
+        if let Some(channel) = self.channel(topic) {
+            subscribe_to_channel(&channel, connection, mailbox);
+            return Ok(());
         }
+        let mut unpublished = self.unpublished();
+        // Looked up again under the lock: a first state creates the channel under it.
+        if let Some(channel) = self.channel(topic) {
+            drop(unpublished);
+            subscribe_to_channel(&channel, connection, mailbox);
+            return Ok(());
+        }
+        let limit = self.config.max_unpublished_topics;
+        if let Some(waiting) = unpublished.get_mut(topic) {
+            waiting.insert(connection, mailbox.clone());
+        } else if unpublished.len() >= limit {
+            drop(unpublished);
+            self.metrics.topic_limit_refusals.increment();
+            return Err(TopicLimit { limit });
+        } else {
+            unpublished.insert(
+                topic.clone(),
+                HashMap::from([(connection, mailbox.clone())]),
+            );
+            self.metrics.unpublished_topics.increment();
+        }
+        Ok(())
     }
 
     pub fn unsubscribe(&self, topic: &Topic, connection: u64) {
-        let Some(channel) = self.channel(topic) else {
+        if self
+            .channel(topic)
+            .is_some_and(|channel| channel.remove(connection))
+        {
             return;
-        };
-        if channel.shard(connection).remove(&connection).is_some() {
-            channel.subscribers.fetch_sub(1, Ordering::AcqRel);
         }
-        if channel.is_unused() {
-            // Forget topics nobody holds and nobody published, so that subscriptions to made-up
-            // topic names cannot grow the map without bound. Re-checked under the write lock.
-            let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
-            if topics.get(topic).is_some_and(|channel| channel.is_unused()) {
-                topics.remove(topic);
+        let mut unpublished = self.unpublished();
+        if let Some(waiting) = unpublished.get_mut(topic) {
+            if waiting.remove(&connection).is_some() {
+                // Forget a topic nobody waits for: made-up names leave nothing behind.
+                if waiting.is_empty() {
+                    unpublished.remove(topic);
+                    self.metrics.unpublished_topics.decrement();
+                }
+                return;
             }
+        }
+        drop(unpublished);
+        // Neither: a first state moved the subscriber into the channel after the first look-up
+        // (that move happens under the lock just released, so it is complete now).
+        if let Some(channel) = self.channel(topic) {
+            channel.remove(connection);
         }
     }
 
@@ -401,27 +528,41 @@ impl Hub {
             .map_or(0, |s| s.version)
     }
 
+    /// Statistics of the topics that have a state, by topic name. The topics map is read-locked
+    /// only to copy its entries: the sort and the reads of every channel happen outside it.
     pub fn topic_stats(&self) -> Vec<TopicStats> {
-        let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
-        let mut stats: Vec<TopicStats> = topics
+        let channels: Vec<(Topic, Arc<TopicChannel>)> = self
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|(topic, channel)| {
-                let version = channel.current().map_or(0, |s| s.version);
+            .map(|(topic, channel)| (topic.clone(), channel.clone()))
+            .collect();
+        let mut stats: Vec<TopicStats> = channels
+            .into_iter()
+            .filter_map(|(topic, channel)| {
+                // A channel is created just before its first state is stored.
+                let version = channel.current()?.version;
                 let acks = if channel.ack_version.load(Ordering::Relaxed) == version {
                     channel.ack_count.load(Ordering::Relaxed)
                 } else {
                     0
                 };
-                TopicStats {
-                    topic: topic.clone(),
+                Some(TopicStats {
+                    topic,
                     subscribers: channel.subscribers.load(Ordering::Relaxed),
                     version,
                     acks,
-                }
+                })
             })
             .collect();
-        stats.sort_by(|a, b| a.topic.cmp(&b.topic));
+        stats.sort_unstable_by(|a, b| a.topic.cmp(&b.topic));
         stats
+    }
+
+    /// Topics without a state that connections hold.
+    pub fn unpublished_topics(&self) -> usize {
+        self.unpublished().len()
     }
 
     /// Called once the bus feed has caught up: the hub holds the latest state of every topic.
@@ -444,6 +585,15 @@ impl Hub {
     pub async fn wait_ready(&self) {
         let mut ready = self.ready.subscribe();
         let _closed_never_happens_while_self_lives = ready.wait_for(|ready| *ready).await;
+    }
+}
+
+/// Registers first, then reads the current state: a concurrent fan-out either sees this
+/// subscriber or has already replaced the current state that is read here.
+fn subscribe_to_channel(channel: &TopicChannel, connection: u64, mailbox: &Arc<Mailbox>) {
+    channel.insert(connection, mailbox);
+    if let Some(current) = channel.current() {
+        mailbox.offer_catch_up(&current);
     }
 }
 
@@ -507,11 +657,11 @@ mod tests {
         hub.apply(&state(3));
         let behind = Mailbox::new();
         behind.open(&topic, 1);
-        hub.subscribe(&topic, 1, &behind);
+        hub.subscribe(&topic, 1, &behind).expect("subscribed");
         assert_eq!(take(&behind), vec![3]);
         let up_to_date = Mailbox::new();
         up_to_date.open(&topic, 3);
-        hub.subscribe(&topic, 2, &up_to_date);
+        hub.subscribe(&topic, 2, &up_to_date).expect("subscribed");
         assert!(take(&up_to_date).is_empty());
         assert_eq!(hub.apply(&state(4)), Applied::FannedOut { subscribers: 2 });
         assert_eq!(take(&behind), vec![4]);
@@ -524,10 +674,100 @@ mod tests {
         let topic = state(0).topic;
         let mailbox = Mailbox::new();
         mailbox.open(&topic, 0);
-        hub.subscribe(&topic, 1, &mailbox);
-        assert_eq!(hub.topic_stats().len(), 1);
+        hub.subscribe(&topic, 1, &mailbox).expect("subscribed");
+        assert_eq!(hub.unpublished_topics(), 1);
         hub.unsubscribe(&topic, 1);
+        assert_eq!(hub.unpublished_topics(), 0);
         assert!(hub.topic_stats().is_empty());
+    }
+
+    fn made_up(index: usize) -> Topic {
+        Topic::parse(&format!("event:made-up-{index}")).expect("topic")
+    }
+
+    #[test]
+    fn topics_without_a_state_get_no_channel_and_are_bounded_but_published_ones_never() {
+        let hub = Hub::with_config(
+            HubConfig {
+                max_unpublished_topics: 2,
+            },
+            HubMetrics::new(&Registry::new()),
+        );
+        let published = state(0).topic;
+        hub.apply(&state(1));
+        let mailbox = Mailbox::new();
+        for index in 0..2 {
+            hub.subscribe(&made_up(index), 1, &mailbox)
+                .expect("within the limit");
+            assert!(
+                hub.channel(&made_up(index)).is_none(),
+                "no shards for {index}"
+            );
+        }
+        assert_eq!(
+            hub.subscribe(&made_up(2), 1, &mailbox),
+            Err(TopicLimit { limit: 2 })
+        );
+        // A topic that already waits, and a topic with a state, are never refused.
+        hub.subscribe(&made_up(0), 2, &mailbox)
+            .expect("already waiting");
+        mailbox.open(&published, 0);
+        hub.subscribe(&published, 1, &mailbox).expect("published");
+        assert_eq!(take(&mailbox), vec![1]);
+        // Only topics with a state are reported.
+        let reported: Vec<_> = hub.topic_stats().into_iter().map(|t| t.topic).collect();
+        assert_eq!(reported, vec![published]);
+        // Leaving gives the place back.
+        hub.unsubscribe(&made_up(1), 1);
+        hub.subscribe(&made_up(2), 1, &mailbox)
+            .expect("a place was released");
+        assert_eq!(hub.metrics.topic_limit_refusals.get(), 1);
+    }
+
+    #[test]
+    fn subscribers_waiting_for_a_first_state_receive_it() {
+        let hub = hub();
+        let topic = state(0).topic;
+        let waiting = Mailbox::new();
+        waiting.open(&topic, 0);
+        hub.subscribe(&topic, 1, &waiting).expect("subscribed");
+        let left = Mailbox::new();
+        left.open(&topic, 0);
+        hub.subscribe(&topic, 2, &left).expect("subscribed");
+        hub.unsubscribe(&topic, 2);
+        assert_eq!(hub.apply(&state(1)), Applied::FannedOut { subscribers: 1 });
+        assert_eq!(take(&waiting), vec![1]);
+        assert_eq!(hub.unpublished_topics(), 0);
+        assert_eq!(hub.topic_stats()[0].subscribers, 1);
+        hub.unsubscribe(&topic, 1);
+        assert_eq!(hub.topic_stats()[0].subscribers, 0);
+    }
+
+    #[test]
+    fn a_flood_of_made_up_topic_subscriptions_never_takes_the_topics_write_lock() {
+        let hub = Arc::new(hub());
+        // Hold a read lock, as the fan-outs, subscribes and acks of published topics do: a
+        // subscribe that wanted the write lock would wait for it to go.
+        let readers = hub.topics.read().expect("read lock");
+        let (done, finished) = std::sync::mpsc::channel();
+        let flood = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                let mailbox = Mailbox::new();
+                for round in 0..1_000 {
+                    let topic = made_up(round % 7);
+                    mailbox.open(&topic, 0);
+                    hub.subscribe(&topic, 1, &mailbox).expect("subscribed");
+                    hub.unsubscribe(&topic, 1);
+                    mailbox.close(&topic);
+                }
+                done.send(()).expect("done");
+            })
+        };
+        let outcome = finished.recv_timeout(Duration::from_secs(10));
+        drop(readers);
+        flood.join().expect("flood");
+        assert!(outcome.is_ok(), "a made-up topic waited for the write lock");
     }
 
     #[test]

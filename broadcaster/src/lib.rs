@@ -4,10 +4,14 @@
 //!   [`Bus`] trait is what the control plane publishes to and what each node consumes; this crate
 //!   ships the in-memory [`MemoryBus`] used by `ringside serve` (Kafka implements the same trait).
 //!   A feed starts with the latest state of every topic, so a node that (re)starts rebuilds its
-//!   state before it serves devices.
+//!   state before it serves devices. [`run_bus_consumer`] follows a node's feed: it keeps reading
+//!   while fan-outs run, keeps only the newest waiting state of each topic, fans out several
+//!   topics at once (one fan-out per topic at a time), and reopens a feed that failed, the hub
+//!   being unready until the new feed has caught up.
 //! - **Tier 2, [`hub`]**: each node's in-memory fan-out. [`Hub::apply`] encodes a state once,
 //!   as its complete WebSocket frame, and offers the shared bytes to every subscribed
-//!   connection's [`Mailbox`].
+//!   connection's [`Mailbox`]. Topics without a state hold no fan-out structures, and only a
+//!   bounded number of them ([`HubConfig`]).
 //! - **[`mailbox`]**: one per connection, the connection's way to its socket. An idle
 //!   connection gets a live state written by the fan-out itself, one non-blocking `send`;
 //!   otherwise the state waits, bounded by the number of topics the connection holds: a newer
@@ -25,8 +29,12 @@ pub mod mailbox;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use bus::{Bus, BusFeed, FeedItem, MemoryBus, apply_off_runtime, run_bus_consumer};
-pub use hub::{Applied, DeliveryMetrics, EncodedState, Fanout, Hub, HubMetrics};
+pub use bus::{
+    Bus, BusFeed, ConsumerConfig, FeedItem, MemoryBus, apply_off_runtime, run_bus_consumer,
+};
+pub use hub::{
+    Applied, DeliveryMetrics, EncodedState, Fanout, Hub, HubConfig, HubMetrics, TopicLimit,
+};
 pub use mailbox::{Delivery, Mailbox, Offer};
 
 /// A boxed future, so that [`Bus`] implementations can be used as trait objects.

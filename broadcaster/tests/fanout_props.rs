@@ -41,7 +41,7 @@ proptest! {
                 std::thread::spawn(move || {
                     let mailbox = Mailbox::new();
                     mailbox.open(&topic, since);
-                    hub.subscribe(&topic, connection as u64, &mailbox);
+                    hub.subscribe(&topic, connection as u64, &mailbox).expect("subscribed");
                     let mut seen = Vec::new();
                     // Drain while the publisher runs, as a connection task would.
                     while !done.load(std::sync::atomic::Ordering::Acquire) {

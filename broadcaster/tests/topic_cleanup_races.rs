@@ -29,7 +29,7 @@ fn race_with_last_unsubscribe(race: impl FnOnce(&Hub)) -> Arc<Hub> {
     let hub = Arc::new(Hub::new(HubMetrics::new(&Registry::new())));
     let leaving = Mailbox::new();
     leaving.open(&topic(), 0);
-    hub.subscribe(&topic(), 1, &leaving);
+    hub.subscribe(&topic(), 1, &leaving).expect("subscribed");
     let barrier = Arc::new(Barrier::new(2));
     let unsubscriber = {
         let (hub, barrier) = (hub.clone(), barrier.clone());
@@ -49,7 +49,9 @@ fn a_subscriber_racing_the_cleanup_still_receives_states() {
     for round in 0..ROUNDS {
         let joining = Mailbox::new();
         joining.open(&topic(), 0);
-        let hub = race_with_last_unsubscribe(|hub| hub.subscribe(&topic(), 2, &joining));
+        let hub = race_with_last_unsubscribe(|hub| {
+            hub.subscribe(&topic(), 2, &joining).expect("subscribed");
+        });
         hub.apply(&state(1));
         let mut received = Vec::new();
         joining.take_pending(&mut received);

@@ -28,6 +28,11 @@ pub struct GatewayConfig {
     /// Capacity of each connection's WebSocket read buffer, in bytes. Client frames are small,
     /// so a small buffer keeps idle connections cheap; larger frames still arrive whole.
     pub read_buffer_bytes: usize,
+    /// Most topics without a state (events not published yet, or names a device made up) that
+    /// this node's connections may hold at once; a subscribe to one more gets `topic_limit`.
+    /// Topics with a state are never refused. Default 1024: far more events than are created
+    /// ahead of their first publish, while made-up names stay a bounded few hundred KiB.
+    pub max_unpublished_topics: usize,
 }
 
 impl Default for GatewayConfig {
@@ -44,6 +49,7 @@ impl Default for GatewayConfig {
             shutdown_grace: Duration::from_secs(15),
             reconnect_spread: Duration::from_secs(5),
             read_buffer_bytes: 512,
+            max_unpublished_topics: 1024,
         }
     }
 }
@@ -115,6 +121,9 @@ impl GatewayConfig {
         if self.read_buffer_bytes < 64 {
             return fail("read_buffer_bytes", "must be at least 64");
         }
+        if !(1..=1_000_000).contains(&self.max_unpublished_topics) {
+            return fail("max_unpublished_topics", "must be 1 to 1000000");
+        }
         Ok(())
     }
 }
@@ -133,6 +142,14 @@ mod tests {
         assert_eq!(
             config.validate().map_err(|e| e.field),
             Err("heartbeat_misses")
+        );
+        let config = GatewayConfig {
+            max_unpublished_topics: 0,
+            ..GatewayConfig::default()
+        };
+        assert_eq!(
+            config.validate().map_err(|e| e.field),
+            Err("max_unpublished_topics")
         );
     }
 }

@@ -45,6 +45,10 @@ pub enum GatewayError {
     AtCapacity,
     #[error("this node is draining; reconnect to another node")]
     Draining,
+    /// The hub does not hold the latest states (startup, or a bus feed that failed and is
+    /// being reopened): a device would be served stale states.
+    #[error("this node is not caught up with the bus; retry with backoff")]
+    NotReady,
 }
 
 impl GatewayError {
@@ -52,7 +56,7 @@ impl GatewayError {
         match self {
             Self::Unauthorized(_) => ApiErrorCode::Unauthorized,
             Self::NotUpgradable(_) => ApiErrorCode::InvalidRequest,
-            Self::AtCapacity | Self::Draining => ApiErrorCode::Unavailable,
+            Self::AtCapacity | Self::Draining | Self::NotReady => ApiErrorCode::Unavailable,
         }
     }
 }
@@ -72,7 +76,7 @@ impl IntoResponse for GatewayError {
                     axum::http::HeaderValue::from_static("Bearer"),
                 );
             }
-            Self::AtCapacity | Self::Draining => {
+            Self::AtCapacity | Self::Draining | Self::NotReady => {
                 headers.insert("retry-after", axum::http::HeaderValue::from_static("5"));
             }
             Self::NotUpgradable(_) => {}

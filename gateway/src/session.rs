@@ -291,9 +291,15 @@ impl Session {
         let mut answered = Vec::with_capacity(requested.len());
         for SubscribeTopic { topic, since } in requested {
             if self.mailbox.open(&topic, since) {
-                self.gateway
+                let subscribed = self
+                    .gateway
                     .hub
                     .subscribe(&topic, self.connection, &self.mailbox);
+                if let Err(limit) = subscribed {
+                    // The topics taken before this one are released when the session ends.
+                    self.mailbox.close(&topic);
+                    return Err(Ending::bad_frame(ErrorCode::TopicLimit, limit.to_string()));
+                }
                 self.topics.push(topic.clone());
             }
             answered.push(topic);

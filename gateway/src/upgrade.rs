@@ -2,7 +2,7 @@
 //!
 //! Everything that can refuse a connection runs before the `101 Switching Protocols`: a device
 //! with a missing, malformed, badly signed or expired token gets `401` and a JSON error, a node
-//! at capacity or draining gets `503` with `Retry-After`.
+//! at capacity, draining or not caught up with the bus gets `503` with `Retry-After`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -87,6 +87,9 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
 
     if gateway.draining.load(Ordering::Acquire) {
         return Err(GatewayError::Draining);
+    }
+    if !gateway.hub.is_ready() {
+        return Err(GatewayError::NotReady);
     }
     let Some(on_upgrade) = request
         .extensions_mut()

@@ -505,7 +505,8 @@ impl FeedReader {
             let consumer = match self.config.consumer() {
                 Ok(consumer) => consumer,
                 Err(error) => {
-                    tracing::error!(%error, "cannot create the Kafka consumer; the node stays unready");
+                    // The feed ends; the node stays unready and opens a new feed with backoff.
+                    tracing::error!(%error, "cannot create the Kafka consumer; the feed ends");
                     return;
                 }
             };

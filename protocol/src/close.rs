@@ -41,6 +41,9 @@ pub enum ErrorCode {
     FrameTooLarge,
     /// Binary frames are not part of protocol v1.
     BinaryNotSupported,
+    /// The node holds its limit of topics that have no state yet (events not published, or
+    /// made-up names); retry later. Topics with a state are never refused.
+    TopicLimit,
 }
 
 impl ErrorCode {
@@ -51,6 +54,7 @@ impl ErrorCode {
             }
             Self::BadTopic | Self::TooManyTopics => CloseCode::POLICY_VIOLATION,
             Self::FrameTooLarge => CloseCode::MESSAGE_TOO_BIG,
+            Self::TopicLimit => CloseCode::TRY_AGAIN_LATER,
         }
     }
 
@@ -62,6 +66,7 @@ impl ErrorCode {
             Self::TooManyTopics => "too_many_topics",
             Self::FrameTooLarge => "frame_too_large",
             Self::BinaryNotSupported => "binary_not_supported",
+            Self::TopicLimit => "topic_limit",
         }
     }
 }
