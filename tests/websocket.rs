@@ -861,3 +861,44 @@ async fn a_device_that_stops_reading_is_sent_few_superseded_states() {
     );
     server.stop().await;
 }
+
+/// Subscribes to topics `event:t0`, `event:t1`, ... in one frame of about `bytes`.
+fn subscribe_to_distinct_topics(bytes: usize) -> String {
+    let mut entries = Vec::new();
+    let mut length = 64;
+    while length < bytes - 64 {
+        let entry = format!(r#"{{"topic":"event:t{:x}"}}"#, entries.len());
+        length += entry.len() + 1;
+        entries.push(entry);
+    }
+    format!(r#"{{"type":"subscribe","topics":[{}]}}"#, entries.join(","))
+}
+
+#[tokio::test]
+async fn a_subscribe_of_tens_of_thousands_of_topics_is_refused_promptly() {
+    let server = TestServer::start_with(|config| config.max_frame_bytes = 1024 * 1024).await;
+    let mut device = server.device_named("megabyte").await;
+    let frame = subscribe_to_distinct_topics(1024 * 1024);
+    let started = std::time::Instant::now();
+    device.send_message(Message::text(frame)).await.unwrap();
+    let (frames, close, _) = read_until_close(&mut device).await;
+    // A bound that only catches the pathology: comparing every topic with every other took
+    // 14 s of a worker thread here.
+    assert!(
+        started.elapsed() < PROMPTLY,
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(
+            frames.as_slice(),
+            [ServerFrame::Error {
+                code: ErrorCode::TooManyTopics,
+                ..
+            }]
+        ),
+        "{frames:?}"
+    );
+    assert_eq!(close, 1008);
+    server.stop().await;
+}
