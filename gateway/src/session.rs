@@ -144,8 +144,8 @@ impl Session {
         tokio::pin!(timer);
         loop {
             let deadline = self.next_deadline();
-            // The select is biased towards the socket: a client that always has a frame ready
-            // would never let it reach the timer branch, so every turn checks the clock too.
+            // A client that always has a frame ready must not outrun its deadlines: every turn
+            // checks the clock itself instead of relying on the timer's wake-up alone.
             if Instant::now() >= deadline {
                 if let Err(ending) = Box::pin(self.on_deadline(socket)).await {
                     return ending;
@@ -165,6 +165,14 @@ impl Session {
                         return ending;
                     }
                 }
+                // Before the socket: a client that streams the fragments of a message that never
+                // completes keeps `socket.next()` busy without ever returning to the top of the
+                // loop, so the timer must win whenever both are ready.
+                () = &mut timer => {
+                    if let Err(ending) = Box::pin(self.on_deadline(socket)).await {
+                        return ending;
+                    }
+                }
                 inbound = socket.next() => {
                     let Some(inbound) = inbound else { return Ending::Gone };
                     let now = Instant::now();
@@ -175,11 +183,6 @@ impl Session {
                     // Client frames and timers are rare next to state writes: their futures
                     // live on the heap while they run, keeping every idle session small.
                     if let Err(ending) = Box::pin(self.handle_inbound(socket, inbound)).await {
-                        return ending;
-                    }
-                }
-                () = &mut timer => {
-                    if let Err(ending) = Box::pin(self.on_deadline(socket)).await {
                         return ending;
                     }
                 }
