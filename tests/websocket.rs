@@ -902,3 +902,39 @@ async fn a_subscribe_of_tens_of_thousands_of_topics_is_refused_promptly() {
     assert_eq!(close, 1008);
     server.stop().await;
 }
+
+// Two workers: the flood is written while the session reads, as from a real remote client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_fragments_never_end_is_cut_off_by_the_heartbeat() {
+    let server = TestServer::start_with(|config| {
+        config.heartbeat_interval = Duration::from_millis(200);
+        config.heartbeat_misses = 2;
+    })
+    .await;
+    let raw_ws::RawFlooder {
+        mut reader,
+        stream,
+        keep_open: _keep_open,
+    } = raw_ws::RawFlooder::connect(server.addr, &device_token("fragments", 3600)).await;
+    // A text message that starts and never finishes: no frame of it ever reaches the session
+    // as a message, so neither the rate limit nor the liveness of a complete frame applies.
+    std::io::Write::write_all(&mut &stream, &raw_ws::frame(false, raw_ws::OP_TEXT, b"{")).unwrap();
+    let empty_fragments = raw_ws::frame(false, raw_ws::OP_CONTINUATION, b"").repeat(10_000);
+    let flooding = raw_ws::Flood::start(stream, empty_fragments);
+    let (frames, close) = tokio::time::timeout(PROMPTLY, reader.until_close())
+        .await
+        .expect("the endless message is cut off in time");
+    assert!(
+        frames.iter().any(|frame| matches!(
+            frame,
+            ServerFrame::Goaway {
+                reason: GoawayReason::HeartbeatTimeout,
+                ..
+            }
+        )),
+        "{frames:?}"
+    );
+    assert_eq!(close, Some((1001, "heartbeat_timeout".to_owned())));
+    flooding.stop();
+    server.stop().await;
+}
