@@ -854,9 +854,11 @@ async fn a_device_that_stops_reading_is_sent_few_superseded_states() {
     eprintln!(
         "states read after the stall: {before} with an autotuned send buffer, {after} with the default"
     );
-    // 16 KiB (doubled by Linux) holds a handful of ~4 KiB states; the rest was conflated.
+    // 16 KiB (doubled by Linux) holds a handful of ~4 KiB states, the mailbox's backlog and
+    // the device's own buffers some more (8 to 48 here, depending on the machine's load); the
+    // rest was conflated. An autotuned buffer let all 600 through.
     assert!(
-        after <= 20,
+        after < PUBLISHES / 6,
         "{after} states reached the device after its stall"
     );
     server.stop().await;
