@@ -449,6 +449,30 @@ struct ServeArgs {
         help = "Topics without a state this node's connections may hold [default: 1024]"
     )]
     max_unpublished_topics: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_INBOUND_FRAMES_PER_S",
+        help = "Client frames a connection may send per second, pings included [default: 50]"
+    )]
+    inbound_frames_per_s: Option<u32>,
+    #[arg(
+        long,
+        env = "RINGSIDE_INBOUND_FRAME_BURST",
+        help = "Client frames a connection may send at once above that rate [default: 200]"
+    )]
+    inbound_frame_burst: Option<u32>,
+    #[arg(
+        long,
+        env = "RINGSIDE_MAX_CONNECTIONS_PER_DEVICE",
+        help = "Live connections one device id may hold on this node [default: 8]"
+    )]
+    max_connections_per_device: Option<u32>,
+    #[arg(
+        long,
+        env = "RINGSIDE_SEND_BUFFER_BYTES",
+        help = "SO_SNDBUF of device sockets, 0 for kernel autotuning [default: 16384]"
+    )]
+    send_buffer_bytes: Option<usize>,
 }
 
 impl ServeArgs {
@@ -473,6 +497,16 @@ impl ServeArgs {
             max_unpublished_topics: self
                 .max_unpublished_topics
                 .unwrap_or(defaults.max_unpublished_topics),
+            inbound_frames_per_s: self
+                .inbound_frames_per_s
+                .unwrap_or(defaults.inbound_frames_per_s),
+            inbound_frame_burst: self
+                .inbound_frame_burst
+                .unwrap_or(defaults.inbound_frame_burst),
+            max_connections_per_device: self
+                .max_connections_per_device
+                .unwrap_or(defaults.max_connections_per_device),
+            send_buffer_bytes: self.send_buffer_bytes.unwrap_or(defaults.send_buffer_bytes),
         }
     }
 }

@@ -1,6 +1,8 @@
 #![allow(clippy::unwrap_used)]
 //! Protocol v1 over real WebSocket connections to a real server.
 
+#[path = "hostile/raw_ws.rs"]
+mod raw_ws;
 mod support;
 
 use std::time::Duration;
@@ -134,6 +136,17 @@ async fn every_one_of_many_subscribers_receives_the_state() {
     server.stop().await;
 }
 
+/// A server on which a device may read nothing for as long as 1500 publishes take on a loaded
+/// machine: with the small default send buffer, a device that reads nothing while a state waits
+/// is otherwise cut off as a slow consumer after the test server's 2 s send timeout.
+async fn patient_server() -> TestServer {
+    TestServer::start_with(|config| {
+        config.send_timeout = PROMPTLY;
+        config.shutdown_grace = PROMPTLY + Duration::from_secs(1);
+    })
+    .await
+}
+
 /// A device subscribed to `event` with a small read buffer, so that when it stops reading the
 /// socket between it and the server fills quickly.
 async fn stalling_device(server: &TestServer, name: &str, event: &EventId) -> DeviceConnection {
@@ -151,7 +164,7 @@ async fn stalling_device(server: &TestServer, name: &str, event: &EventId) -> De
 
 #[tokio::test]
 async fn a_device_that_closes_behind_a_full_socket_still_gets_every_byte_and_the_close_answer() {
-    let server = TestServer::start().await;
+    let server = patient_server().await;
     let event = server.create_event("close-behind").await;
     let mut device = stalling_device(&server, "closer", &event).await;
     // The device reads nothing while far more than the socket buffers hold is published, so
@@ -194,7 +207,7 @@ async fn a_device_that_closes_behind_a_full_socket_still_gets_every_byte_and_the
 
 #[tokio::test]
 async fn a_stalled_reader_delays_nobody_and_later_gets_the_newest_version() {
-    let server = TestServer::start().await;
+    let server = patient_server().await;
     let event = server.create_event("stall").await;
     let mut stalled = stalling_device(&server, "stalled", &event).await;
     let mut readers = Vec::new();
@@ -672,4 +685,305 @@ async fn a_node_whose_hub_is_not_ready_refuses_upgrades_with_503_until_it_is() {
     gateway.drain().await;
     shutdown.cancel();
     http.await.unwrap();
+}
+
+// Two workers: the flood is written while the session reads, as from a real remote client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_frames_is_still_closed_when_its_token_expires() {
+    // A rate limit the flood stays under: this is about the deadlines alone.
+    let server = TestServer::start_with(|config| {
+        config.inbound_frames_per_s = 1_000_000;
+        config.inbound_frame_burst = 1_000_000;
+    })
+    .await;
+    let event = server.create_event("flood-expiry").await;
+    let raw_ws::RawFlooder {
+        mut reader,
+        stream,
+        keep_open: _keep_open,
+    } = raw_ws::RawFlooder::connect(server.addr, &device_token("flooder", 2)).await;
+    let subscribe = format!(
+        r#"{{"type":"subscribe","topics":[{{"topic":"{}"}}]}}"#,
+        topic(&event)
+    );
+    let mut flood = raw_ws::text(&subscribe);
+    // Unsolicited pongs (legal, and unanswered) without pause: dozens arrive with every read,
+    // so the session always has a frame ready and only one that checks its deadlines on every
+    // turn notices the token expiring.
+    for _ in 0..10_000 {
+        flood.extend(raw_ws::frame(true, raw_ws::OP_PONG, b""));
+    }
+    let flooding = raw_ws::Flood::start(stream, flood);
+    let (frames, close) = tokio::time::timeout(PROMPTLY, reader.until_close())
+        .await
+        .expect("a flooding client whose token expired is closed in time");
+    assert!(
+        frames.iter().any(|frame| matches!(
+            frame,
+            ServerFrame::Goaway {
+                reason: GoawayReason::TokenExpired,
+                ..
+            }
+        )),
+        "{frames:?}"
+    );
+    assert_eq!(close, Some((1008, "token_expired".to_owned())));
+    flooding.stop();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_flooding_client_is_closed_for_its_rate_while_a_normal_client_is_untouched() {
+    let server = TestServer::start().await;
+    let event = server.create_event("flood-rate").await;
+    let mut normal = server.device_named("normal").await;
+    subscribe(&mut normal, &[(topic(&event), 0)]).await;
+
+    // A thousand pings in one write: each is cheap, so only a rate limit stops them.
+    let mut flooder = raw_ws::RawWs::connect(server.addr, &device_token("flooder", 3600)).await;
+    let pings: Vec<u8> = (0..1000)
+        .flat_map(|_| raw_ws::frame(true, raw_ws::OP_PING, b""))
+        .collect();
+    flooder.send(&pings).await.unwrap();
+    let (frames, close) = tokio::time::timeout(PROMPTLY, flooder.reader.until_close())
+        .await
+        .expect("the flooder is closed in time");
+    let error = frames.iter().find_map(|frame| match frame {
+        ServerFrame::Error { code, message } => Some((code.as_str(), message.clone())),
+        _ => None,
+    });
+    let (code, message) = error.expect("an error frame before the close");
+    assert_eq!(code, "rate_limited", "{message}");
+    assert_eq!(close, Some((4029, "rate_limited".to_owned())));
+    assert_eq!(server.metric("ringside_rate_limit_closes_total").await, 1);
+
+    // The normal device, acking at a device's pace, is still served.
+    for _ in 0..3 {
+        let receipt = server.publish(&event, "LIVE", "{}").await;
+        assert_eq!(next_state(&mut normal).await.version, receipt.version);
+        normal.ack(&topic(&event), receipt.version).await.unwrap();
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_device_holds_at_most_its_connections_and_gets_places_back_as_they_close() {
+    let server = TestServer::start().await;
+    let token = device_token("greedy", 3600);
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(
+            DeviceConnection::connect(&server.ws_url, &token)
+                .await
+                .unwrap(),
+        );
+    }
+    match DeviceConnection::connect(&server.ws_url, &token).await {
+        Err(ClientError::Refused { status, body }) => {
+            assert_eq!(status, 503);
+            assert!(body.contains("already holds 8 connections"), "{body}");
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // The answer says when to retry: by then a vanished connection of the device is closed.
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let refused = client::http::call(
+        &server.base,
+        "GET",
+        &format!("/v1/ws?token={token}"),
+        &[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", &key),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.headers["retry-after"], "75");
+    assert_eq!(
+        server.metric("ringside_device_limit_refusals_total").await,
+        2
+    );
+    // Other devices are not affected.
+    let _other = server.device_named("modest").await;
+
+    held.pop().unwrap().close().await.unwrap();
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        match DeviceConnection::connect(&server.ws_url, &token).await {
+            Ok(again) => break held.push(again),
+            Err(ClientError::Refused { status: 503, .. }) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "place never released"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    // However a session ends, its place is released: here the devices vanish without a close.
+    held.clear();
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    while server.admin().stats().await.unwrap().nodes[0].connections > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "places never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..8 {
+        held.push(
+            DeviceConnection::connect(&server.ws_url, &token)
+                .await
+                .unwrap(),
+        );
+    }
+    server.stop().await;
+}
+
+/// Subscribes a device whose own receive buffer is small and which then reads nothing while
+/// `publishes` states of ~4 KiB are published; returns how many states it reads once it reads
+/// again, up to the newest.
+async fn states_read_after_a_stall(server: &TestServer, name: &str, publishes: u64) -> u64 {
+    let event = server.create_event(name).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // Small on the device's side too, so that what piles up is what the server sent.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let url = format!("{}?token={}", server.ws_url, device_token(name, 3600));
+    let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    let subscribe = protocol::ClientFrame::Subscribe {
+        topics: vec![protocol::SubscribeTopic {
+            topic: topic(&event),
+            since: 0,
+        }],
+    };
+    socket
+        .send(Message::text(subscribe.encode()))
+        .await
+        .unwrap();
+    let payload = format!(r#"{{"filler":"{}"}}"#, "x".repeat(4000));
+    let mut newest = 0;
+    for _ in 0..publishes {
+        newest = server.publish(&event, "LIVE", &payload).await.version;
+    }
+    let mut states = 0;
+    loop {
+        let message = tokio::time::timeout(PROMPTLY, socket.next())
+            .await
+            .expect("states in time")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = message {
+            if let ServerFrame::State(state) = ServerFrame::decode(&text).unwrap() {
+                states += 1;
+                if state.version == newest {
+                    return states;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_device_that_stops_reading_is_sent_few_superseded_states() {
+    const PUBLISHES: u64 = 600;
+    let autotuned = TestServer::start_with(|config| config.send_buffer_bytes = 0).await;
+    let before = states_read_after_a_stall(&autotuned, "autotuned", PUBLISHES).await;
+    autotuned.stop().await;
+    let server = TestServer::start().await;
+    let after = states_read_after_a_stall(&server, "bounded", PUBLISHES).await;
+    eprintln!(
+        "states read after the stall: {before} with an autotuned send buffer, {after} with the default"
+    );
+    // 16 KiB (doubled by Linux) holds a handful of ~4 KiB states, the mailbox's backlog and
+    // the device's own buffers some more (8 to 48 here, depending on the machine's load); the
+    // rest was conflated. An autotuned buffer let all 600 through.
+    assert!(
+        after < PUBLISHES / 6,
+        "{after} states reached the device after its stall"
+    );
+    server.stop().await;
+}
+
+/// Subscribes to topics `event:t0`, `event:t1`, ... in one frame of about `bytes`.
+fn subscribe_to_distinct_topics(bytes: usize) -> String {
+    let mut entries = Vec::new();
+    let mut length = 64;
+    while length < bytes - 64 {
+        let entry = format!(r#"{{"topic":"event:t{:x}"}}"#, entries.len());
+        length += entry.len() + 1;
+        entries.push(entry);
+    }
+    format!(r#"{{"type":"subscribe","topics":[{}]}}"#, entries.join(","))
+}
+
+#[tokio::test]
+async fn a_subscribe_of_tens_of_thousands_of_topics_is_refused_promptly() {
+    let server = TestServer::start_with(|config| config.max_frame_bytes = 1024 * 1024).await;
+    let mut device = server.device_named("megabyte").await;
+    let frame = subscribe_to_distinct_topics(1024 * 1024);
+    let started = std::time::Instant::now();
+    device.send_message(Message::text(frame)).await.unwrap();
+    let (frames, close, _) = read_until_close(&mut device).await;
+    // A bound that only catches the pathology: comparing every topic with every other took
+    // 14 s of a worker thread here.
+    assert!(
+        started.elapsed() < PROMPTLY,
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(
+            frames.as_slice(),
+            [ServerFrame::Error {
+                code: ErrorCode::TooManyTopics,
+                ..
+            }]
+        ),
+        "{frames:?}"
+    );
+    assert_eq!(close, 1008);
+    server.stop().await;
+}
+
+// Two workers: the flood is written while the session reads, as from a real remote client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_fragments_never_end_is_cut_off_by_the_heartbeat() {
+    let server = TestServer::start_with(|config| {
+        config.heartbeat_interval = Duration::from_millis(200);
+        config.heartbeat_misses = 2;
+    })
+    .await;
+    let raw_ws::RawFlooder {
+        mut reader,
+        stream,
+        keep_open: _keep_open,
+    } = raw_ws::RawFlooder::connect(server.addr, &device_token("fragments", 3600)).await;
+    // A text message that starts and never finishes: no frame of it ever reaches the session
+    // as a message, so neither the rate limit nor the liveness of a complete frame applies.
+    std::io::Write::write_all(&mut &stream, &raw_ws::frame(false, raw_ws::OP_TEXT, b"{")).unwrap();
+    let empty_fragments = raw_ws::frame(false, raw_ws::OP_CONTINUATION, b"").repeat(10_000);
+    let flooding = raw_ws::Flood::start(stream, empty_fragments);
+    let (frames, close) = tokio::time::timeout(PROMPTLY, reader.until_close())
+        .await
+        .expect("the endless message is cut off in time");
+    assert!(
+        frames.iter().any(|frame| matches!(
+            frame,
+            ServerFrame::Goaway {
+                reason: GoawayReason::HeartbeatTimeout,
+                ..
+            }
+        )),
+        "{frames:?}"
+    );
+    assert_eq!(close, Some((1001, "heartbeat_timeout".to_owned())));
+    flooding.stop();
+    server.stop().await;
 }

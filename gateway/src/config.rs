@@ -33,6 +33,27 @@ pub struct GatewayConfig {
     /// Topics with a state are never refused. Default 1024: far more events than are created
     /// ahead of their first publish, while made-up names stay a bounded few hundred KiB.
     pub max_unpublished_topics: usize,
+    /// Sustained rate of client frames one connection may send, every kind counted (text,
+    /// binary, ping, pong, close). Default 50 per second: a device sends a subscribe, an ack per
+    /// state it applies and a pong per heartbeat, far below that even on 16 busy topics; a
+    /// client above it is closed with `rate_limited` (close 4029). Without a rate, a client
+    /// could keep its session task busy forever on frames that each cost almost nothing.
+    pub inbound_frames_per_s: u32,
+    /// Frames a connection may send at once above the sustained rate. Default 200: a reconnect
+    /// (subscribe, then acks for the catch-up states of every topic) stays well inside it.
+    pub inbound_frame_burst: u32,
+    /// Most live connections one device (a token's `sub`) may hold on this node; upgrades
+    /// beyond it get 503 with `Retry-After`. Default 8: one device needs one connection, but
+    /// after a network change its old connection stays open until the heartbeat notices it is
+    /// gone, so a device reconnecting several times in that window must still get in, while one
+    /// token can no longer hold thousands of sockets.
+    pub max_connections_per_device: u32,
+    /// `SO_SNDBUF` of each upgraded device socket, in bytes (Linux doubles it for its own
+    /// bookkeeping); 0 leaves the kernel's autotuning, which grows it to `tcp_wmem`'s maximum
+    /// (4 MiB by default). Default 16 KiB, about four of the largest state frames: a device
+    /// that stops reading is then sent at most that many superseded states before conflation
+    /// starts, and each stalled socket pins kilobytes of kernel memory instead of megabytes.
+    pub send_buffer_bytes: usize,
 }
 
 impl Default for GatewayConfig {
@@ -50,6 +71,10 @@ impl Default for GatewayConfig {
             reconnect_spread: Duration::from_secs(5),
             read_buffer_bytes: 512,
             max_unpublished_topics: 1024,
+            inbound_frames_per_s: 50,
+            inbound_frame_burst: 200,
+            max_connections_per_device: 8,
+            send_buffer_bytes: 16 * 1024,
         }
     }
 }
@@ -124,6 +149,24 @@ impl GatewayConfig {
         if !(1..=1_000_000).contains(&self.max_unpublished_topics) {
             return fail("max_unpublished_topics", "must be 1 to 1000000");
         }
+        // At most a million a second keeps the rate's interval at a microsecond or more.
+        if !(1..=1_000_000).contains(&self.inbound_frames_per_s) {
+            return fail("inbound_frames_per_s", "must be 1 to 1000000");
+        }
+        if !(1..=1_000_000).contains(&self.inbound_frame_burst) {
+            return fail("inbound_frame_burst", "must be 1 to 1000000");
+        }
+        if self.max_connections_per_device == 0 {
+            return fail("max_connections_per_device", "must be at least 1");
+        }
+        if self.send_buffer_bytes != 0
+            && !(4096..=16 * 1024 * 1024).contains(&self.send_buffer_bytes)
+        {
+            return fail(
+                "send_buffer_bytes",
+                "must be 0 (kernel autotuning) or 4096 to 16 MiB",
+            );
+        }
         Ok(())
     }
 }
@@ -151,5 +194,39 @@ mod tests {
             config.validate().map_err(|e| e.field),
             Err("max_unpublished_topics")
         );
+    }
+
+    #[test]
+    fn the_per_connection_bounds_are_checked() {
+        let field = |config: GatewayConfig| config.validate().map_err(|e| e.field);
+        let default = GatewayConfig::default;
+        let zero_rate = GatewayConfig {
+            inbound_frames_per_s: 0,
+            ..default()
+        };
+        assert_eq!(field(zero_rate), Err("inbound_frames_per_s"));
+        let zero_burst = GatewayConfig {
+            inbound_frame_burst: 0,
+            ..default()
+        };
+        assert_eq!(field(zero_burst), Err("inbound_frame_burst"));
+        let no_device_connections = GatewayConfig {
+            max_connections_per_device: 0,
+            ..default()
+        };
+        assert_eq!(
+            field(no_device_connections),
+            Err("max_connections_per_device")
+        );
+        let tiny_send_buffer = GatewayConfig {
+            send_buffer_bytes: 100,
+            ..default()
+        };
+        assert_eq!(field(tiny_send_buffer), Err("send_buffer_bytes"));
+        let autotuned = GatewayConfig {
+            send_buffer_bytes: 0,
+            ..default()
+        };
+        assert_eq!(field(autotuned), Ok(()));
     }
 }

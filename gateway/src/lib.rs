@@ -13,6 +13,7 @@
 //! one of them (axum's graceful shutdown does not wait for upgraded connections).
 
 pub mod config;
+mod device_sessions;
 pub mod metrics;
 pub mod session;
 mod socket;
@@ -49,6 +50,12 @@ pub enum GatewayError {
     /// being reopened): a device would be served stale states.
     #[error("this node is not caught up with the bus; retry with backoff")]
     NotReady,
+    #[error("this device already holds {limit} connections to this node; close one or retry later")]
+    DeviceAtLimit {
+        limit: u32,
+        /// When a connection of this device that silently vanished is closed at the latest.
+        retry_after_s: u64,
+    },
 }
 
 impl GatewayError {
@@ -57,6 +64,7 @@ impl GatewayError {
             Self::Unauthorized(_) => ApiErrorCode::Unauthorized,
             Self::NotUpgradable(_) => ApiErrorCode::InvalidRequest,
             Self::AtCapacity | Self::Draining | Self::NotReady => ApiErrorCode::Unavailable,
+            Self::DeviceAtLimit { .. } => ApiErrorCode::Unavailable,
         }
     }
 }
@@ -79,6 +87,9 @@ impl IntoResponse for GatewayError {
             Self::AtCapacity | Self::Draining | Self::NotReady => {
                 headers.insert("retry-after", axum::http::HeaderValue::from_static("5"));
             }
+            Self::DeviceAtLimit { retry_after_s, .. } => {
+                headers.insert("retry-after", axum::http::HeaderValue::from(retry_after_s));
+            }
             Self::NotUpgradable(_) => {}
         }
         response
@@ -99,17 +110,22 @@ pub struct Gateway {
     next_connection: AtomicU64,
     /// Sessions admitted (upgrade accepted) and not yet ended; bounded by `max_connections`.
     admitted: AtomicU64,
+    /// Live sessions per device; each bounded by `max_connections_per_device`.
+    device_sessions: device_sessions::DeviceSessions,
 }
 
-/// A reserved place for one session under `max_connections`; released when dropped, however
-/// the session ends (including a failed upgrade or a panic).
+/// A reserved place for one session under `max_connections` and under its device's
+/// `max_connections_per_device`; both are released when dropped, however the session ends
+/// (including a failed upgrade or a panic).
 #[derive(Debug)]
 pub(crate) struct SessionPermit {
     gateway: Arc<Gateway>,
+    device: device_sessions::DeviceKey,
 }
 
 impl Drop for SessionPermit {
     fn drop(&mut self) {
+        self.gateway.device_sessions.release(self.device);
         self.gateway.admitted.fetch_sub(1, Ordering::AcqRel);
         self.gateway.metrics.connections.decrement();
     }
@@ -140,6 +156,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             next_connection: AtomicU64::new(1),
             admitted: AtomicU64::new(0),
+            device_sessions: device_sessions::DeviceSessions::new(),
         })
     }
 
@@ -172,17 +189,29 @@ impl Gateway {
         }
     }
 
-    /// Reserves a session place, or `None` at `max_connections`. Atomic, so a burst of
-    /// upgrades cannot overshoot the limit.
-    pub(crate) fn try_admit(self: &Arc<Self>) -> Option<SessionPermit> {
+    /// Reserves a session place for `device`, or refuses at `max_connections` or at the
+    /// device's `max_connections_per_device`. Atomic, so a burst of upgrades cannot overshoot
+    /// either limit.
+    pub(crate) fn try_admit(self: &Arc<Self>, device: &str) -> Result<SessionPermit, GatewayError> {
         let before = self.admitted.fetch_add(1, Ordering::AcqRel);
         if before >= self.config.max_connections {
             self.admitted.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err(GatewayError::AtCapacity);
         }
+        let limit = self.config.max_connections_per_device;
+        let Some(device) = self.device_sessions.try_acquire(device, limit) else {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.device_limit_refusals.increment();
+            let silence_limit = self.config.heartbeat_interval * self.config.heartbeat_misses;
+            return Err(GatewayError::DeviceAtLimit {
+                limit,
+                retry_after_s: silence_limit.as_secs().max(1),
+            });
+        };
         self.metrics.connections.increment();
-        Some(SessionPermit {
+        Ok(SessionPermit {
             gateway: self.clone(),
+            device,
         })
     }
 

@@ -14,6 +14,8 @@ pub struct GatewayMetrics {
     pub slow_consumer_disconnects: Arc<Counter>,
     pub protocol_errors: Arc<Counter>,
     pub token_expiry_closes: Arc<Counter>,
+    pub rate_limit_closes: Arc<Counter>,
+    pub device_limit_refusals: Arc<Counter>,
 }
 
 impl GatewayMetrics {
@@ -39,6 +41,14 @@ impl GatewayMetrics {
             token_expiry_closes: registry.counter(
                 "ringside_token_expiry_closes_total",
                 "Connections closed because their device token expired.",
+            ),
+            rate_limit_closes: registry.counter(
+                "ringside_rate_limit_closes_total",
+                "Connections closed for sending frames faster than the inbound rate limit.",
+            ),
+            device_limit_refusals: registry.counter(
+                "ringside_device_limit_refusals_total",
+                "Upgrades refused because the device already held its most connections here.",
             ),
         }
     }

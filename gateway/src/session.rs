@@ -2,7 +2,10 @@
 //! holds, and keeps the connection alive or ends it.
 //!
 //! The task waits on four things at once: node drain, pending states, the next client frame and
-//! its next deadline (heartbeat, idle cut-off or token expiry). A live state that reaches an
+//! its next deadline (heartbeat, idle cut-off or token expiry). Deadlines are also checked on
+//! every turn of the loop, so that a client whose frames never let the socket run dry cannot
+//! starve them; and every client frame (pings and pongs included) is charged to the
+//! connection's inbound rate limit, so that such a client is closed instead. A live state that reaches an
 //! idle connection never wakes the task: the fan-out writes it to the socket itself. The task
 //! writes what had to wait (a catch-up state, or a state that met a full socket) as the same
 //! shared frame the hub encoded, and flushes once.
@@ -42,8 +45,8 @@ enum Ending {
     Gone,
     /// A bad client frame: error frame, then close.
     BadFrame { code: ErrorCode, message: String },
-    /// The peer broke the WebSocket protocol itself: close 1002.
-    ProtocolViolation,
+    /// The peer broke the WebSocket protocol itself: error frame, then close 1002.
+    ProtocolViolation(String),
     /// A server-initiated close: goaway, then close.
     GoAway {
         reason: GoawayReason,
@@ -74,6 +77,10 @@ struct Session {
     topicless_since: Option<Instant>,
     next_ping: Instant,
     token_expires_at: Instant,
+    /// The inbound rate limit's theoretical arrival time (GCRA): the moment at which the
+    /// connection's frame budget would be full again if it sent nothing more. One instant
+    /// instead of a token count and a refill time keeps the session small.
+    inbound_budget_at: Instant,
     /// Reused buffer for states taken from the mailbox.
     outbound: Vec<Delivery>,
 }
@@ -107,6 +114,7 @@ pub(crate) async fn run(
         token_expires_at: now
             .checked_add(token_lifetime)
             .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+        inbound_budget_at: now,
         outbound: Vec::new(),
         gateway,
         _permit: permit,
@@ -136,6 +144,14 @@ impl Session {
         tokio::pin!(timer);
         loop {
             let deadline = self.next_deadline();
+            // A client that always has a frame ready must not outrun its deadlines: every turn
+            // checks the clock itself instead of relying on the timer's wake-up alone.
+            if Instant::now() >= deadline {
+                if let Err(ending) = Box::pin(self.on_deadline(socket)).await {
+                    return ending;
+                }
+                continue;
+            }
             if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);
             }
@@ -149,22 +165,50 @@ impl Session {
                         return ending;
                     }
                 }
+                // Before the socket: a client that streams the fragments of a message that never
+                // completes keeps `socket.next()` busy without ever returning to the top of the
+                // loop, so the timer must win whenever both are ready.
+                () = &mut timer => {
+                    if let Err(ending) = Box::pin(self.on_deadline(socket)).await {
+                        return ending;
+                    }
+                }
                 inbound = socket.next() => {
                     let Some(inbound) = inbound else { return Ending::Gone };
-                    self.last_inbound = Instant::now();
+                    let now = Instant::now();
+                    if let Err(ending) = self.charge_inbound(now) {
+                        return ending;
+                    }
+                    self.last_inbound = now;
                     // Client frames and timers are rare next to state writes: their futures
                     // live on the heap while they run, keeping every idle session small.
                     if let Err(ending) = Box::pin(self.handle_inbound(socket, inbound)).await {
                         return ending;
                     }
                 }
-                () = &mut timer => {
-                    if let Err(ending) = Box::pin(self.on_deadline(socket)).await {
-                        return ending;
-                    }
-                }
             }
         }
+    }
+
+    /// Charges one inbound frame to the connection's rate limit: a budget of
+    /// `inbound_frame_burst` frames that refills at `inbound_frames_per_s` (a token bucket,
+    /// kept as GCRA). Over it, the connection is closed with `rate_limited`.
+    fn charge_inbound(&mut self, now: Instant) -> Result<(), Ending> {
+        let config = &self.gateway.config;
+        let interval = Duration::from_secs(1) / config.inbound_frames_per_s;
+        let charged = self.inbound_budget_at.max(now) + interval;
+        if charged.duration_since(now) > interval * config.inbound_frame_burst {
+            self.gateway.metrics.rate_limit_closes.increment();
+            return Err(Ending::bad_frame(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} frames per second (bursts of {}); slow down",
+                    config.inbound_frames_per_s, config.inbound_frame_burst
+                ),
+            ));
+        }
+        self.inbound_budget_at = charged;
+        Ok(())
     }
 
     fn idle_deadline(&self) -> Option<Instant> {
@@ -243,7 +287,8 @@ impl Session {
             }
             Err(WsError::Protocol(error)) => {
                 tracing::debug!(connection = self.connection, %error, "WebSocket protocol violation");
-                return Err(Ending::ProtocolViolation);
+                // Tungstenite's description names the rule the peer broke, nothing internal.
+                return Err(Ending::ProtocolViolation(error.to_string()));
             }
             Err(error) => {
                 tracing::debug!(connection = self.connection, %error, "socket error");
@@ -267,25 +312,31 @@ impl Session {
     async fn subscribe(
         &mut self,
         socket: &mut Socket,
-        mut requested: Vec<SubscribeTopic>,
+        requested: Vec<SubscribeTopic>,
     ) -> Result<(), Ending> {
-        let mut seen = Vec::with_capacity(requested.len());
-        requested.retain(|entry| {
-            let first = !seen.contains(&entry.topic);
-            seen.push(entry.topic.clone());
-            first
-        });
-        let new_topics = requested
-            .iter()
-            .filter(|r| !self.topics.contains(&r.topic))
-            .count();
+        // Repeated topics count once. The limit is checked entry by entry, so that the list
+        // kept (and compared against) never exceeds it: a frame of thousands of topics costs a
+        // few comparisons per entry, not one against every other entry (seconds of a worker
+        // thread for a 1 MiB frame).
         let limit = self.gateway.config.max_topics_per_connection;
-        if self.topics.len() + new_topics > limit {
-            return Err(Ending::bad_frame(
-                ErrorCode::TooManyTopics,
-                format!("a connection may hold at most {limit} topics"),
-            ));
+        let mut unique: Vec<SubscribeTopic> = Vec::new();
+        let mut new_topics = 0;
+        for entry in requested {
+            if unique.iter().any(|kept| kept.topic == entry.topic) {
+                continue;
+            }
+            if !self.topics.contains(&entry.topic) {
+                new_topics += 1;
+                if self.topics.len() + new_topics > limit {
+                    return Err(Ending::bad_frame(
+                        ErrorCode::TooManyTopics,
+                        format!("a connection may hold at most {limit} topics"),
+                    ));
+                }
+            }
+            unique.push(entry);
         }
+        let requested = unique;
         // Open the mailbox slots first: the hub offers the current state into them, so the
         // states follow the `subscribed` answer on the next turn of the loop.
         let mut answered = Vec::with_capacity(requested.len());
@@ -381,7 +432,12 @@ impl Session {
                 tracing::debug!(connection = self.connection, "slow consumer disconnected");
                 return;
             }
-            Ending::ProtocolViolation => (None, (CloseCode::PROTOCOL_ERROR, "protocol error")),
+            Ending::ProtocolViolation(message) => {
+                metrics.protocol_errors.increment();
+                let code = ErrorCode::ProtocolViolation;
+                let close = (code.close_code(), code.as_str());
+                (Some(ServerFrame::Error { code, message }), close)
+            }
             Ending::BadFrame { code, message } => {
                 metrics.protocol_errors.increment();
                 let close = (code.close_code(), code.as_str());

@@ -2,7 +2,8 @@
 //!
 //! Everything that can refuse a connection runs before the `101 Switching Protocols`: a device
 //! with a missing, malformed, badly signed or expired token gets `401` and a JSON error, a node
-//! at capacity, draining or not caught up with the bus gets `503` with `Retry-After`.
+//! at capacity, draining or not caught up with the bus, or a device that already holds its most
+//! connections here, gets `503` with `Retry-After`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -106,7 +107,8 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
         .max_message_size(Some(gateway.config.max_frame_bytes))
         .max_frame_size(Some(gateway.config.max_frame_bytes));
     let backlog_limit = gateway.config.max_frame_bytes.max(64 * 1024);
-    let permit = gateway.try_admit().ok_or(GatewayError::AtCapacity)?;
+    let permit = gateway.try_admit(&claims.sub)?;
+    let send_buffer_bytes = gateway.config.send_buffer_bytes;
     gateway.sessions.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -119,6 +121,7 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
             Ok(parts) => (parts.io.into_inner(), parts.read_buf.to_vec()),
             Err(_) => return tracing::error!("upgraded connection is not a TCP socket; closed"),
         };
+        limit_send_buffer(&stream, send_buffer_bytes);
         let (socket, mailbox) = DeviceSocket::new(stream, backlog_limit);
         let socket =
             WebSocketStream::from_partially_read(socket, early_frames, Role::Server, Some(config))
@@ -136,4 +139,18 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
             .unwrap_or_else(|_| unreachable!("base64 is a valid header")),
     );
     Ok(response)
+}
+
+/// Caps the kernel's send buffer of a device socket (0 keeps autotuning). Conflation starts
+/// only once the socket refuses a write: with an autotuned buffer of megabytes, a device that
+/// stops reading would first be sent megabytes of states that are superseded by the time it
+/// reads them, and every stalled socket would pin that much kernel memory.
+fn limit_send_buffer(stream: &TcpStream, bytes: usize) {
+    if bytes == 0 {
+        return;
+    }
+    if let Err(error) = socket2::SockRef::from(stream).set_send_buffer_size(bytes) {
+        // Not fatal: the connection works as before, with the kernel's buffer.
+        tracing::debug!(%error, "cannot set SO_SNDBUF");
+    }
 }

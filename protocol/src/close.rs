@@ -23,6 +23,10 @@ impl CloseCode {
     pub const INTERNAL_ERROR: Self = Self(1011);
     /// The server is overloaded; reconnect later.
     pub const TRY_AGAIN_LATER: Self = Self(1013);
+    /// The client sent frames faster than its per-connection rate allows. An application code
+    /// (RFC 6455 reserves 4000-4999 for them) of its own, so that a client can tell "slow down"
+    /// from every other policy close without parsing the reason; 4029 echoes HTTP 429.
+    pub const RATE_LIMITED: Self = Self(4029);
 }
 
 /// Error codes of `{"type":"error"}` frames. Stable: clients may match on them.
@@ -44,6 +48,12 @@ pub enum ErrorCode {
     /// The node holds its limit of topics that have no state yet (events not published, or
     /// made-up names); retry later. Topics with a state are never refused.
     TopicLimit,
+    /// The connection sent frames (of any kind, pings and pongs included) faster than its
+    /// inbound rate limit allows.
+    RateLimited,
+    /// The peer broke the WebSocket protocol itself (e.g. a continuation frame without a
+    /// start, a control frame that is fragmented or too long).
+    ProtocolViolation,
 }
 
 impl ErrorCode {
@@ -55,6 +65,8 @@ impl ErrorCode {
             Self::BadTopic | Self::TooManyTopics => CloseCode::POLICY_VIOLATION,
             Self::FrameTooLarge => CloseCode::MESSAGE_TOO_BIG,
             Self::TopicLimit => CloseCode::TRY_AGAIN_LATER,
+            Self::RateLimited => CloseCode::RATE_LIMITED,
+            Self::ProtocolViolation => CloseCode::PROTOCOL_ERROR,
         }
     }
 
@@ -67,6 +79,8 @@ impl ErrorCode {
             Self::FrameTooLarge => "frame_too_large",
             Self::BinaryNotSupported => "binary_not_supported",
             Self::TopicLimit => "topic_limit",
+            Self::RateLimited => "rate_limited",
+            Self::ProtocolViolation => "protocol_violation",
         }
     }
 }
