@@ -780,10 +780,10 @@ async fn one_device_holds_at_most_its_connections_and_gets_places_back_as_they_c
     }
     match DeviceConnection::connect(&server.ws_url, &token).await {
         Err(ClientError::Refused { status, body }) => {
-            assert_eq!(status, 503);
+            assert_eq!(status, 429);
             assert!(body.contains("already holds 8 connections"), "{body}");
         }
-        other => panic!("expected 503, got {other:?}"),
+        other => panic!("expected 429, got {other:?}"),
     }
     // The answer says when to retry: by then a vanished connection of the device is closed.
     let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
@@ -801,7 +801,7 @@ async fn one_device_holds_at_most_its_connections_and_gets_places_back_as_they_c
     )
     .await
     .unwrap();
-    assert_eq!(refused.status, 503);
+    assert_eq!(refused.status, 429);
     assert_eq!(refused.headers["retry-after"], "75");
     assert_eq!(
         server.metric("ringside_device_limit_refusals_total").await,

@@ -64,7 +64,7 @@ impl GatewayError {
             Self::Unauthorized(_) => ApiErrorCode::Unauthorized,
             Self::NotUpgradable(_) => ApiErrorCode::InvalidRequest,
             Self::AtCapacity | Self::Draining | Self::NotReady => ApiErrorCode::Unavailable,
-            Self::DeviceAtLimit { .. } => ApiErrorCode::Unavailable,
+            Self::DeviceAtLimit { .. } => ApiErrorCode::TooManyRequests,
         }
     }
 }

@@ -103,6 +103,8 @@ pub enum ApiErrorCode {
     RequestTimeout,
     Conflict,
     PayloadTooLarge,
+    /// This client holds or asks for more than its share (e.g. connections of one device).
+    TooManyRequests,
     Unavailable,
     Internal,
 }
@@ -117,6 +119,7 @@ impl ApiErrorCode {
             Self::RequestTimeout => 408,
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
+            Self::TooManyRequests => 429,
             Self::Unavailable => 503,
             Self::Internal => 500,
         }

@@ -336,7 +336,7 @@ fn rows() -> Vec<Row> {
         row(
             "one device opening many sockets",
             ManySockets(9),
-            Refused(503),
+            Refused(429),
         ),
     ]
 }
