@@ -1,12 +1,18 @@
 //! `POST /graphql` and `GET /graphql`.
 //!
-//! - The device token (as for WebSocket: `Authorization: Bearer` or `?token=`) is checked first:
-//!   401 without a valid one. The profile comes from the token and nowhere else.
-//! - Bodies over the limit get 413. Everything else answers 200 with GraphQL errors, each with a
-//!   stable `extensions.code`.
+//! - The device token (as for WebSocket: `Authorization: Bearer` or `?token=`) is checked first,
+//!   before the body is read: 401 without a valid one, so that clients without a token cannot
+//!   hold connections open by trickling bodies. The profile comes from the token and nowhere
+//!   else.
+//! - A `POST` body must be JSON (no `Content-Type`, or `application/json`): 415 otherwise. One
+//!   request per body; batches (a JSON array) are refused.
+//! - Bodies (and `GET` query text) over the limit get 413. Everything else answers 200 with
+//!   GraphQL errors, each with a stable `extensions.code`.
+//! - Every query text goes through [`limits::parse_and_check`] before it executes, and executes
+//!   within [`PrefetchConfig::execution_timeout`](crate::PrefetchConfig::execution_timeout).
 //! - Automatic persisted queries: a client sends `extensions.persistedQuery.sha256Hash`; with the
-//!   query text the first time (the hash is checked and the text remembered), with the hash alone
-//!   afterwards. `GET` requests with a hash are cacheable: `Cache-Control: private, max-age=…`
+//!   query text the first time (the hash is checked, and the text remembered once it parsed,
+//!   passed the limits and validated), with the hash alone afterwards. `GET` requests with a hash are cacheable: `Cache-Control: private, max-age=…`
 //!   (per device, never in shared caches) with `Vary: Authorization`.
 //! - Every response carries `extensions.cacheHint`: the device-cache TTL (jittered) and the
 //!   event versions the data was built for.
@@ -18,8 +24,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use async_graphql::{ServerError, Variables};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -120,16 +125,34 @@ fn unauthenticated(error: auth::TokenError) -> Response {
     )
 }
 
-async fn post_graphql(
-    State(service): State<Arc<PrefetchService>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let profile = match authenticate(&service, &headers, None) {
+/// No `Content-Type` (many device HTTP stacks send none), or `application/json` with any
+/// parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let media_type = value.split(';').next().unwrap_or_default().trim();
+    media_type.eq_ignore_ascii_case("application/json")
+}
+
+async fn post_graphql(State(service): State<Arc<PrefetchService>>, request: Request) -> Response {
+    // The token and the content type come from the head; the body is read only after both
+    // pass (a `Bytes` extractor would read it first).
+    let profile = match authenticate(&service, request.headers(), None) {
         Ok(profile) => profile,
         Err(error) => return unauthenticated(error),
     };
-    let body = match body {
+    if !is_json(request.headers()) {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "send the request as JSON: Content-Type: application/json",
+        );
+    }
+    let body = match Bytes::from_request(request, &()).await {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             let message = format!(
@@ -146,6 +169,19 @@ async fn post_graphql(
             );
         }
     };
+    // Before serde_json builds values: `variables` nested past the limit are refused with the
+    // limit's own code (the outermost object is the request itself).
+    let limits = &service.config.limits;
+    if limits::json_nesting(&body) > limits.max_nesting + 1 {
+        return prefetch_error_response(&PrefetchError::NestedTooDeeply {
+            max: limits.max_nesting,
+        });
+    }
+    if body.trim_ascii_start().starts_with(b"[") {
+        return prefetch_error_response(&PrefetchError::BadRequest(
+            "batched requests are not supported: send one request per POST".into(),
+        ));
+    }
     match serde_json::from_slice::<WireRequest>(&body) {
         Ok(request) => execute(&service, profile, request, Method::Post).await,
         Err(error) => prefetch_error_response(&PrefetchError::BadRequest(format!(
@@ -174,9 +210,31 @@ async fn get_graphql(
         Ok(profile) => profile,
         Err(error) => return unauthenticated(error),
     };
+    // The URI is bounded only by the HTTP layer's head limit, far above a body's: hold a GET's
+    // request to what a POST body may carry.
+    let request_bytes: usize = ["query", "variables", "extensions", "operationName"]
+        .iter()
+        .filter_map(|name| params.get(*name))
+        .map(String::len)
+        .sum();
+    if request_bytes > service.config.body_limit_bytes {
+        let message = format!(
+            "query, variables and extensions exceed {} bytes",
+            service.config.body_limit_bytes
+        );
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", &message);
+    }
+    let limits = &service.config.limits;
     let parse_json = |name: &str| -> Result<Option<serde_json::Value>, PrefetchError> {
-        params
-            .get(name)
+        let Some(text) = params.get(name) else {
+            return Ok(None);
+        };
+        if limits::json_nesting(text.as_bytes()) > limits.max_nesting {
+            return Err(PrefetchError::NestedTooDeeply {
+                max: limits.max_nesting,
+            });
+        }
+        Some(text)
             .map(|text| serde_json::from_str(text))
             .transpose()
             .map_err(|error| {
@@ -212,26 +270,26 @@ fn sha256_hex(text: &str) -> String {
         .collect()
 }
 
-/// The query text, resolving automatic persisted queries.
-fn query_text(service: &PrefetchService, request: &WireRequest) -> Result<Arc<str>, PrefetchError> {
+/// The query text, resolving automatic persisted queries, and the hash to remember it under
+/// once it has proved valid (only for a text sent with its hash).
+fn query_text(
+    service: &PrefetchService,
+    request: &WireRequest,
+) -> Result<(Arc<str>, Option<String>), PrefetchError> {
     match (&request.query, &request.extensions.persisted_query) {
         (Some(query), Some(persisted)) => {
-            if persisted.version != 1
-                || sha256_hex(query) != persisted.sha256_hash.to_ascii_lowercase()
-            {
+            let hash = persisted.sha256_hash.to_ascii_lowercase();
+            if persisted.version != 1 || sha256_hex(query) != hash {
                 return Err(PrefetchError::PersistedQueryMismatch);
             }
-            let query: Arc<str> = Arc::from(query.as_str());
-            service
-                .persisted
-                .insert(persisted.sha256_hash.to_ascii_lowercase(), query.clone());
-            Ok(query)
+            Ok((Arc::from(query.as_str()), Some(hash)))
         }
         (None, Some(persisted)) => service
             .persisted
             .get(&persisted.sha256_hash.to_ascii_lowercase())
+            .map(|query| (query, None))
             .ok_or(PrefetchError::PersistedQueryNotFound),
-        (Some(query), None) => Ok(Arc::from(query.as_str())),
+        (Some(query), None) => Ok((Arc::from(query.as_str()), None)),
         (None, None) => Err(PrefetchError::BadRequest(
             "expected a query or a persisted query hash".into(),
         )),
@@ -257,26 +315,20 @@ async fn run(
     request: WireRequest,
     method: Method,
 ) -> Response {
-    let query = match query_text(service, &request) {
+    let (query, register_as) = match query_text(service, &request) {
         Ok(query) => query,
         Err(error) => {
             service.metrics.request_errors.increment();
             return prefetch_error_response(&error);
         }
     };
-    let document = match async_graphql::parser::parse_query(&*query) {
+    let document = match limits::parse_and_check(&query, &service.config.limits) {
         Ok(document) => document,
         Err(error) => {
             service.metrics.request_errors.increment();
-            // The parser's message can quote the query: keep the answer short.
-            let message: String = error.to_string().chars().take(300).collect();
-            return error_response(StatusCode::OK, "GRAPHQL_PARSE_FAILED", &message);
+            return prefetch_error_response(&error);
         }
     };
-    if let Err(error) = limits::check(&document, service.config.limits) {
-        service.metrics.request_errors.increment();
-        return prefetch_error_response(&error);
-    }
     let ttl = service.config.jittered_device_ttl();
     let hints = Arc::new(Mutex::new(ResponseHints::default()));
     let scope = RequestScope {
@@ -293,7 +345,19 @@ async fn run(
     if let Some(variables) = request.variables {
         graphql = graphql.variables(Variables::from_json(variables));
     }
-    let mut response = service.schema.execute(graphql).await;
+    let timeout = service.config.execution_timeout;
+    let Ok(mut response) = tokio::time::timeout(timeout, service.schema.execute(graphql)).await
+    else {
+        service.metrics.request_errors.increment();
+        return prefetch_error_response(&PrefetchError::Timeout {
+            ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        });
+    };
+    // Errors without a path are the request's own (validation); resolver errors have one.
+    let validated = response.errors.iter().all(|error| !error.path.is_empty());
+    if let (Some(hash), true) = (register_as, validated) {
+        service.persisted.insert(hash, query.clone());
+    }
     for error in &mut response.errors {
         give_code(error);
     }

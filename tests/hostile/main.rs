@@ -7,6 +7,7 @@
 //! - [`graphql`]: prefetch GraphQL requests.
 //! - [`http`]: the admin API and the HTTP layer under every endpoint.
 #![allow(clippy::unwrap_used)]
+#![allow(missing_debug_implementations)] // test harness types, never logged
 
 #[path = "../support/mod.rs"]
 mod support;
