@@ -185,6 +185,12 @@ struct PrefetchArgs {
     graphql_max_visits: Option<usize>,
     #[arg(
         long,
+        env = "RINGSIDE_GRAPHQL_MAX_LIST_ITEMS",
+        help = "Longest list in GraphQL arguments or variables [default: 16]"
+    )]
+    graphql_max_list_items: Option<usize>,
+    #[arg(
+        long,
         env = "RINGSIDE_GRAPHQL_BODY_LIMIT_BYTES",
         help = "Largest GraphQL request body or GET query [default: 65536]"
     )]
@@ -258,6 +264,9 @@ impl PrefetchArgs {
                 max_visits: self
                     .graphql_max_visits
                     .unwrap_or(defaults.limits.max_visits),
+                max_list_items: self
+                    .graphql_max_list_items
+                    .unwrap_or(defaults.limits.max_list_items),
             },
             body_limit_bytes: self
                 .graphql_body_limit_bytes

@@ -881,3 +881,42 @@ async fn payloads_are_refused_past_the_depth_limit_and_served_whole_at_it() {
     );
     server.stop().await;
 }
+
+/// The execution deadline fires even while resolvers never wait (every page cached): a large
+/// query yields to the runtime as it goes, and past the deadline it is answered `TIMEOUT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_its_execution_deadline_is_answered_timeout() {
+    let server = TestServer::start_with_prefetch(|setup| {
+        setup.config.execution_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let device = token("p000045");
+    // Warm every page this profile will read, so that nothing below waits on a load.
+    let warm = json!({ "query": "{ prefetch { events { byStage { home { rows { cards { id } } } } } } }" });
+    let mut warmed = false;
+    for _ in 0..10 {
+        let (_, body) = server.graphql(&device, warm.clone()).await;
+        if body.get("errors").is_none() {
+            warmed = true;
+            break;
+        }
+    }
+    assert!(warmed, "a small query finishes within the deadline");
+    // About a second of work in this build (30 aliased artwork lists per card).
+    let artwork: String = (0..30)
+        .map(|i| format!("a{i}: artwork {{ size url width height }} "))
+        .collect();
+    let query = format!(
+        "{{ prefetch {{ events {{ byStage {{ home {{ rows {{ cards {{ id title {artwork} }} }} }} }} }} }} }}"
+    );
+    let (response, body) = server.graphql(&device, json!({ "query": query })).await;
+    assert_eq!(response.status, 200);
+    let text = body.to_string();
+    assert_eq!(
+        error_code(&body),
+        "TIMEOUT",
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    server.stop().await;
+}

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument};
 use async_graphql::{ServerError, Variables};
 use axum::Router;
 use axum::body::Bytes;
@@ -322,13 +323,24 @@ async fn run(
             return prefetch_error_response(&error);
         }
     };
-    let document = match limits::parse_and_check(&query, &service.config.limits) {
-        Ok(document) => document,
-        Err(error) => {
-            service.metrics.request_errors.increment();
-            return prefetch_error_response(&error);
-        }
-    };
+    let document =
+        match limits::parse_and_check(&query, &service.config.limits).and_then(|document| {
+            check_required_variables(
+                &document,
+                request.operation_name.as_deref(),
+                request.variables.as_ref(),
+            )?;
+            if let Some(variables) = &request.variables {
+                limits::check_variables(variables, &service.config.limits)?;
+            }
+            Ok(document)
+        }) {
+            Ok(document) => document,
+            Err(error) => {
+                service.metrics.request_errors.increment();
+                return prefetch_error_response(&error);
+            }
+        };
     let ttl = service.config.jittered_device_ttl();
     let hints = Arc::new(Mutex::new(ResponseHints::default()));
     let scope = RequestScope {
@@ -390,6 +402,41 @@ async fn run(
         headers.insert(header::VARY, HeaderValue::from_static("Authorization"));
     }
     http
+}
+
+/// Refuses a request that leaves a non-null variable of its operation without a value. The
+/// executor would report it as a resolver error (with a path, so as `INTERNAL`); it is the
+/// client's mistake and gets the validation code. An operation that does not exist is left to
+/// validation.
+fn check_required_variables(
+    document: &ExecutableDocument,
+    operation_name: Option<&str>,
+    variables: Option<&serde_json::Value>,
+) -> Result<(), PrefetchError> {
+    let operation = match (&document.operations, operation_name) {
+        (DocumentOperations::Single(operation), _) => operation,
+        (DocumentOperations::Multiple(operations), Some(name)) => match operations.get(name) {
+            Some(operation) => operation,
+            None => return Ok(()),
+        },
+        (DocumentOperations::Multiple(operations), None) => match operations.values().next() {
+            Some(operation) if operations.len() == 1 => operation,
+            _ => return Ok(()),
+        },
+    };
+    for definition in &operation.node.variable_definitions {
+        let definition = &definition.node;
+        if definition.var_type.node.nullable || definition.default_value.is_some() {
+            continue;
+        }
+        let name = definition.name.node.as_str();
+        let value = variables.and_then(|variables| variables.get(name));
+        if value.is_none_or(serde_json::Value::is_null) {
+            let name: String = name.chars().take(64).collect();
+            return Err(PrefetchError::MissingVariable(name));
+        }
+    }
+    Ok(())
 }
 
 /// Errors from parsing, validation or the executor carry no code; give them one.

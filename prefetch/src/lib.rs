@@ -54,8 +54,12 @@ pub enum PrefetchError {
     TooComplex { max: usize },
     #[error("query uses too many aliases: at most {max}")]
     TooManyAliases { max: usize },
+    #[error("a list in the arguments or variables has more than {max} items")]
+    ListTooLong { max: usize },
     #[error("unknown fragment {0}")]
     UnknownFragment(String),
+    #[error("variable ${0} is required: it is non-null and has no default")]
+    MissingVariable(String),
     #[error("{0}")]
     ParseFailed(String),
     #[error("query did not finish within {ms} ms")]
@@ -78,9 +82,9 @@ impl PrefetchError {
             Self::UnknownEvent(_) => "UNKNOWN_EVENT",
             Self::UnknownStage { .. } => "UNKNOWN_STAGE",
             Self::TooDeep { .. } | Self::NestedTooDeeply { .. } => "QUERY_TOO_DEEP",
-            Self::TooComplex { .. } => "QUERY_TOO_COMPLEX",
+            Self::TooComplex { .. } | Self::ListTooLong { .. } => "QUERY_TOO_COMPLEX",
             Self::TooManyAliases { .. } => "TOO_MANY_ALIASES",
-            Self::UnknownFragment(_) => "GRAPHQL_VALIDATION_FAILED",
+            Self::UnknownFragment(_) | Self::MissingVariable(_) => "GRAPHQL_VALIDATION_FAILED",
             Self::ParseFailed(_) => "GRAPHQL_PARSE_FAILED",
             Self::Timeout { .. } => "TIMEOUT",
             Self::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",

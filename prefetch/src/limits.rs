@@ -19,7 +19,9 @@
 
 use std::collections::HashMap;
 
-use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+use async_graphql::parser::Positioned;
+use async_graphql::parser::types::{Directive, ExecutableDocument, Selection, SelectionSet};
+use async_graphql::{Name, Value};
 
 use crate::PrefetchError;
 
@@ -46,6 +48,11 @@ pub struct QueryLimits {
     /// [`Self::max_fields`] never needs more than `max_fields` visits; the rest is room for
     /// documents that carry several operations. Bounds the checker's work on any text.
     pub max_visits: usize,
+    /// Longest list value in arguments, directives, variable defaults and `variables`.
+    /// Default 16: the schema's only list argument (`artwork(sizes:)`) has 4 meaningful
+    /// values, and the executor parses an argument again for every item of every list it is
+    /// under, so one long list costs its length times every card.
+    pub max_list_items: usize,
 }
 
 impl Default for QueryLimits {
@@ -56,6 +63,7 @@ impl Default for QueryLimits {
             max_aliases: 30,
             max_nesting: 32,
             max_visits: 2_400,
+            max_list_items: 16,
         }
     }
 }
@@ -86,6 +94,9 @@ impl QueryLimits {
         }
         if self.max_depth > self.max_nesting {
             return fail("max_depth", "must be at most max_nesting");
+        }
+        if self.max_list_items == 0 || self.max_list_items > 10_000 {
+            return fail("max_list_items", "must be between 1 and 10,000");
         }
         if self.max_visits < self.max_fields {
             return fail("max_visits", "must be at least max_fields");
@@ -193,6 +204,70 @@ fn skip_quoted(bytes: &[u8], mut at: usize) -> usize {
     at
 }
 
+/// Refuses any list in `value` longer than `max`. Recursion is bounded by the nesting scan
+/// that ran first.
+fn check_const_lists(value: &Value, max: usize) -> Result<(), PrefetchError> {
+    match value {
+        Value::List(items) => {
+            if items.len() > max {
+                return Err(PrefetchError::ListTooLong { max });
+            }
+            items
+                .iter()
+                .try_for_each(|item| check_const_lists(item, max))
+        }
+        Value::Object(fields) => fields
+            .values()
+            .try_for_each(|field| check_const_lists(field, max)),
+        _ => Ok(()),
+    }
+}
+
+/// Arguments may hold variables; their structure is what counts, so each variable stands in
+/// as `null` (variables' own values are checked by [`check_variables`]).
+fn check_arguments<V>(
+    arguments: &[(Positioned<Name>, Positioned<V>)],
+    max: usize,
+    to_const: impl Fn(&V) -> Value,
+) -> Result<(), PrefetchError> {
+    arguments
+        .iter()
+        .try_for_each(|(_, value)| check_const_lists(&to_const(&value.node), max))
+}
+
+fn check_directives(directives: &[Positioned<Directive>], max: usize) -> Result<(), PrefetchError> {
+    directives.iter().try_for_each(|directive| {
+        check_arguments(&directive.node.arguments, max, |value| {
+            let constant: Result<Value, std::convert::Infallible> =
+                value.clone().into_const_with(|_| Ok(Value::Null));
+            constant.unwrap_or(Value::Null)
+        })
+    })
+}
+
+/// Refuses `variables` (JSON, already within the nesting limit) holding a list longer than
+/// [`QueryLimits::max_list_items`].
+pub fn check_variables(
+    variables: &serde_json::Value,
+    limits: &QueryLimits,
+) -> Result<(), PrefetchError> {
+    let max = limits.max_list_items;
+    match variables {
+        serde_json::Value::Array(items) => {
+            if items.len() > max {
+                return Err(PrefetchError::ListTooLong { max });
+            }
+            items
+                .iter()
+                .try_for_each(|item| check_variables(item, limits))
+        }
+        serde_json::Value::Object(fields) => fields
+            .values()
+            .try_for_each(|field| check_variables(field, limits)),
+        _ => Ok(()),
+    }
+}
+
 /// A selection set's cost, independent of where it appears.
 #[derive(Debug, Clone, Copy, Default)]
 struct SetCost {
@@ -275,6 +350,13 @@ impl<'a> Walk<'a> {
             match &selection.node {
                 Selection::Field(field) => {
                     let field = &field.node;
+                    let max = self.limits.max_list_items;
+                    check_arguments(&field.arguments, max, |value| {
+                        let constant: Result<Value, std::convert::Infallible> =
+                            value.clone().into_const_with(|_| Ok(Value::Null));
+                        constant.unwrap_or(Value::Null)
+                    })?;
+                    check_directives(&field.directives, max)?;
                     if field.alias.is_some() {
                         cost.aliases = cost.aliases.saturating_add(1);
                     }
@@ -286,11 +368,13 @@ impl<'a> Walk<'a> {
                     }
                 }
                 Selection::InlineFragment(fragment) => {
+                    check_directives(&fragment.node.directives, self.limits.max_list_items)?;
                     let inner =
                         self.selection_set(&fragment.node.selection_set.node, nesting + 1)?;
                     cost.add(inner);
                 }
                 Selection::FragmentSpread(spread) => {
+                    check_directives(&spread.node.directives, self.limits.max_list_items)?;
                     let inner = self.fragment(spread.node.fragment_name.node.as_str(), nesting)?;
                     cost.add(inner);
                 }
@@ -337,6 +421,14 @@ pub fn cost(
     };
     let mut worst = QueryCost::default();
     for (_name, operation) in document.operations.iter() {
+        let max = limits.max_list_items;
+        check_directives(&operation.node.directives, max)?;
+        for definition in &operation.node.variable_definitions {
+            if let Some(default) = &definition.node.default_value {
+                check_const_lists(&default.node, max)?;
+            }
+            check_directives(&definition.node.directives, max)?;
+        }
         let cost = walk.selection_set(&operation.node.selection_set.node, 1)?;
         worst.selections = worst.selections.max(cost.selections);
         worst.aliases = worst.aliases.max(cost.aliases);
@@ -361,6 +453,7 @@ mod tests {
         max_aliases: 2,
         max_nesting: 8,
         max_visits: 40,
+        max_list_items: 3,
     };
 
     fn check_text(query: &str) -> Result<(), PrefetchError> {
@@ -506,6 +599,29 @@ mod tests {
         assert!(matches!(
             check_text(&text),
             Err(PrefetchError::NestedTooDeeply { .. })
+        ));
+    }
+
+    #[test]
+    fn long_lists_are_refused_wherever_they_are() {
+        assert!(check_text("{ a(x: [1, 2, 3]) }").is_ok());
+        for text in [
+            "{ a(x: [1, 2, 3, 4]) }",
+            "{ a(x: { y: [[1, 2, 3, 4]] }) }",
+            "{ a(x: [$v, $v, $v, $v]) }",
+            "{ a @d(x: [1, 2, 3, 4]) }",
+            "query($v: [Int] = [1, 2, 3, 4]) { a }",
+            "{ ...F } fragment F on T { a(x: [1, 2, 3, 4]) }",
+        ] {
+            assert!(
+                matches!(check_text(text), Err(PrefetchError::ListTooLong { max: 3 })),
+                "{text}"
+            );
+        }
+        let variables = serde_json::json!({ "v": [[1, 2, 3, 4]] });
+        assert!(matches!(
+            check_variables(&variables, &SMALL),
+            Err(PrefetchError::ListTooLong { max: 3 })
         ));
     }
 
