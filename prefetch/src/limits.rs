@@ -413,12 +413,27 @@ pub fn cost(
     document: &ExecutableDocument,
     limits: &QueryLimits,
 ) -> Result<QueryCost, PrefetchError> {
+    cost_and_visits(document, limits).0
+}
+
+/// [`cost`], and the selections the walk visited whatever its outcome (for tests that bound
+/// the checker's own work).
+pub fn cost_and_visits(
+    document: &ExecutableDocument,
+    limits: &QueryLimits,
+) -> (Result<QueryCost, PrefetchError>, usize) {
     let mut walk = Walk {
         document,
         limits,
         fragments: HashMap::new(),
         visits: 0,
     };
+    let result = walk_operations(&mut walk);
+    (result, walk.visits)
+}
+
+fn walk_operations(walk: &mut Walk<'_>) -> Result<QueryCost, PrefetchError> {
+    let (document, limits) = (walk.document, walk.limits);
     let mut worst = QueryCost::default();
     for (_name, operation) in document.operations.iter() {
         let max = limits.max_list_items;
