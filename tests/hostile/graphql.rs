@@ -440,38 +440,56 @@ async fn every_hostile_graphql_request_gets_its_documented_answer() {
     server.stop().await;
 }
 
-/// The most expensive request the limits accept, as far as we know: 30 aliases at the
-/// innermost list (each multiplied by every event, stage, row and card), every card field, and
-/// the longest artwork size list allowed, parsed again for every card. (With a list as long as
-/// the body allows, 3,500 items, one such request ran for a minute before lists were bounded.)
-fn worst_accepted_request() -> Value {
-    let artwork: String = (0..30)
-        .map(|i| format!("a{i}: artwork(sizes: $sizes) {{ size url width height }} "))
-        .collect();
-    let query = format!(
-        "query($sizes: [ArtworkSize!]) {{ prefetch {{ profileId events {{ id byStage {{ stage \
-         home {{ rows {{ id kind title cards {{ id title synopsis genres maturity \
-         runtimeMinutes year {artwork} }} }} }} }} }} }} }}"
-    );
+/// The most expensive requests the limits accept, as far as we know: 30 aliases at the
+/// innermost list (each multiplied by every event, stage, row and card) with every artwork
+/// (about 9 MB of response here), and the same with the longest artwork size list allowed,
+/// parsed again for every card. (With a list as long as the body allows, 3,500 items, one
+/// such request ran for a minute before lists were bounded.)
+fn worst_accepted_requests() -> [Value; 2] {
+    let query = |variables: &str, arguments: &str| {
+        let artwork: String = (0..30)
+            .map(|i| format!("a{i}: artwork{arguments} {{ size url width height }} "))
+            .collect();
+        format!(
+            "query{variables} {{ prefetch {{ profileId events {{ id byStage {{ \
+             stage home {{ rows {{ id kind title cards {{ id title synopsis genres maturity \
+             runtimeMinutes year {artwork} }} }} }} }} }} }} }}"
+        )
+    };
     let sizes = vec!["POSTER_SMALL"; prefetch::limits::QueryLimits::default().max_list_items];
-    json!({ "query": query, "variables": { "sizes": sizes } })
+    [
+        json!({ "query": query("", "") }),
+        json!({
+            "query": query("($sizes: [ArtworkSize!])", "(sizes: $sizes)"),
+            "variables": { "sizes": sizes }
+        }),
+    ]
 }
 
-/// Any request that passes the limits completes within a documented budget (a generous 10 s
-/// here, on a shared debug build; it catches a pathology, not a regression), and the node
-/// keeps answering `/healthz` and the bystander while several of the worst run at once.
+/// A bound that only catches a pathology; see the test below.
+const WORST_REQUEST_BOUND: Duration = Duration::from_secs(30);
+
+/// Several of the worst requests at once: two of each.
+const CONCURRENT_WORST_REQUESTS: usize = 4;
+
+/// Any request that passes the limits completes within a documented budget: alone, the worst
+/// takes about 2.5 s of a loaded core in this debug build, four at once on two cores about
+/// 6 s each. The bound asserted is a generous 30 s that catches a pathology (the ones fixed took
+/// minutes), not a regression. The node keeps answering `/healthz` and the bystander
+/// throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worst_accepted_request_runs_within_its_budget() {
     let server = TestServer::start().await;
     let mut bystander = Bystander::join(&server, "hostile-graphql-cpu").await;
-    let request = worst_accepted_request();
-    let body = serde_json::to_vec(&request).unwrap();
-    assert!(body.len() < prefetch::PrefetchConfig::default().body_limit_bytes);
     let token = device_token("hostile-cpu", 3600);
-    let runs: Vec<_> = (0..4)
-        .map(|_| {
-            let (base, body, bearer) =
-                (server.base.clone(), body.clone(), format!("Bearer {token}"));
+    let runs: Vec<_> = worst_accepted_requests()
+        .iter()
+        .cycle()
+        .take(CONCURRENT_WORST_REQUESTS)
+        .map(|request| {
+            let body = serde_json::to_vec(request).unwrap();
+            assert!(body.len() < prefetch::PrefetchConfig::default().body_limit_bytes);
+            let (base, bearer) = (server.base.clone(), format!("Bearer {token}"));
             tokio::spawn(async move {
                 let started = Instant::now();
                 let response = client::http::call(
@@ -520,7 +538,7 @@ async fn the_worst_accepted_request_runs_within_its_budget() {
             "worst accepted request: {elapsed:?}, {} bytes",
             response.body.len()
         );
-        assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+        assert!(elapsed < WORST_REQUEST_BOUND, "took {elapsed:?}");
     }
     bystander
         .assert_unharmed(&server, "the worst accepted request")
