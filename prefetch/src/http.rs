@@ -12,8 +12,9 @@
 //!   within [`PrefetchConfig::execution_timeout`](crate::PrefetchConfig::execution_timeout).
 //! - Automatic persisted queries: a client sends `extensions.persistedQuery.sha256Hash`; with the
 //!   query text the first time (the hash is checked, and the text remembered once it parsed,
-//!   passed the limits and validated), with the hash alone afterwards. `GET` requests with a hash are cacheable: `Cache-Control: private, max-age=…`
-//!   (per device, never in shared caches) with `Vary: Authorization`.
+//!   passed the limits and validated), with the hash alone afterwards. `GET` requests with a
+//!   hash are cacheable: `Cache-Control: private, max-age=…` (per device, never in shared
+//!   caches) with `Vary: Authorization`.
 //! - Every response carries `extensions.cacheHint`: the device-cache TTL (jittered) and the
 //!   event versions the data was built for.
 
@@ -211,8 +212,8 @@ async fn get_graphql(
         Ok(profile) => profile,
         Err(error) => return unauthenticated(error),
     };
-    // The URI is bounded only by the HTTP layer's head limit, far above a body's: hold a GET's
-    // request to what a POST body may carry.
+    // hyper bounds the URI (414 past 64 KiB), not the body limit: hold a GET's request to what
+    // a POST body may carry.
     let request_bytes: usize = ["query", "variables", "extensions", "operationName"]
         .iter()
         .filter_map(|name| params.get(*name))
@@ -235,12 +236,9 @@ async fn get_graphql(
                 max: limits.max_nesting,
             });
         }
-        Some(text)
-            .map(|text| serde_json::from_str(text))
-            .transpose()
-            .map_err(|error| {
-                PrefetchError::BadRequest(format!("{name} is not valid JSON: {error}"))
-            })
+        serde_json::from_str(text).map(Some).map_err(|error| {
+            PrefetchError::BadRequest(format!("{name} is not valid JSON: {error}"))
+        })
     };
     let extensions = match parse_json("extensions").and_then(|value| {
         value

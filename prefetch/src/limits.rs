@@ -19,9 +19,9 @@
 
 use std::collections::HashMap;
 
+use async_graphql::Name;
 use async_graphql::parser::Positioned;
 use async_graphql::parser::types::{Directive, ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{Name, Value};
 
 use crate::PrefetchError;
 
@@ -204,45 +204,33 @@ fn skip_quoted(bytes: &[u8], mut at: usize) -> usize {
     at
 }
 
-/// Refuses any list in `value` longer than `max`. Recursion is bounded by the nesting scan
-/// that ran first.
-fn check_const_lists(value: &Value, max: usize) -> Result<(), PrefetchError> {
-    match value {
-        Value::List(items) => {
-            if items.len() > max {
-                return Err(PrefetchError::ListTooLong { max });
-            }
-            items
-                .iter()
-                .try_for_each(|item| check_const_lists(item, max))
-        }
-        Value::Object(fields) => fields
-            .values()
-            .try_for_each(|field| check_const_lists(field, max)),
-        _ => Ok(()),
-    }
-}
-
-/// Arguments may hold variables; their structure is what counts, so each variable stands in
-/// as `null` (variables' own values are checked by [`check_variables`]).
-fn check_arguments<V>(
+/// Refuses argument values holding a list longer than [`QueryLimits::max_list_items`]. Values
+/// are looked at as JSON (a variable stands in as its name: its own value is checked by
+/// [`check_variables`]); the nesting scan that ran first bounds their depth.
+fn check_argument_lists<V: serde::Serialize>(
     arguments: &[(Positioned<Name>, Positioned<V>)],
-    max: usize,
-    to_const: impl Fn(&V) -> Value,
+    limits: &QueryLimits,
 ) -> Result<(), PrefetchError> {
     arguments
         .iter()
-        .try_for_each(|(_, value)| check_const_lists(&to_const(&value.node), max))
+        .try_for_each(|(_, value)| check_value_lists(&value.node, limits))
 }
 
-fn check_directives(directives: &[Positioned<Directive>], max: usize) -> Result<(), PrefetchError> {
-    directives.iter().try_for_each(|directive| {
-        check_arguments(&directive.node.arguments, max, |value| {
-            let constant: Result<Value, std::convert::Infallible> =
-                value.clone().into_const_with(|_| Ok(Value::Null));
-            constant.unwrap_or(Value::Null)
-        })
-    })
+fn check_value_lists(
+    value: &impl serde::Serialize,
+    limits: &QueryLimits,
+) -> Result<(), PrefetchError> {
+    let json = serde_json::to_value(value).map_err(|_| PrefetchError::Internal)?;
+    check_variables(&json, limits)
+}
+
+fn check_directives(
+    directives: &[Positioned<Directive>],
+    limits: &QueryLimits,
+) -> Result<(), PrefetchError> {
+    directives
+        .iter()
+        .try_for_each(|directive| check_argument_lists(&directive.node.arguments, limits))
 }
 
 /// Refuses `variables` (JSON, already within the nesting limit) holding a list longer than
@@ -350,13 +338,8 @@ impl<'a> Walk<'a> {
             match &selection.node {
                 Selection::Field(field) => {
                     let field = &field.node;
-                    let max = self.limits.max_list_items;
-                    check_arguments(&field.arguments, max, |value| {
-                        let constant: Result<Value, std::convert::Infallible> =
-                            value.clone().into_const_with(|_| Ok(Value::Null));
-                        constant.unwrap_or(Value::Null)
-                    })?;
-                    check_directives(&field.directives, max)?;
+                    check_argument_lists(&field.arguments, self.limits)?;
+                    check_directives(&field.directives, self.limits)?;
                     if field.alias.is_some() {
                         cost.aliases = cost.aliases.saturating_add(1);
                     }
@@ -368,13 +351,13 @@ impl<'a> Walk<'a> {
                     }
                 }
                 Selection::InlineFragment(fragment) => {
-                    check_directives(&fragment.node.directives, self.limits.max_list_items)?;
+                    check_directives(&fragment.node.directives, self.limits)?;
                     let inner =
                         self.selection_set(&fragment.node.selection_set.node, nesting + 1)?;
                     cost.add(inner);
                 }
                 Selection::FragmentSpread(spread) => {
-                    check_directives(&spread.node.directives, self.limits.max_list_items)?;
+                    check_directives(&spread.node.directives, self.limits)?;
                     let inner = self.fragment(spread.node.fragment_name.node.as_str(), nesting)?;
                     cost.add(inner);
                 }
@@ -436,13 +419,12 @@ fn walk_operations(walk: &mut Walk<'_>) -> Result<QueryCost, PrefetchError> {
     let (document, limits) = (walk.document, walk.limits);
     let mut worst = QueryCost::default();
     for (_name, operation) in document.operations.iter() {
-        let max = limits.max_list_items;
-        check_directives(&operation.node.directives, max)?;
+        check_directives(&operation.node.directives, limits)?;
         for definition in &operation.node.variable_definitions {
             if let Some(default) = &definition.node.default_value {
-                check_const_lists(&default.node, max)?;
+                check_value_lists(&default.node, limits)?;
             }
-            check_directives(&definition.node.directives, max)?;
+            check_directives(&definition.node.directives, limits)?;
         }
         let cost = walk.selection_set(&operation.node.selection_set.node, 1)?;
         worst.selections = worst.selections.max(cost.selections);
@@ -451,11 +433,6 @@ fn walk_operations(walk: &mut Walk<'_>) -> Result<QueryCost, PrefetchError> {
     }
     worst.visits = walk.visits;
     Ok(worst)
-}
-
-/// Checks every operation of `document` against `limits`.
-pub fn check(document: &ExecutableDocument, limits: &QueryLimits) -> Result<(), PrefetchError> {
-    cost(document, limits).map(|_| ())
 }
 
 #[cfg(test)]
