@@ -207,6 +207,12 @@ struct PrefetchArgs {
         help = "Longest a GraphQL query may execute [default: 10000]"
     )]
     graphql_timeout_ms: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_GRAPHQL_MAX_RESPONSE_BYTES",
+        help = "Largest GraphQL response body [default: 4194304]"
+    )]
+    graphql_max_response_bytes: Option<usize>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -277,6 +283,9 @@ impl PrefetchArgs {
             execution_timeout: self
                 .graphql_timeout_ms
                 .map_or(defaults.execution_timeout, Duration::from_millis),
+            max_response_bytes: self
+                .graphql_max_response_bytes
+                .unwrap_or(defaults.max_response_bytes),
             graphiql: !production,
         };
         config.validate()?;

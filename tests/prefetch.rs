@@ -920,3 +920,35 @@ async fn a_query_past_its_execution_deadline_is_answered_timeout() {
     );
     server.stop().await;
 }
+
+/// Within every query limit, 30 aliased artwork lists per card make a response of about 9 MB,
+/// which a slow reader would make the node hold per connection: past the response limit the
+/// answer is `RESPONSE_TOO_LARGE` instead.
+#[tokio::test]
+async fn a_response_past_its_limit_is_refused() {
+    let server = TestServer::start().await;
+    let device = token("p000046");
+    let artwork: String = (0..30)
+        .map(|i| format!("a{i}: artwork {{ size url width height }} "))
+        .collect();
+    let query = format!(
+        "{{ prefetch {{ events {{ byStage {{ home {{ rows {{ cards {{ id title {artwork} }} }} }} }} }} }} }}"
+    );
+    let (response, body) = server.graphql(&device, json!({ "query": query })).await;
+    assert_eq!(response.status, 200);
+    let text = body.to_string();
+    assert_eq!(
+        error_code(&body),
+        "RESPONSE_TOO_LARGE",
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert!(response.body.len() < 1024, "{} bytes", response.body.len());
+    assert_eq!(response.headers["cache-control"], "no-store");
+    // The full prefetch is far below the limit.
+    let (_, body) = server
+        .graphql(&device, json!({ "query": FULL_PREFETCH }))
+        .await;
+    assert!(body.get("errors").is_none());
+    server.stop().await;
+}

@@ -387,7 +387,23 @@ async fn run(
         "cacheHint".into(),
         async_graphql::Value::from_json(hint).unwrap_or(async_graphql::Value::Null),
     );
-    let mut http = axum::Json(response).into_response();
+    let limit = service.config.max_response_bytes;
+    let mut body = BoundedBody {
+        bytes: Vec::new(),
+        limit,
+    };
+    if serde_json::to_writer(&mut body, &response).is_err() {
+        service.metrics.request_errors.increment();
+        return prefetch_error_response(&PrefetchError::ResponseTooLarge { max: limit });
+    }
+    let mut http = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.bytes,
+    )
+        .into_response();
     let headers = http.headers_mut();
     let cache_control = if failed {
         HeaderValue::from_static("no-store")
@@ -400,6 +416,27 @@ async fn run(
         headers.insert(header::VARY, HeaderValue::from_static("Authorization"));
     }
     http
+}
+
+/// A response body that refuses to grow past `limit`, so that serializing an oversized response
+/// stops there instead of building all of it.
+struct BoundedBody {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for BoundedBody {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buffer.len() > self.limit {
+            return Err(std::io::Error::other("response exceeds its limit"));
+        }
+        self.bytes.extend_from_slice(buffer);
+        Ok(buffer.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Refuses a request that leaves a non-null variable of its operation without a value. The

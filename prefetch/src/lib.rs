@@ -64,6 +64,8 @@ pub enum PrefetchError {
     ParseFailed(String),
     #[error("query did not finish within {ms} ms")]
     Timeout { ms: u64 },
+    #[error("response exceeds {max} bytes: ask for less in one request")]
+    ResponseTooLarge { max: usize },
     #[error("persisted query not found: send the query text with its hash")]
     PersistedQueryNotFound,
     #[error("persisted query hash does not match the query text")]
@@ -87,6 +89,7 @@ impl PrefetchError {
             Self::UnknownFragment(_) | Self::MissingVariable(_) => "GRAPHQL_VALIDATION_FAILED",
             Self::ParseFailed(_) => "GRAPHQL_PARSE_FAILED",
             Self::Timeout { .. } => "TIMEOUT",
+            Self::ResponseTooLarge { .. } => "RESPONSE_TOO_LARGE",
             Self::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
             Self::PersistedQueryMismatch => "PERSISTED_QUERY_HASH_MISMATCH",
             Self::BadRequest(_) => "BAD_REQUEST",

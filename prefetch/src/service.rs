@@ -42,6 +42,10 @@ pub struct PrefetchConfig {
     /// `TIMEOUT`. Default 10 s: the worst accepted query runs in well under a second; a page
     /// store that hangs is already cut shorter by the cache.
     pub execution_timeout: Duration,
+    /// Largest response body. Default 4 MiB: the full prefetch is about 120 KB; the largest
+    /// response the query limits allow is about 9 MB, and a slow reader makes the node hold
+    /// it per connection. Over it: `RESPONSE_TOO_LARGE`, and the device asks for less.
+    pub max_response_bytes: usize,
 }
 
 impl Default for PrefetchConfig {
@@ -56,6 +60,7 @@ impl Default for PrefetchConfig {
             graphiql: true,
             persisted_query_bytes: 8 * 1024 * 1024,
             execution_timeout: Duration::from_secs(10),
+            max_response_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -87,6 +92,9 @@ impl PrefetchConfig {
         }
         if self.persisted_query_bytes > 1024 * 1024 * 1024 {
             return fail("persisted_query_bytes", "must be at most 1 GiB");
+        }
+        if !(64 * 1024..=256 * 1024 * 1024).contains(&self.max_response_bytes) {
+            return fail("max_response_bytes", "must be between 64 KiB and 256 MiB");
         }
         if self.execution_timeout.is_zero() || self.execution_timeout > Duration::from_secs(300) {
             return fail("execution_timeout", "must be between 1 ms and 5 minutes");

@@ -442,7 +442,8 @@ async fn every_hostile_graphql_request_gets_its_documented_answer() {
 
 /// The most expensive requests the limits accept, as far as we know: 30 aliases at the
 /// innermost list (each multiplied by every event, stage, row and card) with every artwork
-/// (about 9 MB of response here), and the same with the longest artwork size list allowed,
+/// (about 9 MB of response here, computed in full and then refused as `RESPONSE_TOO_LARGE`),
+/// and the same with the longest artwork size list allowed,
 /// parsed again for every card. (With a list as long as the body allows, 3,500 items, one
 /// such request ran for a minute before lists were bounded.)
 fn worst_accepted_requests() -> [Value; 2] {
@@ -528,9 +529,11 @@ async fn the_worst_accepted_request_runs_within_its_budget() {
         let (elapsed, response) = run.await.unwrap();
         let answer: Value = serde_json::from_slice(&response.body).unwrap();
         assert_eq!(response.status, 200);
+        // Served whole, or (the 9 MB one) refused past the response limit once computed.
         let text = answer.to_string();
+        let code = &answer["errors"][0]["extensions"]["code"];
         assert!(
-            answer.get("errors").is_none(),
+            answer.get("errors").is_none() || code == "RESPONSE_TOO_LARGE",
             "{}",
             &text[..text.len().min(300)]
         );
