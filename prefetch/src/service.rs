@@ -396,3 +396,27 @@ impl PrefetchService {
         self.source.store.approximate_bytes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_out_of_range_bounds_do_not() {
+        assert_eq!(PrefetchConfig::default().validate(), Ok(()));
+        let broken: [fn(&mut PrefetchConfig); 7] = [
+            |c| c.limits.max_nesting = 0,
+            |c| c.limits.max_nesting = 1_000,
+            |c| c.limits.max_depth = 40,
+            |c| c.limits.max_visits = 10,
+            |c| c.limits.max_list_items = 0,
+            |c| c.execution_timeout = Duration::ZERO,
+            |c| c.max_response_bytes = 10,
+        ];
+        for breaking in broken {
+            let mut config = PrefetchConfig::default();
+            breaking(&mut config);
+            assert!(config.validate().is_err(), "{config:?}");
+        }
+    }
+}
