@@ -153,6 +153,66 @@ struct PrefetchArgs {
         help = "Prefix of artwork URLs"
     )]
     artwork_base_url: Option<String>,
+    #[arg(
+        long,
+        env = "RINGSIDE_GRAPHQL_MAX_DEPTH",
+        help = "Deepest GraphQL selection nesting [default: 12]"
+    )]
+    graphql_max_depth: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_GRAPHQL_MAX_FIELDS",
+        help = "Most GraphQL selections, fragments expanded [default: 600]"
+    )]
+    graphql_max_fields: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_GRAPHQL_MAX_ALIASES",
+        help = "Most GraphQL aliases, fragments expanded [default: 30]"
+    )]
+    graphql_max_aliases: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_GRAPHQL_MAX_NESTING",
+        help = "Deepest nesting of brackets, variables and fragments in a GraphQL request [default: 32]"
+    )]
+    graphql_max_nesting: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_GRAPHQL_MAX_VISITS",
+        help = "Selections the GraphQL limit checker visits per document [default: 2400]"
+    )]
+    graphql_max_visits: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_GRAPHQL_MAX_LIST_ITEMS",
+        help = "Longest list in GraphQL arguments or variables [default: 16]"
+    )]
+    graphql_max_list_items: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_GRAPHQL_BODY_LIMIT_BYTES",
+        help = "Largest GraphQL request body or GET query [default: 65536]"
+    )]
+    graphql_body_limit_bytes: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_PERSISTED_QUERY_BYTES",
+        help = "Bytes of persisted queries remembered per node [default: 8388608]"
+    )]
+    persisted_query_bytes: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_GRAPHQL_TIMEOUT_MS",
+        help = "Longest a GraphQL query may execute [default: 10000]"
+    )]
+    graphql_timeout_ms: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_GRAPHQL_MAX_RESPONSE_BYTES",
+        help = "Largest GraphQL response body [default: 4194304]"
+    )]
+    graphql_max_response_bytes: Option<usize>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -196,9 +256,39 @@ impl PrefetchArgs {
                 .artwork_base_url
                 .clone()
                 .unwrap_or(defaults.artwork_base_url),
+            limits: prefetch::limits::QueryLimits {
+                max_depth: self.graphql_max_depth.unwrap_or(defaults.limits.max_depth),
+                max_fields: self
+                    .graphql_max_fields
+                    .unwrap_or(defaults.limits.max_fields),
+                max_aliases: self
+                    .graphql_max_aliases
+                    .unwrap_or(defaults.limits.max_aliases),
+                max_nesting: self
+                    .graphql_max_nesting
+                    .unwrap_or(defaults.limits.max_nesting),
+                max_visits: self
+                    .graphql_max_visits
+                    .unwrap_or(defaults.limits.max_visits),
+                max_list_items: self
+                    .graphql_max_list_items
+                    .unwrap_or(defaults.limits.max_list_items),
+            },
+            body_limit_bytes: self
+                .graphql_body_limit_bytes
+                .unwrap_or(defaults.body_limit_bytes),
+            persisted_query_bytes: self
+                .persisted_query_bytes
+                .unwrap_or(defaults.persisted_query_bytes),
+            execution_timeout: self
+                .graphql_timeout_ms
+                .map_or(defaults.execution_timeout, Duration::from_millis),
+            max_response_bytes: self
+                .graphql_max_response_bytes
+                .unwrap_or(defaults.max_response_bytes),
             graphiql: !production,
-            ..defaults
         };
+        config.validate()?;
         Ok(PrefetchSetup {
             config,
             dataset: self.content.dataset(),

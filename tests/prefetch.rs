@@ -248,6 +248,7 @@ async fn bad_requests_get_stable_codes() {
             max_depth: 6,
             max_fields: 60,
             max_aliases: 3,
+            ..Default::default()
         };
     })
     .await;
@@ -608,4 +609,346 @@ async fn a_changed_event_is_served_with_its_new_content_at_once() {
         ask(r#"{ event(id: "fight-night") { stage(name: "POST_FIGHT") { stage } } }"#).await;
     assert_eq!(post_fight["data"]["event"]["stage"]["stage"], "POST_FIGHT");
     server.abort();
+}
+
+/// `{ event(id: [[[…]]]) { id } }` and friends: nesting that used to overflow the parser's
+/// stack (and abort the whole process) or answer `GRAPHQL_PARSE_FAILED`.
+#[tokio::test]
+async fn deep_nesting_anywhere_is_refused_as_too_deep() {
+    let server = TestServer::start().await;
+    let device = token("p000040");
+    let lists = |levels: usize| {
+        format!(
+            "{{ event(id: {}3{}) {{ id }} }}",
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+    };
+    let objects = format!(
+        "{{ event(id: {}1{}) {{ id }} }}",
+        "{a:".repeat(3_000),
+        "}".repeat(3_000)
+    );
+    let selections = format!("{{{}{}", " prefetch {".repeat(70), " }".repeat(71));
+    let default_value = format!(
+        "query($v: [String] = {}\"x\"{}) {{ prefetch {{ profileId }} }}",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let variables = json!({
+        "query": "query($v: [String]) { prefetch { profileId } }",
+        "variables": { "v": serde_json::from_str::<Value>(&format!("{}\"x\"{}", "[".repeat(100), "]".repeat(100))).unwrap() }
+    });
+    let cases = vec![
+        ("lists, 2,000 levels", json!({ "query": lists(2_000) })),
+        ("lists, 3,000 levels", json!({ "query": lists(3_000) })),
+        ("objects, 3,000 levels", json!({ "query": objects })),
+        ("selections, 70 levels", json!({ "query": selections })),
+        ("a variable's default", json!({ "query": default_value })),
+        ("variables, 100 levels", variables),
+    ];
+    for (name, request) in cases {
+        let (response, body) = server.graphql(&device, request).await;
+        assert_eq!(response.status, 200, "{name}");
+        assert_eq!(error_code(&body), "QUERY_TOO_DEEP", "{name}: {body}");
+    }
+    let (response, _) = server
+        .graphql(&device, json!({ "query": "{ prefetch { profileId } }" }))
+        .await;
+    assert_eq!(response.status, 200, "the node still serves");
+    server.stop().await;
+}
+
+/// `fragment Fn on Prefetch { ...Fn+1 ×width }` for n < levels: width^levels expanded spreads
+/// in about 1.5 KB. The issue's bomb is width 2, 31 levels.
+fn fragment_bomb(width: usize, levels: usize, last: &str) -> String {
+    let mut text = String::from("query{prefetch{...F0}}");
+    for n in 0..levels {
+        let spreads = format!("...F{} ", n + 1).repeat(width);
+        text.push_str(&format!(" fragment F{n} on Prefetch{{{spreads}}}"));
+    }
+    text.push_str(&format!(" fragment F{levels} on Prefetch{{{last}}}"));
+    text
+}
+
+/// The bomb used to pin a runtime worker for minutes while counting zero fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragment_bomb_is_refused_at_once() {
+    let server = TestServer::start().await;
+    let device = token("p000041");
+    let cases = [
+        // A chain of 32 fragments is past the nesting limit before anything is counted.
+        (fragment_bomb(2, 31, "...Missing"), "QUERY_TOO_DEEP"),
+        // 4^16 = 2^32 spreads within the nesting limit: each fragment is costed once.
+        (
+            fragment_bomb(4, 16, "...Missing"),
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        (fragment_bomb(4, 16, "profileId"), "QUERY_TOO_COMPLEX"),
+        (fragment_bomb(4, 16, ""), "GRAPHQL_PARSE_FAILED"),
+    ];
+    for (query, code) in cases {
+        let (response, body) =
+            tokio::time::timeout(PROMPTLY, server.graphql(&device, json!({ "query": query })))
+                .await
+                .expect("the bomb is answered promptly");
+        assert_eq!(response.status, 200);
+        assert_eq!(error_code(&body), code, "{body}");
+    }
+    server.stop().await;
+}
+
+/// Writes `head` on a fresh connection and returns the status line of the answer, if one comes
+/// within `PROMPTLY`.
+async fn raw_status(server: &TestServer, head: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let read = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+            if answer.windows(2).any(|w| w == b"\r\n") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(PROMPTLY, read).await.ok()?;
+    let text = String::from_utf8_lossy(&answer);
+    text.lines().next().map(str::to_owned)
+}
+
+/// A request without a valid token is answered before its body is read, so trickled bodies
+/// without tokens cannot hold connections open.
+#[tokio::test]
+async fn the_token_is_checked_before_the_body_is_read() {
+    let server = TestServer::start().await;
+    let unsent_body = "POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                       Content-Length: 1000\r\n\r\n{\"query\":";
+    let status = raw_status(&server, unsent_body).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 401 Unauthorized"));
+    let bad_token = "POST /graphql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nonsense\r\n\
+                     Content-Length: 1000\r\n\r\n";
+    let status = raw_status(&server, bad_token).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 401 Unauthorized"));
+    server.stop().await;
+}
+
+fn persisted(query: &str) -> Value {
+    json!({ "query": query, "extensions": { "persistedQuery": { "version": 1, "sha256Hash": sha256_hex(query) } } })
+}
+
+fn by_hash(query: &str) -> Value {
+    json!({ "extensions": { "persistedQuery": { "version": 1, "sha256Hash": sha256_hex(query) } } })
+}
+
+/// A persisted query is remembered only once it parsed and validated, so garbage cannot fill
+/// the node's memory.
+#[tokio::test]
+async fn persisted_queries_are_stored_only_when_they_are_valid() {
+    let server = TestServer::start().await;
+    let device = token("p000042");
+    for (query, code) in [
+        ("{ prefetch { ", "GRAPHQL_PARSE_FAILED"),
+        ("{ nothingHere }", "GRAPHQL_VALIDATION_FAILED"),
+        (
+            "{ a: prefetch { profileId } b: prefetch { profileId } c: prefetch { profileId } \
+             d: prefetch { profileId } e: prefetch { profileId } f: prefetch { profileId } \
+             g: prefetch { profileId } h: prefetch { profileId } i: prefetch { profileId } \
+             j: prefetch { profileId } k: prefetch { profileId } l: prefetch { profileId } \
+             m: prefetch { profileId } n: prefetch { profileId } o: prefetch { profileId } \
+             p: prefetch { profileId } q: prefetch { profileId } r: prefetch { profileId } \
+             s: prefetch { profileId } t: prefetch { profileId } u: prefetch { profileId } \
+             v: prefetch { profileId } w: prefetch { profileId } x: prefetch { profileId } \
+             y: prefetch { profileId } z: prefetch { profileId } aa: prefetch { profileId } \
+             ab: prefetch { profileId } ac: prefetch { profileId } ad: prefetch { profileId } \
+             ae: prefetch { profileId } }",
+            "TOO_MANY_ALIASES",
+        ),
+    ] {
+        let (_, body) = server.graphql(&device, persisted(query)).await;
+        assert_eq!(error_code(&body), code, "{query}");
+        let (_, body) = server.graphql(&device, by_hash(query)).await;
+        assert_eq!(error_code(&body), "PERSISTED_QUERY_NOT_FOUND", "{query}");
+    }
+    let valid = "{ prefetch { profileId } }";
+    let (_, body) = server.graphql(&device, persisted(valid)).await;
+    assert_eq!(body["data"]["prefetch"]["profileId"], "p000042");
+    let (_, body) = server.graphql(&device, by_hash(valid)).await;
+    assert_eq!(body["data"]["prefetch"]["profileId"], "p000042");
+    server.stop().await;
+}
+
+/// The persisted-query cache is bounded by bytes, not entries: 200 queries of 60 KiB
+/// (12 MB) do not all stay, and a GET cannot register a query longer than a POST body.
+#[tokio::test]
+async fn persisted_queries_are_bounded_by_bytes() {
+    let server = TestServer::start().await;
+    let device = token("p000043");
+    let query = |n: usize| {
+        format!(
+            "{{ prefetch {{ profileId }} }} # {n} {}",
+            "x".repeat(60 * 1024)
+        )
+    };
+    for n in 0..200 {
+        let (response, body) = server.graphql(&device, persisted(&query(n))).await;
+        assert_eq!(response.status, 200);
+        assert_eq!(body["data"]["prefetch"]["profileId"], "p000043", "{n}");
+    }
+    let mut remembered = 0;
+    for n in 0..200 {
+        let (_, body) = server.graphql(&device, by_hash(&query(n))).await;
+        if body.get("errors").is_none() {
+            remembered += 1;
+        }
+    }
+    let budget = prefetch::PrefetchConfig::default().persisted_query_bytes;
+    assert!(
+        remembered * 60 * 1024 <= budget as usize + 4 * 60 * 1024,
+        "{remembered} queries of 60 KiB remembered"
+    );
+
+    server.stop().await;
+
+    // hyper answers 414 past 64 KiB of URI; below that, a GET is held to the body limit.
+    let server = TestServer::start_with_prefetch(|setup| {
+        setup.config.body_limit_bytes = 16 * 1024;
+    })
+    .await;
+    let long = format!("{{ prefetch {{ profileId }} }} # {}", "x".repeat(20 * 1024));
+    let extensions = json!({ "persistedQuery": { "version": 1, "sha256Hash": sha256_hex(&long) } });
+    let path = format!(
+        "/graphql?query={}&extensions={}",
+        percent_encode(&long),
+        percent_encode(&extensions.to_string())
+    );
+    // Raw: the test's HTTP client refuses URIs this long itself.
+    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {device}\r\n\r\n");
+    let status = raw_status(&server, &head).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 413 Payload Too Large"));
+    server.stop().await;
+}
+
+/// Nested `depth` levels: `{"a":{"a":…{}…}}`.
+fn nested_payload(depth: usize) -> String {
+    format!(
+        "{}{{}}{}",
+        "{\"a\":".repeat(depth - 1),
+        "}".repeat(depth - 1)
+    )
+}
+
+/// Payloads deeper than the documented limit are refused at publish (they used to be relayed
+/// over WebSocket but served as `null` by prefetch); one at the limit is served whole.
+#[tokio::test]
+async fn payloads_are_refused_past_the_depth_limit_and_served_whole_at_it() {
+    let server = TestServer::start().await;
+    let event = protocol::EventId::parse("fight-night").unwrap();
+    let too_deep = format!(r#"{{"stage":"LIVE","payload":{}}}"#, nested_payload(127));
+    let path = format!("/v1/admin/events/{event}/publish");
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let answer = client::http::call(
+        &server.base,
+        "POST",
+        &path,
+        &[("authorization", &bearer)],
+        Some(too_deep.into_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    let error: Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(error["error"]["code"], "invalid_request", "{error}");
+    assert_eq!(error["error"]["field"], "payload", "{error}");
+
+    let at_limit = nested_payload(protocol::state::PAYLOAD_MAX_DEPTH);
+    server.publish(&event, "LIVE", &at_limit).await;
+    let (_, body) = server
+        .graphql(
+            &token("p000044"),
+            json!({ "query": r#"{ event(id: "fight-night") { state { payload } } }"# }),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["event"]["state"]["payload"],
+        serde_json::from_str::<Value>(&at_limit).unwrap(),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+/// The execution deadline fires even while resolvers never wait (every page cached): a large
+/// query yields to the runtime as it goes, and past the deadline it is answered `TIMEOUT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_its_execution_deadline_is_answered_timeout() {
+    let server = TestServer::start_with_prefetch(|setup| {
+        setup.config.execution_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let device = token("p000045");
+    // Warm every page this profile will read, so that nothing below waits on a load.
+    let warm = json!({ "query": "{ prefetch { events { byStage { home { rows { cards { id } } } } } } }" });
+    let mut warmed = false;
+    for _ in 0..10 {
+        let (_, body) = server.graphql(&device, warm.clone()).await;
+        if body.get("errors").is_none() {
+            warmed = true;
+            break;
+        }
+    }
+    assert!(warmed, "a small query finishes within the deadline");
+    // About a second of work in this build (30 aliased artwork lists per card).
+    let artwork: String = (0..30)
+        .map(|i| format!("a{i}: artwork {{ size url width height }} "))
+        .collect();
+    let query = format!(
+        "{{ prefetch {{ events {{ byStage {{ home {{ rows {{ cards {{ id title {artwork} }} }} }} }} }} }} }}"
+    );
+    let (response, body) = server.graphql(&device, json!({ "query": query })).await;
+    assert_eq!(response.status, 200);
+    let text = body.to_string();
+    assert_eq!(
+        error_code(&body),
+        "TIMEOUT",
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    server.stop().await;
+}
+
+/// Within every query limit, 30 aliased artwork lists per card make a response of about 9 MB,
+/// which a slow reader would make the node hold per connection: past the response limit the
+/// answer is `RESPONSE_TOO_LARGE` instead.
+#[tokio::test]
+async fn a_response_past_its_limit_is_refused() {
+    let server = TestServer::start().await;
+    let device = token("p000046");
+    let artwork: String = (0..30)
+        .map(|i| format!("a{i}: artwork {{ size url width height }} "))
+        .collect();
+    let query = format!(
+        "{{ prefetch {{ events {{ byStage {{ home {{ rows {{ cards {{ id title {artwork} }} }} }} }} }} }} }}"
+    );
+    let (response, body) = server.graphql(&device, json!({ "query": query })).await;
+    assert_eq!(response.status, 200);
+    let text = body.to_string();
+    assert_eq!(
+        error_code(&body),
+        "RESPONSE_TOO_LARGE",
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert!(response.body.len() < 1024, "{} bytes", response.body.len());
+    assert_eq!(response.headers["cache-control"], "no-store");
+    // The full prefetch is far below the limit.
+    let (_, body) = server
+        .graphql(&device, json!({ "query": FULL_PREFETCH }))
+        .await;
+    assert!(body.get("errors").is_none());
+    server.stop().await;
 }

@@ -286,7 +286,7 @@ async fn publish(
             PayloadError::TooLarge { .. } => {
                 ControlError::PayloadTooLarge(format!("payload: {error}"))
             }
-            PayloadError::NotAnObject => {
+            PayloadError::NotAnObject | PayloadError::TooDeep => {
                 ControlError::invalid("payload", format!("payload: {error}"))
             }
         })?,

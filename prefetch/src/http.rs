@@ -1,13 +1,20 @@
 //! `POST /graphql` and `GET /graphql`.
 //!
-//! - The device token (as for WebSocket: `Authorization: Bearer` or `?token=`) is checked first:
-//!   401 without a valid one. The profile comes from the token and nowhere else.
-//! - Bodies over the limit get 413. Everything else answers 200 with GraphQL errors, each with a
-//!   stable `extensions.code`.
+//! - The device token (as for WebSocket: `Authorization: Bearer` or `?token=`) is checked first,
+//!   before the body is read: 401 without a valid one, so that clients without a token cannot
+//!   hold connections open by trickling bodies. The profile comes from the token and nowhere
+//!   else.
+//! - A `POST` body must be JSON (no `Content-Type`, or `application/json`): 415 otherwise. One
+//!   request per body; batches (a JSON array) are refused.
+//! - Bodies (and `GET` query text) over the limit get 413. Everything else answers 200 with
+//!   GraphQL errors, each with a stable `extensions.code`.
+//! - Every query text goes through [`limits::parse_and_check`] before it executes, and executes
+//!   within [`PrefetchConfig::execution_timeout`](crate::PrefetchConfig::execution_timeout).
 //! - Automatic persisted queries: a client sends `extensions.persistedQuery.sha256Hash`; with the
-//!   query text the first time (the hash is checked and the text remembered), with the hash alone
-//!   afterwards. `GET` requests with a hash are cacheable: `Cache-Control: private, max-age=…`
-//!   (per device, never in shared caches) with `Vary: Authorization`.
+//!   query text the first time (the hash is checked, and the text remembered once it parsed,
+//!   passed the limits and validated), with the hash alone afterwards. `GET` requests with a
+//!   hash are cacheable: `Cache-Control: private, max-age=…` (per device, never in shared
+//!   caches) with `Vary: Authorization`.
 //! - Every response carries `extensions.cacheHint`: the device-cache TTL (jittered) and the
 //!   event versions the data was built for.
 
@@ -15,11 +22,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument};
 use async_graphql::{ServerError, Variables};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -120,16 +127,34 @@ fn unauthenticated(error: auth::TokenError) -> Response {
     )
 }
 
-async fn post_graphql(
-    State(service): State<Arc<PrefetchService>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let profile = match authenticate(&service, &headers, None) {
+/// No `Content-Type` (many device HTTP stacks send none), or `application/json` with any
+/// parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let media_type = value.split(';').next().unwrap_or_default().trim();
+    media_type.eq_ignore_ascii_case("application/json")
+}
+
+async fn post_graphql(State(service): State<Arc<PrefetchService>>, request: Request) -> Response {
+    // The token and the content type come from the head; the body is read only after both
+    // pass (a `Bytes` extractor would read it first).
+    let profile = match authenticate(&service, request.headers(), None) {
         Ok(profile) => profile,
         Err(error) => return unauthenticated(error),
     };
-    let body = match body {
+    if !is_json(request.headers()) {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "send the request as JSON: Content-Type: application/json",
+        );
+    }
+    let body = match Bytes::from_request(request, &()).await {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             let message = format!(
@@ -146,6 +171,19 @@ async fn post_graphql(
             );
         }
     };
+    // Before serde_json builds values: `variables` nested past the limit are refused with the
+    // limit's own code (the outermost object is the request itself).
+    let limits = &service.config.limits;
+    if limits::json_nesting(&body) > limits.max_nesting + 1 {
+        return prefetch_error_response(&PrefetchError::NestedTooDeeply {
+            max: limits.max_nesting,
+        });
+    }
+    if body.trim_ascii_start().starts_with(b"[") {
+        return prefetch_error_response(&PrefetchError::BadRequest(
+            "batched requests are not supported: send one request per POST".into(),
+        ));
+    }
     match serde_json::from_slice::<WireRequest>(&body) {
         Ok(request) => execute(&service, profile, request, Method::Post).await,
         Err(error) => prefetch_error_response(&PrefetchError::BadRequest(format!(
@@ -174,14 +212,33 @@ async fn get_graphql(
         Ok(profile) => profile,
         Err(error) => return unauthenticated(error),
     };
+    // hyper bounds the URI (414 past 64 KiB), not the body limit: hold a GET's request to what
+    // a POST body may carry.
+    let request_bytes: usize = ["query", "variables", "extensions", "operationName"]
+        .iter()
+        .filter_map(|name| params.get(*name))
+        .map(String::len)
+        .sum();
+    if request_bytes > service.config.body_limit_bytes {
+        let message = format!(
+            "query, variables and extensions exceed {} bytes",
+            service.config.body_limit_bytes
+        );
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", &message);
+    }
+    let limits = &service.config.limits;
     let parse_json = |name: &str| -> Result<Option<serde_json::Value>, PrefetchError> {
-        params
-            .get(name)
-            .map(|text| serde_json::from_str(text))
-            .transpose()
-            .map_err(|error| {
-                PrefetchError::BadRequest(format!("{name} is not valid JSON: {error}"))
-            })
+        let Some(text) = params.get(name) else {
+            return Ok(None);
+        };
+        if limits::json_nesting(text.as_bytes()) > limits.max_nesting {
+            return Err(PrefetchError::NestedTooDeeply {
+                max: limits.max_nesting,
+            });
+        }
+        serde_json::from_str(text).map(Some).map_err(|error| {
+            PrefetchError::BadRequest(format!("{name} is not valid JSON: {error}"))
+        })
     };
     let extensions = match parse_json("extensions").and_then(|value| {
         value
@@ -212,26 +269,26 @@ fn sha256_hex(text: &str) -> String {
         .collect()
 }
 
-/// The query text, resolving automatic persisted queries.
-fn query_text(service: &PrefetchService, request: &WireRequest) -> Result<Arc<str>, PrefetchError> {
+/// The query text, resolving automatic persisted queries, and the hash to remember it under
+/// once it has proved valid (only for a text sent with its hash).
+fn query_text(
+    service: &PrefetchService,
+    request: &WireRequest,
+) -> Result<(Arc<str>, Option<String>), PrefetchError> {
     match (&request.query, &request.extensions.persisted_query) {
         (Some(query), Some(persisted)) => {
-            if persisted.version != 1
-                || sha256_hex(query) != persisted.sha256_hash.to_ascii_lowercase()
-            {
+            let hash = persisted.sha256_hash.to_ascii_lowercase();
+            if persisted.version != 1 || sha256_hex(query) != hash {
                 return Err(PrefetchError::PersistedQueryMismatch);
             }
-            let query: Arc<str> = Arc::from(query.as_str());
-            service
-                .persisted
-                .insert(persisted.sha256_hash.to_ascii_lowercase(), query.clone());
-            Ok(query)
+            Ok((Arc::from(query.as_str()), Some(hash)))
         }
         (None, Some(persisted)) => service
             .persisted
             .get(&persisted.sha256_hash.to_ascii_lowercase())
+            .map(|query| (query, None))
             .ok_or(PrefetchError::PersistedQueryNotFound),
-        (Some(query), None) => Ok(Arc::from(query.as_str())),
+        (Some(query), None) => Ok((Arc::from(query.as_str()), None)),
         (None, None) => Err(PrefetchError::BadRequest(
             "expected a query or a persisted query hash".into(),
         )),
@@ -257,26 +314,31 @@ async fn run(
     request: WireRequest,
     method: Method,
 ) -> Response {
-    let query = match query_text(service, &request) {
+    let (query, register_as) = match query_text(service, &request) {
         Ok(query) => query,
         Err(error) => {
             service.metrics.request_errors.increment();
             return prefetch_error_response(&error);
         }
     };
-    let document = match async_graphql::parser::parse_query(&*query) {
-        Ok(document) => document,
-        Err(error) => {
-            service.metrics.request_errors.increment();
-            // The parser's message can quote the query: keep the answer short.
-            let message: String = error.to_string().chars().take(300).collect();
-            return error_response(StatusCode::OK, "GRAPHQL_PARSE_FAILED", &message);
-        }
-    };
-    if let Err(error) = limits::check(&document, service.config.limits) {
-        service.metrics.request_errors.increment();
-        return prefetch_error_response(&error);
-    }
+    let document =
+        match limits::parse_and_check(&query, &service.config.limits).and_then(|document| {
+            check_required_variables(
+                &document,
+                request.operation_name.as_deref(),
+                request.variables.as_ref(),
+            )?;
+            if let Some(variables) = &request.variables {
+                limits::check_variables(variables, &service.config.limits)?;
+            }
+            Ok(document)
+        }) {
+            Ok(document) => document,
+            Err(error) => {
+                service.metrics.request_errors.increment();
+                return prefetch_error_response(&error);
+            }
+        };
     let ttl = service.config.jittered_device_ttl();
     let hints = Arc::new(Mutex::new(ResponseHints::default()));
     let scope = RequestScope {
@@ -293,7 +355,19 @@ async fn run(
     if let Some(variables) = request.variables {
         graphql = graphql.variables(Variables::from_json(variables));
     }
-    let mut response = service.schema.execute(graphql).await;
+    let timeout = service.config.execution_timeout;
+    let Ok(mut response) = tokio::time::timeout(timeout, service.schema.execute(graphql)).await
+    else {
+        service.metrics.request_errors.increment();
+        return prefetch_error_response(&PrefetchError::Timeout {
+            ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        });
+    };
+    // Errors without a path are the request's own (validation); resolver errors have one.
+    let validated = response.errors.iter().all(|error| !error.path.is_empty());
+    if let (Some(hash), true) = (register_as, validated) {
+        service.persisted.insert(hash, query.clone());
+    }
     for error in &mut response.errors {
         give_code(error);
     }
@@ -313,7 +387,23 @@ async fn run(
         "cacheHint".into(),
         async_graphql::Value::from_json(hint).unwrap_or(async_graphql::Value::Null),
     );
-    let mut http = axum::Json(response).into_response();
+    let limit = service.config.max_response_bytes;
+    let mut body = BoundedBody {
+        bytes: Vec::new(),
+        limit,
+    };
+    if serde_json::to_writer(&mut body, &response).is_err() {
+        service.metrics.request_errors.increment();
+        return prefetch_error_response(&PrefetchError::ResponseTooLarge { max: limit });
+    }
+    let mut http = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.bytes,
+    )
+        .into_response();
     let headers = http.headers_mut();
     let cache_control = if failed {
         HeaderValue::from_static("no-store")
@@ -326,6 +416,62 @@ async fn run(
         headers.insert(header::VARY, HeaderValue::from_static("Authorization"));
     }
     http
+}
+
+/// A response body that refuses to grow past `limit`, so that serializing an oversized response
+/// stops there instead of building all of it.
+struct BoundedBody {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for BoundedBody {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buffer.len() > self.limit {
+            return Err(std::io::Error::other("response exceeds its limit"));
+        }
+        self.bytes.extend_from_slice(buffer);
+        Ok(buffer.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Refuses a request that leaves a non-null variable of its operation without a value. The
+/// executor would report it as a resolver error (with a path, so as `INTERNAL`); it is the
+/// client's mistake and gets the validation code. An operation that does not exist is left to
+/// validation.
+fn check_required_variables(
+    document: &ExecutableDocument,
+    operation_name: Option<&str>,
+    variables: Option<&serde_json::Value>,
+) -> Result<(), PrefetchError> {
+    let operation = match (&document.operations, operation_name) {
+        (DocumentOperations::Single(operation), _) => operation,
+        (DocumentOperations::Multiple(operations), Some(name)) => match operations.get(name) {
+            Some(operation) => operation,
+            None => return Ok(()),
+        },
+        (DocumentOperations::Multiple(operations), None) => match operations.values().next() {
+            Some(operation) if operations.len() == 1 => operation,
+            _ => return Ok(()),
+        },
+    };
+    for definition in &operation.node.variable_definitions {
+        let definition = &definition.node;
+        if definition.var_type.node.nullable || definition.default_value.is_some() {
+            continue;
+        }
+        let name = definition.name.node.as_str();
+        let value = variables.and_then(|variables| variables.get(name));
+        if value.is_none_or(serde_json::Value::is_null) {
+            let name: String = name.chars().take(64).collect();
+            return Err(PrefetchError::MissingVariable(name));
+        }
+    }
+    Ok(())
 }
 
 /// Errors from parsing, validation or the executor carry no code; give them one.

@@ -12,7 +12,8 @@
 //! - [`service`]: [`PrefetchService`] ties them together: pools per event, page loading,
 //!   background materialization.
 //! - [`schema`]: the GraphQL schema; [`http`]: `POST`/`GET /graphql` with device-token auth,
-//!   persisted queries, limits and cache headers; [`limits`]: depth, field and alias limits.
+//!   persisted queries, limits and cache headers; [`limits`]: nesting, depth, selection and alias
+//!   limits, checked before a query executes ([`limits::parse_and_check`]).
 
 pub mod cache;
 pub mod catalog;
@@ -28,7 +29,7 @@ pub mod store;
 use broadcaster::BoxFuture;
 use protocol::{EventId, EventState, Stage};
 
-pub use service::{PrefetchConfig, PrefetchService};
+pub use service::{PrefetchConfig, PrefetchConfigError, PrefetchService};
 
 /// Errors a prefetch request can end with. Each has a stable `extensions.code`; messages never
 /// carry internal details.
@@ -42,10 +43,29 @@ pub enum PrefetchError {
     UnknownStage { event: String, stage: String },
     #[error("query is nested too deeply: at most {max} levels")]
     TooDeep { max: usize },
+    /// Brackets in the query text (selections, lists, objects, arguments), the JSON body or
+    /// `variables`, or fragments spread inside fragments, nested past `max_nesting`.
+    #[error(
+        "query is nested too deeply: at most {max} levels of selections, lists, objects, \
+         arguments, variables and fragments"
+    )]
+    NestedTooDeeply { max: usize },
     #[error("query selects too many fields: at most {max}, fragments counted where spread")]
     TooComplex { max: usize },
     #[error("query uses too many aliases: at most {max}")]
     TooManyAliases { max: usize },
+    #[error("a list in the arguments or variables has more than {max} items")]
+    ListTooLong { max: usize },
+    #[error("unknown fragment {0}")]
+    UnknownFragment(String),
+    #[error("variable ${0} is required: it is non-null and has no default")]
+    MissingVariable(String),
+    #[error("{0}")]
+    ParseFailed(String),
+    #[error("query did not finish within {ms} ms")]
+    Timeout { ms: u64 },
+    #[error("response exceeds {max} bytes: ask for less in one request")]
+    ResponseTooLarge { max: usize },
     #[error("persisted query not found: send the query text with its hash")]
     PersistedQueryNotFound,
     #[error("persisted query hash does not match the query text")]
@@ -63,9 +83,13 @@ impl PrefetchError {
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
             Self::UnknownEvent(_) => "UNKNOWN_EVENT",
             Self::UnknownStage { .. } => "UNKNOWN_STAGE",
-            Self::TooDeep { .. } => "QUERY_TOO_DEEP",
-            Self::TooComplex { .. } => "QUERY_TOO_COMPLEX",
+            Self::TooDeep { .. } | Self::NestedTooDeeply { .. } => "QUERY_TOO_DEEP",
+            Self::TooComplex { .. } | Self::ListTooLong { .. } => "QUERY_TOO_COMPLEX",
             Self::TooManyAliases { .. } => "TOO_MANY_ALIASES",
+            Self::UnknownFragment(_) | Self::MissingVariable(_) => "GRAPHQL_VALIDATION_FAILED",
+            Self::ParseFailed(_) => "GRAPHQL_PARSE_FAILED",
+            Self::Timeout { .. } => "TIMEOUT",
+            Self::ResponseTooLarge { .. } => "RESPONSE_TOO_LARGE",
             Self::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
             Self::PersistedQueryMismatch => "PERSISTED_QUERY_HASH_MISMATCH",
             Self::BadRequest(_) => "BAD_REQUEST",

@@ -425,6 +425,10 @@ impl TitleCard {
 
     /// Artwork references, for the sizes asked for (all when none are named).
     async fn artwork(&self, sizes: Option<Vec<ArtworkSize>>) -> Vec<Artwork> {
+        // Resolvers here never wait (pages are in memory by now), so without this a large
+        // response would be one long poll: no other task would run on this worker and the
+        // execution deadline could not fire. This is the field a query multiplies most.
+        tokio::task::consume_budget().await;
         let wanted = sizes;
         self.entry()
             .artwork

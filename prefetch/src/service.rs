@@ -28,12 +28,24 @@ pub struct PrefetchConfig {
     /// Prefix of artwork URLs; artwork paths are appended.
     pub artwork_base_url: String,
     pub limits: QueryLimits,
-    /// Largest GraphQL request body.
+    /// Largest GraphQL request body, and largest query text of a `GET`. Default 64 KiB: the
+    /// full prefetch query is about 1 KB. Over it: 413 `PAYLOAD_TOO_LARGE`.
     pub body_limit_bytes: usize,
     /// Serve the GraphiQL page on `GET /graphql` (development).
     pub graphiql: bool,
-    /// Persisted queries remembered per node.
-    pub persisted_queries: u64,
+    /// Bytes of persisted query text (and hashes) remembered per node; the least useful are
+    /// evicted past it. Default 8 MiB: thousands of real queries of 1 to 2 KB, and a bound on
+    /// what any number of clients registering large queries can make a node hold. Over it a
+    /// client sees `PERSISTED_QUERY_NOT_FOUND` and sends the text again.
+    pub persisted_query_bytes: u64,
+    /// Longest a query may execute (resolvers and page loads) before it is answered with
+    /// `TIMEOUT`. Default 10 s: the worst accepted query runs in well under a second; a page
+    /// store that hangs is already cut shorter by the cache.
+    pub execution_timeout: Duration,
+    /// Largest response body. Default 4 MiB: the full prefetch is about 120 KB; the largest
+    /// response the query limits allow is about 9 MB, and a slow reader makes the node hold
+    /// it per connection. Over it: `RESPONSE_TOO_LARGE`, and the device asks for less.
+    pub max_response_bytes: usize,
 }
 
 impl Default for PrefetchConfig {
@@ -46,12 +58,50 @@ impl Default for PrefetchConfig {
             limits: QueryLimits::default(),
             body_limit_bytes: 64 * 1024,
             graphiql: true,
-            persisted_queries: 10_000,
+            persisted_query_bytes: 8 * 1024 * 1024,
+            execution_timeout: Duration::from_secs(10),
+            max_response_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// A prefetch setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid prefetch setting {field}: {problem}")]
+pub struct PrefetchConfigError {
+    pub field: &'static str,
+    pub problem: &'static str,
+}
+
+impl From<crate::limits::LimitsError> for PrefetchConfigError {
+    fn from(error: crate::limits::LimitsError) -> Self {
+        Self {
+            field: error.field,
+            problem: error.problem,
         }
     }
 }
 
 impl PrefetchConfig {
+    /// Checks every bound; runs before anything binds.
+    pub fn validate(&self) -> Result<(), PrefetchConfigError> {
+        let fail = |field, problem| Err(PrefetchConfigError { field, problem });
+        self.limits.validate()?;
+        if !(1024..=16 * 1024 * 1024).contains(&self.body_limit_bytes) {
+            return fail("body_limit_bytes", "must be between 1 KiB and 16 MiB");
+        }
+        if self.persisted_query_bytes > 1024 * 1024 * 1024 {
+            return fail("persisted_query_bytes", "must be at most 1 GiB");
+        }
+        if !(64 * 1024..=256 * 1024 * 1024).contains(&self.max_response_bytes) {
+            return fail("max_response_bytes", "must be between 64 KiB and 256 MiB");
+        }
+        if self.execution_timeout.is_zero() || self.execution_timeout > Duration::from_secs(300) {
+            return fail("execution_timeout", "must be between 1 ms and 5 minutes");
+        }
+        Ok(())
+    }
+
     /// A device-cache TTL drawn from the jitter window.
     pub fn jittered_device_ttl(&self) -> Duration {
         let factor = 1.0 + self.device_ttl_jitter * (2.0 * fastrand::f64() - 1.0);
@@ -126,6 +176,10 @@ pub struct MaterializeReport {
     pub elapsed_ms: u64,
 }
 
+/// What the persisted-query cache spends on an entry besides its text (the cache's own
+/// bookkeeping), so that the byte budget also bounds floods of tiny queries.
+const PERSISTED_ENTRY_OVERHEAD_BYTES: usize = 256;
+
 /// Profiles materialized per batch (one blocking task and one store write each).
 const MATERIALIZE_BATCH: usize = 2_000;
 
@@ -193,7 +247,13 @@ impl PrefetchService {
         );
         Arc::new(Self {
             schema: build_schema(config.limits),
-            persisted: moka::sync::Cache::new(config.persisted_queries),
+            persisted: moka::sync::Cache::builder()
+                .max_capacity(config.persisted_query_bytes)
+                .weigher(|hash: &String, query: &Arc<str>| {
+                    let bytes = PERSISTED_ENTRY_OVERHEAD_BYTES + hash.len() + query.len();
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
+                .build(),
             catalog,
             events,
             source,
@@ -334,5 +394,29 @@ impl PrefetchService {
     /// Approximate bytes of the page store, when it can tell.
     pub fn store_bytes(&self) -> Option<usize> {
         self.source.store.approximate_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_out_of_range_bounds_do_not() {
+        assert_eq!(PrefetchConfig::default().validate(), Ok(()));
+        let broken: [fn(&mut PrefetchConfig); 7] = [
+            |c| c.limits.max_nesting = 0,
+            |c| c.limits.max_nesting = 1_000,
+            |c| c.limits.max_depth = 40,
+            |c| c.limits.max_visits = 10,
+            |c| c.limits.max_list_items = 0,
+            |c| c.execution_timeout = Duration::ZERO,
+            |c| c.max_response_bytes = 10,
+        ];
+        for breaking in broken {
+            let mut config = PrefetchConfig::default();
+            breaking(&mut config);
+            assert!(config.validate().is_err(), "{config:?}");
+        }
     }
 }

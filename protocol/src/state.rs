@@ -9,6 +9,13 @@ use crate::names::{Stage, Topic};
 /// encoded copy per node can be shared by every connection.
 pub const PAYLOAD_MAX_BYTES: usize = 4 * 1024;
 
+/// Deepest accepted payload nesting (objects and arrays; `{}` is 1). JSON readers stop at
+/// some depth (serde_json, and with it prefetch's `state.payload`, at 128; many device parsers
+/// lower), and a payload every reader cannot take whole must be refused at publish rather than
+/// relayed to some readers and lost by others. 32 leaves room under every reader's limit for
+/// the envelopes a payload travels in.
+pub const PAYLOAD_MAX_DEPTH: usize = 32;
+
 /// One state of one event. `version` strictly increases per topic; applying the same state
 /// twice changes nothing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +43,8 @@ pub enum PayloadError {
     NotAnObject,
     #[error("payload is {size} bytes, more than the {PAYLOAD_MAX_BYTES} byte limit")]
     TooLarge { size: usize },
+    #[error("payload nests objects and arrays more than {PAYLOAD_MAX_DEPTH} levels deep")]
+    TooDeep,
 }
 
 /// The JSON object an operator attached to a publish, kept as the exact text it arrived as so
@@ -45,7 +54,8 @@ pub enum PayloadError {
 pub struct Payload(Box<RawValue>);
 
 impl Payload {
-    /// Accepts any JSON object of at most [`PAYLOAD_MAX_BYTES`].
+    /// Accepts any JSON object of at most [`PAYLOAD_MAX_BYTES`] nested at most
+    /// [`PAYLOAD_MAX_DEPTH`] deep.
     pub fn from_raw(raw: Box<RawValue>) -> Result<Self, PayloadError> {
         let text = raw.get();
         if !text.starts_with('{') {
@@ -53,6 +63,9 @@ impl Payload {
         }
         if text.len() > PAYLOAD_MAX_BYTES {
             return Err(PayloadError::TooLarge { size: text.len() });
+        }
+        if nesting(text.as_bytes()) > PAYLOAD_MAX_DEPTH {
+            return Err(PayloadError::TooDeep);
         }
         Ok(Self(raw))
     }
@@ -72,6 +85,30 @@ impl Payload {
     pub fn as_json(&self) -> &str {
         self.0.get()
     }
+}
+
+/// Deepest nesting of objects and arrays in valid JSON text, brackets in strings skipped.
+fn nesting(text: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut at) = (0usize, 0usize, 0usize);
+    while at < text.len() {
+        match text[at] {
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => {
+                at += 1;
+                while at < text.len() && text[at] != b'"' {
+                    // An escape's next byte never ends the string.
+                    at += if text[at] == b'\\' { 2 } else { 1 };
+                }
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    deepest
 }
 
 impl PartialEq for Payload {
@@ -112,5 +149,24 @@ mod tests {
             Payload::parse(&big),
             Err(PayloadError::TooLarge { .. })
         ));
+    }
+
+    fn nested(depth: usize) -> String {
+        format!(
+            "{}1{}",
+            r#"{"a":["#.repeat(depth / 2),
+            "]}".repeat(depth / 2)
+        )
+    }
+
+    #[test]
+    fn payload_depth_is_limited() {
+        assert!(Payload::parse(&nested(PAYLOAD_MAX_DEPTH)).is_ok());
+        assert_eq!(
+            Payload::parse(&nested(PAYLOAD_MAX_DEPTH + 2)).unwrap_err(),
+            PayloadError::TooDeep
+        );
+        let quoted = format!(r#"{{"a":"{}\"{}"}}"#, "[".repeat(100), "{".repeat(100));
+        assert!(Payload::parse(&quoted).is_ok());
     }
 }

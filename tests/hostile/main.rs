@@ -7,6 +7,7 @@
 //! - [`graphql`]: prefetch GraphQL requests.
 //! - [`http`]: the admin API and the HTTP layer under every endpoint.
 #![allow(clippy::unwrap_used)]
+#![allow(missing_debug_implementations)] // test harness types, never logged
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -30,6 +31,7 @@ impl Bystander {
     /// Creates `event` on `server`, connects a device and subscribes it.
     pub(crate) async fn join(server: &TestServer, event: &str) -> Self {
         let event = server.create_event(event).await;
+        // `connect` has already read the welcome.
         let mut device = server.device_named("bystander").await;
         subscribe(&mut device, &[(event.topic(), 0)]).await;
         Self { event, device }
