@@ -94,6 +94,9 @@ impl ServeConfig {
             self.gateway.validate()?;
         }
         self.http.validate()?;
+        if self.role.serves_control() {
+            self.prefetch.config.validate()?;
+        }
         DeviceTokenKey::new(self.secrets.device_token_secret.as_bytes())?;
         AdminToken::new(&self.secrets.admin_token)?;
         let kafka = matches!(self.bus, BusSetup::Kafka(_));
