@@ -172,23 +172,8 @@ pub fn text_nesting(text: &str) -> usize {
     deepest
 }
 
-/// Deepest nesting of `{` and `[` in JSON text outside strings.
-pub fn json_nesting(text: &[u8]) -> usize {
-    let (mut depth, mut deepest, mut at) = (0usize, 0usize, 0usize);
-    while at < text.len() {
-        match text[at] {
-            b'{' | b'[' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            b'"' => at = skip_quoted(text, at),
-            _ => {}
-        }
-        at += 1;
-    }
-    deepest
-}
+/// Deepest nesting of `{` and `[` in JSON text outside strings (the payload check's scan).
+pub use protocol::json_nesting;
 
 /// From the opening quote at `at`, the index of the closing quote (or the end), skipping
 /// backslash escapes. Strings end at a line break too (GraphQL), which JSON never has inside.

@@ -23,7 +23,7 @@ pub mod state;
 pub use close::{CloseCode, ErrorCode};
 pub use frame::{ClientFrame, DecodeError, ServerFrame, SubscribeTopic};
 pub use names::{EventId, NameError, Stage, Topic};
-pub use state::{EventState, Payload, PayloadError, unix_now_ms};
+pub use state::{EventState, Payload, PayloadError, json_nesting, unix_now_ms};
 
 /// The protocol version announced in `welcome` frames.
 pub const PROTOCOL_VERSION: u32 = 1;

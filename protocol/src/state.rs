@@ -64,7 +64,7 @@ impl Payload {
         if text.len() > PAYLOAD_MAX_BYTES {
             return Err(PayloadError::TooLarge { size: text.len() });
         }
-        if nesting(text.as_bytes()) > PAYLOAD_MAX_DEPTH {
+        if json_nesting(text.as_bytes()) > PAYLOAD_MAX_DEPTH {
             return Err(PayloadError::TooDeep);
         }
         Ok(Self(raw))
@@ -87,8 +87,10 @@ impl Payload {
     }
 }
 
-/// Deepest nesting of objects and arrays in valid JSON text, brackets in strings skipped.
-fn nesting(text: &[u8]) -> usize {
+/// Deepest nesting of objects and arrays in JSON text, brackets in strings skipped, in one pass
+/// without recursion: safe to run on untrusted text before a recursive parser sees it (for text
+/// that is not valid JSON it is still a bound on what a parser would have to descend).
+pub fn json_nesting(text: &[u8]) -> usize {
     let (mut depth, mut deepest, mut at) = (0usize, 0usize, 0usize);
     while at < text.len() {
         match text[at] {
