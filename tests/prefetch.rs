@@ -903,12 +903,7 @@ async fn a_query_past_its_execution_deadline_is_answered_timeout() {
     }
     assert!(warmed, "a small query finishes within the deadline");
     // About a second of work in this build (30 aliased artwork lists per card).
-    let artwork: String = (0..30)
-        .map(|i| format!("a{i}: artwork {{ size url width height }} "))
-        .collect();
-    let query = format!(
-        "{{ prefetch {{ events {{ byStage {{ home {{ rows {{ cards {{ id title {artwork} }} }} }} }} }} }} }}"
-    );
+    let query = thirty_artwork_lists_per_card();
     let (response, body) = server.graphql(&device, json!({ "query": query })).await;
     assert_eq!(response.status, 200);
     let text = body.to_string();
@@ -928,12 +923,7 @@ async fn a_query_past_its_execution_deadline_is_answered_timeout() {
 async fn a_response_past_its_limit_is_refused() {
     let server = TestServer::start().await;
     let device = token("p000046");
-    let artwork: String = (0..30)
-        .map(|i| format!("a{i}: artwork {{ size url width height }} "))
-        .collect();
-    let query = format!(
-        "{{ prefetch {{ events {{ byStage {{ home {{ rows {{ cards {{ id title {artwork} }} }} }} }} }} }} }}"
-    );
+    let query = thirty_artwork_lists_per_card();
     let (response, body) = server.graphql(&device, json!({ "query": query })).await;
     assert_eq!(response.status, 200);
     let text = body.to_string();
@@ -951,4 +941,14 @@ async fn a_response_past_its_limit_is_refused() {
         .await;
     assert!(body.get("errors").is_none());
     server.stop().await;
+}
+
+/// A query within every limit whose answer is heavy: 30 aliased artwork lists per card.
+fn thirty_artwork_lists_per_card() -> String {
+    let artwork: String = (0..30)
+        .map(|i| format!("a{i}: artwork {{ size url width height }} "))
+        .collect();
+    format!(
+        "{{ prefetch {{ events {{ byStage {{ home {{ rows {{ cards {{ id title {artwork} }} }} }} }} }} }} }}"
+    )
 }

@@ -714,20 +714,13 @@ async fn a_client_flooding_frames_is_still_closed_when_its_token_expires() {
         flood.extend(raw_ws::frame(true, raw_ws::OP_PONG, b""));
     }
     let flooding = raw_ws::Flood::start(stream, flood);
-    let (frames, close) = tokio::time::timeout(PROMPTLY, reader.until_close())
-        .await
-        .expect("a flooding client whose token expired is closed in time");
-    assert!(
-        frames.iter().any(|frame| matches!(
-            frame,
-            ServerFrame::Goaway {
-                reason: GoawayReason::TokenExpired,
-                ..
-            }
-        )),
-        "{frames:?}"
-    );
-    assert_eq!(close, Some((1008, "token_expired".to_owned())));
+    expect_goaway_then_close(
+        &mut reader,
+        GoawayReason::TokenExpired,
+        (1008, "token_expired"),
+        "a flooding client whose token expired is closed in time",
+    )
+    .await;
     flooding.stop();
     server.stop().await;
 }
@@ -970,20 +963,33 @@ async fn a_message_whose_fragments_never_end_is_cut_off_by_the_heartbeat() {
     std::io::Write::write_all(&mut &stream, &raw_ws::frame(false, raw_ws::OP_TEXT, b"{")).unwrap();
     let empty_fragments = raw_ws::frame(false, raw_ws::OP_CONTINUATION, b"").repeat(10_000);
     let flooding = raw_ws::Flood::start(stream, empty_fragments);
-    let (frames, close) = tokio::time::timeout(PROMPTLY, reader.until_close())
-        .await
-        .expect("the endless message is cut off in time");
-    assert!(
-        frames.iter().any(|frame| matches!(
-            frame,
-            ServerFrame::Goaway {
-                reason: GoawayReason::HeartbeatTimeout,
-                ..
-            }
-        )),
-        "{frames:?}"
-    );
-    assert_eq!(close, Some((1001, "heartbeat_timeout".to_owned())));
+    expect_goaway_then_close(
+        &mut reader,
+        GoawayReason::HeartbeatTimeout,
+        (1001, "heartbeat_timeout"),
+        "the endless message is cut off in time",
+    )
+    .await;
     flooding.stop();
     server.stop().await;
+}
+
+/// Reads a raw client's frames until the server closes, within [`PROMPTLY`] (`what` names the
+/// expectation), and asserts a goaway with `reason` came before the close `close`.
+async fn expect_goaway_then_close(
+    reader: &mut raw_ws::RawReader,
+    reason: GoawayReason,
+    close: (u16, &str),
+    what: &str,
+) {
+    let (frames, closed) = tokio::time::timeout(PROMPTLY, reader.until_close())
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+    assert!(
+        frames
+            .iter()
+            .any(|frame| matches!(frame, ServerFrame::Goaway { reason: r, .. } if *r == reason)),
+        "{frames:?}"
+    );
+    assert_eq!(closed, Some((close.0, close.1.to_owned())));
 }
