@@ -15,12 +15,9 @@ use axum::routing::{get, post};
 use broadcaster::Bus;
 use protocol::admin::{CreateEvent, EventList, PublishReceipt};
 use protocol::{EventId, Payload, PayloadError, Stage};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use telemetry::{Counter, Registry};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
+use crate::body::{PublishBody, parse_json, validate_event};
 use crate::{ControlError, EventStore, SharedStats};
 
 /// Largest admin request body, in bytes.
@@ -161,70 +158,6 @@ async fn method_not_allowed(method: axum::http::Method) -> ControlError {
     ControlError::MethodNotAllowed(format!("{method} is not allowed here"))
 }
 
-/// Reads a JSON body; errors name the offending field.
-fn parse_json<'a, T: Deserialize<'a>>(
-    body: &'a Result<Bytes, BytesRejection>,
-) -> Result<T, ControlError> {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Err(ControlError::PayloadTooLarge(format!(
-                "request body exceeds {ADMIN_BODY_MAX_BYTES} bytes"
-            )));
-        }
-        Err(rejection) => {
-            return Err(ControlError::InvalidRequest {
-                field: None,
-                message: rejection.body_text(),
-            });
-        }
-    };
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
-        if path == "." || path.is_empty() {
-            ControlError::InvalidRequest {
-                field: None,
-                message: format!("invalid JSON body: {inner}"),
-            }
-        } else {
-            ControlError::invalid(path.clone(), format!("{path}: {inner}"))
-        }
-    })
-}
-
-fn validate_event(event: &CreateEvent) -> Result<(), ControlError> {
-    let title_chars = event.title.trim().chars().count();
-    if title_chars == 0 || title_chars > TITLE_MAX_CHARS {
-        return Err(ControlError::invalid(
-            "title",
-            format!("title: must be 1 to {TITLE_MAX_CHARS} characters"),
-        ));
-    }
-    if OffsetDateTime::parse(&event.starts_at, &Rfc3339).is_err() {
-        return Err(ControlError::invalid(
-            "starts_at",
-            "starts_at: must be an RFC 3339 timestamp such as 2026-12-01T20:00:00Z",
-        ));
-    }
-    if event.stages.is_empty() || event.stages.len() > STAGES_MAX {
-        return Err(ControlError::invalid(
-            "stages",
-            format!("stages: must list 1 to {STAGES_MAX} stages"),
-        ));
-    }
-    for (index, stage) in event.stages.iter().enumerate() {
-        if event.stages[..index].contains(stage) {
-            return Err(ControlError::invalid(
-                "stages",
-                format!("stages: {stage} is listed twice"),
-            ));
-        }
-    }
-    Ok(())
-}
-
 async fn create_event(
     State(control): State<Arc<ControlPlane>>,
     body: Result<Bytes, BytesRejection>,
@@ -262,15 +195,6 @@ async fn get_event(
 ) -> Result<Response, ControlError> {
     let summary = control.store.get(&event_id_of(path)?).await?;
     Ok(axum::Json(summary).into_response())
-}
-
-/// The publish body, with the payload kept raw so that its size decides 413 versus 400.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishBody {
-    stage: Stage,
-    #[serde(default)]
-    payload: Option<Box<RawValue>>,
 }
 
 async fn publish(

@@ -6,12 +6,14 @@
 //! - [`redis_store`]: the same in Redis, shared by every control-plane instance and kept across
 //!   restarts.
 //! - [`nodes`]: the node registry in Redis that cross-node stats are aggregated from.
-//! - [`api`]: the admin API under `/v1/admin`, behind the admin bearer token.
+//! - [`api`]: the admin API under `/v1/admin`, behind the admin bearer token; [`body`]: the
+//!   decoding and validation of its request bodies.
 //!
 //! A publish is validated, given the next version of its event by the store, accepted by the
 //! tier-1 [`broadcaster::Bus`], and only then answered.
 
 pub mod api;
+pub mod body;
 pub mod nodes;
 pub mod redis_store;
 pub mod store;

@@ -557,9 +557,7 @@ impl FeedReader {
                     {
                         pending.remove(&partition);
                     }
-                    match serde_json::from_slice::<EventState>(
-                        message.payload().unwrap_or_default(),
-                    ) {
+                    match decode_record(message.payload()) {
                         Ok(state) => {
                             if self
                                 .sender
@@ -659,6 +657,13 @@ impl FeedReader {
             delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
+}
+
+/// Decodes one record read from the bus into the state it carries. Only the value is read: the
+/// key (the topic name, which compaction goes by) is not trusted, the state names its own topic.
+/// A record without a value (a tombstone) is an error like any other record that is not a state.
+pub fn decode_record(value: Option<&[u8]>) -> Result<EventState, serde_json::Error> {
+    serde_json::from_slice(value.unwrap_or_default())
 }
 
 #[cfg(test)]
