@@ -54,6 +54,10 @@ pub enum ErrorCode {
     /// The peer broke the WebSocket protocol itself (e.g. a continuation frame without a
     /// start, a control frame that is fragmented or too long).
     ProtocolViolation,
+    /// A code this client version does not know (the server never sends it): decoding an
+    /// `error` frame of a newer server still succeeds, and the close code says the rest.
+    #[serde(other)]
+    Other,
 }
 
 impl ErrorCode {
@@ -62,7 +66,7 @@ impl ErrorCode {
             Self::InvalidJson | Self::InvalidFrame | Self::BinaryNotSupported => {
                 CloseCode::INVALID_PAYLOAD
             }
-            Self::BadTopic | Self::TooManyTopics => CloseCode::POLICY_VIOLATION,
+            Self::BadTopic | Self::TooManyTopics | Self::Other => CloseCode::POLICY_VIOLATION,
             Self::FrameTooLarge => CloseCode::MESSAGE_TOO_BIG,
             Self::TopicLimit => CloseCode::TRY_AGAIN_LATER,
             Self::RateLimited => CloseCode::RATE_LIMITED,
@@ -81,6 +85,7 @@ impl ErrorCode {
             Self::TopicLimit => "topic_limit",
             Self::RateLimited => "rate_limited",
             Self::ProtocolViolation => "protocol_violation",
+            Self::Other => "other",
         }
     }
 }

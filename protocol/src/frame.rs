@@ -402,4 +402,17 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn unknown_error_codes_are_tolerated() {
+        let frame = ServerFrame::decode(r#"{"type":"error","code":"new_code","message":"m"}"#)
+            .expect("decodes");
+        assert_eq!(
+            frame,
+            ServerFrame::Error {
+                code: ErrorCode::Other,
+                message: "m".into()
+            }
+        );
+    }
 }

@@ -352,7 +352,7 @@ async fn every_hostile_websocket_client_gets_its_answer_and_harms_nobody() {
         |_| {},
     )
     .await;
-    let mut bystander = join_bystander(&server).await;
+    let mut bystander = Bystander::join(&server, "ws-bystander").await;
     // Every row runs, and every failing row is named at the end.
     let mut failed = Vec::new();
     for (index, row) in rows().into_iter().enumerate() {
@@ -381,15 +381,6 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
         .unwrap_or_default()
-}
-
-/// [`Bystander::join`], less its wait for a second `welcome`: `DeviceConnection::connect`
-/// already read the first, so `join` waits until the subscribe timeout's goaway and panics.
-async fn join_bystander(server: &TestServer) -> Bystander {
-    let event = server.create_event("ws-bystander").await;
-    let mut device = server.device_named("bystander").await;
-    crate::support::subscribe(&mut device, &[(event.topic(), 0)]).await;
-    Bystander { event, device }
 }
 
 async fn run(server: &TestServer, device: &str, hostile: Hostile, expect: &Expect, name: &str) {
