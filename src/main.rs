@@ -541,6 +541,18 @@ struct ServeArgs {
     max_unpublished_topics: Option<usize>,
     #[arg(
         long,
+        env = "RINGSIDE_MAX_CONCURRENT_FANOUTS",
+        help = "Topics fanning out at once [default: 8]"
+    )]
+    max_concurrent_fanouts: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_MAX_WAITING_TOPICS",
+        help = "Topics whose newest state waits for its fan-out [default: 4096]"
+    )]
+    max_waiting_topics: Option<usize>,
+    #[arg(
+        long,
         env = "RINGSIDE_INBOUND_FRAMES_PER_S",
         help = "Client frames a connection may send per second, pings included [default: 50]"
     )]
@@ -587,6 +599,12 @@ impl ServeArgs {
             max_unpublished_topics: self
                 .max_unpublished_topics
                 .unwrap_or(defaults.max_unpublished_topics),
+            max_concurrent_fanouts: self
+                .max_concurrent_fanouts
+                .unwrap_or(defaults.max_concurrent_fanouts),
+            max_waiting_topics: self
+                .max_waiting_topics
+                .unwrap_or(defaults.max_waiting_topics),
             inbound_frames_per_s: self
                 .inbound_frames_per_s
                 .unwrap_or(defaults.inbound_frames_per_s),

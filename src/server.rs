@@ -323,6 +323,11 @@ impl Node {
         address: String,
         stopped: &CancellationToken,
     ) -> anyhow::Result<Self> {
+        let consumer_config = ConsumerConfig {
+            max_concurrent_fanouts: config.max_concurrent_fanouts,
+            max_waiting_topics: config.max_waiting_topics,
+            ..ConsumerConfig::default()
+        };
         let hub = Arc::new(Hub::with_config(
             HubConfig {
                 max_unpublished_topics: config.max_unpublished_topics,
@@ -364,7 +369,7 @@ impl Node {
         let mut consumer = tokio::spawn(run_bus_consumer(
             bus,
             hub.clone(),
-            ConsumerConfig::default(),
+            consumer_config,
             stopped.clone(),
         ));
         // The node serves subscriptions only once it holds the latest state of every topic.

@@ -33,6 +33,14 @@ pub struct GatewayConfig {
     /// Topics with a state are never refused. Default 1024: far more events than are created
     /// ahead of their first publish, while made-up names stay a bounded few hundred KiB.
     pub max_unpublished_topics: usize,
+    /// Most topics fanning out at once (one fan-out per topic, each split over the cores when
+    /// its topic is big). Default 8: a small topic never waits behind a big one, without
+    /// multiplying the threads a burst of publishes can claim.
+    pub max_concurrent_fanouts: usize,
+    /// Most topics whose newest state waits for its fan-out (a newer state of a waiting topic
+    /// replaces the older one). Default 4096, far above the events a node serves at once; with
+    /// that many waiting, the bus feed is not read until one starts (the bus holds the rest).
+    pub max_waiting_topics: usize,
     /// Sustained rate of client frames one connection may send, every kind counted (text,
     /// binary, ping, pong, close). Default 50 per second: a device sends a subscribe, an ack per
     /// state it applies and a pong per heartbeat, far below that even on 16 busy topics; a
@@ -71,6 +79,8 @@ impl Default for GatewayConfig {
             reconnect_spread: Duration::from_secs(5),
             read_buffer_bytes: 512,
             max_unpublished_topics: 1024,
+            max_concurrent_fanouts: 8,
+            max_waiting_topics: 4096,
             inbound_frames_per_s: 50,
             inbound_frame_burst: 200,
             max_connections_per_device: 8,
@@ -148,6 +158,12 @@ impl GatewayConfig {
         }
         if !(1..=1_000_000).contains(&self.max_unpublished_topics) {
             return fail("max_unpublished_topics", "must be 1 to 1000000");
+        }
+        if !(1..=256).contains(&self.max_concurrent_fanouts) {
+            return fail("max_concurrent_fanouts", "must be 1 to 256");
+        }
+        if !(1..=1_000_000).contains(&self.max_waiting_topics) {
+            return fail("max_waiting_topics", "must be 1 to 1000000");
         }
         // At most a million a second keeps the rate's interval at a microsecond or more.
         if !(1..=1_000_000).contains(&self.inbound_frames_per_s) {
@@ -228,5 +244,20 @@ mod tests {
             ..default()
         };
         assert_eq!(field(autotuned), Ok(()));
+    }
+
+    #[test]
+    fn the_fan_out_bounds_are_checked() {
+        let field = |config: GatewayConfig| config.validate().map_err(|e| e.field);
+        let no_fanouts = GatewayConfig {
+            max_concurrent_fanouts: 0,
+            ..GatewayConfig::default()
+        };
+        assert_eq!(field(no_fanouts), Err("max_concurrent_fanouts"));
+        let no_waiting = GatewayConfig {
+            max_waiting_topics: 0,
+            ..GatewayConfig::default()
+        };
+        assert_eq!(field(no_waiting), Err("max_waiting_topics"));
     }
 }
