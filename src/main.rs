@@ -575,6 +575,18 @@ struct ServeArgs {
         help = "SO_SNDBUF of device sockets, 0 for kernel autotuning [default: 16384]"
     )]
     send_buffer_bytes: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_INBOUND_BYTES_PER_S",
+        help = "Bytes per second read from one connection; beyond it reading pauses [default: 16384]"
+    )]
+    inbound_bytes_per_s: Option<u32>,
+    #[arg(
+        long,
+        env = "RINGSIDE_INBOUND_BYTE_BURST",
+        help = "Bytes a connection may send at once above that rate [default: 65536]"
+    )]
+    inbound_byte_burst: Option<u32>,
 }
 
 impl ServeArgs {
@@ -615,6 +627,12 @@ impl ServeArgs {
                 .max_connections_per_device
                 .unwrap_or(defaults.max_connections_per_device),
             send_buffer_bytes: self.send_buffer_bytes.unwrap_or(defaults.send_buffer_bytes),
+            inbound_bytes_per_s: self
+                .inbound_bytes_per_s
+                .unwrap_or(defaults.inbound_bytes_per_s),
+            inbound_byte_burst: self
+                .inbound_byte_burst
+                .unwrap_or(defaults.inbound_byte_burst),
         }
     }
 }

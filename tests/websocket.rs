@@ -918,7 +918,11 @@ fn subscribe_to_distinct_topics(bytes: usize) -> String {
 
 #[tokio::test]
 async fn a_subscribe_of_tens_of_thousands_of_topics_is_refused_promptly() {
-    let server = TestServer::start_with(|config| config.max_frame_bytes = 1024 * 1024).await;
+    let server = TestServer::start_with(|config| {
+        config.max_frame_bytes = 1024 * 1024;
+        config.inbound_byte_burst = 1024 * 1024;
+    })
+    .await;
     let mut device = server.device_named("megabyte").await;
     let frame = subscribe_to_distinct_topics(1024 * 1024);
     let started = std::time::Instant::now();
@@ -971,6 +975,42 @@ async fn a_message_whose_fragments_never_end_is_cut_off_by_the_heartbeat() {
     )
     .await;
     flooding.stop();
+    server.stop().await;
+}
+
+/// A client streaming bytes that never make a whole message (the fragments of a message that
+/// never ends, which no frame rate can count) is read no faster than its inbound byte rate:
+/// the rest waits in TCP's flow control, not in the node's CPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_streaming_bytes_is_read_no_faster_than_its_byte_rate() {
+    const RATE: u32 = 16 * 1024;
+    const BURST: u32 = 64 * 1024;
+    let server = TestServer::start_with(|config| {
+        config.inbound_bytes_per_s = RATE;
+        config.inbound_byte_burst = BURST;
+    })
+    .await;
+    let before = server.metric("ringside_bytes_received_total").await;
+    let raw_ws::RawFlooder {
+        reader: _reader,
+        stream,
+        keep_open: _keep_open,
+    } = raw_ws::RawFlooder::connect(server.addr, &device_token("streamer", 3600)).await;
+    let started = std::time::Instant::now();
+    std::io::Write::write_all(&mut &stream, &raw_ws::frame(false, raw_ws::OP_TEXT, b"{")).unwrap();
+    let empty_fragments = raw_ws::frame(false, raw_ws::OP_CONTINUATION, b"").repeat(10_000);
+    let flooding = raw_ws::Flood::start(stream, empty_fragments);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let received = server.metric("ringside_bytes_received_total").await - before;
+    let elapsed = started.elapsed().as_secs_f64();
+    let written = flooding.stop();
+    // The budget, plus one read buffer of slack for the read that crossed it.
+    let allowed = f64::from(BURST) + f64::from(RATE) * elapsed + 4096.0;
+    assert!(
+        (received as f64) <= allowed,
+        "read {received} bytes in {elapsed:.1} s (client wrote {written}); allowed {allowed:.0}"
+    );
+    assert!(server.metric("ringside_inbound_throttled_total").await > 0);
     server.stop().await;
 }
 

@@ -62,6 +62,15 @@ pub struct GatewayConfig {
     /// that stops reading is then sent at most that many superseded states before conflation
     /// starts, and each stalled socket pins kilobytes of kernel memory instead of megabytes.
     pub send_buffer_bytes: usize,
+    /// Sustained bytes per second read from one connection. Default 16 KiB: a device sends a
+    /// subscribe, acks and pongs, a few hundred bytes a second at most. Beyond it the session
+    /// stops reading for a while, so TCP's flow control holds the sender back: bytes that never
+    /// make a whole message (the fragments of a message that never ends), which no frame rate
+    /// can count, cost the node no more than this.
+    pub inbound_bytes_per_s: u32,
+    /// Bytes a connection may send at once above that rate. Default 64 KiB: a few of the
+    /// largest client frames.
+    pub inbound_byte_burst: u32,
 }
 
 impl Default for GatewayConfig {
@@ -85,6 +94,8 @@ impl Default for GatewayConfig {
             inbound_frame_burst: 200,
             max_connections_per_device: 8,
             send_buffer_bytes: 16 * 1024,
+            inbound_bytes_per_s: 16 * 1024,
+            inbound_byte_burst: 64 * 1024,
         }
     }
 }
@@ -171,6 +182,17 @@ impl GatewayConfig {
         }
         if !(1..=1_000_000).contains(&self.inbound_frame_burst) {
             return fail("inbound_frame_burst", "must be 1 to 1000000");
+        }
+        if !(1024..=1 << 30).contains(&self.inbound_bytes_per_s) {
+            return fail("inbound_bytes_per_s", "must be 1 KiB to 1 GiB");
+        }
+        if (self.inbound_byte_burst as usize) < self.max_frame_bytes
+            || self.inbound_byte_burst > 1 << 30
+        {
+            return fail(
+                "inbound_byte_burst",
+                "must be at least max_frame_bytes (a whole frame must fit) and at most 1 GiB",
+            );
         }
         if self.max_connections_per_device == 0 {
             return fail("max_connections_per_device", "must be at least 1");

@@ -16,6 +16,8 @@ pub struct GatewayMetrics {
     pub token_expiry_closes: Arc<Counter>,
     pub rate_limit_closes: Arc<Counter>,
     pub device_limit_refusals: Arc<Counter>,
+    pub bytes_received: Arc<Counter>,
+    pub inbound_throttled: Arc<Counter>,
 }
 
 impl GatewayMetrics {
@@ -49,6 +51,14 @@ impl GatewayMetrics {
             device_limit_refusals: registry.counter(
                 "ringside_device_limit_refusals_total",
                 "Upgrades refused because the device already held its most connections here.",
+            ),
+            bytes_received: registry.counter(
+                "ringside_bytes_received_total",
+                "Bytes read from device sockets after the upgrade.",
+            ),
+            inbound_throttled: registry.counter(
+                "ringside_inbound_throttled_total",
+                "Times a connection's reading paused because it sent more bytes than its inbound byte rate.",
             ),
         }
     }

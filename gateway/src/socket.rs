@@ -1,46 +1,101 @@
 //! A device's socket as the WebSocket codec sees it: reads come from the socket's read half,
 //! writes go through the connection's [`Mailbox`], which owns the write half and also takes the
 //! fan-out's direct writes, so that the codec's frames and the fan-out's never interleave.
+//!
+//! Reads are held to the connection's inbound byte rate: past its budget the socket is not
+//! read for a while, so the kernel's flow control holds the sender back instead of the node
+//! spending CPU on what it sends.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use broadcaster::Mailbox;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
+use tokio::time::{Instant, Sleep};
+
+use crate::Gateway;
 
 #[derive(Debug)]
 pub(crate) struct DeviceSocket {
     read: OwnedReadHalf,
     mailbox: Arc<Mailbox>,
+    /// For the inbound byte rate and the byte count.
+    gateway: Arc<Gateway>,
+    /// The inbound byte rate's theoretical arrival time (GCRA, as for the frame rate): when the
+    /// connection's byte budget would be full again if it sent nothing more.
+    inbound_budget_at: Instant,
+    /// While the connection is over its byte budget: when reading resumes. Boxed, and only
+    /// there while paused, so that an ordinary connection carries one pointer.
+    paused: Option<Pin<Box<Sleep>>>,
 }
 
 impl DeviceSocket {
     /// Splits `stream`: its write side goes to a new mailbox, which may hold up to
     /// `backlog_limit` bytes the socket has not taken yet.
-    pub(crate) fn new(stream: TcpStream, backlog_limit: usize) -> (Self, Arc<Mailbox>) {
+    pub(crate) fn new(
+        stream: TcpStream,
+        backlog_limit: usize,
+        gateway: Arc<Gateway>,
+    ) -> (Self, Arc<Mailbox>) {
         let (read, write) = stream.into_split();
         let mailbox = Mailbox::with_socket(write, backlog_limit);
         (
             Self {
                 read,
                 mailbox: mailbox.clone(),
+                gateway,
+                inbound_budget_at: Instant::now(),
+                paused: None,
             },
             mailbox,
         )
+    }
+
+    /// Charges `bytes` just read to the inbound byte rate; past the burst, reading pauses until
+    /// the budget is back under it.
+    fn charge_inbound(&mut self, bytes: usize) {
+        let config = &self.gateway.config;
+        self.gateway.metrics.bytes_received.add(bytes as u64);
+        let now = Instant::now();
+        let duration_of = |bytes: u64| {
+            Duration::from_nanos(
+                bytes.saturating_mul(1_000_000_000) / u64::from(config.inbound_bytes_per_s),
+            )
+        };
+        self.inbound_budget_at = self.inbound_budget_at.max(now) + duration_of(bytes as u64);
+        let burst = duration_of(u64::from(config.inbound_byte_burst));
+        if self.inbound_budget_at.duration_since(now) > burst {
+            self.gateway.metrics.inbound_throttled.increment();
+            self.paused = Some(Box::pin(tokio::time::sleep_until(
+                self.inbound_budget_at - burst,
+            )));
+        }
     }
 }
 
 impl AsyncRead for DeviceSocket {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
+        let this = self.get_mut();
+        if let Some(paused) = this.paused.as_mut() {
+            ready!(paused.as_mut().poll(cx));
+            this.paused = None;
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.read).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            this.charge_inbound(read);
+        }
+        polled
     }
 }
 
