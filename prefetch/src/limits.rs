@@ -120,7 +120,12 @@ pub fn parse_and_check(
     query: &str,
     limits: &QueryLimits,
 ) -> Result<ExecutableDocument, PrefetchError> {
-    if text_nesting(query) > limits.max_nesting {
+    let Some(nesting) = text_nesting(query) else {
+        return Err(PrefetchError::ParseFailed(
+            "a block string (\"\"\") is never closed".into(),
+        ));
+    };
+    if nesting > limits.max_nesting {
         return Err(PrefetchError::NestedTooDeeply {
             max: limits.max_nesting,
         });
@@ -135,7 +140,11 @@ pub fn parse_and_check(
 
 /// Deepest bracket nesting (`{`, `[`, `(`) of GraphQL text outside strings, block strings and
 /// comments. Unbalanced closers never go below zero; the parser reports them.
-pub fn text_nesting(text: &str) -> usize {
+///
+/// `None` when a block string is never closed: the parser then reads its opening `"""` as an
+/// empty string `""` and parses the rest as code, so no count of the rest as string text would
+/// be true. Such text is refused before it reaches the parser.
+pub fn text_nesting(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
     let (mut depth, mut deepest, mut at) = (0usize, 0usize, 0usize);
     while at < bytes.len() {
@@ -153,15 +162,20 @@ pub fn text_nesting(text: &str) -> usize {
             b'"' if bytes[at..].starts_with(b"\"\"\"") => {
                 // Block string: ends at the next `"""` not escaped as `\"""`.
                 at += 3;
+                let mut closed = false;
                 while at < bytes.len() {
                     if bytes[at..].starts_with(b"\\\"\"\"") {
                         at += 4;
                     } else if bytes[at..].starts_with(b"\"\"\"") {
                         at += 2;
+                        closed = true;
                         break;
                     } else {
                         at += 1;
                     }
+                }
+                if !closed {
+                    return None;
                 }
             }
             b'"' => at = skip_quoted(bytes, at),
@@ -169,7 +183,7 @@ pub fn text_nesting(text: &str) -> usize {
         }
         at += 1;
     }
-    deepest
+    Some(deepest)
 }
 
 /// Deepest nesting of `{` and `[` in JSON text outside strings (the payload check's scan).
@@ -416,6 +430,11 @@ fn walk_operations(walk: &mut Walk<'_>) -> Result<QueryCost, PrefetchError> {
         worst.aliases = worst.aliases.max(cost.aliases);
         worst.depth = worst.depth.max(cost.depth);
     }
+    // A fragment no operation spreads is refused by validation, but validation's rules recurse
+    // through its spreads before they say so: its chain and lists are bounded here first.
+    for (name, _fragment) in document.fragments.iter() {
+        walk.fragment(name.as_str(), 1)?;
+    }
     worst.visits = walk.visits;
     Ok(worst)
 }
@@ -563,7 +582,37 @@ mod tests {
             "{{ a(x: \"{o}\\\"{o}\", y: \"\"\"{o}\\\"\"\"{o}\"\"\") # {o}\n}}",
             o = "[".repeat(50)
         );
-        assert_eq!(text_nesting(&quoted), 2);
+        assert_eq!(text_nesting(&quoted), Some(2));
+    }
+
+    #[test]
+    fn fragments_no_operation_spreads_are_bounded_too() {
+        let chain: String = (0..200)
+            .map(|i| format!("fragment a{i} on Query {{ ...a{} }} ", i + 1))
+            .collect();
+        let query = format!("query {{ x }} {chain} fragment a200 on Query {{ x }}");
+        assert!(matches!(
+            check_text(&query),
+            Err(PrefetchError::NestedTooDeeply { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unterminated_block_string_cannot_hide_nesting() {
+        // The parser falls back from an unterminated `"""` to an empty `""` and parses what
+        // follows as code: a scan that took the rest for string text let 30,000 nested lists
+        // reach the recursive parser and overflow the worker's stack.
+        let hidden = format!(
+            "{{ f(a: [\"\"\"\" {}{}]) {{ id }} }}",
+            "[".repeat(5_000),
+            "]".repeat(5_000)
+        );
+        assert!(matches!(
+            parse_and_check(&hidden, &QueryLimits::default()),
+            Err(PrefetchError::ParseFailed(_))
+        ));
+        assert_eq!(text_nesting("{ f(a: \"\"\"open) }"), None);
+        assert_eq!(text_nesting("{ f(a: \"\"\"closed [[[\"\"\") }"), Some(2));
     }
 
     #[test]
