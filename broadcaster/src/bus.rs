@@ -273,6 +273,12 @@ impl Consumer {
         let mut reopen_at = Instant::now();
         let mut failures_in_a_row = 0;
         loop {
+            // Reaped here too, not only in the select below: reading comes first there, and a
+            // feed that always has an item ready would otherwise keep finished fan-outs from
+            // being collected, so no new one could start.
+            while let Some(done) = self.fanouts.try_join_next_with_id() {
+                self.finish_fanout(done);
+            }
             self.start_fanouts();
             self.mark_ready_once_caught_up();
             let room = self.waiting.len() < self.config.max_waiting_topics;
@@ -308,14 +314,7 @@ impl Consumer {
                     }
                 }
                 Some(done) = self.fanouts.join_next_with_id(), if !self.fanouts.is_empty() => {
-                    let task = match done {
-                        Ok((task, ())) => task,
-                        Err(error) => {
-                            tracing::error!(%error, "fan-out task failed");
-                            error.id()
-                        }
-                    };
-                    self.running.retain(|running| running.task != task);
+                    self.finish_fanout(done);
                 }
                 () = tokio::time::sleep_until(reopen_at), if reading.is_none() => {
                     self.hub.metrics.feed_restarts.increment();
@@ -324,6 +323,18 @@ impl Consumer {
                 }
             }
         }
+    }
+
+    /// Forgets a fan-out that ended, so that its topic may start the next.
+    fn finish_fanout(&mut self, done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let task = match done {
+            Ok((task, ())) => task,
+            Err(error) => {
+                tracing::error!(%error, "fan-out task failed");
+                error.id()
+            }
+        };
+        self.running.retain(|running| running.task != task);
     }
 
     /// Keeps `state` as its topic's waiting state unless a newer one waits already.
@@ -683,6 +694,64 @@ mod tests {
         // newest, which is the only other pass.
         assert_eq!(hub.metrics.states_applied.get(), 2, "full fan-out passes");
         assert_eq!(hub.metrics.states_superseded.get(), 98);
+        shutdown.cancel();
+        consumer.await.expect("consumer");
+    }
+
+    /// A feed that always has the next state of one topic ready, as a long backlog does.
+    struct EndlessBus;
+
+    struct EndlessFeed {
+        next_version: u64,
+    }
+
+    impl Bus for EndlessBus {
+        fn publish(&self, _: EventState) -> BoxFuture<'_, Result<(), BroadcastError>> {
+            Box::pin(async { Err(BroadcastError::BusClosed) })
+        }
+
+        fn subscribe(&self) -> Box<dyn BusFeed> {
+            Box::new(EndlessFeed { next_version: 0 })
+        }
+    }
+
+    impl BusFeed for EndlessFeed {
+        fn next(&mut self) -> BoxFuture<'_, Result<FeedItem, BroadcastError>> {
+            let version = self.next_version;
+            self.next_version += 1;
+            Box::pin(async move {
+                // As a channel's receive does: ready at once, but within the task's budget.
+                tokio::task::consume_budget().await;
+                if version == 0 {
+                    return Ok(FeedItem::CaughtUp);
+                }
+                Ok(FeedItem::State(Arc::new(state("event:hot", version))))
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_feed_that_is_never_empty_does_not_stop_fan_outs() {
+        let hub = test_hub();
+        let _device = subscribed(&hub, "event:hot", 1);
+        let shutdown = CancellationToken::new();
+        let consumer = tokio::spawn(run_bus_consumer(
+            Arc::new(EndlessBus),
+            hub.clone(),
+            quick_restarts(),
+            shutdown.clone(),
+        ));
+        // Reading comes first in the consumer: finished fan-outs must still be collected, or
+        // the first fan-out would be the only one.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while hub.metrics.states_applied.get() < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "fan-outs stopped after {} while the feed kept going",
+                hub.metrics.states_applied.get()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         shutdown.cancel();
         consumer.await.expect("consumer");
     }
