@@ -190,6 +190,8 @@ async fn bound_body_read(
     let response = next.run(Request::from_parts(parts, body));
     tokio::pin!(response);
     tokio::select! {
+        // A handler that answers at the deadline's instant keeps its answer.
+        biased;
         response = &mut response => return response,
         () = tokio::time::sleep(timeout) => {}
     }

@@ -60,6 +60,38 @@ pub struct ControlPlane {
     publish_locks: std::sync::Mutex<HashMap<EventId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// A handed-out per-event publish lock. Dropping it forgets the lock when no other publish holds
+/// or waits for it, so the map holds only events being published right now.
+struct PublishLockLease<'a> {
+    control: &'a ControlPlane,
+    event: &'a EventId,
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl PublishLockLease<'_> {
+    async fn serialize(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        Some(self.lock.as_ref()?.lock().await)
+    }
+}
+
+impl Drop for PublishLockLease<'_> {
+    fn drop(&mut self) {
+        let mut locks = self
+            .control
+            .publish_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(self.lock.take());
+        // Every other holder took its clone under this map lock, so the count cannot rise now.
+        if locks
+            .get(self.event)
+            .is_some_and(|held| Arc::strong_count(held) == 1)
+        {
+            locks.remove(self.event);
+        }
+    }
+}
+
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlPlane").finish_non_exhaustive()
@@ -92,28 +124,18 @@ impl ControlPlane {
         })
     }
 
-    fn publish_lock(&self, event: &EventId) -> Arc<tokio::sync::Mutex<()>> {
+    /// The per-event publish lock of `event`, given back when the lease drops: however the
+    /// publish ends, including a request dropped halfway (a client gone, a shutdown).
+    fn publish_lock<'a>(&'a self, event: &'a EventId) -> PublishLockLease<'a> {
         let mut locks = self
             .publish_locks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        locks.entry(event.clone()).or_default().clone()
-    }
-
-    /// Gives back a lock [`ControlPlane::publish_lock`] handed out, forgetting it when no other
-    /// publish holds or waits for it: the map holds only events being published right now.
-    fn release_publish_lock(&self, event: &EventId, lock: Arc<tokio::sync::Mutex<()>>) {
-        let mut locks = self
-            .publish_locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        drop(lock);
-        // Every other holder took its clone under this map lock, so the count cannot rise now.
-        if locks
-            .get(event)
-            .is_some_and(|held| Arc::strong_count(held) == 1)
-        {
-            locks.remove(event);
+        let lock = locks.entry(event.clone()).or_default().clone();
+        PublishLockLease {
+            control: self,
+            event,
+            lock: Some(lock),
         }
     }
 
@@ -220,18 +242,13 @@ async fn publish(
     // One publish per event at a time, from version assignment to the bus's acknowledgement,
     // so that the bus carries an event's states in version order: in this process, then
     // across every instance sharing the store.
-    let event_lock = control.publish_lock(&id);
-    let result = async {
-        let _serialized = event_lock.lock().await;
-        let shared_lock = control.store.lock_publishes(&id).await?;
-        let result = publish_in_order(&control, &id, request.stage, payload).await;
-        if let Some(lock) = shared_lock {
-            control.store.unlock_publishes(lock).await;
-        }
-        result
+    let lease = control.publish_lock(&id);
+    let _serialized = lease.serialize().await;
+    let shared_lock = control.store.lock_publishes(&id).await?;
+    let result = publish_in_order(&control, &id, request.stage, payload).await;
+    if let Some(lock) = shared_lock {
+        control.store.unlock_publishes(lock).await;
     }
-    .await;
-    control.release_publish_lock(&id, event_lock);
     result
 }
 

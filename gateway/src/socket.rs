@@ -57,8 +57,9 @@ impl DeviceSocket {
     }
 
     /// Charges `bytes` just read to the inbound byte rate; past the burst, reading pauses until
-    /// the budget is back under it.
-    fn charge_inbound(&mut self, bytes: usize) {
+    /// the budget is back under it. Also charged with the bytes hyper read behind the upgrade
+    /// request, which reach the codec without passing through here.
+    pub(crate) fn charge_inbound(&mut self, bytes: usize) {
         let config = &self.gateway.config;
         self.gateway.metrics.bytes_received.add(bytes as u64);
         let now = Instant::now();

@@ -122,7 +122,9 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
             Err(_) => return tracing::error!("upgraded connection is not a TCP socket; closed"),
         };
         limit_send_buffer(&stream, send_buffer_bytes);
-        let (socket, mailbox) = DeviceSocket::new(stream, backlog_limit, permit.gateway.clone());
+        let (mut socket, mailbox) =
+            DeviceSocket::new(stream, backlog_limit, permit.gateway.clone());
+        socket.charge_inbound(early_frames.len());
         let socket =
             WebSocketStream::from_partially_read(socket, early_frames, Role::Server, Some(config))
                 .await;
