@@ -536,7 +536,7 @@ struct ServeArgs {
     #[arg(
         long,
         env = "RINGSIDE_MAX_UNPUBLISHED_TOPICS",
-        help = "Topics without a state this node's connections may hold [default: 1024]"
+        help = "Topics without a state this node's connections may hold [default: 16384]"
     )]
     max_unpublished_topics: Option<usize>,
     #[arg(

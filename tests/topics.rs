@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 use protocol::{ServerFrame, Topic};
 use support::*;
 
-/// The node's default budget of topics subscribed to but never published.
+/// The node's budget of topics subscribed to but never published, in this test.
 const UNPUBLISHED_TOPIC_BUDGET: usize = 1024;
 const TOPICS_PER_CONNECTION: usize = 16;
 
@@ -19,7 +19,9 @@ fn made_up(connection: usize, index: usize) -> (Topic, u64) {
 
 #[tokio::test]
 async fn made_up_topics_are_bounded_per_node_and_never_crowd_out_published_ones() {
-    let server = TestServer::start().await;
+    let server =
+        TestServer::start_with(|config| config.max_unpublished_topics = UNPUBLISHED_TOPIC_BUDGET)
+            .await;
     let published = server.create_event("real-bout").await;
     let first = server.publish(&published, "LIVE", "{}").await;
 

@@ -35,8 +35,8 @@ type SubscriberShard = Mutex<HashMap<u64, Arc<Mailbox>>>;
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     /// Most topics without a state that connections of this node may hold at once. Default
-    /// 1024: far more events than are created ahead of their first publish, while made-up names
-    /// (about 200 bytes each here) stay bounded. Over it a subscribe to another such topic is
+    /// 16,384: far more events than are created ahead of their first publish, while made-up
+    /// names (about 200 bytes each here) stay a bounded few MiB. Over it a subscribe to another such topic is
     /// refused ([`TopicLimit`]); topics with a state are never refused.
     pub max_unpublished_topics: usize,
 }
@@ -44,7 +44,7 @@ pub struct HubConfig {
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
-            max_unpublished_topics: 1024,
+            max_unpublished_topics: 16_384,
         }
     }
 }

@@ -30,8 +30,10 @@ pub struct GatewayConfig {
     pub read_buffer_bytes: usize,
     /// Most topics without a state (events not published yet, or names a device made up) that
     /// this node's connections may hold at once; a subscribe to one more gets `topic_limit`.
-    /// Topics with a state are never refused. Default 1024: far more events than are created
-    /// ahead of their first publish, while made-up names stay a bounded few hundred KiB.
+    /// Topics with a state are never refused. Default 16,384: far more events than are created
+    /// ahead of their first publish, while made-up names stay a bounded few MiB (about 200
+    /// bytes each), and filling it takes over a thousand devices' connections (16 topics on
+    /// each of 8), so a few hostile devices cannot crowd out events created ahead.
     pub max_unpublished_topics: usize,
     /// Most topics fanning out at once (one fan-out per topic, each split over the cores when
     /// its topic is big). Default 8: a small topic never waits behind a big one, without
@@ -87,7 +89,7 @@ impl Default for GatewayConfig {
             shutdown_grace: Duration::from_secs(15),
             reconnect_spread: Duration::from_secs(5),
             read_buffer_bytes: 512,
-            max_unpublished_topics: 1024,
+            max_unpublished_topics: 16_384,
             max_concurrent_fanouts: 8,
             max_waiting_topics: 4096,
             inbound_frames_per_s: 50,
