@@ -635,6 +635,25 @@ mod tests {
         Step::Item(FeedItem::State(Arc::new(state(topic, version))))
     }
 
+    /// A bus consumer running on `hub` for a test, stopped with [`Consumed::stop`].
+    struct Consumed {
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Consumed {
+        fn start(bus: Arc<dyn Bus>, hub: &Arc<Hub>, config: ConsumerConfig) -> Self {
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(run_bus_consumer(bus, hub.clone(), config, shutdown.clone()));
+            Self { shutdown, task }
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            self.task.await.expect("consumer");
+        }
+    }
+
     fn quick_restarts() -> ConsumerConfig {
         ConsumerConfig {
             restart_delay_min: Duration::from_millis(1),
@@ -681,21 +700,14 @@ mod tests {
         let mut script: Vec<Step> = (1..=100).map(|v| item("event:big", v)).collect();
         script.push(Step::Item(FeedItem::CaughtUp));
         let bus = ScriptedBus::new(vec![script]);
-        let shutdown = CancellationToken::new();
-        let consumer = tokio::spawn(run_bus_consumer(
-            bus.clone(),
-            hub.clone(),
-            quick_restarts(),
-            shutdown.clone(),
-        ));
+        let consumer = Consumed::start(bus.clone(), &hub, quick_restarts());
         ready_promptly(&hub).await;
         assert_eq!(hub.version(&Topic::parse("event:big").expect("topic")), 100);
         // The first state starts a fan-out; the 98 read while it runs are superseded by the
         // newest, which is the only other pass.
         assert_eq!(hub.metrics.states_applied.get(), 2, "full fan-out passes");
         assert_eq!(hub.metrics.states_superseded.get(), 98);
-        shutdown.cancel();
-        consumer.await.expect("consumer");
+        consumer.stop().await;
     }
 
     /// A feed that always has the next state of one topic ready, as a long backlog does.
@@ -734,13 +746,7 @@ mod tests {
     async fn a_feed_that_is_never_empty_does_not_stop_fan_outs() {
         let hub = test_hub();
         let _device = subscribed(&hub, "event:hot", 1);
-        let shutdown = CancellationToken::new();
-        let consumer = tokio::spawn(run_bus_consumer(
-            Arc::new(EndlessBus),
-            hub.clone(),
-            quick_restarts(),
-            shutdown.clone(),
-        ));
+        let consumer = Consumed::start(Arc::new(EndlessBus), &hub, quick_restarts());
         // Reading comes first in the consumer: finished fan-outs must still be collected, or
         // the first fan-out would be the only one.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -752,8 +758,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        shutdown.cancel();
-        consumer.await.expect("consumer");
+        consumer.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -767,17 +772,15 @@ mod tests {
         }
         script.push(Step::Item(FeedItem::CaughtUp));
         let bus = ScriptedBus::new(vec![script]);
-        let shutdown = CancellationToken::new();
-        let consumer = tokio::spawn(run_bus_consumer(
+        let consumer = Consumed::start(
             bus.clone(),
-            hub.clone(),
+            &hub,
             ConsumerConfig {
                 max_concurrent_fanouts: 2,
                 max_waiting_topics: 2,
                 ..quick_restarts()
             },
-            shutdown.clone(),
-        ));
+        );
         ready_promptly(&hub).await;
         for topic in ["event:a", "event:b", "event:c"] {
             assert_eq!(
@@ -786,8 +789,7 @@ mod tests {
                 "{topic}"
             );
         }
-        shutdown.cancel();
-        consumer.await.expect("consumer");
+        consumer.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -813,13 +815,7 @@ mod tests {
             item("event:other", 1),
             Step::Item(FeedItem::CaughtUp),
         ]]);
-        let shutdown = CancellationToken::new();
-        let consumer = tokio::spawn(run_bus_consumer(
-            bus.clone(),
-            hub.clone(),
-            quick_restarts(),
-            shutdown.clone(),
-        ));
+        let consumer = Consumed::start(bus.clone(), &hub, quick_restarts());
         let delivered = tokio::time::timeout(Duration::from_secs(10), other_device.ready()).await;
         let mut pending = Vec::new();
         other_device.take_pending(&mut pending);
@@ -834,8 +830,7 @@ mod tests {
         assert_eq!(pending.len(), 1);
         assert!(!ready_while_stuck);
         ready_promptly(&hub).await;
-        shutdown.cancel();
-        consumer.await.expect("consumer");
+        consumer.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -854,13 +849,7 @@ mod tests {
                 Step::Item(FeedItem::CaughtUp),
             ],
         ]);
-        let shutdown = CancellationToken::new();
-        let consumer = tokio::spawn(run_bus_consumer(
-            bus.clone(),
-            hub.clone(),
-            quick_restarts(),
-            shutdown.clone(),
-        ));
+        let consumer = Consumed::start(bus.clone(), &hub, quick_restarts());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while bus.opened() < 2 {
             assert!(
@@ -877,7 +866,6 @@ mod tests {
         ready_promptly(&hub).await;
         assert_eq!(hub.version(&Topic::parse("event:a").expect("topic")), 2);
         assert_eq!(hub.metrics.feed_restarts.get(), 1);
-        shutdown.cancel();
-        consumer.await.expect("consumer");
+        consumer.stop().await;
     }
 }
