@@ -45,14 +45,10 @@ impl DeviceSessions {
     pub(crate) fn try_acquire(&self, device: &str, limit: u32) -> Option<DeviceKey> {
         let key = self.hasher.hash_one(device);
         let mut shard = self.shard(key);
-        let count = shard.entry(key).or_insert(0);
-        if *count >= limit {
-            if *count == 0 {
-                shard.remove(&key);
-            }
+        if shard.get(&key).is_some_and(|count| *count >= limit) {
             return None;
         }
-        *count += 1;
+        *shard.entry(key).or_insert(0) += 1;
         Some(DeviceKey(key))
     }
 

@@ -15,6 +15,7 @@
 pub mod config;
 mod device_sessions;
 pub mod metrics;
+mod rate;
 pub mod session;
 mod socket;
 pub mod upgrade;

@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use crate::rate::RateBudget;
 use crate::socket::DeviceSocket;
 use crate::{Gateway, SessionPermit};
 
@@ -77,10 +78,8 @@ struct Session {
     topicless_since: Option<Instant>,
     next_ping: Instant,
     token_expires_at: Instant,
-    /// The inbound rate limit's theoretical arrival time (GCRA): the moment at which the
-    /// connection's frame budget would be full again if it sent nothing more. One instant
-    /// instead of a token count and a refill time keeps the session small.
-    inbound_budget_at: Instant,
+    /// The inbound frame rate's budget.
+    inbound_frames: RateBudget,
     /// Reused buffer for states taken from the mailbox.
     outbound: Vec<Delivery>,
 }
@@ -114,7 +113,7 @@ pub(crate) async fn run(
         token_expires_at: now
             .checked_add(token_lifetime)
             .unwrap_or(now + Duration::from_secs(86_400 * 365)),
-        inbound_budget_at: now,
+        inbound_frames: RateBudget::new(now),
         outbound: Vec::new(),
         gateway,
         _permit: permit,
@@ -191,13 +190,17 @@ impl Session {
     }
 
     /// Charges one inbound frame to the connection's rate limit: a budget of
-    /// `inbound_frame_burst` frames that refills at `inbound_frames_per_s` (a token bucket,
-    /// kept as GCRA). Over it, the connection is closed with `rate_limited`.
+    /// `inbound_frame_burst` frames that refills at `inbound_frames_per_s`. Over it, the
+    /// connection is closed with `rate_limited`.
     fn charge_inbound(&mut self, now: Instant) -> Result<(), Ending> {
         let config = &self.gateway.config;
-        let interval = Duration::from_secs(1) / config.inbound_frames_per_s;
-        let charged = self.inbound_budget_at.max(now) + interval;
-        if charged.duration_since(now) > interval * config.inbound_frame_burst {
+        let over = self.inbound_frames.charge(
+            now,
+            1,
+            config.inbound_frames_per_s,
+            config.inbound_frame_burst,
+        );
+        if over.is_some() {
             self.gateway.metrics.rate_limit_closes.increment();
             return Err(Ending::bad_frame(
                 ErrorCode::RateLimited,
@@ -207,7 +210,6 @@ impl Session {
                 ),
             ));
         }
-        self.inbound_budget_at = charged;
         Ok(())
     }
 

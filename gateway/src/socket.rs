@@ -10,7 +10,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use broadcaster::Mailbox;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -19,6 +18,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::{Instant, Sleep};
 
 use crate::Gateway;
+use crate::rate::RateBudget;
 
 #[derive(Debug)]
 pub(crate) struct DeviceSocket {
@@ -26,9 +26,8 @@ pub(crate) struct DeviceSocket {
     mailbox: Arc<Mailbox>,
     /// For the inbound byte rate and the byte count.
     gateway: Arc<Gateway>,
-    /// The inbound byte rate's theoretical arrival time (GCRA, as for the frame rate): when the
-    /// connection's byte budget would be full again if it sent nothing more.
-    inbound_budget_at: Instant,
+    /// The inbound byte rate's budget.
+    inbound_bytes: RateBudget,
     /// While the connection is over its byte budget: when reading resumes. Boxed, and only
     /// there while paused, so that an ordinary connection carries one pointer.
     paused: Option<Pin<Box<Sleep>>>,
@@ -49,7 +48,7 @@ impl DeviceSocket {
                 read,
                 mailbox: mailbox.clone(),
                 gateway,
-                inbound_budget_at: Instant::now(),
+                inbound_bytes: RateBudget::new(Instant::now()),
                 paused: None,
             },
             mailbox,
@@ -62,19 +61,15 @@ impl DeviceSocket {
     pub(crate) fn charge_inbound(&mut self, bytes: usize) {
         let config = &self.gateway.config;
         self.gateway.metrics.bytes_received.add(bytes as u64);
-        let now = Instant::now();
-        let duration_of = |bytes: u64| {
-            Duration::from_nanos(
-                bytes.saturating_mul(1_000_000_000) / u64::from(config.inbound_bytes_per_s),
-            )
-        };
-        self.inbound_budget_at = self.inbound_budget_at.max(now) + duration_of(bytes as u64);
-        let burst = duration_of(u64::from(config.inbound_byte_burst));
-        if self.inbound_budget_at.duration_since(now) > burst {
+        let over = self.inbound_bytes.charge(
+            Instant::now(),
+            bytes as u64,
+            config.inbound_bytes_per_s,
+            config.inbound_byte_burst,
+        );
+        if let Some(back_within_burst) = over {
             self.gateway.metrics.inbound_throttled.increment();
-            self.paused = Some(Box::pin(tokio::time::sleep_until(
-                self.inbound_budget_at - burst,
-            )));
+            self.paused = Some(Box::pin(tokio::time::sleep_until(back_within_burst)));
         }
     }
 }
