@@ -251,3 +251,25 @@ impl HttpBody for WatchedBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_out_of_range_bounds_do_not() {
+        assert!(HttpConfig::default().validate().is_ok());
+        let broken: [fn(&mut HttpConfig); 5] = [
+            |c| c.max_pending_connections = 0,
+            |c| c.header_read_timeout = Duration::ZERO,
+            |c| c.body_read_timeout = Duration::from_secs(7200),
+            |c| c.max_request_head_bytes = 4096,
+            |c| c.max_request_head_bytes = 2 << 20,
+        ];
+        for breaking in broken {
+            let mut config = HttpConfig::default();
+            breaking(&mut config);
+            assert!(config.validate().is_err(), "{config:?}");
+        }
+    }
+}
