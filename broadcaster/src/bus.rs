@@ -477,6 +477,8 @@ mod tests {
             stage: Stage::parse("LIVE").expect("stage"),
             published_at_ms: 1,
             payload: Payload::empty(),
+            priority: protocol::Priority::Critical,
+            fetch_within_ms: None,
         }
     }
 

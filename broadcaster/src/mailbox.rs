@@ -396,6 +396,8 @@ mod tests {
             stage: Stage::parse("LIVE").expect("stage"),
             published_at_ms: 0,
             payload: Payload::empty(),
+            priority: protocol::Priority::Critical,
+            fetch_within_ms: None,
         }))
     }
 

@@ -20,6 +20,8 @@ fn state(version: u64) -> EventState {
         stage: Stage::parse("LIVE").expect("stage"),
         published_at_ms: 0,
         payload: Payload::empty(),
+        priority: protocol::Priority::Critical,
+        fetch_within_ms: None,
     }
 }
 

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use broadcaster::Bus;
 use protocol::admin::{CreateEvent, EventList, PublishReceipt};
-use protocol::{EventId, Payload, PayloadError, Stage};
+use protocol::{EventId, Payload, PayloadError, Priority, Stage};
 use telemetry::{Counter, Registry};
 
 use crate::body::{PublishBody, parse_json, validate_event};
@@ -237,6 +237,28 @@ async fn publish(
             }
         })?,
     };
+    let lane = match request.priority.unwrap_or_default() {
+        lane @ (Priority::Critical | Priority::BestEffort) => lane,
+        _ => {
+            return Err(ControlError::invalid(
+                "priority",
+                "priority: a publish is critical (a stage state, the default) or best_effort",
+            ));
+        }
+    };
+    if request
+        .fetch_within_ms
+        .is_some_and(|window| window > FETCH_WITHIN_MAX_MS)
+    {
+        return Err(ControlError::invalid(
+            "fetch_within_ms",
+            format!("fetch_within_ms: must be at most {FETCH_WITHIN_MAX_MS} (one hour)"),
+        ));
+    }
+    let options = PublishOptions {
+        lane,
+        fetch_within_ms: request.fetch_within_ms,
+    };
     // An unknown event is answered 404 before anything is locked or remembered for it.
     control.store.get(&id).await?;
     // One publish per event at a time, from version assignment to the bus's acknowledgement,
@@ -245,11 +267,23 @@ async fn publish(
     let lease = control.publish_lock(&id);
     let _serialized = lease.serialize().await;
     let shared_lock = control.store.lock_publishes(&id).await?;
-    let result = publish_in_order(&control, &id, request.stage, payload).await;
+    let result = publish_in_order(&control, &id, request.stage, payload, options).await;
     if let Some(lock) = shared_lock {
         control.store.unlock_publishes(lock).await;
     }
     result
+}
+
+/// Longest follow-up fetch window an operator may set.
+pub const FETCH_WITHIN_MAX_MS: u64 = 3_600_000;
+
+/// What a publish asks for beyond its stage and payload.
+#[derive(Debug, Clone, Copy)]
+struct PublishOptions {
+    /// The lane: `critical` (a stage state) or `best_effort`.
+    lane: Priority,
+    /// The operator's follow-up fetch window, if set.
+    fetch_within_ms: Option<u64>,
 }
 
 async fn publish_in_order(
@@ -257,9 +291,12 @@ async fn publish_in_order(
     id: &EventId,
     stage: Stage,
     payload: Payload,
+    options: PublishOptions,
 ) -> Result<Response, ControlError> {
     let new = control.store.next_state(id, stage, payload).await?;
-    let state = new.state;
+    let mut state = new.state;
+    state.priority = options.lane;
+    state.fetch_within_ms = options.fetch_within_ms;
     let receipt = PublishReceipt {
         topic: state.topic.clone(),
         version: state.version,

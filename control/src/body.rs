@@ -5,8 +5,8 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use protocol::Stage;
 use protocol::admin::CreateEvent;
+use protocol::{Priority, Stage};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
@@ -87,4 +87,11 @@ pub struct PublishBody {
     pub stage: Stage,
     #[serde(default)]
     pub payload: Option<Box<RawValue>>,
+    /// `critical` (a stage state, the default) or `best_effort` (an extra message in a lane
+    /// of its own: a viewer count, a score ticker).
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Overrides the follow-up fetch window the control plane would set for this state.
+    #[serde(default)]
+    pub fetch_within_ms: Option<u64>,
 }

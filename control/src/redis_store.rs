@@ -224,6 +224,8 @@ impl EventStore for RedisEventStore {
                     stage,
                     published_at_ms,
                     payload,
+                    priority: protocol::Priority::Critical,
+                    fetch_within_ms: None,
                 },
             })
         })

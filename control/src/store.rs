@@ -179,6 +179,8 @@ impl EventStore for MemoryEventStore {
                 stage,
                 published_at_ms,
                 payload,
+                priority: protocol::Priority::Critical,
+                fetch_within_ms: None,
             };
             Ok(NewState { state })
         })();

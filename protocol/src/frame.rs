@@ -376,6 +376,8 @@ mod tests {
             stage: Stage::parse("LIVE").expect("stage"),
             published_at_ms: 1_700_000_000_000,
             payload: Payload::parse(r#"{"z":1, "a":"é"}"#).expect("payload"),
+            priority: crate::Priority::Critical,
+            fetch_within_ms: None,
         };
         let text = encode_state(&state);
         assert_eq!(

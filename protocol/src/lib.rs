@@ -11,6 +11,7 @@
 //!   violations apart so the gateway can answer each with the right close code.
 //! - [`close`]: the closed set of error codes and the WebSocket close code each maps to.
 //! - [`admin`]: request and response bodies of the admin API.
+//! - [`priority`]: the priority classes of requests and published messages.
 //!
 //! `docs/PROTOCOL.md` at the repository root is the prose version of this crate.
 
@@ -18,11 +19,13 @@ pub mod admin;
 pub mod close;
 pub mod frame;
 pub mod names;
+pub mod priority;
 pub mod state;
 
 pub use close::{CloseCode, ErrorCode};
 pub use frame::{ClientFrame, DecodeError, ServerFrame, SubscribeTopic};
 pub use names::{EventId, NameError, Stage, Topic};
+pub use priority::{PRIORITY_HEADER, Priority};
 pub use state::{EventState, Payload, PayloadError, json_nesting, unix_now_ms};
 
 /// The protocol version announced in `welcome` frames.

@@ -4,6 +4,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::names::{Stage, Topic};
+use crate::priority::Priority;
 
 /// Largest accepted payload, in bytes of JSON text. Broadcast messages stay small so that one
 /// encoded copy per node can be shared by every connection.
@@ -26,6 +27,17 @@ pub struct EventState {
     /// When the control plane accepted the publish, in milliseconds since the Unix epoch.
     pub published_at_ms: u64,
     pub payload: Payload,
+    /// `critical` (the default, left out of the JSON): a stage state, never dropped, conflated
+    /// to the newest per topic. `best_effort`: an extra message of the event (a viewer count,
+    /// a score ticker) in a lane of its own, conflated or dropped first when a connection or
+    /// the node is behind, and never the event's current state.
+    #[serde(default, skip_serializing_if = "Priority::is_critical")]
+    pub priority: Priority,
+    /// The window, in milliseconds from `published_at_ms`, within which devices that lack
+    /// content for this stage should fetch it, each at a random moment inside it. Absent when
+    /// there is nothing to spread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_within_ms: Option<u64>,
 }
 
 /// The clock `published_at_ms` is read from: milliseconds since the Unix epoch (0 if the clock

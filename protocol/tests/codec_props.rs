@@ -30,6 +30,8 @@ fn event_state() -> impl Strategy<Value = EventState> {
             stage,
             published_at_ms,
             payload,
+            priority: protocol::Priority::Critical,
+            fetch_within_ms: None,
         },
     )
 }
