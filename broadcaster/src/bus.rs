@@ -425,13 +425,15 @@ impl Consumer {
             .is_some_and(|held| held.version >= message.version)
         {
             metrics.states_stale.increment();
-        } else if waiting
+            return;
+        }
+        // Either this message is older than the waiting state (it must not reach devices
+        // after it), or it replaces the waiting one: one best-effort message dropped.
+        let overtaken = waiting
             .state
             .as_ref()
-            .is_some_and(|state| state.version > message.version)
-        {
-            metrics.best_effort_dropped_node_behind.increment();
-        } else if waiting.best_effort.replace(message).is_some() {
+            .is_some_and(|state| state.version > message.version);
+        if overtaken || waiting.best_effort.replace(message).is_some() {
             metrics.best_effort_dropped_node_behind.increment();
         }
     }
