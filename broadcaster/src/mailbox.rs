@@ -83,16 +83,21 @@ impl Offer {
     }
 }
 
-/// [`Slot::flags`]: the device knows it holds the topic (`subscribed` is written), so live
-/// messages may go straight to the socket; until then they wait, to follow that answer.
-const ANNOUNCED: u8 = 1;
-/// [`Slot::flags`]: the waiting state was offered as a catch-up.
-const STATE_CATCH_UP: u8 = 2;
-/// [`Slot::flags`]: the waiting best-effort message was offered as a catch-up.
-const BEST_EFFORT_CATCH_UP: u8 = 4;
+/// [`Slot::acked_and_flags`]: the device knows it holds the topic (`subscribed` is written),
+/// so live messages may go straight to the socket; until then they wait, to follow that answer.
+const ANNOUNCED: u64 = 1 << 63;
+/// [`Slot::acked_and_flags`]: the waiting state was offered as a catch-up.
+const STATE_CATCH_UP: u64 = 1 << 62;
+/// [`Slot::acked_and_flags`]: the waiting best-effort message was offered as a catch-up.
+const BEST_EFFORT_CATCH_UP: u64 = 1 << 61;
+/// [`Slot::acked_and_flags`]: the bits of the acknowledged version. Versions are far below
+/// 2^61 (the stores derive them from milliseconds since the epoch), and an ack of a version
+/// the connection was not offered is never stored.
+const ACKED_VERSION: u64 = (1 << 61) - 1;
 
-/// One subscribed topic of a connection: 64 bytes, held by every connection for every topic,
-/// so both lanes' waiting messages are bare pointers and their flags share one byte.
+/// One subscribed topic of a connection, held by every connection for every topic: 56 bytes,
+/// as before the best-effort lane, because both lanes' waiting messages are bare pointers and
+/// the flags live in the top bits of the acknowledged version.
 #[derive(Debug)]
 struct Slot {
     topic: Topic,
@@ -100,27 +105,30 @@ struct Slot {
     newest_version: u64,
     /// Newest best-effort version offered to the connection.
     newest_best_effort: u64,
-    /// Newest version the device acknowledged.
-    acked_version: u64,
+    /// Newest version the device acknowledged (`ACKED_VERSION` bits), and the flags
+    /// `ANNOUNCED`, `STATE_CATCH_UP`, `BEST_EFFORT_CATCH_UP`.
+    acked_and_flags: u64,
     /// The unsent state, if any.
     pending: Option<Arc<EncodedState>>,
     /// The unsent best-effort message, if any.
     pending_best_effort: Option<Arc<EncodedState>>,
-    /// `ANNOUNCED`, `STATE_CATCH_UP`, `BEST_EFFORT_CATCH_UP`.
-    flags: u8,
 }
 
 impl Slot {
-    fn flag(&self, flag: u8) -> bool {
-        self.flags & flag != 0
+    fn flag(&self, flag: u64) -> bool {
+        self.acked_and_flags & flag != 0
     }
 
-    fn set_flag(&mut self, flag: u8, on: bool) {
+    fn set_flag(&mut self, flag: u64, on: bool) {
         if on {
-            self.flags |= flag;
+            self.acked_and_flags |= flag;
         } else {
-            self.flags &= !flag;
+            self.acked_and_flags &= !flag;
         }
+    }
+
+    fn acked_version(&self) -> u64 {
+        self.acked_and_flags & ACKED_VERSION
     }
 }
 
@@ -194,10 +202,9 @@ impl Mailbox {
             topic: topic.clone(),
             newest_version: since,
             newest_best_effort: since,
-            acked_version: 0,
+            acked_and_flags: 0,
             pending: None,
             pending_best_effort: None,
-            flags: 0,
         });
         true
     }
@@ -333,10 +340,10 @@ impl Mailbox {
                 .pending
                 .as_ref()
                 .is_some_and(|pending| version < pending.version);
-        if !offered || version <= slot.acked_version {
+        if !offered || version <= slot.acked_version() || version > ACKED_VERSION {
             return false;
         }
-        slot.acked_version = version;
+        slot.acked_and_flags = (slot.acked_and_flags & !ACKED_VERSION) | version;
         true
     }
 
@@ -710,6 +717,40 @@ mod tests {
         assert!(received.iter().all(|&byte| byte == 0x82));
         assert_eq!(pending_versions(&mailbox), vec![("event:a".into(), 2)]);
         assert!(mailbox.outbound().backlog.is_empty());
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_slot_stays_56_bytes_with_two_lanes() {
+        // Held per connection per topic: the memory of an idle connection.
+        assert_eq!(std::mem::size_of::<Slot>(), 56);
+    }
+
+    #[test]
+    fn acks_count_once_per_offered_version_and_keep_the_flags() {
+        let mailbox = Mailbox::new();
+        let a = Topic::parse("event:a").expect("topic");
+        mailbox.open(&a, 0);
+        mailbox.announce(&a);
+        assert_eq!(
+            mailbox.offer_catch_up(&encoded("event:a", 5)),
+            Offer::QUEUED
+        );
+        assert!(!mailbox.acknowledge(&a, 5), "not sent yet");
+        let mut taken = Vec::new();
+        mailbox.take_pending(&mut taken);
+        assert!(taken[0].catch_up);
+        assert!(mailbox.acknowledge(&a, 5));
+        assert!(!mailbox.acknowledge(&a, 5), "counted once");
+        assert!(!mailbox.acknowledge(&a, 6), "never offered");
+        assert!(!mailbox.acknowledge(&a, u64::MAX), "never offered");
+        // The flags survived the ack: still announced, and a live state is not a catch-up.
+        assert_eq!(mailbox.offer(&encoded("event:a", 7)), Offer::QUEUED);
+        mailbox.take_pending(&mut taken);
+        assert!(!taken[1].catch_up);
+        let slots = &mailbox.outbound().slots;
+        assert!(slots[0].flag(ANNOUNCED));
+        assert_eq!(slots[0].acked_version(), 5);
     }
 
     #[test]
