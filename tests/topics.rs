@@ -5,7 +5,8 @@
 mod support;
 
 use futures_util::future::join_all;
-use protocol::{ServerFrame, Topic};
+use protocol::admin::PublishReceipt;
+use protocol::{EventId, EventState, ServerFrame, Topic};
 use support::*;
 
 /// The node's budget of topics subscribed to but never published, in this test.
@@ -113,5 +114,201 @@ async fn the_configured_budget_applies_and_an_event_created_ahead_still_gets_its
     assert_eq!(server.metric("ringside_hub_unpublished_topics").await, 1);
     let mut again = server.device_named("again").await;
     subscribe(&mut again, &[made_up(1, 0)]).await;
+    server.stop().await;
+}
+
+/// Publishes in `priority`'s lane through the admin API's JSON (the typed request has no lane).
+async fn publish_in_lane(
+    server: &TestServer,
+    id: &EventId,
+    stage: &str,
+    priority: &str,
+    payload: &str,
+) -> PublishReceipt {
+    let body = format!(r#"{{"stage":"{stage}","priority":"{priority}","payload":{payload}}}"#);
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let response = client::http::call(
+        &server.base,
+        "POST",
+        &format!("/v1/admin/events/{id}/publish"),
+        &[("authorization", &bearer)],
+        Some(body.into_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    serde_json::from_slice(&response.body).unwrap()
+}
+
+type RawDevice =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A device with a small receive buffer of its own, so that when it stops reading what piles
+/// up is what the server holds for it; subscribed to `event` from `since`.
+async fn raw_device(server: &TestServer, name: &str, event: &EventId, since: u64) -> RawDevice {
+    use futures_util::SinkExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let url = format!("{}?token={}", server.ws_url, device_token(name, 3600));
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let subscribe = protocol::ClientFrame::Subscribe {
+        topics: vec![protocol::SubscribeTopic {
+            topic: topic(event),
+            since,
+        }],
+    };
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            subscribe.encode(),
+        ))
+        .await
+        .unwrap();
+    socket
+}
+
+/// The next `state` frame a raw device reads (skipping everything else).
+async fn raw_state(device: &mut RawDevice) -> EventState {
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::time::timeout(PROMPTLY, device.next())
+            .await
+            .expect("a frame in time")
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            if let ServerFrame::State(state) = ServerFrame::decode(&text).unwrap() {
+                return state;
+            }
+        }
+    }
+}
+
+fn is_best_effort(state: &EventState) -> bool {
+    state.priority == protocol::Priority::BestEffort
+}
+
+#[tokio::test]
+async fn a_stalled_reader_resumes_with_the_newest_state_then_only_the_newest_best_effort_message() {
+    // Small send buffers, and a send timeout long enough for the stall (this test is about
+    // lanes, not about cutting slow consumers off).
+    let server = TestServer::start_with(|config| {
+        config.send_buffer_bytes = 4096;
+        config.send_timeout = PROMPTLY;
+        config.shutdown_grace = PROMPTLY + std::time::Duration::from_secs(1);
+    })
+    .await;
+    let event = server.create_event("ticker-bout").await;
+    let first = server
+        .publish(&event, "LIVE", r#"{"hero":"main-card"}"#)
+        .await;
+    let mut stalled = raw_device(&server, "stalled", &event, 0).await;
+    assert_eq!(raw_state(&mut stalled).await.version, first.version);
+    // A device that keeps reading, for comparison.
+    let mut reader = server.device_named("reader").await;
+    subscribe(&mut reader, &[(topic(&event), first.version)]).await;
+
+    // The stalled device reads nothing while a ticker of ~3.5 KiB messages runs (far more
+    // than the buffers between it and the server hold) with two stage states in it.
+    const TICKS: usize = 300;
+    let filler = "x".repeat(3500);
+    let mut newest_state = first.version;
+    let mut newest_tick = 0;
+    for tick in 1..=TICKS {
+        if tick % 100 == 0 {
+            let payload = format!(r#"{{"hero":"round-{tick}"}}"#);
+            newest_state = server.publish(&event, "LIVE", &payload).await.version;
+        }
+        // The body names another stage: the message carries the current one regardless.
+        let payload = format!(r#"{{"viewers":{tick},"filler":"{filler}"}}"#);
+        newest_tick = publish_in_lane(&server, &event, "UPCOMING", "best_effort", &payload)
+            .await
+            .version;
+    }
+    assert!(newest_tick > newest_state);
+
+    // The reader kept up: it ends at the newest state and the newest tick.
+    let mut reader_last = (0, 0);
+    while reader_last.1 < newest_tick {
+        let state = next_state(&mut reader).await;
+        assert!(state.version > reader_last.0.max(reader_last.1));
+        if is_best_effort(&state) {
+            reader_last.1 = state.version;
+        } else {
+            reader_last.0 = state.version;
+        }
+    }
+    assert_eq!(reader_last, (newest_state, newest_tick));
+
+    // Now the stalled device reads: versions only go up, across both lanes; what it reads
+    // after the frames the buffers held is the newest state, then the newest tick, and no
+    // other tick.
+    let mut received = Vec::new();
+    loop {
+        let state = raw_state(&mut stalled).await;
+        let last = state.version == newest_tick;
+        received.push(state);
+        if last {
+            break;
+        }
+    }
+    let versions: Vec<u64> = received.iter().map(|s| s.version).collect();
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    for state in &received {
+        assert_eq!(
+            state.stage.as_str(),
+            "LIVE",
+            "every frame is on the current stage"
+        );
+    }
+    let newest_state_at = received
+        .iter()
+        .position(|s| !is_best_effort(s) && s.version == newest_state)
+        .expect("the newest state reached the stalled device");
+    let after: Vec<_> = received[newest_state_at + 1..]
+        .iter()
+        .map(|s| (s.version, is_best_effort(s)))
+        .collect();
+    assert_eq!(after, vec![(newest_tick, true)]);
+    let ticks_received = received.iter().filter(|s| is_best_effort(s)).count();
+    assert!(
+        ticks_received < TICKS / 4,
+        "expected conflation, the stalled device read {ticks_received} of {TICKS} ticks"
+    );
+    assert!(
+        server
+            .metric("ringside_hub_best_effort_conflated_total")
+            .await
+            > 0
+    );
+    assert!(
+        server
+            .metric("ringside_hub_best_effort_dropped_connection_behind_total")
+            .await
+            > 0,
+        "a state that arrived while a tick waited dropped that tick"
+    );
+    // Every tick was either fanned out or dropped while the node was behind (the bus
+    // consumer keeps only the newest waiting tick while a fan-out of the topic runs).
+    let applied = server
+        .metric("ringside_hub_best_effort_applied_total")
+        .await;
+    let dropped_behind = server
+        .metric("ringside_hub_best_effort_dropped_node_behind_total")
+        .await;
+    assert_eq!(applied + dropped_behind, TICKS as u64);
+
+    // The event's state is the stage state: in the admin API, and for a device that joins
+    // now, which gets it first and the newest tick after it.
+    let events = server.admin().list_events().await.unwrap();
+    let summary = events.into_iter().find(|e| e.id == event).unwrap();
+    assert_eq!(summary.version, newest_state);
+    let mut late = raw_device(&server, "late", &event, 0).await;
+    let catch_up = [raw_state(&mut late).await, raw_state(&mut late).await];
+    assert_eq!(
+        catch_up.map(|s| (s.version, is_best_effort(&s))),
+        [(newest_state, false), (newest_tick, true)]
+    );
     server.stop().await;
 }

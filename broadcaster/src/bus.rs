@@ -27,10 +27,11 @@ pub enum FeedItem {
 pub trait Bus: Send + Sync + 'static {
     fn publish(&self, state: EventState) -> BoxFuture<'_, Result<(), BroadcastError>>;
 
-    /// A feed of the latest state of every topic, then [`FeedItem::CaughtUp`], then every state
-    /// published from then on. States of one topic arrive in version order; a feed may repeat a
-    /// state, so consumers drop anything not newer than what they hold. A node calls it again
-    /// when its feed failed ([`run_bus_consumer`]).
+    /// A feed of the latest state of every topic (and its latest best-effort message, if
+    /// any), then [`FeedItem::CaughtUp`], then every state and best-effort message published
+    /// from then on. Messages of one topic arrive in version order; a feed may repeat one, so
+    /// consumers drop anything not newer than what they hold. A node calls it again when its
+    /// feed failed ([`run_bus_consumer`]).
     fn subscribe(&self) -> Box<dyn BusFeed>;
 }
 
@@ -51,19 +52,29 @@ pub struct MemoryBus {
     shared: Arc<MemoryBusShared>,
 }
 
+/// A topic and a lane (true: best-effort): what a compacted log keeps one record of.
+type LaneKey = (Topic, bool);
+
 #[derive(Debug)]
 struct MemoryBusShared {
-    /// Latest state of every topic: the equivalent of a compacted log.
-    latest: Mutex<HashMap<Topic, Arc<EventState>>>,
+    /// Latest state of every topic, and its latest best-effort message: the equivalent of a
+    /// compacted log keyed by topic and lane, so a best-effort message never replaces a state.
+    latest: Mutex<HashMap<LaneKey, Arc<EventState>>>,
     sender: broadcast::Sender<Arc<EventState>>,
 }
 
 impl MemoryBusShared {
-    /// The latest state of every topic and a receiver for everything after it, taken under
-    /// one lock so that nothing falls between them.
+    /// The latest state of every topic (and best-effort message) and a receiver for
+    /// everything after it, taken under one lock so that nothing falls between them. Popped
+    /// from the back, states come first: a topic's best-effort message follows its state, as
+    /// it did when published.
     fn snapshot(&self) -> (Vec<Arc<EventState>>, broadcast::Receiver<Arc<EventState>>) {
         let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
-        (latest.values().cloned().collect(), self.sender.subscribe())
+        let mut snapshot: Vec<_> = latest.values().cloned().collect();
+        let receiver = self.sender.subscribe();
+        drop(latest);
+        snapshot.sort_by_key(|message| message.priority.is_critical());
+        (snapshot, receiver)
     }
 }
 
@@ -93,11 +104,12 @@ impl Bus for MemoryBus {
             .latest
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let key = (state.topic.clone(), !state.priority.is_critical());
         let newer = latest
-            .get(&state.topic)
+            .get(&key)
             .is_none_or(|held| held.version < state.version);
         if newer {
-            latest.insert(state.topic.clone(), state.clone());
+            latest.insert(key, state.clone());
         }
         // Sent under the lock so that a concurrent `snapshot` sees either the snapshot or the
         // message, never neither. No receivers is fine: no node is listening yet.
@@ -164,6 +176,10 @@ pub struct ConsumerConfig {
     /// older one (newest wins, counted in `ringside_hub_states_superseded_total`); with this
     /// many topics waiting the feed is not read until one starts, and the bus holds the rest
     /// (Kafka keeps its log; a lagging memory feed resynchronizes from its snapshot).
+    /// Best-effort messages go first, counted in
+    /// `ringside_hub_best_effort_dropped_node_behind_total`: a waiting one is replaced by a
+    /// newer one and dropped when a newer state of its topic arrives, and a topic waiting only
+    /// with a best-effort message is dropped to make room rather than stop the feed.
     pub max_waiting_topics: usize,
     /// Delay before a failed feed is reopened the first time; it doubles with each failure in a
     /// row, up to `restart_delay_max`, and each delay is jittered over its upper half. Default
@@ -186,8 +202,9 @@ impl Default for ConsumerConfig {
 }
 
 /// Follows `bus` into `hub` until `shutdown`: reads the feed while fan-outs run, keeps only the
-/// newest waiting state of each topic, runs at most one fan-out per topic and up to
-/// [`ConsumerConfig::max_concurrent_fanouts`] topics at once. The hub is marked ready once every
+/// newest waiting state of each topic (and its newest best-effort message, newer than that
+/// state), runs at most one fan-out per topic (its state, then its best-effort message) and up
+/// to [`ConsumerConfig::max_concurrent_fanouts`] topics at once, topics with a state first. The hub is marked ready once every
 /// state read before the feed's [`FeedItem::CaughtUp`] is current; a feed that fails marks it
 /// unready and is reopened with backoff, and the hub is ready again once the new feed caught up.
 pub async fn run_bus_consumer(
@@ -237,24 +254,28 @@ async fn next_read(
     }
 }
 
-/// The newest state of a topic not yet fanned out.
+/// What of a topic is not yet fanned out: its newest state, its newest best-effort message
+/// (newer than that state), or both; never neither.
 struct Waiting {
-    state: Arc<EventState>,
-    /// Read number of the oldest state this one stands for: readiness waits for it.
-    since: u64,
+    state: Option<Arc<EventState>>,
+    best_effort: Option<Arc<EventState>>,
+    /// Read number of the oldest state this entry stands for: readiness waits for it (not for
+    /// best-effort messages, which are not the state a node must hold).
+    since: Option<u64>,
 }
 
 /// A fan-out in progress.
 struct Running {
     task: tokio::task::Id,
     topic: Topic,
-    since: u64,
+    since: Option<u64>,
 }
 
 struct Consumer {
     hub: Arc<Hub>,
     config: ConsumerConfig,
-    /// At most one state per topic, and at most `max_waiting_topics` topics.
+    /// At most one state and one best-effort message per topic, and at most
+    /// `max_waiting_topics` topics.
     waiting: HashMap<Topic, Waiting>,
     /// The waiting topics, oldest first: fan-outs start in that order, so none starves.
     order: VecDeque<Topic>,
@@ -281,6 +302,7 @@ impl Consumer {
             }
             self.start_fanouts();
             self.mark_ready_once_caught_up();
+            self.make_room();
             let room = self.waiting.len() < self.config.max_waiting_topics;
             tokio::select! {
                 // Reading comes first, so that what is queued is drained (and conflated) before
@@ -337,43 +359,133 @@ impl Consumer {
         self.running.retain(|running| running.task != task);
     }
 
-    /// Keeps `state` as its topic's waiting state unless a newer one waits already.
-    fn wait(&mut self, state: Arc<EventState>) {
+    /// Keeps `message` as its topic's waiting state (or best-effort message) unless a newer
+    /// one waits already.
+    fn wait(&mut self, message: Arc<EventState>) {
         self.read += 1;
-        match self.waiting.get_mut(&state.topic) {
-            Some(waiting) if waiting.state.version >= state.version => {
-                self.hub.metrics.states_stale.increment();
-            }
-            Some(waiting) => {
-                self.hub.metrics.states_superseded.increment();
-                // `since` stays: the older state it stood for is current only once this is.
-                waiting.state = state;
-            }
-            None => {
-                self.order.push_back(state.topic.clone());
-                let since = self.read;
-                self.waiting
-                    .insert(state.topic.clone(), Waiting { state, since });
-            }
+        if message.priority.is_critical() {
+            self.wait_state(message);
+        } else {
+            self.wait_best_effort(message);
         }
     }
 
-    /// Starts the oldest waiting topics that have no fan-out running, up to the limit.
+    fn wait_state(&mut self, state: Arc<EventState>) {
+        let metrics = &self.hub.metrics;
+        let Some(waiting) = self.waiting.get_mut(&state.topic) else {
+            self.order.push_back(state.topic.clone());
+            let since = Some(self.read);
+            self.waiting.insert(
+                state.topic.clone(),
+                Waiting {
+                    state: Some(state),
+                    best_effort: None,
+                    since,
+                },
+            );
+            return;
+        };
+        if let Some(held) = &waiting.state {
+            if held.version >= state.version {
+                metrics.states_stale.increment();
+                return;
+            }
+            metrics.states_superseded.increment();
+        }
+        // `since` stays when set: the older state it stood for is current only once this is.
+        waiting.since.get_or_insert(self.read);
+        // A waiting best-effort message older than this state would reach devices after it.
+        if waiting
+            .best_effort
+            .take_if(|message| message.version < state.version)
+            .is_some()
+        {
+            metrics.best_effort_dropped_node_behind.increment();
+        }
+        waiting.state = Some(state);
+    }
+
+    fn wait_best_effort(&mut self, message: Arc<EventState>) {
+        let metrics = &self.hub.metrics;
+        let Some(waiting) = self.waiting.get_mut(&message.topic) else {
+            self.order.push_back(message.topic.clone());
+            self.waiting.insert(
+                message.topic.clone(),
+                Waiting {
+                    state: None,
+                    best_effort: Some(message),
+                    since: None,
+                },
+            );
+            return;
+        };
+        if waiting
+            .best_effort
+            .as_ref()
+            .is_some_and(|held| held.version >= message.version)
+        {
+            metrics.states_stale.increment();
+            return;
+        }
+        // Either this message is older than the waiting state (it must not reach devices
+        // after it), or it replaces the waiting one: one best-effort message dropped.
+        let overtaken = waiting
+            .state
+            .as_ref()
+            .is_some_and(|state| state.version > message.version);
+        if overtaken || waiting.best_effort.replace(message).is_some() {
+            metrics.best_effort_dropped_node_behind.increment();
+        }
+    }
+
+    /// With `max_waiting_topics` topics waiting, drops a topic that waits only with a
+    /// best-effort message, so that the feed goes on being read for the states behind it.
+    fn make_room(&mut self) {
+        if self.waiting.len() < self.config.max_waiting_topics {
+            return;
+        }
+        let waiting = &self.waiting;
+        let best_effort_only = self
+            .order
+            .iter()
+            .position(|topic| waiting.get(topic).is_some_and(|w| w.state.is_none()));
+        if let Some(topic) = best_effort_only.and_then(|index| self.order.remove(index)) {
+            self.waiting.remove(&topic);
+            self.hub.metrics.best_effort_dropped_node_behind.increment();
+        }
+    }
+
+    /// Starts the oldest waiting topics that have no fan-out running, up to the limit: those
+    /// with a state first, then those with only a best-effort message.
     fn start_fanouts(&mut self) {
         while self.running.len() < self.config.max_concurrent_fanouts {
-            let startable = self
-                .order
-                .iter()
-                .position(|topic| !self.running.iter().any(|running| &running.topic == topic));
-            let Some(topic) = startable.and_then(|index| self.order.remove(index)) else {
+            let (running, waiting) = (&self.running, &self.waiting);
+            let startable = |with_state: bool| {
+                self.order.iter().position(|topic| {
+                    !running.iter().any(|running| &running.topic == topic)
+                        && (!with_state || waiting.get(topic).is_some_and(|w| w.state.is_some()))
+                })
+            };
+            let index = startable(true).or_else(|| startable(false));
+            let Some(topic) = index.and_then(|index| self.order.remove(index)) else {
                 return;
             };
-            let Some(Waiting { state, since }) = self.waiting.remove(&topic) else {
+            let Some(Waiting {
+                state,
+                best_effort,
+                since,
+            }) = self.waiting.remove(&topic)
+            else {
                 continue;
             };
             let hub = self.hub.clone();
             let task = self.fanouts.spawn(async move {
-                apply_off_runtime(&hub, state).await;
+                if let Some(state) = state {
+                    apply_off_runtime(&hub, state).await;
+                }
+                if let Some(message) = best_effort {
+                    apply_off_runtime(&hub, message).await;
+                }
             });
             self.running.push(Running {
                 task: task.id(),
@@ -388,8 +500,9 @@ impl Consumer {
         let Some(caught_up_at) = self.caught_up_at else {
             return;
         };
-        let owed = self.waiting.values().any(|w| w.since <= caught_up_at)
-            || self.running.iter().any(|r| r.since <= caught_up_at);
+        let owed = |since: Option<u64>| since.is_some_and(|since| since <= caught_up_at);
+        let owed = self.waiting.values().any(|w| owed(w.since))
+            || self.running.iter().any(|r| owed(r.since));
         if !owed {
             self.caught_up_at = None;
             self.hub.mark_ready();
@@ -637,6 +750,83 @@ mod tests {
         Step::Item(FeedItem::State(Arc::new(state(topic, version))))
     }
 
+    fn best_effort(topic: &str, version: u64) -> EventState {
+        EventState {
+            priority: protocol::Priority::BestEffort,
+            ..state(topic, version)
+        }
+    }
+
+    fn best_effort_item(topic: &str, version: u64) -> Step {
+        Step::Item(FeedItem::State(Arc::new(best_effort(topic, version))))
+    }
+
+    /// Holds the only fan-out a consumer may run (of `event:stuck`) until released: the node
+    /// is behind, and everything read meanwhile waits.
+    struct StuckFanout {
+        release: std::sync::mpsc::Sender<()>,
+        holder: std::thread::JoinHandle<()>,
+        _device: Arc<crate::Mailbox>,
+    }
+
+    impl StuckFanout {
+        fn hold(hub: &Arc<Hub>) -> Self {
+            // Connection 0 lives in shard 0, the shard held.
+            let device = subscribed(hub, "event:stuck", 0);
+            hub.apply(&state("event:stuck", 1));
+            let channel = hub
+                .channel(&Topic::parse("event:stuck").expect("topic"))
+                .expect("channel");
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let (held, holding) = std::sync::mpsc::channel::<()>();
+            let holder = std::thread::spawn(move || {
+                let _shard = channel.shards[0].lock().expect("shard");
+                held.send(()).expect("held");
+                released.recv().expect("release");
+            });
+            holding.recv().expect("holding");
+            Self {
+                release,
+                holder,
+                _device: device,
+            }
+        }
+
+        fn release(self) {
+            self.release.send(()).expect("release");
+            self.holder.join().expect("holder");
+        }
+    }
+
+    /// What `device` is offered until it holds `count` messages, as (version, best-effort).
+    async fn offered(device: &crate::Mailbox, count: usize) -> Vec<(u64, bool)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut pending = Vec::new();
+        loop {
+            device.take_pending(&mut pending);
+            if pending.len() >= count {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "offered {pending:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        pending
+            .iter()
+            .map(|d| (d.state.version, d.state.is_best_effort()))
+            .collect()
+    }
+
+    async fn until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// A bus consumer running on `hub` for a test, stopped with [`Consumed::stop`].
     struct Consumed {
         shutdown: CancellationToken,
@@ -868,6 +1058,123 @@ mod tests {
         ready_promptly(&hub).await;
         assert_eq!(hub.version(&Topic::parse("event:a").expect("topic")), 2);
         assert_eq!(hub.metrics.feed_restarts.get(), 1);
+        consumer.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_behind_conflates_and_drops_best_effort_messages_never_states() {
+        let hub = test_hub();
+        let device = subscribed(&hub, "event:a", 1);
+        let stuck = StuckFanout::hold(&hub);
+        let bus = ScriptedBus::new(vec![vec![
+            item("event:stuck", 2),
+            best_effort_item("event:a", 2),
+            // Replaces the waiting message 2.
+            best_effort_item("event:a", 3),
+            // Overtakes the waiting message 3, which must not reach devices after it.
+            item("event:a", 4),
+            best_effort_item("event:a", 5),
+            Step::Item(FeedItem::CaughtUp),
+        ]]);
+        let consumer = Consumed::start(
+            bus.clone(),
+            &hub,
+            ConsumerConfig {
+                max_concurrent_fanouts: 1,
+                ..quick_restarts()
+            },
+        );
+        let metrics = &hub.metrics;
+        until("two best-effort messages dropped", || {
+            metrics.best_effort_dropped_node_behind.get() == 2
+        })
+        .await;
+        stuck.release();
+        ready_promptly(&hub).await;
+        let topic = Topic::parse("event:a").expect("topic");
+        until("the newest best-effort message fanned out", || {
+            hub.best_effort_version(&topic) == 5
+        })
+        .await;
+        assert_eq!(hub.version(&topic), 4, "the state stays current");
+        // The device got the state, then the newer best-effort message, nothing else.
+        assert_eq!(offered(&device, 2).await, vec![(4, false), (5, true)]);
+        assert_eq!(metrics.best_effort_dropped_node_behind.get(), 2);
+        assert_eq!(metrics.states_superseded.get(), 0);
+        consumer.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_its_limit_of_topics_waiting_a_node_drops_best_effort_topics_to_read_on() {
+        let hub = test_hub();
+        let stuck = StuckFanout::hold(&hub);
+        let bus = ScriptedBus::new(vec![vec![
+            item("event:stuck", 2),
+            best_effort_item("event:a", 1),
+            best_effort_item("event:b", 1),
+            item("event:c", 1),
+            item("event:d", 1),
+            item("event:e", 1),
+            Step::Item(FeedItem::CaughtUp),
+        ]]);
+        let consumer = Consumed::start(
+            bus.clone(),
+            &hub,
+            ConsumerConfig {
+                max_concurrent_fanouts: 1,
+                max_waiting_topics: 2,
+                ..quick_restarts()
+            },
+        );
+        // a and b fill the two places; each is dropped in turn so the states behind them are
+        // read; two states then fill the places and the feed waits.
+        let metrics = &hub.metrics;
+        until("both best-effort topics dropped", || {
+            metrics.best_effort_dropped_node_behind.get() == 2
+        })
+        .await;
+        stuck.release();
+        ready_promptly(&hub).await;
+        for name in ["event:c", "event:d", "event:e"] {
+            assert_eq!(
+                hub.version(&Topic::parse(name).expect("topic")),
+                1,
+                "{name}"
+            );
+        }
+        for name in ["event:a", "event:b"] {
+            let topic = Topic::parse(name).expect("topic");
+            assert_eq!(hub.best_effort_version(&topic), 0, "{name}");
+        }
+        assert_eq!(metrics.best_effort_dropped_node_behind.get(), 2);
+        consumer.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_best_effort_message_never_replaces_a_state_for_a_node_that_joins_later() {
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+        bus.publish(state("event:a", 1)).await.expect("publish");
+        bus.publish(best_effort("event:a", 2))
+            .await
+            .expect("publish");
+        bus.publish(best_effort("event:a", 3))
+            .await
+            .expect("publish");
+        let hub = test_hub();
+        let device = subscribed(&hub, "event:a", 1);
+        let consumer = Consumed::start(bus.clone(), &hub, quick_restarts());
+        ready_promptly(&hub).await;
+        let topic = Topic::parse("event:a").expect("topic");
+        until("the best-effort message fanned out", || {
+            hub.best_effort_version(&topic) == 3
+        })
+        .await;
+        assert_eq!(hub.version(&topic), 1);
+        assert_eq!(
+            offered(&device, 2).await,
+            vec![(1, false), (3, true)],
+            "the state, then the newest message"
+        );
         consumer.stop().await;
     }
 }

@@ -10,6 +10,14 @@
 //! [`HubConfig::max_unpublished_topics`], and move into the topic's channel when its first state
 //! arrives. So made-up names cost a few bytes each, never take the topics map's write lock and
 //! never fill the budget of topics that are published.
+//!
+//! Each topic has two lanes. Its **current state** (the critical lane: stage states) is what
+//! the topic's version, catch-up and the statistics go by. Its **newest best-effort message**
+//! (a viewer count, a score ticker, published with `"priority":"best_effort"`) is kept apart:
+//! it never becomes the current state nor changes the topic's version, and it is offered to a
+//! new subscriber after the current state, when it is newer than that state (a device that
+//! joins mid-event shows the newest count at once rather than at the next tick). A best-effort
+//! message older than the current state is dropped: it would reach devices after a newer state.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -19,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::admin::TopicStats;
-use protocol::{EventState, Topic};
+use protocol::{EventState, Priority, Topic};
 use telemetry::{Counter, Gauge, Histogram, Registry};
 use tokio::sync::watch;
 
@@ -62,6 +70,9 @@ pub struct EncodedState {
     pub topic: Topic,
     pub version: u64,
     pub published_at_ms: u64,
+    /// The lane: `critical` for a stage state; any other class travels in the best-effort
+    /// lane (the control plane publishes only `critical` and `best_effort`).
+    pub priority: Priority,
     /// The complete WebSocket text frame of the `state` (header and JSON): every connection
     /// writes these same bytes (a reference count, no copy, no per-connection framing).
     pub wire: Bytes,
@@ -75,9 +86,15 @@ impl EncodedState {
             topic: state.topic.clone(),
             version: state.version,
             published_at_ms: state.published_at_ms,
+            priority: state.priority,
             wire: text_frame(protocol::frame::encode_state(state).as_bytes()),
             encoded_at: Instant::now(),
         }
+    }
+
+    /// A best-effort message rather than a stage state.
+    pub fn is_best_effort(&self) -> bool {
+        !self.priority.is_critical()
     }
 }
 
@@ -121,21 +138,22 @@ impl DeliveryMetrics {
                 .counter("ringside_bytes_sent_total", "Bytes of state frames written to sockets."),
             publish_to_send: registry.latency_histogram(
                 "ringside_publish_to_send_seconds",
-                "Time from the control plane accepting a publish to the state being written to a socket (live fan-out only; millisecond resolution).",
+                "Time from the control plane accepting a publish to the state being written to a socket (live fan-out of stage states only; millisecond resolution).",
             ),
             fanout: registry.latency_histogram(
                 "ringside_fanout_seconds",
-                "Time from this node encoding a state to writing it to a socket (live fan-out only).",
+                "Time from this node encoding a state to writing it to a socket (live fan-out of stage states only).",
             ),
         }
     }
 
     /// Counts `state` written to one socket; `live` when a fan-out offered it (a catch-up
-    /// state's publish may be long past, so it is no latency sample).
+    /// state's publish may be long past, so it is no latency sample). Best-effort messages are
+    /// counted as sent but are no latency sample either: the histograms measure the state path.
     pub fn sent(&self, state: &EncodedState, live: bool) {
         self.messages_sent.increment();
         self.bytes_sent.add(state.wire.len() as u64);
-        if live {
+        if live && !state.is_best_effort() {
             self.fanout.observe(state.encoded_at.elapsed());
             self.publish_to_send.observe(Duration::from_millis(
                 protocol::unix_now_ms().saturating_sub(state.published_at_ms),
@@ -163,9 +181,11 @@ impl Fanout {
 /// The result of [`Hub::apply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
-    /// The state became current and was offered to `subscribers` connections.
+    /// The state became current (a best-effort message: its topic's newest best-effort
+    /// message) and was offered to `subscribers` connections.
     FannedOut { subscribers: usize },
-    /// The hub already held this version or a newer one.
+    /// The hub already held this version or a newer one (a best-effort message: or a newer
+    /// state).
     Stale,
 }
 
@@ -185,6 +205,18 @@ pub struct HubMetrics {
     /// Subscribes refused at the limit of topics without a state.
     pub topic_limit_refusals: Arc<Counter>,
     pub acks: Arc<Counter>,
+    /// Best-effort messages that became their topic's newest and were fanned out.
+    pub best_effort_applied: Arc<Counter>,
+    /// Unsent best-effort messages replaced in a connection's mailbox by a newer one of their
+    /// topic.
+    pub best_effort_conflated: Arc<Counter>,
+    /// Unsent best-effort messages a connection dropped because it was behind: a newer state
+    /// of their topic arrived while they waited, and states go first.
+    pub best_effort_dropped_connection_behind: Arc<Counter>,
+    /// Best-effort messages dropped because the node was behind: replaced by a newer one, or
+    /// overtaken by a newer state, while they waited for their fan-out, or read while the bus
+    /// consumer held its limit of waiting topics.
+    pub best_effort_dropped_node_behind: Arc<Counter>,
     pub deliveries: DeliveryMetrics,
 }
 
@@ -220,14 +252,37 @@ impl HubMetrics {
                 "Subscribes refused because the node held its limit of topics without a state.",
             ),
             acks: registry.counter("ringside_acks_total", "Acks received from devices."),
+            best_effort_applied: registry.counter(
+                "ringside_hub_best_effort_applied_total",
+                "Best-effort messages that became their topic's newest best-effort message and were fanned out (never the topic's current state).",
+            ),
+            best_effort_conflated: registry.counter(
+                "ringside_hub_best_effort_conflated_total",
+                "Unsent best-effort messages replaced in a connection's mailbox by a newer one of their topic.",
+            ),
+            best_effort_dropped_connection_behind: registry.counter(
+                "ringside_hub_best_effort_dropped_connection_behind_total",
+                "Unsent best-effort messages a connection dropped because a newer state of their topic arrived while it was behind (states go first).",
+            ),
+            best_effort_dropped_node_behind: registry.counter(
+                "ringside_hub_best_effort_dropped_node_behind_total",
+                "Best-effort messages dropped before their fan-out because the node was behind: replaced by a newer one or overtaken by a newer state while waiting, or read while the bus consumer held its limit of waiting topics.",
+            ),
             deliveries: DeliveryMetrics::new(registry),
         }
     }
 }
 
+/// A topic's current state and its newest best-effort message, each encoded once.
+#[derive(Debug, Default, Clone)]
+struct Lanes {
+    state: Option<Arc<EncodedState>>,
+    best_effort: Option<Arc<EncodedState>>,
+}
+
 #[derive(Debug)]
 pub(crate) struct TopicChannel {
-    current: RwLock<Option<Arc<EncodedState>>>,
+    lanes: RwLock<Lanes>,
     pub(crate) shards: Box<[SubscriberShard]>,
     subscribers: AtomicU64,
     /// Acks counted for `ack_version` (statistics; approximate while a publish is in flight).
@@ -239,7 +294,7 @@ impl TopicChannel {
     /// A channel for a topic's first state, with the subscribers that waited for it.
     fn with_subscribers(waiting: HashMap<u64, Arc<Mailbox>>) -> Self {
         let channel = Self {
-            current: RwLock::new(None),
+            lanes: RwLock::default(),
             shards: (0..SUBSCRIBER_SHARDS).map(|_| Mutex::default()).collect(),
             subscribers: AtomicU64::new(waiting.len() as u64),
             ack_version: AtomicU64::new(0),
@@ -276,10 +331,18 @@ impl TopicChannel {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn current(&self) -> Option<Arc<EncodedState>> {
-        self.current
+    fn lanes(&self) -> Lanes {
+        self.lanes
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn current(&self) -> Option<Arc<EncodedState>> {
+        self.lanes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state
             .clone()
     }
 }
@@ -357,7 +420,8 @@ impl Hub {
     }
 
     /// Makes `state` current for its topic if it is newer than what the hub holds, and offers
-    /// it to every subscriber, on the calling thread. Encodes the state once.
+    /// it to every subscriber, on the calling thread. Encodes the state once. A best-effort
+    /// message becomes its topic's newest best-effort message instead ([`Hub::make_current`]).
     pub fn apply(&self, state: &EventState) -> Applied {
         match self.make_current(state) {
             Some(fanout) => Applied::FannedOut {
@@ -368,8 +432,14 @@ impl Hub {
     }
 
     /// The first half of [`Hub::apply`]: makes `state` current if it is newer than what the hub
-    /// holds, encoded once, and returns the fan-out still to do ([`Hub::fan_out`]).
+    /// holds, encoded once, and returns the fan-out still to do ([`Hub::fan_out`]). A
+    /// best-effort message becomes its topic's newest best-effort message if it is newer than
+    /// both the one held and the current state; the current state and the topic's version are
+    /// left as they are.
     pub fn make_current(&self, state: &EventState) -> Option<Fanout> {
+        if !state.priority.is_critical() {
+            return self.make_newest_best_effort(state);
+        }
         // A node re-reading the bus (startup after seeding from the store, a new consumer) sees
         // mostly states it holds: drop those before paying for the encoding. The check under
         // the lock below stays the one that decides.
@@ -380,25 +450,69 @@ impl Hub {
         let encoded = Arc::new(EncodedState::encode(state));
         let channel = self.channel_for_state(&state.topic);
         {
-            let mut current = channel
-                .current
+            let mut lanes = channel
+                .lanes
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            if current
+            if lanes
+                .state
                 .as_ref()
                 .is_some_and(|held| held.version >= encoded.version)
             {
-                drop(current);
+                drop(lanes);
                 self.metrics.states_stale.increment();
                 return None;
             }
-            *current = Some(encoded.clone());
+            lanes.state = Some(encoded.clone());
         }
         channel.ack_count.store(0, Ordering::Relaxed);
         channel
             .ack_version
             .store(encoded.version, Ordering::Relaxed);
         self.metrics.states_applied.increment();
+        Some(Fanout { channel, encoded })
+    }
+
+    /// The best-effort half of [`Hub::make_current`].
+    fn make_newest_best_effort(&self, message: &EventState) -> Option<Fanout> {
+        // Judged without encoding first, as for states; the check under the lock decides.
+        let judge = |lanes: &Lanes| {
+            if lanes
+                .state
+                .as_ref()
+                .is_some_and(|state| state.version > message.version)
+            {
+                // Overtaken by a newer state: devices must not get it after that state.
+                Some(&self.metrics.best_effort_dropped_node_behind)
+            } else if lanes
+                .best_effort
+                .as_ref()
+                .is_some_and(|held| held.version >= message.version)
+            {
+                Some(&self.metrics.states_stale)
+            } else {
+                None
+            }
+        };
+        if let Some(dropped) = self.channel(&message.topic).and_then(|c| judge(&c.lanes())) {
+            dropped.increment();
+            return None;
+        }
+        let encoded = Arc::new(EncodedState::encode(message));
+        let channel = self.channel_for_state(&message.topic);
+        {
+            let mut lanes = channel
+                .lanes
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(dropped) = judge(&lanes) {
+                drop(lanes);
+                dropped.increment();
+                return None;
+            }
+            lanes.best_effort = Some(encoded.clone());
+        }
+        self.metrics.best_effort_applied.increment();
         Some(Fanout { channel, encoded })
     }
 
@@ -412,6 +526,7 @@ impl Hub {
         // or sealed its mailbox first, which then ignores the offer.
         let mut offered = 0;
         let mut conflated = 0;
+        let mut dropped_best_effort = 0;
         let mut subscribers = Vec::new();
         for shard in &channel.shards[shards] {
             // The shard is locked only to copy it: the offers below are system calls, and
@@ -424,21 +539,30 @@ impl Hub {
                     .cloned(),
             );
             for mailbox in subscribers.drain(..) {
-                match mailbox.offer(encoded) {
+                let offer = mailbox.offer(encoded);
+                match offer {
                     Offer::Written => {
                         offered += 1;
                         self.metrics.deliveries.sent(encoded, true);
                     }
-                    Offer::Queued => offered += 1,
-                    Offer::Conflated => {
+                    Offer::Queued { .. } => offered += 1,
+                    Offer::Conflated { .. } => {
                         offered += 1;
                         conflated += 1;
                     }
                     Offer::Ignored => {}
                 }
+                dropped_best_effort += u64::from(offer.dropped_best_effort());
             }
         }
-        self.metrics.states_conflated.add(conflated);
+        if encoded.is_best_effort() {
+            self.metrics.best_effort_conflated.add(conflated);
+        } else {
+            self.metrics.states_conflated.add(conflated);
+        }
+        self.metrics
+            .best_effort_dropped_connection_behind
+            .add(dropped_best_effort);
         offered
     }
 
@@ -521,11 +645,19 @@ impl Hub {
         }
     }
 
-    /// The current version of `topic`, 0 when it has none.
+    /// The current version of `topic` (its current state's), 0 when it has none. Best-effort
+    /// messages never change it.
     pub fn version(&self, topic: &Topic) -> u64 {
         self.channel(topic)
             .and_then(|c| c.current())
             .map_or(0, |s| s.version)
+    }
+
+    /// The version of `topic`'s newest best-effort message, 0 when it has none.
+    pub fn best_effort_version(&self, topic: &Topic) -> u64 {
+        self.channel(topic)
+            .and_then(|c| c.lanes().best_effort)
+            .map_or(0, |m| m.version)
     }
 
     /// Statistics of the topics that have a state, by topic name. The topics map is read-locked
@@ -589,11 +721,18 @@ impl Hub {
 }
 
 /// Registers first, then reads the current state: a concurrent fan-out either sees this
-/// subscriber or has already replaced the current state that is read here.
+/// subscriber or has already replaced the current state that is read here. The newest
+/// best-effort message follows the state when it is newer than it.
 fn subscribe_to_channel(channel: &TopicChannel, connection: u64, mailbox: &Arc<Mailbox>) {
     channel.insert(connection, mailbox);
-    if let Some(current) = channel.current() {
-        mailbox.offer_catch_up(&current);
+    let Lanes { state, best_effort } = channel.lanes();
+    if let Some(state) = &state {
+        mailbox.offer_catch_up(state);
+    }
+    if let Some(message) = best_effort {
+        if state.is_none_or(|state| message.version > state.version) {
+            mailbox.offer_catch_up(&message);
+        }
     }
 }
 
@@ -615,6 +754,13 @@ mod tests {
             payload: Payload::empty(),
             priority: protocol::Priority::Critical,
             fetch_within_ms: None,
+        }
+    }
+
+    fn best_effort(version: u64) -> EventState {
+        EventState {
+            priority: protocol::Priority::BestEffort,
+            ..state(version)
         }
     }
 
@@ -783,5 +929,69 @@ mod tests {
         hub.record_ack(&topic, 2);
         hub.record_ack(&topic, 2);
         assert_eq!(hub.topic_stats()[0].acks, 2);
+    }
+
+    #[test]
+    fn best_effort_messages_never_change_the_current_state_or_the_version() {
+        let hub = hub();
+        let topic = state(0).topic;
+        hub.apply(&state(3));
+        assert_eq!(
+            hub.apply(&best_effort(4)),
+            Applied::FannedOut { subscribers: 0 }
+        );
+        assert_eq!(hub.version(&topic), 3);
+        assert_eq!(hub.best_effort_version(&topic), 4);
+        assert_eq!(hub.topic_stats()[0].version, 3);
+        assert_eq!(hub.metrics.states_applied.get(), 1);
+        assert_eq!(hub.metrics.best_effort_applied.get(), 1);
+        // Repeats are stale; a message older than the current state is dropped.
+        assert_eq!(hub.apply(&best_effort(4)), Applied::Stale);
+        assert_eq!(hub.apply(&best_effort(2)), Applied::Stale);
+        assert_eq!(hub.metrics.best_effort_dropped_node_behind.get(), 1);
+        // The newest best-effort message follows the state as catch-up, only when newer.
+        let joining = Mailbox::new();
+        joining.open(&topic, 0);
+        hub.subscribe(&topic, 1, &joining).expect("subscribed");
+        assert_eq!(take(&joining), vec![3, 4]);
+        hub.apply(&state(5));
+        assert_eq!(hub.best_effort_version(&topic), 4);
+        let after_a_state = Mailbox::new();
+        after_a_state.open(&topic, 0);
+        hub.subscribe(&topic, 2, &after_a_state)
+            .expect("subscribed");
+        assert_eq!(take(&after_a_state), vec![5]);
+        // A state is never held back by a best-effort message, nor the other way round.
+        assert_eq!(
+            hub.apply(&best_effort(6)),
+            Applied::FannedOut { subscribers: 2 }
+        );
+        assert_eq!(take(&joining), vec![5, 6]);
+        assert_eq!(take(&after_a_state), vec![6]);
+        assert_eq!(hub.apply(&state(7)), Applied::FannedOut { subscribers: 2 });
+        assert_eq!(take(&after_a_state), vec![7]);
+        // Acks count for the current state, whatever best-effort messages came between.
+        hub.apply(&best_effort(8));
+        hub.record_ack(&topic, 7);
+        assert_eq!(hub.topic_stats()[0].acks, 1);
+        assert_eq!(hub.version(&topic), 7);
+    }
+
+    #[test]
+    fn a_connection_behind_counts_its_conflated_and_dropped_best_effort_messages() {
+        let hub = hub();
+        let topic = state(0).topic;
+        let slow = Mailbox::new();
+        slow.open(&topic, 0);
+        hub.subscribe(&topic, 1, &slow).expect("subscribed");
+        hub.apply(&state(1));
+        for version in 2..=5 {
+            hub.apply(&best_effort(version));
+        }
+        assert_eq!(hub.metrics.best_effort_conflated.get(), 3);
+        hub.apply(&state(6));
+        assert_eq!(hub.metrics.best_effort_dropped_connection_behind.get(), 1);
+        assert_eq!(hub.metrics.states_conflated.get(), 1);
+        assert_eq!(take(&slow), vec![6]);
     }
 }

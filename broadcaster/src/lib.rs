@@ -19,6 +19,11 @@
 //!   connection never go backwards. A slow socket therefore never holds a backlog of states and
 //!   never delays anyone else.
 //!
+//! Every tier has two lanes per topic: stage states (`critical`, the topic's current state) and
+//! best-effort messages (a viewer count, a ticker: extra data that is never the state). Each lane
+//! keeps its own newest version; best-effort messages give way first wherever something is
+//! behind (a connection's socket, the node's fan-outs), and each way they give way is counted.
+//!
 //! The gateway accepts the sockets and reads them; it hands each one's write side to its
 //! mailbox.
 

@@ -6,10 +6,22 @@
 //! woken to write it. A socket that does not keep up therefore costs the fan-out one failed
 //! `send` and never delays the connections after it.
 //!
-//! What waits is bounded by construction: at most one unsent state per subscribed topic.
-//! Overflow policy: a newer state of a topic replaces the unsent older one (conflation), because
-//! a device only ever needs the newest state. Offers that are not newer than what the connection
-//! was already offered are dropped, so versions seen by a connection strictly increase.
+//! Each topic has two lanes. The **critical** lane carries the event's stage states; the
+//! **best-effort** lane carries extra messages (a viewer count, a score ticker), which are never
+//! the event's state. What waits is bounded by construction: at most one unsent message per
+//! subscribed topic and lane. Overflow policy, per lane: a newer message of a topic replaces
+//! the unsent older one (conflation), because a device only ever needs the newest. Each lane
+//! keeps its own newest version, so a best-effort message never holds back a later state nor a
+//! state a later best-effort message; offers that are not newer than what the lane was already
+//! offered are dropped, so versions seen by a connection strictly increase per lane.
+//!
+//! When the connection is behind (something waits, or the socket took a frame only in part),
+//! critical states go first: every waiting state is written before any waiting best-effort
+//! message, and a best-effort message is written only while the backlog is empty, so at most
+//! one of them is ever ahead of a later state. A best-effort message also never follows a newer
+//! state of its topic on the wire (a device that ignores the lane then still sees increasing
+//! versions): one still waiting when a newer state of its topic arrives is dropped, and one
+//! older than the newest state offered is not taken.
 //!
 //! Every write to the socket goes through here, as whole frames: the fan-out's direct writes,
 //! the task's writes of waiting states, and the WebSocket codec's own frames ([`Mailbox::poll_write`]).
@@ -30,35 +42,97 @@ use tokio::sync::Notify;
 
 use crate::hub::EncodedState;
 
-/// What happened to an offered state.
+/// What happened to an offered state or best-effort message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
     /// Written to the socket by the offer itself (at least the start of it; a rest the socket
     /// did not take is in the backlog, and the task was woken to write it).
     Written,
-    /// Queued for the connection's task to write.
-    Queued,
-    /// Queued, replacing an older unsent state of the same topic.
-    Conflated,
-    /// Dropped: not newer than what the connection already has, not subscribed, or the
-    /// connection is closing.
+    /// Queued for the connection's task to write. `dropped_best_effort`: offering a state, an
+    /// unsent older best-effort message of its topic was dropped (the connection is behind,
+    /// and it must not follow the newer state).
+    Queued { dropped_best_effort: bool },
+    /// Queued, replacing an older unsent message of the same topic and lane;
+    /// `dropped_best_effort` as for [`Offer::Queued`].
+    Conflated { dropped_best_effort: bool },
+    /// Dropped: not newer than what the lane already has (a best-effort message: or not newer
+    /// than the topic's newest state), not subscribed, or the connection is closing.
     Ignored,
 }
 
+impl Offer {
+    /// Queued, dropping nothing else.
+    pub const QUEUED: Self = Self::Queued {
+        dropped_best_effort: false,
+    };
+    /// Conflated, dropping nothing else.
+    pub const CONFLATED: Self = Self::Conflated {
+        dropped_best_effort: false,
+    };
+
+    /// Whether the offer dropped an unsent best-effort message older than the offered state.
+    pub fn dropped_best_effort(self) -> bool {
+        matches!(
+            self,
+            Self::Queued {
+                dropped_best_effort: true
+            } | Self::Conflated {
+                dropped_best_effort: true
+            }
+        )
+    }
+}
+
+/// [`Slot::acked_and_flags`]: the device knows it holds the topic (`subscribed` is written),
+/// so live messages may go straight to the socket; until then they wait, to follow that answer.
+const ANNOUNCED: u64 = 1 << 63;
+/// [`Slot::acked_and_flags`]: the waiting state was offered as a catch-up.
+const STATE_CATCH_UP: u64 = 1 << 62;
+/// [`Slot::acked_and_flags`]: the waiting best-effort message was offered as a catch-up.
+const BEST_EFFORT_CATCH_UP: u64 = 1 << 61;
+/// [`Slot::acked_and_flags`]: the bits of the acknowledged version. Versions are far below
+/// 2^61 (the stores derive them from milliseconds since the epoch), and an ack of a version
+/// the connection was not offered is never stored.
+const ACKED_VERSION: u64 = (1 << 61) - 1;
+
+/// One subscribed topic of a connection, held by every connection for every topic: 56 bytes,
+/// as before the best-effort lane, because both lanes' waiting messages are bare pointers and
+/// the flags live in the top bits of the acknowledged version.
 #[derive(Debug)]
 struct Slot {
     topic: Topic,
-    /// Newest version offered to (or held by) the connection.
+    /// Newest state version offered to (or held by) the connection.
     newest_version: u64,
-    /// Newest version the device acknowledged.
-    acked_version: u64,
-    /// The device has been told it holds the topic (`subscribed` is written), so live states
-    /// may go straight to the socket; until then they wait, to follow that answer.
-    announced: bool,
-    pending: Option<Delivery>,
+    /// Newest best-effort version offered to the connection.
+    newest_best_effort: u64,
+    /// Newest version the device acknowledged (`ACKED_VERSION` bits), and the flags
+    /// `ANNOUNCED`, `STATE_CATCH_UP`, `BEST_EFFORT_CATCH_UP`.
+    acked_and_flags: u64,
+    /// The unsent state, if any.
+    pending: Option<Arc<EncodedState>>,
+    /// The unsent best-effort message, if any.
+    pending_best_effort: Option<Arc<EncodedState>>,
 }
 
-/// A state taken from a mailbox, to send.
+impl Slot {
+    fn flag(&self, flag: u64) -> bool {
+        self.acked_and_flags & flag != 0
+    }
+
+    fn set_flag(&mut self, flag: u64, on: bool) {
+        if on {
+            self.acked_and_flags |= flag;
+        } else {
+            self.acked_and_flags &= !flag;
+        }
+    }
+
+    fn acked_version(&self) -> u64 {
+        self.acked_and_flags & ACKED_VERSION
+    }
+}
+
+/// A state (or best-effort message) taken from a mailbox, to send.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub state: Arc<EncodedState>,
@@ -110,8 +184,9 @@ impl Mailbox {
         self.outbound.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts accepting states of `topic` newer than `since`. Returns false when the topic was
-    /// already open (its position is kept). Live states wait until [`Mailbox::announce`].
+    /// Starts accepting states of `topic` newer than `since`, and best-effort messages newer
+    /// than it. Returns false when the topic was already open (its position is kept). Live
+    /// messages wait until [`Mailbox::announce`].
     pub fn open(&self, topic: &Topic, since: u64) -> bool {
         let mut outbound = self.outbound();
         let slots = &mut outbound.slots;
@@ -126,9 +201,10 @@ impl Mailbox {
         slots.push(Slot {
             topic: topic.clone(),
             newest_version: since,
-            acked_version: 0,
-            announced: false,
+            newest_best_effort: since,
+            acked_and_flags: 0,
             pending: None,
+            pending_best_effort: None,
         });
         true
     }
@@ -136,7 +212,7 @@ impl Mailbox {
     /// The device now knows it holds `topic`: later live states may be written directly.
     pub fn announce(&self, topic: &Topic) {
         if let Some(slot) = self.outbound().slots.iter_mut().find(|s| &s.topic == topic) {
-            slot.announced = true;
+            slot.set_flag(ANNOUNCED, true);
         }
     }
 
@@ -155,17 +231,18 @@ impl Mailbox {
         outbound.sealed = true;
         for slot in &mut outbound.slots {
             slot.pending = None;
+            slot.pending_best_effort = None;
         }
     }
 
-    /// Offers a state from a live fan-out: written at once when nothing waits, else queued and
-    /// the connection woken.
+    /// Offers a state or best-effort message from a live fan-out: written at once when nothing
+    /// waits, else queued (in its lane) and the connection woken.
     pub fn offer(&self, state: &Arc<EncodedState>) -> Offer {
         self.offer_delivery(state, false)
     }
 
-    /// Offers the current state to a connection that just subscribed; it follows the
-    /// `subscribed` answer, so it is always queued.
+    /// Offers the current state (or the newest best-effort message) to a connection that just
+    /// subscribed; it follows the `subscribed` answer, so it is always queued.
     pub fn offer_catch_up(&self, state: &Arc<EncodedState>) -> Offer {
         self.offer_delivery(state, true)
     }
@@ -186,11 +263,22 @@ impl Mailbox {
         let Some(slot) = slots.iter_mut().find(|slot| slot.topic == state.topic) else {
             return Offer::Ignored;
         };
-        if state.version <= slot.newest_version {
-            return Offer::Ignored;
+        let best_effort = state.is_best_effort();
+        if best_effort {
+            // Never behind the topic's newest state: a device that ignores the lane would take
+            // an older version for a step back.
+            if state.version <= slot.newest_best_effort || state.version <= slot.newest_version {
+                return Offer::Ignored;
+            }
+            slot.newest_best_effort = state.version;
+        } else {
+            if state.version <= slot.newest_version {
+                return Offer::Ignored;
+            }
+            slot.newest_version = state.version;
         }
-        slot.newest_version = state.version;
-        let direct = !catch_up && slot.announced && slot.pending.is_none() && backlog.is_empty();
+        let idle = slot.pending.is_none() && slot.pending_best_effort.is_none();
+        let direct = !catch_up && slot.flag(ANNOUNCED) && idle && backlog.is_empty();
         if let (true, Some(socket)) = (direct, socket.as_ref()) {
             match socket.try_write(&state.wire) {
                 Ok(written) if written == state.wire.len() => return Offer::Written,
@@ -210,20 +298,38 @@ impl Mailbox {
                 }
             }
         }
-        let outcome = match slot.pending.replace(Delivery {
-            state: state.clone(),
-            catch_up,
-        }) {
-            Some(_) => Offer::Conflated,
-            None => Offer::Queued,
+        let (replaced, dropped_best_effort) = if best_effort {
+            slot.set_flag(BEST_EFFORT_CATCH_UP, catch_up);
+            (
+                slot.pending_best_effort.replace(state.clone()).is_some(),
+                false,
+            )
+        } else {
+            // States go first: a waiting best-effort message older than this state would
+            // follow it, a step back in versions. It is dropped.
+            let dropped = slot
+                .pending_best_effort
+                .take_if(|waiting| waiting.version < state.version)
+                .is_some();
+            slot.set_flag(STATE_CATCH_UP, catch_up);
+            (slot.pending.replace(state.clone()).is_some(), dropped)
         };
         drop(outbound);
         self.wake.notify_one();
-        outcome
+        if replaced {
+            Offer::Conflated {
+                dropped_best_effort,
+            }
+        } else {
+            Offer::Queued {
+                dropped_best_effort,
+            }
+        }
     }
 
     /// Records an ack; true when it is the first ack of a version this connection was offered
-    /// (so a device cannot inflate delivery counts by repeating or inventing acks).
+    /// (so a device cannot inflate delivery counts by repeating or inventing acks). Acks are
+    /// for states: the critical lane.
     pub fn acknowledge(&self, topic: &Topic, version: u64) -> bool {
         let mut outbound = self.outbound();
         let Some(slot) = outbound.slots.iter_mut().find(|slot| &slot.topic == topic) else {
@@ -233,56 +339,85 @@ impl Mailbox {
             || slot
                 .pending
                 .as_ref()
-                .is_some_and(|p| version < p.state.version);
-        if !offered || version <= slot.acked_version {
+                .is_some_and(|pending| version < pending.version);
+        if !offered || version <= slot.acked_version() || version > ACKED_VERSION {
             return false;
         }
-        slot.acked_version = version;
+        slot.acked_and_flags = (slot.acked_and_flags & !ACKED_VERSION) | version;
         true
     }
 
-    /// Writes pending states, oldest topic first, each as its whole frame: what the socket does
-    /// not take at once joins the backlog, for [`Mailbox::poll_flush`] to finish. Stops while
-    /// the backlog is full; returns whether every pending state went. Written states are
-    /// appended to `sent`. Taking a state and writing it happen under one lock, so a direct
-    /// write of a newer version can never overtake it.
+    /// Writes pending messages, each as its whole frame: first every waiting state (oldest
+    /// topic first), then the waiting best-effort messages. What the socket does not take at
+    /// once joins the backlog, for [`Mailbox::poll_flush`] to finish: states up to the backlog's
+    /// limit, a best-effort message only into an empty backlog (so states written after it
+    /// wait behind one best-effort frame at most). Stops at the first that does not fit;
+    /// returns whether every pending message went. Written ones are appended to `sent`. Taking
+    /// a message and writing it happen under one lock, so a direct write of a newer version
+    /// can never overtake it.
     pub fn write_pending(&self, sent: &mut Vec<Delivery>) -> io::Result<bool> {
         let mut outbound = self.outbound();
-        let out = &mut *outbound;
-        let socket = writable(&mut out.socket, out.failed)?;
-        for slot in &mut out.slots {
-            let Some(frame) = slot.pending.as_ref().map(|d| &d.state.wire) else {
+        let Outbound {
+            slots,
+            socket,
+            backlog,
+            backlog_limit,
+            failed,
+            ..
+        } = &mut *outbound;
+        let socket = writable(socket, *failed)?;
+        for slot in slots.iter_mut() {
+            let Some(state) = &slot.pending else {
                 continue;
             };
-            if out.backlog.is_empty() {
-                match socket.try_write(frame) {
-                    Ok(written) => out.backlog.extend_from_slice(&frame[written..]),
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        out.backlog.extend_from_slice(frame);
-                    }
-                    Err(error) => {
-                        out.failed = true;
-                        return Err(error);
-                    }
-                }
-            } else if out.backlog.len() + frame.len() <= out.backlog_limit {
-                out.backlog.extend_from_slice(frame);
-            } else {
+            if !write_whole(socket, backlog, *backlog_limit, &state.wire, failed)? {
                 return Ok(false);
             }
-            sent.extend(slot.pending.take());
+            let catch_up = slot.flag(STATE_CATCH_UP);
+            sent.extend(
+                slot.pending
+                    .take()
+                    .map(|state| Delivery { state, catch_up }),
+            );
+        }
+        for slot in slots.iter_mut() {
+            let Some(message) = &slot.pending_best_effort else {
+                continue;
+            };
+            if !write_whole(socket, backlog, 0, &message.wire, failed)? {
+                return Ok(false);
+            }
+            let catch_up = slot.flag(BEST_EFFORT_CATCH_UP);
+            sent.extend(
+                slot.pending_best_effort
+                    .take()
+                    .map(|state| Delivery { state, catch_up }),
+            );
         }
         Ok(true)
     }
 
-    /// Moves every pending state into `out`, oldest topic first, without writing it.
+    /// Moves every pending message into `out` without writing it, in the order
+    /// [`Mailbox::write_pending`] writes them: states first (oldest topic first), then
+    /// best-effort messages.
     pub fn take_pending(&self, out: &mut Vec<Delivery>) {
-        out.extend(
-            self.outbound()
-                .slots
-                .iter_mut()
-                .filter_map(|slot| slot.pending.take()),
-        );
+        let mut outbound = self.outbound();
+        for slot in &mut outbound.slots {
+            let catch_up = slot.flag(STATE_CATCH_UP);
+            out.extend(
+                slot.pending
+                    .take()
+                    .map(|state| Delivery { state, catch_up }),
+            );
+        }
+        for slot in &mut outbound.slots {
+            let catch_up = slot.flag(BEST_EFFORT_CATCH_UP);
+            out.extend(
+                slot.pending_best_effort
+                    .take()
+                    .map(|state| Delivery { state, catch_up }),
+            );
+        }
     }
 
     /// Resolves when something may be pending or waiting in the backlog. A wake-up that arrives
@@ -351,6 +486,36 @@ impl Mailbox {
     }
 }
 
+/// Writes `frame` whole: into an empty backlog at once (what the socket does not take joins the
+/// backlog), else appended to the backlog if it stays within `limit`. False when it does not
+/// fit: nothing was taken.
+fn write_whole(
+    socket: &OwnedWriteHalf,
+    backlog: &mut BytesMut,
+    limit: usize,
+    frame: &[u8],
+    failed: &mut bool,
+) -> io::Result<bool> {
+    if backlog.is_empty() {
+        match socket.try_write(frame) {
+            Ok(written) => backlog.extend_from_slice(&frame[written..]),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                backlog.extend_from_slice(frame);
+            }
+            Err(error) => {
+                *failed = true;
+                return Err(error);
+            }
+        }
+        return Ok(true);
+    }
+    if backlog.len() + frame.len() > limit {
+        return Ok(false);
+    }
+    backlog.extend_from_slice(frame);
+    Ok(true)
+}
+
 fn writable(socket: &mut Option<OwnedWriteHalf>, failed: bool) -> io::Result<&mut OwnedWriteHalf> {
     match socket {
         Some(socket) if !failed => Ok(socket),
@@ -390,15 +555,39 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     fn encoded(topic: &str, version: u64) -> Arc<EncodedState> {
+        encoded_in(topic, version, protocol::Priority::Critical)
+    }
+
+    fn best_effort(topic: &str, version: u64) -> Arc<EncodedState> {
+        encoded_in(topic, version, protocol::Priority::BestEffort)
+    }
+
+    fn encoded_in(topic: &str, version: u64, priority: protocol::Priority) -> Arc<EncodedState> {
         Arc::new(EncodedState::encode(&EventState {
             topic: Topic::parse(topic).expect("topic"),
             version,
             stage: Stage::parse("LIVE").expect("stage"),
             published_at_ms: 0,
             payload: Payload::empty(),
-            priority: protocol::Priority::Critical,
+            priority,
             fetch_within_ms: None,
         }))
+    }
+
+    /// Pending messages as (topic, version, best-effort), in the order they would be written.
+    fn pending_lanes(mailbox: &Mailbox) -> Vec<(String, u64, bool)> {
+        let mut out = Vec::new();
+        mailbox.take_pending(&mut out);
+        out.iter()
+            .map(|d| {
+                let state = &d.state;
+                (
+                    state.topic.to_string(),
+                    state.version,
+                    state.is_best_effort(),
+                )
+            })
+            .collect()
     }
 
     fn pending_versions(mailbox: &Mailbox) -> Vec<(String, u64)> {
@@ -437,9 +626,9 @@ mod tests {
         let b = Topic::parse("event:b").expect("topic");
         mailbox.open(&a, 0);
         mailbox.open(&b, 0);
-        assert_eq!(mailbox.offer(&encoded("event:a", 1)), Offer::Queued);
-        assert_eq!(mailbox.offer(&encoded("event:b", 1)), Offer::Queued);
-        assert_eq!(mailbox.offer(&encoded("event:a", 2)), Offer::Conflated);
+        assert_eq!(mailbox.offer(&encoded("event:a", 1)), Offer::QUEUED);
+        assert_eq!(mailbox.offer(&encoded("event:b", 1)), Offer::QUEUED);
+        assert_eq!(mailbox.offer(&encoded("event:a", 2)), Offer::CONFLATED);
         assert_eq!(
             pending_versions(&mailbox),
             vec![("event:a".into(), 2), ("event:b".into(), 1)]
@@ -453,7 +642,7 @@ mod tests {
         let a = Topic::parse("event:a").expect("topic");
         mailbox.open(&a, 5);
         assert_eq!(mailbox.offer(&encoded("event:a", 5)), Offer::Ignored);
-        assert_eq!(mailbox.offer(&encoded("event:a", 7)), Offer::Queued);
+        assert_eq!(mailbox.offer(&encoded("event:a", 7)), Offer::QUEUED);
         assert_eq!(pending_versions(&mailbox), vec![("event:a".into(), 7)]);
         assert_eq!(mailbox.offer(&encoded("event:a", 6)), Offer::Ignored);
         assert_eq!(mailbox.offer(&encoded("event:a", 7)), Offer::Ignored);
@@ -482,7 +671,7 @@ mod tests {
         mailbox.open(&a, 0);
         // Before `subscribed` is written, live states wait for the task.
         let first = encoded("event:a", 1);
-        assert_eq!(mailbox.offer(&first), Offer::Queued);
+        assert_eq!(mailbox.offer(&first), Offer::QUEUED);
         mailbox.announce(&a);
         // The task writes what waited; the next live state goes straight out, after it.
         let mut sent = Vec::new();
@@ -496,7 +685,7 @@ mod tests {
         // A catch-up state always waits, to follow the `subscribed` answer.
         assert_eq!(
             mailbox.offer_catch_up(&encoded("event:a", 3)),
-            Offer::Queued
+            Offer::QUEUED
         );
     }
 
@@ -517,8 +706,8 @@ mod tests {
             }
         }
         // Nothing is written around a backlog: live states wait, newest only.
-        assert_eq!(mailbox.offer(&encoded("event:a", 1)), Offer::Queued);
-        assert_eq!(mailbox.offer(&encoded("event:a", 2)), Offer::Conflated);
+        assert_eq!(mailbox.offer(&encoded("event:a", 1)), Offer::QUEUED);
+        assert_eq!(mailbox.offer(&encoded("event:a", 2)), Offer::CONFLATED);
         // The peer reads everything; the flush completes and the bytes arrive in order.
         let reader = tokio::spawn(async move { read_exactly(&mut peer, written).await });
         std::future::poll_fn(|cx| mailbox.poll_flush(cx))
@@ -528,5 +717,153 @@ mod tests {
         assert!(received.iter().all(|&byte| byte == 0x82));
         assert_eq!(pending_versions(&mailbox), vec![("event:a".into(), 2)]);
         assert!(mailbox.outbound().backlog.is_empty());
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_slot_stays_56_bytes_with_two_lanes() {
+        // Held per connection per topic: the memory of an idle connection.
+        assert_eq!(std::mem::size_of::<Slot>(), 56);
+    }
+
+    #[test]
+    fn acks_count_once_per_offered_version_and_keep_the_flags() {
+        let mailbox = Mailbox::new();
+        let a = Topic::parse("event:a").expect("topic");
+        mailbox.open(&a, 0);
+        mailbox.announce(&a);
+        assert_eq!(
+            mailbox.offer_catch_up(&encoded("event:a", 5)),
+            Offer::QUEUED
+        );
+        assert!(!mailbox.acknowledge(&a, 5), "not sent yet");
+        let mut taken = Vec::new();
+        mailbox.take_pending(&mut taken);
+        assert!(taken[0].catch_up);
+        assert!(mailbox.acknowledge(&a, 5));
+        assert!(!mailbox.acknowledge(&a, 5), "counted once");
+        assert!(!mailbox.acknowledge(&a, 6), "never offered");
+        assert!(!mailbox.acknowledge(&a, u64::MAX), "never offered");
+        // The flags survived the ack: still announced, and a live state is not a catch-up.
+        assert_eq!(mailbox.offer(&encoded("event:a", 7)), Offer::QUEUED);
+        mailbox.take_pending(&mut taken);
+        assert!(!taken[1].catch_up);
+        let slots = &mailbox.outbound().slots;
+        assert!(slots[0].flag(ANNOUNCED));
+        assert_eq!(slots[0].acked_version(), 5);
+    }
+
+    #[test]
+    fn each_lane_keeps_its_own_newest_version_and_conflates_on_its_own() {
+        let mailbox = Mailbox::new();
+        let a = Topic::parse("event:a").expect("topic");
+        mailbox.open(&a, 0);
+        assert_eq!(mailbox.offer(&encoded("event:a", 1)), Offer::QUEUED);
+        assert_eq!(mailbox.offer(&best_effort("event:a", 2)), Offer::QUEUED);
+        assert_eq!(mailbox.offer(&best_effort("event:a", 3)), Offer::CONFLATED);
+        assert_eq!(
+            pending_lanes(&mailbox),
+            vec![("event:a".into(), 1, false), ("event:a".into(), 3, true)]
+        );
+        // A best-effort message does not hold back a later state with a lower version (an
+        // upstream reordering): it is never dropped for a best-effort message.
+        assert_eq!(mailbox.offer(&best_effort("event:a", 5)), Offer::QUEUED);
+        assert_eq!(mailbox.offer(&encoded("event:a", 4)), Offer::QUEUED);
+        assert_eq!(
+            pending_lanes(&mailbox),
+            vec![("event:a".into(), 4, false), ("event:a".into(), 5, true)]
+        );
+        // Nor does a state hold back a later best-effort message; but one not newer than the
+        // newest state is not taken, and repeats are not either.
+        assert_eq!(mailbox.offer(&encoded("event:a", 6)), Offer::QUEUED);
+        assert_eq!(mailbox.offer(&best_effort("event:a", 5)), Offer::Ignored);
+        assert_eq!(mailbox.offer(&best_effort("event:a", 6)), Offer::Ignored);
+        assert_eq!(mailbox.offer(&best_effort("event:a", 7)), Offer::QUEUED);
+        // A newer state arriving while an older best-effort message waits drops it: states go
+        // first, and the message must not follow a newer version.
+        assert_eq!(
+            mailbox.offer(&encoded("event:a", 8)),
+            Offer::Conflated {
+                dropped_best_effort: true
+            }
+        );
+        assert_eq!(pending_lanes(&mailbox), vec![("event:a".into(), 8, false)]);
+        // `since` covers both lanes.
+        let b = Topic::parse("event:b").expect("topic");
+        mailbox.open(&b, 10);
+        assert_eq!(mailbox.offer(&best_effort("event:b", 10)), Offer::Ignored);
+        assert_eq!(mailbox.offer(&best_effort("event:b", 11)), Offer::QUEUED);
+        mailbox.seal();
+        assert!(pending_lanes(&mailbox).is_empty());
+    }
+
+    #[tokio::test]
+    async fn with_a_full_socket_states_go_first_and_best_effort_waits_for_an_empty_backlog() {
+        let (mailbox, peer) = connected(1 << 20).await;
+        let (a, b) = (
+            Topic::parse("event:a").expect("topic"),
+            Topic::parse("event:b").expect("topic"),
+        );
+        for topic in [&a, &b] {
+            mailbox.open(topic, 0);
+            mailbox.announce(topic);
+        }
+        // Fill the socket while the peer reads nothing: the codec's writes join the backlog.
+        let filler = vec![0x82u8; 64 * 1024];
+        let mut written = 0;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while mailbox.outbound().backlog.is_empty() {
+            match mailbox.poll_write(&mut cx, &filler) {
+                Poll::Ready(Ok(n)) => written += n,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // Behind: everything waits, each lane conflated to its newest.
+        assert_eq!(mailbox.offer(&best_effort("event:a", 2)), Offer::QUEUED);
+        assert_eq!(mailbox.offer(&encoded("event:b", 1)), Offer::QUEUED);
+        assert_eq!(mailbox.offer(&best_effort("event:b", 3)), Offer::QUEUED);
+        assert_eq!(
+            mailbox.offer(&encoded("event:a", 4)),
+            Offer::Queued {
+                dropped_best_effort: true
+            }
+        );
+        assert_eq!(mailbox.offer(&best_effort("event:a", 5)), Offer::QUEUED);
+        assert_eq!(mailbox.offer(&best_effort("event:a", 6)), Offer::CONFLATED);
+        // The states join the backlog behind the filler; the best-effort messages wait for
+        // the backlog to be written.
+        let mut sent = Vec::new();
+        assert!(!mailbox.write_pending(&mut sent).expect("write"));
+        let versions = |sent: &[Delivery]| sent.iter().map(|d| d.state.version).collect::<Vec<_>>();
+        assert_eq!(versions(&sent), vec![4, 1]);
+        let states = [
+            encoded("event:a", 4).wire.to_vec(),
+            encoded("event:b", 1).wire.to_vec(),
+        ]
+        .concat();
+        let expected = written + states.len();
+        let reader = tokio::spawn(async move {
+            let mut peer = peer;
+            let bytes = read_exactly(&mut peer, expected).await;
+            (peer, bytes)
+        });
+        std::future::poll_fn(|cx| mailbox.poll_flush(cx))
+            .await
+            .expect("flush");
+        let (mut peer, received) = reader.await.expect("reader");
+        assert_eq!(&received[written..], &states[..]);
+        // Now the backlog is empty: the newest best-effort message of each topic goes.
+        assert!(mailbox.write_pending(&mut sent).expect("write"));
+        assert_eq!(versions(&sent), vec![4, 1, 6, 3]);
+        std::future::poll_fn(|cx| mailbox.poll_flush(cx))
+            .await
+            .expect("flush");
+        let extras = [
+            best_effort("event:a", 6).wire.to_vec(),
+            best_effort("event:b", 3).wire.to_vec(),
+        ]
+        .concat();
+        assert_eq!(read_exactly(&mut peer, extras.len()).await, extras);
+        assert!(pending_lanes(&mailbox).is_empty());
     }
 }

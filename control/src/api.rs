@@ -293,6 +293,10 @@ async fn publish_in_order(
     payload: Payload,
     options: PublishOptions,
 ) -> Result<Response, ControlError> {
+    let stage = match options.lane {
+        Priority::Critical => stage,
+        _ => best_effort_stage(control, id, &stage).await?,
+    };
     let new = control.store.next_state(id, stage, payload).await?;
     let mut state = new.state;
     state.priority = options.lane;
@@ -308,8 +312,26 @@ async fn publish_in_order(
     }
     control.store.record_published(&state).await?;
     control.metrics.publishes.increment();
-    tracing::info!(event = %id, version = state.version, stage = %state.stage, "state published");
+    tracing::info!(event = %id, version = state.version, stage = %state.stage, lane = %state.priority, "state published");
     Ok(axum::Json(receipt).into_response())
+}
+
+/// The stage a best-effort message carries: the event's current stage, read under the publish
+/// lock, whatever stage the body named (it must still be one of the event's), so that a device
+/// that ignores `priority` stays on the right stage. An event without a state has no stage for
+/// it: 409.
+async fn best_effort_stage(
+    control: &ControlPlane,
+    id: &EventId,
+    named: &Stage,
+) -> Result<Stage, ControlError> {
+    let event = control.store.get(id).await?;
+    crate::store::check_stage(id, &event.stages, named)?;
+    event.stage.ok_or_else(|| {
+        ControlError::Conflict(format!(
+            "event {id} has no state yet: publish a stage state before a best_effort message"
+        ))
+    })
 }
 
 async fn stats(State(control): State<Arc<ControlPlane>>) -> Result<Response, ControlError> {
@@ -384,5 +406,69 @@ mod tests {
             0,
             "a finished publish leaves no lock behind"
         );
+    }
+
+    #[tokio::test]
+    async fn a_best_effort_publish_carries_the_current_stage_and_is_never_the_events_state() {
+        let store = Arc::new(MemoryEventStore::new());
+        store
+            .create(CreateEvent {
+                id: EventId::parse("bout").expect("id"),
+                title: "Bout".into(),
+                starts_at: "2026-12-01T20:00:00Z".into(),
+                stages: ["UPCOMING", "LIVE"]
+                    .iter()
+                    .map(|s| Stage::parse(s).expect("stage"))
+                    .collect(),
+            })
+            .await
+            .expect("created");
+        let bus = Arc::new(MemoryBus::new());
+        let control = ControlPlane::new(
+            store.clone(),
+            bus.clone(),
+            Arc::new(NoStats),
+            AdminToken::new("an-admin-token-of-32-bytes-or-more!").expect("token"),
+            &Registry::new(),
+        );
+        let send = |body: &'static str| {
+            let control = control.clone();
+            async move {
+                let body = Ok(Bytes::from_static(body.as_bytes()));
+                publish(State(control), Ok(Path("bout".to_owned())), body).await
+            }
+        };
+        let early = send(r#"{"stage":"LIVE","priority":"best_effort"}"#).await;
+        assert!(
+            matches!(early, Err(ControlError::Conflict(_))),
+            "no stage to carry before the first state"
+        );
+        send(r#"{"stage":"LIVE"}"#).await.expect("state");
+        let id = EventId::parse("bout").expect("id");
+        let state_version = store.get(&id).await.expect("event").version;
+        // The body's stage must be one of the event's, but the message carries the current one.
+        let unknown = send(r#"{"stage":"HALF","priority":"best_effort"}"#).await;
+        assert!(matches!(unknown, Err(ControlError::InvalidRequest { .. })));
+        send(r#"{"stage":"UPCOMING","priority":"best_effort","payload":{"viewers":1}}"#)
+            .await
+            .expect("best effort");
+        let summary = store.get(&id).await.expect("event");
+        assert_eq!(summary.version, state_version, "not the event's state");
+        assert_eq!(summary.stage.as_ref().map(Stage::as_str), Some("LIVE"));
+        let (_, current) = store.with_states().await.expect("states").remove(0);
+        assert_eq!(current.expect("a state").version, state_version);
+        // On the bus: the state, then the best-effort message on the current stage.
+        let mut feed = bus.subscribe();
+        let mut seen = Vec::new();
+        while let Ok(broadcaster::FeedItem::State(message)) = feed.next().await {
+            seen.push(message);
+        }
+        assert_eq!(seen.len(), 2);
+        let extra = seen
+            .iter()
+            .find(|m| !m.priority.is_critical())
+            .expect("extra");
+        assert_eq!(extra.stage.as_str(), "LIVE");
+        assert!(extra.version > state_version);
     }
 }

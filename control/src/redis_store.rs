@@ -6,7 +6,9 @@
 //! - `version:<id>`: the last version handed out. A Lua script assigns
 //!   `max(last + 1, publish time in ms)` atomically, so versions stay unique and increasing
 //!   however many instances publish at once, and keep increasing if the key is ever lost.
-//! - `state:<id>`: the current state (JSON), replaced only by a newer version (Lua).
+//! - `state:<id>`: the current state (JSON), replaced only by a newer version (Lua). Only stage
+//!   states are recorded: a best-effort message takes a version from `version:<id>` but is
+//!   never the event's state.
 //! - `lock:<id>`: held by the instance publishing the event, from version assignment to the
 //!   bus's acknowledgement, so that the bus carries one event's states in version order.
 
@@ -232,6 +234,9 @@ impl EventStore for RedisEventStore {
     }
 
     fn record_published(&self, state: &EventState) -> BoxFuture<'_, Result<(), ControlError>> {
+        if !state.priority.is_critical() {
+            return Box::pin(async { Ok(()) });
+        }
         let state = state.clone();
         Box::pin(async move {
             let json = serde_json::to_string(&state).map_err(|_| ControlError::StoreUnavailable)?;

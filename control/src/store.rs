@@ -36,7 +36,8 @@ pub trait EventStore: Send + Sync + 'static {
         payload: Payload,
     ) -> BoxFuture<'_, Result<NewState, ControlError>>;
     /// Records that the bus accepted `state`: it becomes the event's current state (unless a
-    /// newer one already is).
+    /// newer one already is). A best-effort message is never the event's state: it is not
+    /// recorded (it used a version of the event's sequence, nothing more).
     fn record_published(&self, state: &EventState) -> BoxFuture<'_, Result<(), ControlError>>;
     /// Every event with its current state (`None` before the first publish).
     fn with_states(&self) -> BoxFuture<'_, Result<Vec<EventWithState>, ControlError>>;
@@ -188,6 +189,9 @@ impl EventStore for MemoryEventStore {
     }
 
     fn record_published(&self, state: &EventState) -> BoxFuture<'_, Result<(), ControlError>> {
+        if !state.priority.is_critical() {
+            return Box::pin(async { Ok(()) });
+        }
         let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(record) = events.get_mut(&state.topic.event_id()) {
             if record.summary.version < state.version {

@@ -1,9 +1,13 @@
 //! Tier 1 on Kafka: [`KafkaBus`] implements [`broadcaster::Bus`] over one topic.
 //!
-//! - **Publish**: each state is one record keyed by its topic name (so one event's states share a
-//!   partition and keep their order), produced by an idempotent producer with `acks=all`. The
-//!   publish resolves only once the broker has acknowledged the record, or fails with
-//!   [`BroadcastError::BusUnavailable`] within the publish timeout.
+//! - **Publish**: each state is one record keyed by its topic name, produced by an idempotent
+//!   producer with `acks=all`. A best-effort message (`"priority":"best_effort"`) is keyed by
+//!   its topic name and `/best_effort` ([`record_key`]), so that log compaction keeps an event's
+//!   latest state and its latest best-effort message side by side and never drops the state for
+//!   a best-effort message. Both lanes of an event go to one partition ([`partition_of`], the
+//!   partition librdkafka's default partitioner picks for the state's key), so they keep their
+//!   publish order. The publish resolves only once the broker has acknowledged the record, or
+//!   fails with [`BroadcastError::BusUnavailable`] within the publish timeout.
 //! - **Feed**: every node reads every partition by manual assignment (no consumer group: each
 //!   node must see every state), from the beginning of the log. The topic is created
 //!   log-compacted, so the log holds about one record per event plus the recent tail. The feed
@@ -15,7 +19,7 @@
 //!   through a bounded channel, so nothing blocks the runtime.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -27,7 +31,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use telemetry::{Counter, Registry};
@@ -197,6 +201,9 @@ struct Inner {
     producer: Mutex<FutureProducer>,
     admin: AdminClient<DefaultClientContext>,
     metrics: BusMetrics,
+    /// The topic's partition count as last read from the broker (0: not known yet), for
+    /// [`partition_of`].
+    partitions: AtomicI32,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -223,6 +230,7 @@ impl KafkaBus {
             producer: Mutex::new(config.producer()?),
             admin,
             metrics: BusMetrics::new(registry),
+            partitions: AtomicI32::new(0),
             config,
         };
         let started = Instant::now();
@@ -319,7 +327,30 @@ impl Inner {
                 }
             }
         }
+        self.read_partition_count().await;
         Ok(())
+    }
+
+    /// Reads the topic's partition count from the broker's metadata (a blocking call, off
+    /// the runtime); keeps the last known count when the broker does not answer.
+    async fn read_partition_count(&self) {
+        let (producer, topic) = (self.current_producer(), self.config.topic.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .ok()?;
+            let count = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len())?;
+            i32::try_from(count).ok().filter(|&count| count > 0)
+        })
+        .await;
+        if let Ok(Some(count)) = read {
+            self.partitions.store(count, Ordering::Relaxed);
+        }
     }
 
     fn current_producer(&self) -> FutureProducer {
@@ -329,10 +360,20 @@ impl Inner {
             .clone()
     }
 
-    async fn produce(&self, key: &str, payload: &[u8]) -> Result<(), KafkaError> {
-        let record = FutureRecord::to(&self.config.topic)
+    /// Produces one record. With `partition` it goes there; without, librdkafka's partitioner
+    /// picks one from the key.
+    async fn produce(
+        &self,
+        key: &str,
+        partition: Option<i32>,
+        payload: &[u8],
+    ) -> Result<(), KafkaError> {
+        let mut record = FutureRecord::to(&self.config.topic)
             .key(key)
             .payload(payload);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
         self.current_producer()
             .send(record, Timeout::After(self.config.publish_timeout))
             .await
@@ -403,13 +444,20 @@ impl Bus for KafkaBus {
         Box::pin(async move {
             let payload = serde_json::to_vec(&state)
                 .map_err(|error| BroadcastError::BusUnavailable(error.to_string()))?;
-            let key = state.topic.to_string();
+            let key = record_key(&state);
             let attempts = async {
-                let mut result = bus.produce(&key, &payload).await;
+                // Read at each attempt: a recovery may have re-read it. Until the count is
+                // known (the broker's metadata did not answer yet), librdkafka partitions by
+                // the key, which for a best-effort message may be another partition.
+                let partition = || {
+                    let partitions = bus.partitions.load(Ordering::Relaxed);
+                    (partitions > 0).then(|| partition_of(state.topic.as_str(), partitions))
+                };
+                let mut result = bus.produce(&key, partition(), &payload).await;
                 if let Err(error) = &result
                     && bus.recover(error).await
                 {
-                    result = bus.produce(&key, &payload).await;
+                    result = bus.produce(&key, partition(), &payload).await;
                 }
                 result.map_err(|error| error.to_string())
             };
@@ -659,6 +707,45 @@ impl FeedReader {
     }
 }
 
+/// What the key of a best-effort record adds to its topic name. Event ids never hold a `/`, so
+/// no state's key can equal a best-effort key.
+pub const BEST_EFFORT_KEY_SUFFIX: &str = "/best_effort";
+
+/// The record key of `state`: its topic name for a stage state, the topic name and
+/// [`BEST_EFFORT_KEY_SUFFIX`] for a best-effort message. The log is compacted by key, so it keeps
+/// the newest of each: a best-effort message never replaces a state.
+pub fn record_key(state: &EventState) -> String {
+    if state.priority.is_critical() {
+        state.topic.to_string()
+    } else {
+        format!("{}{BEST_EFFORT_KEY_SUFFIX}", state.topic)
+    }
+}
+
+/// The partition of every record of `topic` among `partitions` (at least 1): the CRC-32 of the
+/// topic name modulo the count, which is the partition librdkafka's default partitioner
+/// (`consistent_random`) picks for a state's key. States thus stay where they always were, and
+/// best-effort records are sent to the same partition so an event's two lanes keep their order.
+pub fn partition_of(topic: &str, partitions: i32) -> i32 {
+    let count = u32::try_from(partitions.max(1)).unwrap_or(1);
+    // Below `partitions`, so it fits an i32.
+    (crc32(topic.as_bytes()) % count) as i32
+}
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib and librdkafka's `rd_crc32`), bit by bit: keys are
+/// a few dozen bytes, hashed once per publish.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
+
 /// Decodes one record read from the bus into the state it carries. Only the value is read: the
 /// key (the topic name, which compaction goes by) is not trusted, the state names its own topic.
 /// A record without a value (a tombstone) is an error like any other record that is not a state.
@@ -669,6 +756,37 @@ pub fn decode_record(value: Option<&[u8]>) -> Result<EventState, serde_json::Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(priority: protocol::Priority) -> EventState {
+        EventState {
+            topic: protocol::Topic::parse("event:fight-night").expect("topic"),
+            version: 7,
+            stage: protocol::Stage::parse("LIVE").expect("stage"),
+            published_at_ms: 1,
+            payload: protocol::Payload::empty(),
+            priority,
+            fetch_within_ms: None,
+        }
+    }
+
+    #[test]
+    fn best_effort_records_have_a_key_of_their_own_in_the_states_partition() {
+        let state = message(protocol::Priority::Critical);
+        let extra = message(protocol::Priority::BestEffort);
+        assert_eq!(record_key(&state), "event:fight-night");
+        assert_eq!(record_key(&extra), "event:fight-night/best_effort");
+        // The check value of CRC-32/ISO-HDLC, the CRC librdkafka partitions keys by.
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        for partitions in [1, 3, 12] {
+            let partition = partition_of(state.topic.as_str(), partitions);
+            assert!((0..partitions).contains(&partition));
+        }
+        assert_eq!(
+            partition_of("event:any", 0),
+            0,
+            "a count of 0 is taken as 1"
+        );
+    }
 
     #[test]
     fn options_are_key_value_lines_with_comments() {
