@@ -14,7 +14,7 @@ use prefetch::cache::CacheConfig;
 use prefetch::generate::DatasetSize;
 use prefetch::{EventSource, PrefetchConfig, PrefetchService};
 use protocol::admin::{CreateEvent, PublishRequest};
-use protocol::{EventId, Payload, Stage};
+use protocol::{EventId, Payload, Priority, Stage};
 use ringside::content::{self, CatalogEvents, DatasetSource, MaterializeMode, StoreSetup};
 use ringside::http::HttpConfig;
 use ringside::secrets::{self, SecretSource, Secrets};
@@ -669,6 +669,10 @@ struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 86_400)]
     ttl_s: u64,
+    /// Highest priority class of the device's requests (critical, degraded, best_effort, bulk);
+    /// it only lowers a route's class. Default: none (the route's class).
+    #[arg(long)]
+    priority: Option<Priority>,
     /// Print the admin token instead.
     #[arg(long)]
     admin: bool,
@@ -758,6 +762,7 @@ fn mint_token(
     profile: &str,
     class: DeviceClass,
     ttl_s: u64,
+    priority: Option<Priority>,
 ) -> anyhow::Result<String> {
     let key = DeviceTokenKey::new(secrets.device_token_secret.as_bytes())?;
     let claims = DeviceClaims {
@@ -765,6 +770,7 @@ fn mint_token(
         profile: profile.to_owned(),
         class,
         exp: unix_now_s() + ttl_s,
+        priority,
     };
     Ok(key.sign(&claims))
 }
@@ -810,7 +816,14 @@ async fn main() -> anyhow::Result<()> {
                 );
                 println!(
                     "{}",
-                    mint_token(&secrets, &device, &profile, args.class, args.ttl_s)?
+                    mint_token(
+                        &secrets,
+                        &device,
+                        &profile,
+                        args.class,
+                        args.ttl_s,
+                        args.priority
+                    )?
                 );
             }
             Ok(())
@@ -1045,6 +1058,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
                 "watch",
                 DeviceClass::Web,
                 86_400,
+                None,
             )?
         }
     };
