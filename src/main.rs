@@ -533,7 +533,7 @@ impl ProtectionArgs {
             ),
             latency_ratio: match self.protection_latency_ratio {
                 None => defaults.latency_ratio,
-                Some(ratio) if ratio == 0.0 => None,
+                Some(0.0) => None,
                 Some(ratio) => Some(ratio),
             },
             max_request_rate: self
