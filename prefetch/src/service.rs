@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use auth::DeviceTokenKey;
 use broadcaster::BoxFuture;
 use bytes::Bytes;
-use telemetry::{Counter, Histogram, Registry};
+use telemetry::{Counter, Histogram, LogBudget, Registry};
 use tokio::sync::watch;
 
 use crate::cache::{CacheConfig, CacheMetrics, PageCache, PageLoader};
@@ -121,6 +121,9 @@ pub(crate) struct PrefetchMetrics {
     pub requests: Arc<Counter>,
     pub request_errors: Arc<Counter>,
     pub request_latency: Arc<Histogram>,
+    /// Budget of the per-request warning about resolver errors without a code: under
+    /// overload it must not become a log flood.
+    pub error_log: LogBudget,
 }
 
 /// Loads pages: from the store, or materialized on demand when the store has none (yet) for
@@ -249,6 +252,7 @@ impl PrefetchService {
                 "ringside_prefetch_request_seconds",
                 "GraphQL request latency.",
             ),
+            error_log: LogBudget::new(registry, "graphql_internal_error", 5),
         });
         let source = Arc::new(PageSource {
             catalog: catalog.clone(),
