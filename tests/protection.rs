@@ -230,6 +230,21 @@ async fn under_overload_the_lowest_classes_are_refused_first_and_critical_is_ser
             expected,
             "[critical, degraded, best_effort, bulk] shed with {count} in flight"
         );
+        // The WebSocket upgrade is degraded and passes the same layer.
+        let upgrade =
+            client::DeviceConnection::connect(&server.ws_url, &device_token("ws", 60)).await;
+        match upgrade {
+            Err(client::ClientError::Refused { status, body }) => {
+                assert!(expected[1], "upgrade shed with {count} in flight: {body}");
+                assert_eq!(status, 503);
+                assert!(body.contains("\"overloaded\""), "{body}");
+            }
+            Ok(device) => {
+                assert!(!expected[1], "upgrade served with {count} in flight");
+                device.close().await.unwrap();
+            }
+            Err(other) => panic!("upgrade with {count} in flight: {other}"),
+        }
     }
 
     // The answers: at once, 503, Retry-After from the class's window, the documented bodies.
