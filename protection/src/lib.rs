@@ -464,6 +464,41 @@ mod tests {
     }
 
     #[test]
+    fn request_rate_and_latency_over_their_thresholds_activate_the_ruleset() {
+        use protocol::admin::RulesetReason;
+        let mut config = fixed_limit(100);
+        config.max_request_rate = Some(50);
+        let protection = Protection::new(config, "n", &Registry::new());
+        protection.evaluate();
+        assert!(!protection.ruleset.is_active(), "no load yet");
+        for _ in 0..200 {
+            drop(protection.admit(request(Priority::Degraded)));
+        }
+        protection.evaluate();
+        assert_eq!(protection.status().reasons, [RulesetReason::RequestRate]);
+
+        let mut config = fixed_limit(100);
+        config.sample_window = Duration::from_millis(10);
+        config.min_window_samples = 1;
+        config.latency_floor = Duration::from_millis(1);
+        let protection = Protection::new(config, "n", &Registry::new());
+        let window = |latency: Duration| {
+            std::thread::sleep(Duration::from_millis(11));
+            protection.limit.acquire();
+            protection.limit.release(Some(latency));
+        };
+        for _ in 0..5 {
+            window(Duration::from_millis(2));
+        }
+        protection.evaluate();
+        assert!(!protection.ruleset.is_active(), "steady latency");
+        window(Duration::from_millis(20));
+        protection.evaluate();
+        assert_eq!(protection.status().reasons, [RulesetReason::Latency]);
+        assert!(*protection.background_paused().borrow());
+    }
+
+    #[test]
     fn protection_off_admits_everything_and_still_counts_in_flight() {
         let mut config = fixed_limit(2);
         config.mode = ProtectionMode::Off;
