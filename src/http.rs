@@ -6,6 +6,13 @@
 //!   connections wait in the kernel's listen backlog: a reconnect storm is admitted at the pace
 //!   the node can take it instead of all at once. Upgraded WebSocket connections leave this
 //!   budget; the gateway's own `max_connections` bounds them.
+//! - The queues in front of protection's concurrency limit are exactly these two, both
+//!   bounded. The pending-connection budget: overflow waits in the backlog (nothing is read
+//!   from a connection the loop has not accepted). The kernel's listen backlog (tokio's
+//!   default of 1024, capped by `net.core.somaxconn`): overflow is the kernel's, it drops or
+//!   refuses new SYNs and the client's TCP retries them with its own backoff. Once accepted, a
+//!   request is never queued again: the protection layer ([`serve_http_protected`]) admits it
+//!   under the limit or answers `503` at once.
 //! - A header read timeout, so that a client cannot hold a connection by sending a request
 //!   slowly (or not at all), and a body read timeout for the same reason: a request whose body
 //!   has not arrived whole in time is answered `408` and its connection closed. Handlers check
@@ -29,7 +36,9 @@ use hyper::body::{Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use protection::{Protection, ProtectionConfig};
 use protocol::admin::{ApiError, ApiErrorCode};
+use telemetry::{LogBudget, Registry};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +60,9 @@ pub struct HttpConfig {
     /// hyper's read buffer grows to this while it reads them, for every pending connection.
     /// Beyond it hyper answers `431` and closes the connection.
     pub max_request_head_bytes: usize,
+    /// Classification, the adaptive concurrency limit, shedding and the ruleset of every
+    /// request behind this HTTP layer (docs/OPERATIONS.md, "Protection").
+    pub protection: ProtectionConfig,
 }
 
 impl Default for HttpConfig {
@@ -60,6 +72,7 @@ impl Default for HttpConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             max_request_head_bytes: 64 * 1024,
+            protection: ProtectionConfig::default(),
         }
     }
 }
@@ -82,6 +95,7 @@ impl HttpConfig {
                 anyhow::bail!("{name} must be between 10 ms and one hour");
             }
         }
+        self.protection.validate()?;
         Ok(())
     }
 }
@@ -106,6 +120,48 @@ pub async fn serve_http(
         config.body_read_timeout,
         bound_body_read,
     ));
+    let accept_errors = LogBudget::new(
+        &Registry::new(),
+        "http_accept",
+        ACCEPT_ERROR_LOG_LINES_PER_S,
+    );
+    accept_loop(listener, router, config, accept_errors, shutdown, grace).await
+}
+
+/// [`serve_http`] with protection's layer around every route, outside the body read bound: a
+/// request is classified and admitted or shed before anything else runs (a shed request costs
+/// no timer and no body wrapper), and its time in flight covers its body read. `/healthz` and
+/// `/metrics` pass the layer unlimited.
+pub async fn serve_http_protected(
+    listener: TcpListener,
+    router: Router,
+    config: HttpConfig,
+    protection: &Arc<Protection>,
+    registry: &Registry,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> bool {
+    let router = router
+        .layer(middleware::from_fn_with_state(
+            config.body_read_timeout,
+            bound_body_read,
+        ))
+        .layer(protection.layer());
+    let accept_errors = LogBudget::new(registry, "http_accept", ACCEPT_ERROR_LOG_LINES_PER_S);
+    accept_loop(listener, router, config, accept_errors, shutdown, grace).await
+}
+
+/// Accept errors (out of file descriptors, typically) logged per second; the rest are counted.
+const ACCEPT_ERROR_LOG_LINES_PER_S: u32 = 1;
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    config: HttpConfig,
+    accept_errors: LogBudget,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> bool {
     let connections = TaskTracker::new();
     let pending = Arc::new(Semaphore::new(config.max_pending_connections));
     let mut builder = http1::Builder::new();
@@ -126,7 +182,9 @@ pub async fn serve_http(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => stream,
                 Err(error) => {
-                    tracing::warn!(%error, "accept failed");
+                    if accept_errors.allow() {
+                        tracing::warn!(%error, "accept failed");
+                    }
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
@@ -259,12 +317,13 @@ mod tests {
     #[test]
     fn defaults_validate_and_out_of_range_bounds_do_not() {
         assert!(HttpConfig::default().validate().is_ok());
-        let broken: [fn(&mut HttpConfig); 5] = [
+        let broken: [fn(&mut HttpConfig); 6] = [
             |c| c.max_pending_connections = 0,
             |c| c.header_read_timeout = Duration::ZERO,
             |c| c.body_read_timeout = Duration::from_secs(7200),
             |c| c.max_request_head_bytes = 4096,
             |c| c.max_request_head_bytes = 2 << 20,
+            |c| c.protection.min_limit = 0,
         ];
         for breaking in broken {
             let mut config = HttpConfig::default();

@@ -4,6 +4,8 @@
 //!   `/metrics` on one listener with the embedded (in-memory) bus and store, until a
 //!   cancellation token fires; then it drains. Tests start it on port 0 exactly as `main` does.
 //! - [`content`]: the prefetch catalog, page store and event bridge a process serves from.
+//! - [`overload`]: protection wired in: the bus observer that feeds its ruleset stage
+//!   transitions, and the poller of the fleet-wide protection setting.
 //! - [`secrets`]: where the device-token secret and the admin token come from: configuration,
 //!   or in development a generated pair kept in the state directory.
 //!
@@ -12,6 +14,7 @@
 
 pub mod content;
 pub mod http;
+pub mod overload;
 pub mod secrets;
 pub mod server;
 

@@ -13,8 +13,9 @@ use gateway::GatewayConfig;
 use prefetch::cache::CacheConfig;
 use prefetch::generate::DatasetSize;
 use prefetch::{EventSource, PrefetchConfig, PrefetchService};
-use protocol::admin::{CreateEvent, PublishRequest};
-use protocol::{EventId, Payload, Stage};
+use protection::ProtectionConfig;
+use protocol::admin::{CreateEvent, ProtectionMode, ProtectionStatus, PublishRequest, RulesetMode};
+use protocol::{EventId, Payload, Priority, Stage};
 use ringside::content::{self, CatalogEvents, DatasetSource, MaterializeMode, StoreSetup};
 use ringside::http::HttpConfig;
 use ringside::secrets::{self, SecretSource, Secrets};
@@ -433,6 +434,116 @@ impl KafkaArgs {
     }
 }
 
+/// Protection of the node under overload (docs/OPERATIONS.md, "Protection").
+#[derive(Args)]
+struct ProtectionArgs {
+    /// on: limit concurrency and shed the lowest classes first; off: measure only, never
+    /// refuse (for side-by-side runs).
+    #[arg(long = "protection", env = "RINGSIDE_PROTECTION", default_value = "on")]
+    mode: ProtectionArg,
+    /// The event-driven ruleset at startup: auto (around stage transitions and under load),
+    /// on, or off.
+    #[arg(
+        long = "protection-ruleset",
+        env = "RINGSIDE_PROTECTION_RULESET",
+        default_value = "auto"
+    )]
+    ruleset: RulesetArg,
+    #[arg(
+        long,
+        env = "RINGSIDE_PROTECTION_INITIAL_LIMIT",
+        help = "Concurrency limit at startup [default: 64]"
+    )]
+    protection_initial_limit: Option<u32>,
+    #[arg(
+        long,
+        env = "RINGSIDE_PROTECTION_MIN_LIMIT",
+        help = "Lowest adaptive concurrency limit [default: 16]"
+    )]
+    protection_min_limit: Option<u32>,
+    #[arg(
+        long,
+        env = "RINGSIDE_PROTECTION_MAX_LIMIT",
+        help = "Highest adaptive concurrency limit [default: 2048]"
+    )]
+    protection_max_limit: Option<u32>,
+    #[arg(
+        long,
+        env = "RINGSIDE_PROTECTION_LIVE_WINDOW_S",
+        help = "Ruleset window after an event goes LIVE [default: 300]"
+    )]
+    protection_live_window_s: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_PROTECTION_TRANSITION_WINDOW_S",
+        help = "Ruleset window after any other stage transition [default: 60]"
+    )]
+    protection_transition_window_s: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_PROTECTION_LATENCY_RATIO",
+        help = "Short over long-term latency that switches the ruleset on, 0 for never [default: 2.0]"
+    )]
+    protection_latency_ratio: Option<f64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_PROTECTION_MAX_REQUEST_RATE",
+        help = "Requests per second that switch the ruleset on [default: none]"
+    )]
+    protection_max_request_rate: Option<u32>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProtectionArg {
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RulesetArg {
+    Auto,
+    On,
+    Off,
+}
+
+impl ProtectionArgs {
+    fn config(&self) -> ProtectionConfig {
+        let defaults = ProtectionConfig::default();
+        let secs =
+            |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_secs);
+        ProtectionConfig {
+            mode: match self.mode {
+                ProtectionArg::On => ProtectionMode::On,
+                ProtectionArg::Off => ProtectionMode::Off,
+            },
+            ruleset: match self.ruleset {
+                RulesetArg::Auto => RulesetMode::Auto,
+                RulesetArg::On => RulesetMode::On,
+                RulesetArg::Off => RulesetMode::Off,
+            },
+            initial_limit: self
+                .protection_initial_limit
+                .unwrap_or(defaults.initial_limit),
+            min_limit: self.protection_min_limit.unwrap_or(defaults.min_limit),
+            max_limit: self.protection_max_limit.unwrap_or(defaults.max_limit),
+            live_window: secs(self.protection_live_window_s, defaults.live_window),
+            transition_window: secs(
+                self.protection_transition_window_s,
+                defaults.transition_window,
+            ),
+            latency_ratio: match self.protection_latency_ratio {
+                None => defaults.latency_ratio,
+                Some(0.0) => None,
+                Some(ratio) => Some(ratio),
+            },
+            max_request_rate: self
+                .protection_max_request_rate
+                .or(defaults.max_request_rate),
+            ..defaults
+        }
+    }
+}
+
 #[derive(Args)]
 struct ServeArgs {
     /// Address to listen on; port 0 picks a free port.
@@ -474,6 +585,8 @@ struct ServeArgs {
     prefetch: PrefetchArgs,
     #[command(flatten)]
     kafka: KafkaArgs,
+    #[command(flatten)]
+    protection: ProtectionArgs,
     /// This node's id (default: host name and a random suffix).
     #[arg(long, env = "RINGSIDE_NODE_ID")]
     node_id: Option<String>,
@@ -669,6 +782,10 @@ struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 86_400)]
     ttl_s: u64,
+    /// Highest priority class of the device's requests (critical, degraded, best_effort, bulk);
+    /// it only lowers a route's class. Default: none (the route's class).
+    #[arg(long)]
+    priority: Option<Priority>,
     /// Print the admin token instead.
     #[arg(long)]
     admin: bool,
@@ -758,6 +875,7 @@ fn mint_token(
     profile: &str,
     class: DeviceClass,
     ttl_s: u64,
+    priority: Option<Priority>,
 ) -> anyhow::Result<String> {
     let key = DeviceTokenKey::new(secrets.device_token_secret.as_bytes())?;
     let claims = DeviceClaims {
@@ -765,6 +883,7 @@ fn mint_token(
         profile: profile.to_owned(),
         class,
         exp: unix_now_s() + ttl_s,
+        priority,
     };
     Ok(key.sign(&claims))
 }
@@ -810,7 +929,14 @@ async fn main() -> anyhow::Result<()> {
                 );
                 println!(
                     "{}",
-                    mint_token(&secrets, &device, &profile, args.class, args.ttl_s)?
+                    mint_token(
+                        &secrets,
+                        &device,
+                        &profile,
+                        args.class,
+                        args.ttl_s,
+                        args.priority
+                    )?
                 );
             }
             Ok(())
@@ -847,7 +973,7 @@ async fn main() -> anyhow::Result<()> {
                     .await?,
             )
         }
-        Command::Stats(client) => print_json(&client.admin()?.stats().await?),
+        Command::Stats(client) => run_stats(client).await,
         Command::Watch(args) => run_watch(args).await,
         Command::Materialize(args) => run_materialize(args).await,
         Command::Dataset(args) => {
@@ -868,6 +994,26 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The admin API's stats, with this node's protection state under `"protection"`.
+async fn run_stats(client: ClientArgs) -> anyhow::Result<()> {
+    let mut stats = serde_json::to_value(client.admin()?.stats().await?)?;
+    let bearer = format!("Bearer {}", client.secrets.resolve()?.admin_token);
+    let answer = client::http::call(
+        &client.server,
+        "GET",
+        "/v1/admin/protection",
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await
+    .and_then(|response| client::admin::decode::<ProtectionStatus>(&response));
+    match answer {
+        Ok(status) => stats["protection"] = serde_json::to_value(status)?,
+        Err(error) => eprintln!("protection state unavailable: {error}"),
+    }
+    print_json(&stats)
 }
 
 async fn run_serve(args: ServeArgs, role: Role) -> anyhow::Result<()> {
@@ -907,6 +1053,7 @@ async fn run_serve(args: ServeArgs, role: Role) -> anyhow::Result<()> {
             max_request_head_bytes: args
                 .max_request_head_bytes
                 .unwrap_or(http_defaults.max_request_head_bytes),
+            protection: args.protection.config(),
         },
         secrets,
         prefetch: args.prefetch.setup(args.production)?,
@@ -1045,6 +1192,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
                 "watch",
                 DeviceClass::Web,
                 86_400,
+                None,
             )?
         }
     };

@@ -33,8 +33,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::content::{ControlEvents, DatasetSource, MaterializeMode, RedisLink, StoreSetup};
-use crate::http::{HttpConfig, serve_http};
+use crate::http::{HttpConfig, serve_http_protected};
+use crate::overload::{ObservedBus, run_fleet_setting_poller};
 use crate::secrets::Secrets;
+use control::protection_api::{FleetSetting, ProtectionControl};
+use protection::Protection;
 
 /// What a process serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,12 +202,13 @@ pub async fn serve(
     };
     let Started {
         registry,
+        protection,
         node,
         router,
         background,
     } = started;
     let operations = Operations {
-        registry,
+        registry: registry.clone(),
         gateway: node.as_ref().map(|n| n.gateway.clone()),
         node: config.gateway.node_id.clone(),
         shutdown: shutdown.clone(),
@@ -218,7 +222,16 @@ pub async fn serve(
         .fallback(not_found);
 
     let grace = config.gateway.shutdown_grace;
-    let http = serve_http(listener, router, config.http, shutdown.clone(), grace);
+    // The admin API, `/graphql` and the WebSocket upgrade all pass protection's layer.
+    let http = serve_http_protected(
+        listener,
+        router,
+        config.http,
+        &protection,
+        &registry,
+        shutdown.clone(),
+        grace,
+    );
     let drain = async {
         shutdown.cancelled().await;
         match &node {
@@ -240,6 +253,7 @@ pub async fn serve(
 /// What a started process serves with.
 struct Started {
     registry: Arc<Registry>,
+    protection: Arc<Protection>,
     node: Option<Node>,
     router: Router,
     background: Vec<JoinHandle<()>>,
@@ -253,10 +267,17 @@ async fn start(
 ) -> anyhow::Result<Started> {
     let address = listener.local_addr()?;
     let registry = Registry::new();
+    let protection = Protection::new(
+        config.http.protection.clone(),
+        config.gateway.node_id.clone(),
+        &registry,
+    );
     let bus: Arc<dyn Bus> = match &config.bus {
         BusSetup::Memory => Arc::new(MemoryBus::new()),
         BusSetup::Kafka(kafka) => Arc::new(KafkaBus::connect(kafka.clone(), &registry).await?),
     };
+    // Every state this process publishes or reads passes protection's ruleset once.
+    let bus: Arc<dyn Bus> = Arc::new(ObservedBus::new(bus, protection.clone()));
     let redis = match &config.prefetch.store {
         StoreSetup::Memory => None,
         StoreSetup::Redis { url, prefix } => Some(Arc::new(RedisLink::new(url, prefix))),
@@ -278,7 +299,7 @@ async fn start(
         None
     };
     let mut router = Router::new();
-    let mut background = Vec::new();
+    let mut background = start_protection(&protection, redis.as_deref(), stopped).await;
     if config.role.serves_control() {
         let (control_router, materializer) = start_control(
             config,
@@ -286,6 +307,7 @@ async fn start(
             redis.as_deref(),
             node.as_ref().map(|n| n.gateway.clone()),
             &registry,
+            &protection,
             shutdown,
         )
         .await?;
@@ -297,6 +319,7 @@ async fn start(
     }
     Ok(Started {
         registry,
+        protection,
         node,
         router,
         background,
@@ -501,6 +524,30 @@ async fn run_node_reports(
     }
 }
 
+/// Protection's own tasks: the ruleset's evaluation tick, and with Redis the poller that keeps
+/// this process on the fleet's protection setting. Both end with `stopped`.
+async fn start_protection(
+    protection: &Arc<Protection>,
+    redis: Option<&RedisLink>,
+    stopped: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![tokio::spawn(protection.clone().run(stopped.clone()))];
+    if let Some(redis) = redis {
+        match redis.connection().await {
+            Ok(connection) => tasks.push(tokio::spawn(run_fleet_setting_poller(
+                FleetSetting::new(connection, &redis.prefix),
+                protection.clone(),
+                stopped.clone(),
+            ))),
+            Err(error) => tracing::warn!(
+                %error,
+                "Redis does not answer: this process does not follow the fleet's protection setting"
+            ),
+        }
+    }
+    tasks
+}
+
 /// The control side of a process: the admin API and the prefetch service, plus the background
 /// materializer when configured.
 async fn start_control(
@@ -509,6 +556,7 @@ async fn start_control(
     redis: Option<&RedisLink>,
     local_gateway: Option<Arc<Gateway>>,
     registry: &Arc<Registry>,
+    protection: &Arc<Protection>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Router, Option<JoinHandle<()>>)> {
     let catalog = Arc::new(crate::content::load_catalog(&config.prefetch.dataset).await?);
@@ -551,22 +599,32 @@ async fn start_control(
         config.prefetch.config.clone(),
         registry,
     );
+    let fleet = match redis {
+        Some(redis) => Some(FleetSetting::new(redis.connection().await?, &redis.prefix)),
+        None => None,
+    };
     let control = ControlPlane::new(
         events,
         bus,
         stats,
         AdminToken::new(&config.secrets.admin_token)?,
         registry,
-    );
+    )
+    .with_protection(ProtectionControl {
+        protection: protection.clone(),
+        fleet,
+    });
     let router = control
         .router()
         .merge(prefetch::http::router(prefetch.clone()));
     let materializer = (config.prefetch.materialize == MaterializeMode::Background).then(|| {
         let stop = shutdown.clone();
+        // Paused while protection's ruleset is active (a kickoff, or load).
+        let paused = protection.background_paused();
         tokio::spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
-                reports = prefetch.materialize_all() => {
+                reports = prefetch.materialize_all_pausing(Some(paused)) => {
                     for report in reports {
                         match report {
                             Ok(report) => tracing::info!(event = %report.event, pages = report.pages, skipped = report.skipped, elapsed_ms = report.elapsed_ms, "event materialized"),

@@ -38,6 +38,7 @@ fn token(profile: &str) -> String {
         profile: profile.into(),
         class: auth::DeviceClass::Tv,
         exp,
+        priority: None,
     })
 }
 

@@ -402,6 +402,7 @@ async fn upgrades_without_a_valid_token_get_401_and_no_socket() {
         profile: "p".into(),
         class: auth::DeviceClass::Mobile,
         exp: u64::MAX / 2,
+        priority: None,
     });
     let cases = [
         (String::new(), "missing"),

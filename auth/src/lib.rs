@@ -13,6 +13,7 @@ use std::fmt;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
+use protocol::Priority;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -56,6 +57,11 @@ pub struct DeviceClaims {
     pub class: DeviceClass,
     /// Expiry, in seconds since the Unix epoch.
     pub exp: u64,
+    /// The highest priority class this device's requests get (absent: the route's class). It
+    /// can only lower a request's class, never raise it; a fleet of analytics boxes is minted
+    /// with `bulk`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
 }
 
 /// Why a token was refused.
@@ -182,6 +188,29 @@ impl DeviceTokenKey {
     }
 }
 
+/// Largest claims part of a token [`priority_ceiling`] decodes, in bytes once decoded.
+const CEILING_CLAIMS_MAX_BYTES: usize = 1024;
+
+/// The `priority` claim of a device token, read **without** verifying the token: for the
+/// request classifier, which runs before any handler and must stay cheap (no allocation, no
+/// HMAC). A forged claim can only lower the class of its own request, which the handler then
+/// refuses anyway; every other use of the claims goes through [`DeviceTokenKey::verify`].
+/// `None` for a token without the claim, or one that does not decode.
+pub fn priority_ceiling(token: &str) -> Option<Priority> {
+    #[derive(Deserialize)]
+    struct Ceiling {
+        priority: Option<Priority>,
+    }
+    let claims = token.split('.').nth(1)?;
+    let mut decoded = [0u8; CEILING_CLAIMS_MAX_BYTES];
+    let length = URL_SAFE_NO_PAD
+        .decode_slice(claims.as_bytes(), &mut decoded)
+        .ok()?;
+    serde_json::from_slice::<Ceiling>(&decoded[..length])
+        .ok()?
+        .priority
+}
+
 /// The operators' bearer token.
 #[derive(Clone)]
 pub struct AdminToken {
@@ -243,7 +272,25 @@ mod tests {
             profile: "p-1".into(),
             class: DeviceClass::Tv,
             exp,
+            priority: None,
         }
+    }
+
+    #[test]
+    fn the_priority_ceiling_is_read_from_the_claims_and_round_trips() {
+        let key = DeviceTokenKey::new(SECRET).expect("key");
+        let plain = key.sign(&claims(2_000));
+        assert_eq!(priority_ceiling(&plain), None);
+        assert!(!plain.contains("priority") && key.verify(&plain, 1_000).is_ok());
+        let bulk = DeviceClaims {
+            priority: Some(Priority::Bulk),
+            ..claims(2_000)
+        };
+        let token = key.sign(&bulk);
+        assert_eq!(priority_ceiling(&token), Some(Priority::Bulk));
+        assert_eq!(key.verify(&token, 1_000), Ok(bulk));
+        assert_eq!(priority_ceiling("not a token"), None);
+        assert_eq!(priority_ceiling("a.!!.c"), None);
     }
 
     #[test]

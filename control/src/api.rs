@@ -58,6 +58,8 @@ pub struct ControlPlane {
     admin_token: AdminToken,
     metrics: ControlMetrics,
     publish_locks: std::sync::Mutex<HashMap<EventId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Set by [`ControlPlane::with_protection`]; `/v1/admin/protection` answers 404 without.
+    pub(crate) protection: std::sync::OnceLock<crate::protection_api::ProtectionControl>,
 }
 
 /// A handed-out per-event publish lock. Dropping it forgets the lock when no other publish holds
@@ -121,6 +123,7 @@ impl ControlPlane {
             admin_token,
             metrics,
             publish_locks: std::sync::Mutex::default(),
+            protection: std::sync::OnceLock::new(),
         })
     }
 
@@ -147,6 +150,11 @@ impl ControlPlane {
             .route("/v1/admin/events/{id}", get(get_event))
             .route("/v1/admin/events/{id}/publish", post(publish))
             .route("/v1/admin/stats", get(stats))
+            .route(
+                "/v1/admin/protection",
+                get(crate::protection_api::get_protection)
+                    .put(crate::protection_api::put_protection),
+            )
             .route("/v1/admin/{*rest}", axum::routing::any(not_found))
             // Set before the token layer, so that a wrong method is answered only with a token.
             .method_not_allowed_fallback(method_not_allowed)

@@ -8,6 +8,8 @@
 //! - [`nodes`]: the node registry in Redis that cross-node stats are aggregated from.
 //! - [`api`]: the admin API under `/v1/admin`, behind the admin bearer token; [`body`]: the
 //!   decoding and validation of its request bodies.
+//! - [`protection_api`]: `GET`/`PUT /v1/admin/protection`, the node's protection state and the
+//!   operator's switches, shared through Redis by a fleet.
 //!
 //! A publish is validated, given the next version of its event by the store, accepted by the
 //! tier-1 [`broadcaster::Bus`], and only then answered.
@@ -15,6 +17,7 @@
 pub mod api;
 pub mod body;
 pub mod nodes;
+pub mod protection_api;
 pub mod redis_store;
 pub mod store;
 

@@ -164,6 +164,7 @@ impl Fleet {
                     profile: format!("p{:06}", i % self.profiles.max(1)),
                     class: auth::DeviceClass::Tv,
                     exp,
+                    priority: None,
                 })
             })
             .collect())

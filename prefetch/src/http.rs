@@ -369,7 +369,7 @@ async fn run(
         service.persisted.insert(hash, query.clone());
     }
     for error in &mut response.errors {
-        give_code(error);
+        give_code(error, &service.metrics.error_log);
     }
     let failed = !response.errors.is_empty();
     if failed {
@@ -475,7 +475,7 @@ fn check_required_variables(
 }
 
 /// Errors from parsing, validation or the executor carry no code; give them one.
-fn give_code(error: &mut ServerError) {
+fn give_code(error: &mut ServerError, log: &telemetry::LogBudget) {
     let has_code = error
         .extensions
         .as_ref()
@@ -489,7 +489,9 @@ fn give_code(error: &mut ServerError) {
         "INTERNAL"
     };
     if code == "INTERNAL" {
-        tracing::warn!(message = %error.message, "GraphQL resolver error without a code");
+        if log.allow() {
+            tracing::warn!(message = %error.message, "GraphQL resolver error without a code");
+        }
         error.message = "internal error".into();
     }
     error

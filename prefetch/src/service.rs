@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use auth::DeviceTokenKey;
 use broadcaster::BoxFuture;
 use bytes::Bytes;
-use telemetry::{Counter, Histogram, Registry};
+use telemetry::{Counter, Histogram, LogBudget, Registry};
+use tokio::sync::watch;
 
 use crate::cache::{CacheConfig, CacheMetrics, PageCache, PageLoader};
 use crate::catalog::Catalog;
@@ -120,6 +121,9 @@ pub(crate) struct PrefetchMetrics {
     pub requests: Arc<Counter>,
     pub request_errors: Arc<Counter>,
     pub request_latency: Arc<Histogram>,
+    /// Budget of the per-request warning about resolver errors without a code: under
+    /// overload it must not become a log flood.
+    pub error_log: LogBudget,
 }
 
 /// Loads pages: from the store, or materialized on demand when the store has none (yet) for
@@ -174,6 +178,21 @@ pub struct MaterializeReport {
     pub pages: usize,
     pub skipped: bool,
     pub elapsed_ms: u64,
+}
+
+/// Waits until `paused` (if any) is false. A closed channel means nobody pauses any more.
+async fn wait_while_paused(paused: &mut Option<watch::Receiver<bool>>) {
+    let Some(receiver) = paused else {
+        return;
+    };
+    if *receiver.borrow_and_update() {
+        tracing::info!("background materialization paused by protection");
+        if receiver.wait_for(|paused| !*paused).await.is_err() {
+            *paused = None;
+            return;
+        }
+        tracing::info!("background materialization resumed");
+    }
 }
 
 /// What the persisted-query cache spends on an entry besides its text (the cache's own
@@ -233,6 +252,7 @@ impl PrefetchService {
                 "ringside_prefetch_request_seconds",
                 "GraphQL request latency.",
             ),
+            error_log: LogBudget::new(registry, "graphql_internal_error", 5),
         });
         let source = Arc::new(PageSource {
             catalog: catalog.clone(),
@@ -327,6 +347,15 @@ impl PrefetchService {
         &self,
         event: &LiveEvent,
     ) -> Result<MaterializeReport, PrefetchError> {
+        self.materialize_event_pausing(event, &mut None).await
+    }
+
+    /// [`Self::materialize_event`], waiting between page batches while `paused` says so.
+    async fn materialize_event_pausing(
+        &self,
+        event: &LiveEvent,
+        paused: &mut Option<watch::Receiver<bool>>,
+    ) -> Result<MaterializeReport, PrefetchError> {
         let started = Instant::now();
         let pool = self.pool_for(event);
         let store = &self.source.store;
@@ -342,6 +371,7 @@ impl PrefetchService {
         let profiles = self.catalog.profiles.len();
         let mut pages = 0;
         for start in (0..profiles).step_by(MATERIALIZE_BATCH) {
+            wait_while_paused(paused).await;
             let (catalog, batch_pool, batch_event) =
                 (self.catalog.clone(), pool.clone(), event_key.clone());
             let batch = tokio::task::spawn_blocking(move || {
@@ -378,6 +408,18 @@ impl PrefetchService {
 
     /// Materializes every visible event, one after the other.
     pub async fn materialize_all(&self) -> Vec<Result<MaterializeReport, PrefetchError>> {
+        self.materialize_all_pausing(None).await
+    }
+
+    /// [`Self::materialize_all`], the node's own background work: while `paused` is true
+    /// (protection's ruleset around a kickoff, or under load) it waits before the next event
+    /// and the next batch of pages, so that it never competes with devices then. Pages a
+    /// device asks for meanwhile are computed on demand as usual.
+    pub async fn materialize_all_pausing(
+        &self,
+        paused: Option<watch::Receiver<bool>>,
+    ) -> Vec<Result<MaterializeReport, PrefetchError>> {
+        let mut paused = paused;
         let mut reports = Vec::new();
         for event in self
             .events
@@ -386,7 +428,8 @@ impl PrefetchService {
             .into_iter()
             .filter(LiveEvent::is_visible)
         {
-            reports.push(self.materialize_event(&event).await);
+            wait_while_paused(&mut paused).await;
+            reports.push(self.materialize_event_pausing(&event, &mut paused).await);
         }
         reports
     }
@@ -400,6 +443,22 @@ impl PrefetchService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_paused_gate_holds_until_it_is_released() {
+        let (pause, receiver) = watch::channel(true);
+        let mut gate = Some(receiver);
+        let waiting = tokio::spawn(async move {
+            wait_while_paused(&mut gate).await;
+            gate.is_some()
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "held while paused");
+        pause.send_replace(false);
+        assert!(waiting.await.expect("joined"), "released, still watching");
+        let mut none = None;
+        wait_while_paused(&mut none).await;
+    }
 
     #[test]
     fn defaults_validate_and_out_of_range_bounds_do_not() {

@@ -27,10 +27,15 @@ impl RetryAfter {
     /// One delay from the window in whole seconds for an HTTP `Retry-After` header: rounded
     /// up, at least 1, so that a client never reads "retry now".
     pub fn draw_header_seconds(&self) -> u64 {
-        let delay = self.draw();
-        let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
-        seconds.max(1)
+        header_seconds(self.draw())
     }
+}
+
+/// `delay` in whole seconds for an HTTP `Retry-After` header: rounded up, at least 1, so that
+/// a client never reads "retry now".
+pub fn header_seconds(delay: Duration) -> u64 {
+    let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+    seconds.max(1)
 }
 
 /// A delay drawn uniformly from `[min, max]` (`min` when `max <= min`).

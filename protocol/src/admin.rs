@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::names::{EventId, Stage, Topic};
+use crate::priority::Priority;
 use crate::state::Payload;
 
 /// `POST /v1/admin/events`.
@@ -106,6 +107,8 @@ pub enum ApiErrorCode {
     /// This client holds or asks for more than its share (e.g. connections of one device).
     TooManyRequests,
     Unavailable,
+    /// The node sheds this request's priority class right now; retry after `Retry-After`.
+    Overloaded,
     Internal,
 }
 
@@ -120,7 +123,7 @@ impl ApiErrorCode {
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::TooManyRequests => 429,
-            Self::Unavailable => 503,
+            Self::Unavailable | Self::Overloaded => 503,
             Self::Internal => 500,
         }
     }
@@ -156,4 +159,124 @@ impl ApiError {
         self.error.field = Some(field.into());
         self
     }
+}
+
+/// One value per priority class (shares, counts, retry windows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PerClass<T> {
+    pub critical: T,
+    pub degraded: T,
+    pub best_effort: T,
+    pub bulk: T,
+}
+
+impl<T: Copy> PerClass<T> {
+    pub fn get(&self, class: Priority) -> T {
+        match class {
+            Priority::Critical => self.critical,
+            Priority::Degraded => self.degraded,
+            Priority::BestEffort => self.best_effort,
+            Priority::Bulk => self.bulk,
+        }
+    }
+
+    /// Builds one from a function of the class.
+    pub fn from_fn(mut value: impl FnMut(Priority) -> T) -> Self {
+        Self {
+            critical: value(Priority::Critical),
+            degraded: value(Priority::Degraded),
+            best_effort: value(Priority::BestEffort),
+            bulk: value(Priority::Bulk),
+        }
+    }
+}
+
+/// Whether a node limits and sheds requests (`--protection`). `off` is for side-by-side
+/// measurements: requests are still classified and measured, never refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtectionMode {
+    #[default]
+    On,
+    Off,
+}
+
+/// The event-driven ruleset (tightened shares for `best_effort` and `bulk`, and the node's own
+/// background work paused): `auto` follows events and load, `on` forces it, `off` keeps it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RulesetMode {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// Why the ruleset is active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RulesetReason {
+    /// An operator set `ruleset: on`.
+    Forced,
+    /// An event went `LIVE` within the live window.
+    EventLive,
+    /// A stage transition happened within the transition window.
+    StageTransition,
+    /// Measured latency rose over its long-term level by more than the configured ratio.
+    Latency,
+    /// The request rate crossed the configured threshold.
+    RequestRate,
+}
+
+/// The last stage transition a node saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageTransition {
+    pub topic: Topic,
+    pub stage: Stage,
+    pub version: u64,
+    /// When the node saw it, in milliseconds since the Unix epoch.
+    pub seen_at_ms: u64,
+}
+
+/// `GET /v1/admin/protection`: the protection state of the process that answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProtectionStatus {
+    pub node: String,
+    pub protection: ProtectionMode,
+    pub ruleset: RulesetMode,
+    /// Whether the tightened shares apply and background work is paused right now.
+    pub active: bool,
+    /// Why it is active (empty when it is not).
+    pub reasons: Vec<RulesetReason>,
+    /// Until when the automatic reasons hold, in milliseconds since the Unix epoch (absent
+    /// when none does; a forced ruleset holds until it is switched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_until_ms: Option<u64>,
+    /// The adaptive concurrency limit now.
+    pub limit: u64,
+    pub in_flight: u64,
+    /// The share of the limit each class may use now.
+    pub shares: PerClass<f64>,
+    /// Requests shed since start, per class.
+    pub shed: PerClass<u64>,
+    /// Requests admitted since start, per class.
+    pub admitted: PerClass<u64>,
+    /// Short-term and long-term request latency the limit follows, in microseconds.
+    pub short_rtt_us: u64,
+    pub long_rtt_us: u64,
+    /// Whether the node's server-driven work (background materialization) is paused.
+    pub background_paused: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition: Option<StageTransition>,
+}
+
+/// `PUT /v1/admin/protection`: each field present is applied (to the whole fleet when Redis is
+/// configured, else to the process that answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectionUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ruleset: Option<RulesetMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection: Option<ProtectionMode>,
 }

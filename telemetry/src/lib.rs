@@ -3,7 +3,16 @@
 //! [`Registry`] that renders them in the Prometheus text format for `GET /metrics`.
 //!
 //! Each library creates its metrics once, at startup, through the registry it is handed, and
-//! keeps `Arc`s to them; nothing on a hot path looks a metric up by name.
+//! keeps `Arc`s to them; nothing on a hot path looks a metric up by name. A labelled series
+//! ([`Registry::labelled_counter`]) is one more such `Arc`: callers create every label
+//! combination they will use up front and index them, so that labels cost nothing per update.
+//!
+//! - [`log_budget`]: [`LogBudget`], a per-site rate limit for log lines on hot paths, with a
+//!   counter of what it suppressed.
+
+pub mod log_budget;
+
+pub use log_budget::LogBudget;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -57,6 +66,10 @@ impl Gauge {
 
     pub fn decrement(&self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn set(&self, value: i64) {
+        self.0.store(value, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> i64 {
@@ -141,17 +154,33 @@ impl Histogram {
     }
 }
 
-#[derive(Debug)]
+/// A gauge read only when the metrics are rendered: for values another structure already keeps
+/// (a limiter's current limit, requests in flight), so that the hot path updates nothing extra.
+pub type ComputedGauge = Arc<dyn Fn() -> i64 + Send + Sync>;
+
 enum Metric {
     Counter(Arc<Counter>),
     Gauge(Arc<Gauge>),
+    Computed(ComputedGauge),
     Histogram(Arc<Histogram>),
+}
+
+impl std::fmt::Debug for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Counter(c) => f.debug_tuple("Counter").field(c).finish(),
+            Self::Gauge(g) => f.debug_tuple("Gauge").field(g).finish(),
+            Self::Computed(_) => f.write_str("Computed"),
+            Self::Histogram(h) => f.debug_tuple("Histogram").field(h).finish(),
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Entry {
     name: &'static str,
     help: &'static str,
+    labels: Vec<(&'static str, &'static str)>,
     metric: Metric,
 }
 
@@ -167,8 +196,43 @@ impl Registry {
     }
 
     fn register(&self, name: &'static str, help: &'static str, metric: Metric) {
+        self.register_labelled(name, help, &[], metric);
+    }
+
+    fn register_labelled(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &'static str)],
+        metric: Metric,
+    ) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.push(Entry { name, help, metric });
+        entries.push(Entry {
+            name,
+            help,
+            labels: labels.to_vec(),
+            metric,
+        });
+    }
+
+    /// One series of a labelled counter family, e.g.
+    /// `ringside_protection_shed_total{class="bulk",route="graphql"}`. Every series of a
+    /// family shares its name and help; create each combination once, at startup, and keep
+    /// the `Arc` (typically in an array indexed by the label values).
+    pub fn labelled_counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &'static str)],
+    ) -> Arc<Counter> {
+        let counter = Arc::new(Counter::default());
+        self.register_labelled(name, help, labels, Metric::Counter(counter.clone()));
+        counter
+    }
+
+    /// A gauge whose value `read` computes when the metrics are rendered.
+    pub fn computed_gauge(&self, name: &'static str, help: &'static str, read: ComputedGauge) {
+        self.register(name, help, Metric::Computed(read));
     }
 
     pub fn counter(&self, name: &'static str, help: &'static str) -> Arc<Counter> {
@@ -189,26 +253,72 @@ impl Registry {
         histogram
     }
 
-    /// The Prometheus text exposition (format 0.0.4) of every registered metric.
+    /// The Prometheus text exposition (format 0.0.4) of every registered metric. The series
+    /// of a labelled family are rendered together under one `HELP` and `TYPE`, in the order
+    /// they were created.
     pub fn render(&self) -> String {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out = String::with_capacity(entries.len() * 128);
-        for entry in entries.iter() {
-            let (name, help) = (entry.name, entry.help);
-            match &entry.metric {
-                Metric::Counter(c) => {
-                    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-                    let _ = writeln!(out, "{name} {}", c.get());
+        let mut rendered = vec![false; entries.len()];
+        for first in 0..entries.len() {
+            if rendered[first] {
+                continue;
+            }
+            let family = &entries[first];
+            let (name, help) = (family.name, family.help);
+            let kind = match family.metric {
+                Metric::Counter(_) => "counter",
+                Metric::Gauge(_) | Metric::Computed(_) => "gauge",
+                Metric::Histogram(ref h) => {
+                    rendered[first] = true;
+                    render_histogram(&mut out, name, help, h);
+                    continue;
                 }
-                Metric::Gauge(g) => {
-                    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-                    let _ = writeln!(out, "{name} {}", g.get());
+            };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (index, entry) in entries.iter().enumerate().skip(first) {
+                if rendered[index] || entry.name != name {
+                    continue;
                 }
-                Metric::Histogram(h) => render_histogram(&mut out, name, help, h),
+                rendered[index] = true;
+                let value = match &entry.metric {
+                    Metric::Counter(c) => i128::from(c.get()),
+                    Metric::Gauge(g) => i128::from(g.get()),
+                    Metric::Computed(read) => i128::from(read()),
+                    Metric::Histogram(_) => continue,
+                };
+                out.push_str(name);
+                write_labels(&mut out, &entry.labels);
+                let _ = writeln!(out, " {value}");
             }
         }
         out
     }
+}
+
+/// `{a="x",b="y"}`, escaped as the text format wants; nothing without labels.
+fn write_labels(out: &mut String, labels: &[(&'static str, &'static str)]) {
+    if labels.is_empty() {
+        return;
+    }
+    out.push('{');
+    for (index, (key, value)) in labels.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        out.push_str(key);
+        out.push_str("=\"");
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
 }
 
 fn render_histogram(out: &mut String, name: &str, help: &str, histogram: &Histogram) {
@@ -268,6 +378,46 @@ mod tests {
             text.contains("ringside_latency_seconds_count 3\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn labelled_series_render_under_one_family_and_computed_gauges_read_late() {
+        let registry = Registry::new();
+        let bulk = registry.labelled_counter(
+            "shed_total",
+            "Shed.",
+            &[("class", "bulk"), ("route", "graphql")],
+        );
+        let _other = registry.counter("other_total", "Other.");
+        let critical = registry.labelled_counter(
+            "shed_total",
+            "Shed.",
+            &[("class", "critical"), ("route", "a\"b")],
+        );
+        let value = Arc::new(AtomicI64::new(7));
+        let read = value.clone();
+        registry.computed_gauge(
+            "limit",
+            "Limit.",
+            Arc::new(move || read.load(Ordering::Relaxed)),
+        );
+        bulk.add(2);
+        critical.increment();
+        value.store(9, Ordering::Relaxed);
+        let text = registry.render();
+        assert_eq!(
+            text.matches("# TYPE shed_total counter").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "# TYPE shed_total counter\nshed_total{class=\"bulk\",route=\"graphql\"} 2\n\
+                 shed_total{class=\"critical\",route=\"a\\\"b\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE limit gauge\nlimit 9\n"), "{text}");
     }
 
     #[test]

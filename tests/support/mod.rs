@@ -218,6 +218,7 @@ pub fn device_token(device: &str, ttl_s: i64) -> String {
         profile: format!("profile-{device}"),
         class: DeviceClass::Tv,
         exp,
+        priority: None,
     })
 }
 
