@@ -18,6 +18,7 @@ use protocol::{EventId, Payload, PayloadError, Priority, Stage};
 use telemetry::{Counter, Registry};
 
 use crate::body::{PublishBody, parse_json, validate_event};
+use crate::fetch_window::{FetchWindow, FetchWindowConfig};
 use crate::{ControlError, EventStore, SharedStats};
 
 /// Largest admin request body, in bytes.
@@ -58,6 +59,8 @@ pub struct ControlPlane {
     admin_token: AdminToken,
     metrics: ControlMetrics,
     publish_locks: std::sync::Mutex<HashMap<EventId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The default follow-up fetch window of stage states.
+    fetch_window: FetchWindow,
 }
 
 /// A handed-out per-event publish lock. Dropping it forgets the lock when no other publish holds
@@ -121,7 +124,15 @@ impl ControlPlane {
             admin_token,
             metrics,
             publish_locks: std::sync::Mutex::default(),
+            fetch_window: FetchWindow::default(),
         })
+    }
+
+    /// Sizes the default follow-up fetch window of stage states with `config` (see
+    /// [`crate::fetch_window`]); without it, the defaults of [`FetchWindowConfig`].
+    pub fn with_fetch_window(self: Arc<Self>, config: FetchWindowConfig) -> Arc<Self> {
+        self.fetch_window.configure(config);
+        self
     }
 
     /// The per-event publish lock of `event`, given back when the lease drops: however the
@@ -296,7 +307,10 @@ async fn publish_in_order(
     let new = control.store.next_state(id, stage, payload).await?;
     let mut state = new.state;
     state.priority = options.lane;
-    state.fetch_within_ms = options.fetch_within_ms;
+    state.fetch_within_ms = control
+        .fetch_window
+        .window_for(&state, options.fetch_within_ms, control.stats.as_ref())
+        .await;
     let receipt = PublishReceipt {
         topic: state.topic.clone(),
         version: state.version,

@@ -8,12 +8,15 @@
 //! - [`nodes`]: the node registry in Redis that cross-node stats are aggregated from.
 //! - [`api`]: the admin API under `/v1/admin`, behind the admin bearer token; [`body`]: the
 //!   decoding and validation of its request bodies.
+//! - [`fetch_window`]: the default `fetch_within_ms` of a stage state, from the devices
+//!   subscribed to its event and the prefetch tier's capacity.
 //!
 //! A publish is validated, given the next version of its event by the store, accepted by the
 //! tier-1 [`broadcaster::Bus`], and only then answered.
 
 pub mod api;
 pub mod body;
+pub mod fetch_window;
 pub mod nodes;
 pub mod redis_store;
 pub mod store;
@@ -24,6 +27,7 @@ use broadcaster::{BoxFuture, BroadcastError};
 use protocol::admin::{ApiError, ApiErrorCode, Stats};
 
 pub use api::ControlPlane;
+pub use fetch_window::{FetchWindowConfig, FetchWindowConfigError};
 pub use nodes::{ClusterStats, NodeRegistry, NodeReport};
 pub use redis_store::RedisEventStore;
 pub use store::{EventStore, MemoryEventStore};
