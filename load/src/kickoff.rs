@@ -1,7 +1,13 @@
 //! The whole story of a live moment: devices prefetch over a window before the event, stay
 //! connected, and when the operator publishes LIVE each switches to the content it already holds;
-//! devices whose prefetch never happened (offline, or shed under load) fetch afterwards, spread
-//! with jitter. Reports how many switched from cache, how many had to fetch, and the fetch wave.
+//! devices whose prefetch never happened (offline, or shed under load) fetch afterwards, each at
+//! a uniformly random moment of the state's `fetch_within_ms` (the operator's, given with
+//! `fetch_within_ms` here, or the control plane's default), at once when the state carries
+//! none, as a device must. Reports how many switched from cache, how many had to fetch, and the
+//! fetch wave: requests and the node's page-store (origin) reads per bucket, peak over mean.
+//!
+//! The run starts by publishing the event's first stage, so that a run can follow another on
+//! the same node and the control plane sees the devices subscribed when LIVE is published.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +31,9 @@ pub struct KickoffPlan {
     pub prefetch_window: Duration,
     /// Share of devices that prefetch (the others were offline or shed).
     pub prefetch_share: f64,
-    /// Devices that must fetch after the moment spread their fetch over this window.
-    pub fetch_spread: Duration,
+    /// The operator's `fetch_within_ms` on the LIVE publish; `None` leaves it to the control
+    /// plane (its default, or none when the default is off).
+    pub fetch_within_ms: Option<u64>,
     pub bucket: Duration,
 }
 
@@ -40,12 +47,77 @@ pub struct KickoffResult {
     pub switched_from_cache: u64,
     pub had_to_fetch: u64,
     pub fetch_errors: u64,
+    /// The operator's window on the publish, if the run set one.
+    pub fetch_within_ms_published: Option<u64>,
+    /// The window the LIVE state carried, as the devices received it.
+    pub fetch_within_ms: Option<u64>,
     pub bucket_ms: u64,
     /// GraphQL requests per bucket from the moment on: the follow-up fetch wave.
     pub fetches_per_bucket: Vec<u64>,
     pub peak_fetches_per_second: f64,
+    /// Peak over mean of `fetches_per_bucket`, from the publish until the last follow-up fetch
+    /// was answered (1 is a flat wave).
+    pub fetch_peak_over_mean: f64,
+    /// The node's page-store (origin) reads per bucket from the publish on, from its metrics.
+    pub origin_reads_per_bucket: Vec<u64>,
+    /// Peak over mean of `origin_reads_per_bucket` over the same span.
+    pub origin_peak_over_mean: f64,
     /// From the moment until the last device showed the LIVE content.
     pub all_switched_after_ms: f64,
+}
+
+/// Peak over mean of the first `span` buckets (0 when there is nothing in them).
+fn peak_over_mean(buckets: &[u64], span: usize) -> f64 {
+    if buckets.is_empty() {
+        return 0.0;
+    }
+    let measured = &buckets[..span.clamp(1, buckets.len())];
+    let total: u64 = measured.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let mean = total as f64 / measured.len() as f64;
+    measured.iter().copied().max().unwrap_or(0) as f64 / mean
+}
+
+async fn origin_reads(base: &str) -> Option<u64> {
+    let metrics = client::http::call(base, "GET", "/metrics", &[], None)
+        .await
+        .ok()?
+        .text();
+    metrics.lines().find_map(|line| {
+        line.strip_prefix("ringside_prefetch_store_reads_total ")?
+            .parse()
+            .ok()
+    })
+}
+
+/// Publishes `stage` of `event`, with the operator's `fetch_within_ms` when given.
+async fn publish(
+    plan: &KickoffPlan,
+    stage: &str,
+    fetch_within_ms: Option<u64>,
+) -> anyhow::Result<()> {
+    let mut body = serde_json::json!({ "stage": stage, "payload": { "moment": "kickoff" } });
+    if let Some(window) = fetch_within_ms {
+        body["fetch_within_ms"] = window.into();
+    }
+    let bearer = format!("Bearer {}", plan.admin_token);
+    let response = client::http::call(
+        &plan.server,
+        "POST",
+        &format!("/v1/admin/events/{}/publish", plan.event),
+        &[("authorization", &bearer)],
+        Some(serde_json::to_vec(&body)?),
+    )
+    .await?;
+    anyhow::ensure!(
+        response.status == 200,
+        "publishing {stage}: HTTP {} {}",
+        response.status,
+        response.text()
+    );
+    Ok(())
 }
 
 const STAGE_QUERY: &str =
@@ -75,7 +147,22 @@ async fn fetch_stages(base: &str, token: &str, event: &EventId) -> anyhow::Resul
 }
 
 pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
+    let admin = client::AdminClient::new(plan.server.clone(), &plan.admin_token);
+    let first_stage = admin
+        .list_events()
+        .await
+        .context("listing events")?
+        .into_iter()
+        .find(|e| e.id == plan.event)
+        .with_context(|| format!("no event {}", plan.event))?
+        .stages
+        .first()
+        .map(ToString::to_string)
+        .context("an event without stages")?;
+    anyhow::ensure!(first_stage != "LIVE", "the event's first stage is LIVE");
+    publish(&plan, &first_stage, None).await?;
     let counters = Arc::new(Counters::default());
+    let windows_seen = Arc::new(Mutex::new(Vec::<Option<u64>>::new()));
     let moment = Instant::now() + plan.prefetch_window + Duration::from_secs(1);
     let fetch_times = Arc::new(Mutex::new(Vec::<Duration>::new()));
     let switch_times = Arc::new(Mutex::new(Vec::<Duration>::new()));
@@ -84,11 +171,12 @@ pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
     let mut devices = Vec::new();
     for token in &plan.tokens {
         let (plan, token, counters) = (plan.clone(), token.clone(), counters.clone());
-        let (fetch_times, switch_times, latencies, live) = (
+        let (fetch_times, switch_times, latencies, live, windows_seen) = (
             fetch_times.clone(),
             switch_times.clone(),
             latencies.clone(),
             live.clone(),
+            windows_seen.clone(),
         );
         devices.push(tokio::spawn(async move {
             let mut config = client::WatcherConfig::new(
@@ -132,22 +220,28 @@ pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
                 )
             );
             let Ok(Some(state)) = state else { return };
-            let now_ms = std::time::SystemTime::now()
+            let now_us = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64);
             latencies
                 .lock()
                 .await
-                .saturating_record(now_ms.saturating_sub(state.published_at_ms * 1000).max(1));
+                .saturating_record(now_us.saturating_sub(state.published_at_ms * 1000).max(1));
             counters.state_delivered.fetch_add(1, Ordering::Relaxed);
+            windows_seen.lock().await.push(state.fetch_within_ms);
             if cached.iter().any(|s| s == "LIVE") {
                 counters.switched_from_cache.fetch_add(1, Ordering::Relaxed);
                 switch_times.lock().await.push(moment.elapsed());
                 return;
             }
-            // Nothing cached for LIVE: fetch, spread with jitter so the wave is flat.
+            // Nothing cached for LIVE: fetch at a uniformly random moment of the state's
+            // window, counted from its publication (at once without a window).
             counters.had_to_fetch.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(plan.fetch_spread.mul_f64(fastrand::f64())).await;
+            let window_ms = state.fetch_within_ms.unwrap_or(0) as f64;
+            let fetch_at_us =
+                state.published_at_ms as f64 * 1000.0 + window_ms * 1000.0 * fastrand::f64();
+            let wait_us = (fetch_at_us - now_us as f64).max(0.0);
+            tokio::time::sleep(Duration::from_micros(wait_us as u64)).await;
             fetch_times.lock().await.push(moment.elapsed());
             match fetch_stages(&plan.server, &token, &plan.event).await {
                 Ok(_) => switch_times.lock().await.push(moment.elapsed()),
@@ -158,19 +252,36 @@ pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
         }));
     }
     tokio::time::sleep_until(moment.into()).await;
-    let admin = client::AdminClient::new(plan.server.clone(), &plan.admin_token);
-    let request = protocol::admin::PublishRequest {
-        stage: live,
-        payload: protocol::Payload::parse(r#"{"moment":"kickoff"}"#)?,
-    };
-    admin
-        .publish(&plan.event, &request)
-        .await
-        .context("publishing LIVE")?;
+    let reads_before = origin_reads(&plan.server).await;
+    publish(&plan, live.as_str(), plan.fetch_within_ms).await?;
     let published = Instant::now();
+    // The origin's reads per bucket while the devices switch.
+    let sampling = stop_flag();
+    let sampler = {
+        let (base, bucket, stop) = (plan.server.clone(), plan.bucket, sampling.clone());
+        tokio::spawn(async move {
+            let mut per_bucket = Vec::new();
+            let Some(mut last) = reads_before else {
+                return per_bucket;
+            };
+            let mut next = published + bucket;
+            while !stop.load(Ordering::Acquire) {
+                tokio::time::sleep_until(next.into()).await;
+                next += bucket;
+                let Some(now) = origin_reads(&base).await else {
+                    break;
+                };
+                per_bucket.push(now.saturating_sub(last));
+                last = now;
+            }
+            per_bucket
+        })
+    };
     for device in devices {
         device.await?;
     }
+    sampling.store(true, Ordering::Release);
+    let origin_reads_per_bucket = sampler.await?;
     let offset = published.duration_since(moment);
     let bucket_ms = plan.bucket.as_millis().max(1) as u64;
     let fetch_times = fetch_times.lock().await;
@@ -185,6 +296,12 @@ pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
     }
     let switch_times = switch_times.lock().await;
     let latencies = latencies.lock().await;
+    let all_switched_after_ms = switch_times
+        .iter()
+        .map(|t| t.saturating_sub(offset).as_secs_f64() * 1000.0)
+        .fold(0.0, f64::max);
+    let span = (all_switched_after_ms as u64 / bucket_ms + 1) as usize;
+    let fetch_within_ms = windows_seen.lock().await.iter().flatten().copied().max();
     Ok(KickoffResult {
         devices: plan.tokens.len(),
         prefetched: counters.prefetched.load(Ordering::Relaxed),
@@ -194,15 +311,22 @@ pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
         switched_from_cache: counters.switched_from_cache.load(Ordering::Relaxed),
         had_to_fetch: counters.had_to_fetch.load(Ordering::Relaxed),
         fetch_errors: counters.fetch_errors.load(Ordering::Relaxed),
+        fetch_within_ms_published: plan.fetch_within_ms,
+        fetch_within_ms,
         bucket_ms,
+        fetch_peak_over_mean: peak_over_mean(&wave, span),
+        origin_peak_over_mean: peak_over_mean(&origin_reads_per_bucket, span),
+        origin_reads_per_bucket,
         peak_fetches_per_second: wave.iter().copied().max().unwrap_or(0) as f64 * 1000.0
             / bucket_ms as f64,
         fetches_per_bucket: wave,
-        all_switched_after_ms: switch_times
-            .iter()
-            .map(|t| t.saturating_sub(offset).as_secs_f64() * 1000.0)
-            .fold(0.0, f64::max),
+        all_switched_after_ms,
     })
+}
+
+/// A stop flag for the sampler.
+fn stop_flag() -> Arc<std::sync::atomic::AtomicBool> {
+    Arc::new(std::sync::atomic::AtomicBool::new(false))
 }
 
 #[derive(Debug, Default)]
@@ -213,4 +337,26 @@ struct Counters {
     switched_from_cache: AtomicU64,
     had_to_fetch: AtomicU64,
     fetch_errors: AtomicU64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peak_over_mean;
+
+    #[test]
+    fn peak_over_mean_is_taken_over_the_span() {
+        assert_eq!(peak_over_mean(&[], 3), 0.0);
+        assert_eq!(peak_over_mean(&[0, 0], 2), 0.0);
+        assert_eq!(peak_over_mean(&[2, 2, 2, 2], 4), 1.0);
+        // Everything in the first bucket of a ten-bucket span: 10.
+        assert_eq!(
+            peak_over_mean(&[10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5], 10),
+            10.0
+        );
+        assert_eq!(
+            peak_over_mean(&[4, 0], 99),
+            2.0,
+            "the span stops at the data"
+        );
+    }
 }
