@@ -35,6 +35,9 @@ pub struct KickoffPlan {
     /// plane (its default, or none when the default is off).
     pub fetch_within_ms: Option<u64>,
     pub bucket: Duration,
+    /// Peak over mean of the follow-up wave is taken over this long after the publish: the same
+    /// horizon for runs to compare (a wave all in one bucket then reads as horizon ÷ bucket).
+    pub wave_horizon: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,8 +58,9 @@ pub struct KickoffResult {
     /// GraphQL requests per bucket from the moment on: the follow-up fetch wave.
     pub fetches_per_bucket: Vec<u64>,
     pub peak_fetches_per_second: f64,
-    /// Peak over mean of `fetches_per_bucket`, from the publish until the last follow-up fetch
-    /// was answered (1 is a flat wave).
+    /// The horizon peak over mean is taken over, from the publish.
+    pub wave_horizon_ms: u64,
+    /// Peak over mean of `fetches_per_bucket` over the horizon (1 is a flat wave).
     pub fetch_peak_over_mean: f64,
     /// The node's page-store (origin) reads per bucket from the publish on, from its metrics.
     pub origin_reads_per_bucket: Vec<u64>,
@@ -66,17 +70,16 @@ pub struct KickoffResult {
     pub all_switched_after_ms: f64,
 }
 
-/// Peak over mean of the first `span` buckets (0 when there is nothing in them).
+/// Peak over mean of the first `span` buckets, missing buckets counted as empty (0 when there
+/// is nothing in them).
 fn peak_over_mean(buckets: &[u64], span: usize) -> f64 {
-    if buckets.is_empty() {
-        return 0.0;
-    }
-    let measured = &buckets[..span.clamp(1, buckets.len())];
+    let span = span.max(1);
+    let measured = &buckets[..span.min(buckets.len())];
     let total: u64 = measured.iter().sum();
     if total == 0 {
         return 0.0;
     }
-    let mean = total as f64 / measured.len() as f64;
+    let mean = total as f64 / span as f64;
     measured.iter().copied().max().unwrap_or(0) as f64 / mean
 }
 
@@ -300,7 +303,8 @@ pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
         .iter()
         .map(|t| t.saturating_sub(offset).as_secs_f64() * 1000.0)
         .fold(0.0, f64::max);
-    let span = (all_switched_after_ms as u64 / bucket_ms + 1) as usize;
+    let wave_horizon_ms = plan.wave_horizon.as_millis() as u64;
+    let span = (wave_horizon_ms / bucket_ms).max(1) as usize;
     let fetch_within_ms = windows_seen.lock().await.iter().flatten().copied().max();
     Ok(KickoffResult {
         devices: plan.tokens.len(),
@@ -314,6 +318,7 @@ pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
         fetch_within_ms_published: plan.fetch_within_ms,
         fetch_within_ms,
         bucket_ms,
+        wave_horizon_ms,
         fetch_peak_over_mean: peak_over_mean(&wave, span),
         origin_peak_over_mean: peak_over_mean(&origin_reads_per_bucket, span),
         origin_reads_per_bucket,
@@ -348,15 +353,13 @@ mod tests {
         assert_eq!(peak_over_mean(&[], 3), 0.0);
         assert_eq!(peak_over_mean(&[0, 0], 2), 0.0);
         assert_eq!(peak_over_mean(&[2, 2, 2, 2], 4), 1.0);
-        // Everything in the first bucket of a ten-bucket span: 10.
+        // Everything in the first bucket of a ten-bucket span: 10, whether or not the later
+        // buckets were recorded.
         assert_eq!(
             peak_over_mean(&[10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5], 10),
             10.0
         );
-        assert_eq!(
-            peak_over_mean(&[4, 0], 99),
-            2.0,
-            "the span stops at the data"
-        );
+        assert_eq!(peak_over_mean(&[10], 10), 10.0);
+        assert_eq!(peak_over_mean(&[4, 0, 4, 0], 4), 2.0);
     }
 }

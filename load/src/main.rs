@@ -445,6 +445,10 @@ struct KickoffArgs {
     /// at once when it carries none.
     #[arg(long)]
     fetch_within_ms: Option<u64>,
+    /// Peak over mean of the follow-up wave is taken over this long after the publish; give
+    /// runs to compare the same horizon.
+    #[arg(long, default_value_t = 3000)]
+    wave_horizon_ms: u64,
 }
 
 async fn kickoff(args: KickoffArgs) -> anyhow::Result<()> {
@@ -458,6 +462,7 @@ async fn kickoff(args: KickoffArgs) -> anyhow::Result<()> {
         prefetch_share: args.prefetch_share,
         fetch_within_ms: args.fetch_within_ms,
         bucket: Duration::from_millis(100),
+        wave_horizon: Duration::from_millis(args.wave_horizon_ms),
     })
     .await?;
     println!(
