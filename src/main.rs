@@ -785,6 +785,10 @@ enum EventCommand {
         /// JSON object passed to devices unchanged.
         #[arg(long, default_value = "{}")]
         payload: String,
+        /// Devices lacking the stage's content fetch it within this many ms (default: the
+        /// control plane's window from the subscribed devices).
+        #[arg(long)]
+        fetch_within_ms: Option<u64>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -899,13 +903,18 @@ async fn main() -> anyhow::Result<()> {
             id,
             stage,
             payload,
+            fetch_within_ms,
             client,
         }) => {
             let payload = Payload::parse(&payload).context("--payload")?;
+            let options = client::admin::PublishOptions {
+                priority: None,
+                fetch_within_ms,
+            };
             print_json(
                 &client
                     .admin()?
-                    .publish(&id, &PublishRequest { stage, payload })
+                    .publish_with(&id, &PublishRequest { stage, payload }, options)
                     .await?,
             )
         }

@@ -97,29 +97,23 @@ async fn origin_reads(base: &str) -> Option<u64> {
 
 /// Publishes `stage` of `event`, with the operator's `fetch_within_ms` when given.
 async fn publish(
-    plan: &KickoffPlan,
+    admin: &client::AdminClient,
+    event: &EventId,
     stage: &str,
     fetch_within_ms: Option<u64>,
 ) -> anyhow::Result<()> {
-    let mut body = serde_json::json!({ "stage": stage, "payload": { "moment": "kickoff" } });
-    if let Some(window) = fetch_within_ms {
-        body["fetch_within_ms"] = window.into();
-    }
-    let bearer = format!("Bearer {}", plan.admin_token);
-    let response = client::http::call(
-        &plan.server,
-        "POST",
-        &format!("/v1/admin/events/{}/publish", plan.event),
-        &[("authorization", &bearer)],
-        Some(serde_json::to_vec(&body)?),
-    )
-    .await?;
-    anyhow::ensure!(
-        response.status == 200,
-        "publishing {stage}: HTTP {} {}",
-        response.status,
-        response.text()
-    );
+    let request = protocol::admin::PublishRequest {
+        stage: Stage::parse(stage)?,
+        payload: protocol::Payload::parse(r#"{"moment":"kickoff"}"#)?,
+    };
+    let options = client::admin::PublishOptions {
+        priority: None,
+        fetch_within_ms,
+    };
+    admin
+        .publish_with(event, &request, options)
+        .await
+        .with_context(|| format!("publishing {stage}"))?;
     Ok(())
 }
 
@@ -163,7 +157,7 @@ pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
         .map(ToString::to_string)
         .context("an event without stages")?;
     anyhow::ensure!(first_stage != "LIVE", "the event's first stage is LIVE");
-    publish(&plan, &first_stage, None).await?;
+    publish(&admin, &plan.event, &first_stage, None).await?;
     let counters = Arc::new(Counters::default());
     let windows_seen = Arc::new(Mutex::new(Vec::<Option<u64>>::new()));
     let moment = Instant::now() + plan.prefetch_window + Duration::from_secs(1);
@@ -256,7 +250,7 @@ pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
     }
     tokio::time::sleep_until(moment.into()).await;
     let reads_before = origin_reads(&plan.server).await;
-    publish(&plan, live.as_str(), plan.fetch_within_ms).await?;
+    publish(&admin, &plan.event, live.as_str(), plan.fetch_within_ms).await?;
     let published = Instant::now();
     // The origin's reads per bucket while the devices switch.
     let sampling = stop_flag();
