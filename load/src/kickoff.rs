@@ -50,6 +50,8 @@ pub struct KickoffResult {
     pub switched_from_cache: u64,
     pub had_to_fetch: u64,
     pub fetch_errors: u64,
+    /// Prefetches and follow-up fetches the node shed and the device retried after the hint.
+    pub shed_retries: u64,
     /// The operator's window on the publish, if the run set one.
     pub fetch_within_ms_published: Option<u64>,
     /// The window the LIVE state carried, as the devices received it.
@@ -120,27 +122,64 @@ async fn publish(
 const STAGE_QUERY: &str =
     r#"query($id: ID!) { event(id: $id) { byStage { stage home { rows { id cards { id } } } } } }"#;
 
-async fn fetch_stages(base: &str, token: &str, event: &EventId) -> anyhow::Result<Vec<String>> {
+/// Fetches one more time at most this often after a refusal with a retry hint.
+const SHED_RETRIES_MAX: u32 = 5;
+
+/// The retry hint of a shed answer: `Retry-After` on a 503/429, `retry_after_ms` of a GraphQL
+/// `OVERLOADED` error.
+fn shed_hint(response: &client::http::HttpResponse, json: &serde_json::Value) -> Option<Duration> {
+    if matches!(response.status, 429 | 503) {
+        let seconds = response
+            .headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(client::backoff::parse_retry_after);
+        return Some(seconds.unwrap_or(Duration::from_secs(1)));
+    }
+    let error = &json["errors"][0]["extensions"];
+    (error["code"] == "OVERLOADED")
+        .then(|| Duration::from_millis(error["retry_after_ms"].as_u64().unwrap_or(1000)))
+}
+
+/// The event's stages as a device fetches them; a shed answer is retried after its hint, as a
+/// device must (each retry counted in `retries`).
+async fn fetch_stages(
+    base: &str,
+    token: &str,
+    event: &EventId,
+    retries: &AtomicU64,
+) -> anyhow::Result<Vec<String>> {
     let bearer = format!("Bearer {token}");
     let body = serde_json::to_vec(
         &serde_json::json!({ "query": STAGE_QUERY, "variables": { "id": event.as_str() } }),
     )?;
-    let response = client::http::call(
-        base,
-        "POST",
-        "/graphql",
-        &[("authorization", &bearer)],
-        Some(body),
-    )
-    .await?;
-    let json: serde_json::Value = serde_json::from_slice(&response.body)?;
-    let stages = json["data"]["event"]["byStage"]
-        .as_array()
-        .context("no byStage in the answer")?;
-    Ok(stages
-        .iter()
-        .filter_map(|s| s["stage"].as_str().map(str::to_owned))
-        .collect())
+    let mut attempt = 0;
+    loop {
+        let response = client::http::call(
+            base,
+            "POST",
+            "/graphql",
+            &[("authorization", &bearer)],
+            Some(body.clone()),
+        )
+        .await?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&response.body).unwrap_or(serde_json::Value::Null);
+        if let Some(hint) = shed_hint(&response, &json) {
+            anyhow::ensure!(attempt < SHED_RETRIES_MAX, "shed {} times", attempt + 1);
+            attempt += 1;
+            retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(hint).await;
+            continue;
+        }
+        let stages = json["data"]["event"]["byStage"]
+            .as_array()
+            .context("no byStage in the answer")?;
+        return Ok(stages
+            .iter()
+            .filter_map(|s| s["stage"].as_str().map(str::to_owned))
+            .collect());
+    }
 }
 
 pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
@@ -189,7 +228,8 @@ pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
                     return Vec::new();
                 }
                 tokio::time::sleep(plan.prefetch_window.mul_f64(fastrand::f64())).await;
-                match fetch_stages(&plan.server, &token, &plan.event).await {
+                match fetch_stages(&plan.server, &token, &plan.event, &counters.shed_retries).await
+                {
                     Ok(stages) => {
                         counters.prefetched.fetch_add(1, Ordering::Relaxed);
                         stages
@@ -240,7 +280,7 @@ pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
             let wait_us = (fetch_at_us - now_us as f64).max(0.0);
             tokio::time::sleep(Duration::from_micros(wait_us as u64)).await;
             fetch_times.lock().await.push(moment.elapsed());
-            match fetch_stages(&plan.server, &token, &plan.event).await {
+            match fetch_stages(&plan.server, &token, &plan.event, &counters.shed_retries).await {
                 Ok(_) => switch_times.lock().await.push(moment.elapsed()),
                 Err(_) => {
                     counters.fetch_errors.fetch_add(1, Ordering::Relaxed);
@@ -309,6 +349,7 @@ pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
         switched_from_cache: counters.switched_from_cache.load(Ordering::Relaxed),
         had_to_fetch: counters.had_to_fetch.load(Ordering::Relaxed),
         fetch_errors: counters.fetch_errors.load(Ordering::Relaxed),
+        shed_retries: counters.shed_retries.load(Ordering::Relaxed),
         fetch_within_ms_published: plan.fetch_within_ms,
         fetch_within_ms,
         bucket_ms,
@@ -332,6 +373,7 @@ fn stop_flag() -> Arc<std::sync::atomic::AtomicBool> {
 struct Counters {
     prefetched: AtomicU64,
     prefetch_errors: AtomicU64,
+    shed_retries: AtomicU64,
     state_delivered: AtomicU64,
     switched_from_cache: AtomicU64,
     had_to_fetch: AtomicU64,
