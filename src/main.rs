@@ -544,6 +544,66 @@ impl ProtectionArgs {
     }
 }
 
+/// How the control plane sizes the default `fetch_within_ms` of stage states (see
+/// `control::fetch_window`).
+#[derive(Args)]
+struct FetchWindowArgs {
+    #[arg(
+        long,
+        env = "RINGSIDE_FOLLOW_UP_FETCH_CAPACITY_PER_S",
+        help = "Follow-up fetches per second the whole prefetch tier serves [default: 3000]"
+    )]
+    follow_up_fetch_capacity_per_s: Option<u32>,
+    #[arg(
+        long,
+        env = "RINGSIDE_FOLLOW_UP_FETCH_SHARE",
+        help = "Share of that capacity one stage change's fetches may take, above 0 to 1 [default: 0.5]"
+    )]
+    follow_up_fetch_share: Option<f64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_FETCH_WINDOW_MIN_MS",
+        help = "Shortest default follow-up fetch window [default: 1000]"
+    )]
+    fetch_window_min_ms: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_FETCH_WINDOW_MAX_MS",
+        help = "Longest default follow-up fetch window; 0 turns the default off [default: 60000]"
+    )]
+    fetch_window_max_ms: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_SUBSCRIBER_COUNT_MAX_AGE_MS",
+        help = "Reuse the subscriber counts the window is sized from this long [default: 1000]"
+    )]
+    subscriber_count_max_age_ms: Option<u64>,
+}
+
+impl FetchWindowArgs {
+    fn config(&self) -> anyhow::Result<control::FetchWindowConfig> {
+        let defaults = control::FetchWindowConfig::default();
+        let ms =
+            |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
+        let config = control::FetchWindowConfig {
+            follow_up_fetch_capacity_per_s: self
+                .follow_up_fetch_capacity_per_s
+                .unwrap_or(defaults.follow_up_fetch_capacity_per_s),
+            follow_up_fetch_share: self
+                .follow_up_fetch_share
+                .unwrap_or(defaults.follow_up_fetch_share),
+            min_window: ms(self.fetch_window_min_ms, defaults.min_window),
+            max_window: ms(self.fetch_window_max_ms, defaults.max_window),
+            subscribers_max_age: ms(
+                self.subscriber_count_max_age_ms,
+                defaults.subscribers_max_age,
+            ),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 #[derive(Args)]
 struct ServeArgs {
     /// Address to listen on; port 0 picks a free port.
@@ -587,6 +647,8 @@ struct ServeArgs {
     kafka: KafkaArgs,
     #[command(flatten)]
     protection: ProtectionArgs,
+    #[command(flatten)]
+    fetch_window: FetchWindowArgs,
     /// This node's id (default: host name and a random suffix).
     #[arg(long, env = "RINGSIDE_NODE_ID")]
     node_id: Option<String>,
@@ -840,6 +902,10 @@ enum EventCommand {
         /// JSON object passed to devices unchanged.
         #[arg(long, default_value = "{}")]
         payload: String,
+        /// Devices lacking the stage's content fetch it within this many ms (default: the
+        /// control plane's window from the subscribed devices).
+        #[arg(long)]
+        fetch_within_ms: Option<u64>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -963,13 +1029,18 @@ async fn main() -> anyhow::Result<()> {
             id,
             stage,
             payload,
+            fetch_within_ms,
             client,
         }) => {
             let payload = Payload::parse(&payload).context("--payload")?;
+            let options = client::admin::PublishOptions {
+                priority: None,
+                fetch_within_ms,
+            };
             print_json(
                 &client
                     .admin()?
-                    .publish(&id, &PublishRequest { stage, payload })
+                    .publish_with(&id, &PublishRequest { stage, payload }, options)
                     .await?,
             )
         }
@@ -1057,6 +1128,7 @@ async fn run_serve(args: ServeArgs, role: Role) -> anyhow::Result<()> {
         },
         secrets,
         prefetch: args.prefetch.setup(args.production)?,
+        fetch_window: args.fetch_window.config()?,
     };
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -79,6 +79,8 @@ pub struct ServeConfig {
     /// Prefetch settings; `prefetch.store` also decides where events and the node registry
     /// live (Redis when set).
     pub prefetch: PrefetchSetup,
+    /// How the control plane sizes the default follow-up fetch window of stage states.
+    pub fetch_window: control::FetchWindowConfig,
 }
 
 /// How the prefetch service of this process is set up.
@@ -99,6 +101,7 @@ impl ServeConfig {
         self.http.validate()?;
         if self.role.serves_control() {
             self.prefetch.config.validate()?;
+            self.fetch_window.validate()?;
         }
         DeviceTokenKey::new(self.secrets.device_token_secret.as_bytes())?;
         AdminToken::new(&self.secrets.admin_token)?;
@@ -613,7 +616,8 @@ async fn start_control(
     .with_protection(ProtectionControl {
         protection: protection.clone(),
         fleet,
-    });
+    })
+    .with_fetch_window(config.fetch_window.clone());
     let router = control
         .router()
         .merge(prefetch::http::router(prefetch.clone()));

@@ -335,3 +335,188 @@ async fn slow_or_silent_http_clients_neither_hold_connections_nor_block_shutdown
     let report = server.stop().await;
     assert_eq!(report.sessions_left, 0);
 }
+
+// ---- The follow-up fetch window (`fetch_within_ms`) ----
+
+/// A device token for profile `p000001` of the test catalog, for GraphQL.
+fn catalog_token() -> String {
+    let key = auth::DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    key.sign(&auth::DeviceClaims {
+        sub: "graphql-reader".into(),
+        profile: "p000001".into(),
+        class: auth::DeviceClass::Tv,
+        exp,
+        priority: None,
+    })
+}
+
+/// The event's current state as GraphQL serves it: `(version, fetchWithinMs)`.
+async fn graphql_state(server: &TestServer, event: &str) -> (u64, Option<u64>) {
+    let query = format!(r#"{{ event(id: "{event}") {{ state {{ version fetchWithinMs }} }} }}"#);
+    let (response, body) = server
+        .graphql(&catalog_token(), serde_json::json!({ "query": query }))
+        .await;
+    assert_eq!(response.status, 200, "{body}");
+    let state = &body["data"]["event"]["state"];
+    (
+        state["version"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{body}")),
+        state["fetchWithinMs"].as_u64(),
+    )
+}
+
+async fn publish_body(server: &TestServer, event: &str, body: &str) -> HttpResponse {
+    admin_call(
+        server,
+        "POST",
+        &format!("/v1/admin/events/{event}/publish"),
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_operator_set_fetch_window_reaches_websocket_and_graphql_unchanged() {
+    let server = TestServer::start().await;
+    let event = protocol::EventId::parse("fight-night").unwrap();
+    let mut device = server.device().await;
+    subscribe(&mut device, &[(event.topic(), 0)]).await;
+    for window in [4321, 0, 3_600_000] {
+        let published = publish_body(
+            &server,
+            "fight-night",
+            &format!(r#"{{"stage":"LIVE","fetch_within_ms":{window}}}"#),
+        )
+        .await;
+        assert_eq!(published.status, 200, "{}", published.text());
+        let state = next_state(&mut device).await;
+        assert_eq!(state.fetch_within_ms, Some(window));
+        assert_eq!(
+            graphql_state(&server, "fight-night").await,
+            (state.version, Some(window))
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_out_of_range_fetch_window_is_refused_naming_the_field() {
+    let server = TestServer::start().await;
+    for body in [
+        r#"{"stage":"LIVE","fetch_within_ms":3600001}"#,
+        r#"{"stage":"LIVE","fetch_within_ms":-1}"#,
+        r#"{"stage":"LIVE","fetch_within_ms":"soon"}"#,
+        r#"{"stage":"LIVE","fetch_within_ms":1.5}"#,
+    ] {
+        let refused = publish_body(&server, "fight-night", body).await;
+        assert_eq!(refused.status, 400, "{body}: {}", refused.text());
+        let error = error_of(&refused);
+        assert_eq!(error.error.code, ApiErrorCode::InvalidRequest);
+        assert_eq!(
+            error.error.field.as_deref(),
+            Some("fetch_within_ms"),
+            "{body}"
+        );
+    }
+    // Nothing was published.
+    let event = admin_call(&server, "GET", "/v1/admin/events/fight-night", "").await;
+    let summary: EventSummary = serde_json::from_slice(&event.body).unwrap();
+    assert_eq!(summary.version, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_an_operator_window_a_stage_state_gets_the_default_from_its_subscribers() {
+    // 10 fetches/s at a share of 0.5: 5 follow-up fetches per second, so 12 devices need
+    // 2.4 s, and 0 devices get the 1 s minimum.
+    let server = TestServer::start_with_config(|config| {
+        config.fetch_window.follow_up_fetch_capacity_per_s = 10;
+        config.fetch_window.follow_up_fetch_share = 0.5;
+    })
+    .await;
+    let event = protocol::EventId::parse("fight-night").unwrap();
+    // Before anyone subscribed (and before the topic had a state).
+    let first = publish_body(&server, "fight-night", r#"{"stage":"UPCOMING"}"#).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let (upcoming, window) = graphql_state(&server, "fight-night").await;
+    assert_eq!(window, Some(1_000));
+
+    const DEVICES: usize = 12;
+    let mut devices = Vec::new();
+    for n in 0..DEVICES {
+        let mut device = server.device_named(&format!("fan-{n}")).await;
+        subscribe(&mut device, &[(event.topic(), upcoming)]).await;
+        devices.push(device);
+    }
+    // The control plane counts subscribers from the same stats the admin API serves.
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let stats = server.admin().stats().await.unwrap();
+        let subscribers = stats
+            .topics
+            .iter()
+            .find(|t| t.topic == event.topic())
+            .map_or(0, |t| t.subscribers);
+        if subscribers == DEVICES as u64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stats show {subscribers} subscribers"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    let live = publish_body(&server, "fight-night", r#"{"stage":"LIVE"}"#).await;
+    assert_eq!(live.status, 200, "{}", live.text());
+    let mut live_version = None;
+    for device in &mut devices {
+        let state = next_state(device).await;
+        assert!(state.version > upcoming);
+        assert_eq!(state.fetch_within_ms, Some(2_400));
+        live_version = Some(state.version);
+    }
+    assert_eq!(
+        graphql_state(&server, "fight-night").await,
+        (live_version.unwrap(), Some(2_400))
+    );
+
+    // The operator's value still wins over the default.
+    let set = publish_body(
+        &server,
+        "fight-night",
+        r#"{"stage":"ENDED","fetch_within_ms":50}"#,
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    for device in &mut devices {
+        assert_eq!(next_state(device).await.fetch_within_ms, Some(50));
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_default_off_a_state_carries_no_window() {
+    let server = TestServer::start_with_config(|config| {
+        config.fetch_window.max_window = std::time::Duration::ZERO;
+    })
+    .await;
+    let event = protocol::EventId::parse("fight-night").unwrap();
+    let mut device = server.device().await;
+    subscribe(&mut device, &[(event.topic(), 0)]).await;
+    let published = publish_body(&server, "fight-night", r#"{"stage":"LIVE"}"#).await;
+    assert_eq!(published.status, 200, "{}", published.text());
+    let state = next_state(&mut device).await;
+    assert_eq!(state.fetch_within_ms, None);
+    assert_eq!(
+        graphql_state(&server, "fight-night").await,
+        (state.version, None)
+    );
+    server.stop().await;
+}

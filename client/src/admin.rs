@@ -1,14 +1,35 @@
 //! The admin API, typed.
 
-use protocol::EventId;
 use protocol::admin::{
     ApiError, ApiErrorCode, CreateEvent, EventList, EventSummary, PublishReceipt, PublishRequest,
     Stats,
 };
+use protocol::{EventId, Priority};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::ClientError;
 use crate::http::{HttpResponse, call};
+
+/// What a publish may ask for beyond its stage and payload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PublishOptions {
+    /// The lane: `critical` (a stage state, the server's default) or `best_effort`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// The follow-up fetch window of the state, instead of the control plane's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch_within_ms: Option<u64>,
+}
+
+/// The publish body: the request and its options side by side.
+#[derive(Serialize)]
+struct PublishBody<'a> {
+    #[serde(flatten)]
+    request: &'a PublishRequest,
+    #[serde(flatten)]
+    options: PublishOptions,
+}
 
 /// Calls the admin API of one control-plane address with the admin token.
 #[derive(Debug, Clone)]
@@ -69,6 +90,23 @@ impl AdminClient {
         .await
     }
 
+    /// Publishes with [`PublishOptions`]: a lane, an operator-set follow-up fetch window.
+    pub async fn publish_with(
+        &self,
+        event: &EventId,
+        request: &PublishRequest,
+        options: PublishOptions,
+    ) -> Result<PublishReceipt, ClientError> {
+        let body = serde_json::to_vec(&PublishBody { request, options })
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        self.call(
+            "POST",
+            &format!("/v1/admin/events/{event}/publish"),
+            Some(body),
+        )
+        .await
+    }
+
     pub async fn stats(&self) -> Result<Stats, ClientError> {
         self.call("GET", "/v1/admin/stats", None).await
     }
@@ -86,4 +124,37 @@ pub fn decode<T: DeserializeOwned>(response: &HttpResponse) -> Result<T, ClientE
         status: response.status,
         error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{Payload, Stage};
+
+    fn body(options: PublishOptions) -> String {
+        let request = PublishRequest {
+            stage: Stage::parse("LIVE").expect("stage"),
+            payload: Payload::parse(r#"{"a":1}"#).expect("payload"),
+        };
+        serde_json::to_string(&PublishBody {
+            request: &request,
+            options,
+        })
+        .expect("serializable")
+    }
+
+    #[test]
+    fn options_sit_beside_the_request_and_are_left_out_when_unset() {
+        assert_eq!(
+            body(PublishOptions::default()),
+            r#"{"stage":"LIVE","payload":{"a":1}}"#
+        );
+        assert_eq!(
+            body(PublishOptions {
+                priority: Some(Priority::BestEffort),
+                fetch_within_ms: Some(3000),
+            }),
+            r#"{"stage":"LIVE","payload":{"a":1},"priority":"best_effort","fetch_within_ms":3000}"#
+        );
+    }
 }

@@ -32,6 +32,25 @@ pub struct Welcome {
     pub heartbeat_ms: u64,
 }
 
+/// Why [`DeviceConnection::try_connect`] could not open a connection.
+#[derive(Debug)]
+pub struct ConnectFailure {
+    pub error: ClientError,
+    /// The `Retry-After` of a refused upgrade (`503`, `429`) in its delay-seconds form, when
+    /// the server sent one: the soonest it wants to see this client again.
+    pub retry_after: Option<Duration>,
+}
+
+impl ConnectFailure {
+    /// The HTTP status of a refused upgrade.
+    pub fn status(&self) -> Option<u16> {
+        match self.error {
+            ClientError::Refused { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+}
+
 /// An open connection to `/v1/ws`.
 #[derive(Debug)]
 pub struct DeviceConnection {
@@ -64,6 +83,27 @@ impl DeviceConnection {
         url: &str,
         token: &str,
         options: &ConnectOptions,
+    ) -> Result<Self, ClientError> {
+        Self::connect_noting_retry_after(url, token, options, &mut None).await
+    }
+
+    /// Like [`Self::connect_with`]; a refused upgrade also reports the server's `Retry-After`.
+    pub async fn try_connect(
+        url: &str,
+        token: &str,
+        options: &ConnectOptions,
+    ) -> Result<Self, ConnectFailure> {
+        let mut retry_after = None;
+        Self::connect_noting_retry_after(url, token, options, &mut retry_after)
+            .await
+            .map_err(|error| ConnectFailure { error, retry_after })
+    }
+
+    async fn connect_noting_retry_after(
+        url: &str,
+        token: &str,
+        options: &ConnectOptions,
+        retry_after: &mut Option<Duration>,
     ) -> Result<Self, ClientError> {
         let separator = if url.contains('?') { '&' } else { '?' };
         let request = format!("{url}{separator}token={token}")
@@ -110,6 +150,11 @@ impl DeviceConnection {
             Err(_) => return Err(ClientError::Timeout),
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
                 let status = response.status().as_u16();
+                *retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(crate::backoff::parse_retry_after);
                 let body = response
                     .body()
                     .as_deref()

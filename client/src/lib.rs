@@ -2,17 +2,19 @@
 //!
 //! - [`device`]: [`DeviceConnection`], one WebSocket connection speaking protocol v1.
 //! - [`watcher`]: [`Watcher`], a device that stays subscribed across disconnects: it reconnects
-//!   with jittered exponential backoff over a list of nodes, honours `goaway`, and resubscribes
-//!   with the last version it saw so it catches up exactly.
+//!   over a list of nodes with the delays of [`backoff`] (decorrelated jitter, never sooner
+//!   than a refusal's `Retry-After`), honours `goaway`, and resubscribes with the last version
+//!   it saw so it catches up exactly.
 //! - [`admin`]: [`AdminClient`], the typed admin API, and [`http`], a minimal HTTP/1.1 call.
 
 pub mod admin;
+pub mod backoff;
 pub mod device;
 pub mod http;
 pub mod watcher;
 
 pub use admin::AdminClient;
-pub use device::{ConnectOptions, DeviceConnection};
+pub use device::{ConnectFailure, ConnectOptions, DeviceConnection};
 pub use watcher::{Watcher, WatcherConfig};
 
 use protocol::admin::ApiError;
@@ -24,6 +26,8 @@ pub enum ClientError {
     InvalidAddress(String),
     #[error("cannot connect: {0}")]
     Connect(#[from] std::io::Error),
+    /// The WebSocket upgrade was answered with an HTTP status instead of `101`
+    /// ([`DeviceConnection::try_connect`] also reports its `Retry-After`).
     #[error("server refused the connection with HTTP {status}: {body}")]
     Refused { status: u16, body: String },
     #[error("WebSocket error: {0}")]

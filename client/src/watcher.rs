@@ -1,14 +1,26 @@
-//! A device that stays subscribed: it reconnects after any disconnect, spreading its retries
-//! with jittered exponential backoff over a list of nodes, waits as long as a `goaway` asks,
-//! and resubscribes with the newest version it holds, so it catches up exactly and never
-//! reports a version twice or out of order.
+//! A device that stays subscribed: it reconnects after any disconnect over a list of nodes and
+//! resubscribes with the newest version it holds, so it catches up exactly and never reports a
+//! version twice or out of order.
+//!
+//! When it reconnects:
+//! - after a `goaway`: once `reconnect_after_ms` has passed (the server spread it already), to
+//!   the next node; a goaway is not a failure and does not grow the backoff;
+//! - after a refused upgrade with `Retry-After` (`503`, `429`): that long, plus the next
+//!   backoff delay on top, so that devices told the same whole second do not all return in it;
+//! - after any other failure: the next backoff delay ([`crate::backoff`], decorrelated jitter
+//!   between `initial_backoff` and `max_backoff`).
+//!
+//! A connection that stayed open `stable_after` resets the backoff: its loss is a new incident,
+//! not the next failure of a series.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use protocol::{EventState, ServerFrame, Topic};
+use tokio::time::Instant;
 
-use crate::{ClientError, ConnectOptions, DeviceConnection};
+use crate::backoff::Backoff;
+use crate::{ConnectFailure, ConnectOptions, DeviceConnection};
 
 #[derive(Debug, Clone)]
 pub struct WatcherConfig {
@@ -18,8 +30,12 @@ pub struct WatcherConfig {
     pub topics: Vec<Topic>,
     /// Send an ack for every state received.
     pub ack: bool,
+    /// The shortest reconnect delay (the backoff's base).
     pub initial_backoff: Duration,
+    /// The longest delay the backoff draws (a `Retry-After` or a goaway may ask for longer).
     pub max_backoff: Duration,
+    /// A connection open at least this long resets the backoff.
+    pub stable_after: Duration,
     pub connect: ConnectOptions,
 }
 
@@ -32,6 +48,7 @@ impl WatcherConfig {
             ack: true,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            stable_after: Duration::from_secs(30),
             connect: ConnectOptions::default(),
         }
     }
@@ -62,7 +79,10 @@ pub struct Watcher {
     config: WatcherConfig,
     versions: HashMap<Topic, u64>,
     connection: Option<DeviceConnection>,
-    failures: u32,
+    /// When the open connection was established.
+    connected_at: Option<Instant>,
+    backoff: Backoff,
+    rng: fastrand::Rng,
     next_endpoint: usize,
     wait_before_connect: Duration,
 }
@@ -70,12 +90,16 @@ pub struct Watcher {
 impl Watcher {
     pub fn new(config: WatcherConfig) -> Self {
         let versions = config.topics.iter().map(|t| (t.clone(), 0)).collect();
-        let next_endpoint = fastrand::usize(..config.endpoints.len().max(1));
+        let mut rng = fastrand::Rng::new();
+        let next_endpoint = rng.usize(..config.endpoints.len().max(1));
+        let backoff = Backoff::new(config.initial_backoff, config.max_backoff);
         Self {
             config,
             versions,
             connection: None,
-            failures: 0,
+            connected_at: None,
+            backoff,
+            rng,
             next_endpoint,
             wait_before_connect: Duration::ZERO,
         }
@@ -86,19 +110,25 @@ impl Watcher {
         self.versions.get(topic).copied().unwrap_or(0)
     }
 
-    /// Full-jitter exponential backoff: uniform in [0, min(max, initial * 2^failures)].
-    fn backoff(&self) -> Duration {
-        let ceiling = self
-            .config
-            .initial_backoff
-            .saturating_mul(1 << self.failures.min(16))
-            .min(self.config.max_backoff);
-        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(fastrand::u64(0..=ceiling_ms))
+    /// The next backoff delay after a failure.
+    fn backoff(&mut self) -> Duration {
+        self.backoff.next_delay(&mut self.rng)
+    }
+
+    /// Forgets the connection; resets the backoff when it had lasted.
+    fn connection_ended(&mut self) {
+        self.connection = None;
+        if self
+            .connected_at
+            .take()
+            .is_some_and(|at| at.elapsed() >= self.config.stable_after)
+        {
+            self.backoff.reset();
+        }
     }
 
     fn disconnected(&mut self, reason: String, retry_in: Duration) -> WatchEvent {
-        self.connection = None;
+        self.connection_ended();
         self.wait_before_connect = retry_in;
         WatchEvent::Disconnected { reason, retry_in }
     }
@@ -111,12 +141,11 @@ impl Watcher {
             let frame = match connection.next_frame().await {
                 Ok(frame) => frame,
                 Err(error) => {
-                    self.failures += 1;
+                    self.connection_ended();
                     let retry_in = self.backoff();
                     return self.disconnected(error.to_string(), retry_in);
                 }
             };
-            self.failures = 0;
             match frame {
                 ServerFrame::State(state) => {
                     let held = self.versions.entry(state.topic.clone()).or_insert(0);
@@ -140,7 +169,7 @@ impl Watcher {
                     return self.disconnected(reason, retry_in);
                 }
                 ServerFrame::Error { code, message } => {
-                    self.failures += 1;
+                    self.connection_ended();
                     let retry_in = self.backoff();
                     return self
                         .disconnected(format!("error {}: {message}", code.as_str()), retry_in);
@@ -163,23 +192,24 @@ impl Watcher {
             Ok(connection) => {
                 let node = connection.welcome.node.clone();
                 self.connection = Some(connection);
+                self.connected_at = Some(Instant::now());
                 WatchEvent::Connected { node, endpoint }
             }
-            Err(error) if error.is_permanent() => WatchEvent::Refused {
-                reason: format!("{endpoint}: {error}"),
+            Err(failure) if failure.error.is_permanent() => WatchEvent::Refused {
+                reason: format!("{endpoint}: {}", failure.error),
             },
-            Err(error) => {
-                self.failures += 1;
+            Err(failure) => {
                 self.next_endpoint += 1;
-                let retry_in = self.backoff();
-                self.disconnected(format!("{endpoint}: {error}"), retry_in)
+                // The server's Retry-After is a floor; the backoff delay goes on top of it.
+                let retry_in = failure.retry_after.unwrap_or_default() + self.backoff();
+                self.disconnected(format!("{endpoint}: {}", failure.error), retry_in)
             }
         }
     }
 
-    async fn open(&self, endpoint: &str) -> Result<DeviceConnection, ClientError> {
+    async fn open(&self, endpoint: &str) -> Result<DeviceConnection, ConnectFailure> {
         let mut connection =
-            DeviceConnection::connect_with(endpoint, &self.config.token, &self.config.connect)
+            DeviceConnection::try_connect(endpoint, &self.config.token, &self.config.connect)
                 .await?;
         let topics: Vec<(Topic, u64)> = self
             .config
@@ -187,7 +217,13 @@ impl Watcher {
             .iter()
             .map(|t| (t.clone(), self.version(t)))
             .collect();
-        connection.subscribe(&topics).await?;
+        connection
+            .subscribe(&topics)
+            .await
+            .map_err(|error| ConnectFailure {
+                error,
+                retry_after: None,
+            })?;
         Ok(connection)
     }
 }

@@ -18,6 +18,7 @@ use protocol::{EventId, Payload, PayloadError, Priority, Stage};
 use telemetry::{Counter, Registry};
 
 use crate::body::{PublishBody, parse_json, validate_event};
+use crate::fetch_window::{FetchWindow, FetchWindowConfig};
 use crate::{ControlError, EventStore, SharedStats};
 
 /// Largest admin request body, in bytes.
@@ -60,6 +61,8 @@ pub struct ControlPlane {
     publish_locks: std::sync::Mutex<HashMap<EventId, Arc<tokio::sync::Mutex<()>>>>,
     /// Set by [`ControlPlane::with_protection`]; `/v1/admin/protection` answers 404 without.
     pub(crate) protection: std::sync::OnceLock<crate::protection_api::ProtectionControl>,
+    /// The default follow-up fetch window of stage states.
+    fetch_window: FetchWindow,
 }
 
 /// A handed-out per-event publish lock. Dropping it forgets the lock when no other publish holds
@@ -124,7 +127,15 @@ impl ControlPlane {
             metrics,
             publish_locks: std::sync::Mutex::default(),
             protection: std::sync::OnceLock::new(),
+            fetch_window: FetchWindow::default(),
         })
+    }
+
+    /// Sizes the default follow-up fetch window of stage states with `config` (see
+    /// [`crate::fetch_window`]); without it, the defaults of [`FetchWindowConfig`].
+    pub fn with_fetch_window(self: Arc<Self>, config: FetchWindowConfig) -> Arc<Self> {
+        self.fetch_window.configure(config);
+        self
     }
 
     /// The per-event publish lock of `event`, given back when the lease drops: however the
@@ -308,7 +319,10 @@ async fn publish_in_order(
     let new = control.store.next_state(id, stage, payload).await?;
     let mut state = new.state;
     state.priority = options.lane;
-    state.fetch_within_ms = options.fetch_within_ms;
+    state.fetch_within_ms = control
+        .fetch_window
+        .window_for(&state, options.fetch_within_ms, control.stats.as_ref())
+        .await;
     let receipt = PublishReceipt {
         topic: state.topic.clone(),
         version: state.version,

@@ -10,12 +10,15 @@
 //!   decoding and validation of its request bodies.
 //! - [`protection_api`]: `GET`/`PUT /v1/admin/protection`, the node's protection state and the
 //!   operator's switches, shared through Redis by a fleet.
+//! - [`fetch_window`]: the default `fetch_within_ms` of a stage state, from the devices
+//!   subscribed to its event and the prefetch tier's capacity.
 //!
 //! A publish is validated, given the next version of its event by the store, accepted by the
 //! tier-1 [`broadcaster::Bus`], and only then answered.
 
 pub mod api;
 pub mod body;
+pub mod fetch_window;
 pub mod nodes;
 pub mod protection_api;
 pub mod redis_store;
@@ -27,6 +30,7 @@ use broadcaster::{BoxFuture, BroadcastError};
 use protocol::admin::{ApiError, ApiErrorCode, Stats};
 
 pub use api::ControlPlane;
+pub use fetch_window::{FetchWindowConfig, FetchWindowConfigError};
 pub use nodes::{ClusterStats, NodeRegistry, NodeReport};
 pub use redis_store::RedisEventStore;
 pub use store::{EventStore, MemoryEventStore};

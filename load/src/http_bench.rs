@@ -25,6 +25,8 @@ pub struct HttpTarget {
     /// Shared by every connection of the target: a clone costs a reference count, however
     /// many profiles it rotates over.
     pub tokens: std::sync::Arc<[String]>,
+    /// Sent as `x-ringside-priority` when set: the class the request marks itself with.
+    pub priority: Option<protocol::Priority>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +64,9 @@ pub(crate) async fn send(
         .uri(&target.path)
         .header("host", authority)
         .header("content-type", "application/json");
+    if let Some(priority) = target.priority {
+        request = request.header(protocol::PRIORITY_HEADER, priority.as_str());
+    }
     if !target.tokens.is_empty() {
         request = request.header(
             "authorization",

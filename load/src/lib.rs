@@ -10,10 +10,11 @@
 //!   gateway's memory, publishes through the admin API, and merges the workers' samples.
 //! - [`html`]: a standalone HTML report with plots, from any result files.
 //! - [`http_bench`]: requests per second and latency of HTTP targets measured side by side.
-//! - [`kickoff`]: prefetch over a window, then LIVE: who switched from cache, who had to fetch.
+//! - [`kickoff`]: prefetch over a window, then LIVE: who switched from cache, who had to fetch
+//!   (at a random moment of the state's `fetch_within_ms`), and the follow-up wave.
 //! - [`origin`]: the page-store read rate while a fleet keeps its prefetch fresh.
-//! - [`overload`]: classes of HTTP/GraphQL traffic above capacity, open loop: success and p99
-//!   per class.
+//! - [`overload`]: classes of HTTP/GraphQL traffic marked with their priority, above capacity,
+//!   open loop: success, p99, shed answers and goodput per class, runs side by side.
 //! - [`report`]: latency percentiles per update from HDR histograms, as a table and as JSON.
 //! - [`system`]: RSS of a process and the machine's load average, from `/proc`.
 //!

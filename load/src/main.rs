@@ -30,8 +30,18 @@ enum Command {
     Origin(OriginArgs),
     /// Prefetch over a window, then LIVE: devices that switch from cache vs fetch, the fetch wave.
     Kickoff(KickoffArgs),
-    /// Mixed-priority HTTP/GraphQL traffic above capacity, open loop: success and p99 per class.
+    /// Mixed-priority HTTP/GraphQL traffic above capacity, open loop: success, p99, shed and
+    /// goodput per class.
     Overload(OverloadArgs),
+    /// Closed-loop prefetch misses for a few seconds: the node's capacity, to size `overload`.
+    Capacity(CapacityArgs),
+    /// Print `overload` results side by side (per class: every run), from their JSON files.
+    OverloadTable {
+        /// Also write every run into this one JSON file.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        inputs: Vec<PathBuf>,
+    },
     /// Write an HTML report with plots from result files (opens from disk, no network).
     Report {
         /// Where to write the HTML.
@@ -219,22 +229,48 @@ struct OverloadArgs {
     event: String,
     #[arg(long, default_value_t = 10)]
     duration_s: u64,
-    /// Critical class: operator publishes per second (admin API).
+    /// critical: operator publishes per second (admin API).
     #[arg(long, default_value_t = 20.0)]
     publish_rate: f64,
-    /// Device class: small live-path GraphQL queries per second (the event's version).
+    /// degraded: device live-path GraphQL queries per second (the event's version).
     #[arg(long, default_value_t = 500.0)]
     live_rate: f64,
-    /// Bulk class: full prefetch queries per second, each for another profile (cache misses).
-    #[arg(long, default_value_t = 8000.0)]
-    prefetch_rate: f64,
+    /// The node's capacity in prefetch queries per second (see `capacity`); with
+    /// --load-multiple it sizes the best_effort and bulk classes.
+    #[arg(long)]
+    capacity_per_s: Option<f64>,
+    /// Offered prefetch load as a multiple of --capacity-per-s: 30 % best_effort, 70 % bulk
+    /// (0: neither, the unloaded baseline of the other classes).
+    #[arg(long)]
+    load_multiple: Option<f64>,
+    /// best_effort: background prefetch queries per second, each for another profile
+    /// [default: 0.3 × multiple × capacity, else 2400].
+    #[arg(long)]
+    background_rate: Option<f64>,
+    /// bulk: bulk prefetch queries per second, each for another profile
+    /// [default: 0.7 × multiple × capacity, else 5600].
+    #[arg(long)]
+    bulk_rate: Option<f64>,
+    /// Connections the best_effort class sends over.
+    #[arg(long, default_value_t = 256)]
+    background_connections: usize,
     /// Connections the bulk class sends over: its concurrency against the node, like that many
     /// devices fetching at once.
     #[arg(long, default_value_t = 1024)]
     bulk_connections: usize,
+    /// Names the run in the report (e.g. "3x, protection on").
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Recorded in the report: how the node was started (`on` or `off`).
+    #[arg(long)]
+    protection: Option<String>,
 }
 
+/// Share of the offered prefetch load that is background (best_effort); the rest is bulk.
+const BACKGROUND_SHARE: f64 = 0.3;
+
 async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
+    use protocol::Priority;
     load::system::require_loopback(&args.fleet.server)?;
     let graphql = |query: String| {
         Some(bytes::Bytes::from(
@@ -244,7 +280,19 @@ async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
     let publish = serde_json::to_vec(&serde_json::json!({
         "stage": "LIVE", "payload": { "from": "ringside-load overload" }
     }))?;
-    let class = |name: &str, method, path: String, body, tokens, rate, connections| {
+    let sized = |share: f64| match (args.capacity_per_s, args.load_multiple) {
+        (Some(capacity), Some(multiple)) => Some(capacity * multiple * share),
+        _ => None,
+    };
+    let background_rate = args
+        .background_rate
+        .or(sized(BACKGROUND_SHARE))
+        .unwrap_or(2400.0);
+    let bulk_rate = args
+        .bulk_rate
+        .or(sized(1.0 - BACKGROUND_SHARE))
+        .unwrap_or(5600.0);
+    let class = |name: &str, priority, method, path: String, body, tokens, rate, connections| {
         load::overload::OverloadClass {
             target: HttpTarget {
                 name: name.into(),
@@ -252,6 +300,7 @@ async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
                 path,
                 body,
                 tokens,
+                priority: Some(priority),
             },
             rate_per_second: rate,
             connections,
@@ -261,6 +310,7 @@ async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
     let classes = vec![
         class(
             "critical: operator publish",
+            Priority::Critical,
             "POST",
             format!("/v1/admin/events/{event}/publish"),
             Some(publish.into()),
@@ -269,7 +319,8 @@ async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
             4,
         ),
         class(
-            "device: live-path query",
+            "degraded: live-path query",
+            Priority::Degraded,
             "POST",
             "/graphql".into(),
             graphql(format!(
@@ -280,23 +331,98 @@ async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
             32,
         ),
         class(
-            "bulk: full prefetch (misses)",
+            "best_effort: background prefetch",
+            Priority::BestEffort,
+            "POST",
+            "/graphql".into(),
+            graphql(event_query(event)),
+            // Starting half way round the profiles, so that it misses where bulk missed.
+            {
+                let mut tokens = args.fleet.tokens(args.fleet.profiles)?;
+                let half = tokens.len() / 2;
+                tokens.rotate_left(half);
+                tokens.into()
+            },
+            background_rate,
+            args.background_connections,
+        ),
+        class(
+            "bulk: bulk prefetch (misses)",
+            Priority::Bulk,
             "POST",
             "/graphql".into(),
             graphql(event_query(event)),
             args.fleet.tokens(args.fleet.profiles)?.into(),
-            args.prefetch_rate,
+            bulk_rate,
             args.bulk_connections,
         ),
     ];
+    // A class offered nothing is left out rather than sent one request.
+    let classes = classes
+        .into_iter()
+        .filter(|class| class.rate_per_second > 0.0)
+        .collect();
     let report = load::overload::run_overload(load::overload::OverloadPlan {
         server: args.fleet.server.clone(),
         classes,
         duration: Duration::from_secs(args.duration_s),
+        label: args.label.clone(),
+        load_multiple: args.load_multiple,
+        protection: args.protection.clone(),
     })
     .await?;
     report.print_table();
     args.fleet.write(&report)
+}
+
+#[derive(clap::Args)]
+struct CapacityArgs {
+    #[command(flatten)]
+    fleet: Fleet,
+    #[arg(long, default_value = "fight-night")]
+    event: String,
+    /// Closed-loop connections: enough to keep every core of the node busy.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value_t = 3)]
+    duration_s: u64,
+}
+
+/// A short closed-loop run of the prefetch query on node-cache misses: the node's capacity,
+/// which `overload --capacity-per-s` sizes its load from. The last line of the output is
+/// `capacity_per_s=<n>` for scripts.
+async fn capacity(args: CapacityArgs) -> anyhow::Result<()> {
+    load::system::require_loopback(&args.fleet.server)?;
+    let body = bytes::Bytes::from(serde_json::to_vec(
+        &serde_json::json!({ "query": event_query(&args.event) }),
+    )?);
+    let target = HttpTarget {
+        name: "prefetch, node-cache miss (closed loop)".into(),
+        method: "POST",
+        path: "/graphql".into(),
+        body: Some(body),
+        tokens: args.fleet.tokens(args.fleet.profiles)?.into(),
+        priority: None,
+    };
+    let result = load::http_bench::measure(
+        &args.fleet.server,
+        &target,
+        args.connections,
+        Duration::from_secs(args.duration_s),
+    )
+    .await?;
+    println!(
+        "{}: {:.0} req/s over {} connections (p50 {:.2} ms, p99 {:.2} ms, errors {})",
+        result.name,
+        result.requests_per_second,
+        args.connections,
+        result.latency.p50_ms,
+        result.latency.p99_ms,
+        result.errors
+    );
+    args.fleet.write(&result)?;
+    println!("capacity_per_s={:.0}", result.requests_per_second);
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -314,9 +440,16 @@ struct KickoffArgs {
     /// Share of devices that prefetch before the moment.
     #[arg(long, default_value_t = 0.9)]
     prefetch_share: f64,
-    /// Window over which devices without the content spread their fetch.
+    /// The operator's `fetch_within_ms` on the LIVE publish. Without it the state carries the
+    /// control plane's default (none when the node runs with `--fetch-window-max-ms 0`).
+    /// Devices without the content fetch at a random moment of the window the state carries,
+    /// at once when it carries none.
+    #[arg(long)]
+    fetch_within_ms: Option<u64>,
+    /// Peak over mean of the follow-up wave is taken over this long after the publish; give
+    /// runs to compare the same horizon.
     #[arg(long, default_value_t = 3000)]
-    fetch_spread_ms: u64,
+    wave_horizon_ms: u64,
 }
 
 async fn kickoff(args: KickoffArgs) -> anyhow::Result<()> {
@@ -328,21 +461,27 @@ async fn kickoff(args: KickoffArgs) -> anyhow::Result<()> {
         event: args.event.clone(),
         prefetch_window: Duration::from_secs(args.prefetch_window_s),
         prefetch_share: args.prefetch_share,
-        fetch_spread: Duration::from_millis(args.fetch_spread_ms),
+        fetch_within_ms: args.fetch_within_ms,
         bucket: Duration::from_millis(100),
+        wave_horizon: Duration::from_millis(args.wave_horizon_ms),
     })
     .await?;
     println!(
-        "kickoff: {} devices, {} prefetched ({} errors); LIVE reached {} (p99 {:.1} ms); {} switched from cache, {} had to fetch ({} errors), fetch wave peak {:.0}/s; every device showing LIVE content {:.0} ms after the publish",
+        "kickoff: {} devices, {} prefetched ({} errors); LIVE reached {} (p99 {:.1} ms, fetch_within_ms {}); {} switched from cache, {} had to fetch ({} errors), fetch wave peak {:.0}/s, peak/mean {:.2} (origin reads peak/mean {:.2}); every device showing LIVE content {:.0} ms after the publish",
         result.devices,
         result.prefetched,
         result.prefetch_errors,
         result.state_delivered,
         result.state_latency.p99_ms,
+        result
+            .fetch_within_ms
+            .map_or_else(|| "none".to_owned(), |w| w.to_string()),
         result.switched_from_cache,
         result.had_to_fetch,
         result.fetch_errors,
         result.peak_fetches_per_second,
+        result.fetch_peak_over_mean,
+        result.origin_peak_over_mean,
         result.all_switched_after_ms
     );
     args.fleet.write(&result)
@@ -369,6 +508,7 @@ async fn prefetch_bench(args: PrefetchBenchArgs) -> anyhow::Result<()> {
             path: "/healthz".into(),
             body: None,
             tokens: Vec::new().into(),
+            priority: None,
         },
         HttpTarget {
             name: "prefetch, node-cache hit".into(),
@@ -376,6 +516,7 @@ async fn prefetch_bench(args: PrefetchBenchArgs) -> anyhow::Result<()> {
             path: "/graphql".into(),
             body: Some(body.clone()),
             tokens: hit_token.into(),
+            priority: None,
         },
         HttpTarget {
             name: "prefetch, node-cache miss".into(),
@@ -383,6 +524,7 @@ async fn prefetch_bench(args: PrefetchBenchArgs) -> anyhow::Result<()> {
             path: "/graphql".into(),
             body: Some(body),
             tokens: miss_tokens.into(),
+            priority: None,
         },
     ];
     let duration = Duration::from_secs(args.duration_s);
@@ -493,6 +635,25 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(overload(args)),
+        Command::Capacity(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(capacity(args)),
+        Command::OverloadTable { output, inputs } => {
+            let mut reports = Vec::new();
+            for input in inputs {
+                let text = std::fs::read_to_string(&input)?;
+                let report: load::overload::OverloadReport = serde_json::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+                reports.push(report);
+            }
+            load::overload::print_comparison(&reports);
+            if let Some(path) = output {
+                std::fs::write(&path, serde_json::to_vec_pretty(&reports)?)?;
+                println!("JSON result: {}", path.display());
+            }
+            Ok(())
+        }
         Command::Origin(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

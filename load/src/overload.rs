@@ -6,13 +6,19 @@
 //! from when a request was due, not from when a connection got to it, so the time it waited
 //! behind a saturated server counts (no coordinated omission). Requests still unsent a grace
 //! period after the run ends are counted as unsent.
+//!
+//! Each class marks its requests with `x-ringside-priority` (critical operator publishes,
+//! degraded device live-path queries, best_effort background prefetch, bulk prefetch). Reported
+//! per class and in total: goodput (successful requests per second), and how fast refusals
+//! came back (a shed request must be answered at once: its latency is from when it was sent,
+//! since the server's answer time is what is measured, not the client's queue).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::http_bench::{HttpTarget, Outcome, open, send};
@@ -40,11 +46,17 @@ pub struct OverloadPlan {
     pub server: String,
     pub classes: Vec<OverloadClass>,
     pub duration: Duration,
+    pub label: String,
+    pub load_multiple: Option<f64>,
+    pub protection: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClassResult {
     pub name: String,
+    /// The `x-ringside-priority` the class sent, if any.
+    #[serde(default)]
+    pub priority: Option<String>,
     pub offered_per_second: f64,
     /// Requests due during the run.
     pub scheduled: u64,
@@ -57,15 +69,30 @@ pub struct ClassResult {
     pub unsent: u64,
     /// Succeeded over scheduled.
     pub success_ratio: f64,
+    /// Goodput of the class: successful requests per second.
     pub succeeded_per_second: f64,
     /// Of successful requests, from when each was due.
     pub latency: Latency,
+    /// Of shed answers (429/503), from when each request was sent.
+    pub shed_latency: Latency,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OverloadReport {
-    pub scenario: &'static str,
+    pub scenario: String,
+    /// What this run was, e.g. `3x, protection on` (set by the caller).
+    #[serde(default)]
+    pub label: String,
+    /// Offered load as a multiple of the node's measured capacity, when sized that way.
+    #[serde(default)]
+    pub load_multiple: Option<f64>,
+    /// `on` or `off`, as the caller started the node.
+    #[serde(default)]
+    pub protection: Option<String>,
     pub duration_s: f64,
+    /// Successful requests per second, every class together.
+    #[serde(default)]
+    pub goodput_per_second: f64,
     pub classes: Vec<ClassResult>,
     pub load_average_before: Option<f64>,
     pub load_average_after: Option<f64>,
@@ -92,6 +119,7 @@ pub async fn run_overload(plan: OverloadPlan) -> anyhow::Result<OverloadReport> 
             let (authority, target, next) = (authority.clone(), class.target.clone(), next.clone());
             tasks.push(tokio::spawn(async move {
                 let mut histogram = new_histogram();
+                let mut shed_histogram = new_histogram();
                 let mut tally = Tally::default();
                 let mut sender = open(&authority).await?;
                 loop {
@@ -101,6 +129,7 @@ pub async fn run_overload(plan: OverloadPlan) -> anyhow::Result<OverloadReport> 
                         break;
                     }
                     tokio::time::sleep_until(due).await;
+                    let sent = Instant::now();
                     let outcome = tokio::time::timeout(
                         REQUEST_TIMEOUT,
                         send(&mut sender, &authority, &target, index as usize),
@@ -111,7 +140,11 @@ pub async fn run_overload(plan: OverloadPlan) -> anyhow::Result<OverloadReport> 
                             tally.succeeded += 1;
                             histogram.saturating_record((due.elapsed().as_micros() as u64).max(1));
                         }
-                        Ok(Ok(Outcome::Shed)) => tally.shed += 1,
+                        Ok(Ok(Outcome::Shed)) => {
+                            tally.shed += 1;
+                            shed_histogram
+                                .saturating_record((sent.elapsed().as_micros() as u64).max(1));
+                        }
                         Ok(Ok(Outcome::Failed)) => tally.failed += 1,
                         // A broken or stuck connection: count it and start a new one.
                         Ok(Err(_)) | Err(_) => {
@@ -120,7 +153,7 @@ pub async fn run_overload(plan: OverloadPlan) -> anyhow::Result<OverloadReport> 
                         }
                     }
                 }
-                anyhow::Ok((histogram, tally))
+                anyhow::Ok((histogram, shed_histogram, tally))
             }));
         }
         classes.push((class, tasks));
@@ -129,10 +162,14 @@ pub async fn run_overload(plan: OverloadPlan) -> anyhow::Result<OverloadReport> 
     let mut results = Vec::new();
     for (class, tasks) in classes {
         let mut histogram = new_histogram();
+        let mut shed_histogram = new_histogram();
         let mut tally = Tally::default();
         for task in tasks {
-            let (part, counts) = task.await.context("a sender panicked")??;
+            let (part, shed_part, counts) = task.await.context("a sender panicked")??;
             histogram.add(&part).context("merging histograms")?;
+            shed_histogram
+                .add(&shed_part)
+                .context("merging histograms")?;
             tally.succeeded += counts.succeeded;
             tally.shed += counts.shed;
             tally.failed += counts.failed;
@@ -141,6 +178,7 @@ pub async fn run_overload(plan: OverloadPlan) -> anyhow::Result<OverloadReport> 
         let answered = tally.succeeded + tally.shed + tally.failed;
         results.push(ClassResult {
             name: class.target.name.clone(),
+            priority: class.target.priority.map(|p| p.as_str().to_owned()),
             offered_per_second: class.rate_per_second,
             scheduled,
             succeeded: tally.succeeded,
@@ -150,11 +188,16 @@ pub async fn run_overload(plan: OverloadPlan) -> anyhow::Result<OverloadReport> 
             success_ratio: tally.succeeded as f64 / scheduled.max(1) as f64,
             succeeded_per_second: tally.succeeded as f64 / plan.duration.as_secs_f64(),
             latency: Latency::of(&histogram),
+            shed_latency: Latency::of(&shed_histogram),
         });
     }
     Ok(OverloadReport {
-        scenario: "overload",
+        scenario: "overload".into(),
+        label: plan.label,
+        load_multiple: plan.load_multiple,
+        protection: plan.protection,
         duration_s: plan.duration.as_secs_f64(),
+        goodput_per_second: results.iter().map(|c| c.succeeded_per_second).sum(),
         classes: results,
         load_average_before,
         load_average_after: load_average(),
@@ -163,8 +206,11 @@ pub async fn run_overload(plan: OverloadPlan) -> anyhow::Result<OverloadReport> 
 
 impl OverloadReport {
     pub fn print_table(&self) {
+        if !self.label.is_empty() {
+            println!("== {}", self.label);
+        }
         println!(
-            "{:<34} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
+            "{:<34} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "class",
             "offered/s",
             "scheduled",
@@ -174,11 +220,14 @@ impl OverloadReport {
             "unsent",
             "ok %",
             "p50 ms",
-            "p99 ms"
+            "p99 ms",
+            "goodput/s",
+            "shed p50",
+            "shed p99"
         );
         for c in &self.classes {
             println!(
-                "{:<34} {:>9.0} {:>9} {:>8} {:>7} {:>7} {:>7} {:>7.1}% {:>9.1} {:>9.1}",
+                "{:<34} {:>9.0} {:>9} {:>8} {:>7} {:>7} {:>7} {:>6.1}% {:>9.1} {:>9.1} {:>9.0} {:>9.2} {:>9.2}",
                 c.name,
                 c.offered_per_second,
                 c.scheduled,
@@ -188,13 +237,73 @@ impl OverloadReport {
                 c.unsent,
                 100.0 * c.success_ratio,
                 c.latency.p50_ms,
-                c.latency.p99_ms
+                c.latency.p99_ms,
+                c.succeeded_per_second,
+                c.shed_latency.p50_ms,
+                c.shed_latency.p99_ms
             );
         }
         println!(
-            "load average (1 min): {:.2} before, {:.2} after; latency counts from when each request was due",
+            "goodput {:.0} requests/s; load average (1 min): {:.2} before, {:.2} after; latency of successes from when each request was due, of shed answers from when each was sent",
+            self.goodput_per_second,
             self.load_average_before.unwrap_or(0.0),
             self.load_average_after.unwrap_or(0.0)
         );
+    }
+}
+
+/// The runs of one `scripts/bench-overload`, side by side: per class, one row per run (load
+/// multiple, protection), then goodput per run and its ratio to the same protection's 1x.
+pub fn print_comparison(reports: &[OverloadReport]) {
+    let mut classes: Vec<&str> = Vec::new();
+    for report in reports {
+        for class in &report.classes {
+            if !classes.contains(&class.name.as_str()) {
+                classes.push(&class.name);
+            }
+        }
+    }
+    for name in classes {
+        println!("\n{name}");
+        println!(
+            "  {:<24} {:>9} {:>8} {:>9} {:>8} {:>10} {:>9} {:>9}",
+            "run", "offered/s", "ok %", "p99 ms", "shed", "goodput/s", "shed p50", "shed p99"
+        );
+        for report in reports {
+            let Some(c) = report.classes.iter().find(|c| c.name == name) else {
+                continue;
+            };
+            println!(
+                "  {:<24} {:>9.0} {:>7.1}% {:>9.1} {:>8} {:>10.0} {:>9.2} {:>9.2}",
+                report.label,
+                c.offered_per_second,
+                100.0 * c.success_ratio,
+                c.latency.p99_ms,
+                c.shed,
+                c.succeeded_per_second,
+                c.shed_latency.p50_ms,
+                c.shed_latency.p99_ms
+            );
+        }
+    }
+    println!("\ngoodput (every class)");
+    for report in reports {
+        let at_1x = reports
+            .iter()
+            .find(|r| r.protection == report.protection && r.load_multiple == Some(1.0))
+            .map(|r| r.goodput_per_second)
+            .filter(|goodput| *goodput > 0.0);
+        match at_1x {
+            Some(base) => println!(
+                "  {:<24} {:>10.0}/s  {:>5.2} of 1x",
+                report.label,
+                report.goodput_per_second,
+                report.goodput_per_second / base
+            ),
+            None => println!(
+                "  {:<24} {:>10.0}/s",
+                report.label, report.goodput_per_second
+            ),
+        }
     }
 }

@@ -1,10 +1,10 @@
 //! Results: per-update latency percentiles from merged HDR histograms.
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Latency percentiles in milliseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Latency {
     pub p50_ms: f64,
     pub p90_ms: f64,

@@ -39,6 +39,7 @@ async fn start_node(shutdown: &CancellationToken) -> String {
             store: ringside::content::StoreSetup::Memory,
             materialize: ringside::content::MaterializeMode::OnDemand,
         },
+        fetch_window: control::FetchWindowConfig::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -153,10 +154,15 @@ async fn overload_reports_every_class() {
         "5",
         "--live-rate",
         "20",
-        "--prefetch-rate",
+        "--background-rate",
         "10",
+        "--bulk-rate",
+        "10",
+        "--label",
+        "tiny",
     ])
     .await;
+    assert_eq!(report["label"], "tiny");
     let classes = report["classes"].as_array().unwrap();
     let names: Vec<&str> = classes
         .iter()
@@ -166,16 +172,74 @@ async fn overload_reports_every_class() {
         names,
         [
             "critical: operator publish",
-            "device: live-path query",
-            "bulk: full prefetch (misses)"
+            "degraded: live-path query",
+            "best_effort: background prefetch",
+            "bulk: bulk prefetch (misses)"
         ]
     );
-    for (class, scheduled) in classes.iter().zip([5, 20, 10]) {
+    let priorities: Vec<&str> = classes
+        .iter()
+        .map(|c| c["priority"].as_str().unwrap())
+        .collect();
+    assert_eq!(priorities, ["critical", "degraded", "best_effort", "bulk"]);
+    let mut goodput = 0.0;
+    for (class, scheduled) in classes.iter().zip([5, 20, 10, 10]) {
+        goodput += class["succeeded_per_second"].as_f64().unwrap();
         assert_eq!(class["scheduled"], scheduled, "{class}");
         assert_eq!(class["succeeded"], scheduled, "{class}");
         assert_eq!(class["shed"], 0);
         assert_eq!(class["failed"], 0);
         assert_eq!(class["unsent"], 0);
     }
+    assert!((report["goodput_per_second"].as_f64().unwrap() - goodput).abs() < 1e-6);
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kickoff_devices_read_the_window_from_the_state() {
+    let shutdown = CancellationToken::new();
+    let base = start_node(&shutdown).await;
+    let kickoff = |window: &'static str| {
+        let base = base.clone();
+        async move {
+            let mut args = vec![
+                "kickoff",
+                "--server",
+                &base,
+                "--profiles",
+                PROFILES,
+                "--devices",
+                "20",
+                "--prefetch-window-s",
+                "1",
+                "--prefetch-share",
+                "0.5",
+            ];
+            if !window.is_empty() {
+                args.extend(["--fetch-within-ms", window]);
+            }
+            run_load(&args).await
+        }
+    };
+    // Twice on the same node: each run starts the event over from its first stage.
+    let set = kickoff("700").await;
+    let default = kickoff("").await;
+    for report in [&set, &default] {
+        assert_eq!(report["state_delivered"], 20, "{report}");
+        assert_eq!(
+            report["switched_from_cache"].as_u64().unwrap()
+                + report["had_to_fetch"].as_u64().unwrap(),
+            20
+        );
+        assert_eq!(report["fetch_errors"], 0);
+    }
+    assert_eq!(set["fetch_within_ms_published"], 700);
+    assert_eq!(
+        set["fetch_within_ms"], 700,
+        "the operator's window, as devices saw it"
+    );
+    assert!(default["fetch_within_ms_published"].is_null());
+    // 20 devices are far below one node's capacity: the control plane's minimum window.
+    assert_eq!(default["fetch_within_ms"], 1000);
     shutdown.cancel();
 }

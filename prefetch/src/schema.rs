@@ -186,6 +186,10 @@ pub struct EventStateObject {
     pub published_at_ms: Long,
     /// The operator's JSON object, unchanged.
     pub payload: async_graphql::Json<serde_json::Value>,
+    /// The window, in milliseconds from `publishedAtMs`, within which a device that lacks this
+    /// stage's content should fetch it, at a uniformly random moment inside it; null when there
+    /// is nothing to spread (fetch at once).
+    pub fetch_within_ms: Option<Long>,
 }
 
 /// One event's content for every stage.
@@ -305,6 +309,7 @@ impl EventPrefetch {
             payload: async_graphql::Json(
                 serde_json::from_str(state.payload.as_json()).unwrap_or(serde_json::Value::Null),
             ),
+            fetch_within_ms: state.fetch_within_ms.map(Long),
         })
     }
 

@@ -55,28 +55,39 @@ impl TestServer {
         configure_http: impl FnOnce(&mut ringside::http::HttpConfig),
         configure_prefetch: impl FnOnce(&mut ringside::server::PrefetchSetup),
     ) -> Self {
-        let mut prefetch = test_prefetch_setup();
-        configure_prefetch(&mut prefetch);
-        let mut http = ringside::http::HttpConfig::default();
-        configure_http(&mut http);
+        Self::start_with_config(|config| {
+            configure_prefetch(&mut config.prefetch);
+            configure_http(&mut config.http);
+            configure(&mut config.gateway);
+        })
+        .await
+    }
+
+    /// A server with the test configuration changed by `configure`.
+    pub async fn start_with_config(configure: impl FnOnce(&mut ServeConfig)) -> Self {
         let mut gateway = GatewayConfig {
             node_id: "test-node".into(),
             ..GatewayConfig::default()
         };
         gateway.shutdown_grace = Duration::from_secs(3);
         gateway.send_timeout = Duration::from_secs(2);
-        configure(&mut gateway);
-        let config = ServeConfig {
+        let mut config = ServeConfig {
             role: ringside::server::Role::All,
             bus: ringside::server::BusSetup::Memory,
             gateway,
-            http,
-            prefetch,
+            http: ringside::http::HttpConfig::default(),
+            prefetch: test_prefetch_setup(),
+            // Subscriber counts read afresh on every publish, so a test's devices count at once.
+            fetch_window: control::FetchWindowConfig {
+                subscribers_max_age: Duration::ZERO,
+                ..control::FetchWindowConfig::default()
+            },
             secrets: Secrets {
                 device_token_secret: DEVICE_SECRET.into(),
                 admin_token: ADMIN_TOKEN.into(),
             },
         };
+        configure(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
