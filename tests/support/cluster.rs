@@ -245,6 +245,8 @@ impl Cluster {
             .env("RINGSIDE_MATERIALIZE", "on-demand")
             .env("RINGSIDE_SHUTDOWN_GRACE_MS", "3000")
             .env("RINGSIDE_SEND_TIMEOUT_MS", "2000")
+            .env("RINGSIDE_DRAIN_WINDOW_MAX_MS", "500")
+            .env("RINGSIDE_GOAWAY_GRACE_MS", "200")
             .env("RINGSIDE_STATE_DIR", &self.dir)
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::piped())

@@ -65,6 +65,9 @@ impl TestServer {
         };
         gateway.shutdown_grace = Duration::from_secs(3);
         gateway.send_timeout = Duration::from_secs(2);
+        // A drain of a test node fits its short shutdown grace (window + grace + 2 s close).
+        gateway.drain_window_max = Duration::from_millis(500);
+        gateway.goaway_grace = Duration::from_millis(200);
         configure(&mut gateway);
         let config = ServeConfig {
             role: ringside::server::Role::All,
