@@ -290,8 +290,10 @@ async fn start(
                 redis.clone(),
                 &registry,
                 address.to_string(),
-                shutdown,
-                stopped,
+                Stops {
+                    shutdown: shutdown.clone(),
+                    stopped: stopped.clone(),
+                },
             )
             .await?,
         )
@@ -328,6 +330,13 @@ async fn start(
 /// bus lost (a broker that came back empty) or delivered out of reach.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// A process's two stop signals: `shutdown` starts the drain; `stopped`, after the drain, ends
+/// the node's tasks.
+struct Stops {
+    shutdown: CancellationToken,
+    stopped: CancellationToken,
+}
+
 /// How long a shutdown waits for the node to leave the registry before its drain starts
 /// anyway (Redis may not answer; devices must not wait for it).
 const LEAVE_REGISTRY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -348,9 +357,9 @@ impl Node {
         redis: Option<Arc<RedisLink>>,
         registry: &Arc<Registry>,
         address: String,
-        shutdown: &CancellationToken,
-        stopped: &CancellationToken,
+        stops: Stops,
     ) -> anyhow::Result<Self> {
+        let Stops { shutdown, stopped } = &stops;
         let consumer_config = ConsumerConfig {
             max_concurrent_fanouts: config.max_concurrent_fanouts,
             max_waiting_topics: config.max_waiting_topics,
@@ -596,6 +605,14 @@ async fn run_node_reports(
     }
 }
 
+/// What the control plane keeps its state in and asks about nodes.
+type ControlBackends = (
+    Arc<dyn EventStore>,
+    Arc<dyn PageStore>,
+    Arc<dyn StatsSource>,
+    Arc<dyn NodeDrains>,
+);
+
 /// The control side of a process: the admin API and the prefetch service, plus the background
 /// materializer when configured.
 async fn start_control(
@@ -610,12 +627,7 @@ async fn start_control(
     // With Redis, events, versions and current states live there, shared by every control
     // instance and kept across restarts; so do the prefetch pages and the node registry.
     // The node registry (or the local gateway) answers both stats and node drains.
-    let (events, pages, stats, drains): (
-        Arc<dyn EventStore>,
-        Arc<dyn PageStore>,
-        Arc<dyn StatsSource>,
-        Arc<dyn NodeDrains>,
-    ) = match (redis, local_gateway) {
+    let (events, pages, stats, drains): ControlBackends = match (redis, local_gateway) {
         (Some(redis), _) => {
             let connection = redis.connection().await?;
             let cluster = Arc::new(ClusterStats {
