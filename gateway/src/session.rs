@@ -3,8 +3,8 @@
 //!
 //! The task waits on four things at once: node drain, pending states, the next client frame and
 //! its next deadline (heartbeat, idle cut-off, token expiry, or its planned farewell: the goaway
-//! at the end of its lifetime or at its moment of a drain, then the close a grace period later). Deadlines are also checked on
-//! every turn of the loop, so that a client whose frames never let the socket run dry cannot
+//! at the end of its lifetime or at its moment of a drain, then the close a grace period
+//! later). Deadlines are also checked on every turn of the loop, so that a client whose frames never let the socket run dry cannot
 //! starve them; and every client frame (pings and pongs included) is charged to the
 //! connection's inbound rate limit, so that such a client is closed instead. A live state that reaches an
 //! idle connection never wakes the task: the fan-out writes it to the socket itself. The task
