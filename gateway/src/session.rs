@@ -129,7 +129,7 @@ pub(crate) async fn run(
             .checked_add(token_lifetime)
             .unwrap_or(now + Duration::from_secs(86_400 * 365)),
         inbound_frames: RateBudget::new(now),
-        farewell_at: lifetime_end(&gateway, now),
+        farewell_at: lifetime_end(&gateway.config, now),
         farewell: Farewell::Due(GoawayReason::MaxLifetime),
         drain_noticed: false,
         outbound: Vec::new(),
@@ -576,8 +576,7 @@ async fn bounded_write<E>(
 
 /// When a session opened at `now` reaches its lifetime: `max_connection_lifetime` give or take
 /// up to `connection_lifetime_spread`, drawn uniformly; `None` without a lifetime limit.
-fn lifetime_end(gateway: &Gateway, now: Instant) -> Option<Instant> {
-    let config = &gateway.config;
+fn lifetime_end(config: &crate::GatewayConfig, now: Instant) -> Option<Instant> {
     if config.max_connection_lifetime.is_zero() {
         return None;
     }
@@ -594,4 +593,41 @@ fn unix_now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_are_spread_around_the_maximum_and_zero_disables_them() {
+        let config = crate::GatewayConfig {
+            max_connection_lifetime: Duration::from_secs(1800),
+            connection_lifetime_spread: Duration::from_secs(300),
+            ..crate::GatewayConfig::default()
+        };
+        let now = Instant::now();
+        let ends: Vec<Duration> = (0..500)
+            .map(|_| lifetime_end(&config, now).expect("a lifetime") - now)
+            .collect();
+        let (earliest, latest) = (Duration::from_secs(1500), Duration::from_secs(2100));
+        assert!(ends.iter().all(|end| (earliest..=latest).contains(end)));
+        let early = ends
+            .iter()
+            .filter(|end| **end < Duration::from_secs(1700))
+            .count();
+        let late = ends
+            .iter()
+            .filter(|end| **end > Duration::from_secs(1900))
+            .count();
+        assert!(
+            early > 50 && late > 50,
+            "spread: {early} early, {late} late"
+        );
+        let unlimited = crate::GatewayConfig {
+            max_connection_lifetime: Duration::ZERO,
+            ..config
+        };
+        assert_eq!(lifetime_end(&unlimited, now), None);
+    }
 }
