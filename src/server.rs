@@ -339,7 +339,7 @@ struct Stops {
 
 /// How long a shutdown waits for the node to leave the registry before its drain starts
 /// anyway (Redis may not answer; devices must not wait for it).
-const LEAVE_REGISTRY_TIMEOUT: Duration = Duration::from_secs(2);
+const LEAVE_REGISTRY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The gateway side of a process: the hub, its sessions, and the tasks that keep it current.
 struct Node {
@@ -575,9 +575,17 @@ async fn run_node_reports(
             () = shutdown.cancelled(), if !leaving => leaving = true,
             _ = ticker.tick() => {}
         }
-        let result = reporter.heartbeat(leaving).await;
-        if leaving && result.is_err() {
-            // The drain must not wait for a Redis that does not answer; the entry expires.
+        // A Redis that does not answer must not hold the reports (or, leaving, the drain).
+        let bound = if leaving {
+            LEAVE_REGISTRY_TIMEOUT
+        } else {
+            HEARTBEAT_INTERVAL
+        };
+        let result = tokio::time::timeout(bound, reporter.heartbeat(leaving))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the node registry did not answer in time")));
+        if leaving {
+            // Left, or Redis does not answer: then the entry expires by itself.
             reporter.left.cancel();
         }
         match result {
