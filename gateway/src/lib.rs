@@ -454,3 +454,60 @@ impl Gateway {
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(config: GatewayConfig) -> Arc<Gateway> {
+        let registry = telemetry::Registry::new();
+        Gateway::new(
+            config,
+            Arc::new(Hub::new(broadcaster::HubMetrics::new(&registry))),
+            DeviceTokenKey::new(b"a-device-secret-of-32-bytes-or-more!").expect("key"),
+            GatewayMetrics::new(&registry),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_drain_starts_once_and_its_window_follows_the_sessions_up_to_its_cap() {
+        let gateway = gateway(GatewayConfig::default());
+        // 1200 sessions at 500 a second: 2.4 s, under the 60 s cap.
+        gateway.admitted.store(1200, Ordering::Release);
+        let (plan, started) = gateway.start_drain();
+        assert!(started && gateway.is_draining());
+        assert_eq!((plan.window_ms, plan.sessions_at_start), (2400, 1200));
+        let (again, started_again) = gateway.start_drain();
+        assert!(!started_again, "a drain is never restarted");
+        assert_eq!(again.started_at_ms, plan.started_at_ms);
+        // Every moment drawn lies in the window.
+        let drawn = gateway.drain_plan().expect("plan");
+        let end = drawn.started + Duration::from_millis(2400);
+        assert!((0..100).all(|_| (drawn.started..=end).contains(&drawn.goaway_moment())));
+
+        let capped = self::gateway(GatewayConfig::default());
+        capped.admitted.store(1_000_000, Ordering::Release);
+        assert_eq!(capped.start_drain().0.window_ms, 60_000);
+        let unpaced = self::gateway(GatewayConfig {
+            drain_window_max: Duration::ZERO,
+            ..GatewayConfig::default()
+        });
+        unpaced.admitted.store(1200, Ordering::Release);
+        assert_eq!(unpaced.start_drain().0.window_ms, 0);
+    }
+
+    #[test]
+    fn admission_refuses_beyond_the_burst() {
+        let gateway = gateway(GatewayConfig {
+            upgrade_rate_per_s: 1,
+            upgrade_burst: 3,
+            ..GatewayConfig::default()
+        });
+        let admitted = (0..10).filter(|_| gateway.admit_upgrade().is_ok()).count();
+        assert_eq!(admitted, 3);
+        assert!(matches!(
+            gateway.admit_upgrade(),
+            Err(GatewayError::Overloaded)
+        ));
+    }
+}
