@@ -693,7 +693,7 @@ struct ServeArgs {
     #[arg(
         long,
         env = "RINGSIDE_SHUTDOWN_GRACE_MS",
-        help = "Drain deadline [default: 15000]"
+        help = "Drain deadline: holds the drain window, the goaway grace and a 2 s close [default: 70000]"
     )]
     shutdown_grace_ms: Option<u64>,
     #[arg(
@@ -762,10 +762,109 @@ struct ServeArgs {
         help = "Bytes a connection may send at once above that rate [default: 65536]"
     )]
     inbound_byte_burst: Option<u32>,
+    #[command(flatten)]
+    gateway_protection: GatewayProtectionArgs,
+}
+
+/// Upgrade admission, connection lifetime and drain pacing of a gateway node.
+#[derive(Args)]
+struct GatewayProtectionArgs {
+    #[arg(
+        long,
+        env = "RINGSIDE_RETRY_AFTER_MIN_MS",
+        help = "Shortest Retry-After of an upgrade's 503 [default: 2000]"
+    )]
+    retry_after_min_ms: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_RETRY_AFTER_MAX_MS",
+        help = "Longest Retry-After of an upgrade's 503 [default: 10000]"
+    )]
+    retry_after_max_ms: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_UPGRADE_RATE_PER_S",
+        help = "Upgrades this node admits per second; 503 beyond [default: 1000]"
+    )]
+    upgrade_rate_per_s: Option<u32>,
+    #[arg(
+        long,
+        env = "RINGSIDE_UPGRADE_BURST",
+        help = "Upgrades admitted at once above that rate [default: 2000]"
+    )]
+    upgrade_burst: Option<u32>,
+    #[arg(
+        long,
+        env = "RINGSIDE_MAX_CONNECTION_LIFETIME_MS",
+        help = "Goaway (max_lifetime) after this long, 0 for never [default: 1800000]"
+    )]
+    max_connection_lifetime_ms: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_CONNECTION_LIFETIME_SPREAD_MS",
+        help = "Each connection's lifetime is spread this much either way [default: 300000]"
+    )]
+    connection_lifetime_spread_ms: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_GOAWAY_GRACE_MS",
+        help = "States still delivered this long after a lifetime or drain goaway, then close [default: 5000]"
+    )]
+    goaway_grace_ms: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_DRAIN_RATE_PER_S",
+        help = "Goaways per second of a paced drain [default: 500]"
+    )]
+    drain_rate_per_s: Option<u32>,
+    #[arg(
+        long,
+        env = "RINGSIDE_DRAIN_WINDOW_MAX_MS",
+        help = "Longest drain window, 0 for every goaway at once [default: 60000]"
+    )]
+    drain_window_max_ms: Option<u64>,
+}
+
+impl GatewayProtectionArgs {
+    /// Sets the admission, lifetime and drain fields of `config` that were given.
+    fn apply(&self, config: &mut GatewayConfig) {
+        let ms = |value: Option<u64>, field: &mut Duration| {
+            if let Some(value) = value {
+                *field = Duration::from_millis(value);
+            }
+        };
+        ms(self.retry_after_min_ms, &mut config.retry_after_min);
+        ms(self.retry_after_max_ms, &mut config.retry_after_max);
+        ms(
+            self.max_connection_lifetime_ms,
+            &mut config.max_connection_lifetime,
+        );
+        ms(
+            self.connection_lifetime_spread_ms,
+            &mut config.connection_lifetime_spread,
+        );
+        ms(self.goaway_grace_ms, &mut config.goaway_grace);
+        ms(self.drain_window_max_ms, &mut config.drain_window_max);
+        if let Some(rate) = self.upgrade_rate_per_s {
+            config.upgrade_rate_per_s = rate;
+        }
+        if let Some(burst) = self.upgrade_burst {
+            config.upgrade_burst = burst;
+        }
+        if let Some(rate) = self.drain_rate_per_s {
+            config.drain_rate_per_s = rate;
+        }
+    }
 }
 
 impl ServeArgs {
     fn gateway_config(&self) -> GatewayConfig {
+        let mut config = self.gateway_limits_config();
+        self.gateway_protection.apply(&mut config);
+        config
+    }
+
+    fn gateway_limits_config(&self) -> GatewayConfig {
         let defaults = GatewayConfig::default();
         let ms =
             |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
@@ -808,6 +907,7 @@ impl ServeArgs {
             inbound_byte_burst: self
                 .inbound_byte_burst
                 .unwrap_or(defaults.inbound_byte_burst),
+            ..defaults
         }
     }
 }

@@ -18,6 +18,7 @@ use broadcaster::{
     run_bus_consumer,
 };
 use control::nodes::HEARTBEAT_INTERVAL;
+use control::nodes::NodeDrains;
 use control::{
     ClusterStats, ControlError, ControlPlane, EventStore, MemoryEventStore, NodeRegistry,
     NodeReport, RedisEventStore, StatsSource,
@@ -26,7 +27,7 @@ use gateway::{DrainReport, Gateway, GatewayConfig, GatewayMetrics};
 use kafka::{KafkaBus, KafkaConfig};
 use prefetch::store::{MemoryPageStore, PageStore, RedisPageStore};
 use prefetch::{PrefetchConfig, PrefetchService};
-use protocol::admin::{ApiError, ApiErrorCode, Stats};
+use protocol::admin::{ApiError, ApiErrorCode, DrainAnswer, DrainState, Stats};
 use telemetry::{Counter, Registry};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -137,6 +138,25 @@ impl StatsSource for LocalStats {
     }
 }
 
+/// Drains of a single-process deployment: this node's gateway, started at once.
+impl NodeDrains for LocalStats {
+    fn drain(
+        &self,
+        node: &str,
+    ) -> broadcaster::BoxFuture<'_, Result<Option<(DrainAnswer, bool)>, ControlError>> {
+        let answer = (node == self.gateway.node_id()).then(|| {
+            let (progress, started) = self.gateway.start_drain();
+            let answer = DrainAnswer {
+                node: node.to_owned(),
+                state: DrainState::Draining,
+                progress: Some(progress),
+            };
+            (answer, started)
+        });
+        Box::pin(async move { Ok(answer) })
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Operations {
     registry: Arc<Registry>,
@@ -149,7 +169,7 @@ async fn healthz(State(ops): State<Operations>) -> Response {
     let ready = ops
         .gateway
         .as_ref()
-        .is_none_or(|gateway| gateway.hub().is_ready())
+        .is_none_or(|gateway| gateway.hub().is_ready() && !gateway.is_draining())
         && !ops.shutdown.is_cancelled();
     let status = if ready {
         StatusCode::OK
@@ -238,7 +258,7 @@ pub async fn serve(
     let drain = async {
         shutdown.cancelled().await;
         match &node {
-            Some(node) => node.gateway.drain().await,
+            Some(node) => node.drain().await,
             None => DrainReport::default(),
         }
     };
@@ -294,7 +314,10 @@ async fn start(
                 redis.clone(),
                 &registry,
                 address.to_string(),
-                stopped,
+                Stops {
+                    shutdown: shutdown.clone(),
+                    stopped: stopped.clone(),
+                },
             )
             .await?,
         )
@@ -333,10 +356,23 @@ async fn start(
 /// bus lost (a broker that came back empty) or delivered out of reach.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// A process's two stop signals: `shutdown` starts the drain; `stopped`, after the drain, ends
+/// the node's tasks.
+struct Stops {
+    shutdown: CancellationToken,
+    stopped: CancellationToken,
+}
+
+/// How long a shutdown waits for the node to leave the registry before its drain starts
+/// anyway (Redis may not answer; devices must not wait for it).
+const LEAVE_REGISTRY_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The gateway side of a process: the hub, its sessions, and the tasks that keep it current.
 struct Node {
     gateway: Arc<Gateway>,
     tasks: Vec<JoinHandle<()>>,
+    /// With a registry: cancelled once the node has left it, at the start of its drain.
+    left_registry: Option<CancellationToken>,
 }
 
 impl Node {
@@ -347,8 +383,9 @@ impl Node {
         redis: Option<Arc<RedisLink>>,
         registry: &Arc<Registry>,
         address: String,
-        stopped: &CancellationToken,
+        stops: Stops,
     ) -> anyhow::Result<Self> {
+        let Stops { shutdown, stopped } = &stops;
         let consumer_config = ConsumerConfig {
             max_concurrent_fanouts: config.max_concurrent_fanouts,
             max_waiting_topics: config.max_waiting_topics,
@@ -367,6 +404,7 @@ impl Node {
             GatewayMetrics::new(registry),
         );
         let mut tasks = Vec::new();
+        let mut left_registry = None;
         if let Some(redis) = &redis {
             let repaired = registry.counter(
                 "ringside_states_reconciled_total",
@@ -383,12 +421,18 @@ impl Node {
                 repaired,
                 stopped.clone(),
             )));
+            let left = CancellationToken::new();
             tasks.push(tokio::spawn(run_node_reports(
-                redis.clone(),
-                gateway.clone(),
-                address,
+                NodeReporter {
+                    redis: redis.clone(),
+                    gateway: gateway.clone(),
+                    address,
+                    left: left.clone(),
+                },
+                shutdown.clone(),
                 stopped.clone(),
             )));
+            left_registry = Some(left);
         }
         // Never ends before `stopped`: a feed that fails makes the node unready (its upgrades
         // get 503 and `/healthz` says so) and is reopened with backoff.
@@ -407,7 +451,25 @@ impl Node {
             _ = &mut consumer => anyhow::bail!("the bus consumer stopped before the node caught up"),
         }
         tasks.push(consumer);
-        Ok(Self { gateway, tasks })
+        Ok(Self {
+            gateway,
+            tasks,
+            left_registry,
+        })
+    }
+
+    /// The shutdown's drain: the node leaves the registry first (its reporter removes it on
+    /// shutdown), so that nothing routes devices to it while it sends its goaways.
+    async fn drain(&self) -> DrainReport {
+        if let Some(left) = &self.left_registry {
+            if tokio::time::timeout(LEAVE_REGISTRY_TIMEOUT, left.cancelled())
+                .await
+                .is_err()
+            {
+                tracing::warn!("the node registry did not answer; draining anyway");
+            }
+        }
+        self.gateway.drain().await
     }
 
     /// After the drain: the registry entry goes (the reporter removes it), then the tasks;
@@ -473,37 +535,85 @@ async fn run_reconciler(
     }
 }
 
-/// Reports this node to the registry every [`HEARTBEAT_INTERVAL`] until `stopped`, then removes
-/// it. A Redis outage is logged once and the reports resume by themselves.
-async fn run_node_reports(
+/// What a node reports to the registry with.
+struct NodeReporter {
     redis: Arc<RedisLink>,
     gateway: Arc<Gateway>,
     address: String,
+    /// Cancelled once the node has left the registry (its drain may start).
+    left: CancellationToken,
+}
+
+impl NodeReporter {
+    fn registry(&self, connection: redis::aio::ConnectionManager) -> NodeRegistry {
+        NodeRegistry::new(connection, self.redis.prefix.clone())
+    }
+
+    fn report(&self) -> NodeReport {
+        NodeReport {
+            node: protocol::admin::NodeStats {
+                address: Some(self.address.clone()),
+                ..self.gateway.node_stats()
+            },
+            topics: self.gateway.hub().topic_stats(),
+            reported_at_ms: protocol::unix_now_ms(),
+        }
+    }
+
+    /// One heartbeat. A node that drains (or was asked to, or shuts down) writes its drain
+    /// report instead, which also takes it out of the registry; a drain requested through the
+    /// registry starts here, once the node is out of it.
+    async fn heartbeat(&self, leaving: bool) -> anyhow::Result<()> {
+        let registry = self.registry(self.redis.connection().await?);
+        let node = self.gateway.node_id();
+        let requested =
+            !leaving && !self.gateway.is_draining() && registry.drain_requested(node).await?;
+        if !(leaving || requested || self.gateway.is_draining()) {
+            return Ok(registry.report(&self.report()).await?);
+        }
+        if !self.left.is_cancelled() {
+            registry.remove(node).await?;
+            self.left.cancel();
+        }
+        if requested {
+            tracing::info!("drain requested through the node registry");
+            self.gateway.start_drain();
+        }
+        Ok(registry.report_drain(&self.report()).await?)
+    }
+}
+
+/// Reports this node to the registry every [`HEARTBEAT_INTERVAL`] until `stopped`, then removes
+/// it. On `shutdown` it leaves the registry at once (the drain waits for that). A Redis outage
+/// is logged once and the reports resume by themselves.
+async fn run_node_reports(
+    reporter: NodeReporter,
+    shutdown: CancellationToken,
     stopped: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reachable = true;
+    let mut leaving = false;
     loop {
         tokio::select! {
             () = stopped.cancelled() => break,
+            () = shutdown.cancelled(), if !leaving => leaving = true,
             _ = ticker.tick() => {}
         }
-        let report = NodeReport {
-            node: protocol::admin::NodeStats {
-                address: Some(address.clone()),
-                ..gateway.node_stats()
-            },
-            topics: gateway.hub().topic_stats(),
-            reported_at_ms: protocol::unix_now_ms(),
+        // A Redis that does not answer must not hold the reports (or, leaving, the drain).
+        let bound = if leaving {
+            LEAVE_REGISTRY_TIMEOUT
+        } else {
+            HEARTBEAT_INTERVAL
         };
-        let result = match redis.connection().await {
-            Ok(connection) => NodeRegistry::new(connection, redis.prefix.clone())
-                .report(&report)
-                .await
-                .map_err(anyhow::Error::from),
-            Err(error) => Err(error),
-        };
+        let result = tokio::time::timeout(bound, reporter.heartbeat(leaving))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the node registry did not answer in time")));
+        if leaving {
+            // Left, or Redis does not answer: then the entry expires by itself.
+            reporter.left.cancel();
+        }
         match result {
             Ok(()) if !reachable => {
                 reachable = true;
@@ -516,12 +626,14 @@ async fn run_node_reports(
             _ => {}
         }
     }
-    if let Ok(connection) = redis.connection().await {
-        let node = gateway.node_id();
-        if let Err(error) = NodeRegistry::new(connection, redis.prefix.clone())
-            .remove(node)
-            .await
-        {
+    if let Ok(connection) = reporter.redis.connection().await {
+        let registry = reporter.registry(connection);
+        let node = reporter.gateway.node_id();
+        let removed = match registry.remove(node).await {
+            Ok(()) => registry.remove_drain(node).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = removed {
             tracing::warn!(%error, "could not remove this node from the registry; it expires by itself");
         }
     }
@@ -551,6 +663,14 @@ async fn start_protection(
     tasks
 }
 
+/// What the control plane keeps its state in and asks about nodes.
+type ControlBackends = (
+    Arc<dyn EventStore>,
+    Arc<dyn PageStore>,
+    Arc<dyn StatsSource>,
+    Arc<dyn NodeDrains>,
+);
+
 /// The control side of a process: the admin API and the prefetch service, plus the background
 /// materializer when configured.
 async fn start_control(
@@ -565,32 +685,32 @@ async fn start_control(
     let catalog = Arc::new(crate::content::load_catalog(&config.prefetch.dataset).await?);
     // With Redis, events, versions and current states live there, shared by every control
     // instance and kept across restarts; so do the prefetch pages and the node registry.
-    let (events, pages, stats): (
-        Arc<dyn EventStore>,
-        Arc<dyn PageStore>,
-        Arc<dyn StatsSource>,
-    ) = match (redis, local_gateway) {
+    // The node registry (or the local gateway) answers both stats and node drains.
+    let (events, pages, stats, drains): ControlBackends = match (redis, local_gateway) {
         (Some(redis), _) => {
             let connection = redis.connection().await?;
+            let cluster = Arc::new(ClusterStats {
+                registry: NodeRegistry::new(connection.clone(), redis.prefix.clone()),
+            });
             (
                 Arc::new(RedisEventStore::new(
                     connection.clone(),
                     redis.prefix.clone(),
                 )),
-                Arc::new(RedisPageStore::new(
-                    connection.clone(),
-                    redis.prefix.clone(),
-                )),
-                Arc::new(ClusterStats {
-                    registry: NodeRegistry::new(connection, redis.prefix.clone()),
-                }),
+                Arc::new(RedisPageStore::new(connection, redis.prefix.clone())),
+                cluster.clone(),
+                cluster,
             )
         }
-        (None, Some(gateway)) => (
-            Arc::new(MemoryEventStore::new()),
-            Arc::new(MemoryPageStore::new(catalog.clone())),
-            Arc::new(LocalStats { gateway }),
-        ),
+        (None, Some(gateway)) => {
+            let local = Arc::new(LocalStats { gateway });
+            (
+                Arc::new(MemoryEventStore::new()),
+                Arc::new(MemoryPageStore::new(catalog.clone())),
+                local.clone(),
+                local,
+            )
+        }
         (None, None) => anyhow::bail!("a control plane without Redis needs a local gateway"),
     };
     crate::content::seed_events(&catalog, events.as_ref()).await?;
@@ -618,6 +738,7 @@ async fn start_control(
         fleet,
     })
     .with_fetch_window(config.fetch_window.clone());
+    control.serve_drains(drains);
     let router = control
         .router()
         .merge(prefetch::http::router(prefetch.clone()));

@@ -382,3 +382,147 @@ async fn with_redis_down_devices_are_served_prefetch_is_stale_and_the_registry_r
     })
     .await;
 }
+
+async fn drain_request(control: &Node, node: &str) -> client::http::HttpResponse {
+    let bearer = format!("Bearer {}", support::ADMIN_TOKEN);
+    let path = format!("/v1/admin/nodes/{node}/drain");
+    client::http::call(
+        &control.base,
+        "POST",
+        &path,
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drained_node_leaves_the_registry_first_then_spreads_its_goaways_over_the_window() {
+    const DEVICES: u64 = 16;
+    let keys = RedisKeys::new("cluster-drain");
+    let cluster = cluster("drain", &keys);
+    let control = cluster.control("c1").await;
+    // 16 sessions at 8 a second: a window of 2 s.
+    let drained = cluster
+        .gateway_with(
+            "g1",
+            &[
+                ("RINGSIDE_DRAIN_RATE_PER_S", "8"),
+                ("RINGSIDE_DRAIN_WINDOW_MAX_MS", "10000"),
+                ("RINGSIDE_SHUTDOWN_GRACE_MS", "15000"),
+            ],
+        )
+        .await;
+    let _other = cluster.gateway("g2").await;
+    let event = create_event(&control.admin(), "cluster-drain").await;
+    let topic = event.topic();
+    let (goaways, mut seen) = tokio::sync::mpsc::channel(DEVICES as usize);
+    let mut readers = Vec::new();
+    for n in 0..DEVICES {
+        let mut device = subscribed(&drained, &format!("d{n}"), &topic, 0).await;
+        let goaways = goaways.clone();
+        readers.push(tokio::spawn(async move {
+            match tokio::time::timeout(PROMPTLY * 3, device.next_frame()).await {
+                Ok(Ok(protocol::ServerFrame::Goaway {
+                    reason: protocol::frame::GoawayReason::Shutdown,
+                    ..
+                })) => goaways.send(unix_now_ms()).await.unwrap(),
+                other => panic!("expected the drain's goaway, got {other:?}"),
+            }
+        }));
+    }
+    eventually("both gateways in the registry", REGISTRY_WAIT, || async {
+        let stats = control.stats().await.ok()?;
+        let g1 = stats.nodes.iter().find(|n| n.node == "g1")?;
+        (stats.nodes.len() == 2 && g1.connections == DEVICES).then_some(())
+    })
+    .await;
+
+    assert_eq!(drain_request(&control, "nope").await.status, 404);
+    let first = drain_request(&control, "g1").await;
+    assert_eq!(first.status, 202, "{}", first.text());
+    let first: protocol::admin::DrainAnswer = serde_json::from_slice(&first.body).unwrap();
+    assert_eq!(first.state, protocol::admin::DrainState::Requested);
+
+    // By the first goaway any device sees, the node is out of the registry.
+    let earliest = tokio::time::timeout(PROMPTLY, seen.recv())
+        .await
+        .expect("a goaway in time")
+        .unwrap();
+    let mut redis = redis::Client::open(keys.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let registered: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{}nodes", keys.prefix))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(registered, ["g2"], "the draining node is still registered");
+    let entry: bool = redis::cmd("EXISTS")
+        .arg(format!("{}node:g1", keys.prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        !entry,
+        "the draining node's report is still in the registry"
+    );
+
+    // Asked again, the node answers with its drain's progress; stats show it too.
+    let progress = eventually("the drain's progress", PROMPTLY, || async {
+        let again = drain_request(&control, "g1").await;
+        let answer: protocol::admin::DrainAnswer = serde_json::from_slice(&again.body).ok()?;
+        (again.status == 200).then_some(answer.progress?)
+    })
+    .await;
+    assert_eq!(
+        (progress.sessions_at_start, progress.window_ms),
+        (DEVICES, 2000)
+    );
+    let stats = control.stats().await.unwrap();
+    let g1 = stats
+        .nodes
+        .iter()
+        .find(|n| n.node == "g1")
+        .expect("g1 in stats");
+    assert!(!g1.ready);
+    assert_eq!(
+        g1.drain.map(|d| d.started_at_ms),
+        Some(progress.started_at_ms)
+    );
+
+    let mut moments = vec![earliest];
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    while let Ok(moment) = seen.try_recv() {
+        moments.push(moment);
+    }
+    assert_eq!(moments.len() as u64, DEVICES);
+    // Spread over the window the node planned, as the devices saw it: most of it covered,
+    // at least three of its four quarters hit.
+    let span = moments.iter().max().unwrap() - moments.iter().min().unwrap();
+    assert!(
+        span >= progress.window_ms / 2,
+        "goaways spread over {span} ms"
+    );
+    let mut quarters: Vec<u64> = moments
+        .iter()
+        .map(|at| (at.saturating_sub(progress.started_at_ms) * 4 / progress.window_ms).min(3))
+        .collect();
+    quarters.sort_unstable();
+    quarters.dedup();
+    assert!(quarters.len() >= 3, "goaways in quarters {quarters:?}");
+}

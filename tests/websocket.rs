@@ -1034,3 +1034,334 @@ async fn expect_goaway_then_close(
     );
     assert_eq!(closed, Some((close.0, close.1.to_owned())));
 }
+
+/// Polls the metric `name` until it reaches `at_least`, failing the test after [`PROMPTLY`].
+async fn metric_reaches(server: &TestServer, name: &str, at_least: u64) {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    while server.metric(name).await < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never reached {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_sent_goaway_and_close_4008_once_it_reads_again() {
+    let server = TestServer::start_with(|config| {
+        config.send_buffer_bytes = 4096;
+        config.send_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let event = server.create_event("slow-consumer").await;
+    // A raw client with a small receive buffer, which stops reading right after `subscribed`.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let url = format!("{}?token={}", server.ws_url, device_token("slow", 3600));
+    let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    let subscribe = protocol::ClientFrame::Subscribe {
+        topics: vec![protocol::SubscribeTopic {
+            topic: topic(&event),
+            since: 0,
+        }],
+    };
+    socket
+        .send(Message::text(subscribe.encode()))
+        .await
+        .unwrap();
+    // Far more than the socket buffers between the two hold, while the client reads nothing
+    // (its stream is not polled at all until the server has given up on it). Publishing goes on
+    // until a state waits for the full socket past the send timeout: a socket that is full
+    // with nothing more to send is not a slow consumer.
+    let payload = format!(r#"{{"filler":"{}"}}"#, "x".repeat(4000));
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    while server
+        .metric("ringside_slow_consumer_disconnects_total")
+        .await
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never cut off as a slow consumer"
+        );
+        for _ in 0..10 {
+            server.publish(&event, "LIVE", &payload).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // It reads again: whole states in increasing versions (a frame the socket took in part is
+    // finished first), then the goaway, then the close 4008.
+    let mut last = 0;
+    let mut goaway = None;
+    let close = loop {
+        let message = tokio::time::timeout(PROMPTLY, socket.next())
+            .await
+            .expect("frames in time")
+            .expect("a close frame before the end")
+            .expect("whole frames, not a cut");
+        match message {
+            Message::Text(text) => match ServerFrame::decode(&text).unwrap() {
+                ServerFrame::State(state) => {
+                    assert!(goaway.is_none(), "a state after the goaway");
+                    assert!(state.version > last);
+                    last = state.version;
+                }
+                ServerFrame::Goaway { reason, .. } => goaway = Some(reason),
+                ServerFrame::Welcome { .. } | ServerFrame::Subscribed { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            },
+            Message::Close(frame) => break frame.expect("a close code"),
+            _ => {}
+        }
+    };
+    assert_eq!(goaway, Some(GoawayReason::SlowConsumer));
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (4008, "slow_consumer")
+    );
+    metric_reaches(&server, "ringside_slow_consumer_closes_total", 1).await;
+    server.stop().await;
+}
+
+/// An upgrade request with a valid token: `Ok(socket)` on 101, else the refusal's status,
+/// `Retry-After` (seconds) and body.
+async fn try_upgrade(
+    server: &TestServer,
+    name: String,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    (u16, Option<u64>, String),
+> {
+    let url = format!("{}?token={}", server.ws_url, device_token(&name, 3600));
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok()?.parse().ok());
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                .into_owned();
+            Err((response.status().as_u16(), retry_after, body))
+        }
+        Err(other) => panic!("upgrade of {name} failed: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn upgrades_beyond_the_admission_burst_get_503_with_jittered_retry_after() {
+    let server = TestServer::start_with(|config| {
+        config.upgrade_rate_per_s = 1;
+        config.upgrade_burst = 5;
+        config.retry_after_min = Duration::from_secs(2);
+        config.retry_after_max = Duration::from_secs(30);
+    })
+    .await;
+    let (server_ref, attempts) = (&server, 40);
+    let outcomes = join_all((0..attempts).map(|i| try_upgrade(server_ref, format!("d{i}")))).await;
+    let mut admitted = Vec::new();
+    let mut retry_afters = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(socket) => admitted.push(socket),
+            Err((status, retry_after, body)) => {
+                assert_eq!(status, 503, "{body}");
+                assert!(body.contains("unavailable"), "{body}");
+                retry_afters.push(retry_after.expect("a Retry-After on every 503"));
+            }
+        }
+    }
+    // The burst got in, and the rate (one a second) let at most a few more follow.
+    assert!(admitted.len() >= 5, "{} admitted", admitted.len());
+    assert!(!retry_afters.is_empty(), "nothing was refused");
+    assert_eq!(admitted.len() + retry_afters.len(), attempts);
+    assert!(
+        retry_afters.iter().all(|s| (2..=30).contains(s)),
+        "{retry_afters:?}"
+    );
+    let mut distinct = retry_afters.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert!(
+        distinct.len() > 1,
+        "Retry-After is jittered: {retry_afters:?}"
+    );
+    assert_eq!(
+        server.metric("ringside_upgrades_refused_rate_total").await,
+        retry_afters.len() as u64
+    );
+    assert_eq!(
+        server.metric("ringside_connections_opened_total").await,
+        admitted.len() as u64
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_past_its_lifetime_gets_goaway_is_served_through_the_grace_then_closed() {
+    let server = TestServer::start_with(|config| {
+        config.max_connection_lifetime = Duration::from_millis(800);
+        config.connection_lifetime_spread = Duration::from_millis(200);
+        config.goaway_grace = Duration::from_secs(2);
+        config.reconnect_spread = Duration::from_millis(1500);
+        config.shutdown_grace = Duration::from_secs(5);
+    })
+    .await;
+    let event = server.create_event("lifetime").await;
+    let mut device = server.device().await;
+    subscribe(&mut device, &[(topic(&event), 0)]).await;
+    match next_frame(&mut device).await {
+        ServerFrame::Goaway {
+            reason: GoawayReason::MaxLifetime,
+            reconnect_after_ms,
+        } => assert!(reconnect_after_ms <= 1500),
+        other => panic!("expected the lifetime's goaway, got {other:?}"),
+    }
+    // During the grace period the connection is still served.
+    let receipt = server.publish(&event, "LIVE", "{}").await;
+    let (frames, close, reason) = read_until_close(&mut device).await;
+    let versions: Vec<u64> = frames
+        .iter()
+        .filter_map(|frame| match frame {
+            ServerFrame::State(state) => Some(state.version),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(versions, [receipt.version], "{frames:?}");
+    assert_eq!((close, reason.as_str()), (1001, "max_lifetime"));
+    assert_eq!(
+        server.metric("ringside_max_lifetime_goaways_total").await,
+        1
+    );
+    server.stop().await;
+}
+
+async fn admin_call(server: &TestServer, method: &str, path: &str) -> client::http::HttpResponse {
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    client::http::call(
+        &server.base,
+        method,
+        path,
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+/// Which of `parts` equal sub-intervals of `window` (from `start`) each moment falls in.
+fn sub_intervals(
+    moments: &[tokio::time::Instant],
+    start: tokio::time::Instant,
+    window: Duration,
+    parts: u32,
+) -> Vec<u32> {
+    let mut hit: Vec<u32> = moments
+        .iter()
+        .map(|moment| {
+            let offset = moment.saturating_duration_since(start).as_secs_f64();
+            ((offset / window.as_secs_f64() * f64::from(parts)) as u32).min(parts - 1)
+        })
+        .collect();
+    hit.sort_unstable();
+    hit.dedup();
+    hit
+}
+
+#[tokio::test]
+async fn an_admin_drain_spreads_its_goaways_over_the_window_and_answers_twice_with_progress() {
+    const DEVICES: usize = 24;
+    let window = Duration::from_secs(2);
+    let server = TestServer::start_with(|config| {
+        // 24 sessions at 12 a second: a window of 2 s.
+        config.drain_rate_per_s = 12;
+        config.drain_window_max = Duration::from_secs(10);
+        config.goaway_grace = Duration::from_millis(200);
+        config.shutdown_grace = Duration::from_secs(15);
+    })
+    .await;
+    let event = server.create_event("paced-drain").await;
+    let mut readers = Vec::new();
+    for i in 0..DEVICES {
+        let mut device = server.device_named(&format!("d{i}")).await;
+        subscribe(&mut device, &[(topic(&event), 0)]).await;
+        // Each device notes when its goaway arrived.
+        readers.push(tokio::spawn(async move {
+            let goaway = match next_frame(&mut device).await {
+                ServerFrame::Goaway {
+                    reason: GoawayReason::Shutdown,
+                    ..
+                } => tokio::time::Instant::now(),
+                other => panic!("expected the drain's goaway, got {other:?}"),
+            };
+            let (_, close, _) = read_until_close(&mut device).await;
+            (goaway, close)
+        }));
+    }
+    assert_eq!(
+        admin_call(&server, "POST", "/v1/admin/nodes/elsewhere/drain")
+            .await
+            .status,
+        404
+    );
+
+    let requested = tokio::time::Instant::now();
+    let first = admin_call(&server, "POST", "/v1/admin/nodes/test-node/drain").await;
+    assert_eq!(first.status, 202, "{}", first.text());
+    let first: protocol::admin::DrainAnswer = serde_json::from_slice(&first.body).unwrap();
+    let plan = first.progress.expect("the plan");
+    assert_eq!(first.state, protocol::admin::DrainState::Draining);
+    assert_eq!(
+        (plan.sessions_at_start, plan.window_ms),
+        (DEVICES as u64, 2000)
+    );
+    // The node stops taking devices at once.
+    let health = client::http::call(&server.base, "GET", "/healthz", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(health.status, 503);
+    // A second request is answered with the progress of the same drain, not a restart.
+    let second = admin_call(&server, "POST", "/v1/admin/nodes/test-node/drain").await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    let second: protocol::admin::DrainAnswer = serde_json::from_slice(&second.body).unwrap();
+    let progress = second.progress.expect("progress");
+    assert_eq!(progress.started_at_ms, plan.started_at_ms);
+    assert_eq!(progress.sessions_at_start, DEVICES as u64);
+    let stats = server.admin().stats().await.unwrap();
+    assert_eq!(
+        stats.nodes[0].drain.map(|d| d.started_at_ms),
+        Some(plan.started_at_ms)
+    );
+
+    let mut goaways = Vec::new();
+    for reader in readers {
+        let (goaway, close) = reader.await.unwrap();
+        assert_eq!(close, 1001);
+        goaways.push(goaway);
+    }
+    // Spread over the window, not sent at one instant: the moments the devices saw cover
+    // most of the window and fall in at least three of its four quarters.
+    let earliest = *goaways.iter().min().unwrap();
+    let latest = *goaways.iter().max().unwrap();
+    assert!(
+        latest - earliest >= window / 2,
+        "goaways spread over {:?} of a {window:?} window",
+        latest - earliest
+    );
+    let quarters = sub_intervals(&goaways, requested, window, 4);
+    assert!(quarters.len() >= 3, "goaways in quarters {quarters:?}");
+    let progress = server.admin().stats().await.unwrap().nodes[0]
+        .drain
+        .unwrap();
+    assert_eq!(progress.goaways_sent, DEVICES as u64);
+    assert_eq!(
+        server.metric("ringside_drain_goaways_total").await,
+        DEVICES as u64
+    );
+    let report = server.stop().await;
+    assert_eq!(report.sessions_left, 0);
+}

@@ -19,6 +19,7 @@ use telemetry::{Counter, Registry};
 
 use crate::body::{PublishBody, parse_json, validate_event};
 use crate::fetch_window::{FetchWindow, FetchWindowConfig};
+use crate::nodes::NodeDrains;
 use crate::{ControlError, EventStore, SharedStats};
 
 /// Largest admin request body, in bytes.
@@ -63,6 +64,8 @@ pub struct ControlPlane {
     pub(crate) protection: std::sync::OnceLock<crate::protection_api::ProtectionControl>,
     /// The default follow-up fetch window of stage states.
     fetch_window: FetchWindow,
+    /// Where node drains go, once the process composed it (see [`ControlPlane::serve_drains`]).
+    drains: std::sync::OnceLock<Arc<dyn NodeDrains>>,
 }
 
 /// A handed-out per-event publish lock. Dropping it forgets the lock when no other publish holds
@@ -128,6 +131,7 @@ impl ControlPlane {
             publish_locks: std::sync::Mutex::default(),
             protection: std::sync::OnceLock::new(),
             fetch_window: FetchWindow::default(),
+            drains: std::sync::OnceLock::new(),
         })
     }
 
@@ -136,6 +140,14 @@ impl ControlPlane {
     pub fn with_fetch_window(self: Arc<Self>, config: FetchWindowConfig) -> Arc<Self> {
         self.fetch_window.configure(config);
         self
+    }
+
+    /// Serves `POST /v1/admin/nodes/{id}/drain` through `drains` (without it every node is
+    /// unknown). Set once; a second call is ignored.
+    pub fn serve_drains(&self, drains: Arc<dyn NodeDrains>) {
+        if self.drains.set(drains).is_err() {
+            tracing::debug!("node drains already served");
+        }
     }
 
     /// The per-event publish lock of `event`, given back when the lease drops: however the
@@ -166,6 +178,7 @@ impl ControlPlane {
                 get(crate::protection_api::get_protection)
                     .put(crate::protection_api::put_protection),
             )
+            .route("/v1/admin/nodes/{id}/drain", post(drain_node))
             .route("/v1/admin/{*rest}", axum::routing::any(not_found))
             // Set before the token layer, so that a wrong method is answered only with a token.
             .method_not_allowed_fallback(method_not_allowed)
@@ -358,6 +371,41 @@ async fn best_effort_stage(
 
 async fn stats(State(control): State<Arc<ControlPlane>>) -> Result<Response, ControlError> {
     Ok(axum::Json(control.stats.stats().await?).into_response())
+}
+
+/// Longest node id (as `GatewayConfig::validate` allows).
+const NODE_ID_MAX_CHARS: usize = 64;
+
+/// `POST /v1/admin/nodes/{id}/drain`: `202` with the plan when this request started (or, across
+/// nodes, recorded) the drain, `200` with the progress of a drain already under way, `404` for
+/// a node that does not report.
+async fn drain_node(
+    State(control): State<Arc<ControlPlane>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ControlError> {
+    let Path(node) = path.map_err(|_| {
+        ControlError::invalid("id", "id: the path is not valid percent-encoded UTF-8")
+    })?;
+    let unknown = || {
+        let quoted: String = node.chars().take(NODE_ID_MAX_CHARS).collect();
+        ControlError::NotFound(format!("unknown node {quoted}"))
+    };
+    if node.is_empty() || node.chars().count() > NODE_ID_MAX_CHARS {
+        return Err(unknown());
+    }
+    let Some(drains) = control.drains.get() else {
+        return Err(unknown());
+    };
+    let Some((answer, started)) = drains.drain(&node).await? else {
+        return Err(unknown());
+    };
+    let status = if started {
+        tracing::info!(node = %node, state = ?answer.state, "node drain requested");
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(answer)).into_response())
 }
 
 #[cfg(test)]

@@ -7,12 +7,18 @@
 //! - `node:<id>`: the node's last report (JSON), expiring after [`NODE_TTL`].
 //! - `nodes`: a sorted set of node ids (scored by their last report), so that listing does not
 //!   scan the keyspace; members whose report expired are pruned on every listing.
+//! - `drain-request:<id>`: an operator asked the node to drain (`POST
+//!   /v1/admin/nodes/{id}/drain`); the node picks it up on its next report, leaves the
+//!   registry and starts its paced drain. Expires after [`DRAIN_REQUEST_TTL`].
+//! - `draining:<id>` and the sorted set `draining`: a draining node's report with its drain
+//!   progress, written on every heartbeat instead of `node:<id>` (the node is out of the
+//!   registry, so nothing routes devices to it, and stats still show how its drain goes).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use broadcaster::BoxFuture;
-use protocol::admin::{NodeStats, Stats, TopicStats};
+use protocol::admin::{DrainAnswer, DrainState, NodeStats, Stats, TopicStats};
 use serde::{Deserialize, Serialize};
 
 use crate::{ControlError, StatsSource};
@@ -21,6 +27,9 @@ use crate::{ControlError, StatsSource};
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a report counts: a node missing this many heartbeats in a row is gone.
 pub const NODE_TTL: Duration = Duration::from_secs(10);
+/// How long a drain request waits for its node to pick it up (a node that never reports again
+/// is gone anyway).
+pub const DRAIN_REQUEST_TTL: Duration = Duration::from_secs(60);
 
 /// What a node reports about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +69,18 @@ impl NodeRegistry {
 
     fn set_key(&self) -> String {
         format!("{}nodes", self.prefix)
+    }
+
+    fn drain_request_key(&self, node: &str) -> String {
+        format!("{}drain-request:{node}", self.prefix)
+    }
+
+    fn draining_key(&self, node: &str) -> String {
+        format!("{}draining:{node}", self.prefix)
+    }
+
+    fn draining_set_key(&self) -> String {
+        format!("{}draining", self.prefix)
     }
 
     /// Writes `report` for [`NODE_TTL`].
@@ -109,9 +130,132 @@ impl NodeRegistry {
     /// Every live node's last report, by node id. Liveness is the report key's TTL, kept by
     /// Redis's clock, so nodes' clocks need not agree; members whose report expired are pruned.
     pub async fn reports(&self) -> Result<Vec<NodeReport>, redis::RedisError> {
+        self.reports_in(self.set_key(), |id| self.node_key(id))
+            .await
+    }
+
+    /// Every draining node's last report (with its drain progress).
+    pub async fn draining_reports(&self) -> Result<Vec<NodeReport>, redis::RedisError> {
+        self.reports_in(self.draining_set_key(), |id| self.draining_key(id))
+            .await
+    }
+
+    /// Records that an operator asked `node` to drain. `None` when no such node reports (or
+    /// drains); a node already draining answers with its progress, and a request already
+    /// waiting is left as it is.
+    pub async fn request_drain(
+        &self,
+        node: &str,
+    ) -> Result<Option<(DrainAnswer, bool)>, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let draining: Option<String> = redis::cmd("GET")
+            .arg(self.draining_key(node))
+            .query_async(&mut connection)
+            .await?;
+        if let Some(report) =
+            draining.and_then(|json| serde_json::from_str::<NodeReport>(&json).ok())
+        {
+            let answer = DrainAnswer {
+                node: node.to_owned(),
+                state: DrainState::Draining,
+                progress: report.node.drain,
+            };
+            return Ok(Some((answer, false)));
+        }
+        let live: bool = redis::cmd("EXISTS")
+            .arg(self.node_key(node))
+            .query_async(&mut connection)
+            .await?;
+        if !live {
+            return Ok(None);
+        }
+        let recorded: Option<String> = redis::cmd("SET")
+            .arg(self.drain_request_key(node))
+            .arg(protocol::unix_now_ms())
+            .arg("NX")
+            .arg("PX")
+            .arg(DRAIN_REQUEST_TTL.as_millis() as u64)
+            .query_async(&mut connection)
+            .await?;
+        let answer = DrainAnswer {
+            node: node.to_owned(),
+            state: DrainState::Requested,
+            progress: None,
+        };
+        Ok(Some((answer, recorded.is_some())))
+    }
+
+    /// Whether an operator asked `node` to drain.
+    pub async fn drain_requested(&self, node: &str) -> Result<bool, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("EXISTS")
+            .arg(self.drain_request_key(node))
+            .query_async(&mut connection)
+            .await
+    }
+
+    /// Writes a draining node's report (with its drain progress) for [`NODE_TTL`], out of the
+    /// registry: its `node:<id>` entry and any drain request go.
+    pub async fn report_drain(&self, report: &NodeReport) -> Result<(), redis::RedisError> {
+        let json = serde_json::to_string(report).map_err(|error| {
+            redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "unserializable node report",
+                error.to_string(),
+            ))
+        })?;
+        let node = &report.node.node;
+        let mut connection = self.connection.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(self.node_key(node))
+            .arg(self.drain_request_key(node))
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.set_key())
+            .arg(node)
+            .ignore()
+            .cmd("SET")
+            .arg(self.draining_key(node))
+            .arg(json)
+            .arg("PX")
+            .arg(NODE_TTL.as_millis() as u64)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.draining_set_key())
+            .arg(report.reported_at_ms)
+            .arg(node)
+            .ignore()
+            .query_async::<()>(&mut connection)
+            .await
+    }
+
+    /// Removes a drained node's drain report (when its process stops).
+    pub async fn remove_drain(&self, node: &str) -> Result<(), redis::RedisError> {
+        let mut connection = self.connection.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(self.draining_key(node))
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.draining_set_key())
+            .arg(node)
+            .ignore()
+            .query_async::<()>(&mut connection)
+            .await
+    }
+
+    /// The reports of the members of the sorted set `set`, each under `key(id)`.
+    async fn reports_in(
+        &self,
+        set: String,
+        key: impl Fn(&str) -> String,
+    ) -> Result<Vec<NodeReport>, redis::RedisError> {
         let mut connection = self.connection.clone();
         let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(self.set_key())
+            .arg(&set)
             .arg(0)
             .arg(-1)
             .query_async(&mut connection)
@@ -119,7 +263,7 @@ impl NodeRegistry {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.node_key(id)).collect();
+        let keys: Vec<String> = ids.iter().map(|id| key(id)).collect();
         let reports: Vec<Option<String>> = redis::cmd("MGET")
             .arg(&keys)
             .query_async(&mut connection)
@@ -132,7 +276,7 @@ impl NodeRegistry {
             .collect();
         if !expired.is_empty() {
             let () = redis::cmd("ZREM")
-                .arg(self.set_key())
+                .arg(&set)
                 .arg(&expired)
                 .query_async::<i64>(&mut connection)
                 .await
@@ -198,11 +342,46 @@ pub struct ClusterStats {
 impl StatsSource for ClusterStats {
     fn stats(&self) -> BoxFuture<'_, Result<Stats, ControlError>> {
         Box::pin(async move {
-            let reports = self.registry.reports().await.map_err(|error| {
+            let unavailable = |error: redis::RedisError| {
                 tracing::warn!(%error, "node registry unavailable");
                 ControlError::StoreUnavailable
-            })?;
+            };
+            let mut reports = self.registry.reports().await.map_err(unavailable)?;
+            // Draining nodes are out of the registry but still hold devices: shown with their
+            // drain's progress (a node caught between the two is shown once, draining).
+            let draining = self
+                .registry
+                .draining_reports()
+                .await
+                .map_err(unavailable)?;
+            reports.retain(|live| !draining.iter().any(|d| d.node.node == live.node.node));
+            reports.extend(draining);
+            reports.sort_by(|a, b| a.node.node.cmp(&b.node.node));
             Ok(aggregate(reports, protocol::unix_now_ms()))
+        })
+    }
+}
+
+/// Where `POST /v1/admin/nodes/{id}/drain` goes: the local gateway of a single-process
+/// deployment, or a drain request in the node registry.
+pub trait NodeDrains: Send + Sync + 'static {
+    /// Starts (or records) the drain of `node`; `None` for an unknown node. The flag says
+    /// whether this call started or recorded it (`202`) rather than finding it under way (`200`).
+    fn drain(&self, node: &str)
+    -> BoxFuture<'_, Result<Option<(DrainAnswer, bool)>, ControlError>>;
+}
+
+impl NodeDrains for ClusterStats {
+    fn drain(
+        &self,
+        node: &str,
+    ) -> BoxFuture<'_, Result<Option<(DrainAnswer, bool)>, ControlError>> {
+        let node = node.to_owned();
+        Box::pin(async move {
+            self.registry.request_drain(&node).await.map_err(|error| {
+                tracing::warn!(%error, "node registry unavailable");
+                ControlError::StoreUnavailable
+            })
         })
     }
 }
@@ -220,6 +399,7 @@ mod tests {
                 address: None,
                 ready: true,
                 last_seen_ms_ago: None,
+                drain: None,
             },
             topics: topics
                 .iter()

@@ -21,7 +21,10 @@ pub struct GatewayConfig {
     pub send_timeout: Duration,
     /// Most connections this node holds; upgrades beyond it get 503.
     pub max_connections: u64,
-    /// How long a drain waits for sessions to close.
+    /// How long a drain may take in all, from its start until the last session is closed:
+    /// the paced goaways (`drain_window_max` at most), every session's `goaway_grace`, and a
+    /// close handshake. Default 70 s: the 60 s window, 5 s of grace, the 2 s handshake and a
+    /// few seconds to spare; validated to hold them, so that a SIGTERM's drain ends on time.
     pub shutdown_grace: Duration,
     /// The window over which goaway reconnect delays are spread.
     pub reconnect_spread: Duration,
@@ -73,7 +76,45 @@ pub struct GatewayConfig {
     /// Bytes a connection may send at once above that rate. Default 64 KiB: a few of the
     /// largest client frames.
     pub inbound_byte_burst: u32,
+    /// The window every `503` of an upgrade draws its `Retry-After` from (whole seconds,
+    /// uniformly). Default 2 to 10 s: a thousand devices refused in the same millisecond come
+    /// back spread over eight seconds, not as a second stampede.
+    pub retry_after_min: Duration,
+    pub retry_after_max: Duration,
+    /// Sustained rate of upgrades this node admits (token bucket, checked after the token and
+    /// before any WebSocket work); beyond it an upgrade gets `503` with `Retry-After`. Default
+    /// 1000 per second: an upgrade costs a token check, a socket, a session task and the
+    /// catch-up states of its topics, so a thousand a second is a small share of one core,
+    /// and a node of 50,000 devices is refilled in under a minute after a failover.
+    pub upgrade_rate_per_s: u32,
+    /// Upgrades admitted at once above that rate. Default 2000: a load balancer that flaps or
+    /// a few thousand devices waking together get in at once; a fleet of tens of thousands
+    /// reconnecting together is spread over tens of seconds instead of hitting the node at once.
+    pub upgrade_burst: u32,
+    /// A connection is sent `goaway` (`max_lifetime`) this long after it opened, give or take
+    /// `connection_lifetime_spread` (drawn per connection), so that a fleet rebalances over the
+    /// nodes continuously and no node keeps its devices forever. Default 30 minutes; 0 disables.
+    pub max_connection_lifetime: Duration,
+    /// How far each connection's lifetime is spread around `max_connection_lifetime`
+    /// (uniformly, either way). Default 5 minutes: connections opened together (after a
+    /// deploy) do not all end together 30 minutes later. Less than the lifetime.
+    pub connection_lifetime_spread: Duration,
+    /// After a server-planned goaway (connection lifetime, drain), the connection is still
+    /// served (states delivered) this long, then closed with 1001. Default 5 s, the reconnect
+    /// spread: a device that opens its next connection before leaving this one loses nothing.
+    pub goaway_grace: Duration,
+    /// A drain's pace: reconnects per second it sends away. The window is the node's sessions
+    /// over this rate, capped by `drain_window_max`. Default 500: half of one other node's
+    /// `upgrade_rate_per_s`, so even a two-node deployment absorbs a drain with room to spare.
+    pub drain_rate_per_s: u32,
+    /// Longest window a drain spreads its goaways over; 0 sends them all at once (unpaced).
+    /// Default 60 s. With `goaway_grace` and a close handshake it must fit `shutdown_grace`.
+    pub drain_window_max: Duration,
 }
+
+/// How long a closing session waits for its close frame to be written and the peer's close
+/// frame to come back; also the bound of a slow consumer's goaway and close.
+pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -86,7 +127,7 @@ impl Default for GatewayConfig {
             max_frame_bytes: 16 * 1024,
             send_timeout: Duration::from_secs(10),
             max_connections: 250_000,
-            shutdown_grace: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(70),
             reconnect_spread: Duration::from_secs(5),
             read_buffer_bytes: 512,
             max_unpublished_topics: 16_384,
@@ -98,6 +139,15 @@ impl Default for GatewayConfig {
             send_buffer_bytes: 16 * 1024,
             inbound_bytes_per_s: 16 * 1024,
             inbound_byte_burst: 64 * 1024,
+            retry_after_min: Duration::from_secs(2),
+            retry_after_max: Duration::from_secs(10),
+            upgrade_rate_per_s: 1000,
+            upgrade_burst: 2000,
+            max_connection_lifetime: Duration::from_secs(30 * 60),
+            connection_lifetime_spread: Duration::from_secs(5 * 60),
+            goaway_grace: Duration::from_secs(5),
+            drain_rate_per_s: 500,
+            drain_window_max: Duration::from_secs(60),
         }
     }
 }
@@ -121,6 +171,14 @@ impl GatewayConfig {
             ("send_timeout", self.send_timeout, HOUR),
             ("shutdown_grace", self.shutdown_grace, HOUR),
             ("reconnect_spread", self.reconnect_spread, HOUR),
+            ("retry_after_max", self.retry_after_max, HOUR),
+            (
+                "max_connection_lifetime",
+                self.max_connection_lifetime,
+                24 * HOUR,
+            ),
+            ("goaway_grace", self.goaway_grace, HOUR),
+            ("drain_window_max", self.drain_window_max, HOUR),
         ];
         for (field, value, max) in bounded {
             if value > max {
@@ -207,6 +265,44 @@ impl GatewayConfig {
                 "must be 0 (kernel autotuning) or 4096 to 16 MiB",
             );
         }
+        self.validate_protection()
+    }
+
+    /// The bounds of admission, connection lifetime and drain.
+    fn validate_protection(&self) -> Result<(), ConfigError> {
+        let fail = |field, problem| Err(ConfigError { field, problem });
+        if self.retry_after_min > self.retry_after_max {
+            return fail("retry_after_min", "must be at most retry_after_max");
+        }
+        if !(1..=1_000_000).contains(&self.upgrade_rate_per_s) {
+            return fail("upgrade_rate_per_s", "must be 1 to 1000000");
+        }
+        if !(1..=1_000_000).contains(&self.upgrade_burst) {
+            return fail("upgrade_burst", "must be 1 to 1000000");
+        }
+        let lifetime = self.max_connection_lifetime;
+        if !lifetime.is_zero() && lifetime < Duration::from_millis(100) {
+            return fail(
+                "max_connection_lifetime",
+                "must be 0 (no limit) or at least 100 ms",
+            );
+        }
+        if !lifetime.is_zero() && self.connection_lifetime_spread >= lifetime {
+            return fail(
+                "connection_lifetime_spread",
+                "must be less than max_connection_lifetime",
+            );
+        }
+        if !(1..=1_000_000).contains(&self.drain_rate_per_s) {
+            return fail("drain_rate_per_s", "must be 1 to 1000000");
+        }
+        if self.drain_window_max + self.goaway_grace + CLOSE_HANDSHAKE_TIMEOUT > self.shutdown_grace
+        {
+            return fail(
+                "shutdown_grace",
+                "must hold drain_window_max + goaway_grace + 2 s (the close handshake), so that a drain ends on time",
+            );
+        }
         Ok(())
     }
 }
@@ -268,6 +364,58 @@ mod tests {
             ..default()
         };
         assert_eq!(field(autotuned), Ok(()));
+    }
+
+    #[test]
+    fn the_admission_lifetime_and_drain_bounds_are_checked() {
+        let field = |config: GatewayConfig| config.validate().map_err(|e| e.field);
+        let default = GatewayConfig::default;
+        let inverted = GatewayConfig {
+            retry_after_min: Duration::from_secs(11),
+            ..default()
+        };
+        assert_eq!(field(inverted), Err("retry_after_min"));
+        let no_upgrades = GatewayConfig {
+            upgrade_rate_per_s: 0,
+            ..default()
+        };
+        assert_eq!(field(no_upgrades), Err("upgrade_rate_per_s"));
+        let no_burst = GatewayConfig {
+            upgrade_burst: 0,
+            ..default()
+        };
+        assert_eq!(field(no_burst), Err("upgrade_burst"));
+        let spread_past_lifetime = GatewayConfig {
+            max_connection_lifetime: Duration::from_secs(60),
+            connection_lifetime_spread: Duration::from_secs(60),
+            ..default()
+        };
+        assert_eq!(
+            field(spread_past_lifetime),
+            Err("connection_lifetime_spread")
+        );
+        let unlimited = GatewayConfig {
+            max_connection_lifetime: Duration::ZERO,
+            ..default()
+        };
+        assert_eq!(field(unlimited), Ok(()));
+        let no_pace = GatewayConfig {
+            drain_rate_per_s: 0,
+            ..default()
+        };
+        assert_eq!(field(no_pace), Err("drain_rate_per_s"));
+        // The drain's window and grace must fit the shutdown grace.
+        let short_grace = GatewayConfig {
+            shutdown_grace: Duration::from_secs(30),
+            ..default()
+        };
+        assert_eq!(field(short_grace), Err("shutdown_grace"));
+        let unpaced = GatewayConfig {
+            shutdown_grace: Duration::from_secs(30),
+            drain_window_max: Duration::ZERO,
+            ..default()
+        };
+        assert_eq!(field(unpaced), Ok(()));
     }
 
     #[test]

@@ -8,9 +8,16 @@
 //!   is written by the fan-out itself, without waking the task); heartbeats, idle and
 //!   slow-consumer cut-offs and the goaway before every server-initiated close live here.
 //! - [`metrics`]: the node's counters for `/metrics`.
+//! - `rate`: the GCRA budgets of a connection's inbound rates and of the node's upgrade
+//!   admission.
 //!
 //! [`Gateway`] ties them together and owns the session tasks, so that a drain can reach every
 //! one of them (axum's graceful shutdown does not wait for upgraded connections).
+//!
+//! Every server-planned end of a connection is one mechanism: a goaway at a moment `T`, the
+//! connection still served until `T + goaway_grace`, then a close. The moment is a deadline of
+//! the session's own loop (no task or timer per session): its randomized maximum lifetime, or,
+//! once the node drains, a moment drawn for it in the drain's window.
 
 pub mod config;
 mod device_sessions;
@@ -20,15 +27,18 @@ pub mod session;
 mod socket;
 pub mod upgrade;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use auth::DeviceTokenKey;
 use axum::Router;
 use axum::response::{IntoResponse, Response};
 use broadcaster::Hub;
-use protocol::admin::{ApiError, ApiErrorCode, NodeStats};
+use protection::RetryAfter;
+use protocol::admin::{ApiError, ApiErrorCode, DrainProgress, NodeStats};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,6 +55,11 @@ pub enum GatewayError {
     NotUpgradable(&'static str),
     #[error("this node is at its connection limit; retry with backoff")]
     AtCapacity,
+    /// More upgrades than the node admits per second (`upgrade_rate_per_s`, beyond its burst).
+    #[error(
+        "this node is admitting new connections at its limit; retry after the Retry-After delay"
+    )]
+    Overloaded,
     #[error("this node is draining; reconnect to another node")]
     Draining,
     /// The hub does not hold the latest states (startup, or a bus feed that failed and is
@@ -64,14 +79,17 @@ impl GatewayError {
         match self {
             Self::Unauthorized(_) => ApiErrorCode::Unauthorized,
             Self::NotUpgradable(_) => ApiErrorCode::InvalidRequest,
-            Self::AtCapacity | Self::Draining | Self::NotReady => ApiErrorCode::Unavailable,
+            Self::AtCapacity | Self::Overloaded | Self::Draining | Self::NotReady => {
+                ApiErrorCode::Unavailable
+            }
             Self::DeviceAtLimit { .. } => ApiErrorCode::TooManyRequests,
         }
     }
 }
 
-impl IntoResponse for GatewayError {
-    fn into_response(self) -> Response {
+impl GatewayError {
+    /// The HTTP answer; a `503` carries a `Retry-After` drawn from `retry` (whole seconds).
+    pub fn into_refusal(self, retry: &RetryAfter) -> Response {
         let code = self.code();
         let status = axum::http::StatusCode::from_u16(code.status())
             .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
@@ -85,8 +103,9 @@ impl IntoResponse for GatewayError {
                     axum::http::HeaderValue::from_static("Bearer"),
                 );
             }
-            Self::AtCapacity | Self::Draining | Self::NotReady => {
-                headers.insert("retry-after", axum::http::HeaderValue::from_static("5"));
+            Self::AtCapacity | Self::Overloaded | Self::Draining | Self::NotReady => {
+                let seconds = retry.draw_header_seconds();
+                headers.insert("retry-after", axum::http::HeaderValue::from(seconds));
             }
             Self::DeviceAtLimit { retry_after_s, .. } => {
                 headers.insert("retry-after", axum::http::HeaderValue::from(retry_after_s));
@@ -113,6 +132,34 @@ pub struct Gateway {
     admitted: AtomicU64,
     /// Live sessions per device; each bounded by `max_connections_per_device`.
     device_sessions: device_sessions::DeviceSessions,
+    /// Upgrade admission: `upgrade_rate_per_s` with bursts of `upgrade_burst`, lock-free.
+    admission: rate::SharedRateBudget,
+    /// Set once, when the drain starts; every session draws its goaway moment from it. A
+    /// second drain request finds it set and answers with the progress.
+    drain_plan: OnceLock<DrainPlan>,
+    /// Goaways the drain has sent.
+    drain_goaways_sent: AtomicU64,
+    /// The task that logs the drain's progress every second and reports how it ended; taken
+    /// by [`Gateway::drain`] to wait for it.
+    drain_monitor: Mutex<Option<JoinHandle<DrainReport>>>,
+}
+
+/// When a drain started and the window its goaways are spread over.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DrainPlan {
+    started: Instant,
+    started_at_ms: u64,
+    window: Duration,
+    sessions_at_start: u64,
+}
+
+impl DrainPlan {
+    /// A moment for one session's goaway: a uniformly random rank mapped onto the window, so
+    /// that the goaways of N sessions are spread at N / window per second without any session
+    /// being listed anywhere.
+    pub(crate) fn goaway_moment(&self) -> Instant {
+        self.started + self.window.mul_f64(fastrand::f64())
+    }
 }
 
 /// A reserved place for one session under `max_connections` and under its device's
@@ -148,7 +195,6 @@ impl Gateway {
         metrics: GatewayMetrics,
     ) -> Arc<Self> {
         Arc::new(Self {
-            config,
             hub,
             device_key,
             metrics,
@@ -158,6 +204,11 @@ impl Gateway {
             next_connection: AtomicU64::new(1),
             admitted: AtomicU64::new(0),
             device_sessions: device_sessions::DeviceSessions::new(),
+            admission: rate::SharedRateBudget::new(config.upgrade_rate_per_s, config.upgrade_burst),
+            drain_plan: OnceLock::new(),
+            drain_goaways_sent: AtomicU64::new(0),
+            drain_monitor: Mutex::new(None),
+            config,
         })
     }
 
@@ -185,8 +236,28 @@ impl Gateway {
             node: self.config.node_id.clone(),
             connections: self.admitted.load(Ordering::Acquire),
             address: None,
-            ready: self.hub.is_ready() && !self.draining.load(Ordering::Acquire),
+            ready: self.hub.is_ready() && !self.is_draining(),
             last_seen_ms_ago: None,
+            drain: self.drain_progress(),
+        }
+    }
+
+    /// True once a drain started: upgrades are refused and `/healthz` says unavailable.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The window every `503` of an upgrade draws its `Retry-After` from.
+    pub fn retry_after(&self) -> RetryAfter {
+        RetryAfter::new(self.config.retry_after_min, self.config.retry_after_max)
+    }
+
+    /// Charges one upgrade to the node's admission budget; `Overloaded` beyond it.
+    pub(crate) fn admit_upgrade(&self) -> Result<(), GatewayError> {
+        if self.admission.try_take(Instant::now()) {
+            Ok(())
+        } else {
+            Err(GatewayError::Overloaded)
         }
     }
 
@@ -220,25 +291,115 @@ impl Gateway {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Stops taking connections, sends every session a goaway (with a jittered reconnect delay)
-    /// and a close, and waits up to the configured grace period for them to finish.
-    pub async fn drain(&self) -> DrainReport {
-        self.draining.store(true, Ordering::Release);
-        let sessions_at_start = self.sessions.len() as u64;
-        self.drain.cancel();
-        self.sessions.close();
-        let finished = tokio::time::timeout(self.config.shutdown_grace, self.sessions.wait())
-            .await
-            .is_ok();
+    /// The drain's progress, once it started.
+    pub fn drain_progress(&self) -> Option<DrainProgress> {
+        let plan = self.drain_plan.get()?;
+        Some(DrainProgress {
+            started_at_ms: plan.started_at_ms,
+            window_ms: millis(plan.window),
+            grace_ms: millis(self.config.goaway_grace),
+            sessions_at_start: plan.sessions_at_start,
+            goaways_sent: self.drain_goaways_sent.load(Ordering::Relaxed),
+            sessions_left: self.admitted.load(Ordering::Acquire),
+        })
+    }
+
+    /// The drain's plan, once it started (read by sessions when the drain reaches them).
+    pub(crate) fn drain_plan(&self) -> Option<&DrainPlan> {
+        self.drain_plan.get()
+    }
+
+    /// Counts one goaway sent by the drain.
+    pub(crate) fn count_drain_goaway(&self) {
+        self.drain_goaways_sent.fetch_add(1, Ordering::Relaxed);
+        self.metrics.drain_goaways.increment();
+    }
+
+    /// Starts the paced drain, or finds it started: stops taking connections and has every
+    /// session send its goaway at its own moment of a window sized from the session count
+    /// (`drain_rate_per_s`, at most `drain_window_max`), serve `goaway_grace` more, and close.
+    /// Returns the progress and whether this call started it (a drain is never restarted).
+    pub fn start_drain(self: &Arc<Self>) -> (DrainProgress, bool) {
+        let sessions_at_start = self.admitted.load(Ordering::Acquire);
+        let paced = Duration::from_secs_f64(
+            sessions_at_start as f64 / f64::from(self.config.drain_rate_per_s.max(1)),
+        );
+        let plan = DrainPlan {
+            started: Instant::now(),
+            started_at_ms: protocol::unix_now_ms(),
+            window: paced.min(self.config.drain_window_max),
+            sessions_at_start,
+        };
+        let started = self.drain_plan.set(plan).is_ok();
+        if started {
+            self.draining.store(true, Ordering::Release);
+            self.drain.cancel();
+            self.sessions.close();
+            tracing::info!(
+                sessions_at_start,
+                window_ms = millis(plan.window),
+                grace_ms = millis(self.config.goaway_grace),
+                "drain started"
+            );
+            let monitor = tokio::spawn(self.clone().monitor_drain(plan));
+            *self
+                .drain_monitor
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(monitor);
+        }
+        let progress = self
+            .drain_progress()
+            .unwrap_or_else(|| unreachable!("the plan was just set"));
+        (progress, started)
+    }
+
+    /// Logs the drain's progress every second until every session has ended or the drain's
+    /// time (`shutdown_grace`) is up, then how it ended.
+    async fn monitor_drain(self: Arc<Self>, plan: DrainPlan) -> DrainReport {
+        let deadline = plan.started + self.config.shutdown_grace;
+        let finished = self.sessions.wait();
+        tokio::pin!(finished);
+        let mut progress_line = tokio::time::interval(Duration::from_secs(1));
+        progress_line.tick().await;
+        let finished = loop {
+            tokio::select! {
+                () = &mut finished => break true,
+                () = tokio::time::sleep_until(deadline) => break false,
+                _ = progress_line.tick() => {
+                    tracing::info!(
+                        sessions_at_start = plan.sessions_at_start,
+                        goaways_sent = self.drain_goaways_sent.load(Ordering::Relaxed),
+                        sessions_left = self.admitted.load(Ordering::Acquire),
+                        elapsed_ms = millis(plan.started.elapsed()),
+                        window_ms = millis(plan.window),
+                        "draining"
+                    );
+                }
+            }
+        };
+        let sessions_at_start = plan.sessions_at_start;
         let sessions_left = if finished {
             0
         } else {
             self.sessions.len() as u64
         };
+        let goaways_sent = self.drain_goaways_sent.load(Ordering::Relaxed);
+        let elapsed_ms = millis(plan.started.elapsed());
         if finished {
-            tracing::info!(sessions_at_start, "gateway drained");
+            tracing::info!(
+                sessions_at_start,
+                goaways_sent,
+                elapsed_ms,
+                "gateway drained"
+            );
         } else {
-            tracing::warn!(sessions_at_start, sessions_left, "gateway drain timed out");
+            tracing::warn!(
+                sessions_at_start,
+                sessions_left,
+                goaways_sent,
+                elapsed_ms,
+                "gateway drain timed out"
+            );
         }
         DrainReport {
             sessions_at_start,
@@ -246,10 +407,107 @@ impl Gateway {
         }
     }
 
+    /// Drains the node (starting the drain unless it is under way) and waits for it to end:
+    /// when every session has closed, or `shutdown_grace` after the drain started.
+    pub async fn drain(self: &Arc<Self>) -> DrainReport {
+        let (progress, _) = self.start_drain();
+        let monitor = self
+            .drain_monitor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match monitor {
+            Some(monitor) => monitor.await.unwrap_or(DrainReport {
+                sessions_at_start: progress.sessions_at_start,
+                sessions_left: self.sessions.len() as u64,
+            }),
+            // Another caller waits for the monitor: wait for the same end.
+            None => {
+                let plan = self
+                    .drain_plan
+                    .get()
+                    .copied()
+                    .unwrap_or_else(|| unreachable!("the drain started"));
+                let deadline = plan.started + self.config.shutdown_grace;
+                let finished = tokio::time::timeout_at(deadline, self.sessions.wait())
+                    .await
+                    .is_ok();
+                DrainReport {
+                    sessions_at_start: plan.sessions_at_start,
+                    sessions_left: if finished {
+                        0
+                    } else {
+                        self.sessions.len() as u64
+                    },
+                }
+            }
+        }
+    }
+
     /// A reconnect delay for a goaway, spread uniformly over the configured window so that
     /// the devices of a draining node do not all come back at once.
     pub(crate) fn reconnect_delay(&self) -> Duration {
-        let spread_ms = u64::try_from(self.config.reconnect_spread.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(fastrand::u64(0..=spread_ms))
+        protection::retry_after(Duration::ZERO, self.config.reconnect_spread)
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(config: GatewayConfig) -> Arc<Gateway> {
+        let registry = telemetry::Registry::new();
+        Gateway::new(
+            config,
+            Arc::new(Hub::new(broadcaster::HubMetrics::new(&registry))),
+            DeviceTokenKey::new(b"a-device-secret-of-32-bytes-or-more!").expect("key"),
+            GatewayMetrics::new(&registry),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_drain_starts_once_and_its_window_follows_the_sessions_up_to_its_cap() {
+        let gateway = gateway(GatewayConfig::default());
+        // 1200 sessions at 500 a second: 2.4 s, under the 60 s cap.
+        gateway.admitted.store(1200, Ordering::Release);
+        let (plan, started) = gateway.start_drain();
+        assert!(started && gateway.is_draining());
+        assert_eq!((plan.window_ms, plan.sessions_at_start), (2400, 1200));
+        let (again, started_again) = gateway.start_drain();
+        assert!(!started_again, "a drain is never restarted");
+        assert_eq!(again.started_at_ms, plan.started_at_ms);
+        // Every moment drawn lies in the window.
+        let drawn = gateway.drain_plan().expect("plan");
+        let end = drawn.started + Duration::from_millis(2400);
+        assert!((0..100).all(|_| (drawn.started..=end).contains(&drawn.goaway_moment())));
+
+        let capped = self::gateway(GatewayConfig::default());
+        capped.admitted.store(1_000_000, Ordering::Release);
+        assert_eq!(capped.start_drain().0.window_ms, 60_000);
+        let unpaced = self::gateway(GatewayConfig {
+            drain_window_max: Duration::ZERO,
+            ..GatewayConfig::default()
+        });
+        unpaced.admitted.store(1200, Ordering::Release);
+        assert_eq!(unpaced.start_drain().0.window_ms, 0);
+    }
+
+    #[test]
+    fn admission_refuses_beyond_the_burst() {
+        let gateway = gateway(GatewayConfig {
+            upgrade_rate_per_s: 1,
+            upgrade_burst: 3,
+            ..GatewayConfig::default()
+        });
+        let admitted = (0..10).filter(|_| gateway.admit_upgrade().is_ok()).count();
+        assert_eq!(admitted, 3);
+        assert!(matches!(
+            gateway.admit_upgrade(),
+            Err(GatewayError::Overloaded)
+        ));
     }
 }

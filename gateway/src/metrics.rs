@@ -18,6 +18,14 @@ pub struct GatewayMetrics {
     pub device_limit_refusals: Arc<Counter>,
     pub bytes_received: Arc<Counter>,
     pub inbound_throttled: Arc<Counter>,
+    /// Upgrades refused, one counter per reason (the total is `upgrades_refused`).
+    pub upgrades_refused_rate: Arc<Counter>,
+    pub upgrades_refused_capacity: Arc<Counter>,
+    pub upgrades_refused_draining: Arc<Counter>,
+    pub upgrades_refused_not_ready: Arc<Counter>,
+    pub slow_consumer_closes: Arc<Counter>,
+    pub max_lifetime_goaways: Arc<Counter>,
+    pub drain_goaways: Arc<Counter>,
 }
 
 impl GatewayMetrics {
@@ -59,6 +67,34 @@ impl GatewayMetrics {
             inbound_throttled: registry.counter(
                 "ringside_inbound_throttled_total",
                 "Times a connection's reading paused because it sent more bytes than its inbound byte rate.",
+            ),
+            upgrades_refused_rate: registry.counter(
+                "ringside_upgrades_refused_rate_total",
+                "Upgrades refused with 503 because they came faster than upgrade_rate_per_s (beyond upgrade_burst).",
+            ),
+            upgrades_refused_capacity: registry.counter(
+                "ringside_upgrades_refused_capacity_total",
+                "Upgrades refused with 503 because the node held max_connections.",
+            ),
+            upgrades_refused_draining: registry.counter(
+                "ringside_upgrades_refused_draining_total",
+                "Upgrades refused with 503 because the node is draining.",
+            ),
+            upgrades_refused_not_ready: registry.counter(
+                "ringside_upgrades_refused_not_ready_total",
+                "Upgrades refused with 503 because the node is not caught up with the bus.",
+            ),
+            slow_consumer_closes: registry.counter(
+                "ringside_slow_consumer_closes_total",
+                "Slow consumers whose goaway and close 4008 could still be written (the others were dropped).",
+            ),
+            max_lifetime_goaways: registry.counter(
+                "ringside_max_lifetime_goaways_total",
+                "Goaways sent because a connection reached its maximum lifetime.",
+            ),
+            drain_goaways: registry.counter(
+                "ringside_drain_goaways_total",
+                "Goaways sent by a paced drain.",
             ),
         }
     }

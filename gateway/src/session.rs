@@ -2,8 +2,9 @@
 //! holds, and keeps the connection alive or ends it.
 //!
 //! The task waits on four things at once: node drain, pending states, the next client frame and
-//! its next deadline (heartbeat, idle cut-off or token expiry). Deadlines are also checked on
-//! every turn of the loop, so that a client whose frames never let the socket run dry cannot
+//! its next deadline (heartbeat, idle cut-off, token expiry, or its planned farewell: the goaway
+//! at the end of its lifetime or at its moment of a drain, then the close a grace period
+//! later). Deadlines are also checked on every turn of the loop, so that a client whose frames never let the socket run dry cannot
 //! starve them; and every client frame (pings and pongs included) is charged to the
 //! connection's inbound rate limit, so that such a client is closed instead. A live state that reaches an
 //! idle connection never wakes the task: the fan-out writes it to the socket itself. The task
@@ -29,15 +30,12 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use crate::config::CLOSE_HANDSHAKE_TIMEOUT;
 use crate::rate::RateBudget;
 use crate::socket::DeviceSocket;
 use crate::{Gateway, SessionPermit};
 
 pub(crate) type Socket = WebSocketStream<DeviceSocket>;
-
-/// How long a closing session waits for the peer's close frame, and how long a write in
-/// progress may go on once the node drains.
-const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a session ends.
 #[derive(Debug)]
@@ -53,8 +51,20 @@ enum Ending {
         reason: GoawayReason,
         close: CloseCode,
     },
-    /// The socket did not accept a write in time.
+    /// The grace period after a planned goaway is over: close 1001 (the goaway went out).
+    Farewell { reason: GoawayReason },
+    /// The socket did not accept a write in time: goaway and close 4008 if they can still be
+    /// written within [`CLOSE_HANDSHAKE_TIMEOUT`], else the connection is dropped.
     SlowConsumer,
+}
+
+/// Where a session's planned end stands (its moment is `Session::farewell_at`).
+#[derive(Debug, Clone, Copy)]
+enum Farewell {
+    /// The goaway is due, for this reason.
+    Due(GoawayReason),
+    /// The goaway went out; the connection is closed at the moment.
+    Sent(GoawayReason),
 }
 
 impl Ending {
@@ -80,6 +90,11 @@ struct Session {
     token_expires_at: Instant,
     /// The inbound frame rate's budget.
     inbound_frames: RateBudget,
+    /// The planned end's next moment (`None`: no lifetime limit and no drain yet).
+    farewell_at: Option<Instant>,
+    farewell: Farewell,
+    /// The node's drain reached this session (its goaway moment is drawn).
+    drain_noticed: bool,
     /// Reused buffer for states taken from the mailbox.
     outbound: Vec<Delivery>,
 }
@@ -114,6 +129,9 @@ pub(crate) async fn run(
             .checked_add(token_lifetime)
             .unwrap_or(now + Duration::from_secs(86_400 * 365)),
         inbound_frames: RateBudget::new(now),
+        farewell_at: lifetime_end(&gateway.config, now),
+        farewell: Farewell::Due(GoawayReason::MaxLifetime),
+        drain_noticed: false,
         outbound: Vec::new(),
         gateway,
         _permit: permit,
@@ -156,9 +174,7 @@ impl Session {
             }
             tokio::select! {
                 biased;
-                () = &mut drain => {
-                    return Ending::GoAway { reason: GoawayReason::Shutdown, close: CloseCode::GOING_AWAY };
-                }
+                () = &mut drain, if !self.drain_noticed => self.notice_drain(),
                 () = self.mailbox.ready() => {
                     if let Err(ending) = self.send_pending().await {
                         return ending;
@@ -219,13 +235,55 @@ impl Session {
     }
 
     fn next_deadline(&self) -> Instant {
-        let earliest = self.next_ping.min(self.token_expires_at);
-        self.idle_deadline()
-            .map_or(earliest, |idle| idle.min(earliest))
+        let mut earliest = self.next_ping.min(self.token_expires_at);
+        for deadline in [self.idle_deadline(), self.farewell_at]
+            .into_iter()
+            .flatten()
+        {
+            earliest = earliest.min(deadline);
+        }
+        earliest
+    }
+
+    /// The node drains: this session's goaway moment is drawn from the drain's window (unless
+    /// its goaway already went out, then it keeps its close).
+    fn notice_drain(&mut self) {
+        self.drain_noticed = true;
+        if let Farewell::Sent(_) = self.farewell {
+            return;
+        }
+        let moment = self
+            .gateway
+            .drain_plan()
+            .map_or_else(Instant::now, |plan| plan.goaway_moment());
+        self.farewell = Farewell::Due(GoawayReason::Shutdown);
+        self.farewell_at = Some(self.farewell_at.map_or(moment, |at| at.min(moment)));
+    }
+
+    /// At the farewell's moment: sends the goaway and keeps serving for `goaway_grace`, or,
+    /// once that is over, ends the session.
+    async fn on_farewell(&mut self, socket: &mut Socket, now: Instant) -> Result<(), Ending> {
+        match self.farewell {
+            Farewell::Sent(reason) => Err(Ending::Farewell { reason }),
+            Farewell::Due(reason) => {
+                match reason {
+                    GoawayReason::Shutdown => self.gateway.count_drain_goaway(),
+                    _ => self.gateway.metrics.max_lifetime_goaways.increment(),
+                }
+                self.farewell = Farewell::Sent(reason);
+                self.farewell_at = Some(now + self.gateway.config.goaway_grace);
+                let goaway = ServerFrame::Goaway {
+                    reconnect_after_ms: millis(self.gateway.reconnect_delay()),
+                    reason,
+                };
+                self.send_frame(socket, &goaway).await
+            }
+        }
     }
 
     async fn on_deadline(&mut self, socket: &mut Socket) -> Result<(), Ending> {
-        let config = &self.gateway.config;
+        let gateway = self.gateway.clone();
+        let config = &gateway.config;
         let now = Instant::now();
         if now >= self.token_expires_at {
             self.gateway.metrics.token_expiry_closes.increment();
@@ -239,6 +297,9 @@ impl Session {
                 reason: GoawayReason::Idle,
                 close: CloseCode::POLICY_VIOLATION,
             });
+        }
+        if self.farewell_at.is_some_and(|at| now >= at) {
+            self.on_farewell(socket, now).await?;
         }
         if now >= self.next_ping {
             let silence_limit = config.heartbeat_interval * config.heartbeat_misses;
@@ -429,11 +490,22 @@ impl Session {
                 let _sent_or_gone_either_way = timeout(CLOSE_HANDSHAKE_TIMEOUT, flushed).await;
                 return;
             }
+            // Its unsent states are gone (sealed above); the rest of a frame the socket took in
+            // part is written first, then the goaway and the close, if the device reads again
+            // within the bound. Otherwise the connection is dropped: it never holds the node.
             Ending::SlowConsumer => {
                 metrics.slow_consumer_disconnects.increment();
-                tracing::debug!(connection = self.connection, "slow consumer disconnected");
-                return;
+                tracing::debug!(connection = self.connection, "slow consumer; closing");
+                let reason = GoawayReason::SlowConsumer;
+                (
+                    Some(ServerFrame::Goaway {
+                        reconnect_after_ms: millis(self.gateway.reconnect_delay()),
+                        reason,
+                    }),
+                    (CloseCode::SLOW_CONSUMER, reason.as_str()),
+                )
             }
+            Ending::Farewell { reason } => (None, (CloseCode::GOING_AWAY, reason.as_str())),
             Ending::ProtocolViolation(message) => {
                 metrics.protocol_errors.increment();
                 let code = ErrorCode::ProtocolViolation;
@@ -448,8 +520,7 @@ impl Session {
             Ending::GoAway { reason, close } => {
                 // Every server-initiated close spreads its reconnects, so that whatever made
                 // many connections end at once does not bring them all back at once.
-                let reconnect_after_ms =
-                    u64::try_from(self.gateway.reconnect_delay().as_millis()).unwrap_or(0);
+                let reconnect_after_ms = millis(self.gateway.reconnect_delay());
                 (
                     Some(ServerFrame::Goaway {
                         reconnect_after_ms,
@@ -460,6 +531,7 @@ impl Session {
             }
         };
         let (CloseCode(code), reason) = close;
+        let mut close_written = false;
         let closing = async {
             if let Some(notice) = notice {
                 socket.send(Message::Text(notice.encode().into())).await?;
@@ -469,11 +541,22 @@ impl Session {
                 reason: Utf8Bytes::from_static(reason),
             };
             socket.close(Some(frame)).await?;
+            close_written = true;
             // Wait for the peer's close frame so the close handshake completes cleanly.
             while socket.next().await.is_some() {}
             Ok::<(), WsError>(())
         };
         let _closed_or_gone_either_way = timeout(CLOSE_HANDSHAKE_TIMEOUT, closing).await;
+        if CloseCode(code) == CloseCode::SLOW_CONSUMER {
+            if close_written {
+                metrics.slow_consumer_closes.increment();
+            } else {
+                tracing::debug!(
+                    connection = self.connection,
+                    "slow consumer dropped: its close could not be written"
+                );
+            }
+        }
     }
 }
 
@@ -491,8 +574,60 @@ async fn bounded_write<E>(
     }
 }
 
+/// When a session opened at `now` reaches its lifetime: `max_connection_lifetime` give or take
+/// up to `connection_lifetime_spread`, drawn uniformly; `None` without a lifetime limit.
+fn lifetime_end(config: &crate::GatewayConfig, now: Instant) -> Option<Instant> {
+    if config.max_connection_lifetime.is_zero() {
+        return None;
+    }
+    let spread = config.connection_lifetime_spread;
+    let earliest = config.max_connection_lifetime.saturating_sub(spread);
+    Some(now + protection::retry_after(earliest, config.max_connection_lifetime + spread))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn unix_now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_are_spread_around_the_maximum_and_zero_disables_them() {
+        let config = crate::GatewayConfig {
+            max_connection_lifetime: Duration::from_secs(1800),
+            connection_lifetime_spread: Duration::from_secs(300),
+            ..crate::GatewayConfig::default()
+        };
+        let now = Instant::now();
+        let ends: Vec<Duration> = (0..500)
+            .map(|_| lifetime_end(&config, now).expect("a lifetime") - now)
+            .collect();
+        let (earliest, latest) = (Duration::from_secs(1500), Duration::from_secs(2100));
+        assert!(ends.iter().all(|end| (earliest..=latest).contains(end)));
+        let early = ends
+            .iter()
+            .filter(|end| **end < Duration::from_secs(1700))
+            .count();
+        let late = ends
+            .iter()
+            .filter(|end| **end > Duration::from_secs(1900))
+            .count();
+        assert!(
+            early > 50 && late > 50,
+            "spread: {early} early, {late} late"
+        );
+        let unlimited = crate::GatewayConfig {
+            max_connection_lifetime: Duration::ZERO,
+            ..config
+        };
+        assert_eq!(lifetime_end(&unlimited, now), None);
+    }
 }

@@ -2,8 +2,11 @@
 //!
 //! Everything that can refuse a connection runs before the `101 Switching Protocols`: a device
 //! with a missing, malformed, badly signed or expired token gets `401` and a JSON error, a node
-//! at capacity, draining or not caught up with the bus, or a device that already holds its most
-//! connections here, gets `503` with `Retry-After`.
+//! at capacity, draining, not caught up with the bus or over its upgrade admission rate gets
+//! `503` with a jittered `Retry-After`, and a device that already holds its most connections
+//! here gets `429` with `Retry-After`. The admission rate is charged after the token is
+//! verified (a client without one cannot spend the node's budget) and before any WebSocket
+//! work.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -54,9 +57,17 @@ pub(crate) async fn upgrade(State(gateway): State<Arc<Gateway>>, request: Reques
     match accept(&gateway, request) {
         Ok(response) => response,
         Err(error) => {
-            gateway.metrics.upgrades_refused.increment();
+            let metrics = &gateway.metrics;
+            metrics.upgrades_refused.increment();
+            match error {
+                GatewayError::Overloaded => metrics.upgrades_refused_rate.increment(),
+                GatewayError::AtCapacity => metrics.upgrades_refused_capacity.increment(),
+                GatewayError::Draining => metrics.upgrades_refused_draining.increment(),
+                GatewayError::NotReady => metrics.upgrades_refused_not_ready.increment(),
+                _ => {}
+            }
             tracing::debug!(%error, "upgrade refused");
-            error.into_response()
+            error.into_refusal(&gateway.retry_after())
         }
     }
 }
@@ -92,6 +103,7 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
     if !gateway.hub.is_ready() {
         return Err(GatewayError::NotReady);
     }
+    gateway.admit_upgrade()?;
     let Some(on_upgrade) = request
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()

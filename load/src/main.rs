@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+mod drain;
 use load::coordinator::{FanoutPlan, FanoutTarget, run_fanout};
 use load::http_bench::HttpTarget;
 use load::wire::WorkerPlan;
@@ -59,6 +61,12 @@ enum Command {
     /// Internal: one worker process of a run.
     #[command(hide = true)]
     Worker { plan: String },
+    /// Drain a node holding N devices through the admin API while a spare takes them: peak
+    /// reconnect rate and time until every device is back at the newest version.
+    Drain(drain::DrainArgs),
+    /// Internal: one worker process of a drain run.
+    #[command(hide = true)]
+    DrainWorker { plan: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -627,6 +635,8 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(load::fleet::run_worker(plan))?;
             std::process::exit(0);
         }
+        Command::Drain(args) => drain::run(args),
+        Command::DrainWorker { plan } => drain::run_worker(&plan),
         Command::PrefetchBench(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

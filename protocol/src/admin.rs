@@ -76,6 +76,9 @@ pub struct NodeStats {
     /// How long ago the node last reported to the registry, in a multi-node deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_ms_ago: Option<u64>,
+    /// The node's paced drain, while it runs (see [`DrainProgress`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainProgress>,
 }
 
 fn ready_by_default() -> bool {
@@ -279,4 +282,42 @@ pub struct ProtectionUpdate {
     pub ruleset: Option<RulesetMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protection: Option<ProtectionMode>,
+}
+
+/// A node's paced drain: goaways spread over `window_ms` from `started_at_ms`, each session
+/// closed `grace_ms` after its goaway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainProgress {
+    /// When the drain started, in ms since the Unix epoch (the node's clock).
+    pub started_at_ms: u64,
+    /// The window the goaways are spread over (0 for all at once).
+    pub window_ms: u64,
+    /// How long a session is still served after its goaway before it is closed.
+    pub grace_ms: u64,
+    /// Sessions the node held when the drain started.
+    pub sessions_at_start: u64,
+    /// Goaways sent so far by the drain.
+    pub goaways_sent: u64,
+    /// Sessions still open.
+    pub sessions_left: u64,
+}
+
+/// Where a drain request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainState {
+    /// Recorded for the node, which starts it on its next report (multi-node deployments).
+    Requested,
+    /// Running (or finished); `progress` says how far.
+    Draining,
+}
+
+/// The answer to `POST /v1/admin/nodes/{id}/drain`: `202` when this request started (or
+/// recorded) the drain, `200` with the progress of a drain already under way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainAnswer {
+    pub node: String,
+    pub state: DrainState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<DrainProgress>,
 }

@@ -27,6 +27,11 @@ impl CloseCode {
     /// (RFC 6455 reserves 4000-4999 for them) of its own, so that a client can tell "slow down"
     /// from every other policy close without parsing the reason; 4029 echoes HTTP 429.
     pub const RATE_LIMITED: Self = Self(4029);
+    /// The connection's socket stayed full (the device did not read) past the send timeout:
+    /// its unsent states were dropped and the connection closed. An application code of its
+    /// own so that a client can tell "read faster, or from a better network" from an overload
+    /// of the node; 4008 echoes HTTP 408 (the device timed out, not the node).
+    pub const SLOW_CONSUMER: Self = Self(4008);
 }
 
 /// Error codes of `{"type":"error"}` frames. Stable: clients may match on them.

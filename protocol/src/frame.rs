@@ -181,6 +181,12 @@ pub enum GoawayReason {
     HeartbeatTimeout,
     /// The device token expired; reconnect with a fresh one.
     TokenExpired,
+    /// The device did not read what it was sent for longer than the send timeout; the close
+    /// that follows is 4008.
+    SlowConsumer,
+    /// The connection reached its (randomized) maximum lifetime: reconnect, to whichever node
+    /// the load balancer picks, so that a fleet rebalances continuously.
+    MaxLifetime,
     /// A reason this client version does not know.
     #[serde(other)]
     Other,
@@ -245,6 +251,8 @@ impl GoawayReason {
             Self::Idle => "idle",
             Self::HeartbeatTimeout => "heartbeat_timeout",
             Self::TokenExpired => "token_expired",
+            Self::SlowConsumer => "slow_consumer",
+            Self::MaxLifetime => "max_lifetime",
             Self::Other => "other",
         }
     }
@@ -389,6 +397,29 @@ mod tests {
             ServerFrame::State(state.clone())
         );
         assert_eq!(ServerFrame::State(state).encode(), text);
+    }
+
+    #[test]
+    fn goaway_reasons_round_trip_by_their_wire_names() {
+        for reason in [
+            GoawayReason::Shutdown,
+            GoawayReason::Idle,
+            GoawayReason::HeartbeatTimeout,
+            GoawayReason::TokenExpired,
+            GoawayReason::SlowConsumer,
+            GoawayReason::MaxLifetime,
+        ] {
+            let frame = ServerFrame::Goaway {
+                reconnect_after_ms: 9,
+                reason,
+            };
+            let text = frame.encode();
+            assert!(
+                text.contains(&format!(r#""reason":"{}""#, reason.as_str())),
+                "{text}"
+            );
+            assert_eq!(ServerFrame::decode(&text).expect("decodes"), frame);
+        }
     }
 
     #[test]

@@ -444,18 +444,35 @@ async fn run(server: &TestServer, device: &str, hostile: Hostile, expect: &Expec
             // Longer than the send timeout (2 s on the test server) with a state waiting.
             tokio::time::sleep(Duration::from_secs(3)).await;
             // Only now does it read: what the server had sent, then the end of a connection the
-            // server cut as a slow consumer (it cannot hear a close frame).
+            // server ended as a slow consumer: its goaway and close 4008 when the device read
+            // again within the close's bound (2 s), else a cut (it could not hear a close).
             let mut reader = raw_ws::RawReader::new(read);
             let head = reader.read_http_head().await;
             assert!(head.starts_with("HTTP/1.1 101"), "row {name:?}: {head}");
-            let (_frames, close) = tokio::time::timeout(PROMPTLY, reader.until_close())
+            let (frames, close) = tokio::time::timeout(PROMPTLY, reader.until_close())
                 .await
                 .unwrap_or_else(|_| panic!("row {name:?}: the stalled device was kept"));
             assert!(matches!(expect, Expect::Dropped), "row {name:?}");
-            assert_eq!(
-                close, None,
-                "row {name:?}: a close frame reached a full socket"
-            );
+            match close {
+                None => {}
+                Some((code, reason)) => {
+                    assert_eq!(
+                        (code, reason.as_str()),
+                        (4008, "slow_consumer"),
+                        "row {name:?}"
+                    );
+                    assert!(
+                        frames.iter().any(|frame| matches!(
+                            frame,
+                            ServerFrame::Goaway {
+                                reason: GoawayReason::SlowConsumer,
+                                ..
+                            }
+                        )),
+                        "row {name:?}: no goaway before the close: {frames:?}"
+                    );
+                }
+            }
             drop(write);
         }
         Hostile::ManySockets(count) => {

@@ -224,14 +224,19 @@ impl Cluster {
     }
 
     pub async fn gateway(&self, name: &str) -> Node {
-        self.node("gateway", name).await
+        self.node("gateway", name, &[]).await
+    }
+
+    /// A gateway with more environment variables (set after, so overriding, the shared ones).
+    pub async fn gateway_with(&self, name: &str, env: &[(&str, &str)]) -> Node {
+        self.node("gateway", name, env).await
     }
 
     pub async fn control(&self, name: &str) -> Node {
-        self.node("control", name).await
+        self.node("control", name, &[]).await
     }
 
-    async fn node(&self, role: &str, name: &str) -> Node {
+    async fn node(&self, role: &str, name: &str, env: &[(&str, &str)]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringside"))
             .args([role, "--listen", "127.0.0.1:0", "--node-id", name])
             .env("RINGSIDE_DEVICE_TOKEN_SECRET", DEVICE_SECRET)
@@ -245,8 +250,11 @@ impl Cluster {
             .env("RINGSIDE_MATERIALIZE", "on-demand")
             .env("RINGSIDE_SHUTDOWN_GRACE_MS", "3000")
             .env("RINGSIDE_SEND_TIMEOUT_MS", "2000")
+            .env("RINGSIDE_DRAIN_WINDOW_MAX_MS", "500")
+            .env("RINGSIDE_GOAWAY_GRACE_MS", "200")
             .env("RINGSIDE_STATE_DIR", &self.dir)
             .env("RUST_BACKTRACE", "0")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log_file(&self.dir, name))
             .spawn()

@@ -71,6 +71,9 @@ impl TestServer {
         };
         gateway.shutdown_grace = Duration::from_secs(3);
         gateway.send_timeout = Duration::from_secs(2);
+        // A drain of a test node fits its short shutdown grace (window + grace + 2 s close).
+        gateway.drain_window_max = Duration::from_millis(500);
+        gateway.goaway_grace = Duration::from_millis(200);
         let mut config = ServeConfig {
             role: ringside::server::Role::All,
             bus: ringside::server::BusSetup::Memory,
