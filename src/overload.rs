@@ -12,6 +12,7 @@ use broadcaster::{BoxFuture, BroadcastError, Bus, BusFeed, FeedItem};
 use control::protection_api::FleetSetting;
 use protection::Protection;
 use protocol::EventState;
+use protocol::admin::ProtectionUpdate;
 use tokio_util::sync::CancellationToken;
 
 /// A [`Bus`] that shows protection every state it carries.
@@ -89,13 +90,19 @@ pub async fn run_fleet_setting_poller(
             _ = tick.tick() => {}
         }
         match fleet.read().await {
-            Ok(Some(settings)) => {
+            Ok(put) => {
                 failing = false;
-                if settings != protection.settings() {
-                    protection.apply(settings);
+                let current = protection.settings();
+                let changed = ProtectionUpdate {
+                    ruleset: put.ruleset.filter(|mode| Some(*mode) != current.ruleset),
+                    protection: put
+                        .protection
+                        .filter(|mode| Some(*mode) != current.protection),
+                };
+                if changed.ruleset.is_some() || changed.protection.is_some() {
+                    protection.apply(changed);
                 }
             }
-            Ok(None) => failing = false,
             Err(error) => {
                 if !failing {
                     tracing::warn!(%error, "cannot read the fleet's protection setting; keeping this process's");

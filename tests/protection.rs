@@ -487,18 +487,24 @@ async fn protection_off_sheds_nothing_until_an_operator_switches_it_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_put_on_one_process_reaches_every_process_sharing_redis() {
     let keys = RedisKeys::new("protection-fleet");
-    let start = || {
+    let start = |mode: ProtectionMode| {
         let (url, prefix) = (keys.url.clone(), keys.prefix.clone());
         TestServer::start_configured(
             |_| {},
-            |http| {
+            move |http| {
+                http.protection.mode = mode;
                 http.protection.latency_ratio = None;
                 http.protection.fleet_poll_interval = Duration::from_millis(100);
             },
             move |setup| setup.store = ringside::content::StoreSetup::Redis { url, prefix },
         )
     };
-    let (first, second) = (start().await, start().await);
+    // The first process runs with protection off: a PUT of the ruleset alone must not carry
+    // that to the fleet.
+    let (first, second) = (
+        start(ProtectionMode::Off).await,
+        start(ProtectionMode::On).await,
+    );
     let (code, json) = put_protection(&first, r#"{"ruleset":"on"}"#, ADMIN_TOKEN).await;
     assert_eq!(code, 200, "{json}");
     let deadline = tokio::time::Instant::now() + PROMPTLY;
@@ -509,9 +515,16 @@ async fn a_switch_put_on_one_process_reaches_every_process_sharing_redis() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let status = protection_status(&second).await;
+    assert_eq!(status.reasons, [RulesetReason::Forced]);
     assert_eq!(
-        protection_status(&second).await.reasons,
-        [RulesetReason::Forced]
+        status.protection,
+        ProtectionMode::On,
+        "only the field put is shared"
+    );
+    assert_eq!(
+        protection_status(&first).await.protection,
+        ProtectionMode::Off
     );
     first.stop().await;
     second.stop().await;

@@ -6,9 +6,9 @@
 //!   adaptive limit, requests in flight, the shares in force and the shed counts per class.
 //! - `PUT` takes a [`ProtectionUpdate`] (`{"ruleset":"auto"|"on"|"off"}` and/or
 //!   `{"protection":"on"|"off"}`), applies it to this process, and with Redis configured also
-//!   writes the resulting settings under the deployment's key prefix ([`FleetSetting`]), which
-//!   every process polls: the whole fleet follows within a poll interval. It answers the new
-//!   status.
+//!   records the fields it sets (and only those) under the deployment's key prefix
+//!   ([`FleetSetting`]), which every process polls: the whole fleet follows within a poll
+//!   interval. It answers the new status.
 
 use std::sync::Arc;
 
@@ -30,9 +30,9 @@ pub struct ProtectionControl {
     pub fleet: Option<FleetSetting>,
 }
 
-/// The protection settings an operator last put, in Redis under `<prefix>protection`, shared
-/// by every process of a deployment. It holds until the next `PUT` (it has no expiry: a
-/// restarted process follows it too).
+/// The protection settings operators put, in a Redis hash under `<prefix>protection` (fields
+/// `ruleset` and `protection`), shared by every process of a deployment. Each field holds
+/// until the next `PUT` of it (no expiry: a restarted process follows it too, over its flags).
 #[derive(Clone)]
 pub struct FleetSetting {
     connection: redis::aio::ConnectionManager,
@@ -55,25 +55,51 @@ impl FleetSetting {
         }
     }
 
-    pub async fn write(&self, settings: &ProtectionUpdate) -> Result<(), redis::RedisError> {
-        let json = serde_json::to_string(settings)
-            .unwrap_or_else(|_| unreachable!("protection settings always encode"));
+    /// Records the fields `update` sets, and only those: a `PUT` of the ruleset alone leaves
+    /// the fleet's protection mode as it was (a Redis hash, one field per setting).
+    pub async fn write(&self, update: &ProtectionUpdate) -> Result<(), redis::RedisError> {
+        let mut command = redis::cmd("HSET");
+        command.arg(&self.key);
+        if let Some(ruleset) = update.ruleset {
+            command.arg("ruleset").arg(setting_text(&ruleset));
+        }
+        if let Some(protection) = update.protection {
+            command.arg("protection").arg(setting_text(&protection));
+        }
+        if update.ruleset.is_none() && update.protection.is_none() {
+            return Ok(());
+        }
         let mut connection = self.connection.clone();
-        redis::cmd("SET")
-            .arg(&self.key)
-            .arg(json)
-            .query_async::<()>(&mut connection)
-            .await
+        command.query_async::<()>(&mut connection).await
     }
 
-    /// The settings last put, `None` when nobody put any (or the value does not decode).
-    pub async fn read(&self) -> Result<Option<ProtectionUpdate>, redis::RedisError> {
+    /// The settings operators put, field by field (`None` for a field nobody put, or one
+    /// that does not decode).
+    pub async fn read(&self) -> Result<ProtectionUpdate, redis::RedisError> {
         let mut connection = self.connection.clone();
-        let json: Option<String> = redis::cmd("GET")
+        let (ruleset, protection): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(&self.key)
+            .arg("ruleset")
+            .arg("protection")
             .query_async(&mut connection)
             .await?;
-        Ok(json.and_then(|json| serde_json::from_str(&json).ok()))
+        Ok(ProtectionUpdate {
+            ruleset: ruleset.and_then(setting_of),
+            protection: protection.and_then(setting_of),
+        })
+    }
+}
+
+/// A mode from its text, `None` when it does not decode.
+fn setting_of<T: serde::de::DeserializeOwned>(text: String) -> Option<T> {
+    serde_json::from_value(serde_json::Value::String(text)).ok()
+}
+
+/// A mode as its JSON string (`"on"`, `"auto"`…), without the quotes.
+fn setting_text<T: serde::Serialize>(mode: &T) -> String {
+    match serde_json::to_value(mode) {
+        Ok(serde_json::Value::String(text)) => text,
+        _ => unreachable!("protection modes encode as strings"),
     }
 }
 
@@ -114,7 +140,7 @@ pub(crate) async fn put_protection(
     }
     handle.protection.apply(update);
     if let Some(fleet) = &handle.fleet {
-        if let Err(error) = fleet.write(&handle.protection.settings()).await {
+        if let Err(error) = fleet.write(&update).await {
             tracing::warn!(%error, "could not share the protection setting with the fleet");
             return Err(ControlError::StoreUnavailable);
         }

@@ -123,7 +123,10 @@ where
             ResponseProjection::Admitted { inner, ticket } => {
                 let output = std::task::ready!(inner.poll(cx));
                 if let Some(ticket) = ticket.take() {
-                    ticket.complete();
+                    match &output {
+                        Ok(response) if !is_latency_sample(response.status()) => drop(ticket),
+                        _ => ticket.complete(),
+                    }
                 }
                 Poll::Ready(output)
             }
@@ -132,6 +135,14 @@ where
                 .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response()))),
         }
     }
+}
+
+/// Whether a response's time is a sample of the node's latency. Not a `408` (the time is
+/// the client's slow body, up to the body timeout: one such sample would halve the limit), nor
+/// a `101` (an upgrade answers in microseconds, next to requests that take milliseconds: a
+/// change in the mix would read as a change in latency).
+fn is_latency_sample(status: StatusCode) -> bool {
+    status != StatusCode::REQUEST_TIMEOUT && status != StatusCode::SWITCHING_PROTOCOLS
 }
 
 /// A place in flight. Completing it records the request's latency; dropping it (the request
@@ -219,4 +230,17 @@ fn bad_header_response(route: Route, error: &BadPriorityHeader) -> Response {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_bodies_and_upgrades_are_not_latency_samples() {
+        assert!(!is_latency_sample(StatusCode::REQUEST_TIMEOUT));
+        assert!(!is_latency_sample(StatusCode::SWITCHING_PROTOCOLS));
+        assert!(is_latency_sample(StatusCode::OK));
+        assert!(is_latency_sample(StatusCode::SERVICE_UNAVAILABLE));
+    }
 }

@@ -52,9 +52,9 @@ impl Gradient2 {
         self.long_rtt_us.unwrap_or(0.0)
     }
 
-    /// Takes one window: its mean latency and the most requests in flight during it. Returns
-    /// the new limit.
-    pub fn update(&mut self, short_rtt_us: f64, max_in_flight: u64) -> f64 {
+    /// Takes one window: its mean latency, the most requests in flight during it, and whether
+    /// any request was shed in it. Returns the new limit.
+    pub fn update(&mut self, short_rtt_us: f64, max_in_flight: u64, shed: bool) -> f64 {
         let short = short_rtt_us.max(1.0);
         let mut long = match self.long_rtt_us {
             None => short,
@@ -66,8 +66,10 @@ impl Gradient2 {
             long *= 0.95;
         }
         self.long_rtt_us = Some(long);
-        // A node using less than half its limit says nothing about a higher one.
-        if (max_in_flight as f64) < self.limit / 2.0 {
+        // A node using less than half its limit says nothing about a higher one, unless it
+        // shed: under tightened shares the lowest classes are refused well below half the
+        // limit, and a window that refused work is limited by the limit, not idle.
+        if !shed && (max_in_flight as f64) < self.limit / 2.0 {
             return self.limit;
         }
         let gradient = (self.tolerance * long / short).clamp(0.5, 1.0);
@@ -87,6 +89,8 @@ struct Window {
     sum_us: AtomicU64,
     count: AtomicU64,
     max_in_flight: AtomicU64,
+    /// Requests refused in the window.
+    shed: AtomicU64,
 }
 
 /// The concurrency limit of one node and its requests in flight.
@@ -153,6 +157,7 @@ impl AdaptiveLimit {
         let mut current = self.in_flight.load(Ordering::Relaxed);
         loop {
             if current as f64 >= allowed {
+                self.window.shed.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
             match self.in_flight.compare_exchange_weak(
@@ -211,12 +216,13 @@ impl AdaptiveLimit {
         let count = window.count.swap(0, Ordering::Relaxed);
         let sum_us = window.sum_us.swap(0, Ordering::Relaxed);
         let max_in_flight = window.max_in_flight.swap(0, Ordering::Relaxed);
+        let shed = window.shed.swap(0, Ordering::Relaxed) > 0;
         window.start_us.store(now_us, Ordering::Relaxed);
         if count == 0 {
             return;
         }
         let short_rtt_us = sum_us as f64 / count as f64;
-        let limit = estimator.update(short_rtt_us, max_in_flight);
+        let limit = estimator.update(short_rtt_us, max_in_flight, shed);
         self.limit.store(rounded_limit(limit), Ordering::Relaxed);
         self.short_rtt_us
             .store(short_rtt_us as u64, Ordering::Relaxed);
@@ -257,7 +263,7 @@ mod tests {
         let mut previous = gradient.limit();
         for _ in 0..500 {
             // Busy: as many in flight as the limit allows.
-            let limit = gradient.update(10_000.0, gradient.limit() as u64);
+            let limit = gradient.update(10_000.0, gradient.limit() as u64, false);
             assert!(limit >= previous, "{limit} after {previous}");
             previous = limit;
         }
@@ -268,17 +274,17 @@ mod tests {
     fn rising_latency_shrinks_the_limit_down_to_its_minimum_and_no_further() {
         let mut gradient = Gradient2::new(&config(10, 100, 200));
         for _ in 0..50 {
-            gradient.update(10_000.0, 100);
+            gradient.update(10_000.0, 100, false);
         }
         let before = gradient.limit();
         // Latency four times the long-term level: the gradient bottoms out at 0.5.
-        let after = gradient.update(40_000.0, before as u64);
+        let after = gradient.update(40_000.0, before as u64, false);
         assert!(after < before, "{after} not below {before}");
         // Latency that keeps rising outruns the long-term average: down to the floor.
         let mut rtt = 40_000.0;
         for _ in 0..60 {
             rtt *= 1.3;
-            let limit = gradient.update(rtt, gradient.limit() as u64);
+            let limit = gradient.update(rtt, gradient.limit() as u64, false);
             assert!(limit >= 10.0);
         }
         assert_eq!(gradient.limit(), 10.0);
@@ -288,9 +294,29 @@ mod tests {
     fn an_idle_node_keeps_its_limit() {
         let mut gradient = Gradient2::new(&config(10, 100, 200));
         for _ in 0..100 {
-            gradient.update(10_000.0, 3);
+            gradient.update(10_000.0, 3, false);
         }
         assert_eq!(gradient.limit(), 100.0);
+    }
+
+    #[test]
+    fn a_window_that_shed_moves_the_limit_even_below_half_of_it() {
+        // Under tightened shares only a few low-class requests are in flight, far below half
+        // the limit, yet the node sheds: rising latency must still bring the limit down.
+        let mut gradient = Gradient2::new(&config(10, 100, 200));
+        for _ in 0..50 {
+            gradient.update(10_000.0, 100, false);
+        }
+        let before = gradient.limit();
+        assert_eq!(
+            gradient.update(40_000.0, 5, false),
+            before,
+            "idle: unchanged"
+        );
+        assert!(
+            gradient.update(40_000.0, 5, true) < before,
+            "shedding: it moves"
+        );
     }
 
     #[test]
