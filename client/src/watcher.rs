@@ -279,10 +279,7 @@ mod tests {
             version,
             stage: Stage::parse("LIVE").unwrap(),
             published_at_ms: 0,
-            payload: Payload::from_raw(
-                serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
-            )
-            .unwrap(),
+            payload: Payload::empty(),
             priority,
             fetch_within_ms: None,
         }
