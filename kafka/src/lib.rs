@@ -7,7 +7,8 @@
 //!   a best-effort message. Both lanes of an event go to one partition ([`partition_of`], the
 //!   partition librdkafka's default partitioner picks for the state's key; other partitioners
 //!   are refused), so they keep their publish order. A best-effort message that cannot be
-//!   placed so (the partition count is not known yet) is dropped ([`record_partition`]). The publish resolves only once the broker has acknowledged the record, or
+//!   placed so (the partition count is not known yet) is dropped ([`record_partition`]). The
+//!   publish resolves only once the broker has acknowledged the record, or
 //!   fails with [`BroadcastError::BusUnavailable`] within the publish timeout.
 //! - **Feed**: every node reads every partition by manual assignment (no consumer group: each
 //!   node must see every state), from the beginning of the log. The topic is created
@@ -418,6 +419,15 @@ impl Inner {
         placed()
     }
 
+    /// Drops a best-effort message [`record_partition`] could not place: produced by its own
+    /// key it might land on another partition than its state and overtake it or fall behind.
+    fn drop_unplaced(&self, state: &EventState) {
+        self.metrics.best_effort_unplaced.increment();
+        if self.unplaced_log.allow() {
+            tracing::warn!(event = %state.topic, version = state.version, "Kafka topic's partition count unknown; best-effort message dropped");
+        }
+    }
+
     fn current_producer(&self) -> FutureProducer {
         self.producer
             .lock()
@@ -487,17 +497,6 @@ impl Inner {
             }
         }
         !matches!(code, Some(RDKafkaErrorCode::MessageTimedOut))
-    }
-}
-
-impl Inner {
-    /// Drops a best-effort message [`record_partition`] could not place: produced by its own
-    /// key it might land on another partition than its state and overtake it or fall behind.
-    fn drop_unplaced(&self, state: &EventState) {
-        self.metrics.best_effort_unplaced.increment();
-        if self.unplaced_log.allow() {
-            tracing::warn!(event = %state.topic, version = state.version, "Kafka topic's partition count unknown; best-effort message dropped");
-        }
     }
 }
 
