@@ -1,6 +1,11 @@
 //! A device that stays subscribed: it reconnects after any disconnect over a list of nodes and
-//! resubscribes with the newest version it holds, so it catches up exactly and never reports a
-//! version twice or out of order.
+//! resubscribes with the newest stage-state version it holds, so it catches up exactly and never
+//! reports a version twice or out of order within a lane.
+//!
+//! It keeps the newest version per topic and lane (`docs/PROTOCOL.md`, Lanes): a stage state is
+//! judged only against stage states and a best-effort message only against best-effort messages,
+//! because a stage state repaired from the event store may follow a newer best-effort message.
+//! `since` and acks name stage-state versions only.
 //!
 //! When it reconnects:
 //! - after a `goaway`: once `reconnect_after_ms` has passed (the server spread it already), to
@@ -28,7 +33,7 @@ pub struct WatcherConfig {
     pub endpoints: Vec<String>,
     pub token: String,
     pub topics: Vec<Topic>,
-    /// Send an ack for every state received.
+    /// Send an ack for every stage state received (best-effort messages are never acked).
     pub ack: bool,
     /// The shortest reconnect delay (the backoff's base).
     pub initial_backoff: Duration,
@@ -61,7 +66,9 @@ pub enum WatchEvent {
         node: String,
         endpoint: String,
     },
-    /// A state newer than any seen before for its topic.
+    /// A state newer than any seen before for its topic in its lane. `state.priority` tells the
+    /// lane: `Critical` is a stage state (the event's current state); `BestEffort` is a
+    /// best-effort message, extra data to apply next to the held stage state, not a stage change.
     State(EventState),
     Disconnected {
         reason: String,
@@ -74,10 +81,33 @@ pub enum WatchEvent {
     },
 }
 
+/// The newest version held of one topic, per lane.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct LaneVersions {
+    stage: u64,
+    best_effort: u64,
+}
+
+/// Records `state` if it is newer than the newest held of its topic in its own lane; false if
+/// the watcher already had it (or a newer one of that lane).
+fn accept(versions: &mut HashMap<Topic, LaneVersions>, state: &EventState) -> bool {
+    let held = versions.entry(state.topic.clone()).or_default();
+    let lane = if state.priority.is_critical() {
+        &mut held.stage
+    } else {
+        &mut held.best_effort
+    };
+    if state.version <= *lane {
+        return false;
+    }
+    *lane = state.version;
+    true
+}
+
 #[derive(Debug)]
 pub struct Watcher {
     config: WatcherConfig,
-    versions: HashMap<Topic, u64>,
+    versions: HashMap<Topic, LaneVersions>,
     connection: Option<DeviceConnection>,
     /// When the open connection was established.
     connected_at: Option<Instant>,
@@ -89,7 +119,11 @@ pub struct Watcher {
 
 impl Watcher {
     pub fn new(config: WatcherConfig) -> Self {
-        let versions = config.topics.iter().map(|t| (t.clone(), 0)).collect();
+        let versions = config
+            .topics
+            .iter()
+            .map(|t| (t.clone(), LaneVersions::default()))
+            .collect();
         let mut rng = fastrand::Rng::new();
         let next_endpoint = rng.usize(..config.endpoints.len().max(1));
         let backoff = Backoff::new(config.initial_backoff, config.max_backoff);
@@ -105,9 +139,15 @@ impl Watcher {
         }
     }
 
-    /// The newest version seen of `topic`.
+    /// The newest stage-state version seen of `topic`: what the watcher resubscribes with as
+    /// `since`.
     pub fn version(&self, topic: &Topic) -> u64 {
-        self.versions.get(topic).copied().unwrap_or(0)
+        self.versions.get(topic).map_or(0, |held| held.stage)
+    }
+
+    /// The newest best-effort message version seen of `topic`.
+    pub fn best_effort_version(&self, topic: &Topic) -> u64 {
+        self.versions.get(topic).map_or(0, |held| held.best_effort)
     }
 
     /// The next backoff delay after a failure.
@@ -148,12 +188,11 @@ impl Watcher {
             };
             match frame {
                 ServerFrame::State(state) => {
-                    let held = self.versions.entry(state.topic.clone()).or_insert(0);
-                    if state.version <= *held {
+                    if !accept(&mut self.versions, &state) {
                         continue;
                     }
-                    *held = state.version;
-                    if self.config.ack {
+                    // Acks name stage-state versions; the server ignores best-effort ones.
+                    if self.config.ack && state.priority.is_critical() {
                         // An ack is statistics only; a failed send shows up on the next read.
                         let _ack_is_best_effort = connection.ack(&state.topic, state.version).await;
                     }
@@ -225,5 +264,68 @@ impl Watcher {
                 retry_after: None,
             })?;
         Ok(connection)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{Payload, Priority, Stage};
+
+    use super::*;
+
+    fn state(topic: &Topic, version: u64, priority: Priority) -> EventState {
+        EventState {
+            topic: topic.clone(),
+            version,
+            stage: Stage::parse("LIVE").unwrap(),
+            published_at_ms: 0,
+            payload: Payload::empty(),
+            priority,
+            fetch_within_ms: None,
+        }
+    }
+
+    #[test]
+    fn each_lane_is_judged_on_its_own_and_since_is_the_stage_state_version() {
+        let topic = Topic::parse("event:lanes").unwrap();
+        let mut watcher = Watcher::new(WatcherConfig::new(
+            vec![],
+            String::new(),
+            vec![topic.clone()],
+        ));
+        assert!(accept(
+            &mut watcher.versions,
+            &state(&topic, 3, Priority::Critical)
+        ));
+        assert!(accept(
+            &mut watcher.versions,
+            &state(&topic, 7, Priority::BestEffort)
+        ));
+        // A stage state repaired from the event store, older than the best-effort message but
+        // newer than the last stage state: it must not be ignored.
+        assert!(accept(
+            &mut watcher.versions,
+            &state(&topic, 5, Priority::Critical)
+        ));
+        assert_eq!(
+            watcher.version(&topic),
+            5,
+            "since is the stage-state version"
+        );
+        assert_eq!(watcher.best_effort_version(&topic), 7);
+        // Each lane still drops what it already holds.
+        assert!(!accept(
+            &mut watcher.versions,
+            &state(&topic, 5, Priority::Critical)
+        ));
+        assert!(!accept(
+            &mut watcher.versions,
+            &state(&topic, 6, Priority::BestEffort)
+        ));
+        assert!(accept(
+            &mut watcher.versions,
+            &state(&topic, 8, Priority::BestEffort)
+        ));
+        assert_eq!(watcher.version(&topic), 5);
     }
 }

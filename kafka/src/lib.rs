@@ -5,8 +5,10 @@
 //!   its topic name and `/best_effort` ([`record_key`]), so that log compaction keeps an event's
 //!   latest state and its latest best-effort message side by side and never drops the state for
 //!   a best-effort message. Both lanes of an event go to one partition ([`partition_of`], the
-//!   partition librdkafka's default partitioner picks for the state's key), so they keep their
-//!   publish order. The publish resolves only once the broker has acknowledged the record, or
+//!   partition librdkafka's default partitioner picks for the state's key; other partitioners
+//!   are refused), so they keep their publish order. A best-effort message that cannot be
+//!   placed so (the partition count is not known yet) is dropped ([`record_partition`]). The
+//!   publish resolves only once the broker has acknowledged the record, or
 //!   fails with [`BroadcastError::BusUnavailable`] within the publish timeout.
 //! - **Feed**: every node reads every partition by manual assignment (no consumer group: each
 //!   node must see every state), from the beginning of the log. The topic is created
@@ -34,7 +36,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
-use telemetry::{Counter, Registry};
+use telemetry::{Counter, LogBudget, Registry};
 use tokio::sync::mpsc;
 
 /// Topic of Ringside's state records unless configured otherwise.
@@ -90,7 +92,8 @@ impl KafkaConfig {
                     index + 1
                 ))),
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|options| check_options(&options).map(|()| options))
     }
 
     fn client(&self, own: &[(&str, String)]) -> ClientConfig {
@@ -138,6 +141,27 @@ impl KafkaConfig {
     }
 }
 
+/// librdkafka `partitioner` values that place a keyed record by the CRC-32 of its key, as
+/// [`partition_of`] does for best-effort records (every record Ringside produces is keyed).
+const CRC32_PARTITIONERS: [&str; 2] = ["consistent_random", "consistent"];
+
+/// Refuses options Ringside cannot work with: a `partitioner` outside the CRC-32 family would
+/// put an event's stage states on another partition than its best-effort records, which
+/// [`partition_of`] places explicitly, and the two lanes would lose their order.
+fn check_options(options: &[(String, String)]) -> Result<(), KafkaSetupError> {
+    match options.iter().find(|(key, _)| key == "partitioner") {
+        Some((_, value)) if !CRC32_PARTITIONERS.contains(&value.as_str()) => {
+            Err(KafkaSetupError::Options(format!(
+                "partitioner={value}: Ringside places best-effort records in their state's \
+                 partition by CRC-32, so only partitioner={} (the default) or {} keep an \
+                 event's records on one partition",
+                CRC32_PARTITIONERS[0], CRC32_PARTITIONERS[1]
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Why the Kafka bus could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
@@ -161,6 +185,7 @@ struct BusMetrics {
     invalid: Arc<Counter>,
     errors: Arc<Counter>,
     topic_created: Arc<Counter>,
+    best_effort_unplaced: Arc<Counter>,
 }
 
 impl BusMetrics {
@@ -181,6 +206,10 @@ impl BusMetrics {
             topic_created: registry.counter(
                 "ringside_bus_topic_created_total",
                 "Times this process created the Kafka topic (at first start, or after a broker lost it).",
+            ),
+            best_effort_unplaced: registry.counter(
+                "ringside_bus_best_effort_unplaced_total",
+                "Best-effort messages dropped because the topic's partition count was unknown (their state's partition could not be computed).",
             ),
         }
     }
@@ -204,6 +233,9 @@ struct Inner {
     /// The topic's partition count as last read from the broker (0: not known yet), for
     /// [`partition_of`].
     partitions: AtomicI32,
+    /// When a best-effort publish last re-read the partition count (at most once a second).
+    partitions_reread_at: Mutex<Option<Instant>>,
+    unplaced_log: LogBudget,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -226,11 +258,14 @@ impl KafkaBus {
             .client(&[])
             .create()
             .map_err(KafkaSetupError::Client)?;
+        check_options(&config.options)?;
         let bus = Inner {
             producer: Mutex::new(config.producer()?),
             admin,
             metrics: BusMetrics::new(registry),
             partitions: AtomicI32::new(0),
+            partitions_reread_at: Mutex::new(None),
+            unplaced_log: LogBudget::new(registry, "kafka_best_effort_unplaced", 1),
             config,
         };
         let started = Instant::now();
@@ -327,18 +362,18 @@ impl Inner {
                 }
             }
         }
-        self.read_partition_count().await;
+        self.read_partition_count(METADATA_TIMEOUT).await;
         Ok(())
     }
 
     /// Reads the topic's partition count from the broker's metadata (a blocking call, off
     /// the runtime); keeps the last known count when the broker does not answer.
-    async fn read_partition_count(&self) {
+    async fn read_partition_count(&self, timeout: Duration) {
         let (producer, topic) = (self.current_producer(), self.config.topic.clone());
         let read = tokio::task::spawn_blocking(move || {
             let metadata = producer
                 .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .fetch_metadata(Some(&topic), timeout)
                 .ok()?;
             let count = metadata
                 .topics()
@@ -350,6 +385,46 @@ impl Inner {
         .await;
         if let Ok(Some(count)) = read {
             self.partitions.store(count, Ordering::Relaxed);
+        }
+    }
+
+    /// The partition to produce `state` to ([`record_partition`]). A best-effort message
+    /// while the count is unknown re-reads it first, briefly and at most once a second (stage
+    /// states never wait for this); `None` if it is still unknown, else the partition to pass
+    /// to [`Inner::produce`].
+    async fn partition_for(&self, state: &EventState) -> Option<Option<i32>> {
+        let placed = || match record_partition(state, self.partitions.load(Ordering::Relaxed)) {
+            Placement::Partition(partition) => Some(Some(partition)),
+            Placement::ByKey => Some(None),
+            Placement::Unplaced => None,
+        };
+        if let Some(placed) = placed() {
+            return Some(placed);
+        }
+        let reread = {
+            let mut at = self
+                .partitions_reread_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let due = at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+            if due {
+                *at = Some(Instant::now());
+            }
+            due
+        };
+        if reread {
+            self.read_partition_count(BEST_EFFORT_METADATA_TIMEOUT)
+                .await;
+        }
+        placed()
+    }
+
+    /// Drops a best-effort message [`record_partition`] could not place: produced by its own
+    /// key it might land on another partition than its state and overtake it or fall behind.
+    fn drop_unplaced(&self, state: &EventState) {
+        self.metrics.best_effort_unplaced.increment();
+        if self.unplaced_log.allow() {
+            tracing::warn!(event = %state.topic, version = state.version, "Kafka topic's partition count unknown; best-effort message dropped");
         }
     }
 
@@ -425,6 +500,37 @@ impl Inner {
     }
 }
 
+/// How long topic setup waits for the topic's metadata.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a best-effort publish waits for the topic's metadata when its partition count is
+/// not known yet.
+const BEST_EFFORT_METADATA_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Where a record goes ([`record_partition`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// This partition ([`partition_of`]): both lanes of an event on one partition.
+    Partition(i32),
+    /// librdkafka's partitioner, by the record's key.
+    ByKey,
+    /// Nowhere: the record cannot be placed in its state's partition.
+    Unplaced,
+}
+
+/// Where a record of `state` goes when the topic has `partitions` partitions (0: not known).
+/// While the count is unknown a stage state goes by its key (the partitioner picks the same
+/// partition as [`partition_of`]), but a best-effort message is unplaced: its own key may hash
+/// to another partition, where it could overtake its state or fall behind it.
+pub fn record_partition(state: &EventState, partitions: i32) -> Placement {
+    if partitions > 0 {
+        Placement::Partition(partition_of(state.topic.as_str(), partitions))
+    } else if state.priority.is_critical() {
+        Placement::ByKey
+    } else {
+        Placement::Unplaced
+    }
+}
+
 fn is_transient(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
@@ -446,18 +552,20 @@ impl Bus for KafkaBus {
                 .map_err(|error| BroadcastError::BusUnavailable(error.to_string()))?;
             let key = record_key(&state);
             let attempts = async {
-                // Read at each attempt: a recovery may have re-read it. Until the count is
-                // known (the broker's metadata did not answer yet), librdkafka partitions by
-                // the key, which for a best-effort message may be another partition.
-                let partition = || {
-                    let partitions = bus.partitions.load(Ordering::Relaxed);
-                    (partitions > 0).then(|| partition_of(state.topic.as_str(), partitions))
+                // Placed at each attempt: a recovery may have re-read the partition count.
+                let Some(partition) = bus.partition_for(&state).await else {
+                    bus.drop_unplaced(&state);
+                    return Ok(());
                 };
-                let mut result = bus.produce(&key, partition(), &payload).await;
+                let mut result = bus.produce(&key, partition, &payload).await;
                 if let Err(error) = &result
                     && bus.recover(error).await
                 {
-                    result = bus.produce(&key, partition(), &payload).await;
+                    let Some(partition) = bus.partition_for(&state).await else {
+                        bus.drop_unplaced(&state);
+                        return Ok(());
+                    };
+                    result = bus.produce(&key, partition, &payload).await;
                 }
                 result.map_err(|error| error.to_string())
             };
@@ -786,6 +894,35 @@ mod tests {
             0,
             "a count of 0 is taken as 1"
         );
+    }
+
+    #[test]
+    fn a_best_effort_message_is_placed_only_when_the_partition_count_is_known() {
+        let state = message(protocol::Priority::Critical);
+        let extra = message(protocol::Priority::BestEffort);
+        let partition = Placement::Partition(partition_of("event:fight-night", 12));
+        assert_eq!(record_partition(&state, 12), partition);
+        assert_eq!(
+            record_partition(&extra, 12),
+            partition,
+            "both lanes share a partition"
+        );
+        // Unknown count: the state's key picks its partition, the best-effort key might not.
+        assert_eq!(record_partition(&state, 0), Placement::ByKey);
+        assert_eq!(record_partition(&extra, 0), Placement::Unplaced);
+    }
+
+    #[test]
+    fn only_a_crc32_partitioner_is_accepted() {
+        for value in ["consistent_random", "consistent"] {
+            let text = format!("partitioner={value}\n");
+            assert!(KafkaConfig::parse_options(&text).is_ok(), "{value}");
+        }
+        for value in ["murmur2_random", "murmur2", "fnv1a_random", "random"] {
+            let text = format!("linger.ms=5\npartitioner = {value}\n");
+            let error = KafkaConfig::parse_options(&text).expect_err(value);
+            assert!(error.to_string().contains("partitioner"), "{error}");
+        }
     }
 
     #[test]
