@@ -1478,3 +1478,36 @@ async fn a_session_stuck_in_a_write_is_cut_at_the_drains_end_and_reported() {
     );
     drop(socket);
 }
+
+#[tokio::test]
+async fn a_session_told_by_its_lifetime_goaway_counts_as_told_by_the_drain() {
+    let server = TestServer::start_with(|config| {
+        config.max_connection_lifetime = Duration::from_millis(500);
+        config.connection_lifetime_spread = Duration::from_millis(100);
+        // The drain starts within this grace, after the lifetime's goaway.
+        config.goaway_grace = Duration::from_secs(2);
+        config.shutdown_grace = Duration::from_secs(5);
+    })
+    .await;
+    let event = server.create_event("told-already").await;
+    let mut device = server.device().await;
+    subscribe(&mut device, &[(topic(&event), 0)]).await;
+    assert!(matches!(
+        next_frame(&mut device).await,
+        ServerFrame::Goaway {
+            reason: GoawayReason::MaxLifetime,
+            ..
+        }
+    ));
+    let answer = admin_call(&server, "POST", "/v1/admin/nodes/test-node/drain").await;
+    assert_eq!(answer.status, 202, "{}", answer.text());
+    let (_, close, reason) = read_until_close(&mut device).await;
+    assert_eq!((close, reason.as_str()), (1001, "max_lifetime"));
+    let progress = server.admin().stats().await.unwrap().nodes[0]
+        .drain
+        .unwrap();
+    assert_eq!(progress.sessions_at_start, 1);
+    assert_eq!(progress.goaways_sent, 1, "{progress:?}");
+    assert_eq!(server.metric("ringside_drain_goaways_total").await, 0);
+    server.stop().await;
+}
