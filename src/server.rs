@@ -245,6 +245,10 @@ pub async fn serve(
         .fallback(not_found);
 
     let grace = config.gateway.shutdown_grace;
+    // HTTP keeps accepting through the drain, so that `/healthz` answers 503 `unavailable`
+    // and upgrades 503 `draining` (instead of refused connections) until the drain is over;
+    // then it stops with a grace of its own. A node without a gateway stops it at once.
+    let http_stop = CancellationToken::new();
     // The admin API, `/graphql` and the WebSocket upgrade all pass protection's layer.
     let http = serve_http_protected(
         listener,
@@ -252,15 +256,17 @@ pub async fn serve(
         config.http,
         &protection,
         &registry,
-        shutdown.clone(),
+        http_stop.clone(),
         grace,
     );
     let drain = async {
         shutdown.cancelled().await;
-        match &node {
+        let report = match &node {
             Some(node) => node.drain().await,
             None => DrainReport::default(),
-        }
+        };
+        http_stop.cancel();
+        report
     };
     let (_http_drained, report) = tokio::join!(http, drain);
     stopped.cancel();

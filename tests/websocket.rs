@@ -1365,3 +1365,149 @@ async fn an_admin_drain_spreads_its_goaways_over_the_window_and_answers_twice_wi
     let report = server.stop().await;
     assert_eq!(report.sessions_left, 0);
 }
+
+#[tokio::test]
+async fn during_a_shutdown_drain_healthz_and_upgrades_are_answered_503_not_refused() {
+    let server = TestServer::start_with(|config| {
+        // 3 sessions at 1 a second: a window of 2 s (the cap), long enough to ask during it.
+        config.drain_rate_per_s = 1;
+        config.drain_window_max = Duration::from_secs(2);
+        config.goaway_grace = Duration::from_millis(200);
+        config.shutdown_grace = Duration::from_secs(5);
+    })
+    .await;
+    let event = server.create_event("shutdown-health").await;
+    let mut readers = Vec::new();
+    for i in 0..3 {
+        let mut device = server.device_named(&format!("d{i}")).await;
+        subscribe(&mut device, &[(topic(&event), 0)]).await;
+        readers.push(tokio::spawn(
+            async move { read_until_close(&mut device).await },
+        ));
+    }
+    server.begin_stop();
+    // The listener still accepts while the gateway drains: the node says it is unavailable.
+    let health = client::http::call(&server.base, "GET", "/healthz", &[], None)
+        .await
+        .expect("/healthz is answered during the drain, not refused");
+    assert_eq!(health.status, 503, "{}", health.text());
+    assert!(health.text().contains("unavailable"), "{}", health.text());
+    // Upgrades get 503 `draining` (one may slip in before the drain's start; it is drained).
+    let mut refusal = None;
+    for attempt in 0..20 {
+        match try_upgrade(&server, format!("late{attempt}")).await {
+            Ok(_accepted_before_the_drain_started) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(refused) => {
+                refusal = Some(refused);
+                break;
+            }
+        }
+    }
+    let (status, _, body) = refusal.expect("upgrades refused during the drain");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    for reader in readers {
+        let (frames, close, _) = reader.await.unwrap();
+        assert_eq!(close, 1001);
+        assert!(matches!(
+            frames.as_slice(),
+            [ServerFrame::Goaway {
+                reason: GoawayReason::Shutdown,
+                ..
+            }]
+        ));
+    }
+    let report = server.stop().await;
+    assert_eq!((report.sessions_cut, report.sessions_left), (0, 0));
+}
+
+#[tokio::test]
+async fn a_session_stuck_in_a_write_is_cut_at_the_drains_end_and_reported() {
+    let server = TestServer::start_with(|config| {
+        config.send_buffer_bytes = 4096;
+        // Far beyond the drain: only the cut at window + grace + 2 s can end this session.
+        config.send_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let event = server.create_event("stuck-at-drain").await;
+    // A raw client with a small receive buffer that never reads after subscribing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let url = format!("{}?token={}", server.ws_url, device_token("stuck", 3600));
+    let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    use futures_util::SinkExt;
+    let subscribe = protocol::ClientFrame::Subscribe {
+        topics: vec![protocol::SubscribeTopic {
+            topic: topic(&event),
+            since: 0,
+        }],
+    };
+    socket
+        .send(Message::text(subscribe.encode()))
+        .await
+        .unwrap();
+    // Far more than the socket buffers hold, and more still while the node drains, so that
+    // the session always waits on a write to the full socket.
+    let payload = format!(r#"{{"filler":"{}"}}"#, "x".repeat(4000));
+    for _ in 0..100 {
+        server.publish(&event, "LIVE", &payload).await;
+    }
+    let publisher = {
+        let (admin, event) = (server.admin(), event.clone());
+        let request = protocol::admin::PublishRequest {
+            stage: protocol::Stage::parse("LIVE").unwrap(),
+            payload: protocol::Payload::parse(&payload).unwrap(),
+        };
+        tokio::spawn(async move {
+            loop {
+                let _stopped_or_published = admin.publish(&event, &request).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let report = server.stop().await;
+    publisher.abort();
+    assert_eq!(report.sessions_at_start, 1);
+    assert_eq!(
+        (report.sessions_cut, report.sessions_left),
+        (1, 0),
+        "{report:?}"
+    );
+    drop(socket);
+}
+
+#[tokio::test]
+async fn a_session_told_by_its_lifetime_goaway_counts_as_told_by_the_drain() {
+    let server = TestServer::start_with(|config| {
+        config.max_connection_lifetime = Duration::from_millis(500);
+        config.connection_lifetime_spread = Duration::from_millis(100);
+        // The drain starts within this grace, after the lifetime's goaway.
+        config.goaway_grace = Duration::from_secs(2);
+        config.shutdown_grace = Duration::from_secs(5);
+    })
+    .await;
+    let event = server.create_event("told-already").await;
+    let mut device = server.device().await;
+    subscribe(&mut device, &[(topic(&event), 0)]).await;
+    assert!(matches!(
+        next_frame(&mut device).await,
+        ServerFrame::Goaway {
+            reason: GoawayReason::MaxLifetime,
+            ..
+        }
+    ));
+    let answer = admin_call(&server, "POST", "/v1/admin/nodes/test-node/drain").await;
+    assert_eq!(answer.status, 202, "{}", answer.text());
+    let (_, close, reason) = read_until_close(&mut device).await;
+    assert_eq!((close, reason.as_str()), (1001, "max_lifetime"));
+    let progress = server.admin().stats().await.unwrap().nodes[0]
+        .drain
+        .unwrap();
+    assert_eq!(progress.sessions_at_start, 1);
+    assert_eq!(progress.goaways_sent, 1, "{progress:?}");
+    assert_eq!(server.metric("ringside_drain_goaways_total").await, 0);
+    server.stop().await;
+}

@@ -127,6 +127,11 @@ pub struct Gateway {
     /// Cancelled when the node drains: every session sends goaway and closes.
     pub(crate) drain: CancellationToken,
     pub(crate) draining: AtomicBool,
+    /// Cancelled at a drain's end (window + grace + close handshake): the sessions still open
+    /// are dropped at once, so that the drain ends on time.
+    pub(crate) cut: CancellationToken,
+    /// Sessions the drain cut.
+    drain_sessions_cut: AtomicU64,
     next_connection: AtomicU64,
     /// Sessions admitted (upgrade accepted) and not yet ended; bounded by `max_connections`.
     admitted: AtomicU64,
@@ -137,7 +142,8 @@ pub struct Gateway {
     /// Set once, when the drain starts; every session draws its goaway moment from it. A
     /// second drain request finds it set and answers with the progress.
     drain_plan: OnceLock<DrainPlan>,
-    /// Goaways the drain has sent.
+    /// Sessions the drain has told to go: its goaways, and the sessions whose lifetime goaway
+    /// was already out when the drain reached them.
     drain_goaways_sent: AtomicU64,
     /// The task that logs the drain's progress every second and reports how it ended; taken
     /// by [`Gateway::drain`] to wait for it.
@@ -183,7 +189,11 @@ impl Drop for SessionPermit {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DrainReport {
     pub sessions_at_start: u64,
-    /// Sessions still open when the grace period ran out (0 when the drain finished).
+    /// Sessions still open at the drain's end (window + grace + close handshake), closed then
+    /// by dropping them.
+    pub sessions_cut: u64,
+    /// Sessions still open when the shutdown grace ran out, even after the cut (0 when the
+    /// drain finished).
     pub sessions_left: u64,
 }
 
@@ -201,6 +211,8 @@ impl Gateway {
             sessions: TaskTracker::new(),
             drain: CancellationToken::new(),
             draining: AtomicBool::new(false),
+            cut: CancellationToken::new(),
+            drain_sessions_cut: AtomicU64::new(0),
             next_connection: AtomicU64::new(1),
             admitted: AtomicU64::new(0),
             device_sessions: device_sessions::DeviceSessions::new(),
@@ -301,6 +313,7 @@ impl Gateway {
             sessions_at_start: plan.sessions_at_start,
             goaways_sent: self.drain_goaways_sent.load(Ordering::Relaxed),
             sessions_left: self.admitted.load(Ordering::Acquire),
+            sessions_cut: self.drain_sessions_cut.load(Ordering::Relaxed),
         })
     }
 
@@ -313,6 +326,11 @@ impl Gateway {
     pub(crate) fn count_drain_goaway(&self) {
         self.drain_goaways_sent.fetch_add(1, Ordering::Relaxed);
         self.metrics.drain_goaways.increment();
+    }
+
+    /// Counts a session the drain found told already (its lifetime goaway was out).
+    pub(crate) fn count_drain_told(&self) {
+        self.drain_goaways_sent.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Starts the paced drain, or finds it started: stops taking connections and has every
@@ -354,8 +372,11 @@ impl Gateway {
     }
 
     /// Logs the drain's progress every second until every session has ended or the drain's
-    /// time (`shutdown_grace`) is up, then how it ended.
+    /// end (window + grace + close handshake) is reached, cuts what is left then, and reports
+    /// how it ended.
     async fn monitor_drain(self: Arc<Self>, plan: DrainPlan) -> DrainReport {
+        let cut_at =
+            plan.started + plan.window + self.config.goaway_grace + config::CLOSE_HANDSHAKE_TIMEOUT;
         let deadline = plan.started + self.config.shutdown_grace;
         let finished = self.sessions.wait();
         tokio::pin!(finished);
@@ -364,6 +385,12 @@ impl Gateway {
         let finished = loop {
             tokio::select! {
                 () = &mut finished => break true,
+                () = tokio::time::sleep_until(cut_at), if !self.cut.is_cancelled() => {
+                    let sessions_cut = self.sessions.len() as u64;
+                    self.drain_sessions_cut.store(sessions_cut, Ordering::Relaxed);
+                    tracing::warn!(sessions_cut, "drain window and grace over; cutting the sessions left");
+                    self.cut.cancel();
+                }
                 () = tokio::time::sleep_until(deadline) => break false,
                 _ = progress_line.tick() => {
                     tracing::info!(
@@ -384,11 +411,13 @@ impl Gateway {
             self.sessions.len() as u64
         };
         let goaways_sent = self.drain_goaways_sent.load(Ordering::Relaxed);
+        let sessions_cut = self.drain_sessions_cut.load(Ordering::Relaxed);
         let elapsed_ms = millis(plan.started.elapsed());
         if finished {
             tracing::info!(
                 sessions_at_start,
                 goaways_sent,
+                sessions_cut,
                 elapsed_ms,
                 "gateway drained"
             );
@@ -397,12 +426,14 @@ impl Gateway {
                 sessions_at_start,
                 sessions_left,
                 goaways_sent,
+                sessions_cut,
                 elapsed_ms,
                 "gateway drain timed out"
             );
         }
         DrainReport {
             sessions_at_start,
+            sessions_cut,
             sessions_left,
         }
     }
@@ -419,6 +450,7 @@ impl Gateway {
         match monitor {
             Some(monitor) => monitor.await.unwrap_or(DrainReport {
                 sessions_at_start: progress.sessions_at_start,
+                sessions_cut: self.drain_sessions_cut.load(Ordering::Relaxed),
                 sessions_left: self.sessions.len() as u64,
             }),
             // Another caller waits for the monitor: wait for the same end.
@@ -434,6 +466,7 @@ impl Gateway {
                     .is_ok();
                 DrainReport {
                     sessions_at_start: plan.sessions_at_start,
+                    sessions_cut: self.drain_sessions_cut.load(Ordering::Relaxed),
                     sessions_left: if finished {
                         0
                     } else {

@@ -95,6 +95,10 @@ struct Session {
     farewell: Farewell,
     /// The node's drain reached this session (its goaway moment is drawn).
     drain_noticed: bool,
+    /// Once its goaway is out (or the drain has drawn its moment): when the connection is
+    /// closed. Every write is bounded by the time left until then, so that no write (under
+    /// `send_timeout` otherwise) holds the session past its close.
+    close_by: Option<Instant>,
     /// Reused buffer for states taken from the mailbox.
     outbound: Vec<Delivery>,
 }
@@ -132,13 +136,24 @@ pub(crate) async fn run(
         farewell_at: lifetime_end(&gateway.config, now),
         farewell: Farewell::Due(GoawayReason::MaxLifetime),
         drain_noticed: false,
+        close_by: None,
         outbound: Vec::new(),
         gateway,
         _permit: permit,
     };
     tracing::trace!(connection, device = %claims.sub, "session open");
-    let ending = session.serve(&mut socket).await;
-    Box::pin(session.finish(&mut socket, ending)).await;
+    // A drain cuts whatever is still open at its end (window, grace, close handshake): the
+    // session is dropped wherever it waits, its socket with it.
+    let cut = session.gateway.cut.clone();
+    let served = async {
+        let ending = session.serve(&mut socket).await;
+        Box::pin(session.finish(&mut socket, ending)).await;
+    };
+    tokio::select! {
+        biased;
+        () = served => {}
+        () = cut.cancelled() => tracing::debug!(connection, "session cut at the drain's end"),
+    }
 }
 
 impl Session {
@@ -250,14 +265,18 @@ impl Session {
     fn notice_drain(&mut self) {
         self.drain_noticed = true;
         if let Farewell::Sent(_) = self.farewell {
+            // Already told (its lifetime goaway): the drain counts it as sent.
+            self.gateway.count_drain_told();
             return;
         }
         let moment = self
             .gateway
             .drain_plan()
             .map_or_else(Instant::now, |plan| plan.goaway_moment());
+        let moment = self.farewell_at.map_or(moment, |at| at.min(moment));
         self.farewell = Farewell::Due(GoawayReason::Shutdown);
-        self.farewell_at = Some(self.farewell_at.map_or(moment, |at| at.min(moment)));
+        self.farewell_at = Some(moment);
+        self.close_by = Some(moment + self.gateway.config.goaway_grace);
     }
 
     /// At the farewell's moment: sends the goaway and keeps serving for `goaway_grace`, or,
@@ -271,7 +290,11 @@ impl Session {
                     _ => self.gateway.metrics.max_lifetime_goaways.increment(),
                 }
                 self.farewell = Farewell::Sent(reason);
-                self.farewell_at = Some(now + self.gateway.config.goaway_grace);
+                // A goaway sent late (after a slow write) still closes at the drain's moment.
+                let close = now + self.gateway.config.goaway_grace;
+                let close = self.close_by.map_or(close, |by| by.min(close));
+                self.farewell_at = Some(close);
+                self.close_by = Some(close);
                 let goaway = ServerFrame::Goaway {
                     reconnect_after_ms: millis(self.gateway.reconnect_delay()),
                     reason,
@@ -447,6 +470,7 @@ impl Session {
     /// Writes every pending state as the frame the hub encoded, and whatever a direct write
     /// left in the backlog, then flushes.
     async fn send_pending(&mut self) -> Result<(), Ending> {
+        let close_by = self.close_bound();
         let (mailbox, sent) = (&self.mailbox, &mut self.outbound);
         let written = async {
             loop {
@@ -457,7 +481,7 @@ impl Session {
                 }
             }
         };
-        let outcome = bounded_write(&self.gateway, written).await;
+        let outcome = bounded_write(&self.gateway, close_by, written).await;
         let deliveries = self.gateway.hub.deliveries();
         for delivery in self.outbound.drain(..) {
             if outcome.is_ok() {
@@ -467,13 +491,19 @@ impl Session {
         outcome
     }
 
+    /// The session's close and its reason, once planned (see `close_by`).
+    fn close_bound(&self) -> Option<(Instant, GoawayReason)> {
+        let (Farewell::Due(reason) | Farewell::Sent(reason)) = self.farewell;
+        self.close_by.map(|by| (by, reason))
+    }
+
     async fn send_frame(&mut self, socket: &mut Socket, frame: &ServerFrame) -> Result<(), Ending> {
         self.write(socket, Message::Text(frame.encode().into()))
             .await
     }
 
     async fn write(&mut self, socket: &mut Socket, message: Message) -> Result<(), Ending> {
-        bounded_write(&self.gateway, socket.send(message)).await
+        bounded_write(&self.gateway, self.close_bound(), socket.send(message)).await
     }
 
     /// Says why the connection ends (when the peer can still hear it) and closes it.
@@ -560,17 +590,24 @@ impl Session {
     }
 }
 
-/// Runs a socket write under the send timeout. The configuration keeps the send timeout below
-/// the shutdown grace, so a stuck write cannot hold a drain past it. (A write that completes at
-/// once never registers the timeout's timer.)
+/// Runs a socket write under the send timeout, or until the session's close (`close_by`) if
+/// that comes first: a write still pending then ends the session as its planned farewell,
+/// whose close is bounded by the close handshake. (A write that completes at once never
+/// registers the timeout's timer.)
 async fn bounded_write<E>(
     gateway: &Gateway,
+    close_by: Option<(Instant, GoawayReason)>,
     write: impl Future<Output = Result<(), E>>,
 ) -> Result<(), Ending> {
-    match timeout(gateway.config.send_timeout, write).await {
+    let send_timeout = Instant::now() + gateway.config.send_timeout;
+    let until = close_by.map_or(send_timeout, |(by, _)| by.min(send_timeout));
+    match tokio::time::timeout_at(until, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(Ending::Gone),
-        Err(_elapsed) => Err(Ending::SlowConsumer),
+        Err(_elapsed) => match close_by {
+            Some((by, reason)) if by < send_timeout => Err(Ending::Farewell { reason }),
+            _ => Err(Ending::SlowConsumer),
+        },
     }
 }
 

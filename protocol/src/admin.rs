@@ -296,10 +296,14 @@ pub struct DrainProgress {
     pub grace_ms: u64,
     /// Sessions the node held when the drain started.
     pub sessions_at_start: u64,
-    /// Goaways sent so far by the drain.
+    /// Sessions told to go so far: the drain's goaways, and the sessions whose lifetime goaway
+    /// was already out when the drain reached them (so it reaches `sessions_at_start`).
     pub goaways_sent: u64,
     /// Sessions still open.
     pub sessions_left: u64,
+    /// Sessions still open at the drain's end (window + grace + close handshake), dropped then.
+    #[serde(default)]
+    pub sessions_cut: u64,
 }
 
 /// Where a drain request stands.

@@ -180,6 +180,11 @@ impl TestServer {
         (response, json)
     }
 
+    /// Cancels the server (as SIGTERM does) without waiting: its drain starts.
+    pub fn begin_stop(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Cancels the server and waits for its drain.
     pub async fn stop(self) -> DrainReport {
         self.shutdown.cancel();
