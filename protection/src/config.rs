@@ -62,6 +62,15 @@ pub struct ProtectionConfig {
     pub fleet_poll_interval: Duration,
     /// Shed lines logged per second (default 5; the rest are counted).
     pub shed_log_lines_per_s: u32,
+    /// How often the scheduling-lag probe wakes (default 5 ms).
+    pub lag_probe_interval: Duration,
+    /// Per class, the scheduling lag above which its requests are shed whatever is in flight
+    /// (`None`: never on lag; critical's default). The lag is how late the node's runtime runs
+    /// a task that is due: the queue of requests waiting to be read, which the concurrency
+    /// limit cannot see when handlers are CPU-bound and finish without yielding.
+    pub lag_limits: PerClass<Option<Duration>>,
+    /// The same while the ruleset is active.
+    pub tightened_lag_limits: PerClass<Option<Duration>>,
 }
 
 impl Default for ProtectionConfig {
@@ -107,6 +116,19 @@ impl Default for ProtectionConfig {
             evaluate_interval: Duration::from_millis(250),
             fleet_poll_interval: Duration::from_secs(2),
             shed_log_lines_per_s: 5,
+            lag_probe_interval: Duration::from_millis(5),
+            lag_limits: PerClass {
+                critical: None,
+                degraded: Some(Duration::from_millis(500)),
+                best_effort: Some(Duration::from_millis(50)),
+                bulk: Some(Duration::from_millis(20)),
+            },
+            tightened_lag_limits: PerClass {
+                critical: None,
+                degraded: Some(Duration::from_millis(250)),
+                best_effort: Some(Duration::from_millis(20)),
+                bulk: Some(Duration::from_millis(10)),
+            },
         }
     }
 }
@@ -181,6 +203,24 @@ impl ProtectionConfig {
             let window = self.retry_after.get(class);
             if window.min > window.max || window.min < ms || window.max > 3600 * s {
                 return fail("retry_after", "windows must be 1 ms to 1 h, min <= max");
+            }
+        }
+        if !between(self.lag_probe_interval, ms, s) {
+            return fail("lag_probe_interval", "must be between 1 ms and 1 s");
+        }
+        for limits in [&self.lag_limits, &self.tightened_lag_limits] {
+            let ordered = protocol::Priority::ALL.map(|class| limits.get(class));
+            // A lower class never tolerates more lag than a higher one (None: never shed).
+            let rank = |limit: Option<Duration>| limit.unwrap_or(Duration::MAX);
+            if ordered
+                .iter()
+                .any(|limit| limit.is_some_and(|limit| !between(limit, 2 * ms, 60 * s)))
+                || ordered.windows(2).any(|pair| rank(pair[1]) > rank(pair[0]))
+            {
+                return fail(
+                    "lag_limits",
+                    "must be 2 ms to 60 s and not rise from a class to a lower one",
+                );
             }
         }
         let day = 24 * 3600 * s;

@@ -24,7 +24,7 @@ pub mod limit;
 pub mod retry;
 pub mod ruleset;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,9 @@ pub struct Protection {
     background_paused: watch::Sender<bool>,
     /// Requests counted at the last evaluation, for the request rate.
     last_evaluation: Mutex<(Instant, u64, u64)>,
+    /// The runtime's scheduling lag, in microseconds, as the probe last measured it (rises at
+    /// once, decays over a few probes).
+    lag_us: AtomicU64,
 }
 
 impl Protection {
@@ -129,10 +132,11 @@ impl Protection {
             header_log: LogBudget::new(registry, "protection_bad_header", 1),
             background_paused: watch::Sender::new(false),
             last_evaluation: Mutex::new((Instant::now(), 0, 0)),
+            lag_us: AtomicU64::new(0),
             node: node.into(),
             config,
         });
-        let gauges: [(&'static str, &'static str, GaugeReader); 4] = [
+        let gauges: [(&'static str, &'static str, GaugeReader); 5] = [
             (
                 "ringside_protection_in_flight",
                 "Requests in flight under the concurrency limit.",
@@ -147,6 +151,11 @@ impl Protection {
                 "ringside_protection_ruleset_active",
                 "1 while the event-driven ruleset (tightened shares, paused background work) is active.",
                 |p| i64::from(p.ruleset.is_active()),
+            ),
+            (
+                "ringside_protection_scheduling_lag_microseconds",
+                "How late the node's runtime runs a task that is due: the queue of requests not yet read.",
+                |p| i64::try_from(p.scheduling_lag().as_micros()).unwrap_or(i64::MAX),
             ),
             (
                 "ringside_protection_enabled",
@@ -177,6 +186,35 @@ impl Protection {
         self.on.load(Ordering::Relaxed)
     }
 
+    fn lag_limits(&self) -> &PerClass<Option<Duration>> {
+        if self.ruleset.is_active() {
+            &self.config.tightened_lag_limits
+        } else {
+            &self.config.lag_limits
+        }
+    }
+
+    /// The runtime's scheduling lag now (see [`ProtectionConfig::lag_limits`]).
+    pub fn scheduling_lag(&self) -> Duration {
+        Duration::from_micros(self.lag_us.load(Ordering::Relaxed))
+    }
+
+    /// Takes one probe: the probe woke `late` after it was due.
+    fn note_lag(&self, late: Duration) {
+        let late_us = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
+        let before = self.lag_us.load(Ordering::Relaxed);
+        // Up at once (a queue that formed is there now), down by a fifth per probe.
+        self.lag_us
+            .store(late_us.max(before - before / 5), Ordering::Relaxed);
+    }
+
+    /// Whether requests of `class` wait behind too long a queue to be worth starting.
+    fn lagging(&self, class: Priority) -> bool {
+        self.lag_limits()
+            .get(class)
+            .is_some_and(|limit| self.scheduling_lag() > limit)
+    }
+
     fn shares(&self) -> &PerClass<f64> {
         if self.ruleset.is_active() {
             &self.config.tightened_shares
@@ -190,7 +228,8 @@ impl Protection {
     pub(crate) fn admit(self: &Arc<Self>, class: RequestClass) -> Option<Ticket> {
         let (c, r) = (class.class.index(), class.route.index());
         if self.is_on() {
-            if !self.limit.try_acquire(self.shares().get(class.class)) {
+            if self.lagging(class.class) || !self.limit.try_acquire(self.shares().get(class.class))
+            {
                 self.metrics.shed[c][r].increment();
                 if self.shed_log.allow() {
                     tracing::info!(
@@ -198,6 +237,7 @@ impl Protection {
                         route = class.route.as_str(),
                         in_flight = self.limit.in_flight(),
                         limit = self.limit.limit(),
+                        lag_ms = self.scheduling_lag().as_millis(),
                         "request shed"
                     );
                 }
@@ -347,10 +387,17 @@ impl Protection {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.config.evaluate_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let probe_interval = self.config.lag_probe_interval;
+        let mut probe_due = tokio::time::Instant::now() + probe_interval;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => self.evaluate(),
+                () = tokio::time::sleep_until(probe_due) => {
+                    let now = tokio::time::Instant::now();
+                    self.note_lag(now.saturating_duration_since(probe_due));
+                    probe_due = now + probe_interval;
+                }
             }
         }
     }
@@ -381,6 +428,7 @@ impl Protection {
             admitted: per_class(&self.metrics.admitted),
             short_rtt_us: self.limit.short_rtt_us(),
             long_rtt_us: self.limit.long_rtt_us(),
+            scheduling_lag_us: u64::try_from(self.scheduling_lag().as_micros()).unwrap_or(u64::MAX),
             background_paused: *self.background_paused.borrow(),
             last_transition: self.ruleset.last_transition(),
         }
@@ -417,6 +465,41 @@ mod tests {
             .into_iter()
             .filter(|class| protection.admit(request(*class)).is_some())
             .collect()
+    }
+
+    #[test]
+    fn a_runtime_that_runs_late_sheds_the_lowest_classes_first_whatever_is_in_flight() {
+        use Priority::*;
+        // CPU-bound handlers finish without yielding: in flight stays near the core count while
+        // requests queue unread in front of the runtime. The lag is what shows that queue.
+        let protection = Protection::new(fixed_limit(100), "n", &Registry::new());
+        let expected: [(u64, &[Priority]); 5] = [
+            (1, &[Critical, Degraded, BestEffort, Bulk]),
+            (30, &[Critical, Degraded, BestEffort]),
+            (80, &[Critical, Degraded]),
+            (600, &[Critical]),
+            (60_000, &[Critical]),
+        ];
+        for (lag_ms, classes) in expected {
+            protection.lag_us.store(lag_ms * 1000, Ordering::Relaxed);
+            assert_eq!(
+                admitted_classes(&protection, 0),
+                classes,
+                "{lag_ms} ms late"
+            );
+        }
+        // A queue that drained: the lag decays probe by probe, and the classes come back.
+        for _ in 0..60 {
+            protection.note_lag(Duration::ZERO);
+        }
+        assert_eq!(admitted_classes(&protection, 0), Priority::ALL);
+        // Tightened by the ruleset, best_effort goes from 20 ms instead of 50.
+        protection.apply(ProtectionUpdate {
+            ruleset: Some(RulesetMode::On),
+            protection: None,
+        });
+        protection.note_lag(Duration::from_millis(30));
+        assert_eq!(admitted_classes(&protection, 0), [Critical, Degraded]);
     }
 
     #[test]

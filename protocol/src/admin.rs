@@ -267,6 +267,10 @@ pub struct ProtectionStatus {
     /// Short-term and long-term request latency the limit follows, in microseconds.
     pub short_rtt_us: u64,
     pub long_rtt_us: u64,
+    /// How late the runtime runs a task that is due, in microseconds: requests waiting to be
+    /// read, which the limit cannot see.
+    #[serde(default)]
+    pub scheduling_lag_us: u64,
     /// Whether the node's server-driven work (background materialization) is paused.
     pub background_paused: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
