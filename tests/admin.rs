@@ -340,19 +340,7 @@ async fn slow_or_silent_http_clients_neither_hold_connections_nor_block_shutdown
 
 /// A device token for profile `p000001` of the test catalog, for GraphQL.
 fn catalog_token() -> String {
-    let key = auth::DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap();
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    key.sign(&auth::DeviceClaims {
-        sub: "graphql-reader".into(),
-        profile: "p000001".into(),
-        class: auth::DeviceClass::Tv,
-        exp,
-        priority: None,
-    })
+    profile_token("graphql-reader", "p000001", 3600)
 }
 
 /// The event's current state as GraphQL serves it: `(version, fetchWithinMs)`.

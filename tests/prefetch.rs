@@ -27,19 +27,7 @@ const FULL_PREFETCH: &str = r#"{
 }"#;
 
 fn token(profile: &str) -> String {
-    let key = auth::DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap();
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    key.sign(&auth::DeviceClaims {
-        sub: format!("dev-{profile}"),
-        profile: profile.into(),
-        class: auth::DeviceClass::Tv,
-        exp,
-        priority: None,
-    })
+    profile_token(&format!("dev-{profile}"), profile, 3600)
 }
 
 /// A server whose prefetch pages live in the machine's Redis, under keys of its own.

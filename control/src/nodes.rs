@@ -85,13 +85,7 @@ impl NodeRegistry {
 
     /// Writes `report` for [`NODE_TTL`].
     pub async fn report(&self, report: &NodeReport) -> Result<(), redis::RedisError> {
-        let json = serde_json::to_string(report).map_err(|error| {
-            redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "unserializable node report",
-                error.to_string(),
-            ))
-        })?;
+        let json = report_json(report)?;
         let ttl_ms = NODE_TTL.as_millis() as u64;
         let mut connection = self.connection.clone();
         redis::pipe()
@@ -113,18 +107,7 @@ impl NodeRegistry {
 
     /// Removes `node` (a node that stops says so instead of waiting to expire).
     pub async fn remove(&self, node: &str) -> Result<(), redis::RedisError> {
-        let mut connection = self.connection.clone();
-        redis::pipe()
-            .atomic()
-            .cmd("DEL")
-            .arg(self.node_key(node))
-            .ignore()
-            .cmd("ZREM")
-            .arg(self.set_key())
-            .arg(node)
-            .ignore()
-            .query_async::<()>(&mut connection)
-            .await
+        self.forget(self.node_key(node), self.set_key(), node).await
     }
 
     /// Every live node's last report, by node id. Liveness is the report key's TTL, kept by
@@ -197,13 +180,7 @@ impl NodeRegistry {
     /// Writes a draining node's report (with its drain progress) for [`NODE_TTL`], out of the
     /// registry: its `node:<id>` entry and any drain request go.
     pub async fn report_drain(&self, report: &NodeReport) -> Result<(), redis::RedisError> {
-        let json = serde_json::to_string(report).map_err(|error| {
-            redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "unserializable node report",
-                error.to_string(),
-            ))
-        })?;
+        let json = report_json(report)?;
         let node = &report.node.node;
         let mut connection = self.connection.clone();
         redis::pipe()
@@ -233,14 +210,20 @@ impl NodeRegistry {
 
     /// Removes a drained node's drain report (when its process stops).
     pub async fn remove_drain(&self, node: &str) -> Result<(), redis::RedisError> {
+        self.forget(self.draining_key(node), self.draining_set_key(), node)
+            .await
+    }
+
+    /// Deletes `node`'s report under `key` and its member of the sorted set `set`, atomically.
+    async fn forget(&self, key: String, set: String, node: &str) -> Result<(), redis::RedisError> {
         let mut connection = self.connection.clone();
         redis::pipe()
             .atomic()
             .cmd("DEL")
-            .arg(self.draining_key(node))
+            .arg(key)
             .ignore()
             .cmd("ZREM")
-            .arg(self.draining_set_key())
+            .arg(set)
             .arg(node)
             .ignore()
             .query_async::<()>(&mut connection)
@@ -384,6 +367,17 @@ impl NodeDrains for ClusterStats {
             })
         })
     }
+}
+
+/// A node report as JSON; a report that cannot encode is a client error, never a panic.
+fn report_json(report: &NodeReport) -> Result<String, redis::RedisError> {
+    serde_json::to_string(report).map_err(|error| {
+        redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "unserializable node report",
+            error.to_string(),
+        ))
+    })
 }
 
 #[cfg(test)]

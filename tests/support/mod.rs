@@ -233,6 +233,11 @@ pub async fn create_event(admin: &AdminClient, id: &str) -> EventId {
 }
 
 pub fn device_token(device: &str, ttl_s: i64) -> String {
+    profile_token(device, &format!("profile-{device}"), ttl_s)
+}
+
+/// A TV token of `device` that may read `profile`, valid for `ttl_s` seconds (negative: expired).
+pub fn profile_token(device: &str, profile: &str, ttl_s: i64) -> String {
     let key = DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -241,7 +246,7 @@ pub fn device_token(device: &str, ttl_s: i64) -> String {
     let exp = now.saturating_add_signed(ttl_s);
     key.sign(&DeviceClaims {
         sub: device.into(),
-        profile: format!("profile-{device}"),
+        profile: profile.into(),
         class: DeviceClass::Tv,
         exp,
         priority: None,
