@@ -329,3 +329,102 @@ pub struct DrainAnswer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<DrainProgress>,
 }
+
+/// `PATCH /v1/admin/events/{id}`: the fields given replace the event's; a field left out keeps
+/// its value. Stages may be reordered or added; a stage the event already published cannot be
+/// removed (`409 conflict`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEvent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// RFC 3339 timestamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Vec<Stage>>,
+}
+
+/// Upper bounds, in ms since `published_at_ms`, of the ack-latency histogram's buckets. The
+/// histogram has one more bucket, for acks later than the last bound.
+pub const ACK_LATENCY_BOUNDS_MS: [u64; 14] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000,
+];
+
+/// Acks of one broadcast by their latency: `counts[i]` acks arrived at most
+/// `ACK_LATENCY_BOUNDS_MS[i]` ms after the publish (and later than the bound before); the last
+/// count holds the later ones. Latency is measured on the receiving node's clock against the
+/// control plane's `published_at_ms`, so a skewed clock shifts it (never below 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckHistogram {
+    pub counts: Vec<u64>,
+}
+
+/// One node's record of one broadcast (one published version of an event's state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeBroadcast {
+    pub node: String,
+    /// Connections subscribed to the event's topic when the version reached the node.
+    pub subscribed: u64,
+    /// Frames of this version written to connections (live and catch-up).
+    pub sent: u64,
+    /// First acks of this version from connections that were sent it.
+    pub acked: u64,
+    pub ack_latency: AckHistogram,
+    /// The node holds this version (or a newer one) as the topic's current state.
+    pub applied: bool,
+    /// When the version reached the node, in ms since the Unix epoch (the node's clock).
+    pub received_at_ms: u64,
+}
+
+/// Ack latency quantiles, in ms, each the upper bound of the histogram bucket it falls in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyQuantiles {
+    pub p50_ms: u64,
+    pub p90_ms: u64,
+    pub p99_ms: u64,
+}
+
+/// One broadcast, summed over the fleet's nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BroadcastSummary {
+    pub event: EventId,
+    pub topic: Topic,
+    pub version: u64,
+    pub stage: Stage,
+    pub published_at_ms: u64,
+    pub subscribed: u64,
+    pub sent: u64,
+    pub acked: u64,
+    /// `acked / max(subscribed, sent)`: devices that joined after the publish and were sent the
+    /// version count on both sides. 0 when nobody was subscribed or sent it.
+    pub acked_fraction: f64,
+    /// `None` until the first ack.
+    pub ack_latency: Option<LatencyQuantiles>,
+    /// Nodes that reported this broadcast, and how many of them hold it (or a newer version).
+    pub nodes_reporting: u64,
+    pub nodes_applied: u64,
+}
+
+/// `GET /v1/admin/events/{id}/broadcasts`: the last broadcasts nodes keep, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BroadcastList {
+    pub broadcasts: Vec<BroadcastSummary>,
+}
+
+/// A point of a reach curve: the acked fraction `ms` after the publish.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ReachPoint {
+    pub ms: u64,
+    pub acked_fraction: f64,
+}
+
+/// `GET /v1/admin/events/{id}/broadcasts/{version}`: the summary, the reach curve (one point
+/// per histogram bound up to the latest ack) and the per-node rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BroadcastReport {
+    #[serde(flatten)]
+    pub summary: BroadcastSummary,
+    pub reach: Vec<ReachPoint>,
+    pub nodes: Vec<NodeBroadcast>,
+}
