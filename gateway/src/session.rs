@@ -111,12 +111,15 @@ impl Drop for Session {
     }
 }
 
-pub(crate) async fn run(
+/// Opens a session on an upgraded socket. What the returned future holds is what every idle
+/// connection costs, so the session and its socket are moved into it once and used in place
+/// (an `async fn` would keep its arguments beside the locals made from them).
+pub(crate) fn run(
     permit: SessionPermit,
     mut socket: Socket,
     mailbox: Arc<Mailbox>,
-    claims: DeviceClaims,
-) {
+    claims: &DeviceClaims,
+) -> impl Future<Output = ()> + Send + use<> {
     let gateway = permit.gateway.clone();
     let connection = gateway.next_connection_id();
     gateway.metrics.connections_opened.increment();
@@ -142,31 +145,37 @@ pub(crate) async fn run(
         _permit: permit,
     };
     tracing::trace!(connection, device = %claims.sub, "session open");
-    // A drain cuts whatever is still open at its end (window, grace, close handshake): the
-    // session is dropped wherever it waits, its socket with it.
-    let cut = session.gateway.cut.clone();
-    let served = async {
-        let ending = session.serve(&mut socket).await;
-        Box::pin(session.finish(&mut socket, ending)).await;
-    };
-    tokio::select! {
-        biased;
-        () = served => {}
-        () = cut.cancelled() => tracing::debug!(connection, "session cut at the drain's end"),
+    async move {
+        // A drain cuts whatever is still open at its end (window, grace, close handshake): the
+        // session is dropped wherever it waits, its socket with it.
+        let cut = session.gateway.cut.clone();
+        let served = async {
+            let ending = session.serve(&mut socket).await;
+            Box::pin(session.finish(&mut socket, ending)).await;
+        };
+        tokio::select! {
+            biased;
+            () = served => {}
+            () = cut.cancelled() => tracing::debug!(connection, "session cut at the drain's end"),
+        }
     }
 }
 
 impl Session {
     async fn serve(&mut self, socket: &mut Socket) -> Ending {
         let config = &self.gateway.config;
-        let welcome = ServerFrame::Welcome {
-            connection_id: format!("{}-{:x}", config.node_id, self.connection),
-            node: config.node_id.clone(),
-            heartbeat_ms: u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
-            protocol: PROTOCOL_VERSION,
-        };
-        if let Err(ending) = Box::pin(self.send_frame(socket, &welcome)).await {
-            return ending;
+        // In a block of its own: the welcome is not kept for the rest of the session.
+        {
+            let welcome = ServerFrame::Welcome {
+                connection_id: format!("{}-{:x}", config.node_id, self.connection),
+                node: config.node_id.clone(),
+                heartbeat_ms: u64::try_from(config.heartbeat_interval.as_millis())
+                    .unwrap_or(u64::MAX),
+                protocol: PROTOCOL_VERSION,
+            };
+            if let Err(ending) = Box::pin(self.send_frame(socket, &welcome)).await {
+                return ending;
+            }
         }
         // One drain registration and one timer for the whole session, not one per turn of the
         // loop: both are shared structures that every session would otherwise contend on.
@@ -190,8 +199,12 @@ impl Session {
             tokio::select! {
                 biased;
                 () = &mut drain, if !self.drain_noticed => self.notice_drain(),
+                // Every branch's work runs as a boxed future: it exists only while it runs, so
+                // that the largest of them does not set the size of every idle session. (Live
+                // states reach an idle session without waking it; this branch writes only what
+                // had to wait.)
                 () = self.mailbox.ready() => {
-                    if let Err(ending) = self.send_pending().await {
+                    if let Err(ending) = Box::pin(self.send_pending()).await {
                         return ending;
                     }
                 }
@@ -210,8 +223,6 @@ impl Session {
                         return ending;
                     }
                     self.last_inbound = now;
-                    // Client frames and timers are rare next to state writes: their futures
-                    // live on the heap while they run, keeping every idle session small.
                     if let Err(ending) = Box::pin(self.handle_inbound(socket, inbound)).await {
                         return ending;
                     }

@@ -15,6 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use broadcaster::Mailbox;
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -121,27 +124,21 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
     let backlog_limit = gateway.config.max_frame_bytes.max(64 * 1024);
     let permit = gateway.try_admit(&claims.sub)?;
     let send_buffer_bytes = gateway.config.send_buffer_bytes;
-    gateway.sessions.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(error) => return tracing::debug!(%error, "upgrade did not complete"),
-        };
-        // The session needs the TCP socket itself: the fan-out writes to it directly. Frames
-        // the device sent right behind its upgrade request were read with the request; they are
-        // copied out, so that the HTTP read buffer they sit in is freed now.
-        let (stream, early_frames) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => (parts.io.into_inner(), parts.read_buf.to_vec()),
-            Err(_) => return tracing::error!("upgraded connection is not a TCP socket; closed"),
-        };
-        limit_send_buffer(&stream, send_buffer_bytes);
-        let (mut socket, mailbox) =
-            DeviceSocket::new(stream, backlog_limit, permit.gateway.clone());
-        socket.charge_inbound(early_frames.len());
-        let socket =
-            WebSocketStream::from_partially_read(socket, early_frames, Role::Server, Some(config))
-                .await;
-        session::run(permit, socket, mailbox, claims).await;
-    });
+    let opening = open(
+        on_upgrade,
+        config,
+        backlog_limit,
+        send_buffer_bytes,
+        gateway.clone(),
+    );
+    // The opening's state and the session's never sit side by side in the task: `then` holds
+    // one, then the other.
+    gateway
+        .sessions
+        .spawn(opening.then(move |opened| match opened {
+            Some((socket, mailbox)) => Either::Left(session::run(permit, socket, mailbox, &claims)),
+            None => Either::Right(std::future::ready(())),
+        }));
 
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let headers = response.headers_mut();
@@ -153,6 +150,39 @@ fn accept(gateway: &Arc<Gateway>, mut request: Request) -> Result<Response, Gate
             .unwrap_or_else(|_| unreachable!("base64 is a valid header")),
     );
     Ok(response)
+}
+
+/// Completes the upgrade and wraps the socket for the session; `None` when the connection went
+/// away first.
+async fn open(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    config: WebSocketConfig,
+    backlog_limit: usize,
+    send_buffer_bytes: usize,
+    gateway: Arc<Gateway>,
+) -> Option<(session::Socket, Arc<Mailbox>)> {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade did not complete");
+            return None;
+        }
+    };
+    // The session needs the TCP socket itself: the fan-out writes to it directly. Frames the
+    // device sent right behind its upgrade request were read with the request; they are copied
+    // out, so that the HTTP read buffer they sit in is freed now.
+    let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        tracing::error!("upgraded connection is not a TCP socket; closed");
+        return None;
+    };
+    let (stream, early_frames) = (parts.io.into_inner(), parts.read_buf.to_vec());
+    limit_send_buffer(&stream, send_buffer_bytes);
+    let (mut socket, mailbox) = DeviceSocket::new(stream, backlog_limit, gateway);
+    socket.charge_inbound(early_frames.len());
+    let socket =
+        WebSocketStream::from_partially_read(socket, early_frames, Role::Server, Some(config))
+            .await;
+    Some((socket, mailbox))
 }
 
 /// Caps the kernel's send buffer of a device socket (0 keeps autotuning). Conflation starts
