@@ -887,10 +887,20 @@ async fn states_read_after_a_stall(server: &TestServer, name: &str, publishes: u
 #[tokio::test]
 async fn a_device_that_stops_reading_is_sent_few_superseded_states() {
     const PUBLISHES: u64 = 600;
-    let autotuned = TestServer::start_with(|config| config.send_buffer_bytes = 0).await;
+    // The device stalls for as long as the 600 publishes take, which on a loaded machine is
+    // longer than the test servers' 2 s send timeout: this test is about conflation, not
+    // about cutting a slow consumer, so the timeout is set beyond the stall.
+    let stalls_allowed = |config: &mut gateway::GatewayConfig| {
+        config.send_timeout = Duration::from_secs(120);
+    };
+    let autotuned = TestServer::start_with(|config| {
+        stalls_allowed(config);
+        config.send_buffer_bytes = 0;
+    })
+    .await;
     let before = states_read_after_a_stall(&autotuned, "autotuned", PUBLISHES).await;
     autotuned.stop().await;
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(stalls_allowed).await;
     let after = states_read_after_a_stall(&server, "bounded", PUBLISHES).await;
     eprintln!(
         "states read after the stall: {before} with an autotuned send buffer, {after} with the default"
