@@ -716,6 +716,12 @@ struct ServeArgs {
     max_unpublished_topics: Option<usize>,
     #[arg(
         long,
+        env = "RINGSIDE_BROADCASTS_PER_TOPIC",
+        help = "Stage versions per topic whose delivery records this node keeps for the broadcast report [default: 20]"
+    )]
+    broadcasts_per_topic: Option<usize>,
+    #[arg(
+        long,
         env = "RINGSIDE_MAX_CONCURRENT_FANOUTS",
         help = "Topics fanning out at once [default: 8]"
     )]
@@ -885,6 +891,9 @@ impl ServeArgs {
             max_unpublished_topics: self
                 .max_unpublished_topics
                 .unwrap_or(defaults.max_unpublished_topics),
+            broadcasts_per_topic: self
+                .broadcasts_per_topic
+                .unwrap_or(defaults.broadcasts_per_topic),
             max_concurrent_fanouts: self
                 .max_concurrent_fanouts
                 .unwrap_or(defaults.max_concurrent_fanouts),

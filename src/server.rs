@@ -400,6 +400,7 @@ impl Node {
         let hub = Arc::new(Hub::with_config(
             HubConfig {
                 max_unpublished_topics: config.max_unpublished_topics,
+                broadcasts_per_topic: config.broadcasts_per_topic,
             },
             HubMetrics::new(registry),
         ));
