@@ -649,6 +649,18 @@ struct ServeArgs {
     protection: ProtectionArgs,
     #[command(flatten)]
     fetch_window: FetchWindowArgs,
+    #[arg(
+        long,
+        env = "RINGSIDE_ADMIN_STREAMS_MAX",
+        help = "Admin event streams (GET /v1/admin/stream) open at once on this instance [default: 32]"
+    )]
+    admin_streams_max: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_ADMIN_STREAM_CHECK_MS",
+        help = "How often an admin event stream checks for changes [default: 500]"
+    )]
+    admin_stream_check_ms: Option<u64>,
     /// This node's id (default: host name and a random suffix).
     #[arg(long, env = "RINGSIDE_NODE_ID")]
     node_id: Option<String>,
@@ -1018,6 +1030,18 @@ enum EventCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The delivery report: the event's recorded broadcasts, or one version's summary, reach
+    /// curve and per-node rows.
+    Report {
+        id: EventId,
+        /// The broadcast to report on (default: list them all, newest first).
+        version: Option<u64>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Args)]
@@ -1153,6 +1177,31 @@ async fn main() -> anyhow::Result<()> {
                     .await?,
             )
         }
+        Command::Event(EventCommand::Report {
+            id,
+            version,
+            json,
+            client,
+        }) => {
+            let admin = client.admin()?;
+            match version {
+                None => {
+                    let list = admin.broadcasts(&id).await?;
+                    if json {
+                        return print_json(&list);
+                    }
+                    print!("{}", ringside::broadcast_table::list_table(&list));
+                }
+                Some(version) => {
+                    let report = admin.broadcast(&id, version).await?;
+                    if json {
+                        return print_json(&report);
+                    }
+                    print!("{}", ringside::broadcast_table::report_table(&report));
+                }
+            }
+            Ok(())
+        }
         Command::Stats(client) => run_stats(client).await,
         Command::Watch(args) => run_watch(args).await,
         Command::Materialize(args) => run_materialize(args).await,
@@ -1238,6 +1287,16 @@ async fn run_serve(args: ServeArgs, role: Role) -> anyhow::Result<()> {
         secrets,
         prefetch: args.prefetch.setup(args.production)?,
         fetch_window: args.fetch_window.config()?,
+        admin_stream: {
+            let defaults = control::StreamConfig::default();
+            control::StreamConfig {
+                max_streams: args.admin_streams_max.unwrap_or(defaults.max_streams),
+                check_interval: args
+                    .admin_stream_check_ms
+                    .map_or(defaults.check_interval, Duration::from_millis),
+                ..defaults
+            }
+        },
     };
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(args.listen)

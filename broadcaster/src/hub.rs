@@ -768,9 +768,7 @@ impl Hub {
             .filter_map(|(topic, channel)| {
                 // A channel is created just before its first state is stored.
                 let version = channel.current()?.version;
-                let acks = channel
-                    .record(version)
-                    .map_or(0, |record| record.acked());
+                let acks = channel.record(version).map_or(0, |record| record.acked());
                 Some(TopicStats {
                     topic,
                     subscribers: channel.subscribers.load(Ordering::Relaxed),

@@ -896,7 +896,10 @@ mod tests {
         // Subscribed with `since` equal to the current version: nothing is sent.
         mailbox.open(&a, 5);
         mailbox.announce(&a);
-        assert_eq!(mailbox.offer_catch_up(&encoded("event:a", 5)), Offer::Ignored);
+        assert_eq!(
+            mailbox.offer_catch_up(&encoded("event:a", 5)),
+            Offer::Ignored
+        );
         assert!(!mailbox.acknowledge(&a, 5), "never written");
         assert!(!mailbox.acknowledge(&a, 4), "never written");
     }
@@ -918,7 +921,10 @@ mod tests {
         let (mailbox, _peer) = connected(64 * 1024).await;
         let a = Topic::parse("event:a").expect("topic");
         mailbox.open(&a, 1);
-        assert_eq!(mailbox.offer_catch_up(&encoded("event:a", 4)), Offer::QUEUED);
+        assert_eq!(
+            mailbox.offer_catch_up(&encoded("event:a", 4)),
+            Offer::QUEUED
+        );
         assert!(!mailbox.acknowledge(&a, 4), "still waiting");
         assert!(!mailbox.acknowledge(&a, 1), "the since version");
         let mut sent = Vec::new();
