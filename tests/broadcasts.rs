@@ -289,3 +289,69 @@ async fn the_admin_stream_sends_current_values_then_each_broadcast() {
     }
     server.stop().await;
 }
+
+/// Two nodes sharing Redis (each with its in-process bus; the second starts from the event
+/// store's states): each node writes its records next to its registry entry, and the report
+/// of either control plane sums both nodes' rows. No Kafka broker needed: the records' path
+/// is Redis alone.
+#[tokio::test]
+async fn on_redis_the_report_sums_every_nodes_records_and_a_stopped_node_deletes_them() {
+    let keys = RedisKeys::new("broadcast-report");
+    let on_redis = |node: &'static str| {
+        let keys = (keys.url.clone(), keys.prefix.clone());
+        move |config: &mut ringside::ServeConfig| {
+            config.gateway.node_id = node.into();
+            config.prefetch.store = ringside::content::StoreSetup::Redis {
+                url: keys.0,
+                prefix: keys.1,
+            };
+        }
+    };
+    let first = TestServer::start_with_config(on_redis("node-a")).await;
+    let id = first.create_event("fleet").await;
+    let topic = topic(&id);
+    let mut on_first = Vec::new();
+    for index in 0..2 {
+        let mut device = first.device_named(&format!("a-{index}")).await;
+        subscribe(&mut device, &[(topic.clone(), 0)]).await;
+        on_first.push(device);
+    }
+    let receipt = first.publish(&id, "LIVE", "{}").await;
+    for device in &mut on_first {
+        assert_eq!(next_state(device).await.version, receipt.version);
+        device.ack(&topic, receipt.version).await.unwrap();
+    }
+    // The second node starts from the store's current state; its device catches up.
+    let second = TestServer::start_with_config(on_redis("node-b")).await;
+    let mut on_second = second.device_named("b-0").await;
+    subscribe(&mut on_second, &[(topic.clone(), 0)]).await;
+    assert_eq!(next_state(&mut on_second).await.version, receipt.version);
+    on_second.ack(&topic, receipt.version).await.unwrap();
+
+    let report = report_once(&first, &id, receipt.version, |r| {
+        r.summary.nodes_reporting == 2 && r.summary.acked == 3
+    })
+    .await;
+    let rows: Vec<(&str, u64, u64)> = report
+        .nodes
+        .iter()
+        .map(|n| (n.node.as_str(), n.sent, n.acked))
+        .collect();
+    assert_eq!(rows, vec![("node-a", 2, 2), ("node-b", 1, 1)]);
+    assert_eq!((report.summary.sent, report.summary.nodes_applied), (3, 2));
+    assert_eq!(report.summary.acked_fraction, 1.0);
+    let from_second = second.admin().broadcast(&id, receipt.version).await.unwrap();
+    assert_eq!(from_second.nodes.len(), 2);
+
+    second.stop().await;
+    let records_key = format!("{}node-broadcasts:node-b", keys.prefix);
+    let client = redis::Client::open(keys.url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let left: bool = redis::cmd("EXISTS")
+        .arg(&records_key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(!left, "a stopped node deletes its records");
+    first.stop().await;
+}
