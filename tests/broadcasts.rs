@@ -270,6 +270,11 @@ async fn the_admin_stream_sends_current_values_then_each_broadcast() {
         }
         seen.push(name);
     }
+    // The open stream holds no place in flight: only the request asking counts.
+    let (status, body) = admin_call(&server, "GET", "/v1/admin/protection", "").await;
+    assert_eq!(status, 200, "{body}");
+    let protection: protocol::admin::ProtectionStatus = serde_json::from_str(&body).unwrap();
+    assert_eq!(protection.in_flight, 1);
     let mut device = server.device().await;
     subscribe(&mut device, &[(topic(&id), 0)]).await;
     let receipt = server.publish(&id, "LIVE", "{}").await;
@@ -340,7 +345,11 @@ async fn on_redis_the_report_sums_every_nodes_records_and_a_stopped_node_deletes
     assert_eq!(rows, vec![("node-a", 2, 2), ("node-b", 1, 1)]);
     assert_eq!((report.summary.sent, report.summary.nodes_applied), (3, 2));
     assert_eq!(report.summary.acked_fraction, 1.0);
-    let from_second = second.admin().broadcast(&id, receipt.version).await.unwrap();
+    let from_second = second
+        .admin()
+        .broadcast(&id, receipt.version)
+        .await
+        .unwrap();
     assert_eq!(from_second.nodes.len(), 2);
 
     second.stop().await;
@@ -354,4 +363,29 @@ async fn on_redis_the_report_sums_every_nodes_records_and_a_stopped_node_deletes
         .unwrap();
     assert!(!left, "a stopped node deletes its records");
     first.stop().await;
+}
+
+#[tokio::test]
+async fn streams_over_the_limit_are_refused_until_one_closes() {
+    let server = TestServer::start_with_config(|config| config.admin_stream.max_streams = 1).await;
+    let (status, open) = AdminStream::open(&server, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    let (status, _) = AdminStream::open(&server, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 503);
+    drop(open);
+    // The closed stream's permit comes back once the server notices the client left.
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let (status, again) = AdminStream::open(&server, Some(ADMIN_TOKEN)).await;
+        if status == 200 {
+            drop(again);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the permit never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
 }

@@ -277,7 +277,7 @@ mod tests {
         assert_eq!((summary.nodes_reporting, summary.nodes_applied), (2, 2));
         // Version 1 reached only n1; n2 holds a newer one, so it counts as applied.
         let older = super::report(&event, &topic(), 1, &nodes).expect("kept");
-        assert_eq!(older.nodes[1].applied, true);
+        assert!(older.nodes[1].applied);
         assert_eq!(older.nodes[1].sent, 0);
         assert!(super::report(&event, &topic(), 3, &nodes).is_none());
     }
