@@ -12,6 +12,7 @@
 //! The CLI (`src/main.rs`) only parses arguments and calls into this library and the `client`
 //! crate.
 
+pub mod broadcast_table;
 pub mod content;
 pub mod http;
 pub mod overload;

@@ -649,6 +649,18 @@ struct ServeArgs {
     protection: ProtectionArgs,
     #[command(flatten)]
     fetch_window: FetchWindowArgs,
+    #[arg(
+        long,
+        env = "RINGSIDE_ADMIN_STREAMS_MAX",
+        help = "Admin event streams (GET /v1/admin/stream) open at once on this instance [default: 32]"
+    )]
+    admin_streams_max: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_ADMIN_STREAM_CHECK_MS",
+        help = "How often an admin event stream checks for changes [default: 500]"
+    )]
+    admin_stream_check_ms: Option<u64>,
     /// This node's id (default: host name and a random suffix).
     #[arg(long, env = "RINGSIDE_NODE_ID")]
     node_id: Option<String>,
@@ -714,6 +726,12 @@ struct ServeArgs {
         help = "Topics without a state this node's connections may hold [default: 16384]"
     )]
     max_unpublished_topics: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_BROADCASTS_PER_TOPIC",
+        help = "Stage versions per topic whose delivery records this node keeps for the broadcast report [default: 20]"
+    )]
+    broadcasts_per_topic: Option<usize>,
     #[arg(
         long,
         env = "RINGSIDE_MAX_CONCURRENT_FANOUTS",
@@ -885,6 +903,9 @@ impl ServeArgs {
             max_unpublished_topics: self
                 .max_unpublished_topics
                 .unwrap_or(defaults.max_unpublished_topics),
+            broadcasts_per_topic: self
+                .broadcasts_per_topic
+                .unwrap_or(defaults.broadcasts_per_topic),
             max_concurrent_fanouts: self
                 .max_concurrent_fanouts
                 .unwrap_or(defaults.max_concurrent_fanouts),
@@ -1006,6 +1027,18 @@ enum EventCommand {
         /// control plane's window from the subscribed devices).
         #[arg(long)]
         fetch_within_ms: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The delivery report: the event's recorded broadcasts, or one version's summary, reach
+    /// curve and per-node rows.
+    Report {
+        id: EventId,
+        /// The broadcast to report on (default: list them all, newest first).
+        version: Option<u64>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -1144,6 +1177,31 @@ async fn main() -> anyhow::Result<()> {
                     .await?,
             )
         }
+        Command::Event(EventCommand::Report {
+            id,
+            version,
+            json,
+            client,
+        }) => {
+            let admin = client.admin()?;
+            match version {
+                None => {
+                    let list = admin.broadcasts(&id).await?;
+                    if json {
+                        return print_json(&list);
+                    }
+                    print!("{}", ringside::broadcast_table::list_table(&list));
+                }
+                Some(version) => {
+                    let report = admin.broadcast(&id, version).await?;
+                    if json {
+                        return print_json(&report);
+                    }
+                    print!("{}", ringside::broadcast_table::report_table(&report));
+                }
+            }
+            Ok(())
+        }
         Command::Stats(client) => run_stats(client).await,
         Command::Watch(args) => run_watch(args).await,
         Command::Materialize(args) => run_materialize(args).await,
@@ -1229,6 +1287,16 @@ async fn run_serve(args: ServeArgs, role: Role) -> anyhow::Result<()> {
         secrets,
         prefetch: args.prefetch.setup(args.production)?,
         fetch_window: args.fetch_window.config()?,
+        admin_stream: {
+            let defaults = control::StreamConfig::default();
+            control::StreamConfig {
+                max_streams: args.admin_streams_max.unwrap_or(defaults.max_streams),
+                check_interval: args
+                    .admin_stream_check_ms
+                    .map_or(defaults.check_interval, Duration::from_millis),
+                ..defaults
+            }
+        },
     };
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -17,17 +17,19 @@ use broadcaster::{
     Applied, Bus, ConsumerConfig, Hub, HubConfig, HubMetrics, MemoryBus, apply_off_runtime,
     run_bus_consumer,
 };
-use control::nodes::HEARTBEAT_INTERVAL;
 use control::nodes::NodeDrains;
+use control::nodes::{BROADCAST_REPORT_INTERVAL, HEARTBEAT_INTERVAL};
 use control::{
-    ClusterStats, ControlError, ControlPlane, EventStore, MemoryEventStore, NodeRegistry,
-    NodeReport, RedisEventStore, StatsSource,
+    BroadcastSource, ClusterStats, ControlError, ControlPlane, EventStore, MemoryEventStore,
+    NodeRegistry, NodeReport, RedisEventStore, StatsSource,
 };
 use gateway::{DrainReport, Gateway, GatewayConfig, GatewayMetrics};
 use kafka::{KafkaBus, KafkaConfig};
 use prefetch::store::{MemoryPageStore, PageStore, RedisPageStore};
 use prefetch::{PrefetchConfig, PrefetchService};
-use protocol::admin::{ApiError, ApiErrorCode, DrainAnswer, DrainState, Stats};
+use protocol::admin::{
+    ApiError, ApiErrorCode, DrainAnswer, DrainState, NodeBroadcastRecords, Stats,
+};
 use telemetry::{Counter, Registry};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -82,6 +84,8 @@ pub struct ServeConfig {
     pub prefetch: PrefetchSetup,
     /// How the control plane sizes the default follow-up fetch window of stage states.
     pub fetch_window: control::FetchWindowConfig,
+    /// Bounds of `GET /v1/admin/stream`.
+    pub admin_stream: control::StreamConfig,
 }
 
 /// How the prefetch service of this process is set up.
@@ -103,6 +107,7 @@ impl ServeConfig {
         if self.role.serves_control() {
             self.prefetch.config.validate()?;
             self.fetch_window.validate()?;
+            self.admin_stream.validate()?;
         }
         DeviceTokenKey::new(self.secrets.device_token_secret.as_bytes())?;
         AdminToken::new(&self.secrets.admin_token)?;
@@ -135,6 +140,27 @@ impl StatsSource for LocalStats {
             topics: self.gateway.hub().topic_stats(),
         };
         Box::pin(async move { Ok(stats) })
+    }
+}
+
+/// This node's broadcast records, as it reports them (to the local control plane, or to Redis).
+fn broadcast_records(gateway: &Gateway) -> NodeBroadcastRecords {
+    let (current, records) = gateway.hub().all_broadcast_records();
+    NodeBroadcastRecords {
+        node: gateway.node_id().to_owned(),
+        reported_at_ms: protocol::unix_now_ms(),
+        current,
+        records,
+    }
+}
+
+/// The broadcast report of a single-process deployment: this node's records, from memory.
+impl BroadcastSource for LocalStats {
+    fn records(
+        &self,
+    ) -> broadcaster::BoxFuture<'_, Result<Vec<NodeBroadcastRecords>, ControlError>> {
+        let records = vec![broadcast_records(&self.gateway)];
+        Box::pin(async move { Ok(records) })
     }
 }
 
@@ -400,6 +426,7 @@ impl Node {
         let hub = Arc::new(Hub::with_config(
             HubConfig {
                 max_unpublished_topics: config.max_unpublished_topics,
+                broadcasts_per_topic: config.broadcasts_per_topic,
             },
             HubMetrics::new(registry),
         ));
@@ -439,6 +466,11 @@ impl Node {
                 stopped.clone(),
             )));
             left_registry = Some(left);
+            tasks.push(tokio::spawn(run_broadcast_reports(
+                redis.clone(),
+                gateway.clone(),
+                stopped.clone(),
+            )));
         }
         // Never ends before `stopped`: a feed that fails makes the node unready (its upgrades
         // get 503 and `/healthz` says so) and is reopened with backoff.
@@ -645,6 +677,65 @@ async fn run_node_reports(
     }
 }
 
+/// Writes this node's broadcast records to Redis every [`BROADCAST_REPORT_INTERVAL`] when they
+/// changed, and at least every [`HEARTBEAT_INTERVAL`] (so they do not expire while the node
+/// lives), until `stopped`; then deletes them. Through a drain too: a draining node still
+/// delivers. A Redis outage is logged once, as for the node reports.
+async fn run_broadcast_reports(
+    redis: Arc<RedisLink>,
+    gateway: Arc<Gateway>,
+    stopped: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(BROADCAST_REPORT_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_written: Option<(NodeBroadcastRecords, tokio::time::Instant)> = None;
+    let mut reachable = true;
+    loop {
+        tokio::select! {
+            () = stopped.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let mut records = broadcast_records(&gateway);
+        let unchanged = last_written.as_ref().is_some_and(|(last, at)| {
+            at.elapsed() < HEARTBEAT_INTERVAL
+                && last.current == records.current
+                && last.records == records.records
+        });
+        if unchanged {
+            continue;
+        }
+        records.reported_at_ms = protocol::unix_now_ms();
+        let written = tokio::time::timeout(HEARTBEAT_INTERVAL, async {
+            let connection = redis.connection().await?;
+            let registry = NodeRegistry::new(connection, redis.prefix.clone());
+            registry.report_broadcasts(&records).await?;
+            anyhow::Ok(())
+        })
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("Redis did not answer in time")));
+        match written {
+            Ok(()) => {
+                if !reachable {
+                    reachable = true;
+                    tracing::info!("broadcast records reach Redis again");
+                }
+                last_written = Some((records, tokio::time::Instant::now()));
+            }
+            Err(error) if reachable => {
+                reachable = false;
+                tracing::warn!(%error, "broadcast records not written; devices are unaffected, the report resumes when Redis answers");
+            }
+            Err(_) => {}
+        }
+    }
+    if let Ok(connection) = redis.connection().await {
+        let registry = NodeRegistry::new(connection, redis.prefix.clone());
+        if let Err(error) = registry.remove_broadcasts(gateway.node_id()).await {
+            tracing::warn!(%error, "could not delete this node's broadcast records; they expire by itself");
+        }
+    }
+}
+
 /// Protection's own tasks: the ruleset's evaluation tick, and with Redis the poller that keeps
 /// this process on the fleet's protection setting. Both end with `stopped`.
 async fn start_protection(
@@ -675,6 +766,7 @@ type ControlBackends = (
     Arc<dyn PageStore>,
     Arc<dyn StatsSource>,
     Arc<dyn NodeDrains>,
+    Arc<dyn BroadcastSource>,
 );
 
 /// The control side of a process: the admin API and the prefetch service, plus the background
@@ -687,12 +779,12 @@ async fn start_control(
     registry: &Arc<Registry>,
     protection: &Arc<Protection>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(Router, Option<JoinHandle<()>>)> {
+) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
     let catalog = Arc::new(crate::content::load_catalog(&config.prefetch.dataset).await?);
     // With Redis, events, versions and current states live there, shared by every control
     // instance and kept across restarts; so do the prefetch pages and the node registry.
     // The node registry (or the local gateway) answers both stats and node drains.
-    let (events, pages, stats, drains): ControlBackends = match (redis, local_gateway) {
+    let (events, pages, stats, drains, broadcasts): ControlBackends = match (redis, local_gateway) {
         (Some(redis), _) => {
             let connection = redis.connection().await?;
             let cluster = Arc::new(ClusterStats {
@@ -705,6 +797,7 @@ async fn start_control(
                 )),
                 Arc::new(RedisPageStore::new(connection, redis.prefix.clone())),
                 cluster.clone(),
+                cluster.clone(),
                 cluster,
             )
         }
@@ -713,6 +806,7 @@ async fn start_control(
             (
                 Arc::new(MemoryEventStore::new()),
                 Arc::new(MemoryPageStore::new(catalog.clone())),
+                local.clone(),
                 local.clone(),
                 local,
             )
@@ -743,8 +837,20 @@ async fn start_control(
         protection: protection.clone(),
         fleet,
     })
-    .with_fetch_window(config.fetch_window.clone());
+    .with_fetch_window(config.fetch_window.clone())
+    .with_streams(config.admin_stream.clone());
     control.serve_drains(drains);
+    control.serve_broadcasts(broadcasts);
+    // Admin streams never end by themselves: they end at shutdown, before the HTTP drain
+    // waits for open responses.
+    let streams_stop = {
+        let control = control.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            control.stop_streams();
+        })
+    };
     let router = control
         .router()
         .merge(prefetch::http::router(prefetch.clone()));
@@ -769,5 +875,8 @@ async fn start_control(
             }
         })
     });
-    Ok((router, materializer))
+    Ok((
+        router,
+        materializer.into_iter().chain([streams_stop]).collect(),
+    ))
 }

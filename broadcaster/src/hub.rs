@@ -19,19 +19,20 @@
 //! joins mid-event shows the newest count at once rather than at the next tick). A best-effort
 //! message older than the current state is dropped: it would reach devices after a newer state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::admin::TopicStats;
+use protocol::admin::{BroadcastRecord, TopicStats, TopicVersion};
 use protocol::{EventState, Priority, Topic};
 use telemetry::{Counter, Gauge, Histogram, Registry};
 use tokio::sync::watch;
 
 use crate::mailbox::{Mailbox, Offer};
+use crate::record::DeliveryRecord;
 
 /// Subscriber shards per topic. A fan-out locks one shard at a time; a subscribe locks one.
 const SUBSCRIBER_SHARDS: usize = 16;
@@ -47,12 +48,17 @@ pub struct HubConfig {
     /// names (about 200 bytes each here) stay a bounded few MiB. Over it a subscribe to another such topic is
     /// refused ([`TopicLimit`]); topics with a state are never refused.
     pub max_unpublished_topics: usize,
+    /// Stage versions per topic whose delivery records (subscribed, sent, acked, ack latency)
+    /// the node keeps for the broadcast report. Default 20: a whole event's stages with room
+    /// for corrections, at about 250 bytes each; older records are forgotten first.
+    pub broadcasts_per_topic: usize,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
             max_unpublished_topics: 16_384,
+            broadcasts_per_topic: 20,
         }
     }
 }
@@ -78,6 +84,9 @@ pub struct EncodedState {
     pub wire: Bytes,
     /// When this node encoded it: the start of the node's own fan-out.
     pub encoded_at: Instant,
+    /// The delivery record of a stage state the hub made current (none for best-effort
+    /// messages): every write of these bytes counts there.
+    pub record: Option<Arc<DeliveryRecord>>,
 }
 
 impl EncodedState {
@@ -89,6 +98,7 @@ impl EncodedState {
             priority: state.priority,
             wire: text_frame(protocol::frame::encode_state(state).as_bytes()),
             encoded_at: Instant::now(),
+            record: None,
         }
     }
 
@@ -147,10 +157,20 @@ impl DeliveryMetrics {
         }
     }
 
-    /// Counts `state` written to one socket; `live` when a fan-out offered it (a catch-up
-    /// state's publish may be long past, so it is no latency sample). Best-effort messages are
-    /// counted as sent but are no latency sample either: the histograms measure the state path.
+    /// Counts `state` written to one socket by a connection's task, in the metrics and in its
+    /// delivery record; `live` when a fan-out offered it (a catch-up state's publish may be
+    /// long past, so it is no latency sample). Best-effort messages are counted as sent but
+    /// are no latency sample either: the histograms measure the state path.
     pub fn sent(&self, state: &EncodedState, live: bool) {
+        if let Some(record) = &state.record {
+            record.add_sent(1);
+        }
+        self.count_in_metrics(state, live);
+    }
+
+    /// The metrics' half of [`DeliveryMetrics::sent`]: a fan-out adds its writes to the
+    /// delivery record once per pass instead.
+    fn count_in_metrics(&self, state: &EncodedState, live: bool) {
         self.messages_sent.increment();
         self.bytes_sent.add(state.wire.len() as u64);
         if live && !state.is_best_effort() {
@@ -285,9 +305,10 @@ pub(crate) struct TopicChannel {
     lanes: RwLock<Lanes>,
     pub(crate) shards: Box<[SubscriberShard]>,
     subscribers: AtomicU64,
-    /// Acks counted for `ack_version` (statistics; approximate while a publish is in flight).
-    ack_version: AtomicU64,
-    ack_count: AtomicU64,
+    /// The delivery records of the topic's last stage versions, oldest first, at most
+    /// [`HubConfig::broadcasts_per_topic`]. Written once per version; read by acks (to find
+    /// their version's record) and by reports.
+    history: RwLock<VecDeque<Arc<DeliveryRecord>>>,
 }
 
 impl TopicChannel {
@@ -297,8 +318,7 @@ impl TopicChannel {
             lanes: RwLock::default(),
             shards: (0..SUBSCRIBER_SHARDS).map(|_| Mutex::default()).collect(),
             subscribers: AtomicU64::new(waiting.len() as u64),
-            ack_version: AtomicU64::new(0),
-            ack_count: AtomicU64::new(0),
+            history: RwLock::default(),
         };
         for (connection, mailbox) in waiting {
             channel.shard(connection).insert(connection, mailbox);
@@ -336,6 +356,36 @@ impl TopicChannel {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Keeps `record`, in version order, forgetting the oldest beyond `kept`.
+    fn remember(&self, record: Arc<DeliveryRecord>, kept: usize) {
+        let mut history = self.history.write().unwrap_or_else(PoisonError::into_inner);
+        let at = history.partition_point(|held| held.version < record.version);
+        history.insert(at, record);
+        while history.len() > kept {
+            history.pop_front();
+        }
+    }
+
+    /// The record of `version`, if the topic still keeps it.
+    fn record(&self, version: u64) -> Option<Arc<DeliveryRecord>> {
+        self.history
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .rev()
+            .find(|record| record.version == version)
+            .cloned()
+    }
+
+    fn records(&self) -> Vec<Arc<DeliveryRecord>> {
+        self.history
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 
     fn current(&self) -> Option<Arc<EncodedState>> {
@@ -447,8 +497,17 @@ impl Hub {
             self.metrics.states_stale.increment();
             return None;
         }
-        let encoded = Arc::new(EncodedState::encode(state));
+        let mut encoded = EncodedState::encode(state);
         let channel = self.channel_for_state(&state.topic);
+        let record = Arc::new(DeliveryRecord::new(
+            state.topic.clone(),
+            state.version,
+            state.stage.clone(),
+            state.published_at_ms,
+            channel.subscribers.load(Ordering::Acquire),
+        ));
+        encoded.record = Some(record.clone());
+        let encoded = Arc::new(encoded);
         {
             let mut lanes = channel
                 .lanes
@@ -465,10 +524,7 @@ impl Hub {
             }
             lanes.state = Some(encoded.clone());
         }
-        channel.ack_count.store(0, Ordering::Relaxed);
-        channel
-            .ack_version
-            .store(encoded.version, Ordering::Relaxed);
+        channel.remember(record, self.config.broadcasts_per_topic.max(1));
         self.metrics.states_applied.increment();
         Some(Fanout { channel, encoded })
     }
@@ -525,6 +581,7 @@ impl Hub {
         // themselves (see `subscribe`), so none is missed; one that leaves after it has closed
         // or sealed its mailbox first, which then ignores the offer.
         let mut offered = 0;
+        let mut written = 0;
         let mut conflated = 0;
         let mut dropped_best_effort = 0;
         let mut subscribers = Vec::new();
@@ -543,7 +600,8 @@ impl Hub {
                 match offer {
                     Offer::Written => {
                         offered += 1;
-                        self.metrics.deliveries.sent(encoded, true);
+                        written += 1;
+                        self.metrics.deliveries.count_in_metrics(encoded, true);
                     }
                     Offer::Queued { .. } => offered += 1,
                     Offer::Conflated { .. } => {
@@ -554,6 +612,10 @@ impl Hub {
                 }
                 dropped_best_effort += u64::from(offer.dropped_best_effort());
             }
+        }
+        // Once per pass, not per socket: passes over other shards may run on other threads.
+        if let Some(record) = &encoded.record {
+            record.add_sent(written);
         }
         if encoded.is_best_effort() {
             self.metrics.best_effort_conflated.add(conflated);
@@ -635,14 +697,45 @@ impl Hub {
         &self.metrics.deliveries
     }
 
-    /// Counts an ack when it is for the topic's current version.
+    /// Counts a connection's first ack of a version it was written ([`Mailbox::acknowledge`])
+    /// in that version's delivery record, while the topic keeps it.
     pub fn record_ack(&self, topic: &Topic, version: u64) {
         self.metrics.acks.increment();
-        if let Some(channel) = self.channel(topic) {
-            if channel.ack_version.load(Ordering::Relaxed) == version {
-                channel.ack_count.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(record) = self.channel(topic).and_then(|c| c.record(version)) {
+            record.add_ack(protocol::unix_now_ms());
         }
+    }
+
+    /// The delivery records `topic` keeps, oldest first (empty for a topic without a state).
+    pub fn broadcast_records(&self, topic: &Topic) -> Vec<BroadcastRecord> {
+        self.channel(topic)
+            .map(|channel| channel.records().iter().map(|r| r.snapshot()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every topic's current version and delivery records, as a node reports them. The topics
+    /// map is read-locked only to copy its entries.
+    pub fn all_broadcast_records(&self) -> (Vec<TopicVersion>, Vec<BroadcastRecord>) {
+        let channels: Vec<(Topic, Arc<TopicChannel>)> = self
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(topic, channel)| (topic.clone(), channel.clone()))
+            .collect();
+        let mut current = Vec::with_capacity(channels.len());
+        let mut records = Vec::new();
+        for (topic, channel) in channels {
+            let Some(state) = channel.current() else {
+                continue;
+            };
+            current.push(TopicVersion {
+                topic,
+                version: state.version,
+            });
+            records.extend(channel.records().iter().map(|record| record.snapshot()));
+        }
+        (current, records)
     }
 
     /// The current version of `topic` (its current state's), 0 when it has none. Best-effort
@@ -675,11 +768,7 @@ impl Hub {
             .filter_map(|(topic, channel)| {
                 // A channel is created just before its first state is stored.
                 let version = channel.current()?.version;
-                let acks = if channel.ack_version.load(Ordering::Relaxed) == version {
-                    channel.ack_count.load(Ordering::Relaxed)
-                } else {
-                    0
-                };
+                let acks = channel.record(version).map_or(0, |record| record.acked());
                 Some(TopicStats {
                     topic,
                     subscribers: channel.subscribers.load(Ordering::Relaxed),
@@ -838,6 +927,7 @@ mod tests {
         let hub = Hub::with_config(
             HubConfig {
                 max_unpublished_topics: 2,
+                ..HubConfig::default()
             },
             HubMetrics::new(&Registry::new()),
         );
@@ -993,5 +1083,52 @@ mod tests {
         assert_eq!(hub.metrics.best_effort_dropped_connection_behind.get(), 1);
         assert_eq!(hub.metrics.states_conflated.get(), 1);
         assert_eq!(take(&slow), vec![6]);
+    }
+
+    #[test]
+    fn each_version_records_its_subscribers_writes_and_first_acks_only() {
+        let hub = Hub::with_config(
+            HubConfig {
+                broadcasts_per_topic: 2,
+                ..HubConfig::default()
+            },
+            HubMetrics::new(&Registry::new()),
+        );
+        let topic = state(0).topic;
+        hub.apply(&state(1));
+        let behind = Mailbox::new();
+        behind.open(&topic, 0);
+        hub.subscribe(&topic, 1, &behind).expect("subscribed");
+        let current = Mailbox::new();
+        current.open(&topic, 1);
+        hub.subscribe(&topic, 2, &current).expect("subscribed");
+        // The catch-up is counted when the connection's task writes it.
+        let mut taken = Vec::new();
+        behind.take_pending(&mut taken);
+        for delivery in &taken {
+            hub.deliveries().sent(&delivery.state, !delivery.catch_up);
+        }
+        for (mailbox, version) in [(&behind, 1), (&behind, 1), (&current, 1)] {
+            if mailbox.acknowledge(&topic, version) {
+                hub.record_ack(&topic, version);
+            }
+        }
+        let records = hub.broadcast_records(&topic);
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            (records[0].subscribed, records[0].sent, records[0].acked),
+            (0, 1, 1)
+        );
+        assert_eq!(records[0].ack_latency.counts.iter().sum::<u64>(), 1);
+        hub.apply(&state(2));
+        hub.apply(&best_effort(3));
+        hub.apply(&state(4));
+        let records = hub.broadcast_records(&topic);
+        let versions: Vec<u64> = records.iter().map(|r| r.version).collect();
+        assert_eq!(versions, vec![2, 4], "the last two stage versions only");
+        assert_eq!(records[1].subscribed, 2);
+        let (current_versions, all) = hub.all_broadcast_records();
+        assert_eq!(current_versions[0].version, 4);
+        assert_eq!(all.len(), 2);
     }
 }

@@ -24,12 +24,17 @@
 //! keeps its own newest version; best-effort messages give way first wherever something is
 //! behind (a connection's socket, the node's fan-outs), and each way they give way is counted.
 //!
+//! - **[`record`]**: per stage version, what the node delivered: connections subscribed when
+//!   it became current, frames written, first acks and their latency, for the broadcast
+//!   report. Kept for a topic's last versions only ([`HubConfig::broadcasts_per_topic`]).
+//!
 //! The gateway accepts the sockets and reads them; it hands each one's write side to its
 //! mailbox.
 
 pub mod bus;
 pub mod hub;
 pub mod mailbox;
+pub mod record;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -41,6 +46,7 @@ pub use hub::{
     Applied, DeliveryMetrics, EncodedState, Fanout, Hub, HubConfig, HubMetrics, TopicLimit,
 };
 pub use mailbox::{Delivery, Mailbox, Offer};
+pub use record::DeliveryRecord;
 
 /// A boxed future, so that [`Bus`] implementations can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

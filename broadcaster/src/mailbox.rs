@@ -95,9 +95,10 @@ const BEST_EFFORT_CATCH_UP: u64 = 1 << 61;
 /// the connection was not offered is never stored.
 const ACKED_VERSION: u64 = (1 << 61) - 1;
 
-/// One subscribed topic of a connection, held by every connection for every topic: 56 bytes,
-/// as before the best-effort lane, because both lanes' waiting messages are bare pointers and
-/// the flags live in the top bits of the acknowledged version.
+/// One subscribed topic of a connection, held by every connection for every topic: 64 bytes.
+/// Both lanes' waiting messages are bare pointers and the flags live in the top bits of the
+/// acknowledged version; the one word beyond that is the newest version written, which an ack
+/// must match to count.
 #[derive(Debug)]
 struct Slot {
     topic: Topic,
@@ -105,6 +106,9 @@ struct Slot {
     newest_version: u64,
     /// Newest best-effort version offered to the connection.
     newest_best_effort: u64,
+    /// Newest state version written to the socket (directly or from `pending`), 0 before the
+    /// first: `newest_version` also holds the device's `since`, which it was never sent.
+    written_version: u64,
     /// Newest version the device acknowledged (`ACKED_VERSION` bits), and the flags
     /// `ANNOUNCED`, `STATE_CATCH_UP`, `BEST_EFFORT_CATCH_UP`.
     acked_and_flags: u64,
@@ -129,6 +133,13 @@ impl Slot {
 
     fn acked_version(&self) -> u64 {
         self.acked_and_flags & ACKED_VERSION
+    }
+
+    /// `state` went to the socket (whole, or its rest into the backlog): its ack may count.
+    fn note_written(&mut self, state: &EncodedState) {
+        if !state.is_best_effort() {
+            self.written_version = self.written_version.max(state.version);
+        }
     }
 }
 
@@ -202,6 +213,7 @@ impl Mailbox {
             topic: topic.clone(),
             newest_version: since,
             newest_best_effort: since,
+            written_version: 0,
             acked_and_flags: 0,
             pending: None,
             pending_best_effort: None,
@@ -281,8 +293,12 @@ impl Mailbox {
         let direct = !catch_up && slot.flag(ANNOUNCED) && idle && backlog.is_empty();
         if let (true, Some(socket)) = (direct, socket.as_ref()) {
             match socket.try_write(&state.wire) {
-                Ok(written) if written == state.wire.len() => return Offer::Written,
+                Ok(written) if written == state.wire.len() => {
+                    slot.note_written(state);
+                    return Offer::Written;
+                }
                 Ok(written) => {
+                    slot.note_written(state);
                     backlog.extend_from_slice(&state.wire[written..]);
                     drop(outbound);
                     self.wake.notify_one();
@@ -327,20 +343,19 @@ impl Mailbox {
         }
     }
 
-    /// Records an ack; true when it is the first ack of a version this connection was offered
-    /// (so a device cannot inflate delivery counts by repeating or inventing acks). Acks are
-    /// for states: the critical lane.
+    /// Records an ack; true when it is the first ack of the newest state version written to
+    /// this connection, so a device cannot inflate delivery counts by repeating acks, by
+    /// inventing versions, or by acking the version it subscribed `since` (it was sent
+    /// nothing). An ack of an older version that arrives after a newer one was written is
+    /// refused too: the slot keeps one word for this, and the newer version's ack counts.
+    /// Acks are for states: the critical lane.
     pub fn acknowledge(&self, topic: &Topic, version: u64) -> bool {
         let mut outbound = self.outbound();
         let Some(slot) = outbound.slots.iter_mut().find(|slot| &slot.topic == topic) else {
             return false;
         };
-        let offered = version <= slot.newest_version && slot.pending.is_none()
-            || slot
-                .pending
-                .as_ref()
-                .is_some_and(|pending| version < pending.version);
-        if !offered || version <= slot.acked_version() || version > ACKED_VERSION {
+        let written = version != 0 && version == slot.written_version;
+        if !written || version <= slot.acked_version() || version > ACKED_VERSION {
             return false;
         }
         slot.acked_and_flags = (slot.acked_and_flags & !ACKED_VERSION) | version;
@@ -373,6 +388,8 @@ impl Mailbox {
             if !write_whole(socket, backlog, *backlog_limit, &state.wire, failed)? {
                 return Ok(false);
             }
+            // `pending` holds states only: the critical lane.
+            slot.written_version = slot.written_version.max(state.version);
             let catch_up = slot.flag(STATE_CATCH_UP);
             sent.extend(
                 slot.pending
@@ -403,6 +420,10 @@ impl Mailbox {
     pub fn take_pending(&self, out: &mut Vec<Delivery>) {
         let mut outbound = self.outbound();
         for slot in &mut outbound.slots {
+            if let Some(state) = &slot.pending {
+                let state = state.clone();
+                slot.note_written(&state);
+            }
             let catch_up = slot.flag(STATE_CATCH_UP);
             out.extend(
                 slot.pending
@@ -721,9 +742,9 @@ mod tests {
 
     #[test]
     #[cfg(target_pointer_width = "64")]
-    fn a_slot_stays_56_bytes_with_two_lanes() {
+    fn a_slot_stays_64_bytes_with_two_lanes_and_the_written_version() {
         // Held per connection per topic: the memory of an idle connection.
-        assert_eq!(std::mem::size_of::<Slot>(), 56);
+        assert_eq!(std::mem::size_of::<Slot>(), 64);
     }
 
     #[test]
@@ -744,6 +765,7 @@ mod tests {
         assert!(!mailbox.acknowledge(&a, 5), "counted once");
         assert!(!mailbox.acknowledge(&a, 6), "never offered");
         assert!(!mailbox.acknowledge(&a, u64::MAX), "never offered");
+        assert!(!mailbox.acknowledge(&a, 0), "nothing is version 0");
         // The flags survived the ack: still announced, and a live state is not a catch-up.
         assert_eq!(mailbox.offer(&encoded("event:a", 7)), Offer::QUEUED);
         mailbox.take_pending(&mut taken);
@@ -865,5 +887,53 @@ mod tests {
         .concat();
         assert_eq!(read_exactly(&mut peer, extras.len()).await, extras);
         assert!(pending_lanes(&mailbox).is_empty());
+    }
+
+    #[test]
+    fn an_ack_of_the_version_subscribed_since_is_refused() {
+        let mailbox = Mailbox::new();
+        let a = Topic::parse("event:a").expect("topic");
+        // Subscribed with `since` equal to the current version: nothing is sent.
+        mailbox.open(&a, 5);
+        mailbox.announce(&a);
+        assert_eq!(
+            mailbox.offer_catch_up(&encoded("event:a", 5)),
+            Offer::Ignored
+        );
+        assert!(!mailbox.acknowledge(&a, 5), "never written");
+        assert!(!mailbox.acknowledge(&a, 4), "never written");
+    }
+
+    #[tokio::test]
+    async fn an_ack_of_a_version_written_directly_counts_once() {
+        let (mailbox, _peer) = connected(64 * 1024).await;
+        let a = Topic::parse("event:a").expect("topic");
+        mailbox.open(&a, 0);
+        mailbox.announce(&a);
+        assert_eq!(mailbox.offer(&encoded("event:a", 3)), Offer::Written);
+        assert!(mailbox.acknowledge(&a, 3), "written live");
+        assert!(!mailbox.acknowledge(&a, 3), "repeated");
+        assert!(!mailbox.acknowledge(&a, 2), "older, never written");
+    }
+
+    #[tokio::test]
+    async fn an_ack_of_a_queued_version_counts_only_once_it_is_written() {
+        let (mailbox, _peer) = connected(64 * 1024).await;
+        let a = Topic::parse("event:a").expect("topic");
+        mailbox.open(&a, 1);
+        assert_eq!(
+            mailbox.offer_catch_up(&encoded("event:a", 4)),
+            Offer::QUEUED
+        );
+        assert!(!mailbox.acknowledge(&a, 4), "still waiting");
+        assert!(!mailbox.acknowledge(&a, 1), "the since version");
+        let mut sent = Vec::new();
+        assert!(mailbox.write_pending(&mut sent).expect("write"));
+        assert!(mailbox.acknowledge(&a, 4), "written as a catch-up");
+        assert!(!mailbox.acknowledge(&a, 4), "repeated");
+        // A best-effort message written after it takes nothing from the state's ack.
+        mailbox.announce(&a);
+        assert_eq!(mailbox.offer(&best_effort("event:a", 5)), Offer::Written);
+        assert!(!mailbox.acknowledge(&a, 5), "acks are for states");
     }
 }

@@ -1,8 +1,8 @@
 //! The admin API, typed.
 
 use protocol::admin::{
-    ApiError, ApiErrorCode, CreateEvent, EventList, EventSummary, PublishReceipt, PublishRequest,
-    Stats,
+    ApiError, ApiErrorCode, BroadcastList, BroadcastReport, CreateEvent, EventList, EventSummary,
+    PublishReceipt, PublishRequest, Stats, UpdateEvent,
 };
 use protocol::{EventId, Priority};
 use serde::Serialize;
@@ -109,6 +109,37 @@ impl AdminClient {
 
     pub async fn stats(&self) -> Result<Stats, ClientError> {
         self.call("GET", "/v1/admin/stats", None).await
+    }
+
+    /// `PATCH /v1/admin/events/{id}`: replaces the fields `update` sets.
+    pub async fn update_event(
+        &self,
+        event: &EventId,
+        update: &UpdateEvent,
+    ) -> Result<EventSummary, ClientError> {
+        let body = serde_json::to_vec(update).map_err(|e| ClientError::Http(e.to_string()))?;
+        self.call("PATCH", &format!("/v1/admin/events/{event}"), Some(body))
+            .await
+    }
+
+    /// The broadcasts of `event` the nodes keep records of, newest first.
+    pub async fn broadcasts(&self, event: &EventId) -> Result<BroadcastList, ClientError> {
+        self.call("GET", &format!("/v1/admin/events/{event}/broadcasts"), None)
+            .await
+    }
+
+    /// The delivery report of `version` of `event`.
+    pub async fn broadcast(
+        &self,
+        event: &EventId,
+        version: u64,
+    ) -> Result<BroadcastReport, ClientError> {
+        self.call(
+            "GET",
+            &format!("/v1/admin/events/{event}/broadcasts/{version}"),
+            None,
+        )
+        .await
     }
 }
 

@@ -14,12 +14,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use broadcaster::Bus;
 use protocol::admin::{CreateEvent, EventList, PublishReceipt};
+use protocol::admin::{NodeBroadcastRecords, UpdateEvent};
 use protocol::{EventId, Payload, PayloadError, Priority, Stage};
 use telemetry::{Counter, Registry};
 
 use crate::body::{PublishBody, parse_json, validate_event};
+use crate::broadcasts::BroadcastSource;
 use crate::fetch_window::{FetchWindow, FetchWindowConfig};
 use crate::nodes::NodeDrains;
+use crate::stream::{StreamConfig, Streams};
 use crate::{ControlError, EventStore, SharedStats};
 
 /// Largest admin request body, in bytes.
@@ -66,6 +69,10 @@ pub struct ControlPlane {
     fetch_window: FetchWindow,
     /// Where node drains go, once the process composed it (see [`ControlPlane::serve_drains`]).
     drains: std::sync::OnceLock<Arc<dyn NodeDrains>>,
+    /// Where the nodes' broadcast records come from (see [`ControlPlane::serve_broadcasts`]).
+    broadcasts: std::sync::OnceLock<Arc<dyn BroadcastSource>>,
+    /// The admin event streams' permits and settings (see [`ControlPlane::with_streams`]).
+    streams: std::sync::OnceLock<Streams>,
 }
 
 /// A handed-out per-event publish lock. Dropping it forgets the lock when no other publish holds
@@ -132,7 +139,55 @@ impl ControlPlane {
             protection: std::sync::OnceLock::new(),
             fetch_window: FetchWindow::default(),
             drains: std::sync::OnceLock::new(),
+            broadcasts: std::sync::OnceLock::new(),
+            streams: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Bounds `GET /v1/admin/stream` with `config`; without it, the defaults of
+    /// [`StreamConfig`]. Set once, before the first stream.
+    pub fn with_streams(self: Arc<Self>, config: StreamConfig) -> Arc<Self> {
+        if self.streams.set(Streams::new(config)).is_err() {
+            tracing::debug!("admin streams already configured");
+        }
+        self
+    }
+
+    pub(crate) fn streams(&self) -> &Streams {
+        self.streams
+            .get_or_init(|| Streams::new(StreamConfig::default()))
+    }
+
+    /// Ends every admin stream at its next check and refuses new ones (on shutdown: a stream
+    /// never ends by itself, and the HTTP drain waits for open responses).
+    pub fn stop_streams(&self) {
+        self.streams().stop();
+    }
+
+    /// Serves the broadcast report from `source` (without it no broadcast is known). Set once;
+    /// a second call is ignored.
+    pub fn serve_broadcasts(&self, source: Arc<dyn BroadcastSource>) {
+        if self.broadcasts.set(source).is_err() {
+            tracing::debug!("broadcast records already served");
+        }
+    }
+
+    /// Every reporting node's broadcast records.
+    pub(crate) async fn broadcast_records(
+        &self,
+    ) -> Result<Vec<NodeBroadcastRecords>, ControlError> {
+        match self.broadcasts.get() {
+            Some(source) => source.records().await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    pub(crate) fn stats_source(&self) -> &SharedStats {
+        &self.stats
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
     }
 
     /// Sizes the default follow-up fetch window of stage states with `config` (see
@@ -170,7 +225,13 @@ impl ControlPlane {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/v1/admin/events", post(create_event).get(list_events))
-            .route("/v1/admin/events/{id}", get(get_event))
+            .route("/v1/admin/events/{id}", get(get_event).patch(update_event))
+            .route("/v1/admin/events/{id}/broadcasts", get(list_broadcasts))
+            .route(
+                "/v1/admin/events/{id}/broadcasts/{version}",
+                get(get_broadcast),
+            )
+            .route("/v1/admin/stream", get(crate::stream::admin_stream))
             .route("/v1/admin/events/{id}/publish", post(publish))
             .route("/v1/admin/stats", get(stats))
             .route(
@@ -249,6 +310,97 @@ async fn get_event(
 ) -> Result<Response, ControlError> {
     let summary = control.store.get(&event_id_of(path)?).await?;
     Ok(axum::Json(summary).into_response())
+}
+
+/// `PATCH /v1/admin/events/{id}`: the fields given replace the event's, validated as a new
+/// event's would be. Taken under the event's publish lock, so that a publish never runs with
+/// stages the update is removing; the event's current stage cannot be removed (409).
+async fn update_event(
+    State(control): State<Arc<ControlPlane>>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ControlError> {
+    let id = event_id_of(path)?;
+    let update: UpdateEvent = parse_json(&body)?;
+    control.store.get(&id).await?;
+    let lease = control.publish_lock(&id);
+    let _serialized = lease.serialize().await;
+    let shared_lock = control.store.lock_publishes(&id).await?;
+    let result = update_in_order(&control, &id, update).await;
+    if let Some(lock) = shared_lock {
+        control.store.unlock_publishes(lock).await;
+    }
+    let summary = result?;
+    tracing::info!(event = %id, "event updated");
+    Ok(axum::Json(summary).into_response())
+}
+
+async fn update_in_order(
+    control: &ControlPlane,
+    id: &EventId,
+    update: UpdateEvent,
+) -> Result<protocol::admin::EventSummary, ControlError> {
+    let current = control.store.get(id).await?;
+    let updated = CreateEvent {
+        id: id.clone(),
+        title: update.title.unwrap_or(current.title),
+        starts_at: update.starts_at.unwrap_or(current.starts_at),
+        stages: update.stages.unwrap_or(current.stages),
+    };
+    validate_event(&updated)?;
+    if let Some(stage) = &current.stage {
+        if !updated.stages.contains(stage) {
+            return Err(ControlError::Conflict(format!(
+                "event {id} is at stage {stage}: a stage it already published cannot be removed"
+            )));
+        }
+    }
+    control.store.update(updated).await
+}
+
+/// The event named by the path, and the version after it: 404 when either cannot exist.
+fn broadcast_of(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(EventId, String), ControlError> {
+    let Path((id, version)) = path.map_err(|_| {
+        ControlError::invalid("id", "id: the path is not valid percent-encoded UTF-8")
+    })?;
+    let id = event_id_of(Ok(Path(id)))?;
+    Ok((id, version))
+}
+
+/// `GET /v1/admin/events/{id}/broadcasts`: the broadcasts the nodes keep records of, newest
+/// first, summed over the fleet.
+async fn list_broadcasts(
+    State(control): State<Arc<ControlPlane>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ControlError> {
+    let id = event_id_of(path)?;
+    let event = control.store.get(&id).await?;
+    let records = control.broadcast_records().await?;
+    let list = crate::broadcasts::list(&id, &event.topic, &records);
+    Ok(axum::Json(list).into_response())
+}
+
+/// `GET /v1/admin/events/{id}/broadcasts/{version}`: one broadcast's summary, reach curve and
+/// per-node rows; 404 for a version no node keeps a record of.
+async fn get_broadcast(
+    State(control): State<Arc<ControlPlane>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ControlError> {
+    let (id, version_text) = broadcast_of(path)?;
+    let event = control.store.get(&id).await?;
+    let unknown = || {
+        let quoted: String = version_text.chars().take(QUOTED_ID_MAX_CHARS).collect();
+        ControlError::NotFound(format!(
+            "no node keeps a record of version {quoted} of event {id}"
+        ))
+    };
+    let version: u64 = version_text.parse().map_err(|_| unknown())?;
+    let records = control.broadcast_records().await?;
+    let report =
+        crate::broadcasts::report(&id, &event.topic, version, &records).ok_or_else(unknown)?;
+    Ok(axum::Json(report).into_response())
 }
 
 async fn publish(

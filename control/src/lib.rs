@@ -10,6 +10,9 @@
 //!   decoding and validation of its request bodies.
 //! - [`protection_api`]: `GET`/`PUT /v1/admin/protection`, the node's protection state and the
 //!   operator's switches, shared through Redis by a fleet.
+//! - [`broadcasts`]: the delivery report of every broadcast, summed from the nodes' records;
+//!   [`stream`]: `GET /v1/admin/stream`, Server-Sent Events of the stats, the events and each
+//!   event's newest broadcast whenever they change.
 //! - [`fetch_window`]: the default `fetch_within_ms` of a stage state, from the devices
 //!   subscribed to its event and the prefetch tier's capacity.
 //!
@@ -18,11 +21,13 @@
 
 pub mod api;
 pub mod body;
+pub mod broadcasts;
 pub mod fetch_window;
 pub mod nodes;
 pub mod protection_api;
 pub mod redis_store;
 pub mod store;
+pub mod stream;
 
 use std::sync::Arc;
 
@@ -30,10 +35,12 @@ use broadcaster::{BoxFuture, BroadcastError};
 use protocol::admin::{ApiError, ApiErrorCode, Stats};
 
 pub use api::ControlPlane;
+pub use broadcasts::BroadcastSource;
 pub use fetch_window::{FetchWindowConfig, FetchWindowConfigError};
 pub use nodes::{ClusterStats, NodeRegistry, NodeReport};
 pub use redis_store::RedisEventStore;
 pub use store::{EventStore, MemoryEventStore};
+pub use stream::StreamConfig;
 
 /// Errors of the control plane; each maps to one [`ApiErrorCode`].
 #[derive(Debug, thiserror::Error)]

@@ -13,18 +13,29 @@
 //! - `draining:<id>` and the sorted set `draining`: a draining node's report with its drain
 //!   progress, written on every heartbeat instead of `node:<id>` (the node is out of the
 //!   registry, so nothing routes devices to it, and stats still show how its drain goes).
+//! - `node-broadcasts:<id>`: the node's per-version delivery records
+//!   ([`NodeBroadcastRecords`]) for the broadcast report, written every
+//!   [`BROADCAST_REPORT_INTERVAL`] while they change (and at least every heartbeat), expiring
+//!   after [`NODE_TTL`] like `node:<id>`, deleted when the node stops. A draining node keeps
+//!   writing them: it still delivers.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use broadcaster::BoxFuture;
-use protocol::admin::{DrainAnswer, DrainState, NodeStats, Stats, TopicStats};
+use protocol::admin::{
+    DrainAnswer, DrainState, NodeBroadcastRecords, NodeStats, Stats, TopicStats,
+};
 use serde::{Deserialize, Serialize};
 
+use crate::broadcasts::BroadcastSource;
 use crate::{ControlError, StatsSource};
 
 /// How often a node reports.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a node writes its broadcast records when they changed: a live reach curve moves
+/// at this pace.
+pub const BROADCAST_REPORT_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a report counts: a node missing this many heartbeats in a row is gone.
 pub const NODE_TTL: Duration = Duration::from_secs(10);
 /// How long a drain request waits for its node to pick it up (a node that never reports again
@@ -81,6 +92,78 @@ impl NodeRegistry {
 
     fn draining_set_key(&self) -> String {
         format!("{}draining", self.prefix)
+    }
+
+    fn broadcasts_key(&self, node: &str) -> String {
+        format!("{}node-broadcasts:{node}", self.prefix)
+    }
+
+    /// Writes a node's broadcast records for [`NODE_TTL`].
+    pub async fn report_broadcasts(
+        &self,
+        records: &NodeBroadcastRecords,
+    ) -> Result<(), redis::RedisError> {
+        let json = serde_json::to_string(records).map_err(|error| {
+            redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "broadcast records not encodable",
+                error.to_string(),
+            ))
+        })?;
+        let mut connection = self.connection.clone();
+        redis::cmd("SET")
+            .arg(self.broadcasts_key(&records.node))
+            .arg(json)
+            .arg("PX")
+            .arg(NODE_TTL.as_millis() as u64)
+            .query_async::<()>(&mut connection)
+            .await
+    }
+
+    /// Deletes a node's broadcast records (a node that stops).
+    pub async fn remove_broadcasts(&self, node: &str) -> Result<(), redis::RedisError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("DEL")
+            .arg(self.broadcasts_key(node))
+            .query_async::<()>(&mut connection)
+            .await
+    }
+
+    /// The broadcast records of every live or draining node, by node id. Records whose node
+    /// is in neither set are not read (a node that left the registry for good).
+    pub async fn broadcast_records(&self) -> Result<Vec<NodeBroadcastRecords>, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let mut ids: Vec<String> = Vec::new();
+        for set in [self.set_key(), self.draining_set_key()] {
+            let members: Vec<String> = redis::cmd("ZRANGE")
+                .arg(&set)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut connection)
+                .await?;
+            ids.extend(members);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.broadcasts_key(id)).collect();
+        let reports: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut connection)
+            .await?;
+        Ok(reports
+            .into_iter()
+            .flatten()
+            .filter_map(|json| match serde_json::from_str(&json) {
+                Ok(records) => Some(records),
+                Err(error) => {
+                    tracing::warn!(%error, "skipping unreadable broadcast records");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Writes `report` for [`NODE_TTL`].
@@ -320,6 +403,17 @@ pub fn aggregate(reports: Vec<NodeReport>, now_ms: u64) -> Stats {
 #[derive(Debug)]
 pub struct ClusterStats {
     pub registry: NodeRegistry,
+}
+
+impl BroadcastSource for ClusterStats {
+    fn records(&self) -> BoxFuture<'_, Result<Vec<NodeBroadcastRecords>, ControlError>> {
+        Box::pin(async move {
+            self.registry.broadcast_records().await.map_err(|error| {
+                tracing::warn!(%error, "node registry unavailable");
+                ControlError::StoreUnavailable
+            })
+        })
+    }
 }
 
 impl StatsSource for ClusterStats {

@@ -201,6 +201,24 @@ impl EventStore for RedisEventStore {
         })
     }
 
+    fn update(&self, event: CreateEvent) -> BoxFuture<'_, Result<EventSummary, ControlError>> {
+        Box::pin(async move {
+            // Events are never deleted and the caller holds the publish lock: the check and the
+            // write need no script.
+            self.created(&event.id).await?;
+            let json = serde_json::to_string(&event).map_err(|_| ControlError::StoreUnavailable)?;
+            let mut connection = self.connection.clone();
+            let _fields_added: i64 = redis::cmd("HSET")
+                .arg(self.key("events"))
+                .arg(event.id.as_str())
+                .arg(json)
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            self.get(&event.id).await
+        })
+    }
+
     fn next_state(
         &self,
         id: &EventId,

@@ -27,6 +27,10 @@ pub trait EventStore: Send + Sync + 'static {
     fn create(&self, event: CreateEvent) -> BoxFuture<'_, Result<EventSummary, ControlError>>;
     fn list(&self) -> BoxFuture<'_, Result<Vec<EventSummary>, ControlError>>;
     fn get(&self, id: &EventId) -> BoxFuture<'_, Result<EventSummary, ControlError>>;
+    /// Replaces the title, start and stages of the existing event `event.id` (404 when there
+    /// is none); its state and versions stay. The caller validated `event` and holds the
+    /// event's publish lock.
+    fn update(&self, event: CreateEvent) -> BoxFuture<'_, Result<EventSummary, ControlError>>;
     /// Assigns the next version of `id` to a state with `stage` and `payload`, after checking
     /// the stage is one of the event's, and stamps it with the publish time.
     fn next_state(
@@ -159,6 +163,20 @@ impl EventStore for MemoryEventStore {
             .get(id)
             .map(|r| r.summary.clone())
             .ok_or_else(|| unknown_event(id));
+        Box::pin(async move { result })
+    }
+
+    fn update(&self, event: CreateEvent) -> BoxFuture<'_, Result<EventSummary, ControlError>> {
+        let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
+        let result = match events.get_mut(&event.id) {
+            Some(record) => {
+                record.summary.title = event.title;
+                record.summary.starts_at = event.starts_at;
+                record.summary.stages = event.stages;
+                Ok(record.summary.clone())
+            }
+            None => Err(unknown_event(&event.id)),
+        };
         Box::pin(async move { result })
     }
 

@@ -40,6 +40,10 @@ pub struct GatewayConfig {
     /// bytes each), and filling it takes over a thousand devices' connections (16 topics on
     /// each of 8), so a few hostile devices cannot crowd out events created ahead.
     pub max_unpublished_topics: usize,
+    /// Stage versions per topic whose delivery records the node keeps for the broadcast
+    /// report (`GET /v1/admin/events/{id}/broadcasts`). Default 20: an event's stages with
+    /// room for corrections, about 250 bytes each per topic.
+    pub broadcasts_per_topic: usize,
     /// Most topics fanning out at once (one fan-out per topic, each split over the cores when
     /// its topic is big). Default 8: a small topic never waits behind a big one, without
     /// multiplying the threads a burst of publishes can claim.
@@ -133,6 +137,7 @@ impl Default for GatewayConfig {
             reconnect_spread: Duration::from_secs(5),
             read_buffer_bytes: 512,
             max_unpublished_topics: 16_384,
+            broadcasts_per_topic: 20,
             max_concurrent_fanouts: 8,
             max_waiting_topics: 4096,
             inbound_frames_per_s: 50,
@@ -225,6 +230,9 @@ impl GatewayConfig {
         }
         if !(1..=1_000_000).contains(&self.max_unpublished_topics) {
             return fail("max_unpublished_topics", "must be 1 to 1000000");
+        }
+        if !(1..=1000).contains(&self.broadcasts_per_topic) {
+            return fail("broadcasts_per_topic", "must be 1 to 1000");
         }
         if !(1..=256).contains(&self.max_concurrent_fanouts) {
             return fail("max_concurrent_fanouts", "must be 1 to 256");

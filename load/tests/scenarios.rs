@@ -47,6 +47,7 @@ async fn start_node(shutdown: &CancellationToken) -> String {
             materialize: ringside::content::MaterializeMode::OnDemand,
         },
         fetch_window: control::FetchWindowConfig::default(),
+        admin_stream: control::StreamConfig::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

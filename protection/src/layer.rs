@@ -3,8 +3,9 @@
 //! request's extensions, then admit or shed.
 //!
 //! - Admitted: the request takes a place in flight until its response is ready (for a
-//!   WebSocket upgrade: until the `101` is returned; the session itself is the gateway's),
-//!   and its latency is one sample of the adaptive limit.
+//!   WebSocket upgrade: until the `101` is returned; the session itself is the gateway's; for
+//!   a streamed body such as `/v1/admin/stream`: until its headers), and its latency is one
+//!   sample of the adaptive limit unless the response says it streams ([`Streaming`]).
 //! - Shed: answered at once, never queued: `503` with a jittered `Retry-After` from the
 //!   class's window; on `/graphql` a GraphQL error with `extensions.code` `OVERLOADED`,
 //!   `retry_after_ms` and `class`, elsewhere the API error `overloaded`.
@@ -124,7 +125,12 @@ where
                 let output = std::task::ready!(inner.poll(cx));
                 if let Some(ticket) = ticket.take() {
                     match &output {
-                        Ok(response) if !is_latency_sample(response.status()) => drop(ticket),
+                        Ok(response)
+                            if !is_latency_sample(response.status())
+                                || response.extensions().get::<Streaming>().is_some() =>
+                        {
+                            drop(ticket)
+                        }
                         _ => ticket.complete(),
                     }
                 }
@@ -136,6 +142,13 @@ where
         }
     }
 }
+
+/// Put into a response's extensions by a handler whose body streams for long (the admin
+/// event stream): the request's place in flight is given back with the headers, as for every
+/// response, and their time is no latency sample (headers ready in microseconds say nothing of
+/// the node's load, and the body's minutes would say less).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Streaming;
 
 /// Whether a response's time is a sample of the node's latency. Not a `408` (the time is
 /// the client's slow body, up to the body timeout: one such sample would halve the limit), nor

@@ -428,3 +428,43 @@ pub struct BroadcastReport {
     pub reach: Vec<ReachPoint>,
     pub nodes: Vec<NodeBroadcast>,
 }
+
+/// One node's record of one broadcast as the node keeps it: the per-node row of a
+/// [`BroadcastReport`] before the control plane names the node and sums the fleet. Nodes of a
+/// multi-node deployment write theirs to Redis ([`NodeBroadcastRecords`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BroadcastRecord {
+    pub topic: Topic,
+    pub version: u64,
+    pub stage: Stage,
+    pub published_at_ms: u64,
+    /// Connections subscribed to the topic when the version became the node's current state.
+    pub subscribed: u64,
+    /// Frames of this version written to connections (live and catch-up).
+    pub sent: u64,
+    /// First acks of this version from connections that were written it.
+    pub acked: u64,
+    pub ack_latency: AckHistogram,
+    /// When the version became the node's current state, in ms since the Unix epoch.
+    pub received_at_ms: u64,
+}
+
+/// A node's broadcast records, newest version last per topic, as the node reports them
+/// (`<prefix>node-broadcasts:<node>` in Redis, next to its registry entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeBroadcastRecords {
+    pub node: String,
+    /// The node's clock when it reported, in ms since the Unix epoch.
+    pub reported_at_ms: u64,
+    /// The newest version the node holds per topic it keeps records of: a node without a
+    /// record of a version still says whether it holds that version or a newer one.
+    pub current: Vec<TopicVersion>,
+    pub records: Vec<BroadcastRecord>,
+}
+
+/// A topic and the version a node holds as its current state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicVersion {
+    pub topic: Topic,
+    pub version: u64,
+}

@@ -92,6 +92,11 @@ impl TestServer {
                 subscribers_max_age: Duration::ZERO,
                 ..control::FetchWindowConfig::default()
             },
+            // Checked often, so a test's stream sees a publish soon.
+            admin_stream: control::StreamConfig {
+                check_interval: Duration::from_millis(100),
+                ..control::StreamConfig::default()
+            },
             secrets: Secrets {
                 device_token_secret: DEVICE_SECRET.into(),
                 admin_token: ADMIN_TOKEN.into(),
