@@ -17,34 +17,87 @@
 //!   caches) with `Vary: Authorization`.
 //! - Every response carries `extensions.cacheHint`: the device-cache TTL (jittered) and the
 //!   event versions the data was built for.
+//! - CORS, only when [`PrefetchConfig::cors_origins`](crate::PrefetchConfig::cors_origins)
+//!   names origins: a layer on this router alone (never the admin API), which answers the
+//!   preflight and echoes an allowed `Origin`; any other origin gets no CORS header.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument};
 use async_graphql::{ServerError, Variables};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::PrefetchError;
 use crate::limits;
 use crate::schema::{RequestScope, ResponseHints};
 use crate::service::PrefetchService;
 
-/// `/graphql`, both methods.
+/// `/graphql`, both methods; with CORS origins configured, their preflight too.
 pub fn router(service: Arc<PrefetchService>) -> Router {
     let body_limit = service.config.body_limit_bytes;
+    let Some(cors) = cors_layer(&service.config.cors_origins) else {
+        return Router::new()
+            .route("/graphql", get(get_graphql).post(post_graphql))
+            .layer(DefaultBodyLimit::max(body_limit))
+            .with_state(service);
+    };
+    // The preflight needs a route of its own: the CORS layer wraps a route's handlers, and an
+    // OPTIONS without one would fall to the server's method-not-allowed fallback, which the
+    // layer does not wrap. The layer answers every OPTIONS itself (with CORS headers only for
+    // an allowed origin), so the handler behind it is never reached.
     Router::new()
-        .route("/graphql", get(get_graphql).post(post_graphql))
+        .route(
+            "/graphql",
+            get(get_graphql).post(post_graphql).options(options_graphql),
+        )
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(cors)
         .with_state(service)
+}
+
+/// `OPTIONS /graphql` behind the CORS layer, which answers it first.
+async fn options_graphql() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+/// How long a browser may reuse a preflight answer: devices refetch every few minutes, and a
+/// preflight per request would double their requests.
+const CORS_PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// The CORS layer of `/graphql`, or `None` when no origin is allowed (then no CORS header is
+/// ever sent). The methods and headers are exactly what a device sends: `GET` for cacheable
+/// persisted queries, `POST` otherwise, the token, JSON, and the priority it lowers itself
+/// to. `Retry-After` is exposed so that a page can honour a shed answer.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|origin| HeaderValue::from_str(origin).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static(protocol::PRIORITY_HEADER),
+            ])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(CORS_PREFLIGHT_MAX_AGE),
+    )
 }
 
 #[derive(Debug, Default, Deserialize)]
