@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { Backoff, parseRetryAfter, RingsideClient } from '../dist/index.js';
+import { Backoff, parseRetryAfter, RingsideClient } from '@ringside/client';
 import { admin, createEvent, deviceToken, eventId, publish, sleep, startServer, waitFor } from './support.js';
 
 /** A client whose states and connection events the test reads. */
@@ -19,6 +19,40 @@ function watch(client, topic, options) {
 }
 
 const versions = (states) => states.map((state) => state.version);
+
+/**
+ * A real WebSocket (the runtime's) that hands every state frame to the client twice and then
+ * replays every older state frame, and records what the client sends: through the client's
+ * public `WebSocket` option.
+ */
+class ReplayingWebSocket {
+  constructor(url) {
+    this.sent = [];
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+    const states = [];
+    this.inner = new WebSocket(url);
+    this.inner.onopen = (event) => this.onopen?.(event);
+    this.inner.onclose = (event) => this.onclose?.(event);
+    this.inner.onerror = (event) => this.onerror?.(event);
+    this.inner.onmessage = (event) => {
+      this.onmessage?.(event);
+      if (JSON.parse(event.data).type !== 'state') return;
+      this.onmessage?.(event);
+      for (const older of states) this.onmessage?.(older);
+      states.push(event);
+    };
+  }
+  get readyState() {
+    return this.inner.readyState;
+  }
+  send(data) {
+    this.sent.push(JSON.parse(data));
+    this.inner.send(data);
+  }
+  close(code, reason) {
+    this.inner.close(code, reason);
+  }
+}
 
 describe('backoff', () => {
   test('delays stay between the base and three times the previous, under the cap', () => {
@@ -111,7 +145,19 @@ describe('client against one server', () => {
     const id = eventId('idempotent');
     await createEvent(server, id);
     const first = await publish(server, id, 'UPCOMING');
-    const client = new RingsideClient({ url: server.ws, token });
+    const sockets = [];
+    const client = new RingsideClient({
+      url: server.ws,
+      token,
+      // Every state frame arrives twice, followed by every older one again: what a node that
+      // resends, or a repair racing the bus, could deliver.
+      WebSocket: class extends ReplayingWebSocket {
+        constructor(url) {
+          super(url);
+          sockets.push(this);
+        }
+      },
+    });
     try {
       // Subscribed with the version already held: the current state is not sent again.
       const seen = watch(client, id, { since: first.version });
@@ -120,19 +166,18 @@ describe('client against one server', () => {
       assert.deepEqual(seen.states, []);
       const second = await publish(server, id, 'LIVE');
       await waitFor(() => seen.states.length === 1, 'the new state');
-      // The same state again, and an older one, as a repaired or replayed frame would be:
-      // applying them changes nothing.
-      const socketFrame = (state) => ({ data: JSON.stringify({ type: 'state', ...state }) });
-      const link = client.link;
-      link.socket.onmessage(socketFrame(seen.states[0]));
-      link.socket.onmessage(socketFrame({ ...seen.states[0], version: first.version, stage: 'UPCOMING' }));
-      assert.deepEqual(versions(seen.states), [second.version]);
+      const third = await publish(server, id, 'ENDED');
+      await waitFor(() => seen.states.length === 2, 'the next state');
+      await sleep(200);
+      assert.deepEqual(versions(seen.states), [second.version, third.version], 'each once, in order');
+      const acks = sockets.flatMap((socket) => socket.sent).filter((frame) => frame.type === 'ack');
+      assert.deepEqual(acks.map((ack) => ack.version), [second.version, third.version], 'one ack per applied state');
       // A second listener of the topic gets the state held at once, the first nothing more.
       const late = [];
       client.subscribe(id, (state) => late.push(state));
       await waitFor(() => late.length === 1, 'the held state for a new listener');
-      assert.equal(late[0].version, second.version);
-      assert.deepEqual(versions(seen.states), [second.version]);
+      assert.equal(late[0].version, third.version);
+      assert.deepEqual(versions(seen.states), [second.version, third.version]);
     } finally {
       client.close();
     }

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 
-import { EVENT_QUERY, PREFETCH_QUERY, Prefetcher, sha256Hex } from '../dist/index.js';
+import { EVENT_QUERY, PREFETCH_QUERY, Prefetcher, sha256Hex } from '@ringside/client';
 import { createEvent, deviceToken, eventId, publish, startServer } from './support.js';
 
 /** A fetch that records what the prefetcher sends, then sends it. */
