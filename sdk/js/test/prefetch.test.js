@@ -180,3 +180,50 @@ describe('prefetcher against one server', () => {
     }
   });
 });
+
+describe('prefetcher and the server TTL', () => {
+  let server;
+  let token;
+  before(async () => {
+    server = await startServer({ env: { RINGSIDE_DEVICE_CACHE_TTL_S: '1', RINGSIDE_DEVICE_CACHE_JITTER: '0' } });
+    token = await deviceToken({ profile: 'p000011' });
+  });
+  after(() => server?.stop('SIGKILL'));
+
+  test('content past its TTL is not served: the state fetches it again', async () => {
+    const id = eventId('ttl');
+    await createEvent(server, id);
+    const recorder = recordingFetch();
+    const prefetcher = new Prefetcher({ url: server.graphql, token, fetch: recorder.fetch });
+    try {
+      await prefetcher.prefetch();
+      assert.equal(prefetcher.content(id, 'LIVE').stage, 'LIVE');
+      await new Promise((r) => setTimeout(r, 1100));
+      assert.equal(prefetcher.content(id, 'LIVE'), undefined, 'expired');
+      const sent = recorder.requests.length;
+      const content = await prefetcher.contentFor({ topic: `event:${id}`, version: 1, stage: 'LIVE', published_at_ms: Date.now(), payload: {} });
+      assert.equal(content.stage, 'LIVE');
+      assert.ok(recorder.requests.length > sent, 'fetched again');
+    } finally {
+      prefetcher.close();
+    }
+  });
+
+  test('with autoRefresh, expired content is prefetched again in the background', async () => {
+    const id = eventId('refresh');
+    await createEvent(server, id);
+    const recorder = recordingFetch();
+    const prefetcher = new Prefetcher({ url: server.graphql, token, fetch: recorder.fetch, autoRefresh: true });
+    try {
+      await prefetcher.prefetch();
+      const first = prefetcher.event(id).expiresAt;
+      const deadline = Date.now() + 5000;
+      while (!(prefetcher.event(id)?.expiresAt > first) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      assert.ok(prefetcher.event(id).expiresAt > first, 'refreshed');
+      const refreshes = recorder.requests.filter((request) => request.headers['x-ringside-priority'] === 'best_effort');
+      assert.ok(refreshes.length >= 2, 'the refresh is background work too');
+    } finally {
+      prefetcher.close();
+    }
+  });
+});
