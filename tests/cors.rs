@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! CORS for `/graphql` over real HTTP: a web app on an allowed origin gets its preflight
-//! answered and its responses readable; any other origin, and every other route, gets no CORS
-//! header; a server without origins configured sends none at all.
+//! answered and its responses readable, protection's refusals included; any other origin, and
+//! every other route, gets no CORS header; a server without origins configured sends none.
 
 mod support;
 
@@ -117,6 +117,37 @@ async fn an_allowed_origin_gets_its_preflight_answered_and_its_responses_readabl
     assert_eq!(header(&response, "access-control-allow-origin"), None);
     // An OPTIONS without an Origin (no browser sent it) carries no CORS header.
     let response = call(&server, "OPTIONS", "/graphql", &[], None).await;
+    assert_eq!(header(&response, "access-control-allow-origin"), None);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn answers_of_the_layers_in_front_of_graphql_are_readable_too() {
+    // Protection refuses a bad priority header before the GraphQL handler runs, as it sheds an
+    // overloaded request: the page on an allowed origin must be able to read that answer.
+    let server = server_allowing(&[APP]).await;
+    let response = call(
+        &server,
+        "POST",
+        "/graphql",
+        &[("origin", APP), ("x-ringside-priority", "urgent")],
+        Some(b"{}".to_vec()),
+    )
+    .await;
+    assert_eq!(response.status, 400);
+    assert_eq!(header(&response, "access-control-allow-origin"), Some(APP));
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_REQUEST");
+    // The same refusal on the admin API stays without CORS.
+    let response = call(
+        &server,
+        "GET",
+        "/v1/admin/events",
+        &[("origin", APP), ("x-ringside-priority", "urgent")],
+        None,
+    )
+    .await;
+    assert_eq!(response.status, 400);
     assert_eq!(header(&response, "access-control-allow-origin"), None);
     server.stop().await;
 }

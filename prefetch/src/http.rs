@@ -18,8 +18,9 @@
 //! - Every response carries `extensions.cacheHint`: the device-cache TTL (jittered) and the
 //!   event versions the data was built for.
 //! - CORS, only when [`PrefetchConfig::cors_origins`](crate::PrefetchConfig::cors_origins)
-//!   names origins: a layer on this router alone (never the admin API), which answers the
-//!   preflight and echoes an allowed `Origin`; any other origin gets no CORS header.
+//!   names origins: [`with_graphql_cors`] puts a layer in front of `/graphql` alone (never the
+//!   admin API) that answers the preflight and echoes an allowed `Origin`; any other origin
+//!   gets no CORS header.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -35,6 +36,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tower::Layer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::PrefetchError;
@@ -42,32 +44,31 @@ use crate::limits;
 use crate::schema::{RequestScope, ResponseHints};
 use crate::service::PrefetchService;
 
-/// `/graphql`, both methods; with CORS origins configured, their preflight too.
+/// `/graphql`, both methods. CORS is not here but around the whole server
+/// ([`with_graphql_cors`]), so that the answers of the layers in front of this router carry it too.
 pub fn router(service: Arc<PrefetchService>) -> Router {
     let body_limit = service.config.body_limit_bytes;
-    let Some(cors) = cors_layer(&service.config.cors_origins) else {
-        return Router::new()
-            .route("/graphql", get(get_graphql).post(post_graphql))
-            .layer(DefaultBodyLimit::max(body_limit))
-            .with_state(service);
-    };
-    // The preflight needs a route of its own: the CORS layer wraps a route's handlers, and an
-    // OPTIONS without one would fall to the server's method-not-allowed fallback, which the
-    // layer does not wrap. The layer answers every OPTIONS itself (with CORS headers only for
-    // an allowed origin), so the handler behind it is never reached.
     Router::new()
-        .route(
-            "/graphql",
-            get(get_graphql).post(post_graphql).options(options_graphql),
-        )
+        .route("/graphql", get(get_graphql).post(post_graphql))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(cors)
         .with_state(service)
 }
 
-/// `OPTIONS /graphql` behind the CORS layer, which answers it first.
-async fn options_graphql() -> StatusCode {
-    StatusCode::NO_CONTENT
+/// `server` (the whole HTTP service, protection's layer included) with requests to `/graphql`,
+/// and only those, passing a CORS layer first; `server` unchanged when `origins` is empty.
+///
+/// Outside protection on purpose: a request protection sheds (`503 OVERLOADED` with
+/// `Retry-After`) or refuses (a bad `x-ringside-priority`) is answered with the CORS headers
+/// too, so a page on another origin can read the answer and wait as asked instead of seeing a
+/// network error. The layer answers every `OPTIONS /graphql` itself, before protection: a
+/// preflight costs a few header writes, never a place under the limit.
+pub fn with_graphql_cors(server: Router, origins: &[String]) -> Router {
+    let Some(cors) = cors_layer(origins) else {
+        return server;
+    };
+    Router::new()
+        .route_service("/graphql", cors.layer(server.clone()))
+        .fallback_service(server)
 }
 
 /// How long a browser may reuse a preflight answer: devices refetch every few minutes, and a
