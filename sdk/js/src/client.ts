@@ -16,9 +16,10 @@
 //
 // Heartbeats: the server pings every `heartbeat_ms`; every WebSocket implementation answers
 // pings by itself, but none lets the page see them. So the client watches for silence: when
-// nothing arrived for a heartbeat interval it sends a probe (a subscribe to a topic it holds,
-// which the server answers with `subscribed` and nothing else), and when the probe is not
-// answered within another interval the connection is dead and is replaced.
+// nothing arrived for two heartbeat intervals it sends a probe (a subscribe to a topic it
+// holds, which the server answers with `subscribed` and nothing else), and when the probe is
+// not answered within one more interval the connection is dead and is replaced. Two intervals
+// keep the cost to one small frame per device per ~50 s of silence at the default 25 s.
 
 import { Backoff } from './backoff.js';
 import { Emitter, reportListenerError } from './emitter.js';
@@ -77,6 +78,8 @@ export interface ClientOptions {
   stableAfterMs?: number;
   /** From opening the socket to the server's `welcome` (default 10 s). */
   connectTimeoutMs?: number;
+  /** Silence after which a probe is sent (default two of the server's heartbeat intervals); 0: never probe. */
+  probeAfterMs?: number;
 }
 
 export interface SubscribeOptions {
@@ -126,7 +129,7 @@ interface Link {
 }
 
 export class RingsideClient extends Emitter<ClientEvents> {
-  private readonly options: Required<Omit<ClientOptions, 'WebSocket' | 'token' | 'url'>>;
+  private readonly options: Required<Omit<ClientOptions, 'WebSocket' | 'token' | 'url' | 'probeAfterMs'>> & { probeAfterMs?: number };
   private readonly url: string;
   private readonly token: TokenSource;
   private readonly WebSocketImpl: WebSocketConstructor;
@@ -163,6 +166,7 @@ export class RingsideClient extends Emitter<ClientEvents> {
       backoffCapMs: options.backoffCapMs ?? 10_000,
       stableAfterMs: options.stableAfterMs ?? 30_000,
       connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
+      probeAfterMs: options.probeAfterMs,
     };
     this.backoff = new Backoff(this.options.backoffBaseMs, this.options.backoffCapMs);
   }
@@ -341,27 +345,37 @@ export class RingsideClient extends Emitter<ClientEvents> {
     this.setState({ state: 'open', node });
   }
 
-  /** Every heartbeat interval: probe a silent connection, drop one whose probe went unanswered. */
+  /** Probes a connection silent for `probeAfterMs`; drops one whose probe went unanswered. */
   private watchLiveness(link: Link): void {
+    const probeAfterMs = this.options.probeAfterMs ?? 2 * link.heartbeatMs;
+    if (probeAfterMs <= 0) return;
+    const answerWithinMs = link.heartbeatMs;
     const check = () => {
       if (link !== this.link) return;
       const now = Date.now();
-      if (link.probeSentAt !== undefined && now - link.probeSentAt >= link.heartbeatMs) {
-        this.emit('error', new RingsideError('heartbeat_timeout', `nothing from the server for ${now - link.lastFrameAt} ms`));
-        this.onClose(link, 1006, 'heartbeat timeout');
+      if (link.probeSentAt !== undefined) {
+        if (now - link.probeSentAt >= answerWithinMs) {
+          this.emit('error', new RingsideError('heartbeat_timeout', `nothing from the server for ${now - link.lastFrameAt} ms`));
+          this.onClose(link, 1006, 'heartbeat timeout');
+          return;
+        }
+        link.timer = setTimeout(check, answerWithinMs - (now - link.probeSentAt));
         return;
       }
-      if (link.probeSentAt === undefined && now - link.lastFrameAt >= link.heartbeatMs) {
+      const silentMs = now - link.lastFrameAt;
+      if (silentMs >= probeAfterMs) {
         const first = this.topics.entries().next();
         if (!first.done) {
           const [topic, held] = first.value;
           link.probeSentAt = now;
           this.send(link, { type: 'subscribe', topics: [{ topic, since: held.stageVersion }] });
+          link.timer = setTimeout(check, answerWithinMs);
+          return;
         }
       }
-      link.timer = setTimeout(check, Math.max(50, Math.min(link.heartbeatMs, link.heartbeatMs - (now - link.lastFrameAt))));
+      link.timer = setTimeout(check, Math.max(50, probeAfterMs - silentMs));
     };
-    link.timer = setTimeout(check, link.heartbeatMs);
+    link.timer = setTimeout(check, probeAfterMs);
   }
 
   private apply(link: Link, state: EventState): void {
