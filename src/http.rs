@@ -131,12 +131,16 @@ pub async fn serve_http(
 /// [`serve_http`] with protection's layer around every route, outside the body read bound: a
 /// request is classified and admitted or shed before anything else runs (a shed request costs
 /// no timer and no body wrapper), and its time in flight covers its body read. `/healthz` and
-/// `/metrics` pass the layer unlimited.
+/// `/metrics` pass the layer unlimited. With `graphql_cors_origins`, `/graphql` passes a CORS
+/// layer outside protection's, so that its shed answers are readable cross-origin too
+/// ([`prefetch::http::with_graphql_cors`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_http_protected(
     listener: TcpListener,
     router: Router,
     config: HttpConfig,
     protection: &Arc<Protection>,
+    graphql_cors_origins: &[String],
     registry: &Registry,
     shutdown: CancellationToken,
     grace: Duration,
@@ -147,6 +151,7 @@ pub async fn serve_http_protected(
             bound_body_read,
         ))
         .layer(protection.layer());
+    let router = prefetch::http::with_graphql_cors(router, graphql_cors_origins);
     let accept_errors = LogBudget::new(registry, "http_accept", ACCEPT_ERROR_LOG_LINES_PER_S);
     accept_loop(listener, router, config, accept_errors, shutdown, grace).await
 }

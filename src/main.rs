@@ -214,6 +214,15 @@ struct PrefetchArgs {
         help = "Largest GraphQL response body [default: 4194304]"
     )]
     graphql_max_response_bytes: Option<usize>,
+    /// A web origin (`https://app.example.com`) whose pages may call /graphql; repeat the flag,
+    /// or separate them with commas in the environment variable. None: no CORS headers.
+    #[arg(
+        long = "cors-origin",
+        env = "RINGSIDE_CORS_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    cors_origins: Vec<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -288,6 +297,12 @@ impl PrefetchArgs {
                 .graphql_max_response_bytes
                 .unwrap_or(defaults.max_response_bytes),
             graphiql: !production,
+            cors_origins: self
+                .cors_origins
+                .iter()
+                .map(|origin| origin.trim().to_owned())
+                .filter(|origin| !origin.is_empty())
+                .collect(),
         };
         config.validate()?;
         Ok(PrefetchSetup {

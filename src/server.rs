@@ -275,12 +275,19 @@ pub async fn serve(
     // and upgrades 503 `draining` (instead of refused connections) until the drain is over;
     // then it stops with a grace of its own. A node without a gateway stops it at once.
     let http_stop = CancellationToken::new();
-    // The admin API, `/graphql` and the WebSocket upgrade all pass protection's layer.
+    // The admin API, `/graphql` and the WebSocket upgrade all pass protection's layer; a
+    // process that serves `/graphql` puts its CORS layer (when configured) in front of it.
+    let cors_origins = if config.role.serves_control() {
+        config.prefetch.config.cors_origins.clone()
+    } else {
+        Vec::new()
+    };
     let http = serve_http_protected(
         listener,
         router,
         config.http,
         &protection,
+        &cors_origins,
         &registry,
         http_stop.clone(),
         grace,

@@ -17,34 +17,88 @@
 //!   caches) with `Vary: Authorization`.
 //! - Every response carries `extensions.cacheHint`: the device-cache TTL (jittered) and the
 //!   event versions the data was built for.
+//! - CORS, only when [`PrefetchConfig::cors_origins`](crate::PrefetchConfig::cors_origins)
+//!   names origins: [`with_graphql_cors`] puts a layer in front of `/graphql` alone (never the
+//!   admin API) that answers the preflight and echoes an allowed `Origin`; any other origin
+//!   gets no CORS header.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument};
 use async_graphql::{ServerError, Variables};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tower::Layer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::PrefetchError;
 use crate::limits;
 use crate::schema::{RequestScope, ResponseHints};
 use crate::service::PrefetchService;
 
-/// `/graphql`, both methods.
+/// `/graphql`, both methods. CORS is not here but around the whole server
+/// ([`with_graphql_cors`]), so that the answers of the layers in front of this router carry it too.
 pub fn router(service: Arc<PrefetchService>) -> Router {
     let body_limit = service.config.body_limit_bytes;
     Router::new()
         .route("/graphql", get(get_graphql).post(post_graphql))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(service)
+}
+
+/// `server` (the whole HTTP service, protection's layer included) with requests to `/graphql`,
+/// and only those, passing a CORS layer first; `server` unchanged when `origins` is empty.
+///
+/// Outside protection on purpose: a request protection sheds (`503 OVERLOADED` with
+/// `Retry-After`) or refuses (a bad `x-ringside-priority`) is answered with the CORS headers
+/// too, so a page on another origin can read the answer and wait as asked instead of seeing a
+/// network error. The layer answers every `OPTIONS /graphql` itself, before protection: a
+/// preflight costs a few header writes, never a place under the limit.
+pub fn with_graphql_cors(server: Router, origins: &[String]) -> Router {
+    let Some(cors) = cors_layer(origins) else {
+        return server;
+    };
+    Router::new()
+        .route_service("/graphql", cors.layer(server.clone()))
+        .fallback_service(server)
+}
+
+/// How long a browser may reuse a preflight answer: devices refetch every few minutes, and a
+/// preflight per request would double their requests.
+const CORS_PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// The CORS layer of `/graphql`, or `None` when no origin is allowed (then no CORS header is
+/// ever sent). The methods and headers are exactly what a device sends: `GET` for cacheable
+/// persisted queries, `POST` otherwise, the token, JSON, and the priority it lowers itself
+/// to. `Retry-After` is exposed so that a page can honour a shed answer.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|origin| HeaderValue::from_str(origin).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static(protocol::PRIORITY_HEADER),
+            ])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(CORS_PREFLIGHT_MAX_AGE),
+    )
 }
 
 #[derive(Debug, Default, Deserialize)]

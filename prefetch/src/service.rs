@@ -47,6 +47,11 @@ pub struct PrefetchConfig {
     /// response the query limits allow is about 9 MB, and a slow reader makes the node hold
     /// it per connection. Over it: `RESPONSE_TOO_LARGE`, and the device asks for less.
     pub max_response_bytes: usize,
+    /// Web origins (`https://app.example.com`, scheme, host and optional port, nothing else)
+    /// whose pages may call `/graphql` from a browser: their CORS preflight is answered and
+    /// their responses carry `Access-Control-Allow-Origin`. Default empty: no CORS headers at
+    /// all, so only same-origin pages and non-browser devices can call it.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for PrefetchConfig {
@@ -62,6 +67,7 @@ impl Default for PrefetchConfig {
             persisted_query_bytes: 8 * 1024 * 1024,
             execution_timeout: Duration::from_secs(10),
             max_response_bytes: 4 * 1024 * 1024,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -100,6 +106,9 @@ impl PrefetchConfig {
         if self.execution_timeout.is_zero() || self.execution_timeout > Duration::from_secs(300) {
             return fail("execution_timeout", "must be between 1 ms and 5 minutes");
         }
+        if let Some(problem) = self.cors_origins.iter().find_map(|o| origin_problem(o)) {
+            return fail("cors_origins", problem);
+        }
         Ok(())
     }
 
@@ -108,6 +117,26 @@ impl PrefetchConfig {
         let factor = 1.0 + self.device_ttl_jitter * (2.0 * fastrand::f64() - 1.0);
         self.device_ttl.mul_f64(factor.max(0.0))
     }
+}
+
+/// What is wrong with a CORS origin, if anything. Browsers send `Origin` as
+/// `scheme://host[:port]`, lowercase, without a path; an entry of another shape would never
+/// match, so it is refused at startup instead of silently allowing nothing.
+fn origin_problem(origin: &str) -> Option<&'static str> {
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return Some("each origin must start with https:// or http://");
+    };
+    let host_allowed =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.:[]".contains(c);
+    if rest.is_empty() || !rest.chars().all(host_allowed) {
+        return Some(
+            "each origin is scheme://host[:port] in lowercase, without a path or a trailing slash",
+        );
+    }
+    None
 }
 
 /// The key under which pages of profiles the catalog does not know are kept: everyone without
@@ -463,7 +492,7 @@ mod tests {
     #[test]
     fn defaults_validate_and_out_of_range_bounds_do_not() {
         assert_eq!(PrefetchConfig::default().validate(), Ok(()));
-        let broken: [fn(&mut PrefetchConfig); 7] = [
+        let broken: [fn(&mut PrefetchConfig); 10] = [
             |c| c.limits.max_nesting = 0,
             |c| c.limits.max_nesting = 1_000,
             |c| c.limits.max_depth = 40,
@@ -471,11 +500,22 @@ mod tests {
             |c| c.limits.max_list_items = 0,
             |c| c.execution_timeout = Duration::ZERO,
             |c| c.max_response_bytes = 10,
+            |c| c.cors_origins = vec!["app.example.com".into()],
+            |c| c.cors_origins = vec!["https://app.example.com/".into()],
+            |c| c.cors_origins = vec!["https://App.example.com".into()],
         ];
         for breaking in broken {
             let mut config = PrefetchConfig::default();
             breaking(&mut config);
             assert!(config.validate().is_err(), "{config:?}");
         }
+        let web = PrefetchConfig {
+            cors_origins: vec![
+                "https://tv.example.com".into(),
+                "http://127.0.0.1:5173".into(),
+            ],
+            ..PrefetchConfig::default()
+        };
+        assert_eq!(web.validate(), Ok(()));
     }
 }
