@@ -3,6 +3,8 @@
 //! - [`server`]: [`server::serve`] runs the gateway, the control plane, `/healthz` and
 //!   `/metrics` on one listener with the embedded (in-memory) bus and store, until a
 //!   cancellation token fires; then it drains. Tests start it on port 0 exactly as `main` does.
+//! - [`console`]: the ops console's static files, embedded, served under `/console` by every
+//!   process that serves the admin API.
 //! - [`content`]: the prefetch catalog, page store and event bridge a process serves from.
 //! - [`overload`]: protection wired in: the bus observer that feeds its ruleset stage
 //!   transitions, and the poller of the fleet-wide protection setting.
@@ -12,6 +14,7 @@
 //! The CLI (`src/main.rs`) only parses arguments and calls into this library and the `client`
 //! crate.
 
+pub mod console;
 pub mod content;
 pub mod http;
 pub mod overload;
