@@ -339,6 +339,34 @@ async function main() {
   await page.locator('#sign-in').waitFor({ state: 'visible' });
   assert.equal(await page.evaluate(() => sessionStorage.getItem('ringside.admin-token')), null);
 
+  step('the live stream feeds the page (SSE read with fetch, stubbed in the browser: the format of docs/PROTOCOL.md)');
+  const streamed = await browser.newPage();
+  streamed.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+  const streamNode = { node: 'stream-node', connections: 7, address: '10.0.0.7:8080', ready: false, last_seen_ms_ago: 1500,
+    drain: { started_at_ms: Date.now(), window_ms: 30_000, grace_ms: 5000, sessions_at_start: 7, goaways_sent: 3, sessions_left: 4 } };
+  const streamEvent = { id: 'streamed', topic: 'event:streamed', title: 'Streamed show', starts_at: '2026-12-24T20:00:00Z',
+    stages: ['UPCOMING', 'LIVE'], stage: 'UPCOMING', version: 3, published_at_ms: Date.now() };
+  const sse = `: hello\n\nevent: stats\ndata: ${JSON.stringify({ nodes: [streamNode], topics: [{ topic: 'event:streamed', subscribers: 7, version: 3, acks: 7 }] })}\n\n` +
+    `event: events\ndata: ${JSON.stringify({ events: [streamEvent] })}\n\n`;
+  await streamed.route('**/v1/admin/stream', (route) => route.fulfill({
+    status: 200, headers: { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' }, body: sse,
+  }));
+  // The reads answer nothing, so whatever the page shows came through the stream. A stubbed
+  // stream ends at once and the page polls between reopenings: read the page in one snapshot.
+  await streamed.route('**/v1/admin/events', (route) => route.fulfill({ json: { events: [] } }));
+  await streamed.route('**/v1/admin/stats', (route) => route.fulfill({ json: { nodes: [], topics: [] } }));
+  await streamed.goto(`${base}/console/`);
+  await streamed.getByLabel('Admin token').fill(admin);
+  await streamed.getByRole('button', { name: 'Sign in' }).click();
+  await eventually(async () => {
+    const [row, node] = await streamed.evaluate(() => [
+      /** @type {HTMLElement | null} */ (document.querySelector('#events-table tr[data-event="streamed"]'))?.innerText ?? '',
+      /** @type {HTMLElement | null} */ (document.querySelector('#nodes-table tr[data-node="stream-node"]'))?.innerText ?? '']);
+    return row.includes('Streamed show') && row.includes('UPCOMING') && row.split('\t').map((cell) => cell.trim()).includes('7') &&
+      node.includes('not ready') && node.includes('3 of 7 told to go, 4 left') && node.includes('10.0.0.7:8080');
+  }, 'the streamed events and stats on the page');
+  await streamed.close();
+
   assert.deepEqual(problems, [], 'no page error, no CSP violation, no request to another origin');
 }
 
