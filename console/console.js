@@ -95,6 +95,22 @@ function svg(tag, attributes, text) {
   return element;
 }
 
+/**
+ * Replaces a table body's rows and keeps the keyboard focus on the same button: live updates
+ * redraw rows every second or so, and must not throw an operator's focus back to the page.
+ * @param {HTMLElement} body
+ * @param {HTMLElement[]} rows
+ */
+function replaceRows(body, rows) {
+  const focused = document.activeElement;
+  const key = focused instanceof HTMLElement && body.contains(focused) ? focused.dataset.focusKey : undefined;
+  body.replaceChildren(...rows);
+  if (key === undefined) return;
+  for (const button of body.querySelectorAll('button')) {
+    if (button.dataset.focusKey === key) { button.focus(); return; }
+  }
+}
+
 /** @param {unknown} error */
 function messageOf(error) {
   if (error instanceof ApiError) return error.message;
@@ -265,6 +281,7 @@ function onStreamEvent(name, data) {
     state.stats = /** @type {Stats} */ (data);
     renderEvents();
     renderFleet();
+    refreshOpenTrigger();
   } else if (name === 'events') {
     state.events = /** @type {{ events: EventSummary[] }} */ (data).events;
     renderEvents();
@@ -301,6 +318,7 @@ async function refreshAll() {
   if (events.status === 'fulfilled') { state.events = events.value.events; } else { report(events.reason); }
   renderEvents();
   renderFleet();
+  refreshOpenTrigger();
   if (stats.status === 'fulfilled') byId('fleet-error').textContent = '';
   if (!state.streaming && state.reportEvent) await refreshBroadcasts();
 }
@@ -390,7 +408,7 @@ function renderEvents() {
         actionButton('Broadcasts', `of ${event.title}`, () => showBroadcasts(event.id, null))));
     return row;
   });
-  body.replaceChildren(...rows);
+  replaceRows(body, rows);
   byId('events-empty').hidden = state.events.length > 0;
 }
 
@@ -402,9 +420,21 @@ function renderEvents() {
  * @param {() => void} action
  */
 function actionButton(text, context, action) {
-  const button = h('button', { type: 'button' }, text, h('span', { class: 'visually-hidden' }, ` ${context}`));
-  button.addEventListener('click', action);
+  const key = `${text} ${context}`;
+  const button = h('button', { type: 'button', 'data-focus-key': key }, text,
+    h('span', { class: 'visually-hidden' }, ` ${context}`));
+  button.addEventListener('click', () => { returnFocusKey = key; action(); });
   return button;
+}
+
+/** The button that opened the dialog open now: rows are redrawn meanwhile, so it is found again by key. */
+let returnFocusKey = '';
+
+/** Gives the focus back to the (redrawn) button that opened a dialog. */
+function returnFocus() {
+  for (const button of document.querySelectorAll('button[data-focus-key]')) {
+    if (button instanceof HTMLElement && button.dataset.focusKey === returnFocusKey) { button.focus(); return; }
+  }
 }
 
 async function createEvent(/** @type {SubmitEvent} */ submit) {
@@ -510,6 +540,11 @@ function openTrigger(id) {
   select.focus();
 }
 
+/** Keeps an open trigger dialog's figures (devices subscribed now) current. */
+function refreshOpenTrigger() {
+  if (/** @type {HTMLDialogElement} */ (byId('trigger-dialog')).open) updateTrigger();
+}
+
 /** Redraws the dialog's transition, subscribers, payload check and window; returns whether it may publish. */
 function updateTrigger() {
   const event = state.events.find((e) => e.id === triggering);
@@ -591,7 +626,7 @@ function renderBroadcasts() {
   const body = byId('broadcasts-table').querySelector('tbody');
   if (!body || !state.reportEvent) return;
   const event = state.reportEvent;
-  body.replaceChildren(...state.broadcasts.map((b) => {
+  replaceRows(body, state.broadcasts.map((b) => {
     const shown = (state.report?.version ?? null) === b.version;
     return h('tr', { class: shown ? 'selected' : undefined },
       h('td', { class: 'num' }, String(b.version)),
@@ -699,7 +734,7 @@ function renderFleet() {
   if (!body) return;
   const protection = state.protection;
   const nodes = state.stats?.nodes ?? [];
-  body.replaceChildren(...nodes.map((node) => {
+  replaceRows(body, nodes.map((node) => {
     const shed = protection && protection.node === node.node
       ? `${protection.shed.critical} / ${protection.shed.degraded} / ${protection.shed.best_effort} / ${protection.shed.bulk}`
       : '—';
@@ -771,6 +806,9 @@ function wire() {
   byId('drain-form').addEventListener('submit', (e) => void confirmDrain(/** @type {SubmitEvent} */ (e)));
   for (const [button, dialog] of [['edit-cancel', 'edit-dialog'], ['trigger-cancel', 'trigger-dialog'], ['drain-cancel', 'drain-dialog']]) {
     byId(button).addEventListener('click', () => /** @type {HTMLDialogElement} */ (byId(dialog)).close());
+  }
+  for (const dialog of document.querySelectorAll('dialog')) {
+    dialog.addEventListener('close', () => { if (state.api) returnFocus(); });
   }
   for (const id of ['trigger-stage', 'trigger-payload', 'trigger-window']) {
     byId(id).addEventListener('input', () => updateTrigger());

@@ -325,11 +325,17 @@ async function main() {
   await page.screenshot({ path: join(artifacts, 'console.png'), fullPage: true });
   if (process.env.UPDATE_DOCS_SCREENSHOT === '1') copyFileSync(join(artifacts, 'console.png'), join(repo, 'docs', 'console.png'));
 
-  step('the drain asks first; cancel keeps the node, confirm drains it');
+  step('the drain asks first; cancel (Escape) keeps the node and the focus, confirm drains it');
   await node.getByRole('button', { name: /^Drain/ }).click();
   await page.locator('#drain-dialog').waitFor({ state: 'visible' });
+  // Rows are redrawn by the live updates meanwhile; the focus comes back to the drain button.
+  await new Promise((r) => setTimeout(r, 2500));
   await page.keyboard.press('Escape');
   await page.locator('#drain-dialog').waitFor({ state: 'hidden' });
+  const focusKey = () => page.evaluate(() => /** @type {HTMLElement | null} */ (document.activeElement)?.dataset.focusKey);
+  assert.equal(await focusKey(), 'Drain… node e2e-node');
+  await new Promise((r) => setTimeout(r, 2500));
+  assert.equal(await focusKey(), 'Drain… node e2e-node', 'a redraw keeps the focus');
   await node.getByRole('button', { name: /^Drain/ }).click();
   await page.locator('#drain-dialog').getByRole('button', { name: 'Drain', exact: true }).click();
   await page.locator('#status').getByText('Node e2e-node: drain draining.').waitFor();
