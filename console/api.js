@@ -117,7 +117,14 @@ export class AdminApi {
     if (!response.ok) {
       throw await errorOf(response);
     }
-    return /** @type {Promise<T>} */ (response.json());
+    // An answer without a body (204) reads as null; the callers read the state again.
+    const text = await response.text();
+    if (text === '') return /** @type {T} */ (/** @type {unknown} */ (null));
+    try {
+      return /** @type {T} */ (JSON.parse(text));
+    } catch {
+      throw new ApiError(response.status, { code: 'invalid_answer', message: `the server answered ${method} ${path} with something that is not JSON` });
+    }
   }
 
   /** @returns {Promise<EventList>} */
@@ -134,7 +141,7 @@ export class AdminApi {
   /**
    * @param {string} id
    * @param {{ title?: string, starts_at?: string, stages?: string[] }} update
-   * @returns {Promise<EventSummary>}
+   * @returns {Promise<EventSummary | null>}
    */
   updateEvent(id, update) { return this.call('PATCH', `/v1/admin/events/${encodeURIComponent(id)}`, update); }
   /**

@@ -506,10 +506,14 @@ async function saveEdit(/** @type {SubmitEvent} */ submit) {
   if (Object.keys(update).length === 0) { /** @type {HTMLDialogElement} */ (byId('edit-dialog')).close(); return; }
   try {
     const saved = await api.updateEvent(event.id, update);
-    state.events = state.events.map((e) => (e.id === saved.id ? saved : e));
+    if (saved && saved.id === event.id) {
+      state.events = state.events.map((e) => (e.id === saved.id ? saved : e));
+    } else {
+      state.events = (await api.events()).events;
+    }
     renderEvents();
     /** @type {HTMLDialogElement} */ (byId('edit-dialog')).close();
-    say(`Event ${saved.id} saved.`);
+    say(`Event ${event.id} saved.`);
   } catch (error) {
     report(error, errorLine);
   }
