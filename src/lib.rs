@@ -3,6 +3,9 @@
 //! - [`server`]: [`server::serve`] runs the gateway, the control plane, `/healthz` and
 //!   `/metrics` on one listener with the embedded (in-memory) bus and store, until a
 //!   cancellation token fires; then it drains. Tests start it on port 0 exactly as `main` does.
+//! - [`broadcast_table`]: the tables `ringside event report` prints.
+//! - [`console`]: the ops console's static files, embedded, served under `/console` by every
+//!   process that serves the admin API.
 //! - [`content`]: the prefetch catalog, page store and event bridge a process serves from.
 //! - [`overload`]: protection wired in: the bus observer that feeds its ruleset stage
 //!   transitions, and the poller of the fleet-wide protection setting.
@@ -13,6 +16,7 @@
 //! crate.
 
 pub mod broadcast_table;
+pub mod console;
 pub mod content;
 pub mod http;
 pub mod overload;

@@ -1376,9 +1376,9 @@ fn print_banner(address: SocketAddr, config: &ServeConfig, source: &SecretSource
     if config.role.serves_control() {
         println!("  admin API  http://{address}/v1/admin  (Authorization: Bearer <admin token>)");
         println!("  prefetch   http://{address}/graphql");
+        println!("  console    http://{address}/console  (sign in with the admin token)");
     }
     println!("  metrics    http://{address}/metrics   health: http://{address}/healthz");
-    println!("  console    not available yet");
     println!("  device token:  ringside token --device tv-1 --profile p-1 --class tv");
     println!("  admin token:   ringside token --admin");
     match source {

@@ -860,7 +860,8 @@ async fn start_control(
     };
     let router = control
         .router()
-        .merge(prefetch::http::router(prefetch.clone()));
+        .merge(prefetch::http::router(prefetch.clone()))
+        .merge(crate::console::router());
     let materializer = (config.prefetch.materialize == MaterializeMode::Background).then(|| {
         let stop = shutdown.clone();
         // Paused while protection's ruleset is active (a kickoff, or load).

@@ -8,8 +8,14 @@
 //! | `/v1/admin/*` | GET, HEAD (and anything else) | degraded |
 //! | `/graphql` | any | degraded, lowered to the device token's `priority` claim |
 //! | `/v1/ws` | any | degraded, lowered to the device token's `priority` claim |
+//! | `/console`, `/console/*` | any | degraded (the ops console's static files) |
 //! | `/healthz`, `/metrics` | any | exempt: never limited, never shed |
 //! | anything else | any | degraded |
+//!
+//! The console's files are a few kilobytes served from memory, so they are cheap, but they are
+//! not exempt: they are counted under their own `console` route and shed with the other
+//! `degraded` requests, since a console whose admin reads (`degraded` too) are shed could not
+//! work anyway, and an exempt route would be an unlimited door into the node.
 //!
 //! The header then lowers the class (the lower of the two wins; a higher value is ignored).
 
@@ -25,18 +31,27 @@ pub enum Route {
     Graphql,
     /// `/v1/ws`, the WebSocket upgrade.
     WebSocket,
+    /// `/console` and its files: the ops console.
+    Console,
     /// Any other path (answered 404 or 405 by the router).
     Other,
 }
 
 impl Route {
-    pub const ALL: [Self; 4] = [Self::Admin, Self::Graphql, Self::WebSocket, Self::Other];
+    pub const ALL: [Self; 5] = [
+        Self::Admin,
+        Self::Graphql,
+        Self::WebSocket,
+        Self::Console,
+        Self::Other,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Admin => "admin",
             Self::Graphql => "graphql",
             Self::WebSocket => "websocket",
+            Self::Console => "console",
             Self::Other => "other",
         }
     }
@@ -47,7 +62,8 @@ impl Route {
             Self::Admin => 0,
             Self::Graphql => 1,
             Self::WebSocket => 2,
-            Self::Other => 3,
+            Self::Console => 3,
+            Self::Other => 4,
         }
     }
 
@@ -58,6 +74,7 @@ impl Route {
             "/graphql" => Some(Self::Graphql),
             "/v1/ws" => Some(Self::WebSocket),
             _ if path == "/v1/admin" || path.starts_with("/v1/admin/") => Some(Self::Admin),
+            _ if path == "/console" || path.starts_with("/console/") => Some(Self::Console),
             _ => Some(Self::Other),
         }
     }
@@ -73,7 +90,9 @@ impl Route {
             {
                 Priority::Critical
             }
-            Self::Admin | Self::Graphql | Self::WebSocket | Self::Other => Priority::Degraded,
+            Self::Admin | Self::Graphql | Self::WebSocket | Self::Console | Self::Other => {
+                Priority::Degraded
+            }
         }
     }
 
@@ -199,6 +218,10 @@ mod tests {
         assert_eq!(class_of(Method::GET, "/healthz", &[]), None);
         assert_eq!(class_of(Method::GET, "/metrics", &[]), None);
         assert_eq!(Route::of("/v1/administrator"), Some(Route::Other));
+        assert_eq!(class_of(Method::GET, "/console/", &[]), Some(Degraded));
+        assert_eq!(Route::of("/console"), Some(Route::Console));
+        assert_eq!(Route::of("/console/console.js"), Some(Route::Console));
+        assert_eq!(Route::of("/consoles"), Some(Route::Other));
     }
 
     #[test]

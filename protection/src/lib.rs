@@ -48,7 +48,7 @@ use crate::ruleset::{LoadSignals, Ruleset};
 type GaugeReader = fn(&Protection) -> i64;
 
 /// Per class (index [`Priority::index`]) and route (index [`Route::index`]).
-type ClassRouteCounters = [[Arc<Counter>; 4]; 4];
+type ClassRouteCounters = [[Arc<Counter>; Route::ALL.len()]; Priority::ALL.len()];
 
 #[derive(Debug)]
 struct ProtectionMetrics {

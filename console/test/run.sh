@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The ops console's end-to-end test in a real browser: installs Debian's chromium when missing,
+# then `npm ci && npm test` here. Needs a built binary: RINGSIDE_BIN (default
+# target/debug/ringside, or $CARGO_TARGET_DIR/debug/ringside when that is set).
+set -euo pipefail
+cd "$(dirname "$0")"
+if [ ! -x /usr/bin/chromium ]; then
+    sudo_if_needed=""
+    [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
+    $sudo_if_needed apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq chromium
+fi
+if [ -z "${RINGSIDE_BIN:-}" ]; then
+    RINGSIDE_BIN="$(cd ../.. && pwd)/${CARGO_TARGET_DIR:-target}/debug/ringside"
+    case "${CARGO_TARGET_DIR:-}" in /*) RINGSIDE_BIN="$CARGO_TARGET_DIR/debug/ringside" ;; esac
+    export RINGSIDE_BIN
+fi
+[ -x "$RINGSIDE_BIN" ] || { echo "no ringside binary at $RINGSIDE_BIN: cargo build -p ringside first" >&2; exit 1; }
+npm ci --no-audit --no-fund
+npm test
