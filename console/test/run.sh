@@ -4,12 +4,7 @@
 # target/debug/ringside, or $CARGO_TARGET_DIR/debug/ringside when that is set).
 set -euo pipefail
 cd "$(dirname "$0")"
-if [ ! -x /usr/bin/chromium ]; then
-    sudo_if_needed=""
-    [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
-    $sudo_if_needed apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq chromium
-fi
+../../scripts/services chromium
 if [ -z "${RINGSIDE_BIN:-}" ]; then
     RINGSIDE_BIN="$(cd ../.. && pwd)/${CARGO_TARGET_DIR:-target}/debug/ringside"
     case "${CARGO_TARGET_DIR:-}" in /*) RINGSIDE_BIN="$CARGO_TARGET_DIR/debug/ringside" ;; esac

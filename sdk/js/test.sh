@@ -9,9 +9,9 @@ if ! command -v npm >/dev/null 2>&1 || ! node -e 'process.exit(Number(process.ve
     echo "sdk/js/test.sh: needs Node 20 or later with npm (found: $(node --version 2>/dev/null || echo none))" >&2
     exit 1
 fi
-if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM_PATH:-}" ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+if [ -z "${CHROMIUM_PATH:-}" ]; then
     # The browser test drives Debian's Chromium (playwright-core downloads no browser).
-    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+    ../../scripts/services chromium
 fi
 npm ci --no-audit --no-fund
 npm test
