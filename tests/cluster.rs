@@ -369,7 +369,20 @@ async fn with_redis_down_devices_are_served_prefetch_is_stale_and_the_registry_r
         .query_async(&mut connection)
         .await
         .unwrap();
-    assert_eq!(registry_keys.len(), 3, "{registry_keys:?}");
+    // Each node's report and its broadcast records, and the set of nodes.
+    let mut named = registry_keys.clone();
+    named.sort();
+    let expected: Vec<String> = [
+        "node-broadcasts:g1",
+        "node-broadcasts:g2",
+        "node:g1",
+        "node:g2",
+        "nodes",
+    ]
+    .iter()
+    .map(|key| format!("{}{key}", keys.prefix))
+    .collect();
+    assert_eq!(named, expected);
     let () = redis::cmd("DEL")
         .arg(&registry_keys)
         .query_async(&mut connection)
