@@ -106,6 +106,13 @@ impl EncodedState {
     pub fn is_best_effort(&self) -> bool {
         !self.priority.is_critical()
     }
+
+    /// Counts `connections` more connections written this version in its delivery record.
+    pub(crate) fn count_sent(&self, connections: u64) {
+        if let Some(record) = &self.record {
+            record.add_sent(connections);
+        }
+    }
 }
 
 /// A server-to-client WebSocket text frame holding `payload` (RFC 6455 §5.2: final, unmasked,
@@ -157,19 +164,15 @@ impl DeliveryMetrics {
         }
     }
 
-    /// Counts `state` written to one socket by a connection's task, in the metrics and in its
-    /// delivery record; `live` when a fan-out offered it (a catch-up state's publish may be
-    /// long past, so it is no latency sample). Best-effort messages are counted as sent but
-    /// are no latency sample either: the histograms measure the state path.
+    /// Counts `state` written to one socket by a connection's task in the metrics; `live` when
+    /// a fan-out offered it (a catch-up state's publish may be long past, so it is no latency
+    /// sample). Best-effort messages are counted as sent but are no latency sample either: the
+    /// histograms measure the state path. (The version's delivery record counts connections,
+    /// not writes: the mailbox adds to it when a connection is first written a version.)
     pub fn sent(&self, state: &EncodedState, live: bool) {
-        if let Some(record) = &state.record {
-            record.add_sent(1);
-        }
         self.count_in_metrics(state, live);
     }
 
-    /// The metrics' half of [`DeliveryMetrics::sent`]: a fan-out adds its writes to the
-    /// delivery record once per pass instead.
     fn count_in_metrics(&self, state: &EncodedState, live: bool) {
         self.messages_sent.increment();
         self.bytes_sent.add(state.wire.len() as u64);
@@ -614,9 +617,7 @@ impl Hub {
             }
         }
         // Once per pass, not per socket: passes over other shards may run on other threads.
-        if let Some(record) = &encoded.record {
-            record.add_sent(written);
-        }
+        encoded.count_sent(written);
         if encoded.is_best_effort() {
             self.metrics.best_effort_conflated.add(conflated);
         } else {

@@ -90,10 +90,16 @@ const ANNOUNCED: u64 = 1 << 63;
 const STATE_CATCH_UP: u64 = 1 << 62;
 /// [`Slot::acked_and_flags`]: the waiting best-effort message was offered as a catch-up.
 const BEST_EFFORT_CATCH_UP: u64 = 1 << 61;
+/// [`Slot::acked_and_flags`]: the connection unsubscribed; the slot is kept only to remember
+/// what was written to it and acknowledged (see [`Mailbox::close`]).
+const CLOSED: u64 = 1 << 60;
 /// [`Slot::acked_and_flags`]: the bits of the acknowledged version. Versions are far below
-/// 2^61 (the stores derive them from milliseconds since the epoch), and an ack of a version
+/// 2^60 (the stores derive them from milliseconds since the epoch), and an ack of a version
 /// the connection was not offered is never stored.
-const ACKED_VERSION: u64 = (1 << 61) - 1;
+const ACKED_VERSION: u64 = (1 << 60) - 1;
+/// Unsubscribed topics a connection remembers, beyond which the longest-held is forgotten: as
+/// many as it may hold at once by default (`max_topics_per_connection`).
+const CLOSED_SLOTS_KEPT: usize = 16;
 
 /// One subscribed topic of a connection, held by every connection for every topic: 64 bytes.
 /// Both lanes' waiting messages are bare pointers and the flags live in the top bits of the
@@ -136,10 +142,18 @@ impl Slot {
     }
 
     /// `state` went to the socket (whole, or its rest into the backlog): its ack may count.
-    fn note_written(&mut self, state: &EncodedState) {
-        if !state.is_best_effort() {
-            self.written_version = self.written_version.max(state.version);
+    /// True when this connection had not been written this version (or a newer one) before,
+    /// which is when it counts as sent in the version's delivery record.
+    fn note_written(&mut self, state: &EncodedState) -> bool {
+        if state.is_best_effort() || state.version <= self.written_version {
+            return false;
         }
+        self.written_version = state.version;
+        true
+    }
+
+    fn is_open(&self, topic: &Topic) -> bool {
+        &self.topic == topic && !self.flag(CLOSED)
     }
 }
 
@@ -197,12 +211,19 @@ impl Mailbox {
 
     /// Starts accepting states of `topic` newer than `since`, and best-effort messages newer
     /// than it. Returns false when the topic was already open (its position is kept). Live
-    /// messages wait until [`Mailbox::announce`].
+    /// messages wait until [`Mailbox::announce`]. A topic the connection held before keeps
+    /// what was written to it and acknowledged: resubscribing is not a way to be counted twice.
     pub fn open(&self, topic: &Topic, since: u64) -> bool {
         let mut outbound = self.outbound();
         let slots = &mut outbound.slots;
-        if slots.iter().any(|slot| &slot.topic == topic) {
-            return false;
+        if let Some(slot) = slots.iter_mut().find(|slot| &slot.topic == topic) {
+            if !slot.flag(CLOSED) {
+                return false;
+            }
+            slot.newest_version = since;
+            slot.newest_best_effort = since;
+            slot.acked_and_flags = slot.acked_version();
+            return true;
         }
         // Most connections hold one topic: room for exactly one, not the four a first push
         // reserves (about 190 bytes less per connection).
@@ -223,17 +244,35 @@ impl Mailbox {
 
     /// The device now knows it holds `topic`: later live states may be written directly.
     pub fn announce(&self, topic: &Topic) {
-        if let Some(slot) = self.outbound().slots.iter_mut().find(|s| &s.topic == topic) {
+        if let Some(slot) = self.outbound().slots.iter_mut().find(|s| s.is_open(topic)) {
             slot.set_flag(ANNOUNCED, true);
         }
     }
 
-    /// Stops accepting states of `topic` and drops any unsent one.
+    /// Stops accepting states of `topic` and drops any unsent one. A topic that was written a
+    /// state stays remembered (closed) with what was written and acknowledged, for the
+    /// [`CLOSED_SLOTS_KEPT`] most recently closed topics.
     pub fn close(&self, topic: &Topic) -> bool {
         let mut outbound = self.outbound();
-        let before = outbound.slots.len();
-        outbound.slots.retain(|slot| &slot.topic != topic);
-        outbound.slots.len() != before
+        let slots = &mut outbound.slots;
+        let Some(at) = slots.iter().position(|slot| slot.is_open(topic)) else {
+            return false;
+        };
+        let mut slot = slots.remove(at);
+        if slot.written_version == 0 {
+            return true;
+        }
+        slot.pending = None;
+        slot.pending_best_effort = None;
+        slot.acked_and_flags = slot.acked_version() | CLOSED;
+        // Closed slots keep the order they were closed in: the first is the longest-held.
+        if slots.iter().filter(|slot| slot.flag(CLOSED)).count() >= CLOSED_SLOTS_KEPT {
+            if let Some(oldest) = slots.iter().position(|slot| slot.flag(CLOSED)) {
+                slots.remove(oldest);
+            }
+        }
+        slots.push(slot);
+        true
     }
 
     /// The connection is closing: accepts no more states and drops unsent ones, so that no
@@ -272,7 +311,7 @@ impl Mailbox {
         if *sealed || *failed {
             return Offer::Ignored;
         }
-        let Some(slot) = slots.iter_mut().find(|slot| slot.topic == state.topic) else {
+        let Some(slot) = slots.iter_mut().find(|slot| slot.is_open(&state.topic)) else {
             return Offer::Ignored;
         };
         let best_effort = state.is_best_effort();
@@ -293,6 +332,8 @@ impl Mailbox {
         let direct = !catch_up && slot.flag(ANNOUNCED) && idle && backlog.is_empty();
         if let (true, Some(socket)) = (direct, socket.as_ref()) {
             match socket.try_write(&state.wire) {
+                // A live offer is always newer than what was written (it is newer than what
+                // was offered), and the fan-out counts its direct writes once per pass.
                 Ok(written) if written == state.wire.len() => {
                     slot.note_written(state);
                     return Offer::Written;
@@ -351,7 +392,7 @@ impl Mailbox {
     /// Acks are for states: the critical lane.
     pub fn acknowledge(&self, topic: &Topic, version: u64) -> bool {
         let mut outbound = self.outbound();
-        let Some(slot) = outbound.slots.iter_mut().find(|slot| &slot.topic == topic) else {
+        let Some(slot) = outbound.slots.iter_mut().find(|slot| slot.is_open(topic)) else {
             return false;
         };
         let written = version != 0 && version == slot.written_version;
@@ -388,14 +429,14 @@ impl Mailbox {
             if !write_whole(socket, backlog, *backlog_limit, &state.wire, failed)? {
                 return Ok(false);
             }
-            // `pending` holds states only: the critical lane.
-            slot.written_version = slot.written_version.max(state.version);
+            let Some(state) = slot.pending.take() else {
+                continue;
+            };
+            if slot.note_written(&state) {
+                state.count_sent(1);
+            }
             let catch_up = slot.flag(STATE_CATCH_UP);
-            sent.extend(
-                slot.pending
-                    .take()
-                    .map(|state| Delivery { state, catch_up }),
-            );
+            sent.push(Delivery { state, catch_up });
         }
         for slot in slots.iter_mut() {
             let Some(message) = &slot.pending_best_effort else {
@@ -420,16 +461,14 @@ impl Mailbox {
     pub fn take_pending(&self, out: &mut Vec<Delivery>) {
         let mut outbound = self.outbound();
         for slot in &mut outbound.slots {
-            if let Some(state) = &slot.pending {
-                let state = state.clone();
-                slot.note_written(&state);
+            let Some(state) = slot.pending.take() else {
+                continue;
+            };
+            if slot.note_written(&state) {
+                state.count_sent(1);
             }
             let catch_up = slot.flag(STATE_CATCH_UP);
-            out.extend(
-                slot.pending
-                    .take()
-                    .map(|state| Delivery { state, catch_up }),
-            );
+            out.push(Delivery { state, catch_up });
         }
         for slot in &mut outbound.slots {
             let catch_up = slot.flag(BEST_EFFORT_CATCH_UP);
@@ -593,6 +632,23 @@ mod tests {
             priority,
             fetch_within_ms: None,
         }))
+    }
+
+    /// A stage state with a delivery record, as the hub makes one current.
+    fn recorded(
+        topic: &str,
+        version: u64,
+    ) -> (Arc<EncodedState>, Arc<crate::record::DeliveryRecord>) {
+        let mut state = Arc::into_inner(encoded(topic, version)).expect("only reference");
+        let record = Arc::new(crate::record::DeliveryRecord::new(
+            state.topic.clone(),
+            version,
+            Stage::parse("LIVE").expect("stage"),
+            0,
+            1,
+        ));
+        state.record = Some(record.clone());
+        (Arc::new(state), record)
     }
 
     /// Pending messages as (topic, version, best-effort), in the order they would be written.
@@ -914,6 +970,66 @@ mod tests {
         assert!(mailbox.acknowledge(&a, 3), "written live");
         assert!(!mailbox.acknowledge(&a, 3), "repeated");
         assert!(!mailbox.acknowledge(&a, 2), "older, never written");
+    }
+
+    #[tokio::test]
+    async fn resubscribing_is_neither_a_second_send_nor_a_second_ack_of_a_version() {
+        let (mailbox, _peer) = connected(64 * 1024).await;
+        let a = Topic::parse("event:a").expect("topic");
+        let (state, record) = recorded("event:a", 4);
+        mailbox.open(&a, 0);
+        assert_eq!(mailbox.offer_catch_up(&state), Offer::QUEUED);
+        let mut sent = Vec::new();
+        assert!(mailbox.write_pending(&mut sent).expect("write"));
+        assert!(mailbox.acknowledge(&a, 4));
+        assert_eq!((record.sent(), sent.len()), (1, 1));
+        // Unsubscribe, and subscribe again from nothing: the state is written again (the
+        // device asked for it) but counts neither as sent nor as acknowledged a second time.
+        assert!(mailbox.close(&a));
+        assert!(!mailbox.acknowledge(&a, 4), "not subscribed");
+        assert!(mailbox.open(&a, 0), "open again");
+        assert!(!mailbox.open(&a, 0), "already open");
+        assert_eq!(mailbox.offer_catch_up(&state), Offer::QUEUED);
+        assert!(mailbox.write_pending(&mut sent).expect("write"));
+        assert_eq!(
+            (record.sent(), sent.len()),
+            (1, 2),
+            "written twice, counted once"
+        );
+        assert!(!mailbox.acknowledge(&a, 4), "acknowledged before");
+        // A newer version counts as ever.
+        let (newer, newer_record) = recorded("event:a", 5);
+        assert_eq!(mailbox.offer_catch_up(&newer), Offer::QUEUED);
+        assert!(mailbox.write_pending(&mut sent).expect("write"));
+        assert!(mailbox.acknowledge(&a, 5));
+        assert_eq!(newer_record.sent(), 1);
+    }
+
+    #[test]
+    fn a_connection_remembers_a_bounded_number_of_closed_topics() {
+        let mailbox = Mailbox::new();
+        for n in 0..CLOSED_SLOTS_KEPT + 8 {
+            let topic = Topic::parse(&format!("event:t{n}")).expect("topic");
+            mailbox.open(&topic, 0);
+            mailbox.offer_catch_up(&encoded(topic.as_str(), 3));
+            mailbox.take_pending(&mut Vec::new());
+            mailbox.close(&topic);
+        }
+        let slots = &mailbox.outbound().slots;
+        assert_eq!(slots.len(), CLOSED_SLOTS_KEPT);
+        assert!(slots.iter().all(|slot| slot.flag(CLOSED)));
+        // The longest-held went first.
+        assert_eq!(slots[0].topic.as_str(), "event:t8");
+    }
+
+    #[test]
+    fn a_topic_never_written_leaves_nothing_behind_when_closed() {
+        let mailbox = Mailbox::new();
+        let a = Topic::parse("event:a").expect("topic");
+        mailbox.open(&a, 0);
+        assert!(mailbox.close(&a));
+        assert!(!mailbox.close(&a), "closed already");
+        assert!(mailbox.outbound().slots.is_empty());
     }
 
     #[tokio::test]

@@ -52,7 +52,7 @@ impl DeliveryRecord {
         }
     }
 
-    /// Counts `frames` frames of this version written to connections.
+    /// Counts `frames` more connections written this version (each connection once).
     pub fn add_sent(&self, frames: u64) {
         if frames > 0 {
             self.sent.fetch_add(frames, Ordering::Relaxed);

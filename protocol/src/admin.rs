@@ -366,7 +366,7 @@ pub struct NodeBroadcast {
     pub node: String,
     /// Connections subscribed to the event's topic when the version reached the node.
     pub subscribed: u64,
-    /// Frames of this version written to connections (live and catch-up).
+    /// Connections written this version (live and catch-up), each once.
     pub sent: u64,
     /// First acks of this version from connections that were sent it.
     pub acked: u64,
