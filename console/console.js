@@ -403,9 +403,9 @@ function renderEvents() {
       h('td', { class: 'num', title: subscribed === null ? NOT_COUNTED : undefined },
         subscribed === null ? (state.stats ? '—' : '…') : String(subscribed)),
       h('td', {},
-        actionButton('Trigger…', `a stage of ${event.title}`, () => openTrigger(event.id)),
-        actionButton('Edit…', event.title, () => openEdit(event.id)),
-        actionButton('Broadcasts', `of ${event.title}`, () => showBroadcasts(event.id, null))));
+        actionButton('Trigger…', `a stage of ${event.title}`, () => openTrigger(event.id), `event ${event.id}`),
+        actionButton('Edit…', event.title, () => openEdit(event.id), `event ${event.id}`),
+        actionButton('Broadcasts', `of ${event.title}`, () => showBroadcasts(event.id, null), `event ${event.id}`)));
     return row;
   });
   replaceRows(body, rows);
@@ -414,13 +414,16 @@ function renderEvents() {
 
 /**
  * A row's button: its visible text, then (for screen readers) what it acts on, so that its
- * accessible name starts with what is seen.
+ * accessible name starts with what is seen. Its focus key (how a redraw finds it again) is the
+ * text and `keyOf`, else the context: an event's buttons are keyed by its id, since an edit
+ * (here or through the stream) may change the title they name.
  * @param {string} text
  * @param {string} context
  * @param {() => void} action
+ * @param {string} [keyOf]
  */
-function actionButton(text, context, action) {
-  const key = `${text} ${context}`;
+function actionButton(text, context, action, keyOf = context) {
+  const key = `${text} ${keyOf}`;
   const button = h('button', { type: 'button', 'data-focus-key': key }, text,
     h('span', { class: 'visually-hidden' }, ` ${context}`));
   button.addEventListener('click', () => { returnFocusKey = key; action(); });
