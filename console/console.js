@@ -663,13 +663,20 @@ function renderReport() {
   byId('report-figures').replaceChildren(...figures.flatMap(([name, value]) => [h('dt', {}, name), h('dd', { 'data-figure': name }, value)]));
   drawReach(shown);
   const nodes = byId('report-nodes').querySelector('tbody');
-  nodes?.replaceChildren(...shown.nodes.map((n) => h('tr', {},
-    h('th', { scope: 'row' }, n.node),
-    h('td', {}, badge(n.applied, n.applied ? 'applied' : 'not yet')),
-    h('td', { class: 'num' }, String(n.subscribed)),
-    h('td', { class: 'num' }, String(n.sent)),
-    h('td', { class: 'num' }, String(n.acked)),
-    h('td', {}, `${clock(n.received_at_ms)} (+${Math.max(0, n.received_at_ms - shown.published_at_ms)} ms)`))));
+  // A node that reports the event but keeps no record of this version has zeros and
+  // received_at_ms 0; `applied` then says whether it holds a newer version (docs/PROTOCOL.md).
+  nodes?.replaceChildren(...shown.nodes.map((n) => {
+    const recorded = n.received_at_ms !== 0;
+    return h('tr', {},
+      h('th', { scope: 'row' }, n.node),
+      h('td', {}, badge(n.applied, n.applied ? (recorded ? 'applied' : 'holds a newer version') : 'not yet')),
+      h('td', { class: 'num' }, String(n.subscribed)),
+      h('td', { class: 'num' }, String(n.sent)),
+      h('td', { class: 'num' }, String(n.acked)),
+      h('td', {}, recorded
+        ? `${clock(n.received_at_ms)} (+${Math.max(0, n.received_at_ms - shown.published_at_ms)} ms)`
+        : 'no record of this version'));
+  }));
   renderBroadcasts();
 }
 
