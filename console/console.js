@@ -355,6 +355,13 @@ async function refreshBroadcasts() {
       byId('report-hint').textContent = 'No broadcast of this event yet.';
       return;
     }
+    if (version > (state.broadcasts[0]?.version ?? 0)) {
+      // Newer than any node reports (just published): asking for it would be a 404 until the
+      // node records it, shortly. The stream (or the next poll) brings it.
+      errorLine.textContent = '';
+      byId('report-hint').textContent = `Waiting for the nodes to report version ${version}…`;
+      return;
+    }
     const fetched = await api.broadcast(event, version);
     if (event !== state.reportEvent) return;
     state.report = fetched;
@@ -651,6 +658,7 @@ function renderReport() {
   const shown = state.report;
   if (!shown || shown.event !== state.reportEvent) { detail.hidden = true; return; }
   detail.hidden = false;
+  byId('report-hint').textContent = '';
   const reached = Math.max(shown.subscribed, shown.sent);
   /** @type {[string, string][]} */
   const figures = [
