@@ -381,6 +381,10 @@ function showBroadcasts(event, version) {
   if (state.reportEvent !== event) {
     state.broadcasts = [];
     state.report = null;
+  } else if (version !== null && state.report && state.report.version !== version) {
+    // Another version of the same event (a trigger just published one): the one shown until
+    // now is not it, and must not pass for it while the new one is read.
+    state.report = null;
   }
   state.reportEvent = event;
   state.reportVersion = version;
