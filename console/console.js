@@ -355,6 +355,13 @@ async function refreshBroadcasts() {
       byId('report-hint').textContent = 'No broadcast of this event yet.';
       return;
     }
+    if (version > (state.broadcasts[0]?.version ?? 0)) {
+      // Newer than any node reports (just published): asking for it would be a 404 until the
+      // node records it, shortly. The stream (or the next poll) brings it.
+      errorLine.textContent = '';
+      byId('report-hint').textContent = `Waiting for the nodes to report version ${version}…`;
+      return;
+    }
     const fetched = await api.broadcast(event, version);
     if (event !== state.reportEvent) return;
     state.report = fetched;
@@ -373,6 +380,10 @@ async function refreshBroadcasts() {
 function showBroadcasts(event, version) {
   if (state.reportEvent !== event) {
     state.broadcasts = [];
+    state.report = null;
+  } else if (version !== null && state.report && state.report.version !== version) {
+    // Another version of the same event (a trigger just published one): the one shown until
+    // now is not it, and must not pass for it while the new one is read.
     state.report = null;
   }
   state.reportEvent = event;
@@ -403,9 +414,9 @@ function renderEvents() {
       h('td', { class: 'num', title: subscribed === null ? NOT_COUNTED : undefined },
         subscribed === null ? (state.stats ? '—' : '…') : String(subscribed)),
       h('td', {},
-        actionButton('Trigger…', `a stage of ${event.title}`, () => openTrigger(event.id)),
-        actionButton('Edit…', event.title, () => openEdit(event.id)),
-        actionButton('Broadcasts', `of ${event.title}`, () => showBroadcasts(event.id, null))));
+        actionButton('Trigger…', `a stage of ${event.title}`, () => openTrigger(event.id), `event ${event.id}`),
+        actionButton('Edit…', event.title, () => openEdit(event.id), `event ${event.id}`),
+        actionButton('Broadcasts', `of ${event.title}`, () => showBroadcasts(event.id, null), `event ${event.id}`)));
     return row;
   });
   replaceRows(body, rows);
@@ -414,13 +425,16 @@ function renderEvents() {
 
 /**
  * A row's button: its visible text, then (for screen readers) what it acts on, so that its
- * accessible name starts with what is seen.
+ * accessible name starts with what is seen. Its focus key (how a redraw finds it again) is the
+ * text and `keyOf`, else the context: an event's buttons are keyed by its id, since an edit
+ * (here or through the stream) may change the title they name.
  * @param {string} text
  * @param {string} context
  * @param {() => void} action
+ * @param {string} [keyOf]
  */
-function actionButton(text, context, action) {
-  const key = `${text} ${context}`;
+function actionButton(text, context, action, keyOf = context) {
+  const key = `${text} ${keyOf}`;
   const button = h('button', { type: 'button', 'data-focus-key': key }, text,
     h('span', { class: 'visually-hidden' }, ` ${context}`));
   button.addEventListener('click', () => { returnFocusKey = key; action(); });
@@ -648,6 +662,7 @@ function renderReport() {
   const shown = state.report;
   if (!shown || shown.event !== state.reportEvent) { detail.hidden = true; return; }
   detail.hidden = false;
+  byId('report-hint').textContent = '';
   const reached = Math.max(shown.subscribed, shown.sent);
   /** @type {[string, string][]} */
   const figures = [
@@ -660,13 +675,20 @@ function renderReport() {
   byId('report-figures').replaceChildren(...figures.flatMap(([name, value]) => [h('dt', {}, name), h('dd', { 'data-figure': name }, value)]));
   drawReach(shown);
   const nodes = byId('report-nodes').querySelector('tbody');
-  nodes?.replaceChildren(...shown.nodes.map((n) => h('tr', {},
-    h('th', { scope: 'row' }, n.node),
-    h('td', {}, badge(n.applied, n.applied ? 'applied' : 'not yet')),
-    h('td', { class: 'num' }, String(n.subscribed)),
-    h('td', { class: 'num' }, String(n.sent)),
-    h('td', { class: 'num' }, String(n.acked)),
-    h('td', {}, `${clock(n.received_at_ms)} (+${Math.max(0, n.received_at_ms - shown.published_at_ms)} ms)`))));
+  // A node that reports the event but keeps no record of this version has zeros and
+  // received_at_ms 0; `applied` then says whether it holds a newer version (docs/PROTOCOL.md).
+  nodes?.replaceChildren(...shown.nodes.map((n) => {
+    const recorded = n.received_at_ms !== 0;
+    return h('tr', {},
+      h('th', { scope: 'row' }, n.node),
+      h('td', {}, badge(n.applied, n.applied ? (recorded ? 'applied' : 'holds a newer version') : 'not yet')),
+      h('td', { class: 'num' }, String(n.subscribed)),
+      h('td', { class: 'num' }, String(n.sent)),
+      h('td', { class: 'num' }, String(n.acked)),
+      h('td', {}, recorded
+        ? `${clock(n.received_at_ms)} (+${Math.max(0, n.received_at_ms - shown.published_at_ms)} ms)`
+        : 'no record of this version'));
+  }));
   renderBroadcasts();
 }
 
