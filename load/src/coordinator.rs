@@ -35,6 +35,8 @@ pub struct FanoutPlan {
     /// Fleet-wide connections per second.
     pub connect_rate: f64,
     pub read_buffer_bytes: usize,
+    /// Ringside devices ack every state they get.
+    pub ack: bool,
     /// Time allowed for the last deliveries after the last publish.
     pub delivery_timeout: Duration,
     /// After the publishes, take the node down and back up (the storm scenario).
@@ -368,6 +370,7 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
             connect_rate: plan.connect_rate / workers as f64,
             read_buffer_bytes: plan.read_buffer_bytes,
             reconnect: plan.storm.is_some(),
+            ack: plan.ack,
         };
         let mut child = tokio::process::Command::new(std::env::current_exe()?)
             .arg("worker")

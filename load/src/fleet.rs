@@ -96,8 +96,9 @@ pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
                         run_watcher(url, token, options, topic, samples, counters).await
                     });
                 } else {
+                    let ack = plan.ack;
                     tokio::spawn(async move {
-                        run_device(url, token, options, topic, samples, counters).await
+                        run_device(url, token, options, topic, ack, samples, counters).await
                     });
                 }
             }
@@ -266,6 +267,7 @@ async fn run_device(
     token: String,
     options: ConnectOptions,
     topic: Topic,
+    ack: bool,
     samples: Samples,
     counters: Arc<Counters>,
 ) {
@@ -296,7 +298,11 @@ async fn run_device(
     loop {
         match device.next_frame().await {
             Ok(ServerFrame::State(state)) => {
-                record(&samples, &counters, state.version, state.published_at_ms)
+                record(&samples, &counters, state.version, state.published_at_ms);
+                if ack && device.ack(&state.topic, state.version).await.is_err() {
+                    counters.disconnected.fetch_add(1, Ordering::AcqRel);
+                    return;
+                }
             }
             Ok(_) => {}
             Err(_) => {

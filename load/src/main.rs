@@ -135,6 +135,10 @@ struct FanoutArgs {
     connect_rate: f64,
     #[arg(long, default_value_t = 1024)]
     read_buffer_bytes: usize,
+    /// Ringside devices ack every state (the broadcast report's input), so the ack path is
+    /// measured with the fan-out.
+    #[arg(long)]
+    ack: bool,
     #[arg(long, default_value_t = 30)]
     delivery_timeout_s: u64,
     /// Write the JSON result here.
@@ -717,6 +721,7 @@ fn main() -> anyhow::Result<()> {
                 source_addresses: args.source_addresses,
                 connect_rate: args.connect_rate,
                 read_buffer_bytes: args.read_buffer_bytes,
+                ack: args.ack,
                 delivery_timeout: Duration::from_secs(args.delivery_timeout_s),
             }))?;
             report.print_table();

@@ -37,6 +37,9 @@ pub struct WorkerPlan {
     /// Connections opened per second by this worker.
     pub connect_rate: f64,
     pub read_buffer_bytes: usize,
+    /// Ringside devices ack every state, as apps do for the broadcast report.
+    #[serde(default)]
+    pub ack: bool,
 }
 
 /// Worker → coordinator.
