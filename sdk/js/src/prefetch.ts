@@ -13,7 +13,7 @@
 // - A shed answer (503 with Retry-After, or GraphQL OVERLOADED with `retry_after_ms`) is
 //   retried no sooner than the server asked, with this client's own backoff on top.
 
-import { Backoff, parseRetryAfter, sleep } from './backoff.js';
+import { Backoff, boundRetryAfterMs, parseRetryAfter, sleep } from './backoff.js';
 import { RingsideError, resolveToken, type TokenSource } from './errors.js';
 import type { EventState, Json } from './types.js';
 
@@ -83,7 +83,7 @@ export interface PrefetcherOptions {
 
 interface GraphqlError {
   message?: string;
-  extensions?: { code?: string; retry_after_ms?: number };
+  extensions?: { code?: string; retry_after_ms?: unknown };
 }
 
 interface GraphqlAnswer {
@@ -344,7 +344,8 @@ export class Prefetcher {
           attempt--;
           continue;
         }
-        const serverRetryMs = error?.extensions?.retry_after_ms ?? retryAfterMs;
+        // The body's delay is the server's word too, and bounded like the header.
+        const serverRetryMs = boundRetryAfterMs(error?.extensions?.retry_after_ms) ?? retryAfterMs;
         failure = new RingsideError(code ? code.toLowerCase() : `http_${response.status}`, error?.message ?? `HTTP ${response.status}`, {
           status: response.status,
           retryAfterMs: serverRetryMs,

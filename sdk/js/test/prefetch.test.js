@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 
-import { EVENT_QUERY, PREFETCH_QUERY, Prefetcher, sha256Hex } from '@ringside/client';
+import { EVENT_QUERY, PREFETCH_QUERY, Prefetcher, RETRY_AFTER_MAX_MS, sha256Hex } from '@ringside/client';
 import { createEvent, deviceToken, eventId, publish, startServer } from './support.js';
 
 /** A fetch that records what the prefetcher sends, then sends it. */
@@ -274,6 +274,42 @@ describe('prefetcher and the server TTL', () => {
       assert.ok(refreshes.length >= 2, 'the refresh is background work too');
     } finally {
       prefetcher.close();
+    }
+  });
+});
+
+describe('prefetcher retry delays (no server)', () => {
+  /** A fetch that answers every request with GraphQL OVERLOADED and the given body delay. */
+  const overloaded = (retryAfterMs, headers = {}) => async () =>
+    new Response(JSON.stringify({ errors: [{ message: 'overloaded', extensions: { code: 'OVERLOADED', retry_after_ms: retryAfterMs } }] }), {
+      status: 503,
+      headers: { 'content-type': 'application/json', ...headers },
+    });
+
+  test("an OVERLOADED body's retry_after_ms is capped like the Retry-After header", async () => {
+    for (const [sent, expected] of [
+      [800, 800],
+      [RETRY_AFTER_MAX_MS, RETRY_AFTER_MAX_MS],
+      [86_400_000, RETRY_AFTER_MAX_MS],
+      [Number.MAX_SAFE_INTEGER, RETRY_AFTER_MAX_MS],
+    ]) {
+      const prefetcher = new Prefetcher({ url: 'http://127.0.0.1:9/graphql', token: 't', fetch: overloaded(sent), maxAttempts: 1 });
+      try {
+        await assert.rejects(prefetcher.prefetch(), (error) => error.code === 'overloaded' && error.retryAfterMs === expected);
+      } finally {
+        prefetcher.close();
+      }
+    }
+  });
+
+  test('an unreadable retry_after_ms counts as absent: the Retry-After header is used', async () => {
+    for (const sent of [-5, 'soon', null]) {
+      const prefetcher = new Prefetcher({ url: 'http://127.0.0.1:9/graphql', token: 't', fetch: overloaded(sent, { 'retry-after': '2' }), maxAttempts: 1 });
+      try {
+        await assert.rejects(prefetcher.prefetch(), (error) => error.code === 'overloaded' && error.retryAfterMs === 2000);
+      } finally {
+        prefetcher.close();
+      }
     }
   });
 });
