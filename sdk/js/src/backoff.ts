@@ -44,6 +44,16 @@ export function parseRetryAfter(value: string | null | undefined): number | unde
   return Math.min(Number(text) * 1000, RETRY_AFTER_MAX_MS);
 }
 
+/**
+ * A server's retry delay in milliseconds from a response body (GraphQL OVERLOADED's
+ * `retry_after_ms`), bounded like a Retry-After header: at most RETRY_AFTER_MAX_MS; anything
+ * not a finite, non-negative number counts as absent.
+ */
+export function boundRetryAfterMs(value: unknown): number | undefined {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) return undefined;
+  return Math.min(Math.floor(value), RETRY_AFTER_MAX_MS);
+}
+
 /** A promise that resolves after `ms`, or at once when `signal` aborts. */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {

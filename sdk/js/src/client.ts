@@ -11,7 +11,10 @@
 // - after any other loss it reconnects after the next decorrelated-jitter delay; a
 //   connection that lasted `stableAfterMs` resets the backoff;
 // - it resubscribes with the newest stage-state version held as `since`, so nothing is
-//   missed and nothing is sent twice;
+//   missed and nothing is sent twice; a topic whose last listener left is remembered (its
+//   versions and newest state, for the last KEPT_TOPICS_MAX topics), so that coming back to
+//   it subscribes with that `since` too and the server does not send, nor the device ack,
+//   a state it already had;
 // - it asks the token source again before every connection.
 //
 // Heartbeats: the server pings every `heartbeat_ms`; every WebSocket implementation answers
@@ -111,6 +114,17 @@ interface Held {
   message?: EventState;
 }
 
+/** What the client remembers of a topic after its last listener left. */
+interface Kept {
+  stageVersion: number;
+  bestEffortVersion: number;
+  state?: EventState;
+  message?: EventState;
+}
+
+/** Topics remembered after their last listener left; the one left longest ago goes first. */
+export const KEPT_TOPICS_MAX = 256;
+
 const OPEN = 1;
 const TOPIC = /^event:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 /** Used until the server's welcome says otherwise. */
@@ -134,6 +148,8 @@ export class RingsideClient extends Emitter<ClientEvents> {
   private readonly token: TokenSource;
   private readonly WebSocketImpl: WebSocketConstructor;
   private readonly topics = new Map<string, Held>();
+  /** Topics without listeners, in the order they were left (oldest first), at most KEPT_TOPICS_MAX. */
+  private readonly kept = new Map<string, Kept>();
   private readonly backoff: Backoff;
   /** The connection in use (connecting or open). */
   private link?: Link;
@@ -176,15 +192,19 @@ export class RingsideClient extends Emitter<ClientEvents> {
     return this.current;
   }
 
-  /** The newest stage-state version held of `topic` (0: none). */
+  /** The newest stage-state version held of `topic` (0: none), also after its last listener left. */
   version(topic: string): number {
-    return this.topics.get(normalizeTopic(topic))?.stageVersion ?? 0;
+    const name = normalizeTopic(topic);
+    return this.topics.get(name)?.stageVersion ?? this.kept.get(name)?.stageVersion ?? 0;
   }
 
   /**
    * Calls `onState` with every new stage state of `topic` (`event:<id>`, or just the id),
    * in increasing version order, each once; a new listener of a topic already held gets its
-   * current state at once.
+   * current state at once (also when the topic's last listener had left: the client keeps
+   * what it held and subscribes with its version as `since`, so the server sends only what is
+   * newer and the state is not acked twice). With `since`, a held state not newer than it is
+   * not delivered.
    */
   subscribe(topic: string, onState: (state: EventState) => void, options: SubscribeOptions = {}): Subscription {
     if (this.closedByApp) throw new RingsideError('closed', 'the client is closed');
@@ -192,24 +212,33 @@ export class RingsideClient extends Emitter<ClientEvents> {
     const name = normalizeTopic(topic);
     if (!TOPIC.test(name)) throw new TypeError(`subscribe: invalid topic ${JSON.stringify(topic)}: expected "event:<id>"`);
     const listener: Listener = { onState, onBestEffort: options.onBestEffort };
+    const since = Math.max(0, options.since ?? 0);
     let held = this.topics.get(name);
     const isNew = held === undefined;
     if (!held) {
-      held = { listeners: new Set(), stageVersion: Math.max(0, options.since ?? 0), bestEffortVersion: 0 };
+      const kept = this.kept.get(name);
+      this.kept.delete(name);
+      held = kept
+        ? { listeners: new Set(), ...kept, stageVersion: Math.max(kept.stageVersion, since) }
+        : { listeners: new Set(), stageVersion: since, bestEffortVersion: 0 };
       this.topics.set(name, held);
     }
     held.listeners.add(listener);
-    if (!isNew) {
-      const { state, message } = held;
+    // What is held already goes to the new listener from here, not from the server.
+    const state = held.state && held.state.version > since ? held.state : undefined;
+    const message = held.message;
+    if (state || (message && listener.onBestEffort)) {
+      const topicHeld = held;
       queueMicrotask(() => {
-        if (!held!.listeners.has(listener)) return;
+        if (!topicHeld.listeners.has(listener)) return;
         if (state) call(listener.onState, state);
         if (message && listener.onBestEffort) call(listener.onBestEffort, message);
       });
-    } else if (this.link?.welcomed) {
-      this.send(this.link, { type: 'subscribe', topics: [{ topic: name, since: held.stageVersion }] });
-    } else {
-      this.ensureConnected();
+    }
+    if (isNew) {
+      // A topic the server is not asked for yet (a kept one included: with its version as `since`).
+      if (this.link?.welcomed) this.send(this.link, { type: 'subscribe', topics: [{ topic: name, since: held.stageVersion }] });
+      else this.ensureConnected();
     }
     const client = this;
     return {
@@ -231,6 +260,7 @@ export class RingsideClient extends Emitter<ClientEvents> {
     this.link = undefined;
     this.retiring.clear();
     this.topics.clear();
+    this.kept.clear();
     this.setState({ state: 'closed', code: 1000, reason: 'client closed' });
   }
 
@@ -238,8 +268,21 @@ export class RingsideClient extends Emitter<ClientEvents> {
     const held = this.topics.get(topic);
     if (!held || !held.listeners.delete(listener) || held.listeners.size > 0) return;
     this.topics.delete(topic);
+    this.keep(topic, held);
     if (this.link?.welcomed) this.send(this.link, { type: 'unsubscribe', topics: [topic] });
     if (this.topics.size === 0) this.goIdle();
+  }
+
+  /** Remembers a topic's versions and newest state after its last listener left (bounded). */
+  private keep(topic: string, held: Held): void {
+    if (held.stageVersion === 0 && held.bestEffortVersion === 0 && !held.state && !held.message) return;
+    const { stageVersion, bestEffortVersion, state, message } = held;
+    this.kept.set(topic, { stageVersion, bestEffortVersion, state, message });
+    while (this.kept.size > KEPT_TOPICS_MAX) {
+      const oldest = this.kept.keys().next();
+      if (oldest.done) break;
+      this.kept.delete(oldest.value);
+    }
   }
 
   /** No topic left: a connection would only be closed by the server as idle. */

@@ -6,7 +6,7 @@
 //   with the server's TTL, follow-up fetches spread over `fetch_within_ms`.
 // - Backoff (backoff.ts): decorrelated jitter, the same as the Rust client's.
 
-export { RingsideClient } from './client.js';
+export { KEPT_TOPICS_MAX, RingsideClient } from './client.js';
 export type {
   ClientEvents,
   ClientOptions,

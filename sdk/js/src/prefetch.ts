@@ -13,7 +13,7 @@
 // - A shed answer (503 with Retry-After, or GraphQL OVERLOADED with `retry_after_ms`) is
 //   retried no sooner than the server asked, with this client's own backoff on top.
 
-import { Backoff, parseRetryAfter, sleep } from './backoff.js';
+import { Backoff, boundRetryAfterMs, parseRetryAfter, sleep } from './backoff.js';
 import { RingsideError, resolveToken, type TokenSource } from './errors.js';
 import type { EventState, Json } from './types.js';
 
@@ -83,7 +83,7 @@ export interface PrefetcherOptions {
 
 interface GraphqlError {
   message?: string;
-  extensions?: { code?: string; retry_after_ms?: number };
+  extensions?: { code?: string; retry_after_ms?: unknown };
 }
 
 interface GraphqlAnswer {
@@ -110,10 +110,17 @@ interface WireEvent {
   byStage?: StageContent[];
 }
 
+/** One caller of `contentFor` waiting on a plan. */
+interface Waiter {
+  resolve: (content: StageContent | undefined) => void;
+  reject: (error: unknown) => void;
+}
+
+/** A planned follow-up fetch, and everyone waiting on it: all settle together. */
 interface Plan {
   version: number;
   timer: ReturnType<typeof setTimeout>;
-  resolve: (content: StageContent | undefined) => void;
+  waiters: Waiter[];
 }
 
 export class Prefetcher {
@@ -193,7 +200,9 @@ export class Prefetcher {
    * The content of a state's stage: at once when it is held; otherwise fetched at a random
    * moment within the state's `fetch_within_ms` window (at once without a window, or when the
    * moment passed). A later state of the same event replaces the plan: the earlier promise
-   * then resolves `undefined`. A best-effort message is no stage change: it never fetches.
+   * then resolves `undefined`. Callers with the same state (two listeners of one topic) share
+   * one fetch and settle together: all resolve, or all reject when the fetch fails. A
+   * best-effort message is no stage change: it never fetches.
    */
   contentFor(state: EventState): Promise<StageContent | undefined> {
     const eventId = eventIdOf(state.topic);
@@ -201,19 +210,14 @@ export class Prefetcher {
     if (held || state.priority === 'best_effort') return Promise.resolve(held);
     const previous = this.plans.get(eventId);
     if (previous && previous.version >= state.version) {
-      // The same state again (a resubscribe): the plan stands.
-      return new Promise((resolve) => {
-        const chained = previous.resolve;
-        previous.resolve = (content) => {
-          chained(content);
-          resolve(content);
-        };
-      });
+      // The same state again (a resubscribe, or a second listener of the topic): the plan
+      // stands, and this caller settles with everyone else waiting on it.
+      return new Promise((resolve, reject) => previous.waiters.push({ resolve, reject }));
     }
     if (previous) {
       clearTimeout(previous.timer);
       this.plans.delete(eventId);
-      previous.resolve(undefined);
+      for (const waiter of previous.waiters) waiter.resolve(undefined);
     }
     const window = Math.max(0, state.fetch_within_ms ?? 0);
     const moment = state.published_at_ms + Math.random() * window;
@@ -221,18 +225,19 @@ export class Prefetcher {
     return new Promise((resolve, reject) => {
       const plan: Plan = {
         version: state.version,
-        resolve,
+        waiters: [{ resolve, reject }],
         timer: setTimeout(() => {
           this.fetchEvent(eventId).then(
             () => {
               if (this.plans.get(eventId) !== plan) return;
               this.plans.delete(eventId);
-              plan.resolve(this.content(eventId, state.stage));
+              const content = this.content(eventId, state.stage);
+              for (const waiter of plan.waiters) waiter.resolve(content);
             },
             (error) => {
               if (this.plans.get(eventId) !== plan) return;
               this.plans.delete(eventId);
-              reject(error);
+              for (const waiter of plan.waiters) waiter.reject(error);
             },
           );
         }, delay),
@@ -247,7 +252,7 @@ export class Prefetcher {
     if (this.refreshTimer !== undefined) clearTimeout(this.refreshTimer);
     for (const plan of this.plans.values()) {
       clearTimeout(plan.timer);
-      plan.resolve(undefined);
+      for (const waiter of plan.waiters) waiter.resolve(undefined);
     }
     this.plans.clear();
   }
@@ -339,7 +344,8 @@ export class Prefetcher {
           attempt--;
           continue;
         }
-        const serverRetryMs = error?.extensions?.retry_after_ms ?? retryAfterMs;
+        // The body's delay is the server's word too, and bounded like the header.
+        const serverRetryMs = boundRetryAfterMs(error?.extensions?.retry_after_ms) ?? retryAfterMs;
         failure = new RingsideError(code ? code.toLowerCase() : `http_${response.status}`, error?.message ?? `HTTP ${response.status}`, {
           status: response.status,
           retryAfterMs: serverRetryMs,

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { Backoff, parseRetryAfter, RingsideClient } from '@ringside/client';
+import { Backoff, KEPT_TOPICS_MAX, parseRetryAfter, RingsideClient } from '@ringside/client';
 import { admin, createEvent, deviceToken, eventId, publish, sleep, startServer, waitFor } from './support.js';
 
 /** A client whose states and connection events the test reads. */
@@ -54,6 +54,43 @@ class ReplayingWebSocket {
   }
 }
 
+/** A real WebSocket (the runtime's) that records the frames sent and received. */
+class RecordingWebSocket {
+  constructor(url) {
+    this.sent = [];
+    this.received = [];
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+    this.inner = new WebSocket(url);
+    this.inner.onopen = (event) => this.onopen?.(event);
+    this.inner.onclose = (event) => this.onclose?.(event);
+    this.inner.onerror = (event) => this.onerror?.(event);
+    this.inner.onmessage = (event) => {
+      this.received.push(JSON.parse(event.data));
+      this.onmessage?.(event);
+    };
+  }
+  get readyState() {
+    return this.inner.readyState;
+  }
+  send(data) {
+    this.sent.push(JSON.parse(data));
+    this.inner.send(data);
+  }
+  close(code, reason) {
+    this.inner.close(code, reason);
+  }
+}
+
+/** A WebSocket that never opens: for what the client decides before any connection. */
+class NeverOpenWebSocket {
+  constructor() {
+    this.readyState = 0;
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+  }
+  send() {}
+  close() {}
+}
+
 describe('backoff', () => {
   test('delays stay between the base and three times the previous, under the cap', () => {
     for (let seed = 0; seed < 50; seed++) {
@@ -77,6 +114,26 @@ describe('backoff', () => {
     assert.equal(parseRetryAfter('99999999'), 600_000);
     assert.equal(parseRetryAfter('Wed, 21 Oct 2026 07:28:00 GMT'), undefined);
     assert.equal(parseRetryAfter(null), undefined);
+  });
+});
+
+describe('topics kept after their last listener left (no server)', () => {
+  test('a bounded number is kept, the one left longest ago dropped first', () => {
+    const client = new RingsideClient({ url: 'ws://127.0.0.1:9/v1/ws', token: 't', WebSocket: NeverOpenWebSocket });
+    try {
+      for (let i = 0; i <= KEPT_TOPICS_MAX; i++) client.subscribe(`event:kept-${i}`, () => {}, { since: i + 1 }).unsubscribe();
+      assert.equal(client.version('kept-0'), 0, 'the oldest is forgotten');
+      assert.equal(client.version('kept-1'), 2);
+      assert.equal(client.version(`kept-${KEPT_TOPICS_MAX}`), KEPT_TOPICS_MAX + 1);
+      // Coming back to one takes it out of the kept set; leaving again puts it last.
+      client.subscribe('kept-1', () => {}).unsubscribe();
+      client.subscribe('event:kept-new', () => {}, { since: 7 }).unsubscribe();
+      assert.equal(client.version('kept-1'), 2, 'left again: kept, now the newest but one');
+      assert.equal(client.version('kept-2'), 0, 'the oldest now');
+    } finally {
+      client.close();
+    }
+    assert.equal(client.version('kept-1'), 0, 'close() forgets everything');
   });
 });
 
@@ -178,6 +235,59 @@ describe('client against one server', () => {
       await waitFor(() => late.length === 1, 'the held state for a new listener');
       assert.equal(late[0].version, third.version);
       assert.deepEqual(versions(seen.states), [second.version, third.version]);
+    } finally {
+      client.close();
+    }
+  });
+
+  test('coming back to a topic after its last listener left: the kept state, no second send or ack', async () => {
+    const id = eventId('come-back');
+    await createEvent(server, id);
+    const first = await publish(server, id, 'UPCOMING', { hero: 'poster' });
+    const sockets = [];
+    const client = new RingsideClient({
+      url: server.ws,
+      token,
+      WebSocket: class extends RecordingWebSocket {
+        constructor(url) {
+          super(url);
+          sockets.push(this);
+        }
+      },
+    });
+    const report = () => admin(server, 'GET', `/v1/admin/events/${id}/broadcasts/${first.version}`);
+    const acks = async () => (await admin(server, 'GET', '/v1/admin/stats')).topics.find((t) => t.topic === `event:${id}`)?.acks;
+    try {
+      const seen = watch(client, id);
+      await waitFor(() => seen.states.length === 1, 'the current state');
+      await waitFor(async () => (await report()).acked === 1, 'the first ack in the report');
+      seen.subscription.unsubscribe();
+      assert.equal(client.connectionState, 'closed');
+      assert.equal(client.version(id), first.version, 'the version is kept without listeners');
+
+      // Navigating back: a new listener gets the state it left at once, from the kept copy.
+      const later = [];
+      client.subscribe(id, (state) => later.push(state));
+      await waitFor(() => later.length === 1, 'the kept state for the new listener');
+      assert.equal(later[0].version, first.version);
+      assert.deepEqual(later[0].payload, { hero: 'poster' });
+      await waitFor(() => sockets.length === 2 && client.connectionState === 'open', 'the new connection');
+      const subscribe = sockets[1].sent.find((frame) => frame.type === 'subscribe');
+      assert.deepEqual(subscribe.topics, [{ topic: `event:${id}`, since: first.version }], 'resubscribed with the kept version');
+      // Past a gateway report interval (2 s): the server sent nothing, the device acked nothing.
+      await sleep(2500);
+      assert.deepEqual(sockets[1].received.filter((frame) => frame.type === 'state'), [], 'no state sent again');
+      assert.deepEqual(sockets[1].sent.filter((frame) => frame.type === 'ack'), [], 'no second ack');
+      assert.equal((await report()).acked, 1, 'the broadcast report counts one ack');
+      assert.equal((await report()).sent, 1, 'and one send');
+      assert.equal(await acks(), 1, 'the stats count one ack');
+      assert.equal(later.length, 1);
+
+      // What is new still comes, once, and is acked.
+      const second = await publish(server, id, 'LIVE');
+      await waitFor(() => later.length === 2, 'the next state');
+      assert.equal(later[1].version, second.version);
+      assert.deepEqual(sockets[1].sent.filter((frame) => frame.type === 'ack').map((ack) => ack.version), [second.version]);
     } finally {
       client.close();
     }

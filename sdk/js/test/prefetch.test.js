@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 
-import { EVENT_QUERY, PREFETCH_QUERY, Prefetcher, sha256Hex } from '@ringside/client';
+import { EVENT_QUERY, PREFETCH_QUERY, Prefetcher, RETRY_AFTER_MAX_MS, sha256Hex } from '@ringside/client';
 import { createEvent, deviceToken, eventId, publish, startServer } from './support.js';
 
 /** A fetch that records what the prefetcher sends, then sends it. */
@@ -132,6 +132,56 @@ describe('prefetcher against one server', () => {
     }
   });
 
+  test('two callers waiting on the same state both settle when the fetch fails', async () => {
+    // Two components listening to one topic both ask for the state's content: one fetch,
+    // refused for good (401), and both promises are rejected, neither left pending.
+    const id = eventId('shared-fail');
+    await createEvent(server, id);
+    const recorder = recordingFetch();
+    const prefetcher = new Prefetcher({ url: server.graphql, token: 'not-a-token', fetch: recorder.fetch });
+    try {
+      const state = { topic: `event:${id}`, version: 3, stage: 'LIVE', published_at_ms: Date.now(), payload: {}, fetch_within_ms: 50 };
+      const first = prefetcher.contentFor(state);
+      const second = prefetcher.contentFor(state);
+      const third = prefetcher.contentFor({ ...state, version: 2 });
+      const outcomes = await Promise.race([
+        Promise.allSettled([first, second, third]),
+        new Promise((r) => setTimeout(() => r('pending'), 10_000)),
+      ]);
+      assert.notEqual(outcomes, 'pending', 'every caller settles');
+      for (const outcome of outcomes) {
+        assert.equal(outcome.status, 'rejected');
+        assert.equal(outcome.reason.code, 'unauthenticated');
+        assert.equal(outcome.reason.status, 401);
+      }
+      // One fetch for all of them: the refused attempt and its one retry with the token asked again.
+      assert.equal(recorder.requests.length, 2);
+    } finally {
+      prefetcher.close();
+    }
+  });
+
+  test('callers of a superseded plan all resolve undefined; callers of a fetched one all get it', async () => {
+    const id = eventId('shared-ok');
+    await createEvent(server, id);
+    const prefetcher = new Prefetcher({ url: server.graphql, token });
+    try {
+      const now = Date.now();
+      const early = { topic: `event:${id}`, version: 1, stage: 'LIVE', published_at_ms: now + 60_000, payload: {}, fetch_within_ms: 1 };
+      const a = prefetcher.contentFor(early);
+      const b = prefetcher.contentFor(early);
+      const later = { topic: `event:${id}`, version: 2, stage: 'ENDED', published_at_ms: now, payload: {} };
+      const c = prefetcher.contentFor(later);
+      const d = prefetcher.contentFor(later);
+      assert.deepEqual(await Promise.all([a, b]), [undefined, undefined]);
+      const [got, also] = await Promise.all([c, d]);
+      assert.equal(got.stage, 'ENDED');
+      assert.equal(also, got);
+    } finally {
+      prefetcher.close();
+    }
+  });
+
   test('a shed answer (503, Retry-After, OVERLOADED) is retried no sooner than asked', async () => {
     // A loopback proxy in front of the real server sheds the first request the way the
     // protection layer does.
@@ -224,6 +274,42 @@ describe('prefetcher and the server TTL', () => {
       assert.ok(refreshes.length >= 2, 'the refresh is background work too');
     } finally {
       prefetcher.close();
+    }
+  });
+});
+
+describe('prefetcher retry delays (no server)', () => {
+  /** A fetch that answers every request with GraphQL OVERLOADED and the given body delay. */
+  const overloaded = (retryAfterMs, headers = {}) => async () =>
+    new Response(JSON.stringify({ errors: [{ message: 'overloaded', extensions: { code: 'OVERLOADED', retry_after_ms: retryAfterMs } }] }), {
+      status: 503,
+      headers: { 'content-type': 'application/json', ...headers },
+    });
+
+  test("an OVERLOADED body's retry_after_ms is capped like the Retry-After header", async () => {
+    for (const [sent, expected] of [
+      [800, 800],
+      [RETRY_AFTER_MAX_MS, RETRY_AFTER_MAX_MS],
+      [86_400_000, RETRY_AFTER_MAX_MS],
+      [Number.MAX_SAFE_INTEGER, RETRY_AFTER_MAX_MS],
+    ]) {
+      const prefetcher = new Prefetcher({ url: 'http://127.0.0.1:9/graphql', token: 't', fetch: overloaded(sent), maxAttempts: 1 });
+      try {
+        await assert.rejects(prefetcher.prefetch(), (error) => error.code === 'overloaded' && error.retryAfterMs === expected);
+      } finally {
+        prefetcher.close();
+      }
+    }
+  });
+
+  test('an unreadable retry_after_ms counts as absent: the Retry-After header is used', async () => {
+    for (const sent of [-5, 'soon', null]) {
+      const prefetcher = new Prefetcher({ url: 'http://127.0.0.1:9/graphql', token: 't', fetch: overloaded(sent, { 'retry-after': '2' }), maxAttempts: 1 });
+      try {
+        await assert.rejects(prefetcher.prefetch(), (error) => error.code === 'overloaded' && error.retryAfterMs === 2000);
+      } finally {
+        prefetcher.close();
+      }
     }
   });
 });
