@@ -351,7 +351,7 @@ async fn update_in_order(
     if let Some(stage) = &current.stage {
         if !updated.stages.contains(stage) {
             return Err(ControlError::Conflict(format!(
-                "event {id} is at stage {stage}: a stage it already published cannot be removed"
+                "event {id} is at stage {stage}: its current stage cannot be removed"
             )));
         }
     }
