@@ -172,6 +172,17 @@ impl ControlPlane {
         }
     }
 
+    /// Every reporting node's records of `topic` (records of other topics may come along).
+    pub(crate) async fn topic_broadcast_records(
+        &self,
+        topic: &protocol::Topic,
+    ) -> Result<Vec<NodeBroadcastRecords>, ControlError> {
+        match self.broadcasts.get() {
+            Some(source) => source.topic_records(topic).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Every reporting node's broadcast records.
     pub(crate) async fn broadcast_records(
         &self,
@@ -377,8 +388,9 @@ async fn list_broadcasts(
 ) -> Result<Response, ControlError> {
     let id = event_id_of(path)?;
     let event = control.store.get(&id).await?;
-    let records = control.broadcast_records().await?;
-    let list = crate::broadcasts::list(&id, &event.topic, &records);
+    let records = control.topic_broadcast_records(&event.topic).await?;
+    let of_topic = crate::broadcasts::of_topic(&event.topic, &records);
+    let list = crate::broadcasts::list(&id, &event.topic, &of_topic);
     Ok(axum::Json(list).into_response())
 }
 
@@ -397,9 +409,10 @@ async fn get_broadcast(
         ))
     };
     let version: u64 = version_text.parse().map_err(|_| unknown())?;
-    let records = control.broadcast_records().await?;
+    let records = control.topic_broadcast_records(&event.topic).await?;
+    let of_topic = crate::broadcasts::of_topic(&event.topic, &records);
     let report =
-        crate::broadcasts::report(&id, &event.topic, version, &records).ok_or_else(unknown)?;
+        crate::broadcasts::report(&id, &event.topic, version, &of_topic).ok_or_else(unknown)?;
     Ok(axum::Json(report).into_response())
 }
 

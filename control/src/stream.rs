@@ -142,13 +142,12 @@ impl Watch {
                 Vec::new()
             }
         };
+        // Grouped by topic once, so each event's report reads only its own records.
+        let by_topic = broadcasts::index(&records);
         for event in &events {
-            let list = broadcasts::list(&event.id, &event.topic, &records);
-            let Some(newest) = list.broadcasts.first() else {
-                continue;
-            };
-            let Some(report) =
-                broadcasts::report(&event.id, &event.topic, newest.version, &records)
+            let Some(report) = by_topic
+                .get(&event.topic)
+                .and_then(|rows| broadcasts::newest(&event.id, &event.topic, rows))
             else {
                 continue;
             };
