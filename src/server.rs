@@ -868,7 +868,7 @@ async fn start_control(
     control.serve_drains(drains);
     control.serve_broadcasts(broadcasts);
     // Admin streams never end by themselves: they end at shutdown, before the HTTP drain
-    // waits for open responses.
+    // waits for open responses, and so does their poller.
     let streams_stop = {
         let control = control.clone();
         let shutdown = shutdown.clone();

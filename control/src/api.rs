@@ -158,8 +158,8 @@ impl ControlPlane {
             .get_or_init(|| Streams::new(StreamConfig::default()))
     }
 
-    /// Ends every admin stream at its next check and refuses new ones (on shutdown: a stream
-    /// never ends by itself, and the HTTP drain waits for open responses).
+    /// Ends every admin stream and their poller, and refuses new streams (on shutdown: a
+    /// stream never ends by itself, and the HTTP drain waits for open responses).
     pub fn stop_streams(&self) {
         self.streams().stop();
     }
