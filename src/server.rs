@@ -867,8 +867,8 @@ async fn start_control(
     .with_streams(config.admin_stream.clone());
     control.serve_drains(drains);
     control.serve_broadcasts(broadcasts);
-    // Admin streams never end by themselves: they end at shutdown, before the HTTP drain
-    // waits for open responses, and so does their poller.
+    // Admin streams last up to their lifetime (30 min by default): they are ended at
+    // shutdown, before the HTTP drain waits for open responses, and so is their poller.
     let streams_stop = {
         let control = control.clone();
         let shutdown = shutdown.clone();

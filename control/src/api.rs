@@ -159,7 +159,7 @@ impl ControlPlane {
     }
 
     /// Ends every admin stream and their poller, and refuses new streams (on shutdown: a
-    /// stream never ends by itself, and the HTTP drain waits for open responses).
+    /// stream otherwise lasts its whole lifetime, and the HTTP drain waits for open responses).
     pub fn stop_streams(&self) {
         self.streams().stop();
     }

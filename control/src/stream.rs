@@ -15,8 +15,10 @@
 //!
 //! A comment line (`:`) goes out after [`StreamConfig::heartbeat_interval`] without an event,
 //! so proxies keep the connection. Streams are bounded ([`StreamConfig::max_streams`]; over it
-//! `503` with `Retry-After`), each holds a permit for its lifetime, and closing the permits'
-//! semaphore on shutdown ends every stream and the poller. The response carries [`protection::Streaming`]: its place in
+//! `503` with `Retry-After`), each holds a permit until it ends: after
+//! [`StreamConfig::max_lifetime`] (±10 %, so that the consoles' reconnects spread), so a
+//! forgotten tab does not keep its place for good, or at shutdown, when closing the permits'
+//! semaphore ends every stream. The response carries [`protection::Streaming`]: its place in
 //! flight is given back with its headers and its time is no latency sample.
 
 use std::collections::HashMap;
@@ -46,6 +48,10 @@ pub struct StreamConfig {
     /// Streams open at once on this instance (default 32): operators' consoles are few, and
     /// each stream holds a connection and its last-sent values.
     pub max_streams: usize,
+    /// How long a stream lives before it ends cleanly (default 30 min, each stream ±10 % so
+    /// that reconnects spread): the console reconnects by itself, and a forgotten tab gives its
+    /// place back instead of locking other operators out.
+    pub max_lifetime: Duration,
 }
 
 impl Default for StreamConfig {
@@ -54,6 +60,7 @@ impl Default for StreamConfig {
             check_interval: Duration::from_millis(500),
             heartbeat_interval: Duration::from_secs(15),
             max_streams: 32,
+            max_lifetime: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -82,6 +89,11 @@ impl StreamConfig {
         }
         if !(1..=10_000).contains(&self.max_streams) {
             return fail("max_streams", "must be 1 to 10000");
+        }
+        if self.max_lifetime < Duration::from_secs(1)
+            || self.max_lifetime > Duration::from_secs(24 * 3600)
+        {
+            return fail("max_lifetime", "must be 1 s to 24 h");
         }
         Ok(())
     }
@@ -274,12 +286,13 @@ async fn check(control: &ControlPlane, last: &Values) -> Values {
     }
 }
 
-/// One stream: what it last sent.
+/// One stream: what it last sent, and when it ends.
 struct Watch {
     permit: OwnedSemaphorePermit,
     values: watch::Receiver<Arc<Values>>,
     /// Whether `values` holds values not compared yet (the current ones, on connect).
     unread: bool,
+    ends_at: tokio::time::Instant,
     queued: std::collections::VecDeque<Event>,
     stats: Option<Arc<str>>,
     events: Option<Arc<str>>,
@@ -320,6 +333,16 @@ fn queue_if_changed(
     *last = Some(json.clone());
 }
 
+/// `lifetime` give or take up to 10 %, at random: streams opened together (consoles that
+/// reconnected after a restart) end apart.
+fn jittered(lifetime: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    // Each `RandomState` is seeded afresh: random enough to spread reconnects.
+    let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    let unit = (random >> 11) as f64 / (1u64 << 53) as f64;
+    lifetime.mul_f64(0.9 + 0.2 * unit)
+}
+
 /// `GET /v1/admin/stream`.
 pub(crate) async fn admin_stream(State(control): State<Arc<ControlPlane>>) -> Response {
     let streams = control.streams();
@@ -342,6 +365,7 @@ pub(crate) async fn admin_stream(State(control): State<Arc<ControlPlane>>) -> Re
         permit,
         values: streams.subscribe(&control),
         unread: true,
+        ends_at: tokio::time::Instant::now() + jittered(streams.config.max_lifetime),
         queued: std::collections::VecDeque::new(),
         stats: None,
         events: None,
@@ -362,10 +386,19 @@ pub(crate) async fn admin_stream(State(control): State<Arc<ControlPlane>>) -> Re
                 watch.queue_changes(&values);
                 continue;
             }
-            if watch.values.changed().await.is_err() {
-                return None;
+            tokio::select! {
+                changed = watch.values.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    watch.unread = true;
+                }
+                () = tokio::time::sleep_until(watch.ends_at) => {
+                    // Ends cleanly: the console reconnects, and may find its place taken.
+                    tracing::debug!("admin stream reached its lifetime");
+                    return None;
+                }
             }
-            watch.unread = true;
         }
     });
     let mut response = Sse::new(events)
@@ -376,4 +409,36 @@ pub(crate) async fn admin_stream(State(control): State<Arc<ControlPlane>>) -> Re
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response.extensions_mut().insert(protection::Streaming);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lifetime_is_bounded_and_each_stream_gets_it_within_ten_percent() {
+        assert_eq!(StreamConfig::default().validate(), Ok(()));
+        for max_lifetime in [
+            Duration::from_millis(999),
+            Duration::from_secs(24 * 3600 + 1),
+        ] {
+            let config = StreamConfig {
+                max_lifetime,
+                ..StreamConfig::default()
+            };
+            assert_eq!(
+                config.validate().map_err(|error| error.field),
+                Err("max_lifetime")
+            );
+        }
+        let lifetime = StreamConfig::default().max_lifetime;
+        let lifetimes: Vec<Duration> = (0..200).map(|_| jittered(lifetime)).collect();
+        assert!(
+            lifetimes
+                .iter()
+                .all(|l| *l >= lifetime.mul_f64(0.9) && *l <= lifetime.mul_f64(1.1))
+        );
+        // Spread, not one value for every stream.
+        assert!(lifetimes.iter().any(|l| *l != lifetimes[0]));
+    }
 }
