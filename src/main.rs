@@ -676,6 +676,12 @@ struct ServeArgs {
         help = "How often an admin event stream checks for changes [default: 500]"
     )]
     admin_stream_check_ms: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_ADMIN_STREAM_MAX_LIFETIME_S",
+        help = "How long an admin event stream lives before it ends (±10 %); the console reconnects [default: 1800]"
+    )]
+    admin_stream_max_lifetime_s: Option<u64>,
     /// This node's id (default: host name and a random suffix).
     #[arg(long, env = "RINGSIDE_NODE_ID")]
     node_id: Option<String>,
@@ -1309,6 +1315,9 @@ async fn run_serve(args: ServeArgs, role: Role) -> anyhow::Result<()> {
                 check_interval: args
                     .admin_stream_check_ms
                     .map_or(defaults.check_interval, Duration::from_millis),
+                max_lifetime: args
+                    .admin_stream_max_lifetime_s
+                    .map_or(defaults.max_lifetime, Duration::from_secs),
                 ..defaults
             }
         },

@@ -162,6 +162,25 @@ impl BroadcastSource for LocalStats {
         let records = vec![broadcast_records(&self.gateway)];
         Box::pin(async move { Ok(records) })
     }
+
+    /// Only `topic`'s channel is read, so one event's report costs its own records.
+    fn topic_records<'a>(
+        &'a self,
+        topic: &'a protocol::Topic,
+    ) -> broadcaster::BoxFuture<'a, Result<Vec<NodeBroadcastRecords>, ControlError>> {
+        let (current, records) = self
+            .gateway
+            .hub()
+            .topic_broadcast_records(topic)
+            .map_or_else(Default::default, |(held, records)| (vec![held], records));
+        let records = vec![NodeBroadcastRecords {
+            node: self.gateway.node_id().to_owned(),
+            reported_at_ms: protocol::unix_now_ms(),
+            current,
+            records,
+        }];
+        Box::pin(async move { Ok(records) })
+    }
 }
 
 /// Drains of a single-process deployment: this node's gateway, started at once.
@@ -848,8 +867,8 @@ async fn start_control(
     .with_streams(config.admin_stream.clone());
     control.serve_drains(drains);
     control.serve_broadcasts(broadcasts);
-    // Admin streams never end by themselves: they end at shutdown, before the HTTP drain
-    // waits for open responses.
+    // Admin streams last up to their lifetime (30 min by default): they are ended at
+    // shutdown, before the HTTP drain waits for open responses, and so is their poller.
     let streams_stop = {
         let control = control.clone();
         let shutdown = shutdown.clone();

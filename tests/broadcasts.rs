@@ -218,6 +218,27 @@ impl AdminStream {
         (status, Some(stream))
     }
 
+    /// The names of the events left until the server ends the stream.
+    async fn until_end(mut self) -> Vec<String> {
+        while let Some(frame) = tokio::time::timeout(PROMPTLY, self.body.frame())
+            .await
+            .expect("a stream frame or its end in time")
+        {
+            if let Ok(data) = frame.unwrap().into_data() {
+                self.buffered.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+        self.buffered
+            .split("\n\n")
+            .filter_map(|block| {
+                block
+                    .lines()
+                    .find_map(|line| line.strip_prefix("event: "))
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
     /// The next event's name and data.
     async fn next_event(&mut self) -> (String, String) {
         loop {
@@ -386,6 +407,35 @@ async fn streams_over_the_limit_are_refused_until_one_closes() {
             "the permit never came back"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
+
+/// A stream ends cleanly after its lifetime (the console then reconnects) and gives its place
+/// back, so a forgotten tab cannot keep other operators out; streams open together each get
+/// every current value on connect from the one poller.
+#[tokio::test]
+async fn a_stream_ends_after_its_lifetime_and_gives_its_place_back() {
+    let server = TestServer::start_with_config(|config| {
+        config.admin_stream.max_streams = 2;
+        config.admin_stream.max_lifetime = Duration::from_secs(1);
+    })
+    .await;
+    server.create_event("lifetime").await;
+    for round in 0..2 {
+        let (status, first) = AdminStream::open(&server, Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 200, "round {round}");
+        let (status, second) = AdminStream::open(&server, Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 200, "round {round}");
+        let (status, _) = AdminStream::open(&server, Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 503, "both places are taken");
+        for stream in [first.unwrap(), second.unwrap()] {
+            let names = stream.until_end().await;
+            for kind in ["stats", "events"] {
+                assert!(names.iter().any(|name| name == kind), "{kind} in {names:?}");
+            }
+        }
+        // Each stream gave its place back as it ended: the next round opens two again.
     }
     server.stop().await;
 }

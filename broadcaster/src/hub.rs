@@ -727,16 +727,23 @@ impl Hub {
         let mut current = Vec::with_capacity(channels.len());
         let mut records = Vec::new();
         for (topic, channel) in channels {
-            let Some(state) = channel.current() else {
-                continue;
-            };
-            current.push(TopicVersion {
-                topic,
-                version: state.version,
-            });
-            records.extend(channel.records().iter().map(|record| record.snapshot()));
+            if let Some((held, kept)) = reported_records(topic, &channel) {
+                current.push(held);
+                records.extend(kept);
+            }
         }
         (current, records)
+    }
+
+    /// `topic`'s current version and delivery records, as [`Hub::all_broadcast_records`]
+    /// reports them, without reading any other topic: one event's report costs its own
+    /// records. `None` for a topic without a state.
+    pub fn topic_broadcast_records(
+        &self,
+        topic: &Topic,
+    ) -> Option<(TopicVersion, Vec<BroadcastRecord>)> {
+        let channel = self.channel(topic)?;
+        reported_records(topic.clone(), &channel)
     }
 
     /// The current version of `topic` (its current state's), 0 when it has none. Best-effort
@@ -824,6 +831,27 @@ fn subscribe_to_channel(channel: &TopicChannel, connection: u64, mailbox: &Arc<M
             mailbox.offer_catch_up(&message);
         }
     }
+}
+
+/// A channel's current version and records, `None` without a state (a topic without a state
+/// has nothing to report).
+fn reported_records(
+    topic: Topic,
+    channel: &TopicChannel,
+) -> Option<(TopicVersion, Vec<BroadcastRecord>)> {
+    let state = channel.current()?;
+    let records = channel
+        .records()
+        .iter()
+        .map(|record| record.snapshot())
+        .collect();
+    Some((
+        TopicVersion {
+            topic,
+            version: state.version,
+        },
+        records,
+    ))
 }
 
 #[cfg(test)]

@@ -158,8 +158,8 @@ impl ControlPlane {
             .get_or_init(|| Streams::new(StreamConfig::default()))
     }
 
-    /// Ends every admin stream at its next check and refuses new ones (on shutdown: a stream
-    /// never ends by itself, and the HTTP drain waits for open responses).
+    /// Ends every admin stream and their poller, and refuses new streams (on shutdown: a
+    /// stream otherwise lasts its whole lifetime, and the HTTP drain waits for open responses).
     pub fn stop_streams(&self) {
         self.streams().stop();
     }
@@ -169,6 +169,17 @@ impl ControlPlane {
     pub fn serve_broadcasts(&self, source: Arc<dyn BroadcastSource>) {
         if self.broadcasts.set(source).is_err() {
             tracing::debug!("broadcast records already served");
+        }
+    }
+
+    /// Every reporting node's records of `topic` (records of other topics may come along).
+    pub(crate) async fn topic_broadcast_records(
+        &self,
+        topic: &protocol::Topic,
+    ) -> Result<Vec<NodeBroadcastRecords>, ControlError> {
+        match self.broadcasts.get() {
+            Some(source) => source.topic_records(topic).await,
+            None => Ok(Vec::new()),
         }
     }
 
@@ -351,7 +362,7 @@ async fn update_in_order(
     if let Some(stage) = &current.stage {
         if !updated.stages.contains(stage) {
             return Err(ControlError::Conflict(format!(
-                "event {id} is at stage {stage}: a stage it already published cannot be removed"
+                "event {id} is at stage {stage}: its current stage cannot be removed"
             )));
         }
     }
@@ -377,8 +388,9 @@ async fn list_broadcasts(
 ) -> Result<Response, ControlError> {
     let id = event_id_of(path)?;
     let event = control.store.get(&id).await?;
-    let records = control.broadcast_records().await?;
-    let list = crate::broadcasts::list(&id, &event.topic, &records);
+    let records = control.topic_broadcast_records(&event.topic).await?;
+    let of_topic = crate::broadcasts::of_topic(&event.topic, &records);
+    let list = crate::broadcasts::list(&id, &event.topic, &of_topic);
     Ok(axum::Json(list).into_response())
 }
 
@@ -397,9 +409,10 @@ async fn get_broadcast(
         ))
     };
     let version: u64 = version_text.parse().map_err(|_| unknown())?;
-    let records = control.broadcast_records().await?;
+    let records = control.topic_broadcast_records(&event.topic).await?;
+    let of_topic = crate::broadcasts::of_topic(&event.topic, &records);
     let report =
-        crate::broadcasts::report(&id, &event.topic, version, &records).ok_or_else(unknown)?;
+        crate::broadcasts::report(&id, &event.topic, version, &of_topic).ok_or_else(unknown)?;
     Ok(axum::Json(report).into_response())
 }
 

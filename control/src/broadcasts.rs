@@ -6,8 +6,13 @@
 //! deployment, or the records every gateway node writes to Redis next to its registry entry
 //! ([`crate::nodes::NodeRegistry::broadcast_records`]). The sums here are pure functions of
 //! those records, so both deployments report alike.
+//!
+//! The nodes' records cover every topic (a node keeps records of all its channels, and
+//! channels are never removed), so the sums never scan them whole: they take one topic's
+//! records ([`TopicRecords`]), either picked out once for one request ([`of_topic`]) or
+//! grouped once for every topic of a stream check ([`index`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use broadcaster::BoxFuture;
 use protocol::admin::{
@@ -22,15 +27,104 @@ use crate::ControlError;
 pub trait BroadcastSource: Send + Sync + 'static {
     /// Every reporting node's records, of all its topics (the report picks an event's).
     fn records(&self) -> BoxFuture<'_, Result<Vec<NodeBroadcastRecords>, ControlError>>;
+
+    /// Every reporting node's records of `topic` alone (others may be left out). By default
+    /// [`BroadcastSource::records`]; a source that can read one topic's records without the
+    /// rest (the local hub) overrides it, so that one event's report costs that event's records.
+    fn topic_records<'a>(
+        &'a self,
+        topic: &'a Topic,
+    ) -> BoxFuture<'a, Result<Vec<NodeBroadcastRecords>, ControlError>> {
+        let _ = topic;
+        self.records()
+    }
 }
 
 /// The histogram's bucket count: one per bound and the open one after the last.
 const BUCKETS: usize = ACK_LATENCY_BOUNDS_MS.len() + 1;
 
+/// One node's view of one topic: the version it holds and the records it keeps of the topic.
+#[derive(Debug, Clone)]
+pub struct NodeTopic<'a> {
+    pub node: &'a str,
+    /// The node's current version of the topic, `None` when it reports none.
+    pub held: Option<u64>,
+    /// The node's records of the topic, in the node's order.
+    pub records: Vec<&'a BroadcastRecord>,
+}
+
+/// One topic's records across nodes, in the nodes' order; a node that reports neither a
+/// current version nor a record of the topic is absent.
+pub type TopicRecords<'a> = Vec<NodeTopic<'a>>;
+
+/// `topic`'s records picked out of `nodes` (one pass; for one request).
+pub fn of_topic<'a>(topic: &Topic, nodes: &'a [NodeBroadcastRecords]) -> TopicRecords<'a> {
+    nodes
+        .iter()
+        .filter_map(|node| {
+            let held = node
+                .current
+                .iter()
+                .find(|current| &current.topic == topic)
+                .map(|current| current.version);
+            let records: Vec<&BroadcastRecord> = node
+                .records
+                .iter()
+                .filter(|record| &record.topic == topic)
+                .collect();
+            (held.is_some() || !records.is_empty()).then_some(NodeTopic {
+                node: &node.node,
+                held,
+                records,
+            })
+        })
+        .collect()
+}
+
+/// Every topic's records, grouped in one pass over `nodes` (for a check that reports many
+/// topics: each topic's report then reads only its own records).
+pub fn index(nodes: &[NodeBroadcastRecords]) -> HashMap<&Topic, TopicRecords<'_>> {
+    let mut topics: HashMap<&Topic, TopicRecords<'_>> = HashMap::new();
+    for node in nodes {
+        for current in &node.current {
+            let row = row_of(&mut topics, &current.topic, node);
+            // The first entry counts, as a search of the node's list would find it.
+            row.held.get_or_insert(current.version);
+        }
+        for record in &node.records {
+            row_of(&mut topics, &record.topic, node)
+                .records
+                .push(record);
+        }
+    }
+    topics
+}
+
+/// `node`'s row of `topic`: the last one of the topic while this node is read, else a new one.
+fn row_of<'a, 'm>(
+    topics: &'m mut HashMap<&'a Topic, TopicRecords<'a>>,
+    topic: &'a Topic,
+    node: &'a NodeBroadcastRecords,
+) -> &'m mut NodeTopic<'a> {
+    let rows = topics.entry(topic).or_default();
+    let new = rows
+        .last()
+        .is_none_or(|row| !std::ptr::eq(row.node, node.node.as_str()));
+    if new {
+        rows.push(NodeTopic {
+            node: &node.node,
+            held: None,
+            records: Vec::new(),
+        });
+    }
+    rows.last_mut().expect("a row of the topic")
+}
+
 /// The broadcasts of `topic` any node keeps a record of, newest first.
-pub fn list(event: &EventId, topic: &Topic, nodes: &[NodeBroadcastRecords]) -> BroadcastList {
-    let versions: BTreeSet<u64> = records_of(topic, nodes)
-        .map(|(_, record)| record.version)
+pub fn list(event: &EventId, topic: &Topic, nodes: &[NodeTopic<'_>]) -> BroadcastList {
+    let versions: BTreeSet<u64> = nodes
+        .iter()
+        .flat_map(|node| node.records.iter().map(|record| record.version))
         .collect();
     let broadcasts = versions
         .into_iter()
@@ -40,30 +134,35 @@ pub fn list(event: &EventId, topic: &Topic, nodes: &[NodeBroadcastRecords]) -> B
     BroadcastList { broadcasts }
 }
 
-/// The report of `version` of `topic`, `None` when no node keeps a record of it.
+/// The report of `topic`'s newest version any node keeps a record of, `None` without one:
+/// what the admin stream sends of each event.
+pub fn newest(event: &EventId, topic: &Topic, nodes: &[NodeTopic<'_>]) -> Option<BroadcastReport> {
+    let version = nodes
+        .iter()
+        .flat_map(|node| node.records.iter().map(|record| record.version))
+        .max()?;
+    report(event, topic, version, nodes)
+}
+
+/// The report of `version` of `topic`, `None` when no node keeps a record of it. `nodes` are
+/// `topic`'s records ([`of_topic`] or an [`index`] entry).
 pub fn report(
     event: &EventId,
     topic: &Topic,
     version: u64,
-    nodes: &[NodeBroadcastRecords],
+    nodes: &[NodeTopic<'_>],
 ) -> Option<BroadcastReport> {
-    let first = records_of(topic, nodes)
-        .map(|(_, record)| record)
+    let first = nodes
+        .iter()
+        .flat_map(|node| node.records.iter())
         .find(|record| record.version == version)?;
     let mut rows = Vec::new();
     for node in nodes {
-        let held = node
-            .current
-            .iter()
-            .find(|current| &current.topic == topic)
-            .map(|current| current.version);
-        let record = node
-            .records
-            .iter()
-            .find(|record| &record.topic == topic && record.version == version);
+        let held = node.held;
+        let record = node.records.iter().find(|record| record.version == version);
         let row = match (record, held) {
             (Some(record), _) => NodeBroadcast {
-                node: node.node.clone(),
+                node: node.node.to_owned(),
                 subscribed: record.subscribed,
                 sent: record.sent,
                 acked: record.acked,
@@ -74,7 +173,7 @@ pub fn report(
             // The node reports the topic but keeps no record of this version: it never had it
             // (its bus consumer took a newer one first), has not got it yet, or forgot it.
             (None, Some(held)) => NodeBroadcast {
-                node: node.node.clone(),
+                node: node.node.to_owned(),
                 subscribed: 0,
                 sent: 0,
                 acked: 0,
@@ -113,19 +212,6 @@ pub fn report(
         reach: reach(&merged, subscribed, sent),
         summary,
         nodes: rows,
-    })
-}
-
-/// The records of `topic` across nodes.
-fn records_of<'a>(
-    topic: &'a Topic,
-    nodes: &'a [NodeBroadcastRecords],
-) -> impl Iterator<Item = (&'a NodeBroadcastRecords, &'a BroadcastRecord)> + 'a {
-    nodes.iter().flat_map(move |node| {
-        node.records
-            .iter()
-            .filter(move |record| &record.topic == topic)
-            .map(move |record| (node, record))
     })
 }
 
@@ -212,10 +298,20 @@ mod tests {
     }
 
     fn record(version: u64, subscribed: u64, sent: u64, counts: &[u64]) -> BroadcastRecord {
+        record_of(topic(), version, subscribed, sent, counts)
+    }
+
+    fn record_of(
+        topic: Topic,
+        version: u64,
+        subscribed: u64,
+        sent: u64,
+        counts: &[u64],
+    ) -> BroadcastRecord {
         let mut histogram = vec![0; BUCKETS];
         histogram[..counts.len()].copy_from_slice(counts);
         BroadcastRecord {
-            topic: topic(),
+            topic,
             version,
             stage: Stage::parse("LIVE").expect("stage"),
             published_at_ms: 1_000,
@@ -242,7 +338,7 @@ mod tests {
     #[test]
     fn sums_the_nodes_and_reads_quantiles_and_reach_from_the_merged_histogram() {
         let event = EventId::parse("a").expect("id");
-        let nodes = vec![
+        let fleet = vec![
             node(
                 "n1",
                 2,
@@ -250,6 +346,7 @@ mod tests {
             ),
             node("n2", 2, vec![record(2, 6, 6, &[2, 2, 0, 1])]),
         ];
+        let nodes = of_topic(&topic(), &fleet);
         let list = list(&event, &topic(), &nodes);
         let versions: Vec<u64> = list.broadcasts.iter().map(|b| b.version).collect();
         assert_eq!(versions, vec![2, 1]);
@@ -294,5 +391,87 @@ mod tests {
         let quantiles = quantiles(&counts).expect("acks");
         assert_eq!(quantiles.p99_ms, 300_000);
         assert_eq!(fraction(0, 0, 0), 0.0);
+    }
+
+    /// Grouping once for every topic gives each topic exactly what picking it out of the
+    /// nodes' records one request at a time gives, so the stream and the endpoints agree.
+    #[test]
+    fn the_index_of_every_topic_reports_as_each_topic_picked_out_alone() {
+        let topics: Vec<Topic> = ["event:a", "event:b", "event:c"]
+            .iter()
+            .map(|name| Topic::parse(name).expect("topic"))
+            .collect();
+        let [a, b, c] = [0, 1, 2].map(|i| topics[i].clone());
+        let held = |topic: &Topic, version| TopicVersion {
+            topic: topic.clone(),
+            version,
+        };
+        let fleet = vec![
+            // Interleaved topics, and a current version of c without a record of it.
+            NodeBroadcastRecords {
+                node: "n1".into(),
+                reported_at_ms: 2_000,
+                current: vec![held(&a, 2), held(&b, 7), held(&c, 1)],
+                records: vec![
+                    record_of(a.clone(), 1, 3, 3, &[1, 1]),
+                    record_of(b.clone(), 7, 5, 5, &[5]),
+                    record_of(a.clone(), 2, 3, 3, &[0, 3]),
+                ],
+            },
+            // Records of a and b; no current version of b (its records are still reported).
+            NodeBroadcastRecords {
+                node: "n2".into(),
+                reported_at_ms: 2_000,
+                current: vec![held(&a, 2)],
+                records: vec![
+                    record_of(a.clone(), 2, 4, 4, &[2, 0, 2]),
+                    record_of(b.clone(), 6, 1, 1, &[]),
+                ],
+            },
+            // Only b: absent from a's and c's rows.
+            NodeBroadcastRecords {
+                node: "n3".into(),
+                reported_at_ms: 2_000,
+                current: vec![held(&b, 7)],
+                records: vec![record_of(b.clone(), 7, 2, 2, &[0, 1])],
+            },
+        ];
+        let index = index(&fleet);
+        assert_eq!(index.len(), 3);
+        let event = EventId::parse("e").expect("id");
+        for topic in &topics {
+            let alone = of_topic(topic, &fleet);
+            let grouped = &index[topic];
+            let names = |rows: &TopicRecords<'_>| -> Vec<String> {
+                rows.iter().map(|row| row.node.to_owned()).collect()
+            };
+            assert_eq!(names(grouped), names(&alone), "{topic}");
+            assert_eq!(
+                list(&event, topic, grouped),
+                list(&event, topic, &alone),
+                "{topic}"
+            );
+            for version in 0..9 {
+                assert_eq!(
+                    report(&event, topic, version, grouped),
+                    report(&event, topic, version, &alone),
+                    "{topic} v{version}"
+                );
+            }
+        }
+        let nodes_of =
+            |topic: &Topic| -> Vec<&str> { index[topic].iter().map(|row| row.node).collect() };
+        assert_eq!(nodes_of(&a), vec!["n1", "n2"]);
+        assert_eq!(nodes_of(&b), vec!["n1", "n2", "n3"]);
+        assert_eq!(nodes_of(&c), vec!["n1"]);
+        // The newest of b is version 7, summed over n1 and n3; n2 holds none and has no
+        // record of 7, so it is no row of it.
+        let newest_b = newest(&event, &b, &index[&b]).expect("b has records");
+        assert_eq!(newest_b.summary.version, 7);
+        assert_eq!((newest_b.summary.sent, newest_b.summary.acked), (7, 6));
+        assert_eq!(newest_b.summary.nodes_reporting, 2);
+        let newest_a = newest(&event, &a, &index[&a]).expect("a has records");
+        assert_eq!((newest_a.summary.version, newest_a.summary.acked), (2, 7));
+        assert!(newest(&event, &c, &index[&c]).is_none(), "c has no record");
     }
 }

@@ -331,8 +331,9 @@ pub struct DrainAnswer {
 }
 
 /// `PATCH /v1/admin/events/{id}`: the fields given replace the event's; a field left out keeps
-/// its value. Stages may be reordered or added; a stage the event already published cannot be
-/// removed (`409 conflict`).
+/// its value. Stages may be reordered, added or removed, but its current stage cannot be removed
+/// (`409 conflict`): the event's current state is of that stage. Stages it published before
+/// may go.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEvent {
