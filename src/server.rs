@@ -4,6 +4,7 @@
 //! What the process runs on is configuration, not code: the embedded bus and store, or Kafka
 //! (tier 1) and Redis (events, versions, current states, prefetch pages, the node registry).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use broadcaster::{
     run_bus_consumer,
 };
 use control::nodes::NodeDrains;
-use control::nodes::{BROADCAST_REPORT_INTERVAL, HEARTBEAT_INTERVAL};
+use control::nodes::{BROADCAST_REPORT_INTERVAL, HEARTBEAT_INTERVAL, TopicBroadcasts};
 use control::{
     BroadcastSource, ClusterStats, ControlError, ControlPlane, EventStore, MemoryEventStore,
     NodeRegistry, NodeReport, RedisEventStore, StatsSource,
@@ -703,10 +704,12 @@ async fn run_node_reports(
     }
 }
 
-/// Writes this node's broadcast records to Redis every [`BROADCAST_REPORT_INTERVAL`] when they
-/// changed, and at least every [`HEARTBEAT_INTERVAL`] (so they do not expire while the node
-/// lives), until `stopped`; then deletes them. Through a drain too: a draining node still
-/// delivers. A Redis outage is logged once, as for the node reports.
+/// Writes this node's broadcast records to Redis every [`BROADCAST_REPORT_INTERVAL`]: the topics
+/// whose records changed since they were last written, and at least every [`HEARTBEAT_INTERVAL`]
+/// a refresh of the key's expiry (so it does not expire while the node lives), until `stopped`;
+/// then deletes them. Through a drain too: a draining node still delivers. The first write, a
+/// write after a failure, and a write that finds the key gone (Redis lost it) replace the key
+/// with every topic. A Redis outage is logged once, as for the node reports.
 async fn run_broadcast_reports(
     redis: Arc<RedisLink>,
     gateway: Arc<Gateway>,
@@ -714,44 +717,78 @@ async fn run_broadcast_reports(
 ) {
     let mut ticker = tokio::time::interval(BROADCAST_REPORT_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_written: Option<(NodeBroadcastRecords, tokio::time::Instant)> = None;
+    // What Redis holds of each topic, as far as this node knows; `None`: nothing is known.
+    let mut written: Option<HashMap<protocol::Topic, TopicBroadcasts>> = None;
+    let mut refreshed_at: Option<tokio::time::Instant> = None;
     let mut reachable = true;
     loop {
         tokio::select! {
             () = stopped.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let mut records = broadcast_records(&gateway);
-        let unchanged = last_written.as_ref().is_some_and(|(last, at)| {
-            at.elapsed() < HEARTBEAT_INTERVAL
-                && last.current == records.current
-                && last.records == records.records
-        });
-        if unchanged {
+        let reported_at_ms = protocol::unix_now_ms();
+        let topics: Vec<TopicBroadcasts> = gateway
+            .hub()
+            .broadcast_records_by_topic()
+            .into_iter()
+            .map(|(current, records)| TopicBroadcasts {
+                current,
+                records,
+                reported_at_ms,
+            })
+            .collect();
+        let replace = written.is_none();
+        let changed: Vec<&TopicBroadcasts> = topics
+            .iter()
+            .filter(|topic| {
+                written.as_ref().is_none_or(|held| {
+                    held.get(&topic.current.topic).is_none_or(|last| {
+                        last.current != topic.current || last.records != topic.records
+                    })
+                })
+            })
+            .collect();
+        let due = refreshed_at.is_none_or(|at| at.elapsed() >= HEARTBEAT_INTERVAL);
+        if changed.is_empty() && !replace && !due {
             continue;
         }
-        records.reported_at_ms = protocol::unix_now_ms();
-        let written = tokio::time::timeout(HEARTBEAT_INTERVAL, async {
+        let outcome = tokio::time::timeout(HEARTBEAT_INTERVAL, async {
             let connection = redis.connection().await?;
             let registry = NodeRegistry::new(connection, redis.prefix.clone());
-            registry.report_broadcasts(&records).await?;
-            anyhow::Ok(())
+            let existed = registry
+                .report_broadcasts(gateway.node_id(), &changed, replace)
+                .await?;
+            anyhow::Ok(existed)
         })
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("Redis did not answer in time")));
-        match written {
-            Ok(()) => {
+        match outcome {
+            Ok(existed) => {
                 if !reachable {
                     reachable = true;
                     tracing::info!("broadcast records reach Redis again");
                 }
-                last_written = Some((records, tokio::time::Instant::now()));
+                refreshed_at = Some(tokio::time::Instant::now());
+                if !existed && !replace && !topics.is_empty() {
+                    // The key was gone: write every topic again on the next tick.
+                    written = None;
+                    continue;
+                }
+                let held = written.get_or_insert_with(HashMap::new);
+                if replace {
+                    held.clear();
+                }
+                for topic in changed {
+                    held.insert(topic.current.topic.clone(), topic.clone());
+                }
             }
-            Err(error) if reachable => {
-                reachable = false;
-                tracing::warn!(%error, "broadcast records not written; devices are unaffected, the report resumes when Redis answers");
+            Err(error) => {
+                written = None;
+                if reachable {
+                    reachable = false;
+                    tracing::warn!(%error, "broadcast records not written; devices are unaffected, the report resumes when Redis answers");
+                }
             }
-            Err(_) => {}
         }
     }
     if let Ok(connection) = redis.connection().await {

@@ -195,3 +195,105 @@ async fn publishing_while_redis_is_down_fails_cleanly_with_503() {
     let _ = id;
     server.stop().await;
 }
+
+fn topic_records(topic: &str, version: u64, acked: u64) -> control::nodes::TopicBroadcasts {
+    let topic = protocol::Topic::parse(topic).unwrap();
+    control::nodes::TopicBroadcasts {
+        current: protocol::admin::TopicVersion {
+            topic: topic.clone(),
+            version,
+        },
+        records: vec![protocol::admin::BroadcastRecord {
+            topic,
+            version,
+            stage: Stage::parse("LIVE").unwrap(),
+            published_at_ms: version,
+            subscribed: 3,
+            sent: 3,
+            acked,
+            ack_latency: protocol::admin::AckHistogram::default(),
+            received_at_ms: version,
+        }],
+        reported_at_ms: 1_000 + acked,
+    }
+}
+
+#[tokio::test]
+async fn a_nodes_broadcast_records_are_written_topic_by_topic_and_read_per_topic() {
+    let keys = RedisKeys::new("node-broadcasts");
+    let connection = redis::Client::open(keys.url.as_str())
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
+    let registry = control::nodes::NodeRegistry::new(connection.clone(), keys.prefix.clone());
+    // Only nodes in the registry are read.
+    let mut raw = connection.clone();
+    let () = redis::cmd("ZADD")
+        .arg(format!("{}nodes", keys.prefix))
+        .arg(1)
+        .arg("n1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let (a, b) = (
+        topic_records("event:a", 7, 1),
+        topic_records("event:b", 9, 2),
+    );
+    assert!(
+        !registry
+            .report_broadcasts("n1", &[&a, &b], true)
+            .await
+            .unwrap(),
+        "a new key"
+    );
+    // A later write carries only the topic that changed; the other field stays.
+    let a_acked = topic_records("event:a", 7, 3);
+    assert!(
+        registry
+            .report_broadcasts("n1", &[&a_acked], false)
+            .await
+            .unwrap()
+    );
+    let all = registry.broadcast_records().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!((all[0].node.as_str(), all[0].current.len()), ("n1", 2));
+    let mut acked: Vec<(String, u64)> = all[0]
+        .records
+        .iter()
+        .map(|r| (r.topic.as_str().to_owned(), r.acked))
+        .collect();
+    acked.sort();
+    assert_eq!(acked, [("event:a".into(), 3), ("event:b".into(), 2)]);
+    // One topic's report reads that topic's field alone.
+    let only_b = registry
+        .topic_broadcast_records(&protocol::Topic::parse("event:b").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(only_b.len(), 1);
+    assert_eq!(only_b[0].records, b.records);
+    assert!(
+        registry
+            .topic_broadcast_records(&protocol::Topic::parse("event:c").unwrap())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A refresh with nothing changed says whether the key is still there; replacing drops
+    // the topics not written again.
+    assert!(registry.report_broadcasts("n1", &[], false).await.unwrap());
+    registry.report_broadcasts("n1", &[&b], true).await.unwrap();
+    let all = registry.broadcast_records().await.unwrap();
+    assert_eq!(all[0].current.len(), 1);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{}node-broadcasts:n1", keys.prefix))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "the records expire: {ttl}");
+    registry.remove_broadcasts("n1").await.unwrap();
+    assert!(
+        !registry.report_broadcasts("n1", &[], false).await.unwrap(),
+        "gone"
+    );
+}

@@ -717,6 +717,19 @@ impl Hub {
     /// Every topic's current version and delivery records, as a node reports them. The topics
     /// map is read-locked only to copy its entries.
     pub fn all_broadcast_records(&self) -> (Vec<TopicVersion>, Vec<BroadcastRecord>) {
+        let by_topic = self.broadcast_records_by_topic();
+        let mut current = Vec::with_capacity(by_topic.len());
+        let mut records = Vec::new();
+        for (held, kept) in by_topic {
+            current.push(held);
+            records.extend(kept);
+        }
+        (current, records)
+    }
+
+    /// [`Hub::all_broadcast_records`] topic by topic, so that a node can report only the
+    /// topics whose records changed.
+    pub fn broadcast_records_by_topic(&self) -> Vec<(TopicVersion, Vec<BroadcastRecord>)> {
         let channels: Vec<(Topic, Arc<TopicChannel>)> = self
             .topics
             .read()
@@ -724,15 +737,10 @@ impl Hub {
             .iter()
             .map(|(topic, channel)| (topic.clone(), channel.clone()))
             .collect();
-        let mut current = Vec::with_capacity(channels.len());
-        let mut records = Vec::new();
-        for (topic, channel) in channels {
-            if let Some((held, kept)) = reported_records(topic, &channel) {
-                current.push(held);
-                records.extend(kept);
-            }
-        }
-        (current, records)
+        channels
+            .into_iter()
+            .filter_map(|(topic, channel)| reported_records(topic, &channel))
+            .collect()
     }
 
     /// `topic`'s current version and delivery records, as [`Hub::all_broadcast_records`]

@@ -13,18 +13,21 @@
 //! - `draining:<id>` and the sorted set `draining`: a draining node's report with its drain
 //!   progress, written on every heartbeat instead of `node:<id>` (the node is out of the
 //!   registry, so nothing routes devices to it, and stats still show how its drain goes).
-//! - `node-broadcasts:<id>`: the node's per-version delivery records
-//!   ([`NodeBroadcastRecords`]) for the broadcast report, written every
-//!   [`BROADCAST_REPORT_INTERVAL`] while they change (and at least every heartbeat), expiring
-//!   after [`NODE_TTL`] like `node:<id>`, deleted when the node stops. A draining node keeps
-//!   writing them: it still delivers.
+//! - `node-broadcasts:<id>`: the node's per-version delivery records for the broadcast
+//!   report, a hash with one field per topic ([`TopicBroadcasts`] as JSON): only the topics
+//!   whose records changed are written, every [`BROADCAST_REPORT_INTERVAL`], and one event's
+//!   report reads only its own field. The key expires after [`NODE_TTL`] like `node:<id>`
+//!   (refreshed at least every heartbeat) and is deleted when the node stops. A draining node
+//!   keeps writing it: it still delivers.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use broadcaster::BoxFuture;
+use protocol::Topic;
 use protocol::admin::{
-    DrainAnswer, DrainState, NodeBroadcastRecords, NodeStats, Stats, TopicStats,
+    BroadcastRecord, DrainAnswer, DrainState, NodeBroadcastRecords, NodeStats, Stats, TopicStats,
+    TopicVersion,
 };
 use serde::{Deserialize, Serialize};
 
@@ -98,26 +101,36 @@ impl NodeRegistry {
         format!("{}node-broadcasts:{node}", self.prefix)
     }
 
-    /// Writes a node's broadcast records for [`NODE_TTL`].
+    /// Writes the records of `changed` topics of `node`, and keeps its records for another
+    /// [`NODE_TTL`]. With `replace`, whatever the key held before goes first (a node that
+    /// starts, or that lost track of what Redis holds). Returns whether the key was there
+    /// before this write: when it was not although the node wrote it before (Redis lost it),
+    /// the node writes every topic again.
     pub async fn report_broadcasts(
         &self,
-        records: &NodeBroadcastRecords,
-    ) -> Result<(), redis::RedisError> {
-        let json = serde_json::to_string(records).map_err(|error| {
-            redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "broadcast records not encodable",
-                error.to_string(),
-            ))
-        })?;
+        node: &str,
+        changed: &[&TopicBroadcasts],
+        replace: bool,
+    ) -> Result<bool, redis::RedisError> {
+        let key = self.broadcasts_key(node);
+        let ttl_ms = NODE_TTL.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("PEXPIRE").arg(&key).arg(ttl_ms);
+        if replace {
+            pipe.cmd("DEL").arg(&key).ignore();
+        }
+        if !changed.is_empty() {
+            let mut hset = redis::cmd("HSET");
+            hset.arg(&key);
+            for topic in changed {
+                hset.arg(topic.current.topic.as_str()).arg(json(*topic)?);
+            }
+            pipe.add_command(hset).ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+        }
         let mut connection = self.connection.clone();
-        redis::cmd("SET")
-            .arg(self.broadcasts_key(&records.node))
-            .arg(json)
-            .arg("PX")
-            .arg(NODE_TTL.as_millis() as u64)
-            .query_async::<()>(&mut connection)
-            .await
+        let (existed,): (bool,) = pipe.query_async(&mut connection).await?;
+        Ok(existed)
     }
 
     /// Deletes a node's broadcast records (a node that stops).
@@ -129,9 +142,9 @@ impl NodeRegistry {
             .await
     }
 
-    /// The broadcast records of every live or draining node, by node id. Records whose node
-    /// is in neither set are not read (a node that left the registry for good).
-    pub async fn broadcast_records(&self) -> Result<Vec<NodeBroadcastRecords>, redis::RedisError> {
+    /// The ids of every live or draining node. Records of a node in neither set are not read
+    /// (a node that left the registry for good).
+    async fn reporting_nodes(&self) -> Result<Vec<String>, redis::RedisError> {
         let mut connection = self.connection.clone();
         let mut ids: Vec<String> = Vec::new();
         for set in [self.set_key(), self.draining_set_key()] {
@@ -145,24 +158,43 @@ impl NodeRegistry {
         }
         ids.sort_unstable();
         ids.dedup();
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        Ok(ids)
+    }
+
+    /// The broadcast records of every live or draining node, every topic.
+    pub async fn broadcast_records(&self) -> Result<Vec<NodeBroadcastRecords>, redis::RedisError> {
+        let ids = self.reporting_nodes().await?;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL").arg(self.broadcasts_key(id));
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.broadcasts_key(id)).collect();
-        let reports: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut connection)
-            .await?;
-        Ok(reports
+        let mut connection = self.connection.clone();
+        let fields: Vec<Vec<(String, String)>> = pipe.query_async(&mut connection).await?;
+        Ok(ids
             .into_iter()
-            .flatten()
-            .filter_map(|json| match serde_json::from_str(&json) {
-                Ok(records) => Some(records),
-                Err(error) => {
-                    tracing::warn!(%error, "skipping unreadable broadcast records");
-                    None
-                }
-            })
+            .zip(fields)
+            .map(|(node, fields)| node_records(node, fields.into_iter().map(|(_, json)| json)))
+            .collect())
+    }
+
+    /// The records of `topic` alone, from every live or draining node that has any.
+    pub async fn topic_broadcast_records(
+        &self,
+        topic: &Topic,
+    ) -> Result<Vec<NodeBroadcastRecords>, redis::RedisError> {
+        let ids = self.reporting_nodes().await?;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGET")
+                .arg(self.broadcasts_key(id))
+                .arg(topic.as_str());
+        }
+        let mut connection = self.connection.clone();
+        let fields: Vec<Option<String>> = pipe.query_async(&mut connection).await?;
+        Ok(ids
+            .into_iter()
+            .zip(fields)
+            .filter_map(|(node, json)| json.map(|json| node_records(node, [json])))
             .collect())
     }
 
@@ -408,29 +440,47 @@ pub struct ClusterStats {
 impl BroadcastSource for ClusterStats {
     fn records(&self) -> BoxFuture<'_, Result<Vec<NodeBroadcastRecords>, ControlError>> {
         Box::pin(async move {
-            self.registry.broadcast_records().await.map_err(|error| {
-                tracing::warn!(%error, "node registry unavailable");
-                ControlError::StoreUnavailable
-            })
+            self.registry
+                .broadcast_records()
+                .await
+                .map_err(registry_unavailable)
         })
     }
+
+    /// Only `topic`'s field of each node's hash is read.
+    fn topic_records<'a>(
+        &'a self,
+        topic: &'a Topic,
+    ) -> BoxFuture<'a, Result<Vec<NodeBroadcastRecords>, ControlError>> {
+        Box::pin(async move {
+            self.registry
+                .topic_broadcast_records(topic)
+                .await
+                .map_err(registry_unavailable)
+        })
+    }
+}
+
+fn registry_unavailable(error: redis::RedisError) -> ControlError {
+    tracing::warn!(%error, "node registry unavailable");
+    ControlError::StoreUnavailable
 }
 
 impl StatsSource for ClusterStats {
     fn stats(&self) -> BoxFuture<'_, Result<Stats, ControlError>> {
         Box::pin(async move {
-            let unavailable = |error: redis::RedisError| {
-                tracing::warn!(%error, "node registry unavailable");
-                ControlError::StoreUnavailable
-            };
-            let mut reports = self.registry.reports().await.map_err(unavailable)?;
+            let mut reports = self
+                .registry
+                .reports()
+                .await
+                .map_err(registry_unavailable)?;
             // Draining nodes are out of the registry but still hold devices: shown with their
             // drain's progress (a node caught between the two is shown once, draining).
             let draining = self
                 .registry
                 .draining_reports()
                 .await
-                .map_err(unavailable)?;
+                .map_err(registry_unavailable)?;
             reports.retain(|live| !draining.iter().any(|d| d.node.node == live.node.node));
             reports.extend(draining);
             reports.sort_by(|a, b| a.node.node.cmp(&b.node.node));
@@ -464,6 +514,47 @@ impl NodeDrains for ClusterStats {
 }
 
 /// A node report as JSON; a report that cannot encode is a client error, never a panic.
+/// One topic's records as a node reports them: a field of its `node-broadcasts:<id>` hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicBroadcasts {
+    /// The version the node holds as the topic's current state.
+    pub current: TopicVersion,
+    pub records: Vec<BroadcastRecord>,
+    /// The node's clock when it wrote this topic, in ms since the Unix epoch.
+    pub reported_at_ms: u64,
+}
+
+/// A node's records from its topics' fields; unreadable fields are skipped (and logged).
+fn node_records(node: String, fields: impl IntoIterator<Item = String>) -> NodeBroadcastRecords {
+    let mut records = NodeBroadcastRecords {
+        node,
+        reported_at_ms: 0,
+        current: Vec::new(),
+        records: Vec::new(),
+    };
+    for json in fields {
+        match serde_json::from_str::<TopicBroadcasts>(&json) {
+            Ok(topic) => {
+                records.reported_at_ms = records.reported_at_ms.max(topic.reported_at_ms);
+                records.current.push(topic.current);
+                records.records.extend(topic.records);
+            }
+            Err(error) => tracing::warn!(%error, "skipping unreadable broadcast records"),
+        }
+    }
+    records
+}
+
+fn json(value: &impl Serialize) -> Result<String, redis::RedisError> {
+    serde_json::to_string(value).map_err(|error| {
+        redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "broadcast records not encodable",
+            error.to_string(),
+        ))
+    })
+}
+
 fn report_json(report: &NodeReport) -> Result<String, redis::RedisError> {
     serde_json::to_string(report).map_err(|error| {
         redis::RedisError::from((
