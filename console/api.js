@@ -54,13 +54,29 @@ export class ApiError extends Error {
    * @param {number} status
    * @param {ApiErrorBody} body
    */
-  constructor(status, body) {
+  constructor(status, body, retryAfterMs = null) {
     super(body.message);
     this.name = 'ApiError';
     this.status = status;
     this.code = body.code;
     this.field = body.field;
+    /** How long the server asked us to wait (`Retry-After`), in ms; null when it did not. */
+    this.retryAfterMs = retryAfterMs;
   }
+}
+
+/** The longest `Retry-After` honoured, so that a bad header cannot park the page for good. */
+const RETRY_AFTER_MAX_MS = 10 * 60 * 1000;
+
+/**
+ * `Retry-After` in seconds (the form Ringside sends), as ms; null when absent or not a number.
+ * @param {Response} response
+ * @returns {number | null}
+ */
+export function retryAfterMsOf(response) {
+  const value = response.headers.get('retry-after');
+  if (value === null || !/^\d+$/.test(value.trim())) return null;
+  return Math.min(Number(value.trim()) * 1000, RETRY_AFTER_MAX_MS);
 }
 
 /**
@@ -74,7 +90,7 @@ async function errorOf(response) {
   try {
     const parsed = JSON.parse(text);
     if (parsed && parsed.error && typeof parsed.error.message === 'string') {
-      return new ApiError(response.status, parsed.error);
+      return new ApiError(response.status, parsed.error, retryAfterMsOf(response));
     }
   } catch {
     // Not JSON: described below.
@@ -82,7 +98,7 @@ async function errorOf(response) {
   return new ApiError(response.status, {
     code: 'http_' + response.status,
     message: `HTTP ${response.status} ${response.statusText}`.trim(),
-  });
+  }, retryAfterMsOf(response));
 }
 
 /** The admin API under one token. */

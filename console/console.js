@@ -253,10 +253,13 @@ async function runStream(signal) {
   let wait = STREAM_RETRY_MIN_MS;
   while (!signal.aborted && state.api) {
     const api = state.api;
+    /** @type {unknown} */
+    let lastError = null;
     try {
       await api.stream((name, data) => { state.streaming = true; wait = STREAM_RETRY_MIN_MS; onStreamEvent(name, data); }, signal);
     } catch (error) {
       if (signal.aborted) return;
+      lastError = error;
       if (error instanceof ApiError && error.status === 401) { report(error); return; }
       if (error instanceof ApiError && error.status === 404) {
         // A server without the stream: poll (every POLL_INTERVAL_MS) for as long as we are signed in.
@@ -267,7 +270,9 @@ async function runStream(signal) {
     }
     state.streaming = false;
     if (signal.aborted) return;
-    await new Promise((resolve) => setTimeout(resolve, wait));
+    // A full house of streams (503) says when to come back: never sooner than that.
+    const asked = lastError instanceof ApiError && lastError.retryAfterMs !== null ? lastError.retryAfterMs : 0;
+    await new Promise((resolve) => setTimeout(resolve, Math.max(wait, asked)));
     wait = Math.min(wait * 2, STREAM_RETRY_MAX_MS);
   }
 }

@@ -2,7 +2,7 @@
 /** Unit tests of the console's pure parts (api.js), in Node: the SSE parser and the checks. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { SseParser, checkPayload, defaultFetchWindowMs, subscribersOf, PAYLOAD_MAX_BYTES } from '../api.js';
+import { SseParser, checkPayload, defaultFetchWindowMs, subscribersOf, retryAfterMsOf, PAYLOAD_MAX_BYTES } from '../api.js';
 
 test('the SSE parser joins data lines, names events and survives any chunking', () => {
   const stream = ': hello\n\nevent: stats\ndata: {"nodes":[],\ndata: "topics":[]}\n\r\nevent: events\r\ndata:{"events":[]}\r\n\r\ndata: not json\n\ndata: 1\n\n';
@@ -45,4 +45,14 @@ test('subscribers are summed over the rows of the event topic', () => {
   assert.equal(subscribersOf(stats, 'a'), 7);
   assert.equal(subscribersOf(null, 'a'), null);
   assert.equal(subscribersOf(stats, 'b'), null, 'a topic without a state is not listed');
+});
+
+test('Retry-After is read in seconds, capped, and ignored when it is not a number', () => {
+  const answer = (value) => new Response(null, { status: 503, headers: value === null ? {} : { 'retry-after': value } });
+  assert.equal(retryAfterMsOf(answer('5')), 5000);
+  assert.equal(retryAfterMsOf(answer(' 7 ')), 7000);
+  assert.equal(retryAfterMsOf(answer('86400')), 10 * 60 * 1000);
+  assert.equal(retryAfterMsOf(answer(null)), null);
+  assert.equal(retryAfterMsOf(answer('soon')), null);
+  assert.equal(retryAfterMsOf(answer('-3')), null);
 });
