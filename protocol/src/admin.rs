@@ -441,7 +441,7 @@ pub struct BroadcastRecord {
     pub published_at_ms: u64,
     /// Connections subscribed to the topic when the version became the node's current state.
     pub subscribed: u64,
-    /// Frames of this version written to connections (live and catch-up).
+    /// Connections written this version (live and catch-up), each once.
     pub sent: u64,
     /// First acks of this version from connections that were written it.
     pub acked: u64,
