@@ -16,6 +16,7 @@ use broadcaster::Bus;
 use protocol::admin::{CreateEvent, EventList, PublishReceipt};
 use protocol::admin::{NodeBroadcastRecords, UpdateEvent};
 use protocol::{EventId, Payload, PayloadError, Priority, Stage};
+use sync_util::LockExt;
 use telemetry::{Counter, Registry};
 
 use crate::body::{PublishBody, parse_json, validate_event};
@@ -91,11 +92,7 @@ impl PublishLockLease<'_> {
 
 impl Drop for PublishLockLease<'_> {
     fn drop(&mut self) {
-        let mut locks = self
-            .control
-            .publish_locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut locks = self.control.publish_locks.locked();
         drop(self.lock.take());
         // Every other holder took its clone under this map lock, so the count cannot rise now.
         if locks
@@ -219,10 +216,7 @@ impl ControlPlane {
     /// The per-event publish lock of `event`, given back when the lease drops: however the
     /// publish ends, including a request dropped halfway (a client gone, a shutdown).
     fn publish_lock<'a>(&'a self, event: &'a EventId) -> PublishLockLease<'a> {
-        let mut locks = self
-            .publish_locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut locks = self.publish_locks.locked();
         let lock = locks.entry(event.clone()).or_default().clone();
         PublishLockLease {
             control: self,
@@ -594,11 +588,7 @@ mod tests {
     }
 
     fn held_locks(control: &ControlPlane) -> usize {
-        control
-            .publish_locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        control.publish_locks.locked().len()
     }
 
     async fn publish_to(control: &Arc<ControlPlane>, id: &str) -> Result<Response, ControlError> {

@@ -1,12 +1,13 @@
 //! [`PrefetchService`]: one prefetch node's state, shared by every request.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use auth::DeviceTokenKey;
 use broadcaster::BoxFuture;
 use bytes::Bytes;
+use sync_util::RwLockExt;
 use telemetry::{Counter, Histogram, LogBudget, Registry};
 use tokio::sync::watch;
 
@@ -166,11 +167,7 @@ struct PageSource {
 
 impl PageSource {
     fn pool(&self, event: &str) -> Option<Arc<EventPool>> {
-        self.pools
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(event)
-            .cloned()
+        self.pools.read_locked().get(event).cloned()
     }
 }
 
@@ -335,8 +332,7 @@ impl PrefetchService {
         let previous = self
             .source
             .pools
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+            .write_locked()
             .insert(Arc::from(event.id.as_str()), pool.clone());
         if previous.is_some() {
             let _stale_entries_expire_anyway = self.pages.invalidate_event(event.id.as_str());
