@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use broadcaster::BoxFuture;
 use control::{ControlError, EventStore};
+use futures_util::future::BoxFuture;
 use prefetch::catalog::Catalog;
 use prefetch::generate::{DatasetSize, generate};
 use prefetch::store::{MemoryPageStore, PageStore, RedisPageStore};

@@ -11,8 +11,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::BroadcastError;
 use crate::hub::{Applied, Fanout, Hub};
-use crate::{BoxFuture, BroadcastError};
+use futures_util::future::BoxFuture;
 
 /// What a feed yields.
 #[derive(Debug, Clone)]

@@ -571,7 +571,8 @@ async fn drain_node(
 mod tests {
     use super::*;
     use crate::{MemoryEventStore, StatsSource};
-    use broadcaster::{BoxFuture, MemoryBus};
+    use broadcaster::MemoryBus;
+    use futures_util::future::BoxFuture;
     use protocol::admin::{CreateEvent, Stats};
 
     struct NoStats;

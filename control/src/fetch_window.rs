@@ -243,7 +243,7 @@ impl FetchWindow {
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use broadcaster::BoxFuture;
+    use futures_util::future::BoxFuture;
     use protocol::admin::{Stats, TopicStats};
     use protocol::{Payload, Priority, Stage};
 

@@ -12,7 +12,7 @@
 //! - `lock:<id>`: held by the instance publishing the event, from version assignment to the
 //!   bus's acknowledgement, so that the bus carries one event's states in version order.
 
-use broadcaster::BoxFuture;
+use futures_util::future::BoxFuture;
 use protocol::admin::{CreateEvent, EventSummary};
 use protocol::{EventId, EventState, Payload, Stage};
 use redis::Script;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
-use broadcaster::BoxFuture;
+use futures_util::future::BoxFuture;
 use protocol::admin::{CreateEvent, EventSummary};
 use protocol::{EventId, EventState, Payload, Stage};
 use sync_util::RwLockExt;

@@ -25,7 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use broadcaster::{BoxFuture, BroadcastError, Bus, BusFeed, FeedItem};
+use broadcaster::{BroadcastError, Bus, BusFeed, FeedItem};
+use futures_util::future::BoxFuture;
 use protocol::EventState;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

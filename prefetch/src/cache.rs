@@ -12,8 +12,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use broadcaster::BoxFuture;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use moka::Expiry;
 use sync_util::LockExt;
 use telemetry::{Counter, Registry};

@@ -5,8 +5,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use auth::DeviceTokenKey;
-use broadcaster::BoxFuture;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use sync_util::RwLockExt;
 use telemetry::{Counter, Histogram, LogBudget, Registry};
 use tokio::sync::watch;

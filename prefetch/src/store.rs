@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use broadcaster::BoxFuture;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use sync_util::RwLockExt;
 
 use crate::catalog::Catalog;
