@@ -525,13 +525,12 @@ impl Node {
     /// The shutdown's drain: the node leaves the registry first (its reporter removes it on
     /// shutdown), so that nothing routes devices to it while it sends its goaways.
     async fn drain(&self) -> DrainReport {
-        if let Some(left) = &self.left_registry {
-            if tokio::time::timeout(LEAVE_REGISTRY_TIMEOUT, left.cancelled())
+        if let Some(left) = &self.left_registry
+            && tokio::time::timeout(LEAVE_REGISTRY_TIMEOUT, left.cancelled())
                 .await
                 .is_err()
-            {
-                tracing::warn!("the node registry did not answer; draining anyway");
-            }
+        {
+            tracing::warn!("the node registry did not answer; draining anyway");
         }
         self.gateway.drain().await
     }

@@ -642,15 +642,15 @@ impl Hub {
             return;
         }
         let mut unpublished = self.unpublished();
-        if let Some(waiting) = unpublished.get_mut(topic) {
-            if waiting.remove(&connection).is_some() {
-                // Forget a topic nobody waits for: made-up names leave nothing behind.
-                if waiting.is_empty() {
-                    unpublished.remove(topic);
-                    self.metrics.unpublished_topics.decrement();
-                }
-                return;
+        if let Some(waiting) = unpublished.get_mut(topic)
+            && waiting.remove(&connection).is_some()
+        {
+            // Forget a topic nobody waits for: made-up names leave nothing behind.
+            if waiting.is_empty() {
+                unpublished.remove(topic);
+                self.metrics.unpublished_topics.decrement();
             }
+            return;
         }
         drop(unpublished);
         // Neither: a first state moved the subscriber into the channel after the first look-up
@@ -799,10 +799,10 @@ fn subscribe_to_channel(channel: &TopicChannel, connection: u64, mailbox: &Arc<M
     if let Some(state) = &state {
         mailbox.offer_catch_up(state);
     }
-    if let Some(message) = best_effort {
-        if state.is_none_or(|state| message.version > state.version) {
-            mailbox.offer_catch_up(&message);
-        }
+    if let Some(message) = best_effort
+        && state.is_none_or(|state| message.version > state.version)
+    {
+        mailbox.offer_catch_up(&message);
     }
 }
 

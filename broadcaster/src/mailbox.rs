@@ -267,10 +267,10 @@ impl Mailbox {
         slot.pending_best_effort = None;
         slot.acked_and_flags = slot.acked_version() | CLOSED;
         // Closed slots keep the order they were closed in: the first is the longest-held.
-        if slots.iter().filter(|slot| slot.flag(CLOSED)).count() >= CLOSED_SLOTS_KEPT {
-            if let Some(oldest) = slots.iter().position(|slot| slot.flag(CLOSED)) {
-                slots.remove(oldest);
-            }
+        if slots.iter().filter(|slot| slot.flag(CLOSED)).count() >= CLOSED_SLOTS_KEPT
+            && let Some(oldest) = slots.iter().position(|slot| slot.flag(CLOSED))
+        {
+            slots.remove(oldest);
         }
         slots.push(slot);
         true

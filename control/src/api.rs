@@ -353,12 +353,12 @@ async fn update_in_order(
         stages: update.stages.unwrap_or(current.stages),
     };
     validate_event(&updated)?;
-    if let Some(stage) = &current.stage {
-        if !updated.stages.contains(stage) {
-            return Err(ControlError::Conflict(format!(
-                "event {id} is at stage {stage}: its current stage cannot be removed"
-            )));
-        }
+    if let Some(stage) = &current.stage
+        && !updated.stages.contains(stage)
+    {
+        return Err(ControlError::Conflict(format!(
+            "event {id} is at stage {stage}: its current stage cannot be removed"
+        )));
     }
     control.store.update(updated).await
 }

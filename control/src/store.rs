@@ -212,13 +212,13 @@ impl EventStore for MemoryEventStore {
             return Box::pin(async { Ok(()) });
         }
         let mut events = self.events.write_locked();
-        if let Some(record) = events.get_mut(&state.topic.event_id()) {
-            if record.summary.version < state.version {
-                record.summary.version = state.version;
-                record.summary.stage = Some(state.stage.clone());
-                record.summary.published_at_ms = Some(state.published_at_ms);
-                record.current = Some(state.clone());
-            }
+        if let Some(record) = events.get_mut(&state.topic.event_id())
+            && record.summary.version < state.version
+        {
+            record.summary.version = state.version;
+            record.summary.stage = Some(state.stage.clone());
+            record.summary.published_at_ms = Some(state.published_at_ms);
+            record.current = Some(state.clone());
         }
         Box::pin(async { Ok(()) })
     }

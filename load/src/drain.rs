@@ -303,10 +303,10 @@ async fn coordinate(args: &DrainArgs) -> anyhow::Result<DrainResult> {
         let sender = sender.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = stdout.next_line().await {
-                if let Ok(line) = serde_json::from_str::<WorkerLine>(&line) {
-                    if sender.send((index, line)).await.is_err() {
-                        return;
-                    }
+                if let Ok(line) = serde_json::from_str::<WorkerLine>(&line)
+                    && sender.send((index, line)).await.is_err()
+                {
+                    return;
                 }
             }
         });

@@ -177,10 +177,10 @@ impl PageLoader for PageSource {
         Box::pin(async move {
             let pool = self.pool(&key.event).ok_or(PrefetchError::Internal)?;
             self.metrics.store_reads.increment();
-            if let Some(blob) = self.store.get(&key).await? {
-                if fingerprint_of(&blob) == Some(pool.fingerprint) {
-                    return Ok(blob);
-                }
+            if let Some(blob) = self.store.get(&key).await?
+                && fingerprint_of(&blob) == Some(pool.fingerprint)
+            {
+                return Ok(blob);
             }
             let profile = self
                 .catalog
@@ -322,10 +322,10 @@ impl PrefetchService {
     /// dropped) when its stages changed.
     pub(crate) fn pool_for(&self, event: &LiveEvent) -> Arc<EventPool> {
         let stages: Vec<String> = event.stages.iter().map(|s| s.as_str().to_owned()).collect();
-        if let Some(pool) = self.source.pool(event.id.as_str()) {
-            if pool.spec.stages == stages {
-                return pool;
-            }
+        if let Some(pool) = self.source.pool(event.id.as_str())
+            && pool.spec.stages == stages
+        {
+            return pool;
         }
         let spec = EventSpec::from_catalog(&self.catalog, event.id.as_str(), stages);
         let pool = Arc::new(EventPool::new(&self.catalog, spec));

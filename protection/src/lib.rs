@@ -288,10 +288,10 @@ impl Protection {
     /// Applies an operator's switch.
     pub fn apply(&self, update: ProtectionUpdate) {
         let now_ms = unix_now_ms();
-        if let Some(mode) = update.ruleset {
-            if self.ruleset.set_mode(mode, now_ms) {
-                tracing::info!(ruleset = ?mode, "protection ruleset switched");
-            }
+        if let Some(mode) = update.ruleset
+            && self.ruleset.set_mode(mode, now_ms)
+        {
+            tracing::info!(ruleset = ?mode, "protection ruleset switched");
         }
         if let Some(mode) = update.protection {
             let on = mode == ProtectionMode::On;
