@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use broadcaster::BoxFuture;
 use control::{ControlError, EventStore};
+use futures_util::future::BoxFuture;
 use prefetch::catalog::Catalog;
 use prefetch::generate::{DatasetSize, generate};
 use prefetch::store::{MemoryPageStore, PageStore, RedisPageStore};
 use prefetch::{EventSource, LiveEvent};
 use protocol::admin::CreateEvent;
 use protocol::{EventId, Stage};
+use sync_util::LockExt;
 
 /// Where the catalog comes from.
 #[derive(Debug, Clone)]
@@ -172,12 +173,7 @@ impl std::fmt::Debug for ControlEvents {
 impl EventSource for ControlEvents {
     fn events(&self) -> BoxFuture<'_, Vec<LiveEvent>> {
         Box::pin(async move {
-            let last_known = || {
-                self.last_known
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone()
-            };
+            let last_known = || self.last_known.locked().clone();
             match self.store.with_states().await {
                 Ok(events) => {
                     let events: Vec<LiveEvent> = events
@@ -190,10 +186,7 @@ impl EventSource for ControlEvents {
                             state,
                         })
                         .collect();
-                    *self
-                        .last_known
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = events.clone();
+                    *self.last_known.locked() = events.clone();
                     events
                 }
                 Err(error) => {

@@ -8,8 +8,9 @@
 
 use std::sync::Arc;
 
-use broadcaster::{BoxFuture, BroadcastError, Bus, BusFeed, FeedItem};
+use broadcaster::{BroadcastError, Bus, BusFeed, FeedItem};
 use control::protection_api::FleetSetting;
+use futures_util::future::BoxFuture;
 use protection::Protection;
 use protocol::EventState;
 use protocol::admin::ProtectionUpdate;

@@ -24,6 +24,7 @@ use control::{
     BroadcastSource, ClusterStats, ControlError, ControlPlane, EventStore, MemoryEventStore,
     NodeRegistry, NodeReport, RedisEventStore, StatsSource,
 };
+use futures_util::future::BoxFuture;
 use gateway::{DrainReport, Gateway, GatewayConfig, GatewayMetrics};
 use kafka::{KafkaBus, KafkaConfig};
 use prefetch::store::{MemoryPageStore, PageStore, RedisPageStore};
@@ -135,7 +136,7 @@ struct LocalStats {
 }
 
 impl StatsSource for LocalStats {
-    fn stats(&self) -> broadcaster::BoxFuture<'_, Result<Stats, ControlError>> {
+    fn stats(&self) -> BoxFuture<'_, Result<Stats, ControlError>> {
         let stats = Stats {
             nodes: vec![self.gateway.node_stats()],
             topics: self.gateway.hub().topic_stats(),
@@ -157,9 +158,7 @@ fn broadcast_records(gateway: &Gateway) -> NodeBroadcastRecords {
 
 /// The broadcast report of a single-process deployment: this node's records, from memory.
 impl BroadcastSource for LocalStats {
-    fn records(
-        &self,
-    ) -> broadcaster::BoxFuture<'_, Result<Vec<NodeBroadcastRecords>, ControlError>> {
+    fn records(&self) -> BoxFuture<'_, Result<Vec<NodeBroadcastRecords>, ControlError>> {
         let records = vec![broadcast_records(&self.gateway)];
         Box::pin(async move { Ok(records) })
     }
@@ -168,7 +167,7 @@ impl BroadcastSource for LocalStats {
     fn topic_records<'a>(
         &'a self,
         topic: &'a protocol::Topic,
-    ) -> broadcaster::BoxFuture<'a, Result<Vec<NodeBroadcastRecords>, ControlError>> {
+    ) -> BoxFuture<'a, Result<Vec<NodeBroadcastRecords>, ControlError>> {
         let (current, records) = self
             .gateway
             .hub()
@@ -189,7 +188,7 @@ impl NodeDrains for LocalStats {
     fn drain(
         &self,
         node: &str,
-    ) -> broadcaster::BoxFuture<'_, Result<Option<(DrainAnswer, bool)>, ControlError>> {
+    ) -> BoxFuture<'_, Result<Option<(DrainAnswer, bool)>, ControlError>> {
         let answer = (node == self.gateway.node_id()).then(|| {
             let (progress, started) = self.gateway.start_drain();
             let answer = DrainAnswer {
@@ -526,13 +525,12 @@ impl Node {
     /// The shutdown's drain: the node leaves the registry first (its reporter removes it on
     /// shutdown), so that nothing routes devices to it while it sends its goaways.
     async fn drain(&self) -> DrainReport {
-        if let Some(left) = &self.left_registry {
-            if tokio::time::timeout(LEAVE_REGISTRY_TIMEOUT, left.cancelled())
+        if let Some(left) = &self.left_registry
+            && tokio::time::timeout(LEAVE_REGISTRY_TIMEOUT, left.cancelled())
                 .await
                 .is_err()
-            {
-                tracing::warn!("the node registry did not answer; draining anyway");
-            }
+        {
+            tracing::warn!("the node registry did not answer; draining anyway");
         }
         self.gateway.drain().await
     }

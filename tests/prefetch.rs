@@ -516,7 +516,7 @@ async fn a_redis_outage_serves_stale_pages_and_clear_errors() {
 struct ChangingEvents(std::sync::Mutex<Vec<prefetch::LiveEvent>>);
 
 impl prefetch::EventSource for ChangingEvents {
-    fn events(&self) -> broadcaster::BoxFuture<'_, Vec<prefetch::LiveEvent>> {
+    fn events(&self) -> futures_util::future::BoxFuture<'_, Vec<prefetch::LiveEvent>> {
         let events = self.0.lock().unwrap().clone();
         Box::pin(async move { events })
     }

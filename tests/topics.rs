@@ -177,10 +177,10 @@ async fn raw_state(device: &mut RawDevice) -> EventState {
             .expect("a frame in time")
             .unwrap()
             .unwrap();
-        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
-            if let ServerFrame::State(state) = ServerFrame::decode(&text).unwrap() {
-                return state;
-            }
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message
+            && let ServerFrame::State(state) = ServerFrame::decode(&text).unwrap()
+        {
+            return state;
         }
     }
 }

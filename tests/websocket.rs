@@ -873,12 +873,12 @@ async fn states_read_after_a_stall(server: &TestServer, name: &str, publishes: u
             .expect("states in time")
             .unwrap()
             .unwrap();
-        if let Message::Text(text) = message {
-            if let ServerFrame::State(state) = ServerFrame::decode(&text).unwrap() {
-                states += 1;
-                if state.version == newest {
-                    return states;
-                }
+        if let Message::Text(text) = message
+            && let ServerFrame::State(state) = ServerFrame::decode(&text).unwrap()
+        {
+            states += 1;
+            if state.version == newest {
+                return states;
             }
         }
     }

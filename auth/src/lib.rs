@@ -254,12 +254,6 @@ pub fn bearer_token(header_value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// A random secret suitable for development, as 64 hex characters.
-pub fn random_secret(random_u64: impl FnMut() -> u64) -> String {
-    let mut next = random_u64;
-    (0..4).map(|_| format!("{:016x}", next())).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,17 +1,19 @@
 //! Tier 1: the bus that carries every state change to every gateway node.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use protocol::{EventState, Topic};
+use sync_util::LockExt;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::BroadcastError;
 use crate::hub::{Applied, Fanout, Hub};
-use crate::{BoxFuture, BroadcastError};
+use futures_util::future::BoxFuture;
 
 /// What a feed yields.
 #[derive(Debug, Clone)]
@@ -69,7 +71,7 @@ impl MemoryBusShared {
     /// from the back, states come first: a topic's best-effort message follows its state, as
     /// it did when published.
     fn snapshot(&self) -> (Vec<Arc<EventState>>, broadcast::Receiver<Arc<EventState>>) {
-        let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        let latest = self.latest.locked();
         let mut snapshot: Vec<_> = latest.values().cloned().collect();
         let receiver = self.sender.subscribe();
         drop(latest);
@@ -99,11 +101,7 @@ impl MemoryBus {
 impl Bus for MemoryBus {
     fn publish(&self, state: EventState) -> BoxFuture<'_, Result<(), BroadcastError>> {
         let state = Arc::new(state);
-        let mut latest = self
-            .shared
-            .latest
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut latest = self.shared.latest.locked();
         let key = (state.topic.clone(), !state.priority.is_critical());
         let newer = latest
             .get(&key)

@@ -22,12 +22,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::admin::{BroadcastRecord, TopicStats, TopicVersion};
 use protocol::{EventState, Priority, Topic};
+use sync_util::{LockExt, RwLockExt};
 use telemetry::{Counter, Gauge, Histogram, Registry};
 use tokio::sync::watch;
 
@@ -349,21 +350,16 @@ impl TopicChannel {
 
     fn shard(&self, connection: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Mailbox>>> {
         let index = (connection % SUBSCRIBER_SHARDS as u64) as usize;
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shards[index].locked()
     }
 
     fn lanes(&self) -> Lanes {
-        self.lanes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.lanes.read_locked().clone()
     }
 
     /// Keeps `record`, in version order, forgetting the oldest beyond `kept`.
     fn remember(&self, record: Arc<DeliveryRecord>, kept: usize) {
-        let mut history = self.history.write().unwrap_or_else(PoisonError::into_inner);
+        let mut history = self.history.write_locked();
         let at = history.partition_point(|held| held.version < record.version);
         history.insert(at, record);
         while history.len() > kept {
@@ -374,8 +370,7 @@ impl TopicChannel {
     /// The record of `version`, if the topic still keeps it.
     fn record(&self, version: u64) -> Option<Arc<DeliveryRecord>> {
         self.history
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+            .read_locked()
             .iter()
             .rev()
             .find(|record| record.version == version)
@@ -383,20 +378,11 @@ impl TopicChannel {
     }
 
     fn records(&self) -> Vec<Arc<DeliveryRecord>> {
-        self.history
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
+        self.history.read_locked().iter().cloned().collect()
     }
 
     fn current(&self) -> Option<Arc<EncodedState>> {
-        self.lanes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .state
-            .clone()
+        self.lanes.read_locked().state.clone()
     }
 }
 
@@ -435,17 +421,11 @@ impl Hub {
     }
 
     pub(crate) fn channel(&self, topic: &Topic) -> Option<Arc<TopicChannel>> {
-        self.topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(topic)
-            .cloned()
+        self.topics.read_locked().get(topic).cloned()
     }
 
     fn unpublished(&self) -> std::sync::MutexGuard<'_, UnpublishedTopics> {
-        self.unpublished
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.unpublished.locked()
     }
 
     /// The channel of `topic`, created for its first state with the subscribers that waited for
@@ -465,8 +445,7 @@ impl Hub {
         }
         let channel = Arc::new(TopicChannel::with_subscribers(waiting.unwrap_or_default()));
         self.topics
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+            .write_locked()
             .insert(topic.clone(), channel.clone());
         drop(unpublished);
         channel
@@ -512,10 +491,7 @@ impl Hub {
         encoded.record = Some(record.clone());
         let encoded = Arc::new(encoded);
         {
-            let mut lanes = channel
-                .lanes
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut lanes = channel.lanes.write_locked();
             if lanes
                 .state
                 .as_ref()
@@ -560,10 +536,7 @@ impl Hub {
         let encoded = Arc::new(EncodedState::encode(message));
         let channel = self.channel_for_state(&message.topic);
         {
-            let mut lanes = channel
-                .lanes
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut lanes = channel.lanes.write_locked();
             if let Some(dropped) = judge(&lanes) {
                 drop(lanes);
                 dropped.increment();
@@ -591,13 +564,7 @@ impl Hub {
         for shard in &channel.shards[shards] {
             // The shard is locked only to copy it: the offers below are system calls, and
             // subscribes and unsubscribes on the runtime must not wait for them.
-            subscribers.extend(
-                shard
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .values()
-                    .cloned(),
-            );
+            subscribers.extend(shard.locked().values().cloned());
             for mailbox in subscribers.drain(..) {
                 let offer = mailbox.offer(encoded);
                 match offer {
@@ -675,15 +642,15 @@ impl Hub {
             return;
         }
         let mut unpublished = self.unpublished();
-        if let Some(waiting) = unpublished.get_mut(topic) {
-            if waiting.remove(&connection).is_some() {
-                // Forget a topic nobody waits for: made-up names leave nothing behind.
-                if waiting.is_empty() {
-                    unpublished.remove(topic);
-                    self.metrics.unpublished_topics.decrement();
-                }
-                return;
+        if let Some(waiting) = unpublished.get_mut(topic)
+            && waiting.remove(&connection).is_some()
+        {
+            // Forget a topic nobody waits for: made-up names leave nothing behind.
+            if waiting.is_empty() {
+                unpublished.remove(topic);
+                self.metrics.unpublished_topics.decrement();
             }
+            return;
         }
         drop(unpublished);
         // Neither: a first state moved the subscriber into the channel after the first look-up
@@ -732,8 +699,7 @@ impl Hub {
     pub fn broadcast_records_by_topic(&self) -> Vec<(TopicVersion, Vec<BroadcastRecord>)> {
         let channels: Vec<(Topic, Arc<TopicChannel>)> = self
             .topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+            .read_locked()
             .iter()
             .map(|(topic, channel)| (topic.clone(), channel.clone()))
             .collect();
@@ -774,8 +740,7 @@ impl Hub {
     pub fn topic_stats(&self) -> Vec<TopicStats> {
         let channels: Vec<(Topic, Arc<TopicChannel>)> = self
             .topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+            .read_locked()
             .iter()
             .map(|(topic, channel)| (topic.clone(), channel.clone()))
             .collect();
@@ -834,10 +799,10 @@ fn subscribe_to_channel(channel: &TopicChannel, connection: u64, mailbox: &Arc<M
     if let Some(state) = &state {
         mailbox.offer_catch_up(state);
     }
-    if let Some(message) = best_effort {
-        if state.is_none_or(|state| message.version > state.version) {
-            mailbox.offer_catch_up(&message);
-        }
+    if let Some(message) = best_effort
+        && state.is_none_or(|state| message.version > state.version)
+    {
+        mailbox.offer_catch_up(&message);
     }
 }
 

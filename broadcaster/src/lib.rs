@@ -36,9 +36,6 @@ pub mod hub;
 pub mod mailbox;
 pub mod record;
 
-use std::future::Future;
-use std::pin::Pin;
-
 pub use bus::{
     Bus, BusFeed, ConsumerConfig, FeedItem, MemoryBus, apply_off_runtime, run_bus_consumer,
 };
@@ -47,9 +44,6 @@ pub use hub::{
 };
 pub use mailbox::{Delivery, Mailbox, Offer};
 pub use record::DeliveryRecord;
-
-/// A boxed future, so that [`Bus`] implementations can be used as trait objects.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Errors of the broadcast tier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -31,11 +31,12 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
 use protocol::Topic;
+use sync_util::LockExt;
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
@@ -206,7 +207,7 @@ impl Mailbox {
     }
 
     fn outbound(&self) -> std::sync::MutexGuard<'_, Outbound> {
-        self.outbound.lock().unwrap_or_else(PoisonError::into_inner)
+        self.outbound.locked()
     }
 
     /// Starts accepting states of `topic` newer than `since`, and best-effort messages newer
@@ -266,10 +267,10 @@ impl Mailbox {
         slot.pending_best_effort = None;
         slot.acked_and_flags = slot.acked_version() | CLOSED;
         // Closed slots keep the order they were closed in: the first is the longest-held.
-        if slots.iter().filter(|slot| slot.flag(CLOSED)).count() >= CLOSED_SLOTS_KEPT {
-            if let Some(oldest) = slots.iter().position(|slot| slot.flag(CLOSED)) {
-                slots.remove(oldest);
-            }
+        if slots.iter().filter(|slot| slot.flag(CLOSED)).count() >= CLOSED_SLOTS_KEPT
+            && let Some(oldest) = slots.iter().position(|slot| slot.flag(CLOSED))
+        {
+            slots.remove(oldest);
         }
         slots.push(slot);
         true

@@ -16,6 +16,7 @@ use broadcaster::Bus;
 use protocol::admin::{CreateEvent, EventList, PublishReceipt};
 use protocol::admin::{NodeBroadcastRecords, UpdateEvent};
 use protocol::{EventId, Payload, PayloadError, Priority, Stage};
+use sync_util::LockExt;
 use telemetry::{Counter, Registry};
 
 use crate::body::{PublishBody, parse_json, validate_event};
@@ -91,11 +92,7 @@ impl PublishLockLease<'_> {
 
 impl Drop for PublishLockLease<'_> {
     fn drop(&mut self) {
-        let mut locks = self
-            .control
-            .publish_locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut locks = self.control.publish_locks.locked();
         drop(self.lock.take());
         // Every other holder took its clone under this map lock, so the count cannot rise now.
         if locks
@@ -219,10 +216,7 @@ impl ControlPlane {
     /// The per-event publish lock of `event`, given back when the lease drops: however the
     /// publish ends, including a request dropped halfway (a client gone, a shutdown).
     fn publish_lock<'a>(&'a self, event: &'a EventId) -> PublishLockLease<'a> {
-        let mut locks = self
-            .publish_locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut locks = self.publish_locks.locked();
         let lock = locks.entry(event.clone()).or_default().clone();
         PublishLockLease {
             control: self,
@@ -359,12 +353,12 @@ async fn update_in_order(
         stages: update.stages.unwrap_or(current.stages),
     };
     validate_event(&updated)?;
-    if let Some(stage) = &current.stage {
-        if !updated.stages.contains(stage) {
-            return Err(ControlError::Conflict(format!(
-                "event {id} is at stage {stage}: its current stage cannot be removed"
-            )));
-        }
+    if let Some(stage) = &current.stage
+        && !updated.stages.contains(stage)
+    {
+        return Err(ControlError::Conflict(format!(
+            "event {id} is at stage {stage}: its current stage cannot be removed"
+        )));
     }
     control.store.update(updated).await
 }
@@ -577,7 +571,8 @@ async fn drain_node(
 mod tests {
     use super::*;
     use crate::{MemoryEventStore, StatsSource};
-    use broadcaster::{BoxFuture, MemoryBus};
+    use broadcaster::MemoryBus;
+    use futures_util::future::BoxFuture;
     use protocol::admin::{CreateEvent, Stats};
 
     struct NoStats;
@@ -594,11 +589,7 @@ mod tests {
     }
 
     fn held_locks(control: &ControlPlane) -> usize {
-        control
-            .publish_locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        control.publish_locks.locked().len()
     }
 
     async fn publish_to(control: &Arc<ControlPlane>, id: &str) -> Result<Response, ControlError> {

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use broadcaster::BoxFuture;
+use futures_util::future::BoxFuture;
 use protocol::admin::{
     ACK_LATENCY_BOUNDS_MS, AckHistogram, BroadcastList, BroadcastRecord, BroadcastReport,
     BroadcastSummary, LatencyQuantiles, NodeBroadcast, NodeBroadcastRecords, ReachPoint,

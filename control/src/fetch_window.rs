@@ -22,10 +22,11 @@
 //! `subscribers_max_age` (1 s by default) instead of being read on every publish.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use protocol::{EventState, Topic};
+use sync_util::LockExt;
 
 use crate::StatsSource;
 use crate::api::FETCH_WITHIN_MAX_MS;
@@ -166,15 +167,11 @@ impl FetchWindow {
 
     /// Replaces the configuration (and forgets the cached counts).
     pub fn configure(&self, config: FetchWindowConfig) {
-        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = (config, None);
+        *self.state.locked() = (config, None);
     }
 
     pub fn config(&self) -> FetchWindowConfig {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .0
-            .clone()
+        self.state.locked().0.clone()
     }
 
     /// The `fetch_within_ms` `state` goes out with: the operator's value when set, else for a
@@ -222,7 +219,7 @@ impl FetchWindow {
     }
 
     fn cached_subscribers(&self, topic: &Topic, config: &FetchWindowConfig) -> Option<u64> {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = self.state.locked();
         let counts = state.1.as_ref()?;
         if counts.read_at.elapsed() >= config.subscribers_max_age {
             return None;
@@ -231,7 +228,7 @@ impl FetchWindow {
     }
 
     fn remember(&self, by_topic: HashMap<Topic, u64>) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state.locked();
         if state.0.subscribers_max_age.is_zero() {
             return;
         }
@@ -246,7 +243,7 @@ impl FetchWindow {
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use broadcaster::BoxFuture;
+    use futures_util::future::BoxFuture;
     use protocol::admin::{Stats, TopicStats};
     use protocol::{Payload, Priority, Stage};
 

@@ -31,7 +31,8 @@ pub mod stream;
 
 use std::sync::Arc;
 
-use broadcaster::{BoxFuture, BroadcastError};
+use broadcaster::BroadcastError;
+use futures_util::future::BoxFuture;
 use protocol::admin::{ApiError, ApiErrorCode, Stats};
 
 pub use api::ControlPlane;

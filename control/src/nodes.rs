@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use broadcaster::BoxFuture;
+use futures_util::future::BoxFuture;
 use protocol::Topic;
 use protocol::admin::{
     BroadcastRecord, DrainAnswer, DrainState, NodeBroadcastRecords, NodeStats, Stats, TopicStats,

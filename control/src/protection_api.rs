@@ -139,11 +139,11 @@ pub(crate) async fn put_protection(
         ));
     }
     handle.protection.apply(update);
-    if let Some(fleet) = &handle.fleet {
-        if let Err(error) = fleet.write(&update).await {
-            tracing::warn!(%error, "could not share the protection setting with the fleet");
-            return Err(ControlError::StoreUnavailable);
-        }
+    if let Some(fleet) = &handle.fleet
+        && let Err(error) = fleet.write(&update).await
+    {
+        tracing::warn!(%error, "could not share the protection setting with the fleet");
+        return Err(ControlError::StoreUnavailable);
     }
     tracing::info!(?update, "protection settings put by an operator");
     Ok(axum::Json(handle.protection.status()).into_response())

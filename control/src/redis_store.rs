@@ -12,10 +12,11 @@
 //! - `lock:<id>`: held by the instance publishing the event, from version assignment to the
 //!   bus's acknowledgement, so that the bus carries one event's states in version order.
 
-use broadcaster::BoxFuture;
+use futures_util::future::BoxFuture;
 use protocol::admin::{CreateEvent, EventSummary};
 use protocol::{EventId, EventState, Payload, Stage};
 use redis::Script;
+use sync_util::LockExt;
 
 use crate::store::{EventWithState, NewState, PublishLock};
 use crate::{ControlError, EventStore};
@@ -341,17 +342,11 @@ impl RedisEventStore {
     }
 
     fn take_uncertain(&self, key: &str) -> Option<String> {
-        self.uncertain_locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(key)
+        self.uncertain_locks.locked().remove(key)
     }
 
     fn mark_uncertain(&self, key: String, token: String) {
-        self.uncertain_locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, token);
+        self.uncertain_locks.locked().insert(key, token);
     }
 }
 

@@ -1,11 +1,12 @@
 //! Events and their versions.
 
 use std::collections::BTreeMap;
-use std::sync::{PoisonError, RwLock};
+use std::sync::RwLock;
 
-use broadcaster::BoxFuture;
+use futures_util::future::BoxFuture;
 use protocol::admin::{CreateEvent, EventSummary};
 use protocol::{EventId, EventState, Payload, Stage};
+use sync_util::RwLockExt;
 
 use crate::ControlError;
 
@@ -118,7 +119,7 @@ fn unknown_event(id: &EventId) -> ControlError {
 impl EventStore for MemoryEventStore {
     fn create(&self, event: CreateEvent) -> BoxFuture<'_, Result<EventSummary, ControlError>> {
         let result = (|| {
-            let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
+            let mut events = self.events.write_locked();
             if events.contains_key(&event.id) {
                 return Err(ControlError::Conflict(format!(
                     "event {} already exists",
@@ -149,7 +150,7 @@ impl EventStore for MemoryEventStore {
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<EventSummary>, ControlError>> {
-        let events = self.events.read().unwrap_or_else(PoisonError::into_inner);
+        let events = self.events.read_locked();
         let list = events
             .values()
             .map(|record| record.summary.clone())
@@ -158,7 +159,7 @@ impl EventStore for MemoryEventStore {
     }
 
     fn get(&self, id: &EventId) -> BoxFuture<'_, Result<EventSummary, ControlError>> {
-        let events = self.events.read().unwrap_or_else(PoisonError::into_inner);
+        let events = self.events.read_locked();
         let result = events
             .get(id)
             .map(|r| r.summary.clone())
@@ -167,7 +168,7 @@ impl EventStore for MemoryEventStore {
     }
 
     fn update(&self, event: CreateEvent) -> BoxFuture<'_, Result<EventSummary, ControlError>> {
-        let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
+        let mut events = self.events.write_locked();
         let result = match events.get_mut(&event.id) {
             Some(record) => {
                 record.summary.title = event.title;
@@ -187,7 +188,7 @@ impl EventStore for MemoryEventStore {
         payload: Payload,
     ) -> BoxFuture<'_, Result<NewState, ControlError>> {
         let result = (|| {
-            let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
+            let mut events = self.events.write_locked();
             let published_at_ms = protocol::unix_now_ms();
             let record = events.get_mut(id).ok_or_else(|| unknown_event(id))?;
             check_stage(id, &record.summary.stages, &stage)?;
@@ -210,20 +211,20 @@ impl EventStore for MemoryEventStore {
         if !state.priority.is_critical() {
             return Box::pin(async { Ok(()) });
         }
-        let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(record) = events.get_mut(&state.topic.event_id()) {
-            if record.summary.version < state.version {
-                record.summary.version = state.version;
-                record.summary.stage = Some(state.stage.clone());
-                record.summary.published_at_ms = Some(state.published_at_ms);
-                record.current = Some(state.clone());
-            }
+        let mut events = self.events.write_locked();
+        if let Some(record) = events.get_mut(&state.topic.event_id())
+            && record.summary.version < state.version
+        {
+            record.summary.version = state.version;
+            record.summary.stage = Some(state.stage.clone());
+            record.summary.published_at_ms = Some(state.published_at_ms);
+            record.current = Some(state.clone());
         }
         Box::pin(async { Ok(()) })
     }
 
     fn with_states(&self) -> BoxFuture<'_, Result<Vec<EventWithState>, ControlError>> {
-        let events = self.events.read().unwrap_or_else(PoisonError::into_inner);
+        let events = self.events.read_locked();
         let all = events
             .values()
             .map(|r| (r.summary.clone(), r.current.clone()))

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -32,6 +32,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use protocol::EventId;
 use protocol::admin::{ApiError, ApiErrorCode, EventList};
+use sync_util::LockExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::api::ControlPlane;
@@ -158,7 +159,7 @@ impl Streams {
     /// Ends every stream and the poller (even halfway through a check: it keeps nothing that
     /// must be finished); refuses new streams.
     pub(crate) fn stop(&self) {
-        let mut poller = self.poller.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut poller = self.poller.locked();
         self.permits.close();
         if let Some(poller) = poller.take() {
             poller.abort();
@@ -169,7 +170,7 @@ impl Streams {
 
     /// A receiver of the poller's values, starting the poller when none runs.
     fn subscribe(&self, control: &Arc<ControlPlane>) -> watch::Receiver<Arc<Values>> {
-        let mut poller = self.poller.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut poller = self.poller.locked();
         let receiver = self.values.subscribe();
         // After `stop` the stream ends at once; no poller is started for it.
         if poller.is_none() && !self.permits.is_closed() {
@@ -181,7 +182,7 @@ impl Streams {
     /// Whether the poller should stop: at shutdown, or when no stream is open (it then forgets
     /// its values, so the next stream never starts from stale ones).
     fn poller_done(&self) -> bool {
-        let mut poller = self.poller.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut poller = self.poller.locked();
         if self.permits.is_closed() {
             return true;
         }

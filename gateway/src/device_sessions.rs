@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::BuildHasher;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
+
+use sync_util::LockExt;
 
 /// Shards of the count map: enough that upgrades on every core rarely meet on one lock.
 const SHARDS: usize = 64;
@@ -36,9 +38,7 @@ impl DeviceSessions {
     fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
         // The map stays consistent even if a holder panicked: every operation is one update.
         let index = (key % SHARDS as u64) as usize;
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shards[index].locked()
     }
 
     /// Counts one more session for `device`, or `None` when it already holds `limit`.

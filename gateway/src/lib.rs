@@ -28,7 +28,7 @@ mod socket;
 pub mod upgrade;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use auth::DeviceTokenKey;
@@ -37,6 +37,7 @@ use axum::response::{IntoResponse, Response};
 use broadcaster::Hub;
 use protection::RetryAfter;
 use protocol::admin::{ApiError, ApiErrorCode, DrainProgress, NodeStats};
+use sync_util::LockExt;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -360,10 +361,7 @@ impl Gateway {
                 "drain started"
             );
             let monitor = tokio::spawn(self.clone().monitor_drain(plan));
-            *self
-                .drain_monitor
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(monitor);
+            *self.drain_monitor.locked() = Some(monitor);
         }
         let progress = self
             .drain_progress()
@@ -442,11 +440,7 @@ impl Gateway {
     /// when every session has closed, or `shutdown_grace` after the drain started.
     pub async fn drain(self: &Arc<Self>) -> DrainReport {
         let (progress, _) = self.start_drain();
-        let monitor = self
-            .drain_monitor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let monitor = self.drain_monitor.locked().take();
         match monitor {
             Some(monitor) => monitor.await.unwrap_or(DrainReport {
                 sessions_at_start: progress.sessions_at_start,

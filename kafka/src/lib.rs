@@ -22,10 +22,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use broadcaster::{BoxFuture, BroadcastError, Bus, BusFeed, FeedItem};
+use broadcaster::{BroadcastError, Bus, BusFeed, FeedItem};
+use futures_util::future::BoxFuture;
 use protocol::EventState;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -36,6 +37,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
+use sync_util::LockExt;
 use telemetry::{Counter, LogBudget, Registry};
 use tokio::sync::mpsc;
 
@@ -402,10 +404,7 @@ impl Inner {
             return Some(placed);
         }
         let reread = {
-            let mut at = self
-                .partitions_reread_at
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut at = self.partitions_reread_at.locked();
             let due = at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
             if due {
                 *at = Some(Instant::now());
@@ -429,10 +428,7 @@ impl Inner {
     }
 
     fn current_producer(&self) -> FutureProducer {
-        self.producer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.producer.locked().clone()
     }
 
     /// Produces one record. With `partition` it goes there; without, librdkafka's partitioner
@@ -460,10 +456,7 @@ impl Inner {
     fn renew_producer(&self) -> bool {
         match self.config.producer() {
             Ok(producer) => {
-                let old = std::mem::replace(
-                    &mut *self.producer.lock().unwrap_or_else(PoisonError::into_inner),
-                    producer,
-                );
+                let old = std::mem::replace(&mut *self.producer.locked(), producer);
                 // Tearing a producer down joins its thread and flushes: not on the runtime.
                 tokio::task::spawn_blocking(move || drop(old));
                 true

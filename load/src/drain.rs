@@ -17,7 +17,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -26,6 +26,7 @@ use client::{AdminClient, ConnectOptions, DeviceConnection};
 use protocol::admin::{CreateEvent, PublishRequest};
 use protocol::{EventId, Payload, ServerFrame, Stage, Topic};
 use serde::{Deserialize, Serialize};
+use sync_util::LockExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Most devices one worker process holds (under the open-files limit).
@@ -302,10 +303,10 @@ async fn coordinate(args: &DrainArgs) -> anyhow::Result<DrainResult> {
         let sender = sender.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = stdout.next_line().await {
-                if let Ok(line) = serde_json::from_str::<WorkerLine>(&line) {
-                    if sender.send((index, line)).await.is_err() {
-                        return;
-                    }
+                if let Ok(line) = serde_json::from_str::<WorkerLine>(&line)
+                    && sender.send((index, line)).await.is_err()
+                {
+                    return;
                 }
             }
         });
@@ -452,13 +453,11 @@ struct Shared {
 }
 
 fn push(list: &Mutex<Vec<u64>>, value: u64) {
-    list.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(value);
+    list.locked().push(value);
 }
 
 fn take(list: &Mutex<Vec<u64>>) -> Vec<u64> {
-    std::mem::take(&mut *list.lock().unwrap_or_else(PoisonError::into_inner))
+    std::mem::take(&mut *list.locked())
 }
 
 fn emit(line: &WorkerLine) {

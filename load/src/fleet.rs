@@ -2,12 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use auth::{DeviceClaims, DeviceClass, DeviceTokenKey};
 use client::{ConnectOptions, DeviceConnection};
 use protocol::{ServerFrame, Topic};
+use sync_util::LockExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::wire::{Command, DeviceTarget, WorkerPlan, WorkerReport};
@@ -119,11 +120,7 @@ pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let first_error = counters
-        .first_error
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
+    let first_error = counters.first_error.locked().clone();
     emit(&WorkerReport::Ready {
         connected: counters.connected.load(Ordering::Acquire),
         failed: counters.failed.load(Ordering::Acquire),
@@ -136,13 +133,8 @@ pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
             break;
         }
     }
-    let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(PoisonError::into_inner));
-    let connects_ms = std::mem::take(
-        &mut *counters
-            .connects_ms
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-    );
+    let samples = std::mem::take(&mut *samples.locked());
+    let connects_ms = std::mem::take(&mut *counters.connects_ms.locked());
     emit(&WorkerReport::Done {
         samples,
         disconnected: counters.disconnected.load(Ordering::Acquire),
@@ -157,8 +149,7 @@ fn record(samples: &Samples, counters: &Counters, version: u64, published_at_ms:
     }
     let latency_us = unix_now_us().saturating_sub(published_at_ms * 1000);
     samples
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+        .locked()
         .entry(version)
         .or_default()
         .push(latency_us);
@@ -166,11 +157,7 @@ fn record(samples: &Samples, counters: &Counters, version: u64, published_at_ms:
 }
 
 fn failed(counters: &Counters, error: String) {
-    counters
-        .first_error
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get_or_insert(error);
+    counters.first_error.locked().get_or_insert(error);
     counters.failed.fetch_add(1, Ordering::AcqRel);
 }
 
@@ -237,11 +224,7 @@ async fn run_watcher(
     loop {
         match watcher.next().await {
             client::watcher::WatchEvent::Connected { .. } => {
-                counters
-                    .connects_ms
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(unix_now_us() / 1000);
+                counters.connects_ms.locked().push(unix_now_us() / 1000);
                 if std::mem::take(&mut first) {
                     counters.connected.fetch_add(1, Ordering::AcqRel);
                 }
@@ -288,8 +271,7 @@ async fn run_device(
         Err(error) => {
             counters
                 .first_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
+                .locked()
                 .get_or_insert(error.to_string());
             counters.failed.fetch_add(1, Ordering::AcqRel);
             return;

@@ -242,10 +242,10 @@ pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
             };
             let wait_for_live = async {
                 loop {
-                    if let client::watcher::WatchEvent::State(state) = watcher.next().await {
-                        if state.stage == live {
-                            return Some(state);
-                        }
+                    if let client::watcher::WatchEvent::State(state) = watcher.next().await
+                        && state.stage == live
+                    {
+                        return Some(state);
                     }
                 }
             };

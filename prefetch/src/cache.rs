@@ -9,12 +9,13 @@
 //!   being served instead of an error.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use broadcaster::BoxFuture;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use moka::Expiry;
+use sync_util::LockExt;
 use telemetry::{Counter, Registry};
 
 use crate::PrefetchError;
@@ -187,10 +188,7 @@ impl PageCache {
     /// Starts one refresh of `key` unless one is running.
     fn refresh_in_background(&self, key: &PageKey, stale: Entry) {
         {
-            let mut refreshing = self
-                .refreshing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut refreshing = self.refreshing.locked();
             if !refreshing.insert(key.clone()) {
                 return;
             }
@@ -226,10 +224,7 @@ impl PageCache {
                     entries.insert(key.clone(), stale).await;
                 }
             }
-            refreshing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&key);
+            refreshing.locked().remove(&key);
         });
     }
 

@@ -23,7 +23,7 @@
 //!   gets no CORS header.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument};
@@ -36,6 +36,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use sync_util::LockExt;
 use tower::Layer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -430,8 +431,7 @@ async fn run(
         service.metrics.request_errors.increment();
     }
     let versions: Vec<serde_json::Value> = hints
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+        .locked()
         .versions
         .iter()
         .map(|(event, version)| serde_json::json!({ "eventId": event, "version": version }))

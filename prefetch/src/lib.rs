@@ -26,7 +26,7 @@ pub mod schema;
 pub mod service;
 pub mod store;
 
-use broadcaster::BoxFuture;
+use futures_util::future::BoxFuture;
 use protocol::{EventId, EventState, Stage};
 
 pub use service::{PrefetchConfig, PrefetchConfigError, PrefetchService};

@@ -2,12 +2,13 @@
 //! The GraphQL schema devices prefetch through. `schema.graphql` at the repository root is
 //! its exported SDL (a test keeps them equal).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use async_graphql::{
     Context, EmptyMutation, EmptySubscription, ErrorExtensions, ID, InputValueError,
     InputValueResult, Object, Scalar, ScalarType, Schema, SimpleObject, Value,
 };
+use sync_util::LockExt;
 
 use crate::catalog::{ArtworkSize, Catalog, GENRES};
 use crate::limits::QueryLimits;
@@ -57,8 +58,7 @@ impl RequestScope {
         let page = self.service.page(&event, &profile).await?;
         let version = event.state.as_ref().map_or(0, |s| s.version);
         self.hints
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .locked()
             .versions
             .insert(event.id.to_string(), version);
         Ok(EventPrefetch {
@@ -118,7 +118,7 @@ impl QueryRoot {
             futures_util::future::try_join_all(events.into_iter().map(|e| scope.event_prefetch(e)))
                 .await
                 .map_err(|e| e.extend())?;
-        let hints = scope.hints.lock().unwrap_or_else(PoisonError::into_inner);
+        let hints = scope.hints.locked();
         Ok(Prefetch {
             profile_id: ID(scope.profile_id.clone()),
             cache_hint: CacheHint {

@@ -1,12 +1,13 @@
 //! [`PrefetchService`]: one prefetch node's state, shared by every request.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use auth::DeviceTokenKey;
-use broadcaster::BoxFuture;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use sync_util::RwLockExt;
 use telemetry::{Counter, Histogram, LogBudget, Registry};
 use tokio::sync::watch;
 
@@ -166,11 +167,7 @@ struct PageSource {
 
 impl PageSource {
     fn pool(&self, event: &str) -> Option<Arc<EventPool>> {
-        self.pools
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(event)
-            .cloned()
+        self.pools.read_locked().get(event).cloned()
     }
 }
 
@@ -180,10 +177,10 @@ impl PageLoader for PageSource {
         Box::pin(async move {
             let pool = self.pool(&key.event).ok_or(PrefetchError::Internal)?;
             self.metrics.store_reads.increment();
-            if let Some(blob) = self.store.get(&key).await? {
-                if fingerprint_of(&blob) == Some(pool.fingerprint) {
-                    return Ok(blob);
-                }
+            if let Some(blob) = self.store.get(&key).await?
+                && fingerprint_of(&blob) == Some(pool.fingerprint)
+            {
+                return Ok(blob);
             }
             let profile = self
                 .catalog
@@ -325,18 +322,17 @@ impl PrefetchService {
     /// dropped) when its stages changed.
     pub(crate) fn pool_for(&self, event: &LiveEvent) -> Arc<EventPool> {
         let stages: Vec<String> = event.stages.iter().map(|s| s.as_str().to_owned()).collect();
-        if let Some(pool) = self.source.pool(event.id.as_str()) {
-            if pool.spec.stages == stages {
-                return pool;
-            }
+        if let Some(pool) = self.source.pool(event.id.as_str())
+            && pool.spec.stages == stages
+        {
+            return pool;
         }
         let spec = EventSpec::from_catalog(&self.catalog, event.id.as_str(), stages);
         let pool = Arc::new(EventPool::new(&self.catalog, spec));
         let previous = self
             .source
             .pools
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+            .write_locked()
             .insert(Arc::from(event.id.as_str()), pool.clone());
         if previous.is_some() {
             let _stale_entries_expire_anyway = self.pages.invalidate_event(event.id.as_str());

@@ -2,11 +2,12 @@
 //! prefetch nodes share them. Both hold the same compact blobs (see [`crate::materialize`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use broadcaster::BoxFuture;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use sync_util::RwLockExt;
 
 use crate::catalog::Catalog;
 
@@ -66,7 +67,7 @@ impl MemoryPageStore {
 
 impl PageStore for MemoryPageStore {
     fn get(&self, key: &PageKey) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
-        let events = self.events.read().unwrap_or_else(PoisonError::into_inner);
+        let events = self.events.read_locked();
         let page =
             events
                 .get(&key.event)
@@ -85,7 +86,7 @@ impl PageStore for MemoryPageStore {
     }
 
     fn put(&self, pages: Vec<(PageKey, Bytes)>) -> BoxFuture<'_, Result<(), StoreError>> {
-        let mut events = self.events.write().unwrap_or_else(PoisonError::into_inner);
+        let mut events = self.events.write_locked();
         for (key, page) in pages {
             let event = events.entry(key.event).or_default();
             let blob: Box<[u8]> = page.as_ref().into();
@@ -108,12 +109,7 @@ impl PageStore for MemoryPageStore {
     }
 
     fn fingerprint(&self, event: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
-        let fingerprint = self
-            .fingerprints
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(event)
-            .copied();
+        let fingerprint = self.fingerprints.read_locked().get(event).copied();
         Box::pin(async move { Ok(fingerprint) })
     }
 
@@ -123,14 +119,13 @@ impl PageStore for MemoryPageStore {
         fingerprint: u64,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         self.fingerprints
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+            .write_locked()
             .insert(event.to_owned(), fingerprint);
         Box::pin(async { Ok(()) })
     }
 
     fn approximate_bytes(&self) -> Option<usize> {
-        let events = self.events.read().unwrap_or_else(PoisonError::into_inner);
+        let events = self.events.read_locked();
         // Each blob plus its allocation header, and every slot.
         let bytes = events
             .values()

@@ -130,10 +130,10 @@ pub fn classify(
     headers: &HeaderMap,
 ) -> Result<RequestClass, BadPriorityHeader> {
     let mut class = route.base_class(method);
-    if route.takes_device_token() {
-        if let Some(ceiling) = device_token(uri, headers).and_then(auth::priority_ceiling) {
-            class = class.min(ceiling);
-        }
+    if route.takes_device_token()
+        && let Some(ceiling) = device_token(uri, headers).and_then(auth::priority_ceiling)
+    {
+        class = class.min(ceiling);
     }
     for value in headers.get_all(PRIORITY_HEADER) {
         let parsed = value

@@ -25,12 +25,13 @@ pub mod retry;
 pub mod ruleset;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::response::Response;
 use protocol::admin::{PerClass, ProtectionMode, ProtectionStatus, ProtectionUpdate};
 use protocol::{EventState, Priority, unix_now_ms};
+use sync_util::LockExt;
 use telemetry::{Counter, Histogram, LogBudget, Registry};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -287,10 +288,10 @@ impl Protection {
     /// Applies an operator's switch.
     pub fn apply(&self, update: ProtectionUpdate) {
         let now_ms = unix_now_ms();
-        if let Some(mode) = update.ruleset {
-            if self.ruleset.set_mode(mode, now_ms) {
-                tracing::info!(ruleset = ?mode, "protection ruleset switched");
-            }
+        if let Some(mode) = update.ruleset
+            && self.ruleset.set_mode(mode, now_ms)
+        {
+            tracing::info!(ruleset = ?mode, "protection ruleset switched");
         }
         if let Some(mode) = update.protection {
             let on = mode == ProtectionMode::On;
@@ -341,10 +342,7 @@ impl Protection {
         let requests = self.requests_so_far();
         let windows = self.limit.windows();
         let signals = {
-            let mut last = self
-                .last_evaluation
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut last = self.last_evaluation.locked();
             let (at, last_requests, last_windows) = *last;
             let elapsed = at.elapsed().as_secs_f64();
             *last = (Instant::now(), requests, windows);

@@ -12,9 +12,11 @@
 //! window are atomics updated by every request; the request that completes a window (enough
 //! samples, long enough) recomputes the limit under a `try_lock` that nobody ever waits for.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use sync_util::LockExt;
 
 use crate::ProtectionConfig;
 
@@ -233,10 +235,7 @@ impl AdaptiveLimit {
 
     /// The estimator's state, for tests and status.
     pub fn estimator(&self) -> Gradient2 {
-        self.estimator
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.estimator.locked().clone()
     }
 }
 

@@ -12,11 +12,12 @@
 //! ([`Ruleset::observe`]), once per state (not per device delivery).
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 
 use protocol::admin::{RulesetMode, RulesetReason, StageTransition};
 use protocol::{EventState, Stage, Topic};
+use sync_util::LockExt;
 
 use crate::ProtectionConfig;
 
@@ -106,7 +107,7 @@ impl Ruleset {
             return false;
         }
         let transition = {
-            let mut stages = self.stages.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut stages = self.stages.locked();
             match stages.get_mut(&state.topic) {
                 Some((version, _)) if *version >= state.version => return false,
                 Some((version, stage)) => {
@@ -131,10 +132,7 @@ impl Ruleset {
         }
         self.transition_until_ms
             .fetch_max(until(self.transition_window_ms), Ordering::Relaxed);
-        *self
-            .last_transition
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(StageTransition {
+        *self.last_transition.locked() = Some(StageTransition {
             topic: state.topic.clone(),
             stage: state.stage.clone(),
             version: state.version,
@@ -198,10 +196,7 @@ impl Ruleset {
     }
 
     pub fn last_transition(&self) -> Option<StageTransition> {
-        self.last_transition
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.last_transition.locked().clone()
     }
 }
 

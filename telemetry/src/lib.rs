@@ -16,8 +16,10 @@ pub use log_budget::LogBudget;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use sync_util::LockExt;
 
 /// Stripes per metric. Threads take stripes round-robin, so up to this many threads update a
 /// metric without contending; readers sum the stripes.
@@ -206,7 +208,7 @@ impl Registry {
         labels: &[(&'static str, &'static str)],
         metric: Metric,
     ) {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = self.entries.locked();
         entries.push(Entry {
             name,
             help,
@@ -257,7 +259,7 @@ impl Registry {
     /// of a labelled family are rendered together under one `HELP` and `TYPE`, in the order
     /// they were created.
     pub fn render(&self) -> String {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let entries = self.entries.locked();
         let mut out = String::with_capacity(entries.len() * 128);
         let mut rendered = vec![false; entries.len()];
         for first in 0..entries.len() {

@@ -122,10 +122,9 @@ impl TestServer {
         let deadline = tokio::time::Instant::now() + PROMPTLY;
         loop {
             if let Ok(response) = client::http::call(&self.base, "GET", "/healthz", &[], None).await
+                && response.status == 200
             {
-                if response.status == 200 {
-                    return;
-                }
+                return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -343,15 +342,15 @@ impl RedisKeys {
 
 impl Drop for RedisKeys {
     fn drop(&mut self) {
-        if let Ok(client) = redis::Client::open(self.url.as_str()) {
-            if let Ok(mut connection) = client.get_connection() {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{}*", self.prefix))
-                    .query(&mut connection)
-                    .unwrap_or_default();
-                if !keys.is_empty() {
-                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut connection);
-                }
+        if let Ok(client) = redis::Client::open(self.url.as_str())
+            && let Ok(mut connection) = client.get_connection()
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}*", self.prefix))
+                .query(&mut connection)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut connection);
             }
         }
     }
