@@ -390,6 +390,53 @@ impl TopicChannel {
 type UnpublishedTopics = HashMap<Topic, HashMap<u64, Arc<Mailbox>>>;
 
 /// One node's topics and their subscribers.
+///
+/// A state applied to the hub is encoded once and offered to every subscribed connection's
+/// [`Mailbox`]; a connection that subscribes later is offered the current state at once. A
+/// mailbox without a socket ([`Mailbox::new`]) keeps what it is offered for its connection's
+/// task to take:
+///
+/// ```
+/// use broadcaster::{Applied, Hub, HubMetrics, Mailbox};
+/// use protocol::{EventState, Payload, Priority, Stage, Topic};
+///
+/// let hub = Hub::new(HubMetrics::new(&telemetry::Registry::new()));
+/// let topic = Topic::parse("event:fight-night").unwrap();
+/// let live = EventState {
+///     topic: topic.clone(),
+///     version: 7,
+///     stage: Stage::parse("LIVE").unwrap(),
+///     published_at_ms: protocol::unix_now_ms(),
+///     payload: Payload::parse(r#"{"hero":"main-card"}"#).unwrap(),
+///     priority: Priority::Critical,
+///     fetch_within_ms: None,
+/// };
+///
+/// // A connection subscribes (its mailbox opens the topic with the version it holds, 0: none).
+/// let mailbox = Mailbox::new();
+/// mailbox.open(&topic, 0);
+/// hub.subscribe(&topic, 1, &mailbox).unwrap();
+///
+/// // The state is made current and offered to the one subscriber; the same version again is
+/// // stale.
+/// assert_eq!(hub.apply(&live), Applied::FannedOut { subscribers: 1 });
+/// assert_eq!(hub.apply(&live), Applied::Stale);
+/// assert_eq!(hub.version(&topic), 7);
+///
+/// // The connection's task takes the state, encoded once as its WebSocket frame.
+/// let mut pending = Vec::new();
+/// mailbox.take_pending(&mut pending);
+/// assert_eq!(pending.len(), 1);
+/// assert_eq!(pending[0].state.version, 7);
+/// assert!(!pending[0].catch_up);
+///
+/// // A connection subscribing later is offered the current state as a catch-up.
+/// let late = Mailbox::new();
+/// late.open(&topic, 0);
+/// hub.subscribe(&topic, 2, &late).unwrap();
+/// late.take_pending(&mut pending);
+/// assert!(pending.last().unwrap().catch_up);
+/// ```
 #[derive(Debug)]
 pub struct Hub {
     /// Topics that have a state. Written only when a topic gets its first state; a channel is

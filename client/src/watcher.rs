@@ -104,6 +104,86 @@ fn accept(versions: &mut HashMap<Topic, LaneVersions>, state: &EventState) -> bo
     true
 }
 
+/// A device subscribed to its topics across disconnects: [`Watcher::next`] connects, reports
+/// every new state once, and after a goaway or a failure reconnects and resubscribes with the
+/// newest version it holds as `since`.
+///
+/// Here against a stand-in for a node (hidden: it welcomes, sends version 3 of the event, then
+/// a goaway, and checks what the device resubscribes with):
+///
+/// ```
+/// use client::watcher::WatchEvent;
+/// use client::{Watcher, WatcherConfig};
+/// use protocol::Topic;
+///
+/// # #[tokio::main]
+/// # async fn main() {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// # let url = format!("ws://{}/v1/ws", listener.local_addr().unwrap());
+/// # let node = tokio::spawn(stand_in_node(listener));
+/// let topic = Topic::parse("event:fight-night").unwrap();
+/// // A device token, e.g. from `ringside token --device tv-1 --profile p-1` (this node takes any).
+/// let token = "device-token".to_string();
+/// let mut watcher = Watcher::new(WatcherConfig::new(vec![url], token, vec![topic.clone()]));
+///
+/// assert!(matches!(watcher.next().await, WatchEvent::Connected { .. }));
+/// let WatchEvent::State(state) = watcher.next().await else { panic!("expected a state") };
+/// assert_eq!(state.version, 3);
+/// assert_eq!(watcher.version(&topic), 3);
+///
+/// // The node goes away; the watcher reconnects and subscribes `since` 3, so it is sent only
+/// // what is newer.
+/// assert!(matches!(watcher.next().await, WatchEvent::Disconnected { .. }));
+/// assert!(matches!(watcher.next().await, WatchEvent::Connected { .. }));
+/// # assert_eq!(node.await.unwrap(), 3);
+/// # }
+/// #
+/// # /// Two connections: the first is sent version 3 and a goaway; returns the second's `since`.
+/// # async fn stand_in_node(listener: tokio::net::TcpListener) -> u64 {
+/// #     use futures_util::{SinkExt, StreamExt};
+/// #     use protocol::frame::GoawayReason;
+/// #     use protocol::{ClientFrame, EventState, Payload, Priority, ServerFrame, Stage};
+/// #     use tokio_tungstenite::tungstenite::Message;
+/// #     let mut since = 0;
+/// #     for round in 0..2 {
+/// #         let (tcp, _) = listener.accept().await.unwrap();
+/// #         let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+/// #         let send = |frame: ServerFrame| Message::Text(frame.encode().into());
+/// #         ws.send(send(ServerFrame::Welcome {
+/// #             connection_id: format!("c{round}"),
+/// #             node: "stand-in".into(),
+/// #             heartbeat_ms: 25_000,
+/// #             protocol: protocol::PROTOCOL_VERSION,
+/// #         }))
+/// #         .await
+/// #         .unwrap();
+/// #         let topics = loop {
+/// #             let Message::Text(text) = ws.next().await.unwrap().unwrap() else { continue };
+/// #             if let ClientFrame::Subscribe { topics } = ClientFrame::decode(&text).unwrap() {
+/// #                 break topics;
+/// #             }
+/// #         };
+/// #         since = topics[0].since;
+/// #         if round == 1 {
+/// #             break;
+/// #         }
+/// #         let state = EventState {
+/// #             topic: topics[0].topic.clone(),
+/// #             version: 3,
+/// #             stage: Stage::parse("LIVE").unwrap(),
+/// #             published_at_ms: protocol::unix_now_ms(),
+/// #             payload: Payload::empty(),
+/// #             priority: Priority::Critical,
+/// #             fetch_within_ms: None,
+/// #         };
+/// #         ws.send(send(ServerFrame::State(state))).await.unwrap();
+/// #         let goaway = ServerFrame::Goaway { reconnect_after_ms: 0, reason: GoawayReason::Shutdown };
+/// #         ws.send(send(goaway)).await.unwrap();
+/// #         let _ = ws.close(None).await;
+/// #     }
+/// #     since
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Watcher {
     config: WatcherConfig,

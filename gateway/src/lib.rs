@@ -118,6 +118,94 @@ impl GatewayError {
 }
 
 /// One gateway node: its hub, its sessions and its limits.
+///
+/// [`Gateway::router`] serves `GET /v1/ws`; the node refuses upgrades (503) until its hub
+/// holds the latest states ([`Hub::mark_ready`], which the bus consumer calls once its feed has
+/// caught up). A device connects with its token, is welcomed, subscribes and is sent the
+/// current state at once; [`Gateway::drain`] ends every session with a goaway:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use futures_util::{SinkExt, StreamExt};
+/// use gateway::{Gateway, GatewayConfig, GatewayMetrics};
+/// use protocol::{ClientFrame, EventState, Payload, Priority, ServerFrame, Stage, SubscribeTopic, Topic};
+/// use tokio_tungstenite::tungstenite::Message;
+///
+/// # #[tokio::main]
+/// # async fn main() {
+/// let registry = telemetry::Registry::new();
+/// let hub = Arc::new(broadcaster::Hub::new(broadcaster::HubMetrics::new(&registry)));
+/// let key = auth::DeviceTokenKey::new(b"a-device-secret-of-32-bytes-or-more!").unwrap();
+/// let token = key.sign(&auth::DeviceClaims {
+///     sub: "tv-1".into(),
+///     profile: "p-1".into(),
+///     class: auth::DeviceClass::Tv,
+///     exp: protocol::unix_now_ms() / 1000 + 3600,
+///     priority: None,
+/// });
+/// let config = GatewayConfig {
+///     node_id: "node-a".into(),
+///     goaway_grace: Duration::from_millis(100),
+///     ..GatewayConfig::default()
+/// };
+/// let gateway = Gateway::new(config, hub.clone(), key, GatewayMetrics::new(&registry));
+///
+/// // The node already holds a state of the event (a bus feed would have brought it).
+/// let topic = Topic::parse("event:fight-night").unwrap();
+/// hub.apply(&EventState {
+///     topic: topic.clone(),
+///     version: 3,
+///     stage: Stage::parse("LIVE").unwrap(),
+///     published_at_ms: protocol::unix_now_ms(),
+///     payload: Payload::empty(),
+///     priority: Priority::Critical,
+///     fetch_within_ms: None,
+/// });
+/// hub.mark_ready();
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// let url = format!("ws://{}/v1/ws?token={token}", listener.local_addr().unwrap());
+/// // Served by hyper's HTTP/1 connection over the plain TCP socket, which the session takes
+/// // over after the upgrade (so not through `axum::serve`, whose connections wrap it); the
+/// // binary's `ringside::http::serve_http` does the same with its HTTP limits added.
+/// let router = gateway.router();
+/// tokio::spawn(async move {
+///     loop {
+///         let (stream, _) = listener.accept().await.unwrap();
+///         let service = hyper_util::service::TowerToHyperService::new(router.clone());
+///         let connection = hyper::server::conn::http1::Builder::new()
+///             .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+///             .with_upgrades();
+///         tokio::spawn(connection);
+///     }
+/// });
+///
+/// let (mut device, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+/// assert!(matches!(next(&mut device).await, ServerFrame::Welcome { node, .. } if node == "node-a"));
+/// let subscribe = ClientFrame::Subscribe { topics: vec![SubscribeTopic { topic, since: 0 }] };
+/// device.send(Message::Text(subscribe.encode().into())).await.unwrap();
+/// assert!(matches!(next(&mut device).await, ServerFrame::Subscribed { .. }));
+/// assert!(matches!(next(&mut device).await, ServerFrame::State(state) if state.version == 3));
+///
+/// // A drain sends the goaway, then closes once the grace is over.
+/// let drain = tokio::spawn({
+///     let gateway = gateway.clone();
+///     async move { gateway.drain().await }
+/// });
+/// assert!(matches!(next(&mut device).await, ServerFrame::Goaway { .. }));
+/// while let Some(Ok(_)) = device.next().await {} // the close handshake
+/// assert_eq!(drain.await.unwrap().sessions_at_start, 1);
+/// # }
+/// # async fn next<S>(device: &mut S) -> ServerFrame
+/// # where S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin {
+/// #     loop {
+/// #         if let Message::Text(text) = device.next().await.unwrap().unwrap() {
+/// #             return ServerFrame::decode(&text).unwrap();
+/// #         }
+/// #     }
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Gateway {
     pub(crate) config: GatewayConfig,

@@ -5,7 +5,8 @@
 //!
 //! - [`catalog`]: titles, profiles and event relations, indexed; [`generate`] makes a
 //!   deterministic dataset and [`jsonl`] loads or writes one as JSON lines.
-//! - [`materialize`]: ranks each profile's rows for each stage of an event into a compact page.
+//! - [`materialize`]: ranks one profile's rows for every stage of one event into one
+//!   compact page (a page per profile and event).
 //! - [`store`]: where pages live: memory for one process, Redis across prefetch nodes.
 //! - [`cache`]: the per-node cache in front of the store (TTL jitter, coalescing, stale while
 //!   revalidate).

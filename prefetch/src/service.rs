@@ -228,6 +228,82 @@ const PERSISTED_ENTRY_OVERHEAD_BYTES: usize = 256;
 /// Profiles materialized per batch (one blocking task and one store write each).
 const MATERIALIZE_BATCH: usize = 2_000;
 
+/// One prefetch node: the catalog, the events it serves, the page store and the node's cache
+/// in front of it, and the GraphQL schema. [`crate::http::router`] serves it as `/graphql`;
+/// [`PrefetchService::materialize_all`] fills the store in the background (pages a device asks
+/// for first are computed on demand).
+///
+/// A small catalog, one event, and a device asking for every stage of it:
+///
+/// ```
+/// use std::sync::Arc;
+/// use prefetch::catalog::Catalog;
+/// use prefetch::generate::{DatasetSize, generate};
+/// use prefetch::store::MemoryPageStore;
+/// use prefetch::{EventSource, LiveEvent, PrefetchConfig, PrefetchService};
+/// use protocol::{EventId, Stage};
+/// use tower::Service;
+///
+/// /// Where the service learns the events and their current states (in `ringside serve`, the
+/// /// control plane's event store).
+/// struct Events(Vec<LiveEvent>);
+/// impl EventSource for Events {
+///     fn events(&self) -> broadcaster::BoxFuture<'_, Vec<LiveEvent>> {
+///         let events = self.0.clone();
+///         Box::pin(async move { events })
+///     }
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() {
+/// let dataset = generate(DatasetSize { titles: 1_000, profiles: 50, seed: 1 });
+/// let catalog = Arc::new(Catalog::build(dataset.titles, dataset.profiles, dataset.events).unwrap());
+/// let content = &catalog.events[0].content;
+/// let event = LiveEvent {
+///     id: EventId::parse(&content.id).unwrap(),
+///     title: content.title.clone(),
+///     starts_at: content.starts_at.clone(),
+///     stages: content.stages.iter().map(|s| Stage::parse(s).unwrap()).collect(),
+///     state: None, // not published yet
+/// };
+/// let key = auth::DeviceTokenKey::new(b"a-device-secret-of-32-bytes-or-more!").unwrap();
+/// let service = PrefetchService::new(
+///     catalog.clone(),
+///     Arc::new(MemoryPageStore::new(catalog.clone())),
+///     Arc::new(Events(vec![event.clone()])),
+///     key.clone(),
+///     PrefetchConfig::default(),
+///     &telemetry::Registry::new(),
+/// );
+///
+/// // One page per profile and event, every stage in it.
+/// let reports = service.materialize_all().await;
+/// assert_eq!(reports[0].as_ref().unwrap().pages, 50);
+///
+/// // A device of the first profile prefetches every stage of every upcoming event at once.
+/// let token = key.sign(&auth::DeviceClaims {
+///     sub: "tv-1".into(),
+///     profile: catalog.profiles[0].id.to_string(),
+///     class: auth::DeviceClass::Tv,
+///     exp: protocol::unix_now_ms() / 1000 + 3600,
+///     priority: None,
+/// });
+/// let query = r#"{"query":"{ prefetch { events { id byStage { stage home { rows { title } } } } } }"}"#;
+/// let request = axum::http::Request::post("/graphql")
+///     .header("authorization", format!("Bearer {token}"))
+///     .header("content-type", "application/json")
+///     .body(axum::body::Body::from(query))
+///     .unwrap();
+/// let mut graphql = prefetch::http::router(service);
+/// let response = graphql.call(request).await.unwrap();
+/// assert_eq!(response.status(), 200);
+/// let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+/// let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+/// let prefetched = &body["data"]["prefetch"]["events"][0];
+/// assert_eq!(prefetched["id"], event.id.as_str());
+/// assert_eq!(prefetched["byStage"].as_array().unwrap().len(), event.stages.len());
+/// # }
+/// ```
 pub struct PrefetchService {
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) events: Arc<dyn EventSource>,

@@ -2,26 +2,40 @@
 
 use serde::{Deserialize, Serialize};
 
-/// WebSocket close codes Ringside sends (RFC 6455 section 7.4.1).
+/// WebSocket close codes Ringside sends (RFC 6455 section 7.4.1), each listed in
+/// `docs/PROTOCOL.md`, "Errors and close codes". Which ending uses which:
+///
+/// | ending (`gateway/src/session.rs`) | code |
+/// |---|---|
+/// | drain or shutdown, maximum lifetime: after the goaway and its grace | [`GOING_AWAY`](Self::GOING_AWAY) 1001 |
+/// | heartbeat timeout (goaway first) | [`GOING_AWAY`](Self::GOING_AWAY) 1001 |
+/// | idle (no topic held), token expired (goaway first) | [`POLICY_VIOLATION`](Self::POLICY_VIOLATION) 1008 |
+/// | slow consumer (goaway first, if it can still be written) | [`SLOW_CONSUMER`](Self::SLOW_CONSUMER) 4008 |
+/// | a bad client frame (`error` frame first) | [`ErrorCode::close_code`] |
+///
+/// The server never closes with 1000 (normal closure) or 1011 (internal error): a planned end
+/// is a goaway and 1001, and a failure inside the node drops the connection without a close
+/// frame, which the device handles like any lost connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CloseCode(pub u16);
 
 impl CloseCode {
-    /// Normal closure.
-    pub const NORMAL: Self = Self(1000);
-    /// The server is going away (shutdown, drain, connection lifetime, idle).
+    /// A planned end: the node drains or shuts down, or the connection reached its maximum
+    /// lifetime (both after a goaway and its grace period), or the device was silent for
+    /// `heartbeat_misses` heartbeat intervals (after a goaway).
     pub const GOING_AWAY: Self = Self(1001);
     /// The peer broke the WebSocket protocol itself.
     pub const PROTOCOL_ERROR: Self = Self(1002);
     /// A frame was not valid JSON or did not match the schema.
     pub const INVALID_PAYLOAD: Self = Self(1007);
-    /// A frame was valid but broke a policy (bad topic, too many topics, no subscription).
+    /// A policy was broken: a frame that was valid but refused (bad topic, too many topics),
+    /// or, after a goaway, a connection that held no topic for the subscribe timeout (`idle`)
+    /// or whose device token expired (`token_expired`).
     pub const POLICY_VIOLATION: Self = Self(1008);
     /// A frame was larger than the configured limit.
     pub const MESSAGE_TOO_BIG: Self = Self(1009);
-    /// The server hit an unexpected condition.
-    pub const INTERNAL_ERROR: Self = Self(1011);
-    /// The server is overloaded; reconnect later.
+    /// The node holds its budget of topics without a state (`topic_limit`); subscribe again
+    /// later.
     pub const TRY_AGAIN_LATER: Self = Self(1013);
     /// The client sent frames faster than its per-connection rate allows. An application code
     /// (RFC 6455 reserves 4000-4999 for them) of its own, so that a client can tell "slow down"
