@@ -14,7 +14,7 @@ use protocol::{ErrorCode, EventId, ServerFrame, Topic};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn welcome_subscribe_and_receive_a_published_state() {
     let server = TestServer::start().await;
     let event = server.create_event("test-bout").await;
@@ -36,7 +36,7 @@ async fn welcome_subscribe_and_receive_a_published_state() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_sends_the_current_state_only_to_devices_behind() {
     let server = TestServer::start().await;
     let event = server.create_event("catch-up").await;
@@ -64,7 +64,7 @@ async fn catch_up_sends_the_current_state_only_to_devices_behind() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_strictly_increase_under_concurrent_publishes() {
     let server = TestServer::start().await;
     let event = server.create_event("race").await;
@@ -87,7 +87,7 @@ async fn versions_strictly_increase_under_concurrent_publishes() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_one_of_many_subscribers_receives_the_state() {
     let server = TestServer::start().await;
     let event = server.create_event("crowd").await;
@@ -162,7 +162,7 @@ async fn stalling_device(server: &TestServer, name: &str, event: &EventId) -> De
     device
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_closes_behind_a_full_socket_still_gets_every_byte_and_the_close_answer() {
     let server = patient_server().await;
     let event = server.create_event("close-behind").await;
@@ -205,7 +205,7 @@ async fn a_device_that_closes_behind_a_full_socket_still_gets_every_byte_and_the
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_delays_nobody_and_later_gets_the_newest_version() {
     let server = patient_server().await;
     let event = server.create_event("stall").await;
@@ -258,7 +258,7 @@ async fn a_stalled_reader_delays_nobody_and_later_gets_the_newest_version() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_stops_delivery() {
     let server = TestServer::start().await;
     let a = server.create_event("a").await;
@@ -299,7 +299,7 @@ async fn expect_error_close(
     assert_eq!(close, expected_close);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_an_error_and_the_fitting_close_code_without_harming_others() {
     let server = TestServer::start_with(|config| {
         config.max_topics_per_connection = 3;
@@ -393,7 +393,7 @@ async fn bad_frames_get_an_error_and_the_fitting_close_code_without_harming_othe
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_without_a_valid_token_get_401_and_no_socket() {
     let server = TestServer::start().await;
     let foreign_key = auth::DeviceTokenKey::new(b"some-other-secret-0123456789abcdef").unwrap();
@@ -466,7 +466,7 @@ async fn upgrades_without_a_valid_token_get_401_and_no_socket() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_subscribes_is_closed_with_goaway() {
     let server =
         TestServer::start_with(|config| config.subscribe_timeout = Duration::from_millis(200))
@@ -487,7 +487,7 @@ async fn a_connection_that_never_subscribes_is_closed_with_goaway() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed_and_live_ones_kept() {
     let server = TestServer::start_with(|config| {
         config.heartbeat_interval = Duration::from_millis(100);
@@ -523,7 +523,7 @@ async fn silent_connections_are_closed_and_live_ones_kept() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_sends_goaway_with_spread_reconnect_delays_then_closes() {
     let server =
         TestServer::start_with(|config| config.reconnect_spread = Duration::from_millis(3000))
@@ -567,7 +567,7 @@ async fn shutdown_sends_goaway_with_spread_reconnect_delays_then_closes() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_is_closed_when_its_token_expires() {
     let server = TestServer::start().await;
     let event = server.create_event("expiry").await;
@@ -591,7 +591,7 @@ async fn a_connection_is_closed_when_its_token_expires() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_limit_is_enforced_and_released() {
     let server = TestServer::start_with(|config| config.max_connections = 2).await;
     let first = server.device_named("one").await;
@@ -622,7 +622,7 @@ async fn the_connection_limit_is_enforced_and_released() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_topics_in_one_subscribe_count_once() {
     let server = TestServer::start_with(|config| config.max_topics_per_connection = 1).await;
     let event = server.create_event("once").await;
@@ -642,7 +642,7 @@ async fn repeated_topics_in_one_subscribe_count_once() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_hub_is_not_ready_refuses_upgrades_with_503_until_it_is() {
     // A gateway composed as `ringside serve` composes it, around a hub whose bus feed has not
     // caught up (at startup, or while a failed feed is being reopened).
@@ -726,7 +726,7 @@ async fn a_client_flooding_frames_is_still_closed_when_its_token_expires() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_client_is_closed_for_its_rate_while_a_normal_client_is_untouched() {
     let server = TestServer::start().await;
     let event = server.create_event("flood-rate").await;
@@ -760,7 +760,7 @@ async fn a_flooding_client_is_closed_for_its_rate_while_a_normal_client_is_untou
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_device_holds_at_most_its_connections_and_gets_places_back_as_they_close() {
     let server = TestServer::start().await;
     let token = device_token("greedy", 3600);
@@ -884,7 +884,7 @@ async fn states_read_after_a_stall(server: &TestServer, name: &str, publishes: u
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_stops_reading_is_sent_few_superseded_states() {
     const PUBLISHES: u64 = 600;
     // The device stalls for as long as the 600 publishes take, which on a loaded machine is
@@ -927,7 +927,7 @@ fn subscribe_to_distinct_topics(bytes: usize) -> String {
     format!(r#"{{"type":"subscribe","topics":[{}]}}"#, entries.join(","))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscribe_of_tens_of_thousands_of_topics_is_refused_promptly() {
     let server = TestServer::start_with(|config| {
         config.max_frame_bytes = 1024 * 1024;
@@ -1057,7 +1057,7 @@ async fn metric_reaches(server: &TestServer, name: &str, at_least: u64) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_sent_goaway_and_close_4008_once_it_reads_again() {
     let server = TestServer::start_with(|config| {
         config.send_buffer_bytes = 4096;
@@ -1162,7 +1162,7 @@ async fn try_upgrade(
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_beyond_the_admission_burst_get_503_with_jittered_retry_after() {
     let server = TestServer::start_with(|config| {
         config.upgrade_rate_per_s = 1;
@@ -1211,7 +1211,7 @@ async fn upgrades_beyond_the_admission_burst_get_503_with_jittered_retry_after()
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_past_its_lifetime_gets_goaway_is_served_through_the_grace_then_closed() {
     let server = TestServer::start_with(|config| {
         config.max_connection_lifetime = Duration::from_millis(800);
@@ -1282,7 +1282,7 @@ fn sub_intervals(
     hit
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_drain_spreads_its_goaways_over_the_window_and_answers_twice_with_progress() {
     const DEVICES: usize = 24;
     let window = Duration::from_secs(2);
@@ -1376,7 +1376,7 @@ async fn an_admin_drain_spreads_its_goaways_over_the_window_and_answers_twice_wi
     assert_eq!(report.sessions_left, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_a_shutdown_drain_healthz_and_upgrades_are_answered_503_not_refused() {
     let server = TestServer::start_with(|config| {
         // 3 sessions at 1 a second: a window of 2 s (the cap), long enough to ask during it.
@@ -1433,7 +1433,7 @@ async fn during_a_shutdown_drain_healthz_and_upgrades_are_answered_503_not_refus
     assert_eq!((report.sessions_cut, report.sessions_left), (0, 0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_stuck_in_a_write_is_cut_at_the_drains_end_and_reported() {
     let server = TestServer::start_with(|config| {
         config.send_buffer_bytes = 4096;
@@ -1489,7 +1489,7 @@ async fn a_session_stuck_in_a_write_is_cut_at_the_drains_end_and_reported() {
     drop(socket);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_told_by_its_lifetime_goaway_counts_as_told_by_the_drain() {
     let server = TestServer::start_with(|config| {
         config.max_connection_lifetime = Duration::from_millis(500);
