@@ -128,7 +128,7 @@ fn serve_publish_and_watch_through_the_binary() {
     // Publish until the watcher has connected and received one state: it may connect after
     // the first publish, in which case it catches up on subscribe.
     let started = Instant::now();
-    run_ok(
+    let published = run_ok(
         ringside(
             &state,
             &[
@@ -143,6 +143,9 @@ fn serve_publish_and_watch_through_the_binary() {
         )
         .args(server_flag),
     );
+    // The version is the publish's millisecond clock: only the receipt knows which one it is.
+    let receipt: protocol::admin::PublishReceipt = serde_json::from_str(&published).unwrap();
+    assert!(receipt.version > 0, "{published}");
     let output = watch.wait_with_output().unwrap();
     assert!(
         output.status.success(),
@@ -154,9 +157,17 @@ fn serve_publish_and_watch_through_the_binary() {
     assert!(line.contains(r#""type":"state""#), "{line}");
     assert!(line.contains(r#""stage":"LIVE""#), "{line}");
     assert!(line.contains(r#""payload":{"hero":"h1"}"#), "{line}");
+    let watched: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(watched["version"], receipt.version, "{line}");
 
     let listed = run_ok(ringside(&state, &["event", "list"]).args(server_flag));
-    assert!(listed.contains(r#""version": 1"#), "{listed}");
+    let events: Vec<protocol::admin::EventSummary> = serde_json::from_str(&listed).unwrap();
+    let versions: Vec<u64> = events
+        .iter()
+        .filter(|event| event.topic.as_str() == "event:my-show")
+        .map(|event| event.version)
+        .collect();
+    assert_eq!(versions, [receipt.version], "{listed}");
 
     // SIGTERM drains and exits cleanly.
     let pid = server.child.id().to_string();

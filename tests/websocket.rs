@@ -7,14 +7,14 @@ mod support;
 
 use std::time::Duration;
 
-use client::{ClientError, ConnectOptions, DeviceConnection};
+use client::{ClientError, DeviceConnection};
 use futures_util::future::join_all;
 use protocol::frame::GoawayReason;
 use protocol::{ErrorCode, EventId, ServerFrame, Topic};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn welcome_subscribe_and_receive_a_published_state() {
     let server = TestServer::start().await;
     let event = server.create_event("test-bout").await;
@@ -36,7 +36,7 @@ async fn welcome_subscribe_and_receive_a_published_state() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_sends_the_current_state_only_to_devices_behind() {
     let server = TestServer::start().await;
     let event = server.create_event("catch-up").await;
@@ -64,7 +64,7 @@ async fn catch_up_sends_the_current_state_only_to_devices_behind() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_strictly_increase_under_concurrent_publishes() {
     let server = TestServer::start().await;
     let event = server.create_event("race").await;
@@ -87,7 +87,7 @@ async fn versions_strictly_increase_under_concurrent_publishes() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_one_of_many_subscribers_receives_the_state() {
     let server = TestServer::start().await;
     let event = server.create_event("crowd").await;
@@ -136,129 +136,220 @@ async fn every_one_of_many_subscribers_receives_the_state() {
     server.stop().await;
 }
 
-/// A server on which a device may read nothing for as long as 1500 publishes take on a loaded
-/// machine: with the small default send buffer, a device that reads nothing while a state waits
-/// is otherwise cut off as a slow consumer after the test server's 2 s send timeout.
+/// A server whose sockets to devices have a small send buffer (`send_buffer_bytes`), so a
+/// device that stops reading fills the path to it after a few states, and on which a stalled
+/// device is not cut off as a slow consumer for as long as a test stalls it.
 async fn patient_server() -> TestServer {
     TestServer::start_with(|config| {
+        config.send_buffer_bytes = 8 * 1024;
         config.send_timeout = PROMPTLY;
         config.shutdown_grace = PROMPTLY + Duration::from_secs(1);
     })
     .await
 }
 
-/// A device subscribed to `event` with a small read buffer, so that when it stops reading the
-/// socket between it and the server fills quickly.
-async fn stalling_device(server: &TestServer, name: &str, event: &EventId) -> DeviceConnection {
-    let options = ConnectOptions {
-        read_buffer_bytes: Some(512),
-        ..ConnectOptions::default()
+type RawDevice = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A device on a raw socket with a small receive buffer (SO_RCVBUF), subscribed to `event`
+/// once it has read the `subscribed` answer. It reads nothing more until the test polls its
+/// stream again: a reader that provably stopped.
+async fn stalled_device(server: &TestServer, name: &str, event: &EventId) -> RawDevice {
+    use futures_util::{SinkExt, StreamExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let url = format!("{}?token={}", server.ws_url, device_token(name, 3600));
+    let (mut device, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let subscribe = protocol::ClientFrame::Subscribe {
+        topics: vec![protocol::SubscribeTopic {
+            topic: topic(event),
+            since: 0,
+        }],
     };
-    let mut device =
-        DeviceConnection::connect_with(&server.ws_url, &device_token(name, 3600), &options)
-            .await
-            .unwrap();
-    subscribe(&mut device, &[(topic(event), 0)]).await;
     device
+        .send(Message::text(subscribe.encode()))
+        .await
+        .unwrap();
+    loop {
+        let message = tokio::time::timeout(PROMPTLY, device.next())
+            .await
+            .expect("subscribed in time")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = message {
+            if let ServerFrame::Subscribed { .. } = ServerFrame::decode(&text).unwrap() {
+                return device;
+            }
+        }
+    }
 }
 
-#[tokio::test]
+/// Publishes ~4 KiB states of `event` until the hub has conflated more states than
+/// `conflated_before`: a newer state replaced one still waiting, which happens only while the
+/// socket it waits for takes nothing more (a full socket, the rest of a frame in its backlog).
+/// Returns the newest version published.
+async fn publish_until_a_state_waits(
+    server: &TestServer,
+    event: &EventId,
+    conflated_before: u64,
+) -> u64 {
+    let payload = format!(r#"{{"filler":"{}"}}"#, "x".repeat(4000));
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    let mut newest = 0;
+    while server.metric("ringside_hub_states_conflated_total").await <= conflated_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no state ever waited behind the stalled device's socket"
+        );
+        for _ in 0..5 {
+            newest = server.publish(event, "LIVE", &payload).await.version;
+        }
+    }
+    newest
+}
+
+/// Reads `device` until the server's close: the versions of the states before it, and the
+/// close frame.
+async fn read_states_until_close(
+    device: &mut RawDevice,
+) -> (
+    Vec<u64>,
+    tokio_tungstenite::tungstenite::protocol::CloseFrame,
+) {
+    use futures_util::StreamExt;
+    let mut versions = Vec::new();
+    loop {
+        let message = tokio::time::timeout(PROMPTLY, device.next())
+            .await
+            .expect("frames in time")
+            .expect("a close frame before the end")
+            .expect("whole frames, not a cut");
+        match message {
+            Message::Text(text) => {
+                if let ServerFrame::State(state) = ServerFrame::decode(&text).unwrap() {
+                    versions.push(state.version);
+                }
+            }
+            Message::Close(frame) => return (versions, frame.expect("a close code")),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_closes_behind_a_full_socket_still_gets_every_byte_and_the_close_answer() {
+    use futures_util::SinkExt;
     let server = patient_server().await;
     let event = server.create_event("close-behind").await;
-    let mut device = stalling_device(&server, "closer", &event).await;
-    // The device reads nothing while far more than the socket buffers hold is published, so
-    // the server's side ends with part of a frame waiting for the socket.
-    let payload = format!(r#"{{"filler":"{}"}}"#, "x".repeat(4000));
-    for _ in 0..1500 {
-        server.publish(&event, "LIVE", &payload).await;
-    }
+    let mut device = stalled_device(&server, "closer", &event).await;
+    assert_eq!(
+        server.metric("ringside_hub_states_conflated_total").await,
+        0
+    );
+    // The device reads nothing while states are published until one waits behind its full
+    // socket: the server's side holds a backlog when the close arrives.
+    let newest = publish_until_a_state_waits(&server, &event, 0).await;
     // Then it closes, still without reading: the server's answer queues behind those bytes.
     let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
         code: 1000.into(),
         reason: "bye".into(),
     };
-    device
-        .send_message(Message::Close(Some(close)))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    device.send(Message::Close(Some(close))).await.unwrap();
     // Now it reads: whole states in increasing versions, then the close answer, not a cut.
-    let mut last = 0;
-    let ending = loop {
-        match device.next_frame().await {
-            Ok(ServerFrame::State(state)) => {
-                assert!(state.version > last);
-                last = state.version;
-            }
-            Ok(_) => {}
-            Err(error) => break error,
-        }
-    };
-    assert!(last > 0, "no state arrived before the close");
-    match ending {
-        ClientError::Closed { code, reason } => {
-            assert_eq!((code, reason.as_str()), (1000, "bye"));
-        }
-        other => panic!("expected the close answer, got {other:?}"),
-    }
+    let (versions, answer) = read_states_until_close(&mut device).await;
+    assert!(!versions.is_empty(), "no state arrived before the close");
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    assert!(versions.iter().all(|&version| version <= newest));
+    assert_eq!(
+        (u16::from(answer.code), answer.reason.as_str()),
+        (1000, "bye")
+    );
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_delays_nobody_and_later_gets_the_newest_version() {
+    use futures_util::StreamExt;
     let server = patient_server().await;
     let event = server.create_event("stall").await;
-    let mut stalled = stalling_device(&server, "stalled", &event).await;
+    let mut stalled = stalled_device(&server, "stalled", &event).await;
+    // First the stall: states are published until one waits behind the stalled device's full
+    // socket (it is the only device yet, so the conflation is its own).
+    let stalled_at = publish_until_a_state_waits(&server, &event, 0).await;
+    let superseded_before = server.metric("ringside_hub_states_superseded_total").await;
+
     let mut readers = Vec::new();
     for i in 0..4 {
         let mut device = server.device_named(&format!("reader{i}")).await;
-        subscribe(&mut device, &[(topic(&event), 0)]).await;
-        // Readers read until the final state, the only one with stage ENDED.
+        subscribe(&mut device, &[(topic(&event), stalled_at)]).await;
+        // Readers count the states they read until the final one, the only one with stage
+        // ENDED.
         readers.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
             loop {
                 let state = next_state(&mut device).await;
+                versions.push(state.version);
                 if state.stage.as_str() == "ENDED" {
-                    return state.version;
+                    return versions;
                 }
             }
         }));
     }
-
-    // Far more bytes than the socket buffers between server and stalled client hold.
-    const PUBLISHES: u64 = 1500;
+    // Published one at a time while the stalled device still reads nothing.
+    const PUBLISHES: usize = 40;
     let payload = format!(r#"{{"filler":"{}"}}"#, "x".repeat(4000));
+    let mut published = Vec::new();
     for _ in 1..PUBLISHES {
-        server.publish(&event, "LIVE", &payload).await;
+        published.push(server.publish(&event, "LIVE", &payload).await.version);
     }
     let newest = server.publish(&event, "ENDED", &payload).await.version;
+    published.push(newest);
+    // Every reader gets the same states, in order, up to the newest: all of them but the few
+    // the node itself superseded before their fan-out (which no device gets), so none was
+    // held back behind the stalled socket nor conflated on its own.
+    let mut delivered = Vec::new();
     for reader in readers {
-        assert_eq!(
-            reader.await.unwrap(),
-            newest,
-            "a reader missed the newest version"
+        delivered.push(reader.await.unwrap());
+    }
+    let superseded =
+        server.metric("ringside_hub_states_superseded_total").await - superseded_before;
+    for versions in &delivered {
+        assert_eq!(versions, &delivered[0], "readers got different states");
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+        assert!(versions.iter().all(|version| published.contains(version)));
+        assert_eq!(versions.last(), Some(&newest));
+        let missed = (PUBLISHES - versions.len()) as u64;
+        assert!(
+            missed <= superseded,
+            "a reader missed {missed} of {PUBLISHES} states, the node superseded {superseded}"
         );
     }
 
     // Only now does the stalled device read: it ends at the newest version, in order, having
     // skipped the versions that were superseded while it was not reading.
-    let mut received = 0;
-    let mut last = 0;
-    while last < newest {
-        let version = next_state(&mut stalled).await.version;
-        assert!(version > last);
-        last = version;
-        received += 1;
+    let mut received = Vec::new();
+    while received.last() != Some(&newest) {
+        let message = tokio::time::timeout(PROMPTLY, stalled.next())
+            .await
+            .expect("states in time")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = message {
+            if let ServerFrame::State(state) = ServerFrame::decode(&text).unwrap() {
+                assert!(received.last() < Some(&state.version), "{received:?}");
+                received.push(state.version);
+            }
+        }
     }
-    assert!(
-        received < PUBLISHES,
-        "expected conflation, got all {received} versions"
-    );
-    assert!(server.metric("ringside_hub_states_conflated_total").await > 0);
+    let skipped = published
+        .iter()
+        .filter(|version| !received.contains(version))
+        .count();
+    assert!(skipped > 0, "expected conflation, got all of {received:?}");
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_stops_delivery() {
     let server = TestServer::start().await;
     let a = server.create_event("a").await;
@@ -299,7 +390,7 @@ async fn expect_error_close(
     assert_eq!(close, expected_close);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_an_error_and_the_fitting_close_code_without_harming_others() {
     let server = TestServer::start_with(|config| {
         config.max_topics_per_connection = 3;
@@ -393,7 +484,7 @@ async fn bad_frames_get_an_error_and_the_fitting_close_code_without_harming_othe
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_without_a_valid_token_get_401_and_no_socket() {
     let server = TestServer::start().await;
     let foreign_key = auth::DeviceTokenKey::new(b"some-other-secret-0123456789abcdef").unwrap();
@@ -466,7 +557,7 @@ async fn upgrades_without_a_valid_token_get_401_and_no_socket() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_subscribes_is_closed_with_goaway() {
     let server =
         TestServer::start_with(|config| config.subscribe_timeout = Duration::from_millis(200))
@@ -487,7 +578,7 @@ async fn a_connection_that_never_subscribes_is_closed_with_goaway() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed_and_live_ones_kept() {
     let server = TestServer::start_with(|config| {
         config.heartbeat_interval = Duration::from_millis(100);
@@ -523,7 +614,7 @@ async fn silent_connections_are_closed_and_live_ones_kept() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_sends_goaway_with_spread_reconnect_delays_then_closes() {
     let server =
         TestServer::start_with(|config| config.reconnect_spread = Duration::from_millis(3000))
@@ -567,7 +658,7 @@ async fn shutdown_sends_goaway_with_spread_reconnect_delays_then_closes() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_is_closed_when_its_token_expires() {
     let server = TestServer::start().await;
     let event = server.create_event("expiry").await;
@@ -591,7 +682,7 @@ async fn a_connection_is_closed_when_its_token_expires() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_limit_is_enforced_and_released() {
     let server = TestServer::start_with(|config| config.max_connections = 2).await;
     let first = server.device_named("one").await;
@@ -622,7 +713,7 @@ async fn the_connection_limit_is_enforced_and_released() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_topics_in_one_subscribe_count_once() {
     let server = TestServer::start_with(|config| config.max_topics_per_connection = 1).await;
     let event = server.create_event("once").await;
@@ -642,7 +733,7 @@ async fn repeated_topics_in_one_subscribe_count_once() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_hub_is_not_ready_refuses_upgrades_with_503_until_it_is() {
     // A gateway composed as `ringside serve` composes it, around a hub whose bus feed has not
     // caught up (at startup, or while a failed feed is being reopened).
@@ -726,7 +817,7 @@ async fn a_client_flooding_frames_is_still_closed_when_its_token_expires() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_client_is_closed_for_its_rate_while_a_normal_client_is_untouched() {
     let server = TestServer::start().await;
     let event = server.create_event("flood-rate").await;
@@ -760,7 +851,7 @@ async fn a_flooding_client_is_closed_for_its_rate_while_a_normal_client_is_untou
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_device_holds_at_most_its_connections_and_gets_places_back_as_they_close() {
     let server = TestServer::start().await;
     let token = device_token("greedy", 3600);
@@ -884,7 +975,7 @@ async fn states_read_after_a_stall(server: &TestServer, name: &str, publishes: u
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_stops_reading_is_sent_few_superseded_states() {
     const PUBLISHES: u64 = 600;
     // The device stalls for as long as the 600 publishes take, which on a loaded machine is
@@ -927,7 +1018,7 @@ fn subscribe_to_distinct_topics(bytes: usize) -> String {
     format!(r#"{{"type":"subscribe","topics":[{}]}}"#, entries.join(","))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscribe_of_tens_of_thousands_of_topics_is_refused_promptly() {
     let server = TestServer::start_with(|config| {
         config.max_frame_bytes = 1024 * 1024;
@@ -1057,7 +1148,7 @@ async fn metric_reaches(server: &TestServer, name: &str, at_least: u64) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_sent_goaway_and_close_4008_once_it_reads_again() {
     let server = TestServer::start_with(|config| {
         config.send_buffer_bytes = 4096;
@@ -1162,7 +1253,7 @@ async fn try_upgrade(
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_beyond_the_admission_burst_get_503_with_jittered_retry_after() {
     let server = TestServer::start_with(|config| {
         config.upgrade_rate_per_s = 1;
@@ -1211,7 +1302,7 @@ async fn upgrades_beyond_the_admission_burst_get_503_with_jittered_retry_after()
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_past_its_lifetime_gets_goaway_is_served_through_the_grace_then_closed() {
     let server = TestServer::start_with(|config| {
         config.max_connection_lifetime = Duration::from_millis(800);
@@ -1282,7 +1373,7 @@ fn sub_intervals(
     hit
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_drain_spreads_its_goaways_over_the_window_and_answers_twice_with_progress() {
     const DEVICES: usize = 24;
     let window = Duration::from_secs(2);
@@ -1376,7 +1467,7 @@ async fn an_admin_drain_spreads_its_goaways_over_the_window_and_answers_twice_wi
     assert_eq!(report.sessions_left, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_a_shutdown_drain_healthz_and_upgrades_are_answered_503_not_refused() {
     let server = TestServer::start_with(|config| {
         // 3 sessions at 1 a second: a window of 2 s (the cap), long enough to ask during it.
@@ -1433,7 +1524,7 @@ async fn during_a_shutdown_drain_healthz_and_upgrades_are_answered_503_not_refus
     assert_eq!((report.sessions_cut, report.sessions_left), (0, 0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_stuck_in_a_write_is_cut_at_the_drains_end_and_reported() {
     let server = TestServer::start_with(|config| {
         config.send_buffer_bytes = 4096;
@@ -1489,7 +1580,7 @@ async fn a_session_stuck_in_a_write_is_cut_at_the_drains_end_and_reported() {
     drop(socket);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_told_by_its_lifetime_goaway_counts_as_told_by_the_drain() {
     let server = TestServer::start_with(|config| {
         config.max_connection_lifetime = Duration::from_millis(500);
