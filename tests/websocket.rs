@@ -176,10 +176,10 @@ async fn stalled_device(server: &TestServer, name: &str, event: &EventId) -> Raw
             .expect("subscribed in time")
             .unwrap()
             .unwrap();
-        if let Message::Text(text) = message {
-            if let ServerFrame::Subscribed { .. } = ServerFrame::decode(&text).unwrap() {
-                return device;
-            }
+        if let Message::Text(text) = message
+            && let ServerFrame::Subscribed { .. } = ServerFrame::decode(&text).unwrap()
+        {
+            return device;
         }
     }
 }
@@ -334,11 +334,11 @@ async fn a_stalled_reader_delays_nobody_and_later_gets_the_newest_version() {
             .expect("states in time")
             .unwrap()
             .unwrap();
-        if let Message::Text(text) = message {
-            if let ServerFrame::State(state) = ServerFrame::decode(&text).unwrap() {
-                assert!(received.last() < Some(&state.version), "{received:?}");
-                received.push(state.version);
-            }
+        if let Message::Text(text) = message
+            && let ServerFrame::State(state) = ServerFrame::decode(&text).unwrap()
+        {
+            assert!(received.last() < Some(&state.version), "{received:?}");
+            received.push(state.version);
         }
     }
     let skipped = published
