@@ -248,7 +248,7 @@ const MATERIALIZE_BATCH: usize = 2_000;
 /// /// control plane's event store).
 /// struct Events(Vec<LiveEvent>);
 /// impl EventSource for Events {
-///     fn events(&self) -> broadcaster::BoxFuture<'_, Vec<LiveEvent>> {
+///     fn events(&self) -> futures_util::future::BoxFuture<'_, Vec<LiveEvent>> {
 ///         let events = self.0.clone();
 ///         Box::pin(async move { events })
 ///     }
