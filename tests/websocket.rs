@@ -934,24 +934,10 @@ async fn one_device_holds_at_most_its_connections_and_gets_places_back_as_they_c
 /// `publishes` states of ~4 KiB are published; returns how many states it reads once it reads
 /// again, up to the newest.
 async fn states_read_after_a_stall(server: &TestServer, name: &str, publishes: u64) -> u64 {
+    use futures_util::StreamExt;
     let event = server.create_event(name).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
     // Small on the device's side too, so that what piles up is what the server sent.
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let url = format!("{}?token={}", server.ws_url, device_token(name, 3600));
-    let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    use futures_util::{SinkExt, StreamExt};
-    let subscribe = protocol::ClientFrame::Subscribe {
-        topics: vec![protocol::SubscribeTopic {
-            topic: topic(&event),
-            since: 0,
-        }],
-    };
-    socket
-        .send(Message::text(subscribe.encode()))
-        .await
-        .unwrap();
+    let mut socket = stalled_device(server, name, &event).await;
     let payload = format!(r#"{{"filler":"{}"}}"#, "x".repeat(4000));
     let mut newest = 0;
     for _ in 0..publishes {
@@ -1157,22 +1143,8 @@ async fn a_slow_consumer_is_sent_goaway_and_close_4008_once_it_reads_again() {
     .await;
     let event = server.create_event("slow-consumer").await;
     // A raw client with a small receive buffer, which stops reading right after `subscribed`.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let url = format!("{}?token={}", server.ws_url, device_token("slow", 3600));
-    let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    use futures_util::{SinkExt, StreamExt};
-    let subscribe = protocol::ClientFrame::Subscribe {
-        topics: vec![protocol::SubscribeTopic {
-            topic: topic(&event),
-            since: 0,
-        }],
-    };
-    socket
-        .send(Message::text(subscribe.encode()))
-        .await
-        .unwrap();
+    let mut socket = stalled_device(&server, "slow", &event).await;
+    use futures_util::StreamExt;
     // Far more than the socket buffers between the two hold, while the client reads nothing
     // (its stream is not polled at all until the server has given up on it). Publishing goes on
     // until a state waits for the full socket past the send timeout: a socket that is full
@@ -1534,22 +1506,7 @@ async fn a_session_stuck_in_a_write_is_cut_at_the_drains_end_and_reported() {
     .await;
     let event = server.create_event("stuck-at-drain").await;
     // A raw client with a small receive buffer that never reads after subscribing.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let url = format!("{}?token={}", server.ws_url, device_token("stuck", 3600));
-    let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    use futures_util::SinkExt;
-    let subscribe = protocol::ClientFrame::Subscribe {
-        topics: vec![protocol::SubscribeTopic {
-            topic: topic(&event),
-            since: 0,
-        }],
-    };
-    socket
-        .send(Message::text(subscribe.encode()))
-        .await
-        .unwrap();
+    let socket = stalled_device(&server, "stuck", &event).await;
     // Far more than the socket buffers hold, and more still while the node drains, so that
     // the session always waits on a write to the full socket.
     let payload = format!(r#"{{"filler":"{}"}}"#, "x".repeat(4000));
