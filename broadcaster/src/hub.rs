@@ -400,14 +400,15 @@ type UnpublishedTopics = HashMap<Topic, HashMap<u64, Arc<Mailbox>>>;
 /// use broadcaster::{Applied, Hub, HubMetrics, Mailbox};
 /// use protocol::{EventState, Payload, Priority, Stage, Topic};
 ///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let hub = Hub::new(HubMetrics::new(&telemetry::Registry::new()));
-/// let topic = Topic::parse("event:fight-night").unwrap();
+/// let topic = Topic::parse("event:fight-night")?;
 /// let live = EventState {
 ///     topic: topic.clone(),
 ///     version: 7,
-///     stage: Stage::parse("LIVE").unwrap(),
+///     stage: Stage::parse("LIVE")?,
 ///     published_at_ms: protocol::unix_now_ms(),
-///     payload: Payload::parse(r#"{"hero":"main-card"}"#).unwrap(),
+///     payload: Payload::parse(r#"{"hero":"main-card"}"#)?,
 ///     priority: Priority::Critical,
 ///     fetch_within_ms: None,
 /// };
@@ -415,7 +416,7 @@ type UnpublishedTopics = HashMap<Topic, HashMap<u64, Arc<Mailbox>>>;
 /// // A connection subscribes (its mailbox opens the topic with the version it holds, 0: none).
 /// let mailbox = Mailbox::new();
 /// mailbox.open(&topic, 0);
-/// hub.subscribe(&topic, 1, &mailbox).unwrap();
+/// hub.subscribe(&topic, 1, &mailbox)?;
 ///
 /// // The state is made current and offered to the one subscriber; the same version again is
 /// // stale.
@@ -433,9 +434,11 @@ type UnpublishedTopics = HashMap<Topic, HashMap<u64, Arc<Mailbox>>>;
 /// // A connection subscribing later is offered the current state as a catch-up.
 /// let late = Mailbox::new();
 /// late.open(&topic, 0);
-/// hub.subscribe(&topic, 2, &late).unwrap();
+/// hub.subscribe(&topic, 2, &late)?;
 /// late.take_pending(&mut pending);
-/// assert!(pending.last().unwrap().catch_up);
+/// assert!(pending.last().is_some_and(|delivery| delivery.catch_up));
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Debug)]
 pub struct Hub {

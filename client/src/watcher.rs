@@ -121,7 +121,7 @@ fn accept(versions: &mut HashMap<Topic, LaneVersions>, state: &EventState) -> bo
 /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
 /// # let url = format!("ws://{}/v1/ws", listener.local_addr().unwrap());
 /// # let node = tokio::spawn(stand_in_node(listener));
-/// let topic = Topic::parse("event:fight-night").unwrap();
+/// let topic = Topic::parse("event:fight-night").expect("a valid topic name");
 /// // A device token, e.g. from `ringside token --device tv-1 --profile p-1` (this node takes any).
 /// let token = "device-token".to_string();
 /// let mut watcher = Watcher::new(WatcherConfig::new(vec![url], token, vec![topic.clone()]));
