@@ -895,12 +895,14 @@ async fn one_device_holds_at_most_its_connections_and_gets_places_back_as_they_c
     // Other devices are not affected.
     let _other = server.device_named("modest").await;
 
+    // The client's close handshake can finish before the node's session task has ended and
+    // given the place back, so a 429 right after it is the race, not a leak: retry until then.
     held.pop().unwrap().close().await.unwrap();
     let deadline = tokio::time::Instant::now() + PROMPTLY;
     loop {
         match DeviceConnection::connect(&server.ws_url, &token).await {
             Ok(again) => break held.push(again),
-            Err(ClientError::Refused { status: 503, .. }) => {
+            Err(ClientError::Refused { status: 429, .. }) => {
                 assert!(
                     tokio::time::Instant::now() < deadline,
                     "place never released"
