@@ -1,8 +1,8 @@
 //! A gateway node in its fleet: the [`Gateway`] with the tasks that keep it current and known.
 //!
-//! A [`Node`] starts its hub from the event store's current states ([`seed_hub`]), then reads
-//! the bus until it is caught up. With a [`Fleet`] (a deployment that shares an event store and
-//! a node registry, Redis in Ringside's binary) it also runs:
+//! A [`Node`] builds the hub and the gateway and reads the bus until it is caught up. With a
+//! [`Fleet`] (a deployment that shares an event store and a node registry, Redis in Ringside's
+//! binary) it first seeds its hub from the store's current states ([`seed_hub`]), and it runs:
 //! - the reconciler: every [`RECONCILE_INTERVAL`] it compares the hub with the store and
 //!   applies what the bus lost, after a second look ([`RECONCILE_SECOND_LOOK`]);
 //! - the node reports: a heartbeat to the [`FleetRegistry`], which also picks up drains an
