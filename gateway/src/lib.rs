@@ -8,6 +8,9 @@
 //!   is written by the fan-out itself, without waking the task); heartbeats, idle and
 //!   slow-consumer cut-offs and the goaway before every server-initiated close live here.
 //! - [`metrics`]: the node's counters for `/metrics`.
+//! - [`fleet`]: the [`fleet::Node`] a process runs: the gateway with its bus consumer, and in a
+//!   fleet the tasks that seed it from the event store, reconcile with it and report to the
+//!   node registry (backends behind small traits the binary implements).
 //! - `rate`: the GCRA budgets of a connection's inbound rates and of the node's upgrade
 //!   admission.
 //!
@@ -21,6 +24,7 @@
 
 pub mod config;
 mod device_sessions;
+pub mod fleet;
 pub mod metrics;
 mod rate;
 pub mod session;
