@@ -4,13 +4,13 @@
 //! The task waits on four things at once: node drain, pending states, the next client frame and
 //! its next deadline (heartbeat, idle cut-off, token expiry, or its planned farewell: the goaway
 //! at the end of its lifetime or at its moment of a drain, then the close a grace period
-//! later). Deadlines are also checked on every turn of the loop, so that a client whose frames never let the socket run dry cannot
-//! starve them; and every client frame (pings and pongs included) is charged to the
-//! connection's inbound rate limit, so that such a client is closed instead. A live state that reaches an
-//! idle connection never wakes the task: the fan-out writes it to the socket itself. The task
-//! writes what had to wait (a catch-up state, or a state that met a full socket) as the same
-//! shared frame the hub encoded, and flushes once.
-//! Whatever way the task ends (return, error, panic), dropping the [`Session`] unsubscribes its
+//! later). Deadlines are also checked on every turn of the loop, so that a client whose frames
+//! never let the socket run dry cannot starve them; and every client frame (pings and pongs
+//! included) is charged to the connection's inbound rate limit, so that such a client is closed
+//! instead. A live state that reaches an idle connection never wakes the task: the fan-out
+//! writes it to the socket itself. The task writes what had to wait (a catch-up state, or a
+//! state that met a full socket) as the same shared frame the hub encoded, and flushes once.
+//! Whatever way the task ends (return, error, panic), dropping the `Session` unsubscribes its
 //! topics and releases its place under the connection limit.
 
 use std::sync::Arc;
