@@ -1,5 +1,4 @@
 //! The `ringside` binary itself: serve, the operator CLI and `watch`, as a user runs them.
-#![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -1,14 +1,11 @@
-#![allow(clippy::unwrap_used)]
 //! The Rust client's watcher against a real node that refuses it: it must not come back before
 //! the node's `Retry-After`.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use client::watcher::WatchEvent;
 use client::{Watcher, WatcherConfig};
-use support::*;
 use tokio::time::Instant;
 
 #[tokio::test]

@@ -6,19 +6,15 @@
 //! - [`ws`]: WebSocket frames and connections.
 //! - [`graphql`]: prefetch GraphQL requests.
 //! - [`http`]: the admin API and the HTTP layer under every endpoint.
-#![allow(clippy::unwrap_used)]
-#![allow(missing_debug_implementations)] // test harness types, never logged
-
-#[path = "../support/mod.rs"]
-mod support;
 
 mod graphql;
 mod http;
+pub(crate) mod raw_ws;
 mod ws;
 
+use crate::support::{TestServer, next_state, subscribe};
 use client::DeviceConnection;
 use protocol::EventId;
-use support::{TestServer, next_state, subscribe};
 
 /// A well-behaved device that stays connected while the hostile rows run, and the event it
 /// follows. After each row, [`Bystander::assert_unharmed`] proves the node still serves it.

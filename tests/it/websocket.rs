@@ -1,17 +1,14 @@
-#![allow(clippy::unwrap_used)]
 //! Protocol v1 over real WebSocket connections to a real server.
 
-#[path = "hostile/raw_ws.rs"]
-mod raw_ws;
-mod support;
+use crate::hostile::raw_ws;
 
 use std::time::Duration;
 
+use crate::support::*;
 use client::{ClientError, DeviceConnection};
 use futures_util::future::join_all;
 use protocol::frame::GoawayReason;
 use protocol::{ErrorCode, EventId, ServerFrame, Topic};
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,24 +1,23 @@
-//! Hostile rows: ws. See `main.rs` for what every row must keep true.
+//! Hostile rows: ws. See `mod.rs` for what every row must keep true.
 //!
 //! One server runs every row, with limits shrunk so that the rows stay fast: a 1 s header read
 //! timeout, a 500 ms subscribe timeout and 64 KiB frames (room for thousands of topics in one
 //! subscribe). Each row uses a device id of its own.
-
-#[path = "raw_ws.rs"]
-mod raw_ws;
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 
+use super::raw_ws::{
+    self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, RawWs, frame, text,
+};
 use protocol::frame::GoawayReason;
 use protocol::{ErrorCode, ServerFrame};
-use raw_ws::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, RawWs, frame, text};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::Bystander;
+use super::Bystander;
 use crate::support::{PROMPTLY, TestServer, device_token};
 
 const MAX_FRAME_BYTES: usize = 64 * 1024;

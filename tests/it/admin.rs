@@ -1,11 +1,8 @@
-#![allow(clippy::unwrap_used)]
 //! The admin API and the operational endpoints over real HTTP.
 
-mod support;
-
+use crate::support::*;
 use client::http::{HttpResponse, call};
 use protocol::admin::{ApiError, ApiErrorCode, EventList, EventSummary};
-use support::*;
 
 async fn admin_call(server: &TestServer, method: &str, path: &str, body: &str) -> HttpResponse {
     let bearer = format!("Bearer {ADMIN_TOKEN}");

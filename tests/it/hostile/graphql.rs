@@ -1,4 +1,4 @@
-//! Hostile rows: prefetch GraphQL requests. See `main.rs` for what every row must keep true.
+//! Hostile rows: prefetch GraphQL requests. See `mod.rs` for what every row must keep true.
 //!
 //! Requests go out as raw HTTP/1.1 bytes so that rows can send what no well-behaved client
 //! would: wrong content types, no token, URIs of a megabyte, bodies of megabytes.
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::Bystander;
+use super::Bystander;
 use crate::support::{PROMPTLY, TestServer, device_token};
 
 /// What one row sends.

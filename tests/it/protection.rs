@@ -7,17 +7,14 @@
 //! Overload is forced deterministically: a fixed concurrency limit (min = max) and requests held
 //! in flight by bodies that never arrive (the handler waits for them after its credentials
 //! check), counted through `/metrics`, which protection never limits.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::time::Duration;
 
+use crate::support::*;
 use protection::ProtectionConfig;
 use protocol::PRIORITY_HEADER;
 use protocol::admin::{ProtectionMode, ProtectionStatus, RulesetMode, RulesetReason};
 use serde_json::Value;
-use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

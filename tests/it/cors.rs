@@ -1,12 +1,9 @@
-#![allow(clippy::unwrap_used)]
 //! CORS for `/graphql` over real HTTP: a web app on an allowed origin gets its preflight
 //! answered and its responses readable, protection's refusals included; any other origin, and
 //! every other route, gets no CORS header; a server without origins configured sends none.
 
-mod support;
-
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 const APP: &str = "https://tv.example.com";
 

@@ -1,16 +1,13 @@
 //! The control plane's store in the machine's Redis (each test under its own key prefix):
 //! versions from several instances, persistence across restarts, and a clear 503 when Redis is
 //! gone.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::collections::HashSet;
 
+use crate::support::*;
 use control::{EventStore, RedisEventStore};
 use protocol::admin::CreateEvent;
 use protocol::{EventId, Payload, Stage};
-use support::*;
 
 fn event(id: &str) -> CreateEvent {
     CreateEvent {

@@ -1,11 +1,8 @@
-#![allow(clippy::unwrap_used)]
 //! The ops console's files, served by a real server from the files embedded in the binary.
 
-mod support;
-
+use crate::support::*;
 use client::http::{HttpResponse, call};
 use protocol::admin::{ApiError, ApiErrorCode};
-use support::*;
 
 async fn get(server: &TestServer, path: &str) -> HttpResponse {
     call(&server.base, "GET", path, &[], None)

@@ -1,13 +1,10 @@
-#![allow(clippy::unwrap_used)]
 //! Topics a device may name: made-up ones are cheap, bounded per node, and never crowd out the
 //! topics that are published.
 
-mod support;
-
+use crate::support::*;
 use futures_util::future::join_all;
 use protocol::admin::PublishReceipt;
 use protocol::{EventId, EventState, ServerFrame, Topic};
-use support::*;
 
 /// The node's budget of topics subscribed to but never published, in this test.
 const UNPUBLISHED_TOPIC_BUDGET: usize = 1024;

@@ -1,16 +1,13 @@
-#![allow(clippy::unwrap_used)]
 //! The delivery report of every broadcast, `PATCH /v1/admin/events/{id}` and the admin event
 //! stream, against a real server with real WebSocket devices.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use client::http::call;
 use http_body_util::BodyExt;
 use protocol::admin::{ApiError, ApiErrorCode, BroadcastReport, EventSummary};
 use protocol::{EventId, Stage};
-use support::*;
 
 /// The report of `version`, once `done` holds for it (acks travel on their own; the report is
 /// read again until they arrived, bounded by [`PROMPTLY`]).

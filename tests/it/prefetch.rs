@@ -1,13 +1,10 @@
-#![allow(clippy::unwrap_used)]
 //! The prefetch GraphQL service over real HTTP, with the machine's real Redis where a test
 //! needs one (each test under its own key prefix, removed at the end).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 
 const FULL_PREFETCH: &str = r#"{
   prefetch {
@@ -286,7 +283,7 @@ async fn bad_requests_get_stable_codes() {
     }
 
     // HTTP-level refusals.
-    let expired = support::device_token("late", -5);
+    let expired = crate::support::device_token("late", -5);
     let (response, body) = server
         .graphql(&expired, json!({ "query": "{ prefetch { profileId } }" }))
         .await;

@@ -8,7 +8,7 @@ use protocol::admin::ApiError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::Bystander;
+use super::Bystander;
 use crate::support::{ADMIN_TOKEN, PROMPTLY, TestServer};
 
 /// One request and the answer it must get.

@@ -1,6 +1,6 @@
 //! Shared by the integration tests: a real server on port 0, composed exactly as `ringside
 //! serve` composes it, and real clients.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code)]
 
 pub mod cluster;
 

@@ -1,16 +1,15 @@
 //! Ringside across processes: three gateway nodes and one or two control instances on a real
 //! Kafka-protocol broker (tansu) and Redis, devices spread over the nodes, and the faults the
 //! tier must survive: a killed node, a paused broker, a broker that restarts empty, Redis down.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::time::Duration;
 
+use crate::support::cluster::{Cluster, Node, eventually};
+use crate::support::{
+    OwnRedis, PROMPTLY, RedisKeys, create_event, device_token, next_state, subscribe,
+};
 use client::{DeviceConnection, Watcher, WatcherConfig, watcher::WatchEvent};
 use protocol::{EventId, Topic};
-use support::cluster::{Cluster, Node, eventually};
-use support::{OwnRedis, PROMPTLY, RedisKeys, create_event, device_token, next_state, subscribe};
 
 /// Long enough for a node registry entry to expire and a few heartbeats to land.
 const REGISTRY_WAIT: Duration = Duration::from_secs(20);
@@ -397,7 +396,7 @@ async fn with_redis_down_devices_are_served_prefetch_is_stale_and_the_registry_r
 }
 
 async fn drain_request(control: &Node, node: &str) -> client::http::HttpResponse {
-    let bearer = format!("Bearer {}", support::ADMIN_TOKEN);
+    let bearer = format!("Bearer {}", crate::support::ADMIN_TOKEN);
     let path = format!("/v1/admin/nodes/{node}/drain");
     client::http::call(
         &control.base,
