@@ -12,7 +12,7 @@ use ringside::server::Role;
 
 use cli::content::{DatasetArgs, MaterializeArgs};
 use cli::ops::{ClientArgs, EventCommand, TokenArgs, WatchArgs};
-use cli::serve::ServeArgs;
+use cli::serve::{ControlRoleArgs, GatewayRoleArgs, ServeArgs};
 
 #[derive(Parser)]
 #[command(
@@ -31,10 +31,10 @@ enum Command {
     /// are configured).
     Serve(Box<ServeArgs>),
     /// Run a WebSocket gateway node that follows the Kafka bus (needs RINGSIDE_KAFKA_BROKERS).
-    Gateway(Box<ServeArgs>),
+    Gateway(Box<GatewayRoleArgs>),
     /// Run a control-plane instance: the admin API and prefetch GraphQL (needs
     /// RINGSIDE_KAFKA_BROKERS and RINGSIDE_REDIS_URL; run several).
-    Control(Box<ServeArgs>),
+    Control(Box<ControlRoleArgs>),
     /// Print a device token (or, with --admin, the admin token).
     Token(TokenArgs),
     /// Operate events through the admin API.
@@ -74,9 +74,21 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Serve(args) => cli::serve::run_serve(*args, Role::All).await,
-        Command::Gateway(args) => cli::serve::run_serve(*args, Role::Gateway).await,
-        Command::Control(args) => cli::serve::run_serve(*args, Role::Control).await,
+        Command::Serve(args) => {
+            cli::serve::run_serve(
+                &args.node,
+                Some(&args.gateway),
+                Some(&args.control),
+                Role::All,
+            )
+            .await
+        }
+        Command::Gateway(args) => {
+            cli::serve::run_serve(&args.node, Some(&args.gateway), None, Role::Gateway).await
+        }
+        Command::Control(args) => {
+            cli::serve::run_serve(&args.node, None, Some(&args.control), Role::Control).await
+        }
         Command::Token(args) => cli::ops::run_token(args),
         Command::Event(command) => cli::ops::run_event(command).await,
         Command::Stats(client) => cli::ops::run_stats(client).await,

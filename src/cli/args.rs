@@ -1,5 +1,5 @@
-//! The flag groups several commands share: prefetch content, secrets, the Kafka bus, protection
-//! and the follow-up fetch window. Each turns its flags into the library's typed config.
+//! The flag groups several commands share: the catalog, Redis, prefetch, secrets, the Kafka
+//! bus, protection and the follow-up fetch window, each under its own `--help` heading. Each turns its flags into the library's typed config.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,28 +15,42 @@ use ringside::content::{DatasetSource, MaterializeMode, StoreSetup};
 use ringside::secrets::{self, Secrets};
 use ringside::server::{BusSetup, PrefetchSetup};
 
-/// Where prefetch content comes from (shared by `serve` and `materialize`).
+/// Where prefetch content comes from and where it is kept (`materialize`).
 #[derive(Args)]
 pub(crate) struct ContentArgs {
-    /// Load the catalog from JSON lines in this folder instead of generating it.
-    #[arg(long, env = "RINGSIDE_CATALOG_DIR")]
-    catalog_dir: Option<PathBuf>,
-    #[arg(long, env = "RINGSIDE_DATASET_TITLES", default_value_t = 20_000)]
-    dataset_titles: usize,
-    #[arg(long, env = "RINGSIDE_DATASET_PROFILES", default_value_t = 200_000)]
-    dataset_profiles: usize,
-    #[arg(long, env = "RINGSIDE_DATASET_SEED", default_value_t = 7)]
-    dataset_seed: u64,
-    /// Keep materialized pages in Redis (shared by every prefetch node) instead of memory.
-    #[arg(long, env = "RINGSIDE_REDIS_URL")]
-    redis_url: Option<String>,
-    /// Prefix of every Redis key Ringside writes.
-    #[arg(long, env = "RINGSIDE_REDIS_PREFIX", default_value = "ringside:")]
-    redis_prefix: String,
+    #[command(flatten)]
+    catalog: CatalogArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
 }
 
 impl ContentArgs {
     pub(crate) fn dataset(&self) -> DatasetSource {
+        self.catalog.dataset()
+    }
+
+    pub(crate) fn store(&self) -> StoreSetup {
+        self.redis.store()
+    }
+}
+
+/// The catalog prefetch serves: loaded from files, or generated.
+#[derive(Args)]
+#[command(next_help_heading = "Catalog")]
+struct CatalogArgs {
+    /// Load the catalog from JSON lines in this folder instead of generating it.
+    #[arg(long, env = "RINGSIDE_CATALOG_DIR")]
+    catalog_dir: Option<PathBuf>,
+    #[arg(long, env = "RINGSIDE_DATASET_TITLES", default_value_t = DatasetSize::default().titles)]
+    dataset_titles: usize,
+    #[arg(long, env = "RINGSIDE_DATASET_PROFILES", default_value_t = DatasetSize::default().profiles)]
+    dataset_profiles: usize,
+    #[arg(long, env = "RINGSIDE_DATASET_SEED", default_value_t = DatasetSize::default().seed)]
+    dataset_seed: u64,
+}
+
+impl CatalogArgs {
+    fn dataset(&self) -> DatasetSource {
         match &self.catalog_dir {
             Some(dir) => DatasetSource::Directory(dir.clone()),
             None => DatasetSource::Generated(DatasetSize {
@@ -46,7 +60,23 @@ impl ContentArgs {
             }),
         }
     }
+}
 
+/// Redis: events, versions, the node registry and prefetch pages, shared by every node.
+/// Unset, a process keeps them in memory.
+#[derive(Args)]
+#[command(next_help_heading = "Redis")]
+pub(crate) struct RedisArgs {
+    /// Keep events, the node registry and materialized pages in Redis (shared by every node)
+    /// instead of memory.
+    #[arg(long, env = "RINGSIDE_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key Ringside writes.
+    #[arg(long, env = "RINGSIDE_REDIS_PREFIX", default_value = "ringside:")]
+    redis_prefix: String,
+}
+
+impl RedisArgs {
     pub(crate) fn store(&self) -> StoreSetup {
         match &self.redis_url {
             Some(url) => StoreSetup::Redis {
@@ -58,10 +88,12 @@ impl ContentArgs {
     }
 }
 
+/// The prefetch service of a control plane.
 #[derive(Args)]
+#[command(next_help_heading = "Prefetch")]
 pub(crate) struct PrefetchArgs {
     #[command(flatten)]
-    content: ContentArgs,
+    catalog: CatalogArgs,
     /// When pages are computed: in the background after startup, or only on demand.
     #[arg(long, env = "RINGSIDE_MATERIALIZE", default_value = "background")]
     materialize: MaterializeArg,
@@ -185,8 +217,9 @@ enum MaterializeArg {
 }
 
 impl PrefetchArgs {
-    /// The prefetch setup these flags give; `ServeConfig::validate` checks it.
-    pub(crate) fn setup(&self, production: bool) -> PrefetchSetup {
+    /// The prefetch setup these flags give, its pages kept in `store`; `ServeConfig::validate`
+    /// checks it.
+    pub(crate) fn setup(&self, production: bool, store: StoreSetup) -> PrefetchSetup {
         let defaults = PrefetchConfig::default();
         let secs =
             |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_secs);
@@ -247,12 +280,26 @@ impl PrefetchArgs {
         };
         PrefetchSetup {
             config,
-            dataset: self.content.dataset(),
-            store: self.content.store(),
+            dataset: self.catalog.dataset(),
+            store,
             materialize: match self.materialize {
                 MaterializeArg::Background => MaterializeMode::Background,
                 MaterializeArg::OnDemand => MaterializeMode::OnDemand,
             },
+        }
+    }
+
+    /// The prefetch setup of a role that serves no prefetch (`gateway`): the library's
+    /// defaults, with `store` deciding where events and the node registry live.
+    pub(crate) fn unused_setup(production: bool, store: StoreSetup) -> PrefetchSetup {
+        PrefetchSetup {
+            config: PrefetchConfig {
+                graphiql: !production,
+                ..PrefetchConfig::default()
+            },
+            dataset: DatasetSource::Generated(DatasetSize::default()),
+            store,
+            materialize: MaterializeMode::OnDemand,
         }
     }
 }
@@ -262,6 +309,7 @@ impl PrefetchArgs {
 /// `RINGSIDE_DEVICE_TOKEN_SECRET` / `RINGSIDE_DEVICE_TOKEN_SECRET_FILE` and
 /// `RINGSIDE_ADMIN_TOKEN` / `RINGSIDE_ADMIN_TOKEN_FILE`.
 #[derive(Args)]
+#[command(next_help_heading = "Secrets")]
 pub(crate) struct SecretArgs {
     /// Where development secrets are kept.
     #[arg(long, env = "RINGSIDE_STATE_DIR")]
@@ -309,6 +357,7 @@ impl SecretArgs {
 
 /// Tier 1 on Kafka. Unset, the process uses its embedded in-memory bus.
 #[derive(Args)]
+#[command(next_help_heading = "Kafka")]
 pub(crate) struct KafkaArgs {
     /// Kafka bootstrap servers (comma-separated host:port); switches tier 1 to Kafka.
     #[arg(long, env = "RINGSIDE_KAFKA_BROKERS")]
@@ -363,6 +412,7 @@ impl KafkaArgs {
 
 /// Protection of the node under overload (docs/OPERATIONS.md, "Protection").
 #[derive(Args)]
+#[command(next_help_heading = "Protection")]
 pub(crate) struct ProtectionArgs {
     /// on: limit concurrency and shed the lowest classes first; off: measure only, never
     /// refuse (for side-by-side runs).
@@ -474,6 +524,7 @@ impl ProtectionArgs {
 /// How the control plane sizes the default `fetch_within_ms` of stage states (see
 /// `control::fetch_window`).
 #[derive(Args)]
+#[command(next_help_heading = "Follow-up fetch window")]
 pub(crate) struct FetchWindowArgs {
     #[arg(
         long,

@@ -14,10 +14,16 @@ use ringside::server::{BusSetup, Role};
 use ringside::{ServeConfig, serve};
 use tokio_util::sync::CancellationToken;
 
-use super::args::{FetchWindowArgs, KafkaArgs, PrefetchArgs, ProtectionArgs, SecretArgs};
+use protection::ProtectionConfig;
 
+use super::args::{
+    FetchWindowArgs, KafkaArgs, PrefetchArgs, ProtectionArgs, RedisArgs, SecretArgs,
+};
+
+/// What every role takes: where it listens, its HTTP bounds, secrets, the bus, Redis and
+/// protection, and the node's identity and drain deadline.
 #[derive(Args)]
-pub(crate) struct ServeArgs {
+pub(crate) struct NodeArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "RINGSIDE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -27,6 +33,31 @@ pub(crate) struct ServeArgs {
     /// Allow development secrets on a non-loopback listen address.
     #[arg(long, env = "RINGSIDE_DEV")]
     dev: bool,
+    /// This node's id (default: host name and a random suffix).
+    #[arg(long, env = "RINGSIDE_NODE_ID")]
+    node_id: Option<String>,
+    #[arg(
+        long,
+        env = "RINGSIDE_SHUTDOWN_GRACE_MS",
+        help = "Drain deadline: holds the drain window, the goaway grace and a 2 s close [default: 70000]"
+    )]
+    shutdown_grace_ms: Option<u64>,
+    #[command(flatten)]
+    http: HttpArgs,
+    #[command(flatten)]
+    secrets: SecretArgs,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    protection: ProtectionArgs,
+}
+
+/// Bounds of the HTTP server every role runs.
+#[derive(Args)]
+#[command(next_help_heading = "HTTP")]
+struct HttpArgs {
     #[arg(
         long,
         env = "RINGSIDE_MAX_PENDING_CONNECTIONS",
@@ -51,37 +82,33 @@ pub(crate) struct ServeArgs {
         help = "Largest request line and headers; 431 beyond [default: 65536]"
     )]
     max_request_head_bytes: Option<usize>,
-    #[command(flatten)]
-    secrets: SecretArgs,
-    #[command(flatten)]
-    prefetch: PrefetchArgs,
-    #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    protection: ProtectionArgs,
-    #[command(flatten)]
-    fetch_window: FetchWindowArgs,
-    #[arg(
-        long,
-        env = "RINGSIDE_ADMIN_STREAMS_MAX",
-        help = "Admin event streams (GET /v1/admin/stream) open at once on this instance [default: 32]"
-    )]
-    admin_streams_max: Option<usize>,
-    #[arg(
-        long,
-        env = "RINGSIDE_ADMIN_STREAM_CHECK_MS",
-        help = "How often an admin event stream checks for changes [default: 500]"
-    )]
-    admin_stream_check_ms: Option<u64>,
-    #[arg(
-        long,
-        env = "RINGSIDE_ADMIN_STREAM_MAX_LIFETIME_S",
-        help = "How long an admin event stream lives before it ends (±10 %); the console reconnects [default: 1800]"
-    )]
-    admin_stream_max_lifetime_s: Option<u64>,
-    /// This node's id (default: host name and a random suffix).
-    #[arg(long, env = "RINGSIDE_NODE_ID")]
-    node_id: Option<String>,
+}
+
+impl HttpArgs {
+    fn config(&self, protection: ProtectionConfig) -> HttpConfig {
+        let defaults = HttpConfig::default();
+        HttpConfig {
+            max_pending_connections: self
+                .max_pending_connections
+                .unwrap_or(defaults.max_pending_connections),
+            header_read_timeout: self
+                .header_read_timeout_ms
+                .map_or(defaults.header_read_timeout, Duration::from_millis),
+            body_read_timeout: self
+                .body_read_timeout_ms
+                .map_or(defaults.body_read_timeout, Duration::from_millis),
+            max_request_head_bytes: self
+                .max_request_head_bytes
+                .unwrap_or(defaults.max_request_head_bytes),
+            protection,
+        }
+    }
+}
+
+/// The device sessions of a gateway node (`serve` and `gateway`).
+#[derive(Args)]
+#[command(next_help_heading = "Gateway")]
+pub(crate) struct GatewayArgs {
     #[arg(
         long,
         env = "RINGSIDE_HEARTBEAT_MS",
@@ -120,12 +147,6 @@ pub(crate) struct ServeArgs {
     send_timeout_ms: Option<u64>,
     #[arg(long, env = "RINGSIDE_MAX_CONNECTIONS", help = "[default: 250000]")]
     max_connections: Option<u64>,
-    #[arg(
-        long,
-        env = "RINGSIDE_SHUTDOWN_GRACE_MS",
-        help = "Drain deadline: holds the drain window, the goaway grace and a 2 s close [default: 70000]"
-    )]
-    shutdown_grace_ms: Option<u64>,
     #[arg(
         long,
         env = "RINGSIDE_RECONNECT_SPREAD_MS",
@@ -202,8 +223,89 @@ pub(crate) struct ServeArgs {
     gateway_protection: GatewayProtectionArgs,
 }
 
+/// The admin API and prefetch GraphQL of a control plane (`serve` and `control`).
+#[derive(Args)]
+pub(crate) struct ControlArgs {
+    #[command(flatten)]
+    prefetch: PrefetchArgs,
+    #[command(flatten)]
+    fetch_window: FetchWindowArgs,
+    #[command(flatten)]
+    admin_stream: AdminStreamArgs,
+}
+
+/// Bounds of `GET /v1/admin/stream`.
+#[derive(Args)]
+#[command(next_help_heading = "Admin event stream")]
+struct AdminStreamArgs {
+    #[arg(
+        long,
+        env = "RINGSIDE_ADMIN_STREAMS_MAX",
+        help = "Admin event streams (GET /v1/admin/stream) open at once on this instance [default: 32]"
+    )]
+    admin_streams_max: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_ADMIN_STREAM_CHECK_MS",
+        help = "How often an admin event stream checks for changes [default: 500]"
+    )]
+    admin_stream_check_ms: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_ADMIN_STREAM_MAX_LIFETIME_S",
+        help = "How long an admin event stream lives before it ends (±10 %); the console reconnects [default: 1800]"
+    )]
+    admin_stream_max_lifetime_s: Option<u64>,
+}
+
+impl AdminStreamArgs {
+    fn config(&self) -> control::StreamConfig {
+        let defaults = control::StreamConfig::default();
+        control::StreamConfig {
+            max_streams: self.admin_streams_max.unwrap_or(defaults.max_streams),
+            check_interval: self
+                .admin_stream_check_ms
+                .map_or(defaults.check_interval, Duration::from_millis),
+            max_lifetime: self
+                .admin_stream_max_lifetime_s
+                .map_or(defaults.max_lifetime, Duration::from_secs),
+            ..defaults
+        }
+    }
+}
+
+/// `ringside serve`: every role in one process.
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+    #[command(flatten)]
+    pub(crate) gateway: GatewayArgs,
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
+}
+
+/// `ringside gateway`: device sessions only.
+#[derive(Args)]
+pub(crate) struct GatewayRoleArgs {
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+    #[command(flatten)]
+    pub(crate) gateway: GatewayArgs,
+}
+
+/// `ringside control`: the admin API and prefetch GraphQL only.
+#[derive(Args)]
+pub(crate) struct ControlRoleArgs {
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
+}
+
 /// Upgrade admission, connection lifetime and drain pacing of a gateway node.
 #[derive(Args)]
+#[command(next_help_heading = "Gateway admission, lifetime and drain")]
 struct GatewayProtectionArgs {
     #[arg(
         long,
@@ -293,19 +395,34 @@ impl GatewayProtectionArgs {
     }
 }
 
-impl ServeArgs {
-    fn gateway_config(&self) -> GatewayConfig {
-        let mut config = self.gateway_limits_config();
+impl NodeArgs {
+    /// The gateway config of a role without gateway flags: only the node's identity and drain
+    /// deadline are its own (the control plane's banner, metrics and drain use them).
+    fn gateway_defaults(&self) -> GatewayConfig {
+        let defaults = GatewayConfig::default();
+        GatewayConfig {
+            node_id: self.node_id.clone().unwrap_or_else(default_node_id),
+            shutdown_grace: self
+                .shutdown_grace_ms
+                .map_or(defaults.shutdown_grace, Duration::from_millis),
+            ..defaults
+        }
+    }
+}
+
+impl GatewayArgs {
+    /// `node`'s identity and drain deadline with these gateway flags.
+    fn config(&self, node: &NodeArgs) -> GatewayConfig {
+        let mut config = self.limits_config(node.gateway_defaults());
         self.gateway_protection.apply(&mut config);
         config
     }
 
-    fn gateway_limits_config(&self) -> GatewayConfig {
-        let defaults = GatewayConfig::default();
+    /// `defaults` (the node's own fields set) with the given session limits.
+    fn limits_config(&self, defaults: GatewayConfig) -> GatewayConfig {
         let ms =
             |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
         GatewayConfig {
-            node_id: self.node_id.clone().unwrap_or_else(default_node_id),
             heartbeat_interval: ms(self.heartbeat_ms, defaults.heartbeat_interval),
             heartbeat_misses: self.heartbeat_misses.unwrap_or(defaults.heartbeat_misses),
             subscribe_timeout: ms(self.subscribe_timeout_ms, defaults.subscribe_timeout),
@@ -315,7 +432,6 @@ impl ServeArgs {
             max_frame_bytes: self.max_frame_bytes.unwrap_or(defaults.max_frame_bytes),
             send_timeout: ms(self.send_timeout_ms, defaults.send_timeout),
             max_connections: self.max_connections.unwrap_or(defaults.max_connections),
-            shutdown_grace: ms(self.shutdown_grace_ms, defaults.shutdown_grace),
             reconnect_spread: ms(self.reconnect_spread_ms, defaults.reconnect_spread),
             read_buffer_bytes: self.read_buffer_bytes.unwrap_or(defaults.read_buffer_bytes),
             max_unpublished_topics: self
@@ -369,66 +485,37 @@ fn default_node_id() -> String {
     format!("{host}-{:04x}", fastrand::u16(..))
 }
 
-pub(crate) async fn run_serve(args: ServeArgs, role: Role) -> anyhow::Result<()> {
-    let state_dir = args.secrets.state_dir();
-    let (device_token_secret, admin_token) = args.secrets.configured()?;
+/// Runs `role` with the flags it takes: a role without gateway (or control) flags runs with
+/// that part's defaults, which it does not use.
+pub(crate) async fn run_serve(
+    node: &NodeArgs,
+    gateway: Option<&GatewayArgs>,
+    control: Option<&ControlArgs>,
+    role: Role,
+) -> anyhow::Result<()> {
+    let state_dir = node.secrets.state_dir();
+    let (device_token_secret, admin_token) = node.secrets.configured()?;
     let (secrets, source) = secrets::for_server(
         device_token_secret,
         admin_token,
-        args.production,
+        node.production,
         &state_dir,
     )?;
     if matches!(source, SecretSource::DevelopmentFile(_))
-        && !args.listen.ip().is_loopback()
-        && !args.dev
+        && !node.listen.ip().is_loopback()
+        && !node.dev
     {
         bail!(
             "refusing to serve development secrets on {}, which is not a loopback address: \
              configure RINGSIDE_DEVICE_TOKEN_SECRET and RINGSIDE_ADMIN_TOKEN, or pass --dev",
-            args.listen
+            node.listen
         );
     }
-    let http_defaults = HttpConfig::default();
-    let config = ServeConfig {
-        role,
-        bus: args.kafka.setup()?,
-        gateway: args.gateway_config(),
-        http: HttpConfig {
-            max_pending_connections: args
-                .max_pending_connections
-                .unwrap_or(http_defaults.max_pending_connections),
-            header_read_timeout: args
-                .header_read_timeout_ms
-                .map_or(http_defaults.header_read_timeout, Duration::from_millis),
-            body_read_timeout: args
-                .body_read_timeout_ms
-                .map_or(http_defaults.body_read_timeout, Duration::from_millis),
-            max_request_head_bytes: args
-                .max_request_head_bytes
-                .unwrap_or(http_defaults.max_request_head_bytes),
-            protection: args.protection.config(),
-        },
-        secrets,
-        prefetch: args.prefetch.setup(args.production),
-        fetch_window: args.fetch_window.config(),
-        admin_stream: {
-            let defaults = control::StreamConfig::default();
-            control::StreamConfig {
-                max_streams: args.admin_streams_max.unwrap_or(defaults.max_streams),
-                check_interval: args
-                    .admin_stream_check_ms
-                    .map_or(defaults.check_interval, Duration::from_millis),
-                max_lifetime: args
-                    .admin_stream_max_lifetime_s
-                    .map_or(defaults.max_lifetime, Duration::from_secs),
-                ..defaults
-            }
-        },
-    };
+    let config = serve_config(node, gateway, control, role, secrets)?;
     config.validate()?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(node.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {}", node.listen))?;
     let address = listener.local_addr()?;
     print_banner(address, &config, &source);
 
@@ -447,6 +534,33 @@ pub(crate) async fn run_serve(args: ServeArgs, role: Role) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// The `ServeConfig` of `role` from its flags; a part whose flags the role does not take has
+/// its defaults.
+fn serve_config(
+    node: &NodeArgs,
+    gateway: Option<&GatewayArgs>,
+    control: Option<&ControlArgs>,
+    role: Role,
+    secrets: ringside::secrets::Secrets,
+) -> anyhow::Result<ServeConfig> {
+    let store = node.redis.store();
+    Ok(ServeConfig {
+        role,
+        bus: node.kafka.setup()?,
+        gateway: gateway.map_or_else(|| node.gateway_defaults(), |gateway| gateway.config(node)),
+        http: node.http.config(node.protection.config()),
+        secrets,
+        prefetch: match control {
+            Some(control) => control.prefetch.setup(node.production, store),
+            None => PrefetchArgs::unused_setup(node.production, store),
+        },
+        fetch_window: control
+            .map_or_else(Default::default, |control| control.fetch_window.config()),
+        admin_stream: control
+            .map_or_else(Default::default, |control| control.admin_stream.config()),
+    })
 }
 
 async fn wait_for_signal() {
@@ -502,5 +616,137 @@ fn print_banner(address: SocketAddr, config: &ServeConfig, source: &SecretSource
     }
     if address.port() != 8080 {
         println!("  CLI:           pass --server http://{address} (or set RINGSIDE_SERVER)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+    use ringside::secrets::Secrets;
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    const ROLES: [&str; 3] = ["serve", "gateway", "control"];
+
+    /// The config `ringside <args>` would serve, as its `Debug` text (the configs hold floats
+    /// and trait objects, so they are compared as text).
+    fn config_of(args: &[&str]) -> String {
+        let cli = Cli::try_parse_from(["ringside"].iter().chain(args)).expect("parses");
+        let secrets = Secrets {
+            device_token_secret: "a-device-token-secret-of-32-bytes!".into(),
+            admin_token: "an-admin-token-long-enough-for-its-check".into(),
+        };
+        let config = match &cli.command {
+            Command::Serve(a) => serve_config(
+                &a.node,
+                Some(&a.gateway),
+                Some(&a.control),
+                Role::All,
+                secrets,
+            ),
+            Command::Gateway(a) => {
+                serve_config(&a.node, Some(&a.gateway), None, Role::Gateway, secrets)
+            }
+            Command::Control(a) => {
+                serve_config(&a.node, None, Some(&a.control), Role::Control, secrets)
+            }
+            _ => unreachable!("only roles are parsed here"),
+        };
+        format!("{:?}", config.expect("a config"))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn each_role_without_flags_serves_the_libraries_defaults() {
+        for role in ROLES {
+            let cli = Cli::try_parse_from(["ringside", role, "--node-id", "n"]).expect("parses");
+            let (node, gateway, control) = match &cli.command {
+                Command::Serve(a) => (&a.node, Some(&a.gateway), Some(&a.control)),
+                Command::Gateway(a) => (&a.node, Some(&a.gateway), None),
+                Command::Control(a) => (&a.node, None, Some(&a.control)),
+                _ => unreachable!("only roles are parsed here"),
+            };
+            let gateway_config =
+                gateway.map_or_else(|| node.gateway_defaults(), |g| g.config(node));
+            let expected = GatewayConfig {
+                node_id: "n".into(),
+                ..GatewayConfig::default()
+            };
+            assert_eq!(
+                format!("{gateway_config:?}"),
+                format!("{expected:?}"),
+                "{role}"
+            );
+            let http = node.http.config(node.protection.config());
+            assert_eq!(
+                format!("{http:?}"),
+                format!("{:?}", HttpConfig::default()),
+                "{role}"
+            );
+            if let Some(control) = control {
+                let prefetch = control.prefetch.setup(false, StoreSetup::Memory);
+                let expected = prefetch::PrefetchConfig {
+                    graphiql: true,
+                    ..prefetch::PrefetchConfig::default()
+                };
+                assert_eq!(
+                    format!("{:?}", prefetch.config),
+                    format!("{expected:?}"),
+                    "{role}"
+                );
+                let fetch_window = control.fetch_window.config();
+                let expected = control::FetchWindowConfig::default();
+                assert_eq!(
+                    format!("{fetch_window:?}"),
+                    format!("{expected:?}"),
+                    "{role}"
+                );
+                let admin_stream = control.admin_stream.config();
+                let expected = control::StreamConfig::default();
+                assert_eq!(
+                    format!("{admin_stream:?}"),
+                    format!("{expected:?}"),
+                    "{role}"
+                );
+            }
+        }
+    }
+
+    /// Every `[default: N]` a help text states is the default the flag's absence gives.
+    #[test]
+    fn the_defaults_help_texts_state_are_the_real_ones() {
+        let command = Cli::command();
+        let mut checked = 0;
+        for role in ROLES {
+            let without = config_of(&[role, "--node-id", "n"]);
+            let subcommand = command.find_subcommand(role).expect("a role");
+            for arg in subcommand.get_arguments() {
+                let (Some(long), Some(help)) = (arg.get_long(), arg.get_help()) else {
+                    continue;
+                };
+                let help = help.to_string();
+                let Some(stated) = help
+                    .split_once("[default: ")
+                    .and_then(|(_, rest)| rest.split_once(']'))
+                    .map(|(value, _)| value.to_owned())
+                    .filter(|value| value.parse::<f64>().is_ok())
+                else {
+                    continue;
+                };
+                let flag = format!("--{long}");
+                let with = config_of(&[role, "--node-id", "n", &flag, &stated]);
+                assert_eq!(
+                    with, without,
+                    "`{role} {flag}`'s help says [default: {stated}]"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 50, "only {checked} stated defaults found");
     }
 }
