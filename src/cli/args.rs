@@ -92,8 +92,6 @@ impl RedisArgs {
 #[derive(Args)]
 #[command(next_help_heading = "Prefetch")]
 pub(crate) struct PrefetchArgs {
-    #[command(flatten)]
-    catalog: CatalogArgs,
     /// When pages are computed: in the background after startup, or only on demand.
     #[arg(long, env = "RINGSIDE_MATERIALIZE", default_value = "background")]
     materialize: MaterializeArg,
@@ -208,6 +206,9 @@ pub(crate) struct PrefetchArgs {
         value_name = "ORIGIN"
     )]
     cors_origins: Vec<String>,
+    // Last: a flattened group's heading holds for the fields after it.
+    #[command(flatten)]
+    catalog: CatalogArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
