@@ -96,6 +96,9 @@ pub struct PrefetchSetup {
 impl ServeConfig {
     /// Checks every setting and secret; runs before anything binds.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if let BusSetup::Kafka(kafka) = &self.bus {
+            kafka.validate()?;
+        }
         if self.role.serves_devices() {
             self.gateway.validate()?;
         }
@@ -516,4 +519,70 @@ async fn start_control(
         router,
         materializer.into_iter().chain([streams_stop]).collect(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prefetch::generate::DatasetSize;
+
+    use super::*;
+
+    fn valid_config(role: Role) -> ServeConfig {
+        ServeConfig {
+            role,
+            bus: BusSetup::Memory,
+            gateway: GatewayConfig::default(),
+            http: HttpConfig::default(),
+            secrets: Secrets {
+                device_token_secret: "a-device-token-secret-of-32-bytes!".into(),
+                admin_token: "an-admin-token-long-enough-for-its-check".into(),
+            },
+            prefetch: PrefetchSetup {
+                config: PrefetchConfig::default(),
+                dataset: DatasetSource::Generated(DatasetSize {
+                    titles: 10,
+                    profiles: 10,
+                    seed: 7,
+                }),
+                store: StoreSetup::Memory,
+                materialize: MaterializeMode::OnDemand,
+            },
+            fetch_window: control::FetchWindowConfig::default(),
+            admin_stream: control::StreamConfig::default(),
+        }
+    }
+
+    #[test]
+    fn defaults_validate() {
+        valid_config(Role::All)
+            .validate()
+            .expect("defaults are valid");
+    }
+
+    #[test]
+    fn a_kafka_publish_timeout_out_of_range_is_refused_before_binding() {
+        let mut kafka = KafkaConfig::new("127.0.0.1:9092");
+        kafka.publish_timeout = Duration::from_millis(999);
+        for role in [Role::All, Role::Gateway, Role::Control] {
+            let mut config = valid_config(role);
+            config.bus = BusSetup::Kafka(kafka.clone());
+            let error = config.validate().expect_err("out of range");
+            assert_eq!(
+                error.to_string(),
+                "--kafka-publish-timeout-ms must be between 1000 and 20000, not 999"
+            );
+        }
+    }
+
+    #[test]
+    fn prefetch_jitter_out_of_range_is_refused_where_prefetch_runs() {
+        let mut config = valid_config(Role::All);
+        config.prefetch.config.cache.jitter = 1.5;
+        assert!(config.validate().is_err(), "the cache jitter is checked");
+        let mut config = valid_config(Role::All);
+        config.prefetch.config.device_ttl_jitter = -0.5;
+        assert!(config.validate().is_err(), "the device jitter is checked");
+    }
 }

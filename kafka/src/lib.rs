@@ -44,6 +44,13 @@ use tokio::sync::mpsc;
 /// Topic of Ringside's state records unless configured otherwise.
 pub const DEFAULT_TOPIC: &str = "ringside.states";
 
+/// [`KafkaConfig::publish_timeout`] unless configured otherwise.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The milliseconds [`KafkaConfig::publish_timeout`] may take: at least librdkafka's 1 s, and
+/// below the control plane's publish lock lifetime (30 s), so a lock always outlives its publish.
+pub const PUBLISH_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1000..=20_000;
+
 /// How a node reaches Kafka.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -72,10 +79,21 @@ impl KafkaConfig {
             topic: DEFAULT_TOPIC.to_owned(),
             partitions: None,
             replication: None,
-            publish_timeout: Duration::from_secs(5),
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             connect_timeout: Duration::from_secs(30),
             options: Vec::new(),
         }
+    }
+
+    /// Checks every bound; runs before anything binds (and before [`KafkaBus::connect`]'s
+    /// clients are created).
+    pub fn validate(&self) -> Result<(), KafkaSetupError> {
+        let publish_timeout_ms =
+            u64::try_from(self.publish_timeout.as_millis()).unwrap_or(u64::MAX);
+        if !PUBLISH_TIMEOUT_MS.contains(&publish_timeout_ms) {
+            return Err(KafkaSetupError::PublishTimeout(publish_timeout_ms));
+        }
+        Ok(())
     }
 
     /// Parses librdkafka properties, one `key=value` per line; blank lines and lines starting
@@ -169,6 +187,10 @@ fn check_options(options: &[(String, String)]) -> Result<(), KafkaSetupError> {
 pub enum KafkaSetupError {
     #[error("invalid Kafka option: {0}")]
     Options(String),
+    /// [`KafkaConfig::publish_timeout`] outside [`PUBLISH_TIMEOUT_MS`]; the message names the
+    /// flag that sets it.
+    #[error("--kafka-publish-timeout-ms must be between 1000 and 20000, not {0}")]
+    PublishTimeout(u64),
     #[error("cannot create a Kafka client: {0}")]
     Client(#[source] KafkaError),
     #[error("cannot create Kafka topic {topic}: {reason}")]
@@ -250,12 +272,13 @@ impl std::fmt::Debug for KafkaBus {
 }
 
 impl KafkaBus {
-    /// Connects, and creates the topic if it does not exist yet; waits up to
-    /// `connect_timeout` for the broker.
+    /// Checks the config ([`KafkaConfig::validate`]), connects, and creates the topic if it
+    /// does not exist yet; waits up to `connect_timeout` for the broker.
     pub async fn connect(
         config: KafkaConfig,
         registry: &Registry,
     ) -> Result<Self, KafkaSetupError> {
+        config.validate()?;
         let admin: AdminClient<DefaultClientContext> = config
             .client(&[])
             .create()
@@ -857,6 +880,24 @@ pub fn decode_record(value: Option<&[u8]>) -> Result<EventState, serde_json::Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_timeouts_outside_their_range_are_refused() {
+        let mut config = KafkaConfig::new("127.0.0.1:9092");
+        assert!(config.validate().is_ok(), "the default is valid");
+        for ms in [*PUBLISH_TIMEOUT_MS.start(), *PUBLISH_TIMEOUT_MS.end()] {
+            config.publish_timeout = Duration::from_millis(ms);
+            assert!(config.validate().is_ok(), "{ms} ms is in range");
+        }
+        for ms in [0, 999, 20_001] {
+            config.publish_timeout = Duration::from_millis(ms);
+            let error = config.validate().expect_err("out of range");
+            assert_eq!(
+                error.to_string(),
+                format!("--kafka-publish-timeout-ms must be between 1000 and 20000, not {ms}")
+            );
+        }
+    }
 
     fn message(priority: protocol::Priority) -> EventState {
         EventState {

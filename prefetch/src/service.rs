@@ -95,6 +95,14 @@ impl PrefetchConfig {
     pub fn validate(&self) -> Result<(), PrefetchConfigError> {
         let fail = |field, problem| Err(PrefetchConfigError { field, problem });
         self.limits.validate()?;
+        // Outside 0..=1 a TTL could come out negative, or further apart than configured; NaN
+        // is refused too.
+        if !(0.0..=1.0).contains(&self.cache.jitter) {
+            return fail("cache.jitter", "must be between 0 and 1");
+        }
+        if !(0.0..=1.0).contains(&self.device_ttl_jitter) {
+            return fail("device_ttl_jitter", "must be between 0 and 1");
+        }
         if !(1024..=16 * 1024 * 1024).contains(&self.body_limit_bytes) {
             return fail("body_limit_bytes", "must be between 1 KiB and 16 MiB");
         }
@@ -564,7 +572,12 @@ mod tests {
     #[test]
     fn defaults_validate_and_out_of_range_bounds_do_not() {
         assert_eq!(PrefetchConfig::default().validate(), Ok(()));
-        let broken: [fn(&mut PrefetchConfig); 10] = [
+        let broken: [fn(&mut PrefetchConfig); 15] = [
+            |c| c.cache.jitter = -0.1,
+            |c| c.cache.jitter = 1.5,
+            |c| c.cache.jitter = f64::NAN,
+            |c| c.device_ttl_jitter = 1.01,
+            |c| c.device_ttl_jitter = f64::NAN,
             |c| c.limits.max_nesting = 0,
             |c| c.limits.max_nesting = 1_000,
             |c| c.limits.max_depth = 40,
@@ -589,5 +602,9 @@ mod tests {
             ..PrefetchConfig::default()
         };
         assert_eq!(web.validate(), Ok(()));
+        let mut edges = PrefetchConfig::default();
+        edges.cache.jitter = 0.0;
+        edges.device_ttl_jitter = 1.0;
+        assert_eq!(edges.validate(), Ok(()));
     }
 }
