@@ -169,15 +169,16 @@ pub struct ConsumerConfig {
     /// over the cores when its topic is big), so a few at once keep a small topic from waiting
     /// behind a big one without multiplying the threads a burst of publishes can claim.
     pub max_concurrent_fanouts: usize,
-    /// Most topics with a state waiting for its fan-out (at least 1). Default 4096, far above the events a
-    /// node serves at once. Overflow policy: a newer state of a waiting topic replaces the
-    /// older one (newest wins, counted in `ringside_hub_states_superseded_total`); with this
-    /// many topics waiting the feed is not read until one starts, and the bus holds the rest
-    /// (Kafka keeps its log; a lagging memory feed resynchronizes from its snapshot).
-    /// Best-effort messages go first, counted in
-    /// `ringside_hub_best_effort_dropped_node_behind_total`: a waiting one is replaced by a
-    /// newer one and dropped when a newer state of its topic arrives, and a topic waiting only
-    /// with a best-effort message is dropped to make room rather than stop the feed.
+    /// Most topics with a state waiting for its fan-out (at least 1). Default 4096, far above
+    /// the events a node serves at once. Overflow policy: a newer state of a waiting topic
+    /// replaces the older one (newest wins, counted in
+    /// `ringside_hub_states_total{outcome="superseded"}`); with this many topics waiting the
+    /// feed is not read until one starts, and the bus holds the rest (Kafka keeps its log; a
+    /// lagging memory feed resynchronizes from its snapshot). Best-effort messages go first,
+    /// counted in `ringside_hub_best_effort_total{outcome="dropped_node_behind"}`: a waiting
+    /// one is replaced by a newer one and dropped when a newer state of its topic arrives, and
+    /// a topic waiting only with a best-effort message is dropped to make room rather than
+    /// stop the feed.
     pub max_waiting_topics: usize,
     /// Delay before a failed feed is reopened the first time; it doubles with each failure in a
     /// row, up to `restart_delay_max`, and each delay is jittered over its upper half. Default

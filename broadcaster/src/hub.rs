@@ -246,23 +246,47 @@ pub struct HubMetrics {
 
 impl HubMetrics {
     pub fn new(registry: &Registry) -> Self {
+        let [
+            states_applied,
+            states_stale,
+            states_conflated,
+            states_superseded,
+        ] = registry.counter_family(
+            "ringside_hub_states_total",
+            "States by what became of them: applied (became current), stale (the hub held \
+                 the same or a newer version), conflated (unsent, replaced by a newer version \
+                 before a slow connection took it), superseded (replaced by a newer state of \
+                 their topic before their fan-out started).",
+            "outcome",
+            ["applied", "stale", "conflated", "superseded"],
+        );
+        let [
+            best_effort_applied,
+            best_effort_conflated,
+            best_effort_dropped_connection_behind,
+            best_effort_dropped_node_behind,
+        ] = registry.counter_family(
+            "ringside_hub_best_effort_total",
+            "Best-effort messages by what became of them: applied (became their topic's newest \
+             best-effort message and were fanned out, never the topic's state), conflated \
+             (unsent, replaced in a connection's mailbox by a newer one), \
+             dropped_connection_behind (unsent, a newer state of their topic arrived while the \
+             connection was behind), dropped_node_behind (dropped before their fan-out: \
+             replaced or overtaken while waiting, or read while the bus consumer held its limit \
+             of waiting topics).",
+            "outcome",
+            [
+                "applied",
+                "conflated",
+                "dropped_connection_behind",
+                "dropped_node_behind",
+            ],
+        );
         Self {
-            states_applied: registry.counter(
-                "ringside_hub_states_applied_total",
-                "States that became current.",
-            ),
-            states_stale: registry.counter(
-                "ringside_hub_states_stale_total",
-                "States dropped because the hub held the same or a newer version.",
-            ),
-            states_conflated: registry.counter(
-                "ringside_hub_states_conflated_total",
-                "Unsent states replaced by a newer version before a slow connection took them.",
-            ),
-            states_superseded: registry.counter(
-                "ringside_hub_states_superseded_total",
-                "States replaced by a newer state of their topic before their fan-out started (newest wins).",
-            ),
+            states_applied,
+            states_stale,
+            states_conflated,
+            states_superseded,
             feed_restarts: registry.counter(
                 "ringside_bus_feed_restarts_total",
                 "Bus feeds reopened after one failed; the node is unready until the new feed has caught up.",
@@ -276,22 +300,10 @@ impl HubMetrics {
                 "Subscribes refused because the node held its limit of topics without a state.",
             ),
             acks: registry.counter("ringside_acks_total", "Acks received from devices."),
-            best_effort_applied: registry.counter(
-                "ringside_hub_best_effort_applied_total",
-                "Best-effort messages that became their topic's newest best-effort message and were fanned out (never the topic's current state).",
-            ),
-            best_effort_conflated: registry.counter(
-                "ringside_hub_best_effort_conflated_total",
-                "Unsent best-effort messages replaced in a connection's mailbox by a newer one of their topic.",
-            ),
-            best_effort_dropped_connection_behind: registry.counter(
-                "ringside_hub_best_effort_dropped_connection_behind_total",
-                "Unsent best-effort messages a connection dropped because a newer state of their topic arrived while it was behind (states go first).",
-            ),
-            best_effort_dropped_node_behind: registry.counter(
-                "ringside_hub_best_effort_dropped_node_behind_total",
-                "Best-effort messages dropped before their fan-out because the node was behind: replaced by a newer one or overtaken by a newer state while waiting, or read while the bus consumer held its limit of waiting topics.",
-            ),
+            best_effort_applied,
+            best_effort_conflated,
+            best_effort_dropped_connection_behind,
+            best_effort_dropped_node_behind,
             deliveries: DeliveryMetrics::new(registry),
         }
     }

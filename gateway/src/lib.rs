@@ -378,7 +378,6 @@ impl Gateway {
         let limit = self.config.max_connections_per_device;
         let Some(device) = self.device_sessions.try_acquire(device, limit) else {
             self.admitted.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.device_limit_refusals.increment();
             let silence_limit = self.config.heartbeat_interval * self.config.heartbeat_misses;
             return Err(GatewayError::DeviceAtLimit {
                 limit,
@@ -418,7 +417,7 @@ impl Gateway {
     /// Counts one goaway sent by the drain.
     pub(crate) fn count_drain_goaway(&self) {
         self.drain_goaways_sent.fetch_add(1, Ordering::Relaxed);
-        self.metrics.drain_goaways.increment();
+        self.metrics.goaways.drain.increment();
     }
 
     /// Counts a session the drain found told already (its lifetime goaway was out).

@@ -6,59 +6,122 @@ use std::sync::Arc;
 
 use telemetry::{Counter, Gauge, Registry};
 
+use crate::GatewayError;
+
 #[derive(Debug)]
 pub struct GatewayMetrics {
     pub connections: Arc<Gauge>,
     pub connections_opened: Arc<Counter>,
-    pub upgrades_refused: Arc<Counter>,
-    pub slow_consumer_disconnects: Arc<Counter>,
+    /// `ringside_upgrades_refused_total{reason}`, one series per refusal: their sum is every
+    /// upgrade refused.
+    pub upgrades_refused: UpgradeRefusals,
     pub protocol_errors: Arc<Counter>,
-    pub token_expiry_closes: Arc<Counter>,
-    pub rate_limit_closes: Arc<Counter>,
-    pub device_limit_refusals: Arc<Counter>,
+    /// `ringside_connections_closed_total{reason}`: connections the node closed for what the
+    /// device did (or failed to do), counted when the node decides to close.
+    pub closes: ConnectionCloses,
+    /// Of the slow consumers, the ones whose goaway and close 4008 could still be written.
+    pub slow_consumer_closes: Arc<Counter>,
     pub bytes_received: Arc<Counter>,
     pub inbound_throttled: Arc<Counter>,
-    /// Upgrades refused, one counter per reason (the total is `upgrades_refused`).
-    pub upgrades_refused_rate: Arc<Counter>,
-    pub upgrades_refused_capacity: Arc<Counter>,
-    pub upgrades_refused_draining: Arc<Counter>,
-    pub upgrades_refused_not_ready: Arc<Counter>,
-    pub slow_consumer_closes: Arc<Counter>,
-    pub max_lifetime_goaways: Arc<Counter>,
-    pub drain_goaways: Arc<Counter>,
+    /// `ringside_goaways_total{reason}`: goaways that tell a healthy connection to move.
+    pub goaways: Goaways,
+}
+
+/// The series of `ringside_upgrades_refused_total`, one per [`GatewayError`] variant.
+#[derive(Debug)]
+pub struct UpgradeRefusals {
+    pub unauthorized: Arc<Counter>,
+    pub not_upgradable: Arc<Counter>,
+    pub capacity: Arc<Counter>,
+    pub rate: Arc<Counter>,
+    pub draining: Arc<Counter>,
+    pub not_ready: Arc<Counter>,
+    pub device_limit: Arc<Counter>,
+}
+
+/// The series of `ringside_connections_closed_total`.
+#[derive(Debug)]
+pub struct ConnectionCloses {
+    pub rate_limited: Arc<Counter>,
+    pub token_expired: Arc<Counter>,
+    /// Every slow consumer, whether its close could be written or it was dropped.
+    pub slow_consumer: Arc<Counter>,
+}
+
+/// The series of `ringside_goaways_total`.
+#[derive(Debug)]
+pub struct Goaways {
+    pub drain: Arc<Counter>,
+    pub max_lifetime: Arc<Counter>,
 }
 
 impl GatewayMetrics {
     pub fn new(registry: &Registry) -> Self {
+        let [
+            unauthorized,
+            not_upgradable,
+            capacity,
+            rate,
+            draining,
+            not_ready,
+            device_limit,
+        ] = registry.counter_family(
+            "ringside_upgrades_refused_total",
+            "Upgrade requests refused, by reason: a bad token (401), not an upgrade (400), \
+                 at max_connections, over upgrade_rate_per_s, draining, not caught up with the \
+                 bus (503), the device at max_connections_per_device (429).",
+            "reason",
+            [
+                "unauthorized",
+                "not_upgradable",
+                "capacity",
+                "rate",
+                "draining",
+                "not_ready",
+                "device_limit",
+            ],
+        );
+        let [rate_limited, token_expired, slow_consumer] = registry.counter_family(
+            "ringside_connections_closed_total",
+            "Connections the node closed, by reason: frames above the inbound rate limit, an \
+             expired device token, a write that did not complete within the send timeout.",
+            "reason",
+            ["rate_limited", "token_expired", "slow_consumer"],
+        );
+        let [drain, max_lifetime] = registry.counter_family(
+            "ringside_goaways_total",
+            "Goaways sent to move a connection, by reason: a paced drain, the connection's \
+             maximum lifetime.",
+            "reason",
+            ["drain", "max_lifetime"],
+        );
         Self {
             connections: registry.gauge("ringside_connections", "Open WebSocket connections."),
             connections_opened: registry.counter(
                 "ringside_connections_opened_total",
                 "WebSocket connections accepted.",
             ),
-            upgrades_refused: registry.counter(
-                "ringside_upgrades_refused_total",
-                "Upgrade requests refused (bad token, capacity, draining).",
-            ),
-            slow_consumer_disconnects: registry.counter(
-                "ringside_slow_consumer_disconnects_total",
-                "Connections dropped because a write did not complete within the send timeout.",
-            ),
+            upgrades_refused: UpgradeRefusals {
+                unauthorized,
+                not_upgradable,
+                capacity,
+                rate,
+                draining,
+                not_ready,
+                device_limit,
+            },
             protocol_errors: registry.counter(
                 "ringside_protocol_errors_total",
                 "Connections closed for a bad client frame.",
             ),
-            token_expiry_closes: registry.counter(
-                "ringside_token_expiry_closes_total",
-                "Connections closed because their device token expired.",
-            ),
-            rate_limit_closes: registry.counter(
-                "ringside_rate_limit_closes_total",
-                "Connections closed for sending frames faster than the inbound rate limit.",
-            ),
-            device_limit_refusals: registry.counter(
-                "ringside_device_limit_refusals_total",
-                "Upgrades refused because the device already held its most connections here.",
+            closes: ConnectionCloses {
+                rate_limited,
+                token_expired,
+                slow_consumer,
+            },
+            slow_consumer_closes: registry.counter(
+                "ringside_slow_consumer_closes_total",
+                "Slow consumers whose goaway and close 4008 could still be written (the others were dropped).",
             ),
             bytes_received: registry.counter(
                 "ringside_bytes_received_total",
@@ -68,34 +131,25 @@ impl GatewayMetrics {
                 "ringside_inbound_throttled_total",
                 "Times a connection's reading paused because it sent more bytes than its inbound byte rate.",
             ),
-            upgrades_refused_rate: registry.counter(
-                "ringside_upgrades_refused_rate_total",
-                "Upgrades refused with 503 because they came faster than upgrade_rate_per_s (beyond upgrade_burst).",
-            ),
-            upgrades_refused_capacity: registry.counter(
-                "ringside_upgrades_refused_capacity_total",
-                "Upgrades refused with 503 because the node held max_connections.",
-            ),
-            upgrades_refused_draining: registry.counter(
-                "ringside_upgrades_refused_draining_total",
-                "Upgrades refused with 503 because the node is draining.",
-            ),
-            upgrades_refused_not_ready: registry.counter(
-                "ringside_upgrades_refused_not_ready_total",
-                "Upgrades refused with 503 because the node is not caught up with the bus.",
-            ),
-            slow_consumer_closes: registry.counter(
-                "ringside_slow_consumer_closes_total",
-                "Slow consumers whose goaway and close 4008 could still be written (the others were dropped).",
-            ),
-            max_lifetime_goaways: registry.counter(
-                "ringside_max_lifetime_goaways_total",
-                "Goaways sent because a connection reached its maximum lifetime.",
-            ),
-            drain_goaways: registry.counter(
-                "ringside_drain_goaways_total",
-                "Goaways sent by a paced drain.",
-            ),
+            goaways: Goaways {
+                drain,
+                max_lifetime,
+            },
+        }
+    }
+}
+
+impl UpgradeRefusals {
+    /// The series that counts `error`.
+    pub(crate) fn of(&self, error: &GatewayError) -> &Counter {
+        match error {
+            GatewayError::Unauthorized(_) => &self.unauthorized,
+            GatewayError::NotUpgradable(_) => &self.not_upgradable,
+            GatewayError::AtCapacity => &self.capacity,
+            GatewayError::Overloaded => &self.rate,
+            GatewayError::Draining => &self.draining,
+            GatewayError::NotReady => &self.not_ready,
+            GatewayError::DeviceAtLimit { .. } => &self.device_limit,
         }
     }
 }

@@ -243,7 +243,7 @@ impl Session {
             config.inbound_frame_burst,
         );
         if over.is_some() {
-            self.gateway.metrics.rate_limit_closes.increment();
+            self.gateway.metrics.closes.rate_limited.increment();
             return Err(Ending::bad_frame(
                 ErrorCode::RateLimited,
                 format!(
@@ -298,7 +298,7 @@ impl Session {
             Farewell::Due(reason) => {
                 match reason {
                     GoawayReason::Shutdown => self.gateway.count_drain_goaway(),
-                    _ => self.gateway.metrics.max_lifetime_goaways.increment(),
+                    _ => self.gateway.metrics.goaways.max_lifetime.increment(),
                 }
                 self.farewell = Farewell::Sent(reason);
                 // A goaway sent late (after a slow write) still closes at the drain's moment.
@@ -320,7 +320,7 @@ impl Session {
         let config = &gateway.config;
         let now = Instant::now();
         if now >= self.token_expires_at {
-            self.gateway.metrics.token_expiry_closes.increment();
+            self.gateway.metrics.closes.token_expired.increment();
             return Err(Ending::GoAway {
                 reason: GoawayReason::TokenExpired,
                 close: CloseCode::POLICY_VIOLATION,
@@ -535,7 +535,7 @@ impl Session {
             // part is written first, then the goaway and the close, if the device reads again
             // within the bound. Otherwise the connection is dropped: it never holds the node.
             Ending::SlowConsumer => {
-                metrics.slow_consumer_disconnects.increment();
+                metrics.closes.slow_consumer.increment();
                 tracing::debug!(connection = self.connection, "slow consumer; closing");
                 let reason = GoawayReason::SlowConsumer;
                 (

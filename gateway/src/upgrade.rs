@@ -60,15 +60,7 @@ pub(crate) async fn upgrade(State(gateway): State<Arc<Gateway>>, request: Reques
     match accept(&gateway, request) {
         Ok(response) => response,
         Err(error) => {
-            let metrics = &gateway.metrics;
-            metrics.upgrades_refused.increment();
-            match error {
-                GatewayError::Overloaded => metrics.upgrades_refused_rate.increment(),
-                GatewayError::AtCapacity => metrics.upgrades_refused_capacity.increment(),
-                GatewayError::Draining => metrics.upgrades_refused_draining.increment(),
-                GatewayError::NotReady => metrics.upgrades_refused_not_ready.increment(),
-                _ => {}
-            }
+            gateway.metrics.upgrades_refused.of(&error).increment();
             tracing::debug!(%error, "upgrade refused");
             error.into_refusal(&gateway.retry_after())
         }

@@ -100,19 +100,19 @@ pub struct CacheMetrics {
 
 impl CacheMetrics {
     pub fn new(registry: &Registry) -> Self {
+        let [hits, misses, stale_served] = registry.counter_family(
+            "ringside_prefetch_cache_total",
+            "Prefetch page lookups in the node cache, by outcome: hit (served fresh), miss (had \
+             to load; coalesced loads count once per request), stale (served past its TTL while \
+             refreshing).",
+            "outcome",
+            ["hit", "miss", "stale"],
+        );
         Self {
-            hits: registry.counter(
-                "ringside_prefetch_cache_hits_total",
-                "Prefetch pages served fresh from the node cache.",
-            ),
-            misses: registry.counter(
-                "ringside_prefetch_cache_misses_total",
-                "Prefetch page lookups that had to load (coalesced loads count once per request).",
-            ),
-            stale_served: registry.counter(
-                "ringside_prefetch_cache_stale_served_total",
-                "Prefetch pages served past their TTL while refreshing.",
-            ),
+            hits,
+            misses,
+            stale_served,
+            // Not a lookup's outcome but a background refresh's, counted apart from lookups.
             refresh_failures: registry.counter(
                 "ringside_prefetch_cache_refresh_failures_total",
                 "Background refreshes that failed (the stale page stays served).",

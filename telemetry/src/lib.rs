@@ -6,6 +6,16 @@
 //! keeps `Arc`s to them; nothing on a hot path looks a metric up by name. A labelled series
 //! ([`Registry::labelled_counter`]) is one more such `Arc`: callers create every label
 //! combination they will use up front and index them, so that labels cost nothing per update.
+//! [`Registry::counter_family`] creates a one-label family at once and hands back its series
+//! in the order of the label values given, for callers to destructure into named fields.
+//!
+//! Why our own registry rather than `prometheus-client` or the `metrics` facade: both resolve
+//! a labelled series per update (`Family::get_or_create` takes a lock and hashes the label
+//! set; the facade's macros look the key up in the recorder), while every label set Ringside
+//! uses is known at startup. Pre-created series keep an update one relaxed add on a stripe of
+//! its own, and the crate needs no dependency beyond `sync-util`. The price is that a label
+//! value not known at startup cannot be counted: none is, by design (unbounded label values
+//! would be unbounded series).
 //!
 //! - [`log_budget`]: [`LogBudget`], a per-site rate limit for log lines on hot paths, with a
 //!   counter of what it suppressed.
@@ -232,6 +242,20 @@ impl Registry {
         counter
     }
 
+    /// A counter family with one label, one series per value, e.g.
+    /// `ringside_goaways_total{reason="drain"}` and `{reason="max_lifetime"}`. The series come
+    /// back in the order of `values`, for the caller to keep (destructure the array into named
+    /// fields): no update looks a label up.
+    pub fn counter_family<const N: usize>(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        values: [&'static str; N],
+    ) -> [Arc<Counter>; N] {
+        values.map(|value| self.labelled_counter(name, help, &[(label, value)]))
+    }
+
     /// A gauge whose value `read` computes when the metrics are rendered.
     pub fn computed_gauge(&self, name: &'static str, help: &'static str, read: ComputedGauge) {
         self.register(name, help, Metric::Computed(read));
@@ -420,6 +444,38 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE limit gauge\nlimit 9\n"), "{text}");
+    }
+
+    #[test]
+    fn a_counter_family_renders_one_help_and_type_and_its_series_in_order() {
+        let registry = Registry::new();
+        let [drain, lifetime] = registry.counter_family(
+            "goaways_total",
+            "Goaways.",
+            "reason",
+            ["drain", "max_lifetime"],
+        );
+        let _plain = registry.counter("plain_total", "Plain.");
+        drain.add(2);
+        lifetime.increment();
+        let text = registry.render();
+        assert_eq!(text.matches("# HELP goaways_total ").count(), 1, "{text}");
+        assert_eq!(text.matches("# TYPE goaways_total ").count(), 1, "{text}");
+        assert!(
+            text.contains(
+                "# HELP goaways_total Goaways.\n# TYPE goaways_total counter\n\
+                 goaways_total{reason=\"drain\"} 2\n\
+                 goaways_total{reason=\"max_lifetime\"} 1\n"
+            ),
+            "{text}"
+        );
+        // Every sample line is `name{labels} value` or `name value`, under its family's TYPE.
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            let name = series.split('{').next().unwrap_or(series);
+            assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
+        }
     }
 
     #[test]

@@ -275,13 +275,13 @@ async fn a_stalled_reader_resumes_with_the_newest_state_then_only_the_newest_bes
     );
     assert!(
         server
-            .metric("ringside_hub_best_effort_conflated_total")
+            .metric("ringside_hub_best_effort_total{outcome=\"conflated\"}")
             .await
             > 0
     );
     assert!(
         server
-            .metric("ringside_hub_best_effort_dropped_connection_behind_total")
+            .metric("ringside_hub_best_effort_total{outcome=\"dropped_connection_behind\"}")
             .await
             > 0,
         "a state that arrived while a tick waited dropped that tick"
@@ -289,10 +289,10 @@ async fn a_stalled_reader_resumes_with_the_newest_state_then_only_the_newest_bes
     // Every tick was either fanned out or dropped while the node was behind (the bus
     // consumer keeps only the newest waiting tick while a fan-out of the topic runs).
     let applied = server
-        .metric("ringside_hub_best_effort_applied_total")
+        .metric("ringside_hub_best_effort_total{outcome=\"applied\"}")
         .await;
     let dropped_behind = server
-        .metric("ringside_hub_best_effort_dropped_node_behind_total")
+        .metric("ringside_hub_best_effort_total{outcome=\"dropped_node_behind\"}")
         .await;
     assert_eq!(applied + dropped_behind, TICKS as u64);
 

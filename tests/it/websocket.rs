@@ -193,7 +193,11 @@ async fn publish_until_a_state_waits(
     let payload = format!(r#"{{"filler":"{}"}}"#, "x".repeat(4000));
     let deadline = tokio::time::Instant::now() + PROMPTLY;
     let mut newest = 0;
-    while server.metric("ringside_hub_states_conflated_total").await <= conflated_before {
+    while server
+        .metric("ringside_hub_states_total{outcome=\"conflated\"}")
+        .await
+        <= conflated_before
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no state ever waited behind the stalled device's socket"
@@ -240,7 +244,9 @@ async fn a_device_that_closes_behind_a_full_socket_still_gets_every_byte_and_the
     let event = server.create_event("close-behind").await;
     let mut device = stalled_device(&server, "closer", &event).await;
     assert_eq!(
-        server.metric("ringside_hub_states_conflated_total").await,
+        server
+            .metric("ringside_hub_states_total{outcome=\"conflated\"}")
+            .await,
         0
     );
     // The device reads nothing while states are published until one waits behind its full
@@ -273,7 +279,9 @@ async fn a_stalled_reader_delays_nobody_and_later_gets_the_newest_version() {
     // First the stall: states are published until one waits behind the stalled device's full
     // socket (it is the only device yet, so the conflation is its own).
     let stalled_at = publish_until_a_state_waits(&server, &event, 0).await;
-    let superseded_before = server.metric("ringside_hub_states_superseded_total").await;
+    let superseded_before = server
+        .metric("ringside_hub_states_total{outcome=\"superseded\"}")
+        .await;
 
     let mut readers = Vec::new();
     for i in 0..4 {
@@ -308,8 +316,10 @@ async fn a_stalled_reader_delays_nobody_and_later_gets_the_newest_version() {
     for reader in readers {
         delivered.push(reader.await.unwrap());
     }
-    let superseded =
-        server.metric("ringside_hub_states_superseded_total").await - superseded_before;
+    let superseded = server
+        .metric("ringside_hub_states_total{outcome=\"superseded\"}")
+        .await
+        - superseded_before;
     for versions in &delivered {
         assert_eq!(versions, &delivered[0], "readers got different states");
         assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
@@ -675,7 +685,12 @@ async fn a_connection_is_closed_when_its_token_expires() {
         "{frames:?}"
     );
     assert_eq!((close, reason.as_str()), (1008, "token_expired"));
-    assert_eq!(server.metric("ringside_token_expiry_closes_total").await, 1);
+    assert_eq!(
+        server
+            .metric("ringside_connections_closed_total{reason=\"token_expired\"}")
+            .await,
+        1
+    );
     server.stop().await;
 }
 
@@ -837,7 +852,12 @@ async fn a_flooding_client_is_closed_for_its_rate_while_a_normal_client_is_untou
     let (code, message) = error.expect("an error frame before the close");
     assert_eq!(code, "rate_limited", "{message}");
     assert_eq!(close, Some((4029, "rate_limited".to_owned())));
-    assert_eq!(server.metric("ringside_rate_limit_closes_total").await, 1);
+    assert_eq!(
+        server
+            .metric("ringside_connections_closed_total{reason=\"rate_limited\"}")
+            .await,
+        1
+    );
 
     // The normal device, acking at a device's pace, is still served.
     for _ in 0..3 {
@@ -886,7 +906,9 @@ async fn one_device_holds_at_most_its_connections_and_gets_places_back_as_they_c
     assert_eq!(refused.status, 429);
     assert_eq!(refused.headers["retry-after"], "75");
     assert_eq!(
-        server.metric("ringside_device_limit_refusals_total").await,
+        server
+            .metric("ringside_upgrades_refused_total{reason=\"device_limit\"}")
+            .await,
         2
     );
     // Other devices are not affected.
@@ -1151,7 +1173,7 @@ async fn a_slow_consumer_is_sent_goaway_and_close_4008_once_it_reads_again() {
     let payload = format!(r#"{{"filler":"{}"}}"#, "x".repeat(4000));
     let deadline = tokio::time::Instant::now() + PROMPTLY;
     while server
-        .metric("ringside_slow_consumer_disconnects_total")
+        .metric("ringside_connections_closed_total{reason=\"slow_consumer\"}")
         .await
         == 0
     {
@@ -1263,7 +1285,9 @@ async fn upgrades_beyond_the_admission_burst_get_503_with_jittered_retry_after()
         "Retry-After is jittered: {retry_afters:?}"
     );
     assert_eq!(
-        server.metric("ringside_upgrades_refused_rate_total").await,
+        server
+            .metric("ringside_upgrades_refused_total{reason=\"rate\"}")
+            .await,
         retry_afters.len() as u64
     );
     assert_eq!(
@@ -1306,7 +1330,9 @@ async fn a_connection_past_its_lifetime_gets_goaway_is_served_through_the_grace_
     assert_eq!(versions, [receipt.version], "{frames:?}");
     assert_eq!((close, reason.as_str()), (1001, "max_lifetime"));
     assert_eq!(
-        server.metric("ringside_max_lifetime_goaways_total").await,
+        server
+            .metric("ringside_goaways_total{reason=\"max_lifetime\"}")
+            .await,
         1
     );
     server.stop().await;
@@ -1431,7 +1457,9 @@ async fn an_admin_drain_spreads_its_goaways_over_the_window_and_answers_twice_wi
         .unwrap();
     assert_eq!(progress.goaways_sent, DEVICES as u64);
     assert_eq!(
-        server.metric("ringside_drain_goaways_total").await,
+        server
+            .metric("ringside_goaways_total{reason=\"drain\"}")
+            .await,
         DEVICES as u64
     );
     let report = server.stop().await;
@@ -1565,6 +1593,11 @@ async fn a_session_told_by_its_lifetime_goaway_counts_as_told_by_the_drain() {
         .unwrap();
     assert_eq!(progress.sessions_at_start, 1);
     assert_eq!(progress.goaways_sent, 1, "{progress:?}");
-    assert_eq!(server.metric("ringside_drain_goaways_total").await, 0);
+    assert_eq!(
+        server
+            .metric("ringside_goaways_total{reason=\"drain\"}")
+            .await,
+        0
+    );
     server.stop().await;
 }
