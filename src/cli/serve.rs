@@ -717,6 +717,36 @@ mod tests {
         }
     }
 
+    /// A role refuses the flags of the parts it does not run, and `serve`, which runs them all,
+    /// takes every one.
+    #[test]
+    fn each_role_takes_only_the_flags_it_uses() {
+        // (flag, value, whether `gateway` takes it, whether `control` does)
+        let cases = [
+            ("--prefetch-cache-jitter", "0.1", false, true),
+            ("--catalog-dir", "/tmp", false, true),
+            ("--heartbeat-ms", "1000", true, false),
+            ("--kafka-topic", "t", true, true),
+            ("--redis-prefix", "p:", true, true),
+        ];
+        for (flag, value, gateway, control) in cases {
+            for (role, takes) in [("serve", true), ("gateway", gateway), ("control", control)] {
+                let parsed = Cli::try_parse_from(["ringside", role, flag, value]);
+                match parsed {
+                    Ok(_) => assert!(takes, "`{role}` took {flag}, which it does not use"),
+                    Err(error) => {
+                        assert!(!takes, "`{role}` refused {flag}: {error}");
+                        assert_eq!(
+                            error.kind(),
+                            clap::error::ErrorKind::UnknownArgument,
+                            "`{role} {flag}`"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// Every `[default: N]` a help text states is the default the flag's absence gives.
     #[test]
     fn the_defaults_help_texts_state_are_the_real_ones() {
