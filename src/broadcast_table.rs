@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
-use protocol::admin::{BroadcastList, BroadcastReport, BroadcastSummary, LatencyQuantiles};
+use ringside_protocol::admin::{
+    BroadcastList, BroadcastReport, BroadcastSummary, LatencyQuantiles,
+};
 
 /// One line per broadcast, newest first.
 pub fn list_table(list: &BroadcastList) -> String {
@@ -99,8 +101,8 @@ pub fn report_table(report: &BroadcastReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::admin::{AckHistogram, NodeBroadcast, ReachPoint};
-    use protocol::{EventId, Stage, Topic};
+    use ringside_protocol::admin::{AckHistogram, NodeBroadcast, ReachPoint};
+    use ringside_protocol::{EventId, Stage, Topic};
 
     #[test]
     fn a_report_lists_its_numbers_reach_and_nodes() {

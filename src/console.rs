@@ -12,7 +12,7 @@ use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use protocol::admin::{ApiError, ApiErrorCode};
+use ringside_protocol::admin::{ApiError, ApiErrorCode};
 
 /// One embedded file: its name under `/console/`, content type and bytes.
 struct ConsoleFile {

@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use control::{ControlError, EventStore};
 use futures_util::future::BoxFuture;
-use prefetch::catalog::Catalog;
-use prefetch::generate::{DatasetSize, generate};
-use prefetch::store::{MemoryPageStore, PageStore, RedisPageStore};
-use prefetch::{EventSource, LiveEvent};
-use protocol::admin::CreateEvent;
-use protocol::{EventId, Stage};
-use sync_util::LockExt;
+use ringside_control::{ControlError, EventStore};
+use ringside_prefetch::catalog::Catalog;
+use ringside_prefetch::generate::{DatasetSize, generate};
+use ringside_prefetch::store::{MemoryPageStore, PageStore, RedisPageStore};
+use ringside_prefetch::{EventSource, LiveEvent};
+use ringside_protocol::admin::CreateEvent;
+use ringside_protocol::{EventId, Stage};
+use ringside_sync_util::LockExt;
 
 /// Where the catalog comes from.
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ pub async fn load_catalog(source: &DatasetSource) -> anyhow::Result<Catalog> {
             Catalog::build(dataset.titles, dataset.profiles, dataset.events)
                 .map_err(anyhow::Error::from)
         }
-        DatasetSource::Directory(dir) => prefetch::jsonl::load(&dir)
+        DatasetSource::Directory(dir) => ringside_prefetch::jsonl::load(&dir)
             .with_context(|| format!("loading the catalog from {}", dir.display())),
     })
     .await??;

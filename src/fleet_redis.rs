@@ -1,4 +1,4 @@
-//! A gateway node's fleet in Redis: the backends of [`gateway::fleet`] implemented on the
+//! A gateway node's fleet in Redis: the backends of [`ringside_gateway::fleet`] implemented on the
 //! control plane's keys (its [`RedisEventStore`] and [`NodeRegistry`]), at the pace the
 //! registry's expiry asks for ([`HEARTBEAT_INTERVAL`], [`BROADCAST_REPORT_INTERVAL`]).
 //!
@@ -9,13 +9,13 @@
 
 use std::sync::Arc;
 
-use control::nodes::{BROADCAST_REPORT_INTERVAL, HEARTBEAT_INTERVAL, TopicBroadcasts};
-use control::{EventStore, NodeRegistry, RedisEventStore};
 use futures_util::future::BoxFuture;
-use gateway::fleet::{
+use ringside_control::nodes::{BROADCAST_REPORT_INTERVAL, HEARTBEAT_INTERVAL, TopicBroadcasts};
+use ringside_control::{EventStore, NodeRegistry, RedisEventStore};
+use ringside_gateway::fleet::{
     BackendError, BroadcastRecordSink, Fleet, FleetRegistry, NodeReport, StateStore, TopicRecords,
 };
-use protocol::EventState;
+use ringside_protocol::EventState;
 
 use crate::content::RedisLink;
 
@@ -60,8 +60,8 @@ impl StateStore for RedisFleet {
     }
 }
 
-fn control_report(report: NodeReport) -> control::NodeReport {
-    control::NodeReport {
+fn control_report(report: NodeReport) -> ringside_control::NodeReport {
+    ringside_control::NodeReport {
         node: report.node,
         topics: report.topics,
         reported_at_ms: report.reported_at_ms,

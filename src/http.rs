@@ -36,9 +36,9 @@ use hyper::body::{Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use protection::{Protection, ProtectionConfig};
-use protocol::admin::{ApiError, ApiErrorCode};
-use telemetry::{LogBudget, Registry};
+use ringside_protection::{Protection, ProtectionConfig};
+use ringside_protocol::admin::{ApiError, ApiErrorCode};
+use ringside_telemetry::{LogBudget, Registry};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -133,7 +133,7 @@ pub async fn serve_http(
 /// no timer and no body wrapper), and its time in flight covers its body read. `/healthz` and
 /// `/metrics` pass the layer unlimited. With `graphql_cors_origins`, `/graphql` passes a CORS
 /// layer outside protection's, so that its shed answers are readable cross-origin too
-/// ([`prefetch::http::with_graphql_cors`]).
+/// ([`ringside_prefetch::http::with_graphql_cors`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_http_protected(
     listener: TcpListener,
@@ -151,7 +151,7 @@ pub async fn serve_http_protected(
             bound_body_read,
         ))
         .layer(protection.layer());
-    let router = prefetch::http::with_graphql_cors(router, graphql_cors_origins);
+    let router = ringside_prefetch::http::with_graphql_cors(router, graphql_cors_origins);
     let accept_errors = LogBudget::new(registry, "http_accept", ACCEPT_ERROR_LOG_LINES_PER_S);
     accept_loop(listener, router, config, accept_errors, shutdown, grace).await
 }

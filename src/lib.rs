@@ -8,7 +8,7 @@
 //!   process that serves the admin API.
 //! - [`content`]: the prefetch catalog, page store and event bridge a process serves from.
 //! - [`fleet_redis`]: a gateway node's event store, node registry and broadcast records in
-//!   Redis, as the backends of `gateway::fleet` (its reconciler and reports).
+//!   Redis, as the backends of `ringside_gateway::fleet` (its reconciler and reports).
 //! - [`overload`]: protection wired in: the bus observer that feeds its ruleset stage
 //!   transitions, and the poller of the fleet-wide protection setting.
 //! - [`secrets`]: where the device-token secret and the admin token come from: configuration,

@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
-use broadcaster::{BroadcastError, Bus, BusFeed, FeedItem};
-use control::protection_api::FleetSetting;
 use futures_util::future::BoxFuture;
-use protection::Protection;
-use protocol::EventState;
-use protocol::admin::ProtectionUpdate;
+use ringside_broadcaster::{BroadcastError, Bus, BusFeed, FeedItem};
+use ringside_control::protection_api::FleetSetting;
+use ringside_protection::Protection;
+use ringside_protocol::EventState;
+use ringside_protocol::admin::ProtectionUpdate;
 use tokio_util::sync::CancellationToken;
 
 /// A [`Bus`] that shows protection every state it carries.

@@ -6,26 +6,26 @@
 
 use std::sync::Arc;
 
-use auth::{AdminToken, DeviceTokenKey};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use broadcaster::{Bus, MemoryBus};
-use control::nodes::NodeDrains;
-use control::{
+use futures_util::future::BoxFuture;
+use ringside_auth::{AdminToken, DeviceTokenKey};
+use ringside_broadcaster::{Bus, MemoryBus};
+use ringside_control::nodes::NodeDrains;
+use ringside_control::{
     BroadcastSource, ClusterStats, ControlError, ControlPlane, EventStore, MemoryEventStore,
     NodeRegistry, RedisEventStore, StatsSource,
 };
-use futures_util::future::BoxFuture;
-use gateway::fleet::{Node, NodeStops};
-use gateway::{DrainReport, Gateway, GatewayConfig};
-use kafka::{KafkaBus, KafkaConfig};
-use prefetch::store::{MemoryPageStore, PageStore, RedisPageStore};
-use prefetch::{PrefetchConfig, PrefetchService};
-use protocol::admin::{ApiError, ApiErrorCode, DrainAnswer, NodeBroadcastRecords, Stats};
-use telemetry::Registry;
+use ringside_gateway::fleet::{Node, NodeStops};
+use ringside_gateway::{DrainReport, Gateway, GatewayConfig};
+use ringside_kafka::{KafkaBus, KafkaConfig};
+use ringside_prefetch::store::{MemoryPageStore, PageStore, RedisPageStore};
+use ringside_prefetch::{PrefetchConfig, PrefetchService};
+use ringside_protocol::admin::{ApiError, ApiErrorCode, DrainAnswer, NodeBroadcastRecords, Stats};
+use ringside_telemetry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -35,8 +35,8 @@ use crate::fleet_redis::redis_fleet;
 use crate::http::{HttpConfig, serve_http_protected};
 use crate::overload::{ObservedBus, run_fleet_setting_poller};
 use crate::secrets::Secrets;
-use control::protection_api::{FleetSetting, ProtectionControl};
-use protection::Protection;
+use ringside_control::protection_api::{FleetSetting, ProtectionControl};
+use ringside_protection::Protection;
 
 /// What a process serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,9 +79,9 @@ pub struct ServeConfig {
     /// live (Redis when set).
     pub prefetch: PrefetchSetup,
     /// How the control plane sizes the default follow-up fetch window of stage states.
-    pub fetch_window: control::FetchWindowConfig,
+    pub fetch_window: ringside_control::FetchWindowConfig,
     /// Bounds of `GET /v1/admin/stream`.
-    pub admin_stream: control::StreamConfig,
+    pub admin_stream: ringside_control::StreamConfig,
 }
 
 /// How the prefetch service of this process is set up.
@@ -149,7 +149,7 @@ impl BroadcastSource for LocalStats {
     /// Only `topic`'s channel is read, so one event's report costs its own records.
     fn topic_records<'a>(
         &'a self,
-        topic: &'a protocol::Topic,
+        topic: &'a ringside_protocol::Topic,
     ) -> BoxFuture<'a, Result<Vec<NodeBroadcastRecords>, ControlError>> {
         let records = vec![self.gateway.topic_broadcast_records(topic)];
         Box::pin(async move { Ok(records) })
@@ -492,7 +492,7 @@ async fn start_control(
     };
     let router = control
         .router()
-        .merge(prefetch::http::router(prefetch.clone()))
+        .merge(ringside_prefetch::http::router(prefetch.clone()))
         .merge(crate::console::router());
     let materializer = (config.prefetch.materialize == MaterializeMode::Background).then(|| {
         let stop = shutdown.clone();
@@ -525,7 +525,7 @@ async fn start_control(
 mod tests {
     use std::time::Duration;
 
-    use prefetch::generate::DatasetSize;
+    use ringside_prefetch::generate::DatasetSize;
 
     use super::*;
 
@@ -549,8 +549,8 @@ mod tests {
                 store: StoreSetup::Memory,
                 materialize: MaterializeMode::OnDemand,
             },
-            fetch_window: control::FetchWindowConfig::default(),
-            admin_stream: control::StreamConfig::default(),
+            fetch_window: ringside_control::FetchWindowConfig::default(),
+            admin_stream: ringside_control::StreamConfig::default(),
         }
     }
 

@@ -13,7 +13,7 @@ use std::fmt;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use protocol::Priority;
+use ringside_protocol::Priority;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 

@@ -4,8 +4,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use protocol::{EventState, Topic};
-use sync_util::LockExt;
+use ringside_protocol::{EventState, Topic};
+use ringside_sync_util::LockExt;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -580,7 +580,7 @@ pub async fn apply_off_runtime(hub: &Arc<Hub>, state: Arc<EventState>) -> Applie
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::{Payload, Stage};
+    use ringside_protocol::{Payload, Stage};
 
     fn state(topic: &str, version: u64) -> EventState {
         EventState {
@@ -589,7 +589,7 @@ mod tests {
             stage: Stage::parse("LIVE").expect("stage"),
             published_at_ms: 1,
             payload: Payload::empty(),
-            priority: protocol::Priority::Critical,
+            priority: ringside_protocol::Priority::Critical,
             fetch_within_ms: None,
         }
     }
@@ -603,9 +603,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_fan_out_split_over_threads_reaches_every_subscriber_once() {
-        let hub = Arc::new(Hub::new(
-            crate::HubMetrics::new(&telemetry::Registry::new()),
-        ));
+        let hub = Arc::new(Hub::new(crate::HubMetrics::new(
+            &ringside_telemetry::Registry::new(),
+        )));
         let topic = Topic::parse("event:a").expect("topic");
         let mailboxes: Vec<_> = (0..3 * PARALLEL_FANOUT_MIN)
             .map(|connection| {
@@ -751,7 +751,7 @@ mod tests {
 
     fn best_effort(topic: &str, version: u64) -> EventState {
         EventState {
-            priority: protocol::Priority::BestEffort,
+            priority: ringside_protocol::Priority::BestEffort,
             ..state(topic, version)
         }
     }
@@ -853,9 +853,9 @@ mod tests {
     }
 
     fn test_hub() -> Arc<Hub> {
-        Arc::new(Hub::new(
-            crate::HubMetrics::new(&telemetry::Registry::new()),
-        ))
+        Arc::new(Hub::new(crate::HubMetrics::new(
+            &ringside_telemetry::Registry::new(),
+        )))
     }
 
     fn subscribed(hub: &Hub, topic: &str, connection: u64) -> Arc<crate::Mailbox> {

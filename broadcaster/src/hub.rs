@@ -26,10 +26,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::admin::{BroadcastRecord, TopicStats, TopicVersion};
-use protocol::{EventState, Priority, Topic};
-use sync_util::{LockExt, RwLockExt};
-use telemetry::{Counter, Gauge, Histogram, Registry};
+use ringside_protocol::admin::{BroadcastRecord, TopicStats, TopicVersion};
+use ringside_protocol::{EventState, Priority, Topic};
+use ringside_sync_util::{LockExt, RwLockExt};
+use ringside_telemetry::{Counter, Gauge, Histogram, Registry};
 use tokio::sync::watch;
 
 use crate::mailbox::{Mailbox, Offer};
@@ -97,7 +97,7 @@ impl EncodedState {
             version: state.version,
             published_at_ms: state.published_at_ms,
             priority: state.priority,
-            wire: text_frame(protocol::frame::encode_state(state).as_bytes()),
+            wire: text_frame(ringside_protocol::frame::encode_state(state).as_bytes()),
             encoded_at: Instant::now(),
             record: None,
         }
@@ -180,7 +180,7 @@ impl DeliveryMetrics {
         if live && !state.is_best_effort() {
             self.fanout.observe(state.encoded_at.elapsed());
             self.publish_to_send.observe(Duration::from_millis(
-                protocol::unix_now_ms().saturating_sub(state.published_at_ms),
+                ringside_protocol::unix_now_ms().saturating_sub(state.published_at_ms),
             ));
         }
     }
@@ -409,17 +409,17 @@ type UnpublishedTopics = HashMap<Topic, HashMap<u64, Arc<Mailbox>>>;
 /// task to take:
 ///
 /// ```
-/// use broadcaster::{Applied, Hub, HubMetrics, Mailbox};
-/// use protocol::{EventState, Payload, Priority, Stage, Topic};
+/// use ringside_broadcaster::{Applied, Hub, HubMetrics, Mailbox};
+/// use ringside_protocol::{EventState, Payload, Priority, Stage, Topic};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let hub = Hub::new(HubMetrics::new(&telemetry::Registry::new()));
+/// let hub = Hub::new(HubMetrics::new(&ringside_telemetry::Registry::new()));
 /// let topic = Topic::parse("event:fight-night")?;
 /// let live = EventState {
 ///     topic: topic.clone(),
 ///     version: 7,
 ///     stage: Stage::parse("LIVE")?,
-///     published_at_ms: protocol::unix_now_ms(),
+///     published_at_ms: ringside_protocol::unix_now_ms(),
 ///     payload: Payload::parse(r#"{"hero":"main-card"}"#)?,
 ///     priority: Priority::Critical,
 ///     fetch_within_ms: None,
@@ -732,7 +732,7 @@ impl Hub {
     pub fn record_ack(&self, topic: &Topic, version: u64) {
         self.metrics.acks.increment();
         if let Some(record) = self.channel(topic).and_then(|c| c.record(version)) {
-            record.add_ack(protocol::unix_now_ms());
+            record.add_ack(ringside_protocol::unix_now_ms());
         }
     }
 
@@ -892,7 +892,7 @@ fn reported_records(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::{Payload, Stage};
+    use ringside_protocol::{Payload, Stage};
 
     fn hub() -> Hub {
         Hub::new(HubMetrics::new(&Registry::new()))
@@ -905,14 +905,14 @@ mod tests {
             stage: Stage::parse("LIVE").expect("stage"),
             published_at_ms: 0,
             payload: Payload::empty(),
-            priority: protocol::Priority::Critical,
+            priority: ringside_protocol::Priority::Critical,
             fetch_within_ms: None,
         }
     }
 
     fn best_effort(version: u64) -> EventState {
         EventState {
-            priority: protocol::Priority::BestEffort,
+            priority: ringside_protocol::Priority::BestEffort,
             ..state(version)
         }
     }

@@ -35,8 +35,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
-use protocol::Topic;
-use sync_util::LockExt;
+use ringside_protocol::Topic;
+use ringside_sync_util::LockExt;
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
@@ -611,19 +611,23 @@ fn drain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::{EventState, Payload, Stage};
+    use ringside_protocol::{EventState, Payload, Stage};
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
 
     fn encoded(topic: &str, version: u64) -> Arc<EncodedState> {
-        encoded_in(topic, version, protocol::Priority::Critical)
+        encoded_in(topic, version, ringside_protocol::Priority::Critical)
     }
 
     fn best_effort(topic: &str, version: u64) -> Arc<EncodedState> {
-        encoded_in(topic, version, protocol::Priority::BestEffort)
+        encoded_in(topic, version, ringside_protocol::Priority::BestEffort)
     }
 
-    fn encoded_in(topic: &str, version: u64, priority: protocol::Priority) -> Arc<EncodedState> {
+    fn encoded_in(
+        topic: &str,
+        version: u64,
+        priority: ringside_protocol::Priority,
+    ) -> Arc<EncodedState> {
         Arc::new(EncodedState::encode(&EventState {
             topic: Topic::parse(topic).expect("topic"),
             version,

@@ -9,8 +9,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use protocol::admin::{ACK_LATENCY_BOUNDS_MS, AckHistogram, BroadcastRecord};
-use protocol::{Stage, Topic};
+use ringside_protocol::admin::{ACK_LATENCY_BOUNDS_MS, AckHistogram, BroadcastRecord};
+use ringside_protocol::{Stage, Topic};
 
 /// The ack-latency histogram's buckets: one per bound, and one for later acks.
 const BUCKETS: usize = ACK_LATENCY_BOUNDS_MS.len() + 1;
@@ -44,7 +44,7 @@ impl DeliveryRecord {
             version,
             stage,
             published_at_ms,
-            received_at_ms: protocol::unix_now_ms(),
+            received_at_ms: ringside_protocol::unix_now_ms(),
             subscribed,
             sent: AtomicU64::new(0),
             acked: AtomicU64::new(0),

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use broadcaster::{Hub, HubMetrics, Mailbox};
 use proptest::prelude::*;
-use protocol::{EventState, Payload, Stage, Topic};
+use ringside_broadcaster::{Hub, HubMetrics, Mailbox};
+use ringside_protocol::{EventState, Payload, Stage, Topic};
 
 fn state(version: u64) -> EventState {
     EventState {
@@ -15,7 +15,7 @@ fn state(version: u64) -> EventState {
         stage: Stage::parse("LIVE").expect("stage"),
         published_at_ms: 0,
         payload: Payload::empty(),
-        priority: protocol::Priority::Critical,
+        priority: ringside_protocol::Priority::Critical,
         fetch_within_ms: None,
     }
 }
@@ -27,7 +27,7 @@ proptest! {
         publishes in prop::collection::vec(1u64..200, 1..60),
         sinces in prop::collection::vec(0u64..100, 1..12),
     ) {
-        let hub = Arc::new(Hub::new(HubMetrics::new(&telemetry::Registry::new())));
+        let hub = Arc::new(Hub::new(HubMetrics::new(&ringside_telemetry::Registry::new())));
         let topic = state(0).topic;
         let newest = *publishes.iter().max().expect("non-empty");
         let publisher = {
@@ -73,9 +73,9 @@ proptest! {
 fn in_lane(version: u64, best_effort: bool) -> EventState {
     EventState {
         priority: if best_effort {
-            protocol::Priority::BestEffort
+            ringside_protocol::Priority::BestEffort
         } else {
-            protocol::Priority::Critical
+            ringside_protocol::Priority::Critical
         },
         ..state(version)
     }
@@ -92,7 +92,7 @@ proptest! {
         lanes in prop::collection::vec(any::<bool>(), 1..60),
         sinces in prop::collection::vec(0u64..40, 1..8),
     ) {
-        let hub = Arc::new(Hub::new(HubMetrics::new(&telemetry::Registry::new())));
+        let hub = Arc::new(Hub::new(HubMetrics::new(&ringside_telemetry::Registry::new())));
         let topic = state(0).topic;
         let published: Vec<(u64, bool)> = lanes
             .iter()

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
-use broadcaster::Mailbox;
-use broadcaster::hub::EncodedState;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use protocol::{EventState, Payload, ServerFrame, Stage, Topic};
+use ringside_broadcaster::Mailbox;
+use ringside_broadcaster::hub::EncodedState;
+use ringside_protocol::{EventState, Payload, ServerFrame, Stage, Topic};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -52,7 +52,7 @@ fn encoded(version: u64, filler: usize) -> Arc<EncodedState> {
         stage: Stage::parse("LIVE").expect("stage"),
         published_at_ms: 0,
         payload,
-        priority: protocol::Priority::Critical,
+        priority: ringside_protocol::Priority::Critical,
         fetch_within_ms: None,
     }))
 }

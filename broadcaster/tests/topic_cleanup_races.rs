@@ -3,9 +3,9 @@
 
 use std::sync::{Arc, Barrier};
 
-use broadcaster::{Hub, HubMetrics, Mailbox};
-use protocol::{EventState, Payload, Stage, Topic};
-use telemetry::Registry;
+use ringside_broadcaster::{Hub, HubMetrics, Mailbox};
+use ringside_protocol::{EventState, Payload, Stage, Topic};
+use ringside_telemetry::Registry;
 
 const ROUNDS: usize = 5_000;
 
@@ -20,7 +20,7 @@ fn state(version: u64) -> EventState {
         stage: Stage::parse("LIVE").expect("stage"),
         published_at_ms: 0,
         payload: Payload::empty(),
-        priority: protocol::Priority::Critical,
+        priority: ringside_protocol::Priority::Critical,
         fetch_within_ms: None,
     }
 }

@@ -1,10 +1,10 @@
 //! The admin API, typed.
 
-use protocol::admin::{
+use ringside_protocol::admin::{
     ApiError, ApiErrorCode, BroadcastList, BroadcastReport, CreateEvent, EventList, EventSummary,
     PublishReceipt, PublishRequest, Stats, UpdateEvent,
 };
-use protocol::{EventId, Priority};
+use ringside_protocol::{EventId, Priority};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -160,7 +160,7 @@ pub fn decode<T: DeserializeOwned>(response: &HttpResponse) -> Result<T, ClientE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::{Payload, Stage};
+    use ringside_protocol::{Payload, Stage};
 
     fn body(options: PublishOptions) -> String {
         let request = PublishRequest {

@@ -17,7 +17,7 @@ pub use admin::AdminClient;
 pub use device::{ConnectFailure, ConnectOptions, DeviceConnection};
 pub use watcher::{Watcher, WatcherConfig};
 
-use protocol::admin::ApiError;
+use ringside_protocol::admin::ApiError;
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +33,7 @@ pub enum ClientError {
     #[error("WebSocket error: {0}")]
     WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("server sent an invalid frame: {0}")]
-    Decode(#[from] protocol::DecodeError),
+    Decode(#[from] ringside_protocol::DecodeError),
     #[error("connection closed by the server (code {code}: {reason})")]
     Closed { code: u16, reason: String },
     #[error("server sent {0} where it should have sent {1}")]

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use protocol::{EventState, ServerFrame, Topic};
+use ringside_protocol::{EventState, ServerFrame, Topic};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
@@ -112,9 +112,9 @@ fn accept(versions: &mut HashMap<Topic, LaneVersions>, state: &EventState) -> bo
 /// a goaway, and checks what the device resubscribes with):
 ///
 /// ```
-/// use client::watcher::WatchEvent;
-/// use client::{Watcher, WatcherConfig};
-/// use protocol::Topic;
+/// use ringside_client::watcher::WatchEvent;
+/// use ringside_client::{Watcher, WatcherConfig};
+/// use ringside_protocol::Topic;
 ///
 /// # #[tokio::main]
 /// # async fn main() {
@@ -141,8 +141,8 @@ fn accept(versions: &mut HashMap<Topic, LaneVersions>, state: &EventState) -> bo
 /// # /// Two connections: the first is sent version 3 and a goaway; returns the second's `since`.
 /// # async fn stand_in_node(listener: tokio::net::TcpListener) -> u64 {
 /// #     use futures_util::{SinkExt, StreamExt};
-/// #     use protocol::frame::GoawayReason;
-/// #     use protocol::{ClientFrame, EventState, Payload, Priority, ServerFrame, Stage};
+/// #     use ringside_protocol::frame::GoawayReason;
+/// #     use ringside_protocol::{ClientFrame, EventState, Payload, Priority, ServerFrame, Stage};
 /// #     use tokio_tungstenite::tungstenite::Message;
 /// #     let mut since = 0;
 /// #     for round in 0..2 {
@@ -153,7 +153,7 @@ fn accept(versions: &mut HashMap<Topic, LaneVersions>, state: &EventState) -> bo
 /// #             connection_id: format!("c{round}"),
 /// #             node: "stand-in".into(),
 /// #             heartbeat_ms: 25_000,
-/// #             protocol: protocol::PROTOCOL_VERSION,
+/// #             protocol: ringside_protocol::PROTOCOL_VERSION,
 /// #         }))
 /// #         .await
 /// #         .unwrap();
@@ -171,7 +171,7 @@ fn accept(versions: &mut HashMap<Topic, LaneVersions>, state: &EventState) -> bo
 /// #             topic: topics[0].topic.clone(),
 /// #             version: 3,
 /// #             stage: Stage::parse("LIVE").unwrap(),
-/// #             published_at_ms: protocol::unix_now_ms(),
+/// #             published_at_ms: ringside_protocol::unix_now_ms(),
 /// #             payload: Payload::empty(),
 /// #             priority: Priority::Critical,
 /// #             fetch_within_ms: None,
@@ -349,7 +349,7 @@ impl Watcher {
 
 #[cfg(test)]
 mod tests {
-    use protocol::{Payload, Priority, Stage};
+    use ringside_protocol::{Payload, Priority, Stage};
 
     use super::*;
 

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use client::watcher::WatchEvent;
-use client::{ClientError, DeviceConnection, Watcher, WatcherConfig};
-use protocol::Topic;
+use ringside_client::watcher::WatchEvent;
+use ringside_client::{ClientError, DeviceConnection, Watcher, WatcherConfig};
+use ringside_protocol::Topic;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -47,7 +47,7 @@ async fn refusing_server(retry_after_s: u64) -> (String, mpsc::UnboundedReceiver
 #[tokio::test]
 async fn a_refused_upgrade_surfaces_its_status_and_retry_after() {
     let (url, _seen) = refusing_server(2).await;
-    let options = client::ConnectOptions::default();
+    let options = ringside_client::ConnectOptions::default();
     match DeviceConnection::try_connect(&url, "any-token", &options).await {
         Err(failure) => {
             assert_eq!(failure.status(), Some(503));

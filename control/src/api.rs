@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use auth::AdminToken;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -12,12 +11,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use broadcaster::Bus;
-use protocol::admin::{CreateEvent, EventList, PublishReceipt};
-use protocol::admin::{NodeBroadcastRecords, UpdateEvent};
-use protocol::{EventId, Payload, PayloadError, Priority, Stage};
-use sync_util::LockExt;
-use telemetry::{Counter, Registry};
+use ringside_auth::AdminToken;
+use ringside_broadcaster::Bus;
+use ringside_protocol::admin::{CreateEvent, EventList, PublishReceipt};
+use ringside_protocol::admin::{NodeBroadcastRecords, UpdateEvent};
+use ringside_protocol::{EventId, Payload, PayloadError, Priority, Stage};
+use ringside_sync_util::LockExt;
+use ringside_telemetry::{Counter, Registry};
 
 use crate::body::{PublishBody, parse_json, validate_event};
 use crate::broadcasts::BroadcastSource;
@@ -172,7 +172,7 @@ impl ControlPlane {
     /// Every reporting node's records of `topic` (records of other topics may come along).
     pub(crate) async fn topic_broadcast_records(
         &self,
-        topic: &protocol::Topic,
+        topic: &ringside_protocol::Topic,
     ) -> Result<Vec<NodeBroadcastRecords>, ControlError> {
         match self.broadcasts.get() {
             Some(source) => source.topic_records(topic).await,
@@ -263,7 +263,7 @@ async fn require_admin(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(auth::bearer_token);
+        .and_then(ringside_auth::bearer_token);
     match presented {
         Some(token) if control.admin_token.matches(token) => Ok(next.run(request).await),
         _ => Err(ControlError::Unauthorized),
@@ -344,7 +344,7 @@ async fn update_in_order(
     control: &ControlPlane,
     id: &EventId,
     update: UpdateEvent,
-) -> Result<protocol::admin::EventSummary, ControlError> {
+) -> Result<ringside_protocol::admin::EventSummary, ControlError> {
     let current = control.store.get(id).await?;
     let updated = CreateEvent {
         id: id.clone(),
@@ -571,9 +571,9 @@ async fn drain_node(
 mod tests {
     use super::*;
     use crate::{MemoryEventStore, StatsSource};
-    use broadcaster::MemoryBus;
     use futures_util::future::BoxFuture;
-    use protocol::admin::{CreateEvent, Stats};
+    use ringside_broadcaster::MemoryBus;
+    use ringside_protocol::admin::{CreateEvent, Stats};
 
     struct NoStats;
 
@@ -686,7 +686,7 @@ mod tests {
         // On the bus: the state, then the best-effort message on the current stage.
         let mut feed = bus.subscribe();
         let mut seen = Vec::new();
-        while let Ok(broadcaster::FeedItem::State(message)) = feed.next().await {
+        while let Ok(ringside_broadcaster::FeedItem::State(message)) = feed.next().await {
             seen.push(message);
         }
         assert_eq!(seen.len(), 2);

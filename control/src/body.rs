@@ -5,8 +5,8 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use protocol::admin::CreateEvent;
-use protocol::{Priority, Stage};
+use ringside_protocol::admin::CreateEvent;
+use ringside_protocol::{Priority, Stage};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;

@@ -15,11 +15,11 @@
 use std::collections::{BTreeSet, HashMap};
 
 use futures_util::future::BoxFuture;
-use protocol::admin::{
+use ringside_protocol::admin::{
     ACK_LATENCY_BOUNDS_MS, AckHistogram, BroadcastList, BroadcastRecord, BroadcastReport,
     BroadcastSummary, LatencyQuantiles, NodeBroadcast, NodeBroadcastRecords, ReachPoint,
 };
-use protocol::{EventId, Topic};
+use ringside_protocol::{EventId, Topic};
 
 use crate::ControlError;
 
@@ -290,8 +290,8 @@ fn reach(counts: &[u64; BUCKETS], subscribed: u64, sent: u64) -> Vec<ReachPoint>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::Stage;
-    use protocol::admin::TopicVersion;
+    use ringside_protocol::Stage;
+    use ringside_protocol::admin::TopicVersion;
 
     fn topic() -> Topic {
         Topic::parse("event:a").expect("topic")

@@ -25,8 +25,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use protocol::{EventState, Topic};
-use sync_util::LockExt;
+use ringside_protocol::{EventState, Topic};
+use ringside_sync_util::LockExt;
 
 use crate::StatsSource;
 use crate::api::FETCH_WITHIN_MAX_MS;
@@ -244,8 +244,8 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use futures_util::future::BoxFuture;
-    use protocol::admin::{Stats, TopicStats};
-    use protocol::{Payload, Priority, Stage};
+    use ringside_protocol::admin::{Stats, TopicStats};
+    use ringside_protocol::{Payload, Priority, Stage};
 
     use super::*;
     use crate::ControlError;

@@ -17,7 +17,7 @@
 //!   subscribed to its event and the prefetch tier's capacity.
 //!
 //! A publish is validated, given the next version of its event by the store, accepted by the
-//! tier-1 [`broadcaster::Bus`], and only then answered.
+//! tier-1 [`ringside_broadcaster::Bus`], and only then answered.
 
 pub mod api;
 pub mod body;
@@ -31,9 +31,9 @@ pub mod stream;
 
 use std::sync::Arc;
 
-use broadcaster::BroadcastError;
 use futures_util::future::BoxFuture;
-use protocol::admin::{ApiError, ApiErrorCode, Stats};
+use ringside_broadcaster::BroadcastError;
+use ringside_protocol::admin::{ApiError, ApiErrorCode, Stats};
 
 pub use api::ControlPlane;
 pub use broadcasts::BroadcastSource;

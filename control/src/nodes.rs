@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use protocol::Topic;
-use protocol::admin::{
+use ringside_protocol::Topic;
+use ringside_protocol::admin::{
     BroadcastRecord, DrainAnswer, DrainState, NodeBroadcastRecords, NodeStats, Stats, TopicStats,
     TopicVersion,
 };
@@ -269,7 +269,7 @@ impl NodeRegistry {
         }
         let recorded: Option<String> = redis::cmd("SET")
             .arg(self.drain_request_key(node))
-            .arg(protocol::unix_now_ms())
+            .arg(ringside_protocol::unix_now_ms())
             .arg("NX")
             .arg("PX")
             .arg(DRAIN_REQUEST_TTL.as_millis() as u64)
@@ -399,7 +399,7 @@ impl NodeRegistry {
 /// Sums node reports into the admin API's stats: subscribers add up across nodes; a topic's
 /// version is the newest any node holds, and its acks are those of the nodes holding it.
 pub fn aggregate(reports: Vec<NodeReport>, now_ms: u64) -> Stats {
-    let mut topics: BTreeMap<protocol::Topic, TopicStats> = BTreeMap::new();
+    let mut topics: BTreeMap<ringside_protocol::Topic, TopicStats> = BTreeMap::new();
     let mut nodes = Vec::with_capacity(reports.len());
     for report in reports {
         for topic in report.topics {
@@ -484,7 +484,7 @@ impl StatsSource for ClusterStats {
             reports.retain(|live| !draining.iter().any(|d| d.node.node == live.node.node));
             reports.extend(draining);
             reports.sort_by(|a, b| a.node.node.cmp(&b.node.node));
-            Ok(aggregate(reports, protocol::unix_now_ms()))
+            Ok(aggregate(reports, ringside_protocol::unix_now_ms()))
         })
     }
 }
@@ -568,7 +568,7 @@ fn report_json(report: &NodeReport) -> Result<String, redis::RedisError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::Topic;
+    use ringside_protocol::Topic;
 
     fn report(node: &str, topics: &[(&str, u64, u64, u64)]) -> NodeReport {
         NodeReport {

@@ -16,8 +16,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
-use protection::Protection;
-use protocol::admin::{ProtectionStatus, ProtectionUpdate};
+use ringside_protection::Protection;
+use ringside_protocol::admin::{ProtectionStatus, ProtectionUpdate};
 
 use crate::body::parse_json;
 use crate::{ControlError, ControlPlane};

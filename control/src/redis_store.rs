@@ -13,10 +13,10 @@
 //!   bus's acknowledgement, so that the bus carries one event's states in version order.
 
 use futures_util::future::BoxFuture;
-use protocol::admin::{CreateEvent, EventSummary};
-use protocol::{EventId, EventState, Payload, Stage};
 use redis::Script;
-use sync_util::LockExt;
+use ringside_protocol::admin::{CreateEvent, EventSummary};
+use ringside_protocol::{EventId, EventState, Payload, Stage};
+use ringside_sync_util::LockExt;
 
 use crate::store::{EventWithState, NewState, PublishLock};
 use crate::{ControlError, EventStore};
@@ -230,7 +230,7 @@ impl EventStore for RedisEventStore {
         Box::pin(async move {
             let created = self.created(&id).await?;
             crate::store::check_stage(&id, &created.stages, &stage)?;
-            let published_at_ms = protocol::unix_now_ms();
+            let published_at_ms = ringside_protocol::unix_now_ms();
             let mut connection = self.connection.clone();
             let version: u64 = Script::new(NEXT_VERSION)
                 .key(self.key(&format!("version:{id}")))
@@ -245,7 +245,7 @@ impl EventStore for RedisEventStore {
                     stage,
                     published_at_ms,
                     payload,
-                    priority: protocol::Priority::Critical,
+                    priority: ringside_protocol::Priority::Critical,
                     fetch_within_ms: None,
                 },
             })

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 use futures_util::future::BoxFuture;
-use protocol::admin::{CreateEvent, EventSummary};
-use protocol::{EventId, EventState, Payload, Stage};
-use sync_util::RwLockExt;
+use ringside_protocol::admin::{CreateEvent, EventSummary};
+use ringside_protocol::{EventId, EventState, Payload, Stage};
+use ringside_sync_util::RwLockExt;
 
 use crate::ControlError;
 
@@ -189,7 +189,7 @@ impl EventStore for MemoryEventStore {
     ) -> BoxFuture<'_, Result<NewState, ControlError>> {
         let result = (|| {
             let mut events = self.events.write_locked();
-            let published_at_ms = protocol::unix_now_ms();
+            let published_at_ms = ringside_protocol::unix_now_ms();
             let record = events.get_mut(id).ok_or_else(|| unknown_event(id))?;
             check_stage(id, &record.summary.stages, &stage)?;
             record.last_assigned = (record.last_assigned + 1).max(published_at_ms);
@@ -199,7 +199,7 @@ impl EventStore for MemoryEventStore {
                 stage,
                 published_at_ms,
                 payload,
-                priority: protocol::Priority::Critical,
+                priority: ringside_protocol::Priority::Critical,
                 fetch_within_ms: None,
             };
             Ok(NewState { state })
@@ -236,7 +236,7 @@ impl EventStore for MemoryEventStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::admin::CreateEvent;
+    use ringside_protocol::admin::CreateEvent;
 
     #[tokio::test]
     async fn versions_increase_and_survive_a_store_that_starts_over() {
@@ -250,7 +250,7 @@ mod tests {
             let id = EventId::parse("e").expect("id");
             store.next_state(&id, Stage::parse("LIVE").expect("stage"), Payload::empty())
         }
-        let before_ms = protocol::unix_now_ms();
+        let before_ms = ringside_protocol::unix_now_ms();
         let first_store = MemoryEventStore::new();
         first_store.create(create()).await.expect("created");
         let a = next(&first_store).await.expect("a").state;
@@ -262,7 +262,7 @@ mod tests {
         // A restarted process starts with an empty store: once the clock has passed the old
         // versions (they run ahead of it only during bursts of several publishes per
         // millisecond), its versions exceed them.
-        while protocol::unix_now_ms() <= b.version {
+        while ringside_protocol::unix_now_ms() <= b.version {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         let second_store = MemoryEventStore::new();

@@ -8,9 +8,9 @@
 //! at shutdown, so an instance without a console open reads nothing. Each stream only forwards
 //! the values whose JSON changed since it last sent them (everything once on connect):
 //!
-//! - `event: stats`, data: [`protocol::admin::Stats`], as `GET /v1/admin/stats`;
-//! - `event: events`, data: [`protocol::admin::EventList`], as `GET /v1/admin/events`;
-//! - `event: broadcast`, data: [`protocol::admin::BroadcastReport`] of one event's newest
+//! - `event: stats`, data: [`ringside_protocol::admin::Stats`], as `GET /v1/admin/stats`;
+//! - `event: events`, data: [`ringside_protocol::admin::EventList`], as `GET /v1/admin/events`;
+//! - `event: broadcast`, data: [`ringside_protocol::admin::BroadcastReport`] of one event's newest
 //!   broadcast, as `GET /v1/admin/events/{id}/broadcasts/{version}`.
 //!
 //! A comment line (`:`) goes out after [`StreamConfig::heartbeat_interval`] without an event,
@@ -18,7 +18,7 @@
 //! `503` with `Retry-After`), each holds a permit until it ends: after
 //! [`StreamConfig::max_lifetime`] (±10 %, so that the consoles' reconnects spread), so a
 //! forgotten tab does not keep its place for good, or at shutdown, when closing the permits'
-//! semaphore ends every stream. The response carries [`protection::Streaming`]: its place in
+//! semaphore ends every stream. The response carries [`ringside_protection::Streaming`]: its place in
 //! flight is given back with its headers and its time is no latency sample.
 
 use std::collections::HashMap;
@@ -30,9 +30,9 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use protocol::EventId;
-use protocol::admin::{ApiError, ApiErrorCode, EventList};
-use sync_util::LockExt;
+use ringside_protocol::EventId;
+use ringside_protocol::admin::{ApiError, ApiErrorCode, EventList};
+use ringside_sync_util::LockExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::api::ControlPlane;
@@ -408,7 +408,9 @@ pub(crate) async fn admin_stream(State(control): State<Arc<ControlPlane>>) -> Re
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response.extensions_mut().insert(protection::Streaming);
+    response
+        .extensions_mut()
+        .insert(ringside_protection::Streaming);
     response
 }
 

@@ -24,18 +24,18 @@
 
 use std::sync::OnceLock;
 
-use auth::{AdminToken, DeviceTokenKey};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use prefetch::catalog::Catalog;
-use prefetch::generate::{DatasetSize, generate};
-use prefetch::limits::QueryLimits;
-use prefetch::materialize::{self, EventPool, EventSpec};
-use protocol::admin::CreateEvent;
-use protocol::{ClientFrame, Payload};
+use ringside_auth::{AdminToken, DeviceTokenKey};
+use ringside_prefetch::catalog::Catalog;
+use ringside_prefetch::generate::{DatasetSize, generate};
+use ringside_prefetch::limits::QueryLimits;
+use ringside_prefetch::materialize::{self, EventPool, EventSpec};
+use ringside_protocol::admin::CreateEvent;
+use ringside_protocol::{ClientFrame, Payload};
 use sha2::Sha256;
 
 /// One fuzz target: its name (the folder under `fuzz/corpus/` and `fuzz/regressions/`) and its
@@ -103,19 +103,20 @@ pub fn client_frame(data: &[u8]) {
 }
 
 /// An admin request body, decoded as the create-event and the publish handlers decode it:
-/// [`control::body::parse_json`], then [`control::body::validate_event`] or
+/// [`ringside_control::body::parse_json`], then [`ringside_control::body::validate_event`] or
 /// [`Payload::from_raw`].
 pub fn admin_body(data: &[u8]) {
     let body: Result<Bytes, BytesRejection> = Ok(Bytes::copy_from_slice(data));
-    match control::body::parse_json::<CreateEvent>(&body) {
+    match ringside_control::body::parse_json::<CreateEvent>(&body) {
         Ok(event) => {
-            let _verdict = control::body::validate_event(&event).map_err(|e| e.to_api_error());
+            let _verdict =
+                ringside_control::body::validate_event(&event).map_err(|e| e.to_api_error());
         }
         Err(error) => {
             let _answer = error.to_api_error();
         }
     }
-    match control::body::parse_json::<control::body::PublishBody>(&body) {
+    match ringside_control::body::parse_json::<ringside_control::body::PublishBody>(&body) {
         Ok(request) => {
             if let Some(raw) = request.payload {
                 let _payload = Payload::from_raw(raw);
@@ -184,11 +185,11 @@ pub fn device_token(data: &[u8]) {
         Ok(claims) => {
             assert!(claims.exp > NOW_S, "an accepted token has not expired");
             assert!(
-                !claims.sub.is_empty() && claims.sub.len() <= auth::ID_MAX_BYTES,
+                !claims.sub.is_empty() && claims.sub.len() <= ringside_auth::ID_MAX_BYTES,
                 "an accepted token names its device"
             );
             assert!(
-                !claims.profile.is_empty() && claims.profile.len() <= auth::ID_MAX_BYTES,
+                !claims.profile.is_empty() && claims.profile.len() <= ringside_auth::ID_MAX_BYTES,
                 "an accepted token names its profile"
             );
         }
@@ -198,7 +199,7 @@ pub fn device_token(data: &[u8]) {
     }
 }
 
-/// The admin `Authorization` header: [`auth::bearer_token`], then [`AdminToken::matches`],
+/// The admin `Authorization` header: [`ringside_auth::bearer_token`], then [`AdminToken::matches`],
 /// which must accept exactly the configured token.
 pub fn admin_token(data: &[u8]) {
     static TOKEN: OnceLock<AdminToken> = OnceLock::new();
@@ -208,7 +209,7 @@ pub fn admin_token(data: &[u8]) {
     let Ok(header) = std::str::from_utf8(data) else {
         return;
     };
-    if let Some(presented) = auth::bearer_token(header) {
+    if let Some(presented) = ringside_auth::bearer_token(header) {
         assert_eq!(
             token.matches(presented),
             presented == ADMIN_TOKEN,
@@ -225,7 +226,7 @@ fn query_limits() -> QueryLimits {
 /// The GraphQL entry of `/graphql`: parse, then check the limits. The one place the targets
 /// call it, so that a change of the entry point is a change of this function only.
 pub fn parse_and_check(query: &str, limits: QueryLimits) -> Result<(), String> {
-    prefetch::limits::parse_and_check(query, &limits)
+    ringside_prefetch::limits::parse_and_check(query, &limits)
         .map(drop)
         .map_err(|error| error.to_string())
 }
@@ -276,13 +277,14 @@ pub fn page_blob(data: &[u8]) {
     }
 }
 
-/// A record value read from the Kafka topic: [`kafka::decode_record`]. A decoded state must
+/// A record value read from the Kafka topic: [`ringside_kafka::decode_record`]. A decoded state must
 /// encode back to an equal state.
 pub fn kafka_record(data: &[u8]) {
-    if let Ok(state) = kafka::decode_record(Some(data)) {
+    if let Ok(state) = ringside_kafka::decode_record(Some(data)) {
         let encoded =
             serde_json::to_vec(&state).unwrap_or_else(|_| unreachable!("states always encode"));
-        let again = kafka::decode_record(Some(&encoded)).map_err(|error| error.to_string());
+        let again =
+            ringside_kafka::decode_record(Some(&encoded)).map_err(|error| error.to_string());
         assert_eq!(again.as_ref(), Ok(&state), "a decoded state re-encodes");
     }
 }

@@ -11,7 +11,7 @@ use std::collections::hash_map::Entry;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 
-use sync_util::LockExt;
+use ringside_sync_util::LockExt;
 
 /// Shards of the count map: enough that upgrades on every core rarely meet on one lock.
 const SHARDS: usize = 64;

@@ -17,17 +17,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use auth::DeviceTokenKey;
-use broadcaster::{
+use futures_util::future::BoxFuture;
+use ringside_auth::DeviceTokenKey;
+use ringside_broadcaster::{
     Applied, Bus, ConsumerConfig, Hub, HubConfig, HubMetrics, apply_off_runtime, run_bus_consumer,
 };
-use futures_util::future::BoxFuture;
-use protocol::admin::{
+use ringside_protocol::admin::{
     BroadcastRecord, DrainAnswer, DrainState, NodeBroadcastRecords, NodeStats, Stats, TopicStats,
     TopicVersion,
 };
-use protocol::{EventState, Topic};
-use telemetry::{Counter, Registry};
+use ringside_protocol::{EventState, Topic};
+use ringside_telemetry::{Counter, Registry};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -342,7 +342,7 @@ impl NodeReporter {
                 ..self.gateway.node_stats()
             },
             topics: self.gateway.hub().topic_stats(),
-            reported_at_ms: protocol::unix_now_ms(),
+            reported_at_ms: ringside_protocol::unix_now_ms(),
         }
     }
 
@@ -448,7 +448,7 @@ async fn run_broadcast_reports(
             () = stopped.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let reported_at_ms = protocol::unix_now_ms();
+        let reported_at_ms = ringside_protocol::unix_now_ms();
         let topics: Vec<TopicRecords> = gateway
             .hub()
             .broadcast_records_by_topic()
@@ -530,7 +530,7 @@ impl Gateway {
         let (current, records) = self.hub.all_broadcast_records();
         NodeBroadcastRecords {
             node: self.node_id().to_owned(),
-            reported_at_ms: protocol::unix_now_ms(),
+            reported_at_ms: ringside_protocol::unix_now_ms(),
             current,
             records,
         }
@@ -545,7 +545,7 @@ impl Gateway {
             .map_or_else(Default::default, |(held, records)| (vec![held], records));
         NodeBroadcastRecords {
             node: self.node_id().to_owned(),
-            reported_at_ms: protocol::unix_now_ms(),
+            reported_at_ms: ringside_protocol::unix_now_ms(),
             current,
             records,
         }
@@ -571,9 +571,9 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use broadcaster::MemoryBus;
-    use protocol::{Payload, Priority, Stage};
-    use sync_util::LockExt;
+    use ringside_broadcaster::MemoryBus;
+    use ringside_protocol::{Payload, Priority, Stage};
+    use ringside_sync_util::LockExt;
 
     use super::*;
 

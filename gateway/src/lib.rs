@@ -4,7 +4,7 @@
 //! - [`upgrade`]: `GET /v1/ws`: authenticates the device token, refuses with an HTTP status
 //!   before any upgrade, and hands the upgraded socket to a session.
 //! - [`session`]: one task per connection. It reads client frames, answers them, and writes the
-//!   states its [`broadcaster::Mailbox`] holds for it (a live state reaching an idle connection
+//!   states its [`ringside_broadcaster::Mailbox`] holds for it (a live state reaching an idle connection
 //!   is written by the fan-out itself, without waking the task); heartbeats, idle and
 //!   slow-consumer cut-offs and the goaway before every server-initiated close live here.
 //! - [`metrics`]: the node's counters for `/metrics`.
@@ -35,13 +35,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use auth::DeviceTokenKey;
 use axum::Router;
 use axum::response::{IntoResponse, Response};
-use broadcaster::Hub;
-use protection::RetryAfter;
-use protocol::admin::{ApiError, ApiErrorCode, DrainProgress, NodeStats};
-use sync_util::LockExt;
+use ringside_auth::DeviceTokenKey;
+use ringside_broadcaster::Hub;
+use ringside_protection::RetryAfter;
+use ringside_protocol::admin::{ApiError, ApiErrorCode, DrainProgress, NodeStats};
+use ringside_sync_util::LockExt;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +55,7 @@ pub use metrics::GatewayMetrics;
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(transparent)]
-    Unauthorized(#[from] auth::TokenError),
+    Unauthorized(#[from] ringside_auth::TokenError),
     #[error("not a WebSocket upgrade request: {0}")]
     NotUpgradable(&'static str),
     #[error("this node is at its connection limit; retry with backoff")]
@@ -132,20 +132,20 @@ impl GatewayError {
 /// use std::sync::Arc;
 /// use std::time::Duration;
 /// use futures_util::{SinkExt, StreamExt};
-/// use gateway::{Gateway, GatewayConfig, GatewayMetrics};
-/// use protocol::{ClientFrame, EventState, Payload, Priority, ServerFrame, Stage, SubscribeTopic, Topic};
+/// use ringside_gateway::{Gateway, GatewayConfig, GatewayMetrics};
+/// use ringside_protocol::{ClientFrame, EventState, Payload, Priority, ServerFrame, Stage, SubscribeTopic, Topic};
 /// use tokio_tungstenite::tungstenite::Message;
 ///
 /// # #[tokio::main]
 /// # async fn main() {
-/// let registry = telemetry::Registry::new();
-/// let hub = Arc::new(broadcaster::Hub::new(broadcaster::HubMetrics::new(&registry)));
-/// let key = auth::DeviceTokenKey::new(b"a-device-secret-of-32-bytes-or-more!").unwrap();
-/// let token = key.sign(&auth::DeviceClaims {
+/// let registry = ringside_telemetry::Registry::new();
+/// let hub = Arc::new(ringside_broadcaster::Hub::new(ringside_broadcaster::HubMetrics::new(&registry)));
+/// let key = ringside_auth::DeviceTokenKey::new(b"a-device-secret-of-32-bytes-or-more!").unwrap();
+/// let token = key.sign(&ringside_auth::DeviceClaims {
 ///     sub: "tv-1".into(),
 ///     profile: "p-1".into(),
-///     class: auth::DeviceClass::Tv,
-///     exp: protocol::unix_now_ms() / 1000 + 3600,
+///     class: ringside_auth::DeviceClass::Tv,
+///     exp: ringside_protocol::unix_now_ms() / 1000 + 3600,
 ///     priority: None,
 /// });
 /// let config = GatewayConfig {
@@ -161,7 +161,7 @@ impl GatewayError {
 ///     topic: topic.clone(),
 ///     version: 3,
 ///     stage: Stage::parse("LIVE").unwrap(),
-///     published_at_ms: protocol::unix_now_ms(),
+///     published_at_ms: ringside_protocol::unix_now_ms(),
 ///     payload: Payload::empty(),
 ///     priority: Priority::Critical,
 ///     fetch_within_ms: None,
@@ -436,7 +436,7 @@ impl Gateway {
         );
         let plan = DrainPlan {
             started: Instant::now(),
-            started_at_ms: protocol::unix_now_ms(),
+            started_at_ms: ringside_protocol::unix_now_ms(),
             window: paced.min(self.config.drain_window_max),
             sessions_at_start,
         };
@@ -565,7 +565,7 @@ impl Gateway {
     /// A reconnect delay for a goaway, spread uniformly over the configured window so that
     /// the devices of a draining node do not all come back at once.
     pub(crate) fn reconnect_delay(&self) -> Duration {
-        protection::retry_after(Duration::ZERO, self.config.reconnect_spread)
+        ringside_protection::retry_after(Duration::ZERO, self.config.reconnect_spread)
     }
 }
 
@@ -578,10 +578,10 @@ mod tests {
     use super::*;
 
     fn gateway(config: GatewayConfig) -> Arc<Gateway> {
-        let registry = telemetry::Registry::new();
+        let registry = ringside_telemetry::Registry::new();
         Gateway::new(
             config,
-            Arc::new(Hub::new(broadcaster::HubMetrics::new(&registry))),
+            Arc::new(Hub::new(ringside_broadcaster::HubMetrics::new(&registry))),
             DeviceTokenKey::new(b"a-device-secret-of-32-bytes-or-more!").expect("key"),
             GatewayMetrics::new(&registry),
         )

@@ -1,10 +1,10 @@
 //! The gateway's metrics. Each counter is bumped where the event happens, next to its log line.
-//! What a written state counts is the hub's [`broadcaster::DeliveryMetrics`]: the fan-out writes
+//! What a written state counts is the hub's [`ringside_broadcaster::DeliveryMetrics`]: the fan-out writes
 //! most states itself.
 
 use std::sync::Arc;
 
-use telemetry::{Counter, Gauge, Registry};
+use ringside_telemetry::{Counter, Gauge, Registry};
 
 use crate::GatewayError;
 

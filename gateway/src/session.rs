@@ -16,12 +16,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use auth::DeviceClaims;
-use broadcaster::{Delivery, Mailbox};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use protocol::frame::GoawayReason;
-use protocol::{
+use ringside_auth::DeviceClaims;
+use ringside_broadcaster::{Delivery, Mailbox};
+use ringside_protocol::frame::GoawayReason;
+use ringside_protocol::{
     ClientFrame, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerFrame, SubscribeTopic, Topic,
 };
 use tokio::time::{Instant, sleep_until, timeout};
@@ -630,7 +630,7 @@ fn lifetime_end(config: &crate::GatewayConfig, now: Instant) -> Option<Instant> 
     }
     let spread = config.connection_lifetime_spread;
     let earliest = config.max_connection_lifetime.saturating_sub(spread);
-    Some(now + protection::retry_after(earliest, config.max_connection_lifetime + spread))
+    Some(now + ringside_protection::retry_after(earliest, config.max_connection_lifetime + spread))
 }
 
 fn millis(duration: Duration) -> u64 {

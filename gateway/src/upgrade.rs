@@ -15,10 +15,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use broadcaster::Mailbox;
 use futures_util::FutureExt;
 use futures_util::future::Either;
 use hyper_util::rt::TokioIo;
+use ringside_broadcaster::Mailbox;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -37,7 +37,7 @@ fn presented_token<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Option
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(auth::bearer_token)
+            .and_then(ringside_auth::bearer_token)
     })
 }
 

@@ -1,4 +1,4 @@
-//! Tier 1 on Kafka: [`KafkaBus`] implements [`broadcaster::Bus`] over one topic.
+//! Tier 1 on Kafka: [`KafkaBus`] implements [`ringside_broadcaster::Bus`] over one topic.
 //!
 //! - **Publish**: each state is one record keyed by its topic name, produced by an idempotent
 //!   producer with `acks=all`. A best-effort message (`"priority":"best_effort"`) is keyed by
@@ -25,9 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use broadcaster::{BroadcastError, Bus, BusFeed, FeedItem};
 use futures_util::future::BoxFuture;
-use protocol::EventState;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -37,8 +35,10 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
-use sync_util::LockExt;
-use telemetry::{Counter, LogBudget, Registry};
+use ringside_broadcaster::{BroadcastError, Bus, BusFeed, FeedItem};
+use ringside_protocol::EventState;
+use ringside_sync_util::LockExt;
+use ringside_telemetry::{Counter, LogBudget, Registry};
 use tokio::sync::mpsc;
 
 /// Topic of Ringside's state records unless configured otherwise.
@@ -899,13 +899,13 @@ mod tests {
         }
     }
 
-    fn message(priority: protocol::Priority) -> EventState {
+    fn message(priority: ringside_protocol::Priority) -> EventState {
         EventState {
-            topic: protocol::Topic::parse("event:fight-night").expect("topic"),
+            topic: ringside_protocol::Topic::parse("event:fight-night").expect("topic"),
             version: 7,
-            stage: protocol::Stage::parse("LIVE").expect("stage"),
+            stage: ringside_protocol::Stage::parse("LIVE").expect("stage"),
             published_at_ms: 1,
-            payload: protocol::Payload::empty(),
+            payload: ringside_protocol::Payload::empty(),
             priority,
             fetch_within_ms: None,
         }
@@ -913,8 +913,8 @@ mod tests {
 
     #[test]
     fn best_effort_records_have_a_key_of_their_own_in_the_states_partition() {
-        let state = message(protocol::Priority::Critical);
-        let extra = message(protocol::Priority::BestEffort);
+        let state = message(ringside_protocol::Priority::Critical);
+        let extra = message(ringside_protocol::Priority::BestEffort);
         assert_eq!(record_key(&state), "event:fight-night");
         assert_eq!(record_key(&extra), "event:fight-night/best_effort");
         // The check value of CRC-32/ISO-HDLC, the CRC librdkafka partitions keys by.
@@ -932,8 +932,8 @@ mod tests {
 
     #[test]
     fn a_best_effort_message_is_placed_only_when_the_partition_count_is_known() {
-        let state = message(protocol::Priority::Critical);
-        let extra = message(protocol::Priority::BestEffort);
+        let state = message(ringside_protocol::Priority::Critical);
+        let extra = message(ringside_protocol::Priority::BestEffort);
         let partition = Placement::Partition(partition_of("event:fight-night", 12));
         assert_eq!(record_partition(&state, 12), partition);
         assert_eq!(

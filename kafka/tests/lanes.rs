@@ -8,15 +8,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use broadcaster::{Bus, ConsumerConfig, Hub, HubMetrics, run_bus_consumer};
-use kafka::{KafkaBus, KafkaConfig, partition_of, record_key};
-use protocol::{EventState, Payload, Priority, Stage, Topic};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use telemetry::Registry;
+use ringside_broadcaster::{Bus, ConsumerConfig, Hub, HubMetrics, run_bus_consumer};
+use ringside_kafka::{KafkaBus, KafkaConfig, partition_of, record_key};
+use ringside_protocol::{EventState, Payload, Priority, Stage, Topic};
+use ringside_telemetry::Registry;
 use tokio_util::sync::CancellationToken;
 
 const PROMPTLY: Duration = Duration::from_secs(20);
@@ -122,7 +122,7 @@ fn records(broker: &str, topic: &str, expected: usize) -> Vec<(i32, String, u64)
             continue;
         };
         let key = String::from_utf8(record.key().unwrap().to_vec()).unwrap();
-        let state = kafka::decode_record(record.payload()).unwrap();
+        let state = ringside_kafka::decode_record(record.payload()).unwrap();
         read.push((record.partition(), key, state.version));
     }
     read

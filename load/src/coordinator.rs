@@ -5,9 +5,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use client::AdminClient;
-use protocol::admin::{CreateEvent, PublishRequest};
-use protocol::{EventId, Payload, Stage};
+use ringside_client::AdminClient;
+use ringside_protocol::admin::{CreateEvent, PublishRequest};
+use ringside_protocol::{EventId, Payload, Stage};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::time::Instant;
@@ -294,14 +294,14 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
             };
             for admin in &admins {
                 match admin.create_event(&event).await {
-                    Ok(_) | Err(client::ClientError::Api { status: 409, .. }) => {}
+                    Ok(_) | Err(ringside_client::ClientError::Api { status: 409, .. }) => {}
                     Err(error) => return Err(error).context("creating the benchmark event"),
                 }
             }
             let targets: Vec<DeviceTarget> = nodes
                 .iter()
                 .map(|node| DeviceTarget::Ringside {
-                    ws_url: client::device::ws_url(node),
+                    ws_url: ringside_client::device::ws_url(node),
                     topic: plan.event.topic().to_string(),
                     device_token_secret: device_token_secret.clone(),
                 })
@@ -463,7 +463,7 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
             StormSignal::Kill => "-KILL",
         };
         let down_at = Instant::now();
-        let down_at_ms = protocol::unix_now_ms();
+        let down_at_ms = ringside_protocol::unix_now_ms();
         eprintln!("storm: kill {signal} {pid}");
         tokio::process::Command::new("kill")
             .args([signal, &pid.to_string()])
@@ -483,7 +483,7 @@ pub async fn run_fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
                 String::from_utf8_lossy(&restart.stderr)
             );
         }
-        while client::http::call(&storm.health_url, "GET", "/healthz", &[], None)
+        while ringside_client::http::call(&storm.health_url, "GET", "/healthz", &[], None)
             .await
             .map_or(true, |r| r.status != 200)
         {

@@ -21,12 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use auth::{DeviceClaims, DeviceClass, DeviceTokenKey};
-use client::{AdminClient, ConnectOptions, DeviceConnection};
-use protocol::admin::{CreateEvent, PublishRequest};
-use protocol::{EventId, Payload, ServerFrame, Stage, Topic};
+use ringside_auth::{DeviceClaims, DeviceClass, DeviceTokenKey};
+use ringside_client::{AdminClient, ConnectOptions, DeviceConnection};
+use ringside_protocol::admin::{CreateEvent, PublishRequest};
+use ringside_protocol::{EventId, Payload, ServerFrame, Stage, Topic};
+use ringside_sync_util::LockExt;
 use serde::{Deserialize, Serialize};
-use sync_util::LockExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Most devices one worker process holds (under the open-files limit).
@@ -146,7 +146,7 @@ pub struct DrainResult {
 }
 
 fn unix_now_ms() -> u64 {
-    protocol::unix_now_ms()
+    ringside_protocol::unix_now_ms()
 }
 
 /// The coordinator.
@@ -250,7 +250,7 @@ async fn coordinate(args: &DrainArgs) -> anyhow::Result<DrainResult> {
     };
     for admin in &admins {
         match admin.create_event(&event).await {
-            Ok(_) | Err(client::ClientError::Api { status: 409, .. }) => {}
+            Ok(_) | Err(ringside_client::ClientError::Api { status: 409, .. }) => {}
             Err(error) => return Err(error).context("creating the drain event"),
         }
     }
@@ -274,8 +274,8 @@ async fn coordinate(args: &DrainArgs) -> anyhow::Result<DrainResult> {
         let plan = DrainWorkerPlan {
             worker: index,
             endpoints: vec![
-                client::device::ws_url(&args.drained),
-                client::device::ws_url(&args.spare),
+                ringside_client::device::ws_url(&args.drained),
+                ringside_client::device::ws_url(&args.spare),
             ],
             topic: args.event.topic().to_string(),
             device_token_secret: args.device_token_secret.clone(),
@@ -337,7 +337,7 @@ async fn coordinate(args: &DrainArgs) -> anyhow::Result<DrainResult> {
 
     let drain_at_ms = unix_now_ms();
     let bearer = format!("Bearer {}", args.admin_token);
-    let answer = client::http::call(
+    let answer = ringside_client::http::call(
         &args.drained,
         "POST",
         &format!("/v1/admin/nodes/{}/drain", args.node_id),
@@ -352,8 +352,8 @@ async fn coordinate(args: &DrainArgs) -> anyhow::Result<DrainResult> {
             answer.text()
         );
     }
-    let plan: Option<protocol::admin::DrainProgress> =
-        serde_json::from_slice::<protocol::admin::DrainAnswer>(&answer.body)
+    let plan: Option<ringside_protocol::admin::DrainProgress> =
+        serde_json::from_slice::<ringside_protocol::admin::DrainAnswer>(&answer.body)
             .ok()
             .and_then(|answer| answer.progress);
     eprintln!("drain started: {}", answer.text());
@@ -405,7 +405,7 @@ async fn coordinate(args: &DrainArgs) -> anyhow::Result<DrainResult> {
 fn summarize(
     args: &DrainArgs,
     connected: usize,
-    plan: Option<protocol::admin::DrainProgress>,
+    plan: Option<ringside_protocol::admin::DrainProgress>,
     drain_at_ms: u64,
     reconnects: &[u64],
     goaways: &[u64],

@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use auth::{DeviceClaims, DeviceClass, DeviceTokenKey};
-use client::{ConnectOptions, DeviceConnection};
-use protocol::{ServerFrame, Topic};
-use sync_util::LockExt;
+use ringside_auth::{DeviceClaims, DeviceClass, DeviceTokenKey};
+use ringside_client::{ConnectOptions, DeviceConnection};
+use ringside_protocol::{ServerFrame, Topic};
+use ringside_sync_util::LockExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::wire::{Command, DeviceTarget, WorkerPlan, WorkerReport};
@@ -45,7 +45,7 @@ fn unix_now_us() -> u64 {
 pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
     let samples: Samples = Arc::default();
     let counters = Arc::new(Counters {
-        not_before_ms: protocol::unix_now_ms(),
+        not_before_ms: ringside_protocol::unix_now_ms(),
         ..Counters::default()
     });
     let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 86_400;
@@ -216,26 +216,26 @@ async fn run_watcher(
     samples: Samples,
     counters: Arc<Counters>,
 ) {
-    let mut config = client::WatcherConfig::new(vec![url], token, vec![topic]);
+    let mut config = ringside_client::WatcherConfig::new(vec![url], token, vec![topic]);
     config.ack = false;
     config.connect = options;
-    let mut watcher = client::Watcher::new(config);
+    let mut watcher = ringside_client::Watcher::new(config);
     let mut first = true;
     loop {
         match watcher.next().await {
-            client::watcher::WatchEvent::Connected { .. } => {
+            ringside_client::watcher::WatchEvent::Connected { .. } => {
                 counters.connects_ms.locked().push(unix_now_us() / 1000);
                 if std::mem::take(&mut first) {
                     counters.connected.fetch_add(1, Ordering::AcqRel);
                 }
             }
-            client::watcher::WatchEvent::State(state) => {
+            ringside_client::watcher::WatchEvent::State(state) => {
                 record(&samples, &counters, state.version, state.published_at_ms)
             }
-            client::watcher::WatchEvent::Disconnected { .. } => {
+            ringside_client::watcher::WatchEvent::Disconnected { .. } => {
                 counters.disconnected.fetch_add(1, Ordering::AcqRel);
             }
-            client::watcher::WatchEvent::Refused { reason } => {
+            ringside_client::watcher::WatchEvent::Refused { reason } => {
                 if first {
                     failed(&counters, reason);
                 }
@@ -259,7 +259,7 @@ async fn run_device(
         device.subscribe(&[(topic, 0)]).await?;
         loop {
             if let ServerFrame::Subscribed { .. } = device.next_frame().await? {
-                return Ok::<_, client::ClientError>(device);
+                return Ok::<_, ringside_client::ClientError>(device);
             }
         }
     };

@@ -26,7 +26,7 @@ pub struct HttpTarget {
     /// many profiles it rotates over.
     pub tokens: std::sync::Arc<[String]>,
     /// Sent as `x-ringside-priority` when set: the class the request marks itself with.
-    pub priority: Option<protocol::Priority>,
+    pub priority: Option<ringside_protocol::Priority>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,7 +65,7 @@ pub(crate) async fn send(
         .header("host", authority)
         .header("content-type", "application/json");
     if let Some(priority) = target.priority {
-        request = request.header(protocol::PRIORITY_HEADER, priority.as_str());
+        request = request.header(ringside_protocol::PRIORITY_HEADER, priority.as_str());
     }
     if !target.tokens.is_empty() {
         request = request.header(
@@ -102,7 +102,7 @@ pub async fn measure(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<HttpResult> {
-    let authority = client::http::authority(base)?;
+    let authority = ringside_client::http::authority(base)?;
     let deadline = Instant::now() + duration;
     let mut workers = Vec::new();
     for worker in 0..connections {

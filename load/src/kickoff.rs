@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use protocol::{EventId, Stage};
+use ringside_protocol::{EventId, Stage};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
@@ -86,7 +86,7 @@ fn peak_over_mean(buckets: &[u64], span: usize) -> f64 {
 }
 
 async fn origin_reads(base: &str) -> Option<u64> {
-    let metrics = client::http::call(base, "GET", "/metrics", &[], None)
+    let metrics = ringside_client::http::call(base, "GET", "/metrics", &[], None)
         .await
         .ok()?
         .text();
@@ -99,16 +99,16 @@ async fn origin_reads(base: &str) -> Option<u64> {
 
 /// Publishes `stage` of `event`, with the operator's `fetch_within_ms` when given.
 async fn publish(
-    admin: &client::AdminClient,
+    admin: &ringside_client::AdminClient,
     event: &EventId,
     stage: &str,
     fetch_within_ms: Option<u64>,
 ) -> anyhow::Result<()> {
-    let request = protocol::admin::PublishRequest {
+    let request = ringside_protocol::admin::PublishRequest {
         stage: Stage::parse(stage)?,
-        payload: protocol::Payload::parse(r#"{"moment":"kickoff"}"#)?,
+        payload: ringside_protocol::Payload::parse(r#"{"moment":"kickoff"}"#)?,
     };
-    let options = client::admin::PublishOptions {
+    let options = ringside_client::admin::PublishOptions {
         priority: None,
         fetch_within_ms,
     };
@@ -127,13 +127,16 @@ const SHED_RETRIES_MAX: u32 = 5;
 
 /// The retry hint of a shed answer: `Retry-After` on a 503/429, `retry_after_ms` of a GraphQL
 /// `OVERLOADED` error.
-fn shed_hint(response: &client::http::HttpResponse, json: &serde_json::Value) -> Option<Duration> {
+fn shed_hint(
+    response: &ringside_client::http::HttpResponse,
+    json: &serde_json::Value,
+) -> Option<Duration> {
     if matches!(response.status, 429 | 503) {
         let seconds = response
             .headers
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(client::backoff::parse_retry_after);
+            .and_then(ringside_client::backoff::parse_retry_after);
         return Some(seconds.unwrap_or(Duration::from_secs(1)));
     }
     let error = &json["errors"][0]["extensions"];
@@ -155,7 +158,7 @@ async fn fetch_stages(
     )?;
     let mut attempt = 0;
     loop {
-        let response = client::http::call(
+        let response = ringside_client::http::call(
             base,
             "POST",
             "/graphql",
@@ -183,7 +186,7 @@ async fn fetch_stages(
 }
 
 pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
-    let admin = client::AdminClient::new(plan.server.clone(), &plan.admin_token);
+    let admin = ringside_client::AdminClient::new(plan.server.clone(), &plan.admin_token);
     let first_stage = admin
         .list_events()
         .await
@@ -215,13 +218,13 @@ pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
             windows_seen.clone(),
         );
         devices.push(tokio::spawn(async move {
-            let mut config = client::WatcherConfig::new(
-                vec![client::device::ws_url(&plan.server)],
+            let mut config = ringside_client::WatcherConfig::new(
+                vec![ringside_client::device::ws_url(&plan.server)],
                 token.clone(),
                 vec![plan.event.topic()],
             );
             config.ack = false;
-            let mut watcher = client::Watcher::new(config);
+            let mut watcher = ringside_client::Watcher::new(config);
             // Prefetch at a random moment of the window (or never).
             let prefetch = async {
                 if fastrand::f64() >= plan.prefetch_share {
@@ -242,7 +245,7 @@ pub async fn run_kickoff(plan: KickoffPlan) -> anyhow::Result<KickoffResult> {
             };
             let wait_for_live = async {
                 loop {
-                    if let client::watcher::WatchEvent::State(state) = watcher.next().await
+                    if let ringside_client::watcher::WatchEvent::State(state) = watcher.next().await
                         && state.stage == live
                     {
                         return Some(state);

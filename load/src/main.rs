@@ -9,7 +9,7 @@ mod drain;
 use load::coordinator::{FanoutPlan, FanoutTarget, run_fanout};
 use load::http_bench::HttpTarget;
 use load::wire::WorkerPlan;
-use protocol::EventId;
+use ringside_protocol::EventId;
 
 #[derive(Parser)]
 #[command(
@@ -174,17 +174,17 @@ struct Fleet {
 
 impl Fleet {
     fn tokens(&self, count: usize) -> anyhow::Result<Vec<String>> {
-        let key = auth::DeviceTokenKey::new(self.device_token_secret.as_bytes())?;
+        let key = ringside_auth::DeviceTokenKey::new(self.device_token_secret.as_bytes())?;
         let exp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs()
             + 86_400;
         Ok((0..count)
             .map(|i| {
-                key.sign(&auth::DeviceClaims {
+                key.sign(&ringside_auth::DeviceClaims {
                     sub: format!("bench-{i}"),
                     profile: format!("p{:06}", i % self.profiles.max(1)),
-                    class: auth::DeviceClass::Tv,
+                    class: ringside_auth::DeviceClass::Tv,
                     exp,
                     priority: None,
                 })
@@ -282,7 +282,7 @@ struct OverloadArgs {
 const BACKGROUND_SHARE: f64 = 0.3;
 
 async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
-    use protocol::Priority;
+    use ringside_protocol::Priority;
     load::system::require_loopback(&args.fleet.server)?;
     let graphql = |query: String| {
         Some(bytes::Bytes::from(
@@ -446,7 +446,7 @@ struct KickoffArgs {
     #[arg(long, default_value_t = 2000)]
     devices: usize,
     #[arg(long, default_value = "fight-night")]
-    event: protocol::EventId,
+    event: ringside_protocol::EventId,
     #[arg(long, default_value_t = 10)]
     prefetch_window_s: u64,
     /// Share of devices that prefetch before the moment.

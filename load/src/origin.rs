@@ -35,7 +35,7 @@ pub struct OriginResult {
 }
 
 async fn store_reads(base: &str) -> anyhow::Result<u64> {
-    let metrics = client::http::call(base, "GET", "/metrics", &[], None)
+    let metrics = ringside_client::http::call(base, "GET", "/metrics", &[], None)
         .await?
         .text();
     metrics
@@ -60,7 +60,7 @@ pub async fn run_origin(plan: OriginPlan) -> anyhow::Result<OriginResult> {
             let (mut requests, mut errors) = (0u64, 0u64);
             // Everyone fills at the same moment, then re-requests at random.
             while Instant::now() < deadline {
-                match client::http::call(
+                match ringside_client::http::call(
                     &base,
                     "POST",
                     "/graphql",

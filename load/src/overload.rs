@@ -106,7 +106,7 @@ struct Tally {
 }
 
 pub async fn run_overload(plan: OverloadPlan) -> anyhow::Result<OverloadReport> {
-    let authority = client::http::authority(&plan.server)?;
+    let authority = ringside_client::http::authority(&plan.server)?;
     let load_average_before = load_average();
     let start = Instant::now() + Duration::from_millis(200);
     let end = start + plan.duration;

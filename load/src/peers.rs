@@ -222,11 +222,9 @@ pub async fn pushpin_publish(
     let body = serde_json::to_vec(&serde_json::json!({
         "items": [{ "channel": channel, "formats": { "ws-message": { "content": content } } }]
     }))?;
-    let answers = futures_util::future::join_all(
-        bases
-            .iter()
-            .map(|base| client::http::call(base, "POST", "/publish/", &[], Some(body.clone()))),
-    )
+    let answers = futures_util::future::join_all(bases.iter().map(|base| {
+        ringside_client::http::call(base, "POST", "/publish/", &[], Some(body.clone()))
+    }))
     .await;
     for (base, answer) in bases.iter().zip(answers) {
         let answer = answer.with_context(|| format!("Pushpin publish endpoint {base}"))?;
@@ -309,7 +307,7 @@ impl PeerPublisher {
     ) -> anyhow::Result<()> {
         let message = PeerMessage {
             version,
-            published_at_ms: protocol::unix_now_ms(),
+            published_at_ms: ringside_protocol::unix_now_ms(),
             filler: filler.to_owned(),
         };
         match self {
@@ -344,7 +342,7 @@ mod tests {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(serve_grip_origin(listener));
         let open = Some(b"OPEN\r\n".to_vec());
-        let answer = client::http::call(&base, "POST", "/event.x", &[], open.clone())
+        let answer = ringside_client::http::call(&base, "POST", "/event.x", &[], open.clone())
             .await
             .unwrap();
         assert_eq!(answer.status, 200);
@@ -354,7 +352,7 @@ mod tests {
             "application/websocket-events"
         );
         assert_eq!(answer.body, grip_events(b"OPEN\r\n", "event.x"));
-        let refused = client::http::call(&base, "POST", "/a%20b", &[], open)
+        let refused = ringside_client::http::call(&base, "POST", "/a%20b", &[], open)
             .await
             .unwrap();
         assert_eq!(refused.status, 400);

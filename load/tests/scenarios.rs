@@ -20,9 +20,9 @@ async fn start_node(shutdown: &CancellationToken) -> String {
     let config = ServeConfig {
         role: Role::All,
         bus: BusSetup::Memory,
-        gateway: gateway::GatewayConfig {
+        gateway: ringside_gateway::GatewayConfig {
             node_id: "load-test".into(),
-            ..gateway::GatewayConfig::default()
+            ..ringside_gateway::GatewayConfig::default()
         },
         // Test processes share two cores with everything else nextest runs: runtime lag is
         // the machine's, not the node's, so no test sheds on it unless it asks to.
@@ -37,23 +37,25 @@ async fn start_node(shutdown: &CancellationToken) -> String {
             admin_token: ADMIN_TOKEN.into(),
         },
         prefetch: PrefetchSetup {
-            config: prefetch::PrefetchConfig::default(),
-            dataset: ringside::content::DatasetSource::Generated(prefetch::generate::DatasetSize {
-                titles: 2_000,
-                profiles: PROFILES.parse().unwrap(),
-                seed: 7,
-            }),
+            config: ringside_prefetch::PrefetchConfig::default(),
+            dataset: ringside::content::DatasetSource::Generated(
+                ringside_prefetch::generate::DatasetSize {
+                    titles: 2_000,
+                    profiles: PROFILES.parse().unwrap(),
+                    seed: 7,
+                },
+            ),
             store: ringside::content::StoreSetup::Memory,
             materialize: ringside::content::MaterializeMode::OnDemand,
         },
-        fetch_window: control::FetchWindowConfig::default(),
-        admin_stream: control::StreamConfig::default(),
+        fetch_window: ringside_control::FetchWindowConfig::default(),
+        admin_stream: ringside_control::StreamConfig::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(serve(listener, config, shutdown.clone()));
     for _ in 0..500 {
-        if client::http::call(&base, "GET", "/healthz", &[], None)
+        if ringside_client::http::call(&base, "GET", "/healthz", &[], None)
             .await
             .is_ok_and(|r| r.status == 200)
         {

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use moka::Expiry;
-use sync_util::LockExt;
-use telemetry::{Counter, Registry};
+use ringside_sync_util::LockExt;
+use ringside_telemetry::{Counter, Registry};
 
 use crate::PrefetchError;
 use crate::store::PageKey;

@@ -351,7 +351,7 @@ impl Catalog {
                 line: line + 1,
                 message,
             };
-            protocol::EventId::parse(&content.id).map_err(|e| invalid(e.to_string()))?;
+            ringside_protocol::EventId::parse(&content.id).map_err(|e| invalid(e.to_string()))?;
             if content.stages.is_empty() || content.stages.len() > MAX_EVENT_STAGES {
                 return Err(invalid(format!(
                     "event {:?}: 1 to {MAX_EVENT_STAGES} stages",
@@ -359,7 +359,7 @@ impl Catalog {
                 )));
             }
             for (index, stage) in content.stages.iter().enumerate() {
-                protocol::Stage::parse(stage).map_err(|e| invalid(e.to_string()))?;
+                ringside_protocol::Stage::parse(stage).map_err(|e| invalid(e.to_string()))?;
                 if content.stages[..index].contains(stage) {
                     return Err(invalid(format!(
                         "event {:?}: stage {stage} is listed twice",

@@ -34,9 +34,9 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use ringside_sync_util::LockExt;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use sync_util::LockExt;
 use tower::Layer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -95,7 +95,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
-                HeaderName::from_static(protocol::PRIORITY_HEADER),
+                HeaderName::from_static(ringside_protocol::PRIORITY_HEADER),
             ])
             .expose_headers([header::RETRY_AFTER])
             .max_age(CORS_PREFLIGHT_MAX_AGE),
@@ -158,11 +158,11 @@ fn authenticate(
     service: &PrefetchService,
     headers: &HeaderMap,
     query_token: Option<&str>,
-) -> Result<String, auth::TokenError> {
+) -> Result<String, ringside_auth::TokenError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(auth::bearer_token)
+        .and_then(ringside_auth::bearer_token)
         .or(query_token)
         .unwrap_or_default();
     let now = SystemTime::now()
@@ -174,7 +174,7 @@ fn authenticate(
         .map(|claims| claims.profile)
 }
 
-fn unauthenticated(error: auth::TokenError) -> Response {
+fn unauthenticated(error: ringside_auth::TokenError) -> Response {
     error_response(
         StatusCode::UNAUTHORIZED,
         "UNAUTHENTICATED",
@@ -529,7 +529,7 @@ fn check_required_variables(
 }
 
 /// Errors from parsing, validation or the executor carry no code; give them one.
-fn give_code(error: &mut ServerError, log: &telemetry::LogBudget) {
+fn give_code(error: &mut ServerError, log: &ringside_telemetry::LogBudget) {
     let has_code = error
         .extensions
         .as_ref()

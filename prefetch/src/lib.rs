@@ -28,7 +28,7 @@ pub mod service;
 pub mod store;
 
 use futures_util::future::BoxFuture;
-use protocol::{EventId, EventState, Stage};
+use ringside_protocol::{EventId, EventState, Stage};
 
 pub use service::{PrefetchConfig, PrefetchConfigError, PrefetchService};
 

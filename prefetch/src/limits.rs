@@ -187,7 +187,7 @@ pub fn text_nesting(text: &str) -> Option<usize> {
 }
 
 /// Deepest nesting of `{` and `[` in JSON text outside strings (the payload check's scan).
-pub use protocol::json_nesting;
+pub use ringside_protocol::json_nesting;
 
 /// From the opening quote at `at`, the index of the closing quote (or the end), skipping
 /// backslash escapes. Strings end at a line break too (GraphQL), which JSON never has inside.

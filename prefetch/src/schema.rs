@@ -8,7 +8,7 @@ use async_graphql::{
     Context, EmptyMutation, EmptySubscription, ErrorExtensions, ID, InputValueError,
     InputValueResult, Object, Scalar, ScalarType, Schema, SimpleObject, Value,
 };
-use sync_util::LockExt;
+use ringside_sync_util::LockExt;
 
 use crate::catalog::{ArtworkSize, Catalog, GENRES};
 use crate::limits::QueryLimits;

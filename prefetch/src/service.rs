@@ -4,11 +4,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use auth::DeviceTokenKey;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use sync_util::RwLockExt;
-use telemetry::{Counter, Histogram, LogBudget, Registry};
+use ringside_auth::DeviceTokenKey;
+use ringside_sync_util::RwLockExt;
+use ringside_telemetry::{Counter, Histogram, LogBudget, Registry};
 use tokio::sync::watch;
 
 use crate::cache::{CacheConfig, CacheMetrics, PageCache, PageLoader};
@@ -245,11 +245,11 @@ const MATERIALIZE_BATCH: usize = 2_000;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use prefetch::catalog::Catalog;
-/// use prefetch::generate::{DatasetSize, generate};
-/// use prefetch::store::MemoryPageStore;
-/// use prefetch::{EventSource, LiveEvent, PrefetchConfig, PrefetchService};
-/// use protocol::{EventId, Stage};
+/// use ringside_prefetch::catalog::Catalog;
+/// use ringside_prefetch::generate::{DatasetSize, generate};
+/// use ringside_prefetch::store::MemoryPageStore;
+/// use ringside_prefetch::{EventSource, LiveEvent, PrefetchConfig, PrefetchService};
+/// use ringside_protocol::{EventId, Stage};
 /// use tower::Service;
 ///
 /// /// Where the service learns the events and their current states (in `ringside serve`, the
@@ -274,14 +274,14 @@ const MATERIALIZE_BATCH: usize = 2_000;
 ///     stages: content.stages.iter().map(|s| Stage::parse(s).unwrap()).collect(),
 ///     state: None, // not published yet
 /// };
-/// let key = auth::DeviceTokenKey::new(b"a-device-secret-of-32-bytes-or-more!").unwrap();
+/// let key = ringside_auth::DeviceTokenKey::new(b"a-device-secret-of-32-bytes-or-more!").unwrap();
 /// let service = PrefetchService::new(
 ///     catalog.clone(),
 ///     Arc::new(MemoryPageStore::new(catalog.clone())),
 ///     Arc::new(Events(vec![event.clone()])),
 ///     key.clone(),
 ///     PrefetchConfig::default(),
-///     &telemetry::Registry::new(),
+///     &ringside_telemetry::Registry::new(),
 /// );
 ///
 /// // One page per profile and event, every stage in it.
@@ -289,11 +289,11 @@ const MATERIALIZE_BATCH: usize = 2_000;
 /// assert_eq!(reports[0].as_ref().unwrap().pages, 50);
 ///
 /// // A device of the first profile prefetches every stage of every upcoming event at once.
-/// let token = key.sign(&auth::DeviceClaims {
+/// let token = key.sign(&ringside_auth::DeviceClaims {
 ///     sub: "tv-1".into(),
 ///     profile: catalog.profiles[0].id.to_string(),
-///     class: auth::DeviceClass::Tv,
-///     exp: protocol::unix_now_ms() / 1000 + 3600,
+///     class: ringside_auth::DeviceClass::Tv,
+///     exp: ringside_protocol::unix_now_ms() / 1000 + 3600,
 ///     priority: None,
 /// });
 /// let query = r#"{"query":"{ prefetch { events { id byStage { stage home { rows { title } } } } } }"}"#;
@@ -302,7 +302,7 @@ const MATERIALIZE_BATCH: usize = 2_000;
 ///     .header("content-type", "application/json")
 ///     .body(axum::body::Body::from(query))
 ///     .unwrap();
-/// let mut graphql = prefetch::http::router(service);
+/// let mut graphql = ringside_prefetch::http::router(service);
 /// let response = graphql.call(request).await.unwrap();
 /// assert_eq!(response.status(), 200);
 /// let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();

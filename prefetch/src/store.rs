@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use sync_util::RwLockExt;
+use ringside_sync_util::RwLockExt;
 
 use crate::catalog::Catalog;
 

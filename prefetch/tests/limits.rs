@@ -1,13 +1,13 @@
-//! Property tests of the query limit checker ([`prefetch::limits::parse_and_check`]) on
+//! Property tests of the query limit checker ([`ringside_prefetch::limits::parse_and_check`]) on
 //! generated and adversarial query texts: nesting, fragments (unknown, cyclic, spread from
 //! everywhere), aliases and list arguments. The checker never panics, never visits more than
 //! its budget, and accepts only what an independent, naive expansion finds within the limits.
 #![allow(clippy::unwrap_used)]
 
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use prefetch::PrefetchError;
-use prefetch::limits::{QueryLimits, cost_and_visits, parse_and_check, text_nesting};
 use proptest::prelude::*;
+use ringside_prefetch::PrefetchError;
+use ringside_prefetch::limits::{QueryLimits, cost_and_visits, parse_and_check, text_nesting};
 
 /// Small limits, so that generated documents land on both sides of every one.
 const LIMITS: QueryLimits = QueryLimits {

@@ -20,7 +20,7 @@
 //! The header then lowers the class (the lower of the two wins; a higher value is ignored).
 
 use axum::http::{HeaderMap, Method, Uri, header};
-use protocol::{PRIORITY_HEADER, Priority};
+use ringside_protocol::{PRIORITY_HEADER, Priority};
 
 /// The routes protection tells apart, for the metrics' `route` label and the answer's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,7 +131,7 @@ pub fn classify(
 ) -> Result<RequestClass, BadPriorityHeader> {
     let mut class = route.base_class(method);
     if route.takes_device_token()
-        && let Some(ceiling) = device_token(uri, headers).and_then(auth::priority_ceiling)
+        && let Some(ceiling) = device_token(uri, headers).and_then(ringside_auth::priority_ceiling)
     {
         class = class.min(ceiling);
     }
@@ -160,7 +160,7 @@ fn device_token<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(auth::bearer_token)
+        .and_then(ringside_auth::bearer_token)
         .or_else(|| {
             uri.query()?
                 .split('&')
@@ -187,11 +187,11 @@ mod tests {
     }
 
     fn token(priority: Option<Priority>) -> String {
-        let key = auth::DeviceTokenKey::new(&[7u8; 32]).expect("key");
-        key.sign(&auth::DeviceClaims {
+        let key = ringside_auth::DeviceTokenKey::new(&[7u8; 32]).expect("key");
+        key.sign(&ringside_auth::DeviceClaims {
             sub: "d".into(),
             profile: "p".into(),
-            class: auth::DeviceClass::Tv,
+            class: ringside_auth::DeviceClass::Tv,
             exp: u64::MAX / 2,
             priority,
         })

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use protocol::admin::{PerClass, ProtectionMode, RulesetMode};
+use ringside_protocol::admin::{PerClass, ProtectionMode, RulesetMode};
 
 use crate::RetryAfter;
 
@@ -193,13 +193,13 @@ impl ProtectionConfig {
                 );
             }
         }
-        let tightened_wider = protocol::Priority::ALL
+        let tightened_wider = ringside_protocol::Priority::ALL
             .iter()
             .any(|class| self.tightened_shares.get(*class) > self.shares.get(*class));
         if tightened_wider {
             return fail("tightened_shares", "must not exceed the normal shares");
         }
-        for class in protocol::Priority::ALL {
+        for class in ringside_protocol::Priority::ALL {
             let window = self.retry_after.get(class);
             if window.min > window.max || window.min < ms || window.max > 3600 * s {
                 return fail("retry_after", "windows must be 1 ms to 1 h, min <= max");
@@ -209,7 +209,7 @@ impl ProtectionConfig {
             return fail("lag_probe_interval", "must be between 1 ms and 1 s");
         }
         for limits in [&self.lag_limits, &self.tightened_lag_limits] {
-            let ordered = protocol::Priority::ALL.map(|class| limits.get(class));
+            let ordered = ringside_protocol::Priority::ALL.map(|class| limits.get(class));
             // A lower class never tolerates more lag than a higher one (None: never shed).
             let rank = |limit: Option<Duration>| limit.unwrap_or(Duration::MAX);
             if ordered

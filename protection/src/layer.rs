@@ -25,8 +25,8 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
-use protocol::Priority;
-use protocol::admin::{ApiError, ApiErrorCode};
+use ringside_protocol::Priority;
+use ringside_protocol::admin::{ApiError, ApiErrorCode};
 use tower::{Layer, Service};
 
 use crate::Protection;
@@ -230,13 +230,13 @@ fn bad_header_response(route: Route, error: &BadPriorityHeader) -> Response {
         let body = serde_json::json!({
             "errors": [{
                 "message": message,
-                "extensions": { "code": "BAD_REQUEST", "header": protocol::PRIORITY_HEADER },
+                "extensions": { "code": "BAD_REQUEST", "header": ringside_protocol::PRIORITY_HEADER },
             }]
         });
         (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
     } else {
         let error = ApiError::new(ApiErrorCode::InvalidRequest, message)
-            .with_field(protocol::PRIORITY_HEADER);
+            .with_field(ringside_protocol::PRIORITY_HEADER);
         (StatusCode::BAD_REQUEST, axum::Json(error)).into_response()
     };
     response

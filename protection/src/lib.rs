@@ -29,10 +29,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::response::Response;
-use protocol::admin::{PerClass, ProtectionMode, ProtectionStatus, ProtectionUpdate};
-use protocol::{EventState, Priority, unix_now_ms};
-use sync_util::LockExt;
-use telemetry::{Counter, Histogram, LogBudget, Registry};
+use ringside_protocol::admin::{PerClass, ProtectionMode, ProtectionStatus, ProtectionUpdate};
+use ringside_protocol::{EventState, Priority, unix_now_ms};
+use ringside_sync_util::LockExt;
+use ringside_telemetry::{Counter, Histogram, LogBudget, Registry};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -436,7 +436,7 @@ impl Protection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::admin::RulesetMode;
+    use ringside_protocol::admin::RulesetMode;
 
     fn fixed_limit(limit: u32) -> ProtectionConfig {
         ProtectionConfig {
@@ -546,7 +546,7 @@ mod tests {
 
     #[test]
     fn request_rate_and_latency_over_their_thresholds_activate_the_ruleset() {
-        use protocol::admin::RulesetReason;
+        use ringside_protocol::admin::RulesetReason;
         let mut config = fixed_limit(100);
         config.max_request_rate = Some(50);
         let protection = Protection::new(config, "n", &Registry::new());

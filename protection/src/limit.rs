@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sync_util::LockExt;
+use ringside_sync_util::LockExt;
 
 use crate::ProtectionConfig;
 

@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
-use protocol::admin::{RulesetMode, RulesetReason, StageTransition};
-use protocol::{EventState, Stage, Topic};
-use sync_util::LockExt;
+use ringside_protocol::admin::{RulesetMode, RulesetReason, StageTransition};
+use ringside_protocol::{EventState, Stage, Topic};
+use ringside_sync_util::LockExt;
 
 use crate::ProtectionConfig;
 
@@ -203,7 +203,7 @@ impl Ruleset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::{EventId, Payload};
+    use ringside_protocol::{EventId, Payload};
 
     fn state(event: &str, version: u64, stage: &str) -> EventState {
         EventState {
@@ -212,7 +212,7 @@ mod tests {
             stage: Stage::parse(stage).expect("stage"),
             published_at_ms: 0,
             payload: Payload::empty(),
-            priority: protocol::Priority::Critical,
+            priority: ringside_protocol::Priority::Critical,
             fetch_within_ms: None,
         }
     }

@@ -2,8 +2,8 @@
 //! the decoder panic.
 
 use proptest::prelude::*;
-use protocol::frame::{GoawayReason, encode_state};
-use protocol::{
+use ringside_protocol::frame::{GoawayReason, encode_state};
+use ringside_protocol::{
     ClientFrame, ErrorCode, EventState, Payload, ServerFrame, Stage, SubscribeTopic, Topic,
 };
 
@@ -30,7 +30,7 @@ fn event_state() -> impl Strategy<Value = EventState> {
             stage,
             published_at_ms,
             payload,
-            priority: protocol::Priority::Critical,
+            priority: ringside_protocol::Priority::Critical,
             fetch_within_ms: None,
         },
     )

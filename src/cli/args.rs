@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use prefetch::PrefetchConfig;
-use prefetch::cache::CacheConfig;
-use prefetch::generate::DatasetSize;
-use protection::ProtectionConfig;
-use protocol::admin::{ProtectionMode, RulesetMode};
 use ringside::content::{DatasetSource, MaterializeMode, StoreSetup};
 use ringside::secrets::{self, Secrets};
 use ringside::server::{BusSetup, PrefetchSetup};
+use ringside_prefetch::PrefetchConfig;
+use ringside_prefetch::cache::CacheConfig;
+use ringside_prefetch::generate::DatasetSize;
+use ringside_protection::ProtectionConfig;
+use ringside_protocol::admin::{ProtectionMode, RulesetMode};
 
 /// Where prefetch content comes from and where it is kept (`materialize`).
 #[derive(Args)]
@@ -241,7 +241,7 @@ impl PrefetchArgs {
                 .artwork_base_url
                 .clone()
                 .unwrap_or(defaults.artwork_base_url),
-            limits: prefetch::limits::QueryLimits {
+            limits: ringside_prefetch::limits::QueryLimits {
                 max_depth: self.graphql_max_depth.unwrap_or(defaults.limits.max_depth),
                 max_fields: self
                     .graphql_max_fields
@@ -363,7 +363,7 @@ pub(crate) struct KafkaArgs {
     /// Kafka bootstrap servers (comma-separated host:port); switches tier 1 to Kafka.
     #[arg(long, env = "RINGSIDE_KAFKA_BROKERS")]
     kafka_brokers: Option<String>,
-    #[arg(long, env = "RINGSIDE_KAFKA_TOPIC", default_value = kafka::DEFAULT_TOPIC)]
+    #[arg(long, env = "RINGSIDE_KAFKA_TOPIC", default_value = ringside_kafka::DEFAULT_TOPIC)]
     kafka_topic: String,
     /// librdkafka properties (key=value lines) for every Kafka client: TLS, SASL, tuning.
     #[arg(long, env = "RINGSIDE_KAFKA_CONFIG_FILE")]
@@ -393,7 +393,7 @@ impl KafkaArgs {
         let Some(brokers) = &self.kafka_brokers else {
             return Ok(BusSetup::Memory);
         };
-        let mut config = kafka::KafkaConfig::new(brokers.clone());
+        let mut config = ringside_kafka::KafkaConfig::new(brokers.clone());
         config.topic = self.kafka_topic.clone();
         config.partitions = self.kafka_partitions;
         config.replication = self.kafka_replication;
@@ -404,7 +404,7 @@ impl KafkaArgs {
         if let Some(path) = &self.kafka_config_file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            config.options = kafka::KafkaConfig::parse_options(&text)
+            config.options = ringside_kafka::KafkaConfig::parse_options(&text)
                 .with_context(|| format!("in {}", path.display()))?;
         }
         Ok(BusSetup::Kafka(config))
@@ -523,7 +523,7 @@ impl ProtectionArgs {
 }
 
 /// How the control plane sizes the default `fetch_within_ms` of stage states (see
-/// `control::fetch_window`).
+/// `ringside_control::fetch_window`).
 #[derive(Args)]
 #[command(next_help_heading = "Follow-up fetch window")]
 pub(crate) struct FetchWindowArgs {
@@ -561,11 +561,11 @@ pub(crate) struct FetchWindowArgs {
 
 impl FetchWindowArgs {
     /// The window config these flags give; `ServeConfig::validate` checks it.
-    pub(crate) fn config(&self) -> control::FetchWindowConfig {
-        let defaults = control::FetchWindowConfig::default();
+    pub(crate) fn config(&self) -> ringside_control::FetchWindowConfig {
+        let defaults = ringside_control::FetchWindowConfig::default();
         let ms =
             |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
-        control::FetchWindowConfig {
+        ringside_control::FetchWindowConfig {
             follow_up_fetch_capacity_per_s: self
                 .follow_up_fetch_capacity_per_s
                 .unwrap_or(defaults.follow_up_fetch_capacity_per_s),

@@ -4,12 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::bail;
-use auth::DeviceTokenKey;
 use clap::Args;
-use prefetch::generate::DatasetSize;
-use prefetch::{EventSource, PrefetchConfig, PrefetchService};
-use protocol::EventId;
 use ringside::content::{self, CatalogEvents, StoreSetup};
+use ringside_auth::DeviceTokenKey;
+use ringside_prefetch::generate::DatasetSize;
+use ringside_prefetch::{EventSource, PrefetchConfig, PrefetchService};
+use ringside_protocol::EventId;
 
 use super::args::ContentArgs;
 
@@ -64,7 +64,7 @@ pub(crate) async fn run_materialize(args: MaterializeArgs) -> anyhow::Result<()>
         Arc::new(CatalogEvents { catalog }),
         unused_key,
         PrefetchConfig::default(),
-        &telemetry::Registry::new(),
+        &ringside_telemetry::Registry::new(),
     );
     for event in events
         .iter()
@@ -87,7 +87,7 @@ pub(crate) fn run_dataset(args: DatasetArgs) -> anyhow::Result<()> {
         profiles: args.profiles,
         seed: args.seed,
     };
-    prefetch::jsonl::write(&args.out, &prefetch::generate::generate(size))?;
+    ringside_prefetch::jsonl::write(&args.out, &ringside_prefetch::generate::generate(size))?;
     println!("wrote {}", args.out.display());
     Ok(())
 }
@@ -95,6 +95,6 @@ pub(crate) fn run_dataset(args: DatasetArgs) -> anyhow::Result<()> {
 pub(crate) fn run_schema() {
     print!(
         "{}",
-        prefetch::schema::build_schema(Default::default()).sdl()
+        ringside_prefetch::schema::build_schema(Default::default()).sdl()
     );
 }

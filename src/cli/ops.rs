@@ -3,13 +3,13 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use auth::{DeviceClaims, DeviceClass, DeviceTokenKey};
 use clap::{Args, Subcommand};
-use client::watcher::WatchEvent;
-use client::{AdminClient, Watcher, WatcherConfig};
-use protocol::admin::{CreateEvent, ProtectionStatus, PublishRequest};
-use protocol::{EventId, Payload, Priority, Stage};
 use ringside::secrets::Secrets;
+use ringside_auth::{DeviceClaims, DeviceClass, DeviceTokenKey};
+use ringside_client::watcher::WatchEvent;
+use ringside_client::{AdminClient, Watcher, WatcherConfig};
+use ringside_protocol::admin::{CreateEvent, ProtectionStatus, PublishRequest};
+use ringside_protocol::{EventId, Payload, Priority, Stage};
 
 use super::args::SecretArgs;
 
@@ -205,7 +205,7 @@ pub(crate) async fn run_event(command: EventCommand) -> anyhow::Result<()> {
             client,
         } => {
             let payload = Payload::parse(&payload).context("--payload")?;
-            let options = client::admin::PublishOptions {
+            let options = ringside_client::admin::PublishOptions {
                 priority: None,
                 fetch_within_ms,
             };
@@ -248,7 +248,7 @@ pub(crate) async fn run_event(command: EventCommand) -> anyhow::Result<()> {
 pub(crate) async fn run_stats(client: ClientArgs) -> anyhow::Result<()> {
     let mut stats = serde_json::to_value(client.admin()?.stats().await?)?;
     let bearer = format!("Bearer {}", client.secrets.resolve()?.admin_token);
-    let answer = client::http::call(
+    let answer = ringside_client::http::call(
         &client.server,
         "GET",
         "/v1/admin/protection",
@@ -256,7 +256,7 @@ pub(crate) async fn run_stats(client: ClientArgs) -> anyhow::Result<()> {
         None,
     )
     .await
-    .and_then(|response| client::admin::decode::<ProtectionStatus>(&response));
+    .and_then(|response| ringside_client::admin::decode::<ProtectionStatus>(&response));
     match answer {
         Ok(status) => stats["protection"] = serde_json::to_value(status)?,
         Err(error) => eprintln!("protection state unavailable: {error}"),
@@ -284,7 +284,10 @@ pub(crate) async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
     } else {
         args.nodes
     };
-    let endpoints = nodes.iter().map(|n| client::device::ws_url(n)).collect();
+    let endpoints = nodes
+        .iter()
+        .map(|n| ringside_client::device::ws_url(n))
+        .collect();
     let mut watcher = Watcher::new(WatcherConfig::new(
         endpoints,
         token,
@@ -304,7 +307,7 @@ pub(crate) async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
                 );
             }
             WatchEvent::State(state) => {
-                println!("{}", protocol::ServerFrame::State(state).encode());
+                println!("{}", ringside_protocol::ServerFrame::State(state).encode());
                 received += 1;
                 if args.count.is_some_and(|count| received >= count) {
                     return Ok(());

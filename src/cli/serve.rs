@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use gateway::GatewayConfig;
 use ringside::content::StoreSetup;
 use ringside::http::HttpConfig;
 use ringside::secrets::{self, SecretSource};
 use ringside::server::{BusSetup, Role};
 use ringside::{ServeConfig, serve};
+use ringside_gateway::GatewayConfig;
 use tokio_util::sync::CancellationToken;
 
-use protection::ProtectionConfig;
+use ringside_protection::ProtectionConfig;
 
 use super::args::{
     FetchWindowArgs, KafkaArgs, PrefetchArgs, ProtectionArgs, RedisArgs, SecretArgs,
@@ -259,9 +259,9 @@ struct AdminStreamArgs {
 }
 
 impl AdminStreamArgs {
-    fn config(&self) -> control::StreamConfig {
-        let defaults = control::StreamConfig::default();
-        control::StreamConfig {
+    fn config(&self) -> ringside_control::StreamConfig {
+        let defaults = ringside_control::StreamConfig::default();
+        ringside_control::StreamConfig {
             max_streams: self.admin_streams_max.unwrap_or(defaults.max_streams),
             check_interval: self
                 .admin_stream_check_ms
@@ -690,9 +690,9 @@ mod tests {
             );
             if let Some(control) = control {
                 let prefetch = control.prefetch.setup(false, StoreSetup::Memory);
-                let expected = prefetch::PrefetchConfig {
+                let expected = ringside_prefetch::PrefetchConfig {
                     graphiql: true,
-                    ..prefetch::PrefetchConfig::default()
+                    ..ringside_prefetch::PrefetchConfig::default()
                 };
                 assert_eq!(
                     format!("{:?}", prefetch.config),
@@ -700,14 +700,14 @@ mod tests {
                     "{role}"
                 );
                 let fetch_window = control.fetch_window.config();
-                let expected = control::FetchWindowConfig::default();
+                let expected = ringside_control::FetchWindowConfig::default();
                 assert_eq!(
                     format!("{fetch_window:?}"),
                     format!("{expected:?}"),
                     "{role}"
                 );
                 let admin_stream = control.admin_stream.config();
-                let expected = control::StreamConfig::default();
+                let expected = ringside_control::StreamConfig::default();
                 assert_eq!(
                     format!("{admin_stream:?}"),
                     format!("{expected:?}"),

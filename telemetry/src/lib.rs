@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sync_util::LockExt;
+use ringside_sync_util::LockExt;
 
 /// Stripes per metric. Threads take stripes round-robin, so up to this many threads update a
 /// metric without contending; readers sum the stripes.

@@ -1,8 +1,8 @@
 //! The admin API and the operational endpoints over real HTTP.
 
 use crate::support::*;
-use client::http::{HttpResponse, call};
-use protocol::admin::{ApiError, ApiErrorCode, EventList, EventSummary};
+use ringside_client::http::{HttpResponse, call};
+use ringside_protocol::admin::{ApiError, ApiErrorCode, EventList, EventSummary};
 
 async fn admin_call(server: &TestServer, method: &str, path: &str, body: &str) -> HttpResponse {
     let bearer = format!("Bearer {ADMIN_TOKEN}");
@@ -61,7 +61,8 @@ async fn create_list_and_publish() {
     )
     .await;
     assert_eq!(published.status, 200, "{}", published.text());
-    let receipt: protocol::admin::PublishReceipt = serde_json::from_slice(&published.body).unwrap();
+    let receipt: ringside_protocol::admin::PublishReceipt =
+        serde_json::from_slice(&published.body).unwrap();
     assert_eq!(receipt.topic.as_str(), "event:final");
     assert!(receipt.version > 0);
 
@@ -369,7 +370,7 @@ async fn publish_body(server: &TestServer, event: &str, body: &str) -> HttpRespo
 #[tokio::test]
 async fn an_operator_set_fetch_window_reaches_websocket_and_graphql_unchanged() {
     let server = TestServer::start().await;
-    let event = protocol::EventId::parse("fight-night").unwrap();
+    let event = ringside_protocol::EventId::parse("fight-night").unwrap();
     let mut device = server.device().await;
     subscribe(&mut device, &[(event.topic(), 0)]).await;
     for window in [4321, 0, 3_600_000] {
@@ -425,7 +426,7 @@ async fn without_an_operator_window_a_stage_state_gets_the_default_from_its_subs
         config.fetch_window.follow_up_fetch_share = 0.5;
     })
     .await;
-    let event = protocol::EventId::parse("fight-night").unwrap();
+    let event = ringside_protocol::EventId::parse("fight-night").unwrap();
     // Before anyone subscribed (and before the topic had a state).
     let first = publish_body(&server, "fight-night", r#"{"stage":"UPCOMING"}"#).await;
     assert_eq!(first.status, 200, "{}", first.text());
@@ -492,7 +493,7 @@ async fn with_the_default_off_a_state_carries_no_window() {
         config.fetch_window.max_window = std::time::Duration::ZERO;
     })
     .await;
-    let event = protocol::EventId::parse("fight-night").unwrap();
+    let event = ringside_protocol::EventId::parse("fight-night").unwrap();
     let mut device = server.device().await;
     subscribe(&mut device, &[(event.topic(), 0)]).await;
     let published = publish_body(&server, "fight-night", r#"{"stage":"LIVE"}"#).await;

@@ -143,7 +143,8 @@ fn serve_publish_and_watch_through_the_binary() {
         .args(server_flag),
     );
     // The version is the publish's millisecond clock: only the receipt knows which one it is.
-    let receipt: protocol::admin::PublishReceipt = serde_json::from_str(&published).unwrap();
+    let receipt: ringside_protocol::admin::PublishReceipt =
+        serde_json::from_str(&published).unwrap();
     assert!(receipt.version > 0, "{published}");
     let output = watch.wait_with_output().unwrap();
     assert!(
@@ -160,7 +161,8 @@ fn serve_publish_and_watch_through_the_binary() {
     assert_eq!(watched["version"], receipt.version, "{line}");
 
     let listed = run_ok(ringside(&state, &["event", "list"]).args(server_flag));
-    let events: Vec<protocol::admin::EventSummary> = serde_json::from_str(&listed).unwrap();
+    let events: Vec<ringside_protocol::admin::EventSummary> =
+        serde_json::from_str(&listed).unwrap();
     let versions: Vec<u64> = events
         .iter()
         .filter(|event| event.topic.as_str() == "event:my-show")
@@ -204,13 +206,13 @@ fn token_command_mints_verifiable_tokens() {
             "an-admin-token-of-enough-length-000000",
         ),
     );
-    let key = auth::DeviceTokenKey::new(secret.as_bytes()).unwrap();
+    let key = ringside_auth::DeviceTokenKey::new(secret.as_bytes()).unwrap();
     let claims = key.verify(token.trim(), 0).unwrap();
     assert_eq!(
         (claims.sub.as_str(), claims.profile.as_str()),
         ("tv-9", "p-9")
     );
-    assert_eq!(claims.class, auth::DeviceClass::Mobile);
+    assert_eq!(claims.class, ringside_auth::DeviceClass::Mobile);
 
     // Without configuration or a development secrets file there is nothing to sign with.
     let refused = ringside(&state, &["token", "--device", "d", "--profile", "p"])

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use crate::support::*;
-use client::http::call;
 use http_body_util::BodyExt;
-use protocol::admin::{ApiError, ApiErrorCode, BroadcastReport, EventSummary};
-use protocol::{EventId, Stage};
+use ringside_client::http::call;
+use ringside_protocol::admin::{ApiError, ApiErrorCode, BroadcastReport, EventSummary};
+use ringside_protocol::{EventId, Stage};
 
 /// The report of `version`, once `done` holds for it (acks travel on their own; the report is
 /// read again until they arrived, bounded by [`PROMPTLY`]).
@@ -121,7 +121,7 @@ async fn the_report_counts_the_devices_written_a_version_and_their_first_acks() 
     server.stop().await;
 }
 
-fn topic_of(id: &EventId) -> protocol::Topic {
+fn topic_of(id: &EventId) -> ringside_protocol::Topic {
     id.topic()
 }
 
@@ -164,7 +164,7 @@ async fn an_update_replaces_fields_and_keeps_the_published_stage() {
     let (status, _) = admin_call(&server, "PATCH", "/v1/admin/events/nope", "{}").await;
     assert_eq!(status, 404);
     // The client's call, for the CLI and the console.
-    let update = protocol::admin::UpdateEvent {
+    let update = ringside_protocol::admin::UpdateEvent {
         title: Some("Again".into()),
         ..Default::default()
     };
@@ -280,18 +280,19 @@ async fn the_admin_stream_sends_current_values_then_each_broadcast() {
     while !(seen.contains(&"stats".to_owned()) && seen.contains(&"events".to_owned())) {
         let (name, data) = stream.next_event().await;
         if name == "events" {
-            let list: protocol::admin::EventList = serde_json::from_str(&data).unwrap();
+            let list: ringside_protocol::admin::EventList = serde_json::from_str(&data).unwrap();
             assert!(list.events.iter().any(|e| e.id == id));
         }
         if name == "stats" {
-            let _stats: protocol::admin::Stats = serde_json::from_str(&data).unwrap();
+            let _stats: ringside_protocol::admin::Stats = serde_json::from_str(&data).unwrap();
         }
         seen.push(name);
     }
     // The open stream holds no place in flight: only the request asking counts.
     let (status, body) = admin_call(&server, "GET", "/v1/admin/protection", "").await;
     assert_eq!(status, 200, "{body}");
-    let protection: protocol::admin::ProtectionStatus = serde_json::from_str(&body).unwrap();
+    let protection: ringside_protocol::admin::ProtectionStatus =
+        serde_json::from_str(&body).unwrap();
     assert_eq!(protection.in_flight, 1);
     let mut device = server.device().await;
     subscribe(&mut device, &[(topic(&id), 0)]).await;

@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use crate::support::*;
-use client::watcher::WatchEvent;
-use client::{Watcher, WatcherConfig};
+use ringside_client::watcher::WatchEvent;
+use ringside_client::{Watcher, WatcherConfig};
 use tokio::time::Instant;
 
 #[tokio::test]
 async fn the_watcher_stays_away_from_a_full_node_as_long_as_its_retry_after() {
     let server = TestServer::start_with(|config| config.max_connections = 1).await;
-    let event = protocol::EventId::parse("fight-night").unwrap();
+    let event = ringside_protocol::EventId::parse("fight-night").unwrap();
     let holder = server.device_named("holder").await;
 
     let mut config = WatcherConfig::new(

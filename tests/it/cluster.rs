@@ -8,8 +8,8 @@ use crate::support::cluster::{Cluster, Node, eventually};
 use crate::support::{
     OwnRedis, PROMPTLY, RedisKeys, create_event, device_token, next_state, subscribe,
 };
-use client::{DeviceConnection, Watcher, WatcherConfig, watcher::WatchEvent};
-use protocol::{EventId, Topic};
+use ringside_client::{DeviceConnection, Watcher, WatcherConfig, watcher::WatchEvent};
+use ringside_protocol::{EventId, Topic};
 
 /// Long enough for a node registry entry to expire and a few heartbeats to land.
 const REGISTRY_WAIT: Duration = Duration::from_secs(20);
@@ -316,7 +316,7 @@ async fn with_redis_down_devices_are_served_prefetch_is_stale_and_the_registry_r
             let bearer = format!("Bearer {}", device_token("d1", 3600));
             let body =
                 serde_json::json!({"query": "{ prefetch { events { id state { version } } } }"});
-            client::http::call(
+            ringside_client::http::call(
                 &base,
                 "POST",
                 "/graphql",
@@ -395,10 +395,10 @@ async fn with_redis_down_devices_are_served_prefetch_is_stale_and_the_registry_r
     .await;
 }
 
-async fn drain_request(control: &Node, node: &str) -> client::http::HttpResponse {
+async fn drain_request(control: &Node, node: &str) -> ringside_client::http::HttpResponse {
     let bearer = format!("Bearer {}", crate::support::ADMIN_TOKEN);
     let path = format!("/v1/admin/nodes/{node}/drain");
-    client::http::call(
+    ringside_client::http::call(
         &control.base,
         "POST",
         &path,
@@ -443,8 +443,8 @@ async fn a_drained_node_leaves_the_registry_first_then_spreads_its_goaways_over_
         let goaways = goaways.clone();
         readers.push(tokio::spawn(async move {
             match tokio::time::timeout(PROMPTLY * 3, device.next_frame()).await {
-                Ok(Ok(protocol::ServerFrame::Goaway {
-                    reason: protocol::frame::GoawayReason::Shutdown,
+                Ok(Ok(ringside_protocol::ServerFrame::Goaway {
+                    reason: ringside_protocol::frame::GoawayReason::Shutdown,
                     ..
                 })) => goaways.send(unix_now_ms()).await.unwrap(),
                 other => panic!("expected the drain's goaway, got {other:?}"),
@@ -461,8 +461,8 @@ async fn a_drained_node_leaves_the_registry_first_then_spreads_its_goaways_over_
     assert_eq!(drain_request(&control, "nope").await.status, 404);
     let first = drain_request(&control, "g1").await;
     assert_eq!(first.status, 202, "{}", first.text());
-    let first: protocol::admin::DrainAnswer = serde_json::from_slice(&first.body).unwrap();
-    assert_eq!(first.state, protocol::admin::DrainState::Requested);
+    let first: ringside_protocol::admin::DrainAnswer = serde_json::from_slice(&first.body).unwrap();
+    assert_eq!(first.state, ringside_protocol::admin::DrainState::Requested);
 
     // By the first goaway any device sees, the node is out of the registry.
     let earliest = tokio::time::timeout(PROMPTLY, seen.recv())
@@ -495,7 +495,8 @@ async fn a_drained_node_leaves_the_registry_first_then_spreads_its_goaways_over_
     // Asked again, the node answers with its drain's progress; stats show it too.
     let progress = eventually("the drain's progress", PROMPTLY, || async {
         let again = drain_request(&control, "g1").await;
-        let answer: protocol::admin::DrainAnswer = serde_json::from_slice(&again.body).ok()?;
+        let answer: ringside_protocol::admin::DrainAnswer =
+            serde_json::from_slice(&again.body).ok()?;
         (again.status == 200).then_some(answer.progress?)
     })
     .await;

@@ -1,8 +1,8 @@
 //! The ops console's files, served by a real server from the files embedded in the binary.
 
 use crate::support::*;
-use client::http::{HttpResponse, call};
-use protocol::admin::{ApiError, ApiErrorCode};
+use ringside_client::http::{HttpResponse, call};
+use ringside_protocol::admin::{ApiError, ApiErrorCode};
 
 async fn get(server: &TestServer, path: &str) -> HttpResponse {
     call(&server.base, "GET", path, &[], None)

@@ -5,9 +5,9 @@
 use std::collections::HashSet;
 
 use crate::support::*;
-use control::{EventStore, RedisEventStore};
-use protocol::admin::CreateEvent;
-use protocol::{EventId, Payload, Stage};
+use ringside_control::{EventStore, RedisEventStore};
+use ringside_protocol::admin::CreateEvent;
+use ringside_protocol::{EventId, Payload, Stage};
 
 fn event(id: &str) -> CreateEvent {
     CreateEvent {
@@ -59,7 +59,7 @@ async fn versions_from_two_instances_are_unique_and_increasing() {
     // The event was created once; a second create conflicts, from either instance.
     assert!(matches!(
         second.create(event("shared")).await,
-        Err(control::ControlError::Conflict(_))
+        Err(ringside_control::ControlError::Conflict(_))
     ));
 }
 
@@ -95,7 +95,7 @@ async fn one_instance_at_a_time_holds_an_events_publish_lock() {
     second.unlock_publishes(other_lock).await;
     // Only its holder's token releases it.
     second
-        .unlock_publishes(control::store::PublishLock {
+        .unlock_publishes(ringside_control::store::PublishLock {
             key: held.key.clone(),
             token: "forged".into(),
         })
@@ -172,7 +172,7 @@ async fn publishing_while_redis_is_down_fails_cleanly_with_503() {
     let _ = redis.child.kill();
     let _ = redis.child.wait();
     let bearer = format!("Bearer {ADMIN_TOKEN}");
-    let response = client::http::call(
+    let response = ringside_client::http::call(
         &server.base,
         "POST",
         "/v1/admin/events/fragile/publish",
@@ -182,8 +182,11 @@ async fn publishing_while_redis_is_down_fails_cleanly_with_503() {
     .await
     .unwrap();
     assert_eq!(response.status, 503, "{}", response.text());
-    let error: protocol::admin::ApiError = serde_json::from_slice(&response.body).unwrap();
-    assert_eq!(error.error.code, protocol::admin::ApiErrorCode::Unavailable);
+    let error: ringside_protocol::admin::ApiError = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(
+        error.error.code,
+        ringside_protocol::admin::ApiErrorCode::Unavailable
+    );
     assert!(
         !error.error.message.to_lowercase().contains("redis"),
         "no internals: {}",
@@ -193,14 +196,18 @@ async fn publishing_while_redis_is_down_fails_cleanly_with_503() {
     server.stop().await;
 }
 
-fn topic_records(topic: &str, version: u64, acked: u64) -> control::nodes::TopicBroadcasts {
-    let topic = protocol::Topic::parse(topic).unwrap();
-    control::nodes::TopicBroadcasts {
-        current: protocol::admin::TopicVersion {
+fn topic_records(
+    topic: &str,
+    version: u64,
+    acked: u64,
+) -> ringside_control::nodes::TopicBroadcasts {
+    let topic = ringside_protocol::Topic::parse(topic).unwrap();
+    ringside_control::nodes::TopicBroadcasts {
+        current: ringside_protocol::admin::TopicVersion {
             topic: topic.clone(),
             version,
         },
-        records: vec![protocol::admin::BroadcastRecord {
+        records: vec![ringside_protocol::admin::BroadcastRecord {
             topic,
             version,
             stage: Stage::parse("LIVE").unwrap(),
@@ -208,7 +215,7 @@ fn topic_records(topic: &str, version: u64, acked: u64) -> control::nodes::Topic
             subscribed: 3,
             sent: 3,
             acked,
-            ack_latency: protocol::admin::AckHistogram::default(),
+            ack_latency: ringside_protocol::admin::AckHistogram::default(),
             received_at_ms: version,
         }],
         reported_at_ms: 1_000 + acked,
@@ -223,7 +230,8 @@ async fn a_nodes_broadcast_records_are_written_topic_by_topic_and_read_per_topic
         .get_connection_manager()
         .await
         .unwrap();
-    let registry = control::nodes::NodeRegistry::new(connection.clone(), keys.prefix.clone());
+    let registry =
+        ringside_control::nodes::NodeRegistry::new(connection.clone(), keys.prefix.clone());
     // Only nodes in the registry are read.
     let mut raw = connection.clone();
     let () = redis::cmd("ZADD")
@@ -264,14 +272,14 @@ async fn a_nodes_broadcast_records_are_written_topic_by_topic_and_read_per_topic
     assert_eq!(acked, [("event:a".into(), 3), ("event:b".into(), 2)]);
     // One topic's report reads that topic's field alone.
     let only_b = registry
-        .topic_broadcast_records(&protocol::Topic::parse("event:b").unwrap())
+        .topic_broadcast_records(&ringside_protocol::Topic::parse("event:b").unwrap())
         .await
         .unwrap();
     assert_eq!(only_b.len(), 1);
     assert_eq!(only_b[0].records, b.records);
     assert!(
         registry
-            .topic_broadcast_records(&protocol::Topic::parse("event:c").unwrap())
+            .topic_broadcast_records(&ringside_protocol::Topic::parse("event:c").unwrap())
             .await
             .unwrap()
             .is_empty()

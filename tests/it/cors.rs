@@ -18,13 +18,13 @@ async fn call(
     path: &str,
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
-) -> client::http::HttpResponse {
-    client::http::call(&server.base, method, path, headers, body)
+) -> ringside_client::http::HttpResponse {
+    ringside_client::http::call(&server.base, method, path, headers, body)
         .await
         .unwrap()
 }
 
-fn header<'a>(response: &'a client::http::HttpResponse, name: &str) -> Option<&'a str> {
+fn header<'a>(response: &'a ringside_client::http::HttpResponse, name: &str) -> Option<&'a str> {
     response
         .headers
         .get(name)

@@ -141,7 +141,7 @@ async fn device_cache_ttls_are_jittered_per_response() {
 #[tokio::test]
 async fn the_state_in_a_prefetch_is_the_state_the_websocket_sends() {
     let (server, _keys) = server_on_redis("state").await;
-    let event = protocol::EventId::parse("fight-night").unwrap();
+    let event = ringside_protocol::EventId::parse("fight-night").unwrap();
     let mut device = server.device().await;
     subscribe(&mut device, &[(event.topic(), 0)]).await;
     server
@@ -230,7 +230,7 @@ async fn a_profile_reads_only_its_own_data() {
 #[tokio::test]
 async fn bad_requests_get_stable_codes() {
     let server = TestServer::start_with_prefetch(|setup| {
-        setup.config.limits = prefetch::limits::QueryLimits {
+        setup.config.limits = ringside_prefetch::limits::QueryLimits {
             max_depth: 6,
             max_fields: 60,
             max_aliases: 3,
@@ -289,9 +289,10 @@ async fn bad_requests_get_stable_codes() {
         .await;
     assert_eq!(response.status, 401);
     assert_eq!(error_code(&body), "UNAUTHENTICATED");
-    let missing = client::http::call(&server.base, "POST", "/graphql", &[], Some(b"{}".to_vec()))
-        .await
-        .unwrap();
+    let missing =
+        ringside_client::http::call(&server.base, "POST", "/graphql", &[], Some(b"{}".to_vec()))
+            .await
+            .unwrap();
     assert_eq!(missing.status, 401);
     let huge =
         json!({ "query": format!("{{ prefetch {{ profileId }} }} #{}", "x".repeat(70 * 1024)) });
@@ -326,7 +327,7 @@ async fn persisted_queries_work_over_cacheable_gets() {
     let get = |path: &str| {
         let (base, path, bearer) = (server.base.clone(), path.to_owned(), bearer.clone());
         async move {
-            client::http::call(&base, "GET", &path, &[("authorization", &bearer)], None)
+            ringside_client::http::call(&base, "GET", &path, &[("authorization", &bearer)], None)
                 .await
                 .unwrap()
         }
@@ -366,7 +367,7 @@ fn percent_encode(text: &str) -> String {
 #[tokio::test]
 async fn graphiql_is_served_in_development() {
     let server = TestServer::start().await;
-    let page = client::http::call(&server.base, "GET", "/graphql", &[], None)
+    let page = ringside_client::http::call(&server.base, "GET", "/graphql", &[], None)
         .await
         .unwrap();
     assert_eq!(page.status, 200);
@@ -376,7 +377,7 @@ async fn graphiql_is_served_in_development() {
 
 #[test]
 fn schema_graphql_is_the_schema_the_code_serves() {
-    let served = prefetch::schema::build_schema(Default::default()).sdl();
+    let served = ringside_prefetch::schema::build_schema(Default::default()).sdl();
     let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))
         .unwrap_or_default();
     assert!(
@@ -418,13 +419,14 @@ async fn concurrent_misses_for_one_page_read_the_store_once() {
 
 #[tokio::test]
 async fn materialization_fills_redis_once_and_skips_unchanged_events() {
-    use prefetch::{EventSource, PrefetchService};
+    use ringside_prefetch::{EventSource, PrefetchService};
     let keys = RedisKeys::new("materialize");
-    let dataset = ringside::content::DatasetSource::Generated(prefetch::generate::DatasetSize {
-        titles: 1_000,
-        profiles: 120,
-        seed: 5,
-    });
+    let dataset =
+        ringside::content::DatasetSource::Generated(ringside_prefetch::generate::DatasetSize {
+            titles: 1_000,
+            profiles: 120,
+            seed: 5,
+        });
     let catalog = std::sync::Arc::new(ringside::content::load_catalog(&dataset).await.unwrap());
     let store = ringside::content::open_store(
         &ringside::content::StoreSetup::Redis {
@@ -444,9 +446,9 @@ async fn materialization_fills_redis_once_and_skips_unchanged_events() {
         catalog.clone(),
         store,
         std::sync::Arc::new(ringside::content::CatalogEvents { catalog }),
-        auth::DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap(),
-        prefetch::PrefetchConfig::default(),
-        &telemetry::Registry::new(),
+        ringside_auth::DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap(),
+        ringside_prefetch::PrefetchConfig::default(),
+        &ringside_telemetry::Registry::new(),
     );
     let first = service.materialize_event(&events[0]).await.unwrap();
     assert_eq!((first.pages, first.skipped), (120, false));
@@ -465,7 +467,7 @@ async fn materialization_fills_redis_once_and_skips_unchanged_events() {
     let mut changed = events[0].clone();
     changed
         .stages
-        .push(protocol::Stage::parse("ENCORE").unwrap());
+        .push(ringside_protocol::Stage::parse("ENCORE").unwrap());
     let redo = service.materialize_event(&changed).await.unwrap();
     assert_eq!((redo.pages, redo.skipped), (120, false));
     assert_eq!(keys.count().await, 121);
@@ -510,10 +512,10 @@ async fn a_redis_outage_serves_stale_pages_and_clear_errors() {
 }
 
 /// Events whose stages a test can change while the service runs.
-struct ChangingEvents(std::sync::Mutex<Vec<prefetch::LiveEvent>>);
+struct ChangingEvents(std::sync::Mutex<Vec<ringside_prefetch::LiveEvent>>);
 
-impl prefetch::EventSource for ChangingEvents {
-    fn events(&self) -> futures_util::future::BoxFuture<'_, Vec<prefetch::LiveEvent>> {
+impl ringside_prefetch::EventSource for ChangingEvents {
+    fn events(&self) -> futures_util::future::BoxFuture<'_, Vec<ringside_prefetch::LiveEvent>> {
         let events = self.0.lock().unwrap().clone();
         Box::pin(async move { events })
     }
@@ -521,12 +523,13 @@ impl prefetch::EventSource for ChangingEvents {
 
 #[tokio::test]
 async fn a_changed_event_is_served_with_its_new_content_at_once() {
-    use prefetch::EventSource;
-    let dataset = ringside::content::DatasetSource::Generated(prefetch::generate::DatasetSize {
-        titles: 1_000,
-        profiles: 50,
-        seed: 2,
-    });
+    use ringside_prefetch::EventSource;
+    let dataset =
+        ringside::content::DatasetSource::Generated(ringside_prefetch::generate::DatasetSize {
+            titles: 1_000,
+            profiles: 50,
+            seed: 2,
+        });
     let catalog = std::sync::Arc::new(ringside::content::load_catalog(&dataset).await.unwrap());
     let initial = ringside::content::CatalogEvents {
         catalog: catalog.clone(),
@@ -534,26 +537,27 @@ async fn a_changed_event_is_served_with_its_new_content_at_once() {
     .events()
     .await;
     let events = std::sync::Arc::new(ChangingEvents(std::sync::Mutex::new(initial)));
-    let service = prefetch::PrefetchService::new(
+    let service = ringside_prefetch::PrefetchService::new(
         catalog.clone(),
         ringside::content::open_store(&ringside::content::StoreSetup::Memory, &catalog)
             .await
             .unwrap(),
         events.clone(),
-        auth::DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap(),
-        prefetch::PrefetchConfig::default(),
-        &telemetry::Registry::new(),
+        ringside_auth::DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap(),
+        ringside_prefetch::PrefetchConfig::default(),
+        &ringside_telemetry::Registry::new(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let server =
-        tokio::spawn(async move { axum::serve(listener, prefetch::http::router(service)).await });
+    let server = tokio::spawn(async move {
+        axum::serve(listener, ringside_prefetch::http::router(service)).await
+    });
     let ask = |query: &'static str| {
         let base = base.clone();
         async move {
             let bearer = format!("Bearer {}", token("p000001"));
             let body = serde_json::to_vec(&json!({ "query": query })).unwrap();
-            let response = client::http::call(
+            let response = ringside_client::http::call(
                 &base,
                 "POST",
                 "/graphql",
@@ -581,7 +585,7 @@ async fn a_changed_event_is_served_with_its_new_content_at_once() {
         .find(|e| e.id.as_str() == "fight-night")
         .unwrap()
         .stages
-        .insert(2, protocol::Stage::parse("POST_FIGHT").unwrap());
+        .insert(2, ringside_protocol::Stage::parse("POST_FIGHT").unwrap());
     let after = ask(query).await;
     assert!(after.get("errors").is_none(), "{after}");
     let stages: Vec<&str> = after["data"]["event"]["byStage"]
@@ -793,7 +797,7 @@ async fn persisted_queries_are_bounded_by_bytes() {
             remembered += 1;
         }
     }
-    let budget = prefetch::PrefetchConfig::default().persisted_query_bytes;
+    let budget = ringside_prefetch::PrefetchConfig::default().persisted_query_bytes;
     assert!(
         remembered * 60 * 1024 <= budget as usize + 4 * 60 * 1024,
         "{remembered} queries of 60 KiB remembered"
@@ -834,11 +838,11 @@ fn nested_payload(depth: usize) -> String {
 #[tokio::test]
 async fn payloads_are_refused_past_the_depth_limit_and_served_whole_at_it() {
     let server = TestServer::start().await;
-    let event = protocol::EventId::parse("fight-night").unwrap();
+    let event = ringside_protocol::EventId::parse("fight-night").unwrap();
     let too_deep = format!(r#"{{"stage":"LIVE","payload":{}}}"#, nested_payload(127));
     let path = format!("/v1/admin/events/{event}/publish");
     let bearer = format!("Bearer {ADMIN_TOKEN}");
-    let answer = client::http::call(
+    let answer = ringside_client::http::call(
         &server.base,
         "POST",
         &path,
@@ -852,7 +856,7 @@ async fn payloads_are_refused_past_the_depth_limit_and_served_whole_at_it() {
     assert_eq!(error["error"]["code"], "invalid_request", "{error}");
     assert_eq!(error["error"]["field"], "payload", "{error}");
 
-    let at_limit = nested_payload(protocol::state::PAYLOAD_MAX_DEPTH);
+    let at_limit = nested_payload(ringside_protocol::state::PAYLOAD_MAX_DEPTH);
     server.publish(&event, "LIVE", &at_limit).await;
     let (_, body) = server
         .graphql(

@@ -11,9 +11,9 @@
 use std::time::Duration;
 
 use crate::support::*;
-use protection::ProtectionConfig;
-use protocol::PRIORITY_HEADER;
-use protocol::admin::{ProtectionMode, ProtectionStatus, RulesetMode, RulesetReason};
+use ringside_protection::ProtectionConfig;
+use ringside_protocol::PRIORITY_HEADER;
+use ringside_protocol::admin::{ProtectionMode, ProtectionStatus, RulesetMode, RulesetReason};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -94,7 +94,7 @@ async fn send(
     server: &TestServer,
     probe: Probe,
     token: &str,
-) -> (client::http::HttpResponse, Value) {
+) -> (ringside_client::http::HttpResponse, Value) {
     let admin = format!("Bearer {ADMIN_TOKEN}");
     let device = format!("Bearer {token}");
     let (method, path, body, bearer, header) = match probe {
@@ -118,7 +118,7 @@ async fn send(
     if let Some(value) = header {
         headers.push((PRIORITY_HEADER, value));
     }
-    let response = client::http::call(&server.base, method, path, &headers, body)
+    let response = ringside_client::http::call(&server.base, method, path, &headers, body)
         .await
         .unwrap();
     let json = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
@@ -174,7 +174,7 @@ async fn shed_classes(server: &TestServer) -> [bool; 4] {
 
 async fn protection_status(server: &TestServer) -> ProtectionStatus {
     let bearer = format!("Bearer {ADMIN_TOKEN}");
-    let response = client::http::call(
+    let response = ringside_client::http::call(
         &server.base,
         "GET",
         "/v1/admin/protection",
@@ -189,7 +189,7 @@ async fn protection_status(server: &TestServer) -> ProtectionStatus {
 
 async fn put_protection(server: &TestServer, body: &str, token: &str) -> (u16, Value) {
     let bearer = format!("Bearer {token}");
-    let response = client::http::call(
+    let response = ringside_client::http::call(
         &server.base,
         "PUT",
         "/v1/admin/protection",
@@ -229,9 +229,10 @@ async fn under_overload_the_lowest_classes_are_refused_first_and_critical_is_ser
         );
         // The WebSocket upgrade is degraded and passes the same layer.
         let upgrade =
-            client::DeviceConnection::connect(&server.ws_url, &device_token("ws", 60)).await;
+            ringside_client::DeviceConnection::connect(&server.ws_url, &device_token("ws", 60))
+                .await;
         match upgrade {
-            Err(client::ClientError::Refused { status, body }) => {
+            Err(ringside_client::ClientError::Refused { status, body }) => {
                 assert!(expected[1], "upgrade shed with {count} in flight: {body}");
                 assert_eq!(status, 503);
                 assert!(body.contains("\"overloaded\""), "{body}");
@@ -271,11 +272,11 @@ async fn under_overload_the_lowest_classes_are_refused_first_and_critical_is_ser
         "critical retries sooner: {seconds}"
     );
     // Health and metrics are never limited.
-    let health = client::http::call(&server.base, "GET", "/healthz", &[], None)
+    let health = ringside_client::http::call(&server.base, "GET", "/healthz", &[], None)
         .await
         .unwrap();
     assert_eq!(health.status, 200);
-    let text = client::http::call(&server.base, "GET", "/metrics", &[], None)
+    let text = ringside_client::http::call(&server.base, "GET", "/metrics", &[], None)
         .await
         .unwrap()
         .text();
@@ -316,12 +317,12 @@ async fn under_overload_the_lowest_classes_are_refused_first_and_critical_is_ser
 async fn the_header_and_the_device_token_can_only_lower_a_class() {
     let server = TestServer::start_with_http(fixed(10, RulesetMode::Off)).await;
     let mut held = Held::new();
-    let key = auth::DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap();
+    let key = ringside_auth::DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap();
     let token_with = |priority| {
-        key.sign(&auth::DeviceClaims {
+        key.sign(&ringside_auth::DeviceClaims {
             sub: "ceiling".into(),
             profile: "profile-ceiling".into(),
-            class: auth::DeviceClass::Tv,
+            class: ringside_auth::DeviceClass::Tv,
             exp: u64::MAX / 2,
             priority: Some(priority),
         })
@@ -329,7 +330,7 @@ async fn the_header_and_the_device_token_can_only_lower_a_class() {
     // 5 in flight: bulk is shed, degraded is not.
     held.up_to(&server, 5).await;
     assert!(!shed(&server, Probe::Graphql(None)).await);
-    let bulk_device = token_with(protocol::Priority::Bulk);
+    let bulk_device = token_with(ringside_protocol::Priority::Bulk);
     assert!(shed_with_token(&server, Probe::Graphql(None), &bulk_device).await);
     // A bulk device cannot raise itself back with the header.
     assert!(shed_with_token(&server, Probe::Graphql(Some("critical")), &bulk_device).await);
@@ -342,7 +343,7 @@ async fn the_header_and_the_device_token_can_only_lower_a_class() {
         shed(&server, Probe::Graphql(Some("critical"))).await,
         "the header cannot raise"
     );
-    let critical_device = token_with(protocol::Priority::Critical);
+    let critical_device = token_with(ringside_protocol::Priority::Critical);
     assert!(
         shed_with_token(&server, Probe::Graphql(None), &critical_device).await,
         "the token's claim cannot raise"
@@ -369,7 +370,7 @@ async fn an_unknown_priority_header_is_a_400_naming_it_protection_on_or_off() {
         assert_eq!(json["error"]["code"], "invalid_request", "{json}");
         assert_eq!(json["error"]["field"], PRIORITY_HEADER, "{json}");
         // Exempt routes are not classified.
-        let health = client::http::call(
+        let health = ringside_client::http::call(
             &server.base,
             "GET",
             "/healthz",
@@ -408,7 +409,7 @@ async fn the_ruleset_switches_on_when_an_event_goes_live_and_through_the_admin_a
     let mut held = Held::new();
     held.up_to(&server, 4).await;
     assert!(!shed(&server, Probe::Graphql(Some("bulk"))).await);
-    let before_ms = protocol::unix_now_ms();
+    let before_ms = ringside_protocol::unix_now_ms();
     let live = server.publish(&event, "LIVE", "{}").await;
     let status = protection_status(&server).await;
     assert!(status.active, "{status:?}");

@@ -3,8 +3,8 @@
 
 use crate::support::*;
 use futures_util::future::join_all;
-use protocol::admin::PublishReceipt;
-use protocol::{EventId, EventState, ServerFrame, Topic};
+use ringside_protocol::admin::PublishReceipt;
+use ringside_protocol::{EventId, EventState, ServerFrame, Topic};
 
 /// The node's budget of topics subscribed to but never published, in this test.
 const UNPUBLISHED_TOPIC_BUDGET: usize = 1024;
@@ -124,7 +124,7 @@ async fn publish_in_lane(
 ) -> PublishReceipt {
     let body = format!(r#"{{"stage":"{stage}","priority":"{priority}","payload":{payload}}}"#);
     let bearer = format!("Bearer {ADMIN_TOKEN}");
-    let response = client::http::call(
+    let response = ringside_client::http::call(
         &server.base,
         "POST",
         &format!("/v1/admin/events/{id}/publish"),
@@ -150,8 +150,8 @@ async fn raw_device(server: &TestServer, name: &str, event: &EventId, since: u64
     let url = format!("{}?token={}", server.ws_url, device_token(name, 3600));
     let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
     let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    let subscribe = protocol::ClientFrame::Subscribe {
-        topics: vec![protocol::SubscribeTopic {
+    let subscribe = ringside_protocol::ClientFrame::Subscribe {
+        topics: vec![ringside_protocol::SubscribeTopic {
             topic: topic(event),
             since,
         }],
@@ -183,7 +183,7 @@ async fn raw_state(device: &mut RawDevice) -> EventState {
 }
 
 fn is_best_effort(state: &EventState) -> bool {
-    state.priority == protocol::Priority::BestEffort
+    state.priority == ringside_protocol::Priority::BestEffort
 }
 
 #[tokio::test]

@@ -5,10 +5,10 @@ use crate::hostile::raw_ws;
 use std::time::Duration;
 
 use crate::support::*;
-use client::{ClientError, DeviceConnection};
 use futures_util::future::join_all;
-use protocol::frame::GoawayReason;
-use protocol::{ErrorCode, EventId, ServerFrame, Topic};
+use ringside_client::{ClientError, DeviceConnection};
+use ringside_protocol::frame::GoawayReason;
+use ringside_protocol::{ErrorCode, EventId, ServerFrame, Topic};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,8 +157,8 @@ async fn stalled_device(server: &TestServer, name: &str, event: &EventId) -> Raw
     let stream = socket.connect(server.addr).await.unwrap();
     let url = format!("{}?token={}", server.ws_url, device_token(name, 3600));
     let (mut device, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    let subscribe = protocol::ClientFrame::Subscribe {
-        topics: vec![protocol::SubscribeTopic {
+    let subscribe = ringside_protocol::ClientFrame::Subscribe {
+        topics: vec![ringside_protocol::SubscribeTopic {
             topic: topic(event),
             since: 0,
         }],
@@ -364,7 +364,7 @@ async fn unsubscribe_stops_delivery() {
     let mut device = server.device().await;
     subscribe(&mut device, &[(topic(&a), 0), (topic(&b), 0)]).await;
     device
-        .send(&protocol::ClientFrame::Unsubscribe {
+        .send(&ringside_protocol::ClientFrame::Unsubscribe {
             topics: vec![topic(&a)],
         })
         .await
@@ -494,11 +494,12 @@ async fn bad_frames_get_an_error_and_the_fitting_close_code_without_harming_othe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_without_a_valid_token_get_401_and_no_socket() {
     let server = TestServer::start().await;
-    let foreign_key = auth::DeviceTokenKey::new(b"some-other-secret-0123456789abcdef").unwrap();
-    let foreign = foreign_key.sign(&auth::DeviceClaims {
+    let foreign_key =
+        ringside_auth::DeviceTokenKey::new(b"some-other-secret-0123456789abcdef").unwrap();
+    let foreign = foreign_key.sign(&ringside_auth::DeviceClaims {
         sub: "d".into(),
         profile: "p".into(),
-        class: auth::DeviceClass::Mobile,
+        class: ringside_auth::DeviceClass::Mobile,
         exp: u64::MAX / 2,
         priority: None,
     });
@@ -512,10 +513,11 @@ async fn upgrades_without_a_valid_token_get_401_and_no_socket() {
         match DeviceConnection::connect(&server.ws_url, &token).await {
             Err(ClientError::Refused { status, body }) => {
                 assert_eq!(status, 401);
-                let error: protocol::admin::ApiError = serde_json::from_str(&body).unwrap();
+                let error: ringside_protocol::admin::ApiError =
+                    serde_json::from_str(&body).unwrap();
                 assert_eq!(
                     error.error.code,
-                    protocol::admin::ApiErrorCode::Unauthorized
+                    ringside_protocol::admin::ApiErrorCode::Unauthorized
                 );
                 assert!(
                     error.error.message.contains(expected),
@@ -551,7 +553,7 @@ async fn upgrades_without_a_valid_token_get_401_and_no_socket() {
     assert!(welcome.to_text().unwrap().contains(r#""type":"welcome""#));
 
     // A plain GET with a valid token but no upgrade headers is a 400, not a crash.
-    let plain = client::http::call(
+    let plain = ringside_client::http::call(
         &server.base,
         "GET",
         &format!("/v1/ws?token={token}"),
@@ -749,15 +751,15 @@ async fn repeated_topics_in_one_subscribe_count_once() {
 async fn a_node_whose_hub_is_not_ready_refuses_upgrades_with_503_until_it_is() {
     // A gateway composed as `ringside serve` composes it, around a hub whose bus feed has not
     // caught up (at startup, or while a failed feed is being reopened).
-    let registry = telemetry::Registry::new();
-    let hub = std::sync::Arc::new(broadcaster::Hub::new(broadcaster::HubMetrics::new(
-        &registry,
-    )));
-    let gateway = gateway::Gateway::new(
-        gateway::GatewayConfig::default(),
+    let registry = ringside_telemetry::Registry::new();
+    let hub = std::sync::Arc::new(ringside_broadcaster::Hub::new(
+        ringside_broadcaster::HubMetrics::new(&registry),
+    ));
+    let gateway = ringside_gateway::Gateway::new(
+        ringside_gateway::GatewayConfig::default(),
         hub.clone(),
-        auth::DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap(),
-        gateway::GatewayMetrics::new(&registry),
+        ringside_auth::DeviceTokenKey::new(DEVICE_SECRET.as_bytes()).unwrap(),
+        ringside_gateway::GatewayMetrics::new(&registry),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ws_url = format!("ws://{}/v1/ws", listener.local_addr().unwrap());
@@ -889,7 +891,7 @@ async fn one_device_holds_at_most_its_connections_and_gets_places_back_as_they_c
     }
     // The answer says when to retry: by then a vanished connection of the device is closed.
     let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
-    let refused = client::http::call(
+    let refused = ringside_client::http::call(
         &server.base,
         "GET",
         &format!("/v1/ws?token={token}"),
@@ -988,7 +990,7 @@ async fn a_device_that_stops_reading_is_sent_few_superseded_states() {
     // The device stalls for as long as the 600 publishes take, which on a loaded machine is
     // longer than the test servers' 2 s send timeout: this test is about conflation, not
     // about cutting a slow consumer, so the timeout is set beyond the stall.
-    let stalls_allowed = |config: &mut gateway::GatewayConfig| {
+    let stalls_allowed = |config: &mut ringside_gateway::GatewayConfig| {
         config.send_timeout = Duration::from_secs(120);
     };
     let autotuned = TestServer::start_with(|config| {
@@ -1338,9 +1340,13 @@ async fn a_connection_past_its_lifetime_gets_goaway_is_served_through_the_grace_
     server.stop().await;
 }
 
-async fn admin_call(server: &TestServer, method: &str, path: &str) -> client::http::HttpResponse {
+async fn admin_call(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+) -> ringside_client::http::HttpResponse {
     let bearer = format!("Bearer {ADMIN_TOKEN}");
-    client::http::call(
+    ringside_client::http::call(
         &server.base,
         method,
         path,
@@ -1410,22 +1416,23 @@ async fn an_admin_drain_spreads_its_goaways_over_the_window_and_answers_twice_wi
     let requested = tokio::time::Instant::now();
     let first = admin_call(&server, "POST", "/v1/admin/nodes/test-node/drain").await;
     assert_eq!(first.status, 202, "{}", first.text());
-    let first: protocol::admin::DrainAnswer = serde_json::from_slice(&first.body).unwrap();
+    let first: ringside_protocol::admin::DrainAnswer = serde_json::from_slice(&first.body).unwrap();
     let plan = first.progress.expect("the plan");
-    assert_eq!(first.state, protocol::admin::DrainState::Draining);
+    assert_eq!(first.state, ringside_protocol::admin::DrainState::Draining);
     assert_eq!(
         (plan.sessions_at_start, plan.window_ms),
         (DEVICES as u64, 2000)
     );
     // The node stops taking devices at once.
-    let health = client::http::call(&server.base, "GET", "/healthz", &[], None)
+    let health = ringside_client::http::call(&server.base, "GET", "/healthz", &[], None)
         .await
         .unwrap();
     assert_eq!(health.status, 503);
     // A second request is answered with the progress of the same drain, not a restart.
     let second = admin_call(&server, "POST", "/v1/admin/nodes/test-node/drain").await;
     assert_eq!(second.status, 200, "{}", second.text());
-    let second: protocol::admin::DrainAnswer = serde_json::from_slice(&second.body).unwrap();
+    let second: ringside_protocol::admin::DrainAnswer =
+        serde_json::from_slice(&second.body).unwrap();
     let progress = second.progress.expect("progress");
     assert_eq!(progress.started_at_ms, plan.started_at_ms);
     assert_eq!(progress.sessions_at_start, DEVICES as u64);
@@ -1487,7 +1494,7 @@ async fn during_a_shutdown_drain_healthz_and_upgrades_are_answered_503_not_refus
     }
     server.begin_stop();
     // The listener still accepts while the gateway drains: the node says it is unavailable.
-    let health = client::http::call(&server.base, "GET", "/healthz", &[], None)
+    let health = ringside_client::http::call(&server.base, "GET", "/healthz", &[], None)
         .await
         .expect("/healthz is answered during the drain, not refused");
     assert_eq!(health.status, 503, "{}", health.text());
@@ -1542,9 +1549,9 @@ async fn a_session_stuck_in_a_write_is_cut_at_the_drains_end_and_reported() {
     }
     let publisher = {
         let (admin, event) = (server.admin(), event.clone());
-        let request = protocol::admin::PublishRequest {
-            stage: protocol::Stage::parse("LIVE").unwrap(),
-            payload: protocol::Payload::parse(&payload).unwrap(),
+        let request = ringside_protocol::admin::PublishRequest {
+            stage: ringside_protocol::Stage::parse("LIVE").unwrap(),
+            payload: ringside_protocol::Payload::parse(&payload).unwrap(),
         };
         tokio::spawn(async move {
             loop {

@@ -457,7 +457,8 @@ fn worst_accepted_requests() -> [Value; 2] {
              runtimeMinutes year {artwork} }} }} }} }} }} }} }}"
         )
     };
-    let sizes = vec!["POSTER_SMALL"; prefetch::limits::QueryLimits::default().max_list_items];
+    let sizes =
+        vec!["POSTER_SMALL"; ringside_prefetch::limits::QueryLimits::default().max_list_items];
     [
         json!({ "query": query("", "") }),
         json!({
@@ -489,11 +490,11 @@ async fn the_worst_accepted_request_runs_within_its_budget() {
         .take(CONCURRENT_WORST_REQUESTS)
         .map(|request| {
             let body = serde_json::to_vec(request).unwrap();
-            assert!(body.len() < prefetch::PrefetchConfig::default().body_limit_bytes);
+            assert!(body.len() < ringside_prefetch::PrefetchConfig::default().body_limit_bytes);
             let (base, bearer) = (server.base.clone(), format!("Bearer {token}"));
             tokio::spawn(async move {
                 let started = Instant::now();
-                let response = client::http::call(
+                let response = ringside_client::http::call(
                     &base,
                     "POST",
                     "/graphql",
@@ -512,7 +513,7 @@ async fn the_worst_accepted_request_runs_within_its_budget() {
     while runs.iter().any(|run| !run.is_finished()) {
         let health = tokio::time::timeout(
             PROMPTLY,
-            client::http::call(&server.base, "GET", "/healthz", &[], None),
+            ringside_client::http::call(&server.base, "GET", "/healthz", &[], None),
         )
         .await
         .expect("/healthz answers while the worst requests run")

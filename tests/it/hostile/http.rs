@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use protocol::admin::ApiError;
+use ringside_protocol::admin::ApiError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -226,14 +226,14 @@ fn rows() -> Vec<Row> {
     ]
 }
 
-async fn send(server: &TestServer, row: &Row) -> client::http::HttpResponse {
+async fn send(server: &TestServer, row: &Row) -> ringside_client::http::HttpResponse {
     let bearer = format!("Bearer {ADMIN_TOKEN}");
     let headers: Vec<(&str, &str)> = if row.admin {
         vec![("authorization", bearer.as_str())]
     } else {
         Vec::new()
     };
-    let call = client::http::call(
+    let call = ringside_client::http::call(
         &server.base,
         row.method,
         &row.path,

@@ -13,8 +13,8 @@ pub(crate) mod raw_ws;
 mod ws;
 
 use crate::support::{TestServer, next_state, subscribe};
-use client::DeviceConnection;
-use protocol::EventId;
+use ringside_client::DeviceConnection;
+use ringside_protocol::EventId;
 
 /// A well-behaved device that stays connected while the hostile rows run, and the event it
 /// follows. After each row, [`Bystander::assert_unharmed`] proves the node still serves it.
@@ -43,7 +43,7 @@ impl Bystander {
             state.version, receipt.version,
             "after row {row:?} the bystander got another version"
         );
-        let health = client::http::call(&server.base, "GET", "/healthz", &[], None)
+        let health = ringside_client::http::call(&server.base, "GET", "/healthz", &[], None)
             .await
             .unwrap_or_else(|error| panic!("after row {row:?} /healthz failed: {error}"));
         assert_eq!(health.status, 200, "after row {row:?} /healthz answered");

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use protocol::ServerFrame;
+use ringside_protocol::ServerFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};

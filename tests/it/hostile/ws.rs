@@ -12,8 +12,8 @@ use futures_util::FutureExt;
 use super::raw_ws::{
     self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, RawWs, frame, text,
 };
-use protocol::frame::GoawayReason;
-use protocol::{ErrorCode, ServerFrame};
+use ringside_protocol::frame::GoawayReason;
+use ringside_protocol::{ErrorCode, ServerFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

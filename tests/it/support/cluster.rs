@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use client::{AdminClient, DeviceConnection};
-use protocol::admin::{PublishReceipt, PublishRequest, Stats};
-use protocol::{EventId, Payload, Stage};
+use ringside_client::{AdminClient, DeviceConnection};
+use ringside_protocol::admin::{PublishReceipt, PublishRequest, Stats};
+use ringside_protocol::{EventId, Payload, Stage};
 
 use super::{ADMIN_TOKEN, DEVICE_SECRET, PROMPTLY, device_token};
 
@@ -291,7 +291,7 @@ impl Cluster {
 async fn wait_healthy(node: &Node) {
     let deadline = tokio::time::Instant::now() + PROMPTLY * 3;
     loop {
-        let call = client::http::call(&node.base, "GET", "/healthz", &[], None);
+        let call = ringside_client::http::call(&node.base, "GET", "/healthz", &[], None);
         let answer = tokio::time::timeout(Duration::from_secs(1), call).await;
         if answer.is_ok_and(|answer| answer.is_ok_and(|response| response.status == 200)) {
             return;

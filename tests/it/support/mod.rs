@@ -7,13 +7,13 @@ pub mod cluster;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use auth::{DeviceClaims, DeviceClass, DeviceTokenKey};
-use client::{AdminClient, DeviceConnection};
-use gateway::{DrainReport, GatewayConfig};
-use protocol::admin::{CreateEvent, PublishReceipt, PublishRequest};
-use protocol::{EventId, EventState, Payload, ServerFrame, Stage, Topic};
 use ringside::secrets::Secrets;
 use ringside::{ServeConfig, serve};
+use ringside_auth::{DeviceClaims, DeviceClass, DeviceTokenKey};
+use ringside_client::{AdminClient, DeviceConnection};
+use ringside_gateway::{DrainReport, GatewayConfig};
+use ringside_protocol::admin::{CreateEvent, PublishReceipt, PublishRequest};
+use ringside_protocol::{EventId, EventState, Payload, ServerFrame, Stage, Topic};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -88,14 +88,14 @@ impl TestServer {
             },
             prefetch: test_prefetch_setup(),
             // Subscriber counts read afresh on every publish, so a test's devices count at once.
-            fetch_window: control::FetchWindowConfig {
+            fetch_window: ringside_control::FetchWindowConfig {
                 subscribers_max_age: Duration::ZERO,
-                ..control::FetchWindowConfig::default()
+                ..ringside_control::FetchWindowConfig::default()
             },
             // Checked often, so a test's stream sees a publish soon.
-            admin_stream: control::StreamConfig {
+            admin_stream: ringside_control::StreamConfig {
                 check_interval: Duration::from_millis(100),
-                ..control::StreamConfig::default()
+                ..ringside_control::StreamConfig::default()
             },
             secrets: Secrets {
                 device_token_secret: DEVICE_SECRET.into(),
@@ -121,7 +121,8 @@ impl TestServer {
     async fn wait_healthy(&self) {
         let deadline = tokio::time::Instant::now() + PROMPTLY;
         loop {
-            if let Ok(response) = client::http::call(&self.base, "GET", "/healthz", &[], None).await
+            if let Ok(response) =
+                ringside_client::http::call(&self.base, "GET", "/healthz", &[], None).await
                 && response.status == 200
             {
                 return;
@@ -162,7 +163,7 @@ impl TestServer {
     }
 
     pub async fn metric(&self, name: &str) -> u64 {
-        let text = client::http::call(&self.base, "GET", "/metrics", &[], None)
+        let text = ringside_client::http::call(&self.base, "GET", "/metrics", &[], None)
             .await
             .unwrap()
             .text();
@@ -176,9 +177,9 @@ impl TestServer {
         &self,
         token: &str,
         body: serde_json::Value,
-    ) -> (client::http::HttpResponse, serde_json::Value) {
+    ) -> (ringside_client::http::HttpResponse, serde_json::Value) {
         let bearer = format!("Bearer {token}");
-        let response = client::http::call(
+        let response = ringside_client::http::call(
             &self.base,
             "POST",
             "/graphql",
@@ -211,12 +212,14 @@ impl TestServer {
 /// materialized on demand.
 pub fn test_prefetch_setup() -> ringside::server::PrefetchSetup {
     ringside::server::PrefetchSetup {
-        config: prefetch::PrefetchConfig::default(),
-        dataset: ringside::content::DatasetSource::Generated(prefetch::generate::DatasetSize {
-            titles: 2_000,
-            profiles: 300,
-            seed: 7,
-        }),
+        config: ringside_prefetch::PrefetchConfig::default(),
+        dataset: ringside::content::DatasetSource::Generated(
+            ringside_prefetch::generate::DatasetSize {
+                titles: 2_000,
+                profiles: 300,
+                seed: 7,
+            },
+        ),
         store: ringside::content::StoreSetup::Memory,
         materialize: ringside::content::MaterializeMode::OnDemand,
     }
@@ -304,7 +307,9 @@ pub async fn read_until_close(device: &mut DeviceConnection) -> (Vec<ServerFrame
             .expect("close in time")
         {
             Ok(frame) => frames.push(frame),
-            Err(client::ClientError::Closed { code, reason }) => return (frames, code, reason),
+            Err(ringside_client::ClientError::Closed { code, reason }) => {
+                return (frames, code, reason);
+            }
             Err(other) => panic!("expected a close, got {other}"),
         }
     }
