@@ -14,7 +14,7 @@
  * @typedef {{ started_at_ms: number, window_ms: number, grace_ms: number, sessions_at_start: number,
  *   goaways_sent: number, sessions_left: number, sessions_cut?: number }} DrainProgress
  * @typedef {{ node: string, connections: number, address?: string, ready?: boolean,
- *   last_seen_ms_ago?: number, drain?: DrainProgress }} NodeStats
+ *   last_seen_ms_ago?: number, drain?: DrainProgress, shed?: PerClass }} NodeStats
  * @typedef {{ topic: string, subscribers: number, version: number, acks: number }} TopicStats
  * @typedef {{ nodes: NodeStats[], topics: TopicStats[] }} Stats
  * @typedef {{ critical: number, degraded: number, best_effort: number, bulk: number }} PerClass

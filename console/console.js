@@ -766,8 +766,9 @@ function renderFleet() {
   const protection = state.protection;
   const nodes = state.stats?.nodes ?? [];
   replaceRows(body, nodes.map((node) => {
-    const shed = protection && protection.node === node.node
-      ? `${protection.shed.critical} / ${protection.shed.degraded} / ${protection.shed.best_effort} / ${protection.shed.bulk}`
+    // Every node reports its own shed counts (older nodes report none).
+    const shed = node.shed
+      ? `${node.shed.critical} / ${node.shed.degraded} / ${node.shed.best_effort} / ${node.shed.bulk}`
       : '—';
     const drain = node.drain
       ? `${node.drain.goaways_sent} of ${node.drain.sessions_at_start} told to go, ${node.drain.sessions_left} left` +
@@ -787,8 +788,7 @@ function renderFleet() {
   if (protection) {
     const reasons = protection.reasons.length ? ` (${protection.reasons.join(', ')})` : '';
     summary.textContent = `Protection on ${protection.node}: ${protection.protection}, ruleset ${protection.ruleset}` +
-      `${protection.active ? `, active${reasons}` : ', inactive'}; limit ${protection.limit}, in flight ${protection.in_flight}. ` +
-      'Shed counts are those of the node that answers the admin API.';
+      `${protection.active ? `, active${reasons}` : ', inactive'}; limit ${protection.limit}, in flight ${protection.in_flight}.`;
   }
 }
 

@@ -19,13 +19,15 @@ use ringside_protocol::EventState;
 
 use crate::content::RedisLink;
 
-/// The node's event store, node registry and broadcast records, all in Redis.
-pub fn redis_fleet(redis: Arc<RedisLink>) -> Fleet {
+/// The node's event store, node registry and broadcast records, all in Redis; `address` is
+/// what the node reports to the registry.
+pub fn redis_fleet(redis: Arc<RedisLink>, address: String) -> Fleet {
     let backends = Arc::new(RedisFleet { redis });
     Fleet {
         store: backends.clone(),
         registry: backends.clone(),
         broadcasts: backends,
+        address,
         heartbeat_interval: HEARTBEAT_INTERVAL,
         broadcast_report_interval: BROADCAST_REPORT_INTERVAL,
     }

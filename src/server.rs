@@ -334,9 +334,11 @@ async fn start(
                 config.gateway.clone(),
                 DeviceTokenKey::new(config.secrets.device_token_secret.as_bytes())?,
                 bus.clone(),
-                redis.clone().map(redis_fleet),
+                redis
+                    .clone()
+                    .map(|redis| redis_fleet(redis, address.to_string())),
                 &registry,
-                address.to_string(),
+                protection.clone(),
                 NodeStops {
                     shutdown: shutdown.clone(),
                     stopped: stopped.clone(),

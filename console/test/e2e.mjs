@@ -369,6 +369,8 @@ async function main() {
   await node.waitFor();
   await eventually(async () => (await node.locator('td').nth(1).innerText()).trim() === String(DEVICES), 'the connections');
   await eventually(async () => (await page.locator('#protection-summary').innerText()).includes('Protection on e2e-node'), 'protection');
+  // The node's own shed counts (from its stats row), one per class.
+  assert.match((await node.locator('td').nth(5).innerText()).trim(), /^\d+ \/ \d+ \/ \d+ \/ \d+$/);
   await page.locator('#report').scrollIntoViewIfNeeded();
   await page.screenshot({ path: join(artifacts, 'console.png'), fullPage: true });
   if (process.env.UPDATE_DOCS_SCREENSHOT === '1') copyFileSync(join(artifacts, 'console.png'), join(repo, 'docs', 'console.png'));

@@ -579,6 +579,7 @@ mod tests {
                 ready: true,
                 last_seen_ms_ago: None,
                 drain: None,
+                shed: None,
             },
             topics: topics
                 .iter()

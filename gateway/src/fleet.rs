@@ -22,6 +22,7 @@ use ringside_auth::DeviceTokenKey;
 use ringside_broadcaster::{
     Applied, Bus, ConsumerConfig, Hub, HubConfig, HubMetrics, apply_off_runtime, run_bus_consumer,
 };
+use ringside_protection::Protection;
 use ringside_protocol::admin::{
     BroadcastRecord, DrainAnswer, DrainState, NodeBroadcastRecords, NodeStats, Stats, TopicStats,
     TopicVersion,
@@ -115,6 +116,8 @@ pub struct Fleet {
     pub store: Arc<dyn StateStore>,
     pub registry: Arc<dyn FleetRegistry>,
     pub broadcasts: Arc<dyn BroadcastRecordSink>,
+    /// The address the node reports to the registry (where the fleet reaches it).
+    pub address: String,
     /// How often the node reports to the registry; the broadcast records' expiry is refreshed
     /// at least this often too.
     pub heartbeat_interval: Duration,
@@ -162,7 +165,7 @@ impl Node {
         bus: Arc<dyn Bus>,
         fleet: Option<Fleet>,
         registry: &Arc<Registry>,
-        address: String,
+        protection: Arc<Protection>,
         stops: NodeStops,
     ) -> Result<Self, ConsumerStopped> {
         let NodeStops { shutdown, stopped } = &stops;
@@ -184,6 +187,7 @@ impl Node {
             device_key,
             GatewayMetrics::new(registry),
         );
+        gateway.report_shedding_of(protection);
         let mut tasks = Vec::new();
         let mut left_registry = None;
         if let Some(fleet) = fleet {
@@ -205,7 +209,7 @@ impl Node {
                 NodeReporter {
                     registry: fleet.registry.clone(),
                     gateway: gateway.clone(),
-                    address,
+                    address: fleet.address.clone(),
                     left: left.clone(),
                     heartbeat_interval: fleet.heartbeat_interval,
                 },
@@ -572,6 +576,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use ringside_broadcaster::MemoryBus;
+    use ringside_protection::ProtectionConfig;
     use ringside_protocol::{Payload, Priority, Stage};
     use ringside_sync_util::LockExt;
 
@@ -595,6 +600,10 @@ mod tests {
 
     fn device_key() -> DeviceTokenKey {
         DeviceTokenKey::new(b"a-device-secret-of-32-bytes-or-more!").expect("key")
+    }
+
+    fn protection(registry: &Registry) -> Arc<Protection> {
+        Protection::new(ProtectionConfig::default(), "node-a", registry)
     }
 
     fn gateway(registry: &Arc<Registry>) -> Arc<Gateway> {
@@ -652,7 +661,11 @@ mod tests {
     impl FleetRegistry for MemoryRegistry {
         fn report(&self, report: NodeReport) -> BoxFuture<'_, Result<(), BackendError>> {
             let address = report.node.address.unwrap_or_default();
-            self.record(format!("report {} at {address}", report.node.node));
+            let shed = report.node.shed.map(|shed| shed.bulk);
+            self.record(format!(
+                "report {} at {address}, bulk shed {shed:?}",
+                report.node.node
+            ));
             Box::pin(async { Ok(()) })
         }
 
@@ -832,6 +845,7 @@ mod tests {
     async fn the_reporter_reports_while_running_leaves_on_shutdown_and_forgets_on_stop() {
         let metrics = Registry::new();
         let gateway = gateway(&metrics);
+        gateway.report_shedding_of(protection(&metrics));
         let registry = Arc::new(MemoryRegistry::default());
         let reporter = reporter(&registry, &gateway);
         let left = reporter.left.clone();
@@ -846,8 +860,8 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(
             registry.calls(),
-            vec!["report node-a at 10.0.0.1:8080"; 3],
-            "one report per heartbeat, with the node's address"
+            vec!["report node-a at 10.0.0.1:8080, bulk shed Some(0)"; 3],
+            "one report per heartbeat, with the node's address and its shed counts"
         );
         assert!(!left.is_cancelled());
 
@@ -997,6 +1011,7 @@ mod tests {
             store: MemoryStore::answering(vec![state("event:a", 6)]),
             registry: registry.clone(),
             broadcasts: sink.clone(),
+            address: "10.0.0.1:8080".to_owned(),
             heartbeat_interval: Duration::from_secs(2),
             broadcast_report_interval: Duration::from_millis(500),
         };
@@ -1013,7 +1028,7 @@ mod tests {
             Arc::new(MemoryBus::new()),
             Some(fleet),
             &metrics,
-            "10.0.0.1:8080".to_owned(),
+            protection(&metrics),
             stops.clone(),
         )
         .await

@@ -39,7 +39,7 @@ use axum::Router;
 use axum::response::{IntoResponse, Response};
 use ringside_auth::DeviceTokenKey;
 use ringside_broadcaster::Hub;
-use ringside_protection::RetryAfter;
+use ringside_protection::{Protection, RetryAfter};
 use ringside_protocol::admin::{ApiError, ApiErrorCode, DrainProgress, NodeStats};
 use ringside_sync_util::LockExt;
 use tokio::task::JoinHandle;
@@ -238,6 +238,8 @@ pub struct Gateway {
     /// Sessions the drain has told to go: its goaways, and the sessions whose lifetime goaway
     /// was already out when the drain reached them.
     drain_goaways_sent: AtomicU64,
+    /// The node's protection, whose shed counts its stats carry (set once, by the node).
+    protection: OnceLock<Arc<Protection>>,
     /// The task that logs the drain's progress every second and reports how it ended; taken
     /// by [`Gateway::drain`] to wait for it.
     drain_monitor: Mutex<Option<JoinHandle<DrainReport>>>,
@@ -312,6 +314,7 @@ impl Gateway {
             admission: rate::SharedRateBudget::new(config.upgrade_rate_per_s, config.upgrade_burst),
             drain_plan: OnceLock::new(),
             drain_goaways_sent: AtomicU64::new(0),
+            protection: OnceLock::new(),
             drain_monitor: Mutex::new(None),
             config,
         })
@@ -344,7 +347,15 @@ impl Gateway {
             ready: self.hub.is_ready() && !self.is_draining(),
             last_seen_ms_ago: None,
             drain: self.drain_progress(),
+            shed: self.protection.get().map(|protection| protection.shed()),
         }
+    }
+
+    /// Makes this node's stats (and so its registry reports) carry `protection`'s shed counts,
+    /// so that the fleet view shows every node's, not only those of the node it asks. Only the
+    /// first call counts.
+    pub fn report_shedding_of(&self, protection: Arc<Protection>) {
+        let _ = self.protection.set(protection);
     }
 
     /// True once a drain started: upgrades are refused and `/healthz` says unavailable.

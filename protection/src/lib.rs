@@ -400,17 +400,14 @@ impl Protection {
         }
     }
 
+    /// Requests shed since start, per class (every route summed).
+    pub fn shed(&self) -> PerClass<u64> {
+        per_class(&self.metrics.shed)
+    }
+
     /// The state `GET /v1/admin/protection` answers.
     pub fn status(&self) -> ProtectionStatus {
         let now_ms = unix_now_ms();
-        let per_class = |counters: &ClassRouteCounters| {
-            PerClass::from_fn(|class| {
-                counters[class.index()]
-                    .iter()
-                    .map(|counter| counter.get())
-                    .sum()
-            })
-        };
         let settings = self.settings();
         ProtectionStatus {
             node: self.node.clone(),
@@ -422,7 +419,7 @@ impl Protection {
             limit: self.limit.limit(),
             in_flight: self.limit.in_flight(),
             shares: *self.shares(),
-            shed: per_class(&self.metrics.shed),
+            shed: self.shed(),
             admitted: per_class(&self.metrics.admitted),
             short_rtt_us: self.limit.short_rtt_us(),
             long_rtt_us: self.limit.long_rtt_us(),
@@ -431,6 +428,16 @@ impl Protection {
             last_transition: self.ruleset.last_transition(),
         }
     }
+}
+
+/// A family's counts per class, its routes summed.
+fn per_class(counters: &ClassRouteCounters) -> PerClass<u64> {
+    PerClass::from_fn(|class| {
+        counters[class.index()]
+            .iter()
+            .map(|counter| counter.get())
+            .sum()
+    })
 }
 
 #[cfg(test)]

@@ -79,6 +79,10 @@ pub struct NodeStats {
     /// The node's paced drain, while it runs (see [`DrainProgress`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainProgress>,
+    /// Requests the node's protection shed since it started, per class (absent from a node
+    /// that reports no protection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shed: Option<PerClass<u64>>,
 }
 
 fn ready_by_default() -> bool {

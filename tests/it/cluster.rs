@@ -87,6 +87,10 @@ async fn a_publish_reaches_every_device_on_every_node_and_late_nodes_catch_up() 
     let names: Vec<&str> = stats.nodes.iter().map(|n| n.node.as_str()).collect();
     assert_eq!(names, ["g1", "g2", "g3", "g4"]);
     assert!(stats.nodes.iter().all(|n| n.ready && n.address.is_some()));
+    assert!(
+        stats.nodes.iter().all(|n| n.shed.is_some()),
+        "every node reports its own shed counts: {stats:?}"
+    );
     let totals = stats.topics.iter().find(|t| t.topic == topic).unwrap();
     assert_eq!(totals.version, newest);
 }

@@ -310,6 +310,9 @@ async fn under_overload_the_lowest_classes_are_refused_first_and_critical_is_ser
         status.shed.bulk >= 8 && status.shed.degraded >= 4,
         "{status:?}"
     );
+    // The node's stats (the fleet view's rows) carry the same counts.
+    let stats = server.admin().stats().await.unwrap();
+    assert_eq!(stats.nodes[0].shed, Some(status.shed), "{stats:?}");
     server.stop().await;
 }
 
