@@ -170,6 +170,40 @@ fn serve_publish_and_watch_through_the_binary() {
         .collect();
     assert_eq!(versions, [receipt.version], "{listed}");
 
+    // The delivery report: the version the watcher was sent, as JSON and as tables.
+    let reported =
+        run_ok(ringside(&state, &["event", "report", "my-show", "--json"]).args(server_flag));
+    let list: ringside_protocol::admin::BroadcastList = serde_json::from_str(&reported).unwrap();
+    let sent: Vec<(u64, u64)> = list
+        .broadcasts
+        .iter()
+        .map(|b| (b.version, b.sent))
+        .collect();
+    assert_eq!(sent, [(receipt.version, 1)], "{reported}");
+    let table = run_ok(ringside(&state, &["event", "report", "my-show"]).args(server_flag));
+    assert!(table.starts_with("         VERSION  STAGE"), "{table}");
+    assert!(table.contains(&receipt.version.to_string()), "{table}");
+    let version = receipt.version.to_string();
+    let one = run_ok(ringside(&state, &["event", "report", "my-show", &version]).args(server_flag));
+    assert!(
+        one.starts_with(&format!("event my-show  version {version}  stage LIVE")),
+        "{one}"
+    );
+    assert!(one.contains("sent 1  acked"), "{one}");
+    let missing = ringside(&state, &["event", "report", "my-show", "7"])
+        .args(server_flag)
+        .output()
+        .unwrap();
+    assert!(
+        !missing.status.success(),
+        "a version no node recorded is an error"
+    );
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
     // SIGTERM drains and exits cleanly.
     let pid = server.child.id().to_string();
     assert!(
