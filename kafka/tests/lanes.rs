@@ -3,8 +3,7 @@
 //! that partition is the one librdkafka itself picks for the state's key.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,28 +18,11 @@ use ringside_protocol::{EventState, Payload, Priority, Stage, Topic};
 use ringside_telemetry::Registry;
 use tokio_util::sync::CancellationToken;
 
+#[path = "../../tests/it/support/tansu.rs"]
+mod tansu;
+
 const PROMPTLY: Duration = Duration::from_secs(20);
 const PARTITIONS: i32 = 4;
-
-/// `$RINGSIDE_TANSU`, else `tansu` on the PATH, else Cargo's bin folder (where `scripts/test`
-/// installs it).
-fn tansu_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("RINGSIDE_TANSU") {
-        return PathBuf::from(path);
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("tansu"))
-        .find(|candidate| candidate.is_file());
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
-    on_path
-        .or_else(|| cargo_home.map(|home| home.join("bin/tansu")))
-        .filter(|path| path.is_file())
-        .expect("tansu not found: scripts/test installs it (cargo install tansu --version 0.6.0 --locked --features dynostore)")
-}
 
 /// A tansu broker of this test's own, killed when dropped.
 struct Broker {
@@ -50,29 +32,8 @@ struct Broker {
 
 impl Broker {
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|addr| addr.port())
-            .expect("a free port");
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu starts");
-        let deadline = Instant::now() + PROMPTLY;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let port = tansu::free_port();
+        let child = tansu::spawn(port, Stdio::null(), Stdio::null());
         Self { child, port }
     }
 

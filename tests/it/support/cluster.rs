@@ -5,40 +5,14 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringside_client::{AdminClient, DeviceConnection};
 use ringside_protocol::admin::{PublishReceipt, PublishRequest, Stats};
 use ringside_protocol::{EventId, Payload, Stage};
 
+use super::tansu;
 use super::{ADMIN_TOKEN, DEVICE_SECRET, PROMPTLY, device_token};
-
-/// Where the tansu binary is: `$RINGSIDE_TANSU`, else `tansu` on the PATH, else Cargo's bin
-/// folder (where `scripts/test` installs it).
-fn tansu_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("RINGSIDE_TANSU") {
-        return PathBuf::from(path);
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("tansu"))
-        .find(|candidate| candidate.is_file());
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
-    on_path
-        .or_else(|| cargo_home.map(|home| home.join("bin/tansu")))
-        .filter(|path| path.is_file())
-        .expect("tansu not found: scripts/test installs it (cargo install tansu --version 0.6.0 --locked --features dynostore)")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free loopback port")
-}
 
 fn signal(child: &Child, signal: &str) {
     let status = Command::new("kill")
@@ -65,7 +39,7 @@ pub struct Broker {
 
 impl Broker {
     fn start(dir: &Path) -> Self {
-        let port = free_port();
+        let port = tansu::free_port();
         let child = Self::spawn(dir, port);
         Self {
             port,
@@ -75,26 +49,11 @@ impl Broker {
     }
 
     fn spawn(dir: &Path, port: u16) -> Child {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(log_file(dir, "broker"))
-            .stderr(log_file(dir, "broker"))
-            .spawn()
-            .expect("tansu starts");
-        let deadline = Instant::now() + PROMPTLY;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
+        tansu::spawn(
+            port,
+            log_file(dir, "broker").into(),
+            log_file(dir, "broker").into(),
+        )
     }
 
     pub fn address(&self) -> String {
