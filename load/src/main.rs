@@ -263,6 +263,13 @@ struct OverloadArgs {
     /// [default: 0.7 × multiple × capacity, else 5600].
     #[arg(long)]
     bulk_rate: Option<f64>,
+    /// Connections the critical class sends over (each waits for its answer before the next).
+    #[arg(long, default_value_t = 4)]
+    publish_connections: usize,
+    /// Connections the degraded class sends over: real devices send their live-path queries
+    /// over connections of their own, so too few here queue them in the load tool.
+    #[arg(long, default_value_t = 32)]
+    live_connections: usize,
     /// Connections the best_effort class sends over.
     #[arg(long, default_value_t = 256)]
     background_connections: usize,
@@ -328,7 +335,7 @@ async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
             Some(publish.into()),
             vec![args.admin_token.clone()].into(),
             args.publish_rate,
-            4,
+            args.publish_connections,
         ),
         class(
             "degraded: live-path query",
@@ -340,7 +347,7 @@ async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
             )),
             args.fleet.tokens(1000)?.into(),
             args.live_rate,
-            32,
+            args.live_connections,
         ),
         class(
             "best_effort: background prefetch",
