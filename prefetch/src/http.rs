@@ -6,8 +6,12 @@
 //!   else.
 //! - A `POST` body must be JSON (no `Content-Type`, or `application/json`): 415 otherwise. One
 //!   request per body; batches (a JSON array) are refused.
-//! - Bodies (and `GET` query text) over the limit get 413. Everything else answers 200 with
-//!   GraphQL errors, each with a stable `extensions.code`.
+//! - Bodies (and `GET` query text) over the limit get 413; a body (or `GET` parameter) that is not
+//!   JSON, 400. The response's media type follows `Accept` as GraphQL over HTTP says
+//!   ([`Media`]): with `application/graphql-response+json` a request error (no `data`: a
+//!   document that does not parse or validate, a refused limit, bad variables) is a 4xx; with
+//!   `application/json` (or no `Accept`, as most device stacks send) it answers 200. Every error
+//!   has a stable `extensions.code`.
 //! - Every query text goes through [`limits::parse_and_check`] before it executes, and executes
 //!   within [`PrefetchConfig::execution_timeout`](crate::PrefetchConfig::execution_timeout).
 //! - Automatic persisted queries: a client sends `extensions.persistedQuery.sha256Hash`; with the
@@ -109,8 +113,77 @@ struct WireRequest {
     operation_name: Option<String>,
     #[serde(default)]
     variables: Option<serde_json::Value>,
-    #[serde(default)]
+    /// `null` is no extensions, as GraphQL over HTTP requires.
+    #[serde(default, deserialize_with = "null_as_default")]
     extensions: WireExtensions,
+}
+
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+/// The media type of a `/graphql` answer, negotiated from `Accept` (GraphQL over HTTP):
+/// `application/graphql-response+json` when the client lists it (without `q=0`), else
+/// `application/json`, the legacy type, which is also what a request without `Accept` gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    Json,
+    GraphqlResponse,
+}
+
+impl Media {
+    fn of(headers: &HeaderMap) -> Self {
+        let listed = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|item| {
+                let mut parts = item.split(';');
+                let media_type = parts.next().unwrap_or_default().trim();
+                media_type.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON)
+                    && !parts.any(|parameter| {
+                        parameter
+                            .trim()
+                            .strip_prefix("q=")
+                            .and_then(|q| q.trim().parse::<f32>().ok())
+                            .is_some_and(|q| q == 0.0)
+                    })
+            });
+        if listed {
+            Self::GraphqlResponse
+        } else {
+            Self::Json
+        }
+    }
+
+    fn content_type(self) -> HeaderValue {
+        match self {
+            Self::Json => HeaderValue::from_static("application/json"),
+            Self::GraphqlResponse => HeaderValue::from_static(GRAPHQL_RESPONSE_JSON),
+        }
+    }
+
+    /// The status of an answer that carries no `data` because of `error`: 200 in the legacy
+    /// type; in the spec's own type, 4xx for the client's mistakes and 5xx for what the node
+    /// could not do.
+    fn status_of(self, error: &PrefetchError) -> StatusCode {
+        if self == Self::Json {
+            return StatusCode::OK;
+        }
+        match error {
+            PrefetchError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            PrefetchError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            PrefetchError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,15 +205,15 @@ enum Method {
     Post,
 }
 
-/// A response carrying only errors, with `status`.
-fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+/// A response carrying only errors, with `status`, in `media`.
+fn error_response(media: Media, status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({
         "errors": [{ "message": message, "extensions": { "code": code } }]
     });
     let mut response = (status, axum::Json(body)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, media.content_type());
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::UNAUTHORIZED {
         response
             .headers_mut()
@@ -149,8 +222,23 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     response
 }
 
-fn prefetch_error_response(error: &PrefetchError) -> Response {
-    error_response(StatusCode::OK, error.code(), &error.to_string())
+fn prefetch_error_response(media: Media, error: &PrefetchError) -> Response {
+    error_response(
+        media,
+        media.status_of(error),
+        error.code(),
+        &error.to_string(),
+    )
+}
+
+/// A body or parameter that is not JSON (or not the request's shape): 400 in either type.
+fn malformed(media: Media, error: &PrefetchError) -> Response {
+    error_response(
+        media,
+        StatusCode::BAD_REQUEST,
+        error.code(),
+        &error.to_string(),
+    )
 }
 
 /// The device's profile, from its token.
@@ -174,8 +262,9 @@ fn authenticate(
         .map(|claims| claims.profile)
 }
 
-fn unauthenticated(error: ringside_auth::TokenError) -> Response {
+fn unauthenticated(media: Media, error: ringside_auth::TokenError) -> Response {
     error_response(
+        media,
         StatusCode::UNAUTHORIZED,
         "UNAUTHENTICATED",
         &error.to_string(),
@@ -198,12 +287,14 @@ fn is_json(headers: &HeaderMap) -> bool {
 async fn post_graphql(State(service): State<Arc<PrefetchService>>, request: Request) -> Response {
     // The token and the content type come from the head; the body is read only after both
     // pass (a `Bytes` extractor would read it first).
+    let media = Media::of(request.headers());
     let profile = match authenticate(&service, request.headers(), None) {
         Ok(profile) => profile,
-        Err(error) => return unauthenticated(error),
+        Err(error) => return unauthenticated(media, error),
     };
     if !is_json(request.headers()) {
         return error_response(
+            media,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UNSUPPORTED_MEDIA_TYPE",
             "send the request as JSON: Content-Type: application/json",
@@ -216,10 +307,16 @@ async fn post_graphql(State(service): State<Arc<PrefetchService>>, request: Requ
                 "request body exceeds {} bytes",
                 service.config.body_limit_bytes
             );
-            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", &message);
+            return error_response(
+                media,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                &message,
+            );
         }
         Err(rejection) => {
             return error_response(
+                media,
                 StatusCode::BAD_REQUEST,
                 "BAD_REQUEST",
                 &rejection.body_text(),
@@ -230,20 +327,27 @@ async fn post_graphql(State(service): State<Arc<PrefetchService>>, request: Requ
     // limit's own code (the outermost object is the request itself).
     let limits = &service.config.limits;
     if limits::json_nesting(&body) > limits.max_nesting + 1 {
-        return prefetch_error_response(&PrefetchError::NestedTooDeeply {
-            max: limits.max_nesting,
-        });
+        return prefetch_error_response(
+            media,
+            &PrefetchError::NestedTooDeeply {
+                max: limits.max_nesting,
+            },
+        );
     }
     if body.trim_ascii_start().starts_with(b"[") {
-        return prefetch_error_response(&PrefetchError::BadRequest(
-            "batched requests are not supported: send one request per POST".into(),
-        ));
+        return malformed(
+            media,
+            &PrefetchError::BadRequest(
+                "batched requests are not supported: send one request per POST".into(),
+            ),
+        );
     }
     match serde_json::from_slice::<WireRequest>(&body) {
-        Ok(request) => execute(&service, profile, request, Method::Post).await,
-        Err(error) => prefetch_error_response(&PrefetchError::BadRequest(format!(
-            "invalid request body: {error}"
-        ))),
+        Ok(request) => execute(&service, profile, request, Method::Post, media).await,
+        Err(error) => malformed(
+            media,
+            &PrefetchError::BadRequest(format!("invalid request body: {error}")),
+        ),
     }
 }
 
@@ -252,12 +356,14 @@ async fn get_graphql(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
+    let media = Media::of(&headers);
     let wants_page = !params.contains_key("query") && !params.contains_key("extensions");
     if wants_page {
         if service.config.graphiql {
             return Html(GRAPHIQL_PAGE).into_response();
         }
         return error_response(
+            media,
             StatusCode::BAD_REQUEST,
             "BAD_REQUEST",
             "expected a query or a persisted query hash",
@@ -265,7 +371,7 @@ async fn get_graphql(
     }
     let profile = match authenticate(&service, &headers, params.get("token").map(String::as_str)) {
         Ok(profile) => profile,
-        Err(error) => return unauthenticated(error),
+        Err(error) => return unauthenticated(media, error),
     };
     // hyper bounds the URI (414 past 64 KiB), not the body limit: hold a GET's request to what
     // a POST body may carry.
@@ -279,7 +385,12 @@ async fn get_graphql(
             "query, variables and extensions exceed {} bytes",
             service.config.body_limit_bytes
         );
-        return error_response(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", &message);
+        return error_response(
+            media,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            &message,
+        );
     }
     let limits = &service.config.limits;
     let parse_json = |name: &str| -> Result<Option<serde_json::Value>, PrefetchError> {
@@ -296,17 +407,20 @@ async fn get_graphql(
         })
     };
     let extensions = match parse_json("extensions").and_then(|value| {
+        // `null`, like no parameter, is no extensions.
         value
-            .map(serde_json::from_value::<WireExtensions>)
+            .map(serde_json::from_value::<Option<WireExtensions>>)
             .transpose()
             .map_err(|error| PrefetchError::BadRequest(format!("invalid extensions: {error}")))
     }) {
-        Ok(extensions) => extensions.unwrap_or_default(),
-        Err(error) => return prefetch_error_response(&error),
+        Ok(extensions) => extensions.flatten().unwrap_or_default(),
+        Err(error @ PrefetchError::BadRequest(_)) => return malformed(media, &error),
+        Err(error) => return prefetch_error_response(media, &error),
     };
     let variables = match parse_json("variables") {
         Ok(variables) => variables,
-        Err(error) => return prefetch_error_response(&error),
+        Err(error @ PrefetchError::BadRequest(_)) => return malformed(media, &error),
+        Err(error) => return prefetch_error_response(media, &error),
     };
     let request = WireRequest {
         query: params.get("query").cloned(),
@@ -314,7 +428,7 @@ async fn get_graphql(
         variables,
         extensions,
     };
-    execute(&service, profile, request, Method::Get).await
+    execute(&service, profile, request, Method::Get, media).await
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -355,10 +469,21 @@ async fn execute(
     profile_id: String,
     request: WireRequest,
     method: Method,
+    media: Media,
 ) -> Response {
+    if request
+        .variables
+        .as_ref()
+        .is_some_and(|variables| !variables.is_object() && !variables.is_null())
+    {
+        return malformed(
+            media,
+            &PrefetchError::BadRequest("variables must be a JSON object".into()),
+        );
+    }
     let started = Instant::now();
     service.metrics.requests.increment();
-    let response = run(service, profile_id, request, method).await;
+    let response = run(service, profile_id, request, method, media).await;
     service.metrics.request_latency.observe(started.elapsed());
     response
 }
@@ -368,12 +493,13 @@ async fn run(
     profile_id: String,
     request: WireRequest,
     method: Method,
+    media: Media,
 ) -> Response {
     let (query, register_as) = match query_text(service, &request) {
         Ok(query) => query,
         Err(error) => {
             service.metrics.request_errors.increment();
-            return prefetch_error_response(&error);
+            return prefetch_error_response(media, &error);
         }
     };
     let document =
@@ -391,7 +517,7 @@ async fn run(
             Ok(document) => document,
             Err(error) => {
                 service.metrics.request_errors.increment();
-                return prefetch_error_response(&error);
+                return prefetch_error_response(media, &error);
             }
         };
     let ttl = service.config.jittered_device_ttl();
@@ -414,9 +540,12 @@ async fn run(
     let Ok(mut response) = tokio::time::timeout(timeout, service.schema.execute(graphql)).await
     else {
         service.metrics.request_errors.increment();
-        return prefetch_error_response(&PrefetchError::Timeout {
-            ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-        });
+        return prefetch_error_response(
+            media,
+            &PrefetchError::Timeout {
+                ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            },
+        );
     };
     // Errors without a path are the request's own (validation); resolver errors have one.
     let validated = response.errors.iter().all(|error| !error.path.is_empty());
@@ -448,13 +577,17 @@ async fn run(
     };
     if serde_json::to_writer(&mut body, &response).is_err() {
         service.metrics.request_errors.increment();
-        return prefetch_error_response(&PrefetchError::ResponseTooLarge { max: limit });
+        return prefetch_error_response(media, &PrefetchError::ResponseTooLarge { max: limit });
     }
+    // A document that did not validate is a request error (no `data`): 400 in the spec's type.
+    let status = if validated || media == Media::Json {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
     let mut http = (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
+        status,
+        [(header::CONTENT_TYPE, media.content_type())],
         body.bytes,
     )
         .into_response();

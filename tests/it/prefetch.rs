@@ -302,7 +302,7 @@ async fn bad_requests_get_stable_codes() {
     let (response, body) = server
         .graphql(&device, Value::String("not an object".into()))
         .await;
-    assert_eq!(response.status, 200);
+    assert_eq!(response.status, 400, "JSON that is not a request");
     assert_eq!(error_code(&body), "BAD_REQUEST");
     server.stop().await;
 }
@@ -941,4 +941,78 @@ fn thirty_artwork_lists_per_card() -> String {
     format!(
         "{{ prefetch {{ events {{ byStage {{ home {{ rows {{ cards {{ id title {artwork} }} }} }} }} }} }} }}"
     )
+}
+
+/// `/graphql` as GraphQL over HTTP says: the answer's media type follows `Accept`; in
+/// `application/graphql-response+json` a request error (no `data`) is a 400, in the legacy
+/// `application/json` (also without `Accept`) a 200; JSON that is no request is a 400 in both;
+/// `"extensions": null` is no extensions.
+#[tokio::test]
+async fn answers_follow_graphql_over_http_media_types() {
+    const SPEC: &str = "application/graphql-response+json";
+    let server = TestServer::start().await;
+    let bearer = format!("Bearer {}", token("p000007"));
+    let post = |accept: Option<&'static str>, body: Vec<u8>| {
+        let (base, bearer) = (server.base.clone(), bearer.clone());
+        async move {
+            let mut headers = vec![("authorization", bearer.as_str())];
+            if let Some(accept) = accept {
+                headers.push(("accept", accept));
+            }
+            let response =
+                ringside_client::http::call(&base, "POST", "/graphql", &headers, Some(body))
+                    .await
+                    .unwrap();
+            let content_type = response.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let body: Value = serde_json::from_slice(&response.body).unwrap();
+            (response.status, content_type, body)
+        }
+    };
+    let body = |value: Value| serde_json::to_vec(&value).unwrap();
+    let fine = body(json!({ "query": "{ prefetch { profileId } }", "extensions": null }));
+    let unparsable = body(json!({ "query": "{ prefetch { profileId " }));
+    let invalid = body(json!({ "query": "{ prefetch { noSuchField } }" }));
+
+    let (status, media, answer) = post(Some(SPEC), fine.clone()).await;
+    assert_eq!((status, media.as_str()), (200, SPEC));
+    assert_eq!(
+        answer["data"]["prefetch"]["profileId"], "p000007",
+        "{answer}"
+    );
+    // Listed after application/json, or with parameters, it is still accepted; q=0 refuses it.
+    let listed = "application/json, application/graphql-response+json;charset=utf-8";
+    assert_eq!(post(Some(listed), fine.clone()).await.1, SPEC);
+    let refused = "application/graphql-response+json;q=0, application/json";
+    assert_eq!(
+        post(Some(refused), fine.clone()).await.1,
+        "application/json"
+    );
+    let (status, media, answer) = post(None, fine).await;
+    assert_eq!((status, media.as_str()), (200, "application/json"));
+    assert!(answer["errors"].is_null(), "{answer}");
+
+    for (request, code) in [
+        (unparsable, "GRAPHQL_PARSE_FAILED"),
+        (invalid, "GRAPHQL_VALIDATION_FAILED"),
+    ] {
+        let (status, media, answer) = post(Some(SPEC), request.clone()).await;
+        assert_eq!((status, media.as_str()), (400, SPEC), "{answer}");
+        assert_eq!(error_code(&answer), code);
+        let (status, media, answer) = post(Some("application/json"), request).await;
+        assert_eq!(
+            (status, media.as_str()),
+            (200, "application/json"),
+            "{answer}"
+        );
+        assert_eq!(error_code(&answer), code);
+    }
+    for accept in [Some(SPEC), None] {
+        let (status, _, answer) = post(accept, b"{\"query\": ".to_vec()).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(error_code(&answer), "BAD_REQUEST");
+    }
+    server.stop().await;
 }
