@@ -20,13 +20,14 @@
 //!   hash are cacheable: `Cache-Control: private, max-age=…` (per device, never in shared
 //!   caches) with `Vary: Authorization`.
 //! - Every response carries `extensions.cacheHint`: the device-cache TTL (jittered) and the
-//!   event versions the data was built for.
+//!   event versions the data was built for. One without errors also carries a weak `ETag` of
+//!   its data and those versions; `If-None-Match` with it answers `304` without a body.
 //! - CORS, only when [`PrefetchConfig::cors_origins`](crate::PrefetchConfig::cors_origins)
 //!   names origins: [`with_graphql_cors`] puts a layer in front of `/graphql` alone (never the
 //!   admin API) that answers the preflight and echoes an allowed `Origin`; any other origin
 //!   gets no CORS header.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -100,8 +101,9 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 HeaderName::from_static(ringside_protocol::PRIORITY_HEADER),
+                header::IF_NONE_MATCH,
             ])
-            .expose_headers([header::RETRY_AFTER])
+            .expose_headers([header::RETRY_AFTER, header::ETAG])
             .max_age(CORS_PREFLIGHT_MAX_AGE),
     )
 }
@@ -205,6 +207,52 @@ enum Method {
     Post,
 }
 
+/// What the request's head asks of its answer.
+struct Asked {
+    method: Method,
+    media: Media,
+    /// `If-None-Match`: the entity tags the client holds.
+    if_none_match: Option<HeaderValue>,
+}
+
+impl Asked {
+    fn new(method: Method, headers: &HeaderMap) -> Self {
+        Self {
+            method,
+            media: Media::of(headers),
+            if_none_match: headers.get(header::IF_NONE_MATCH).cloned(),
+        }
+    }
+
+    /// Whether the client holds `etag` (weak comparison, as `If-None-Match` uses; `*` holds
+    /// any).
+    fn holds(&self, etag: &str) -> bool {
+        let Some(value) = self.if_none_match.as_ref().and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+        let wanted = opaque(etag);
+        value
+            .split(',')
+            .any(|tag| tag.trim() == "*" || opaque(tag) == wanted)
+    }
+}
+
+/// The entity tag of an answer: a hash of its `data` and of the event versions it was built
+/// for. Weak, since two answers with the same tag differ in their jittered `ttlSeconds`.
+fn entity_tag(data: &[u8], versions: &BTreeMap<String, u64>) -> String {
+    let mut hash = Sha256::new();
+    hash.update(data);
+    for (event, version) in versions {
+        hash.update(event.as_bytes());
+        hash.update([0]);
+        hash.update(version.to_be_bytes());
+    }
+    let digest = hash.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("W/\"{hex}\"")
+}
+
 /// A response carrying only errors, with `status`, in `media`.
 fn error_response(media: Media, status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({
@@ -287,7 +335,8 @@ fn is_json(headers: &HeaderMap) -> bool {
 async fn post_graphql(State(service): State<Arc<PrefetchService>>, request: Request) -> Response {
     // The token and the content type come from the head; the body is read only after both
     // pass (a `Bytes` extractor would read it first).
-    let media = Media::of(request.headers());
+    let asked = Asked::new(Method::Post, request.headers());
+    let media = asked.media;
     let profile = match authenticate(&service, request.headers(), None) {
         Ok(profile) => profile,
         Err(error) => return unauthenticated(media, error),
@@ -343,7 +392,7 @@ async fn post_graphql(State(service): State<Arc<PrefetchService>>, request: Requ
         );
     }
     match serde_json::from_slice::<WireRequest>(&body) {
-        Ok(request) => execute(&service, profile, request, Method::Post, media).await,
+        Ok(request) => execute(&service, profile, request, asked).await,
         Err(error) => malformed(
             media,
             &PrefetchError::BadRequest(format!("invalid request body: {error}")),
@@ -356,7 +405,8 @@ async fn get_graphql(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let media = Media::of(&headers);
+    let asked = Asked::new(Method::Get, &headers);
+    let media = asked.media;
     let wants_page = !params.contains_key("query") && !params.contains_key("extensions");
     if wants_page {
         if service.config.graphiql {
@@ -428,7 +478,7 @@ async fn get_graphql(
         variables,
         extensions,
     };
-    execute(&service, profile, request, Method::Get, media).await
+    execute(&service, profile, request, asked).await
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -468,9 +518,9 @@ async fn execute(
     service: &Arc<PrefetchService>,
     profile_id: String,
     request: WireRequest,
-    method: Method,
-    media: Media,
+    asked: Asked,
 ) -> Response {
+    let media = asked.media;
     if request
         .variables
         .as_ref()
@@ -483,7 +533,7 @@ async fn execute(
     }
     let started = Instant::now();
     service.metrics.requests.increment();
-    let response = run(service, profile_id, request, method, media).await;
+    let response = run(service, profile_id, request, &asked).await;
     service.metrics.request_latency.observe(started.elapsed());
     response
 }
@@ -492,9 +542,9 @@ async fn run(
     service: &Arc<PrefetchService>,
     profile_id: String,
     request: WireRequest,
-    method: Method,
-    media: Media,
+    asked: &Asked,
 ) -> Response {
+    let media = asked.media;
     let (query, register_as) = match query_text(service, &request) {
         Ok(query) => query,
         Err(error) => {
@@ -559,9 +609,8 @@ async fn run(
     if failed {
         service.metrics.request_errors.increment();
     }
-    let versions: Vec<serde_json::Value> = hints
-        .locked()
-        .versions
+    let built_for = hints.locked().versions.clone();
+    let versions: Vec<serde_json::Value> = built_for
         .iter()
         .map(|(event, version)| serde_json::json!({ "eventId": event, "version": version }))
         .collect();
@@ -575,9 +624,27 @@ async fn run(
         bytes: Vec::new(),
         limit,
     };
-    if serde_json::to_writer(&mut body, &response).is_err() {
+    let Ok(etag) = write_response(&mut body, &response, &built_for) else {
         service.metrics.request_errors.increment();
         return prefetch_error_response(media, &PrefetchError::ResponseTooLarge { max: limit });
+    };
+    let cache_control = |failed: bool| {
+        if failed {
+            HeaderValue::from_static("no-store")
+        } else {
+            HeaderValue::from_str(&format!("private, max-age={}", ttl.as_secs()))
+                .unwrap_or(HeaderValue::from_static("no-store"))
+        }
+    };
+    if let Some(etag) = &etag
+        && asked.holds(etag)
+    {
+        // The client holds this content already: no body, the same validators and lifetime.
+        let mut http = StatusCode::NOT_MODIFIED.into_response();
+        let headers = http.headers_mut();
+        headers.insert(header::CACHE_CONTROL, cache_control(false));
+        set_validators(headers, etag, asked.method);
+        return http;
     }
     // A document that did not validate is a request error (no `data`): 400 in the spec's type.
     let status = if validated || media == Media::Json {
@@ -592,17 +659,53 @@ async fn run(
     )
         .into_response();
     let headers = http.headers_mut();
-    let cache_control = if failed {
-        HeaderValue::from_static("no-store")
-    } else {
-        HeaderValue::from_str(&format!("private, max-age={}", ttl.as_secs()))
-            .unwrap_or(HeaderValue::from_static("no-store"))
-    };
-    headers.insert(header::CACHE_CONTROL, cache_control);
+    headers.insert(header::CACHE_CONTROL, cache_control(failed));
+    match &etag {
+        Some(etag) => set_validators(headers, etag, asked.method),
+        None if asked.method == Method::Get => {
+            headers.insert(header::VARY, HeaderValue::from_static("Authorization"));
+        }
+        None => {}
+    }
+    http
+}
+
+/// `ETag`, and `Vary: Authorization` on a `GET` (the answer is the token's profile's).
+fn set_validators(headers: &mut HeaderMap, etag: &str, method: Method) {
+    if let Ok(value) = HeaderValue::from_str(etag) {
+        headers.insert(header::ETAG, value);
+    }
     if method == Method::Get {
         headers.insert(header::VARY, HeaderValue::from_static("Authorization"));
     }
-    http
+}
+
+/// Serializes `response` into `body` as async-graphql would, and returns the answer's entity
+/// tag when it has no errors (an answer with errors is never cached, so it gets none).
+fn write_response(
+    body: &mut BoundedBody,
+    response: &async_graphql::Response,
+    built_for: &BTreeMap<String, u64>,
+) -> Result<Option<String>, serde_json::Error> {
+    use std::io::Write as _;
+    if !response.errors.is_empty() {
+        serde_json::to_writer(&mut *body, response)?;
+        return Ok(None);
+    }
+    // `{"data":…,"extensions":…}`, the bytes async-graphql's `Serialize` writes without
+    // errors, with the data's own bytes hashed on the way.
+    body.write_all(b"{\"data\":")
+        .map_err(serde_json::Error::io)?;
+    let data_start = body.bytes.len();
+    serde_json::to_writer(&mut *body, &response.data)?;
+    let etag = entity_tag(&body.bytes[data_start..], built_for);
+    if !response.extensions.is_empty() {
+        body.write_all(b",\"extensions\":")
+            .map_err(serde_json::Error::io)?;
+        serde_json::to_writer(&mut *body, &response.extensions)?;
+    }
+    body.write_all(b"}").map_err(serde_json::Error::io)?;
+    Ok(Some(etag))
 }
 
 /// A response body that refuses to grow past `limit`, so that serializing an oversized response

@@ -1016,3 +1016,102 @@ async fn answers_follow_graphql_over_http_media_types() {
     }
     server.stop().await;
 }
+
+/// An answer carries a weak `ETag` for its data and the versions it was built for; the same
+/// request with `If-None-Match` gets `304` without a body, on POST and on a persisted GET, until
+/// the content changes (here: a new version of the event). Answers with errors get none.
+#[tokio::test]
+async fn unchanged_answers_are_304_until_a_new_version() {
+    let server = TestServer::start().await;
+    let event = ringside_protocol::EventId::parse("fight-night").unwrap();
+    server.publish(&event, "UPCOMING", "{}").await;
+    let bearer = format!("Bearer {}", token("p000004"));
+    let query = r#"{ event(id: "fight-night") { id state { version stage } } }"#;
+    let extensions = json!({ "persistedQuery": { "version": 1, "sha256Hash": sha256_hex(query) } });
+    let post_body =
+        serde_json::to_vec(&json!({ "query": query, "extensions": extensions })).unwrap();
+    let get_path = format!(
+        "/graphql?extensions={}",
+        percent_encode(&extensions.to_string())
+    );
+    let call = |method: &'static str, path: String, body: Option<Vec<u8>>, etag: Option<String>| {
+        let (base, bearer) = (server.base.clone(), bearer.clone());
+        async move {
+            let mut headers = vec![("authorization", bearer.clone())];
+            if let Some(etag) = etag {
+                headers.push(("if-none-match", etag));
+            }
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            ringside_client::http::call(&base, method, &path, &headers, body)
+                .await
+                .unwrap()
+        }
+    };
+    let header = |response: &ringside_client::http::HttpResponse, name: &str| {
+        response
+            .headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    // The POST registers the persisted query; its answer has a tag.
+    let first = call("POST", "/graphql".into(), Some(post_body.clone()), None).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let etag = header(&first, "etag").expect("an ETag");
+    assert!(etag.starts_with("W/\""), "{etag}");
+    let again = call(
+        "POST",
+        "/graphql".into(),
+        Some(post_body.clone()),
+        Some(etag.clone()),
+    )
+    .await;
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    assert_eq!(header(&again, "etag").as_deref(), Some(etag.as_str()));
+    assert!(
+        header(&again, "cache-control")
+            .unwrap()
+            .starts_with("private, max-age=")
+    );
+    // The GET of the same query has the same data, so the same tag.
+    let get = call("GET", get_path.clone(), None, Some(etag.clone())).await;
+    assert_eq!(get.status, 304, "{}", get.text());
+    assert_eq!(header(&get, "vary").as_deref(), Some("Authorization"));
+    // Another tag, or none, gets the whole answer.
+    let other = call("GET", get_path.clone(), None, Some("W/\"0000\"".into())).await;
+    assert_eq!(
+        (other.status, header(&other, "etag")),
+        (200, Some(etag.clone()))
+    );
+
+    // A new version changes the content: the old tag gets the new answer and a new tag.
+    let receipt = server.publish(&event, "LIVE", "{}").await;
+    let changed = call(
+        "POST",
+        "/graphql".into(),
+        Some(post_body),
+        Some(etag.clone()),
+    )
+    .await;
+    assert_eq!(changed.status, 200);
+    let answer: Value = serde_json::from_slice(&changed.body).unwrap();
+    assert_eq!(
+        answer["data"]["event"]["state"]["version"].as_u64(),
+        Some(receipt.version)
+    );
+    assert_ne!(header(&changed, "etag"), Some(etag));
+
+    // An answer with errors has no tag (nothing to revalidate).
+    let failed = call(
+        "POST",
+        "/graphql".into(),
+        Some(serde_json::to_vec(&json!({ "query": r#"{ event(id: "nope") { id } }"# })).unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(failed.status, 200);
+    assert_eq!(header(&failed, "etag"), None, "{}", failed.text());
+    server.stop().await;
+}
