@@ -481,7 +481,7 @@ async fn get_graphql(
     execute(&service, profile, request, asked).await
 }
 
-fn sha256_hex(text: &str) -> String {
+pub(crate) fn sha256_hex(text: &str) -> String {
     Sha256::digest(text.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -490,7 +490,7 @@ fn sha256_hex(text: &str) -> String {
 
 /// The query text, resolving automatic persisted queries, and the hash to remember it under
 /// once it has proved valid (only for a text sent with its hash).
-fn query_text(
+async fn query_text(
     service: &PrefetchService,
     request: &WireRequest,
 ) -> Result<(Arc<str>, Option<String>), PrefetchError> {
@@ -503,8 +503,8 @@ fn query_text(
             Ok((Arc::from(query.as_str()), Some(hash)))
         }
         (None, Some(persisted)) => service
-            .persisted
-            .get(&persisted.sha256_hash.to_ascii_lowercase())
+            .persisted_query(&persisted.sha256_hash.to_ascii_lowercase())
+            .await
             .map(|query| (query, None))
             .ok_or(PrefetchError::PersistedQueryNotFound),
         (Some(query), None) => Ok((Arc::from(query.as_str()), None)),
@@ -545,7 +545,7 @@ async fn run(
     asked: &Asked,
 ) -> Response {
     let media = asked.media;
-    let (query, register_as) = match query_text(service, &request) {
+    let (query, register_as) = match query_text(service, &request).await {
         Ok(query) => query,
         Err(error) => {
             service.metrics.request_errors.increment();
@@ -600,7 +600,7 @@ async fn run(
     // Errors without a path are the request's own (validation); resolver errors have one.
     let validated = response.errors.iter().all(|error| !error.path.is_empty());
     if let (Some(hash), true) = (register_as, validated) {
-        service.persisted.insert(hash, query.clone());
+        service.remember_persisted_query(hash, query.clone()).await;
     }
     for error in &mut response.errors {
         give_code(error, &service.metrics.error_log);

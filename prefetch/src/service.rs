@@ -398,6 +398,46 @@ impl PrefetchService {
         &self.catalog
     }
 
+    /// The text of the persisted query `hash` (lowercase hex sha256): this node's own, else
+    /// one another node shared through the page store (checked against its hash, then kept
+    /// here). `None` when neither knows it, or the store does not answer: the device then sends
+    /// the text.
+    pub(crate) async fn persisted_query(&self, hash: &str) -> Option<Arc<str>> {
+        if let Some(text) = self.persisted.get(hash) {
+            return Some(text);
+        }
+        let is_sha256 = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_sha256 {
+            return None;
+        }
+        match self.source.store.persisted_query(hash).await {
+            Ok(Some(text)) if crate::http::sha256_hex(&text) == hash => {
+                let text: Arc<str> = Arc::from(text);
+                self.persisted.insert(hash.to_owned(), text.clone());
+                Some(text)
+            }
+            Ok(_) => None,
+            Err(error) => {
+                tracing::debug!(%error, "shared persisted queries unavailable");
+                None
+            }
+        }
+    }
+
+    /// Remembers a validated persisted query here and shares it with the other nodes of the
+    /// page store, within `persisted_query_bytes`.
+    pub(crate) async fn remember_persisted_query(&self, hash: String, text: Arc<str>) {
+        let shared = self
+            .source
+            .store
+            .share_persisted_query(&hash, &text, self.config.persisted_query_bytes)
+            .await;
+        if let Err(error) = shared {
+            tracing::debug!(%error, "persisted query not shared; this node keeps it");
+        }
+        self.persisted.insert(hash, text);
+    }
+
     pub fn schema_sdl(&self) -> String {
         self.schema.sdl()
     }

@@ -38,6 +38,17 @@ pub trait PageStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Approximate bytes held, when the store can tell.
     fn approximate_bytes(&self) -> Option<usize>;
+    /// The text of the persisted query `hash` if a node of this store shared it (`None` too
+    /// from a store that shares nothing: a process's memory).
+    fn persisted_query(&self, hash: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
+    /// Shares a validated persisted query with every node of this store, while the shared
+    /// queries stay within `max_bytes` (beyond it a query stays this node's only).
+    fn share_persisted_query(
+        &self,
+        hash: &str,
+        text: &str,
+        max_bytes: u64,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
 /// Pages in this process's memory: per event, one slot per catalog profile (no key stored per
@@ -142,6 +153,20 @@ impl PageStore for MemoryPageStore {
             .sum();
         Some(bytes)
     }
+
+    fn persisted_query(&self, _hash: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn share_persisted_query(
+        &self,
+        _hash: &str,
+        _text: &str,
+        _max_bytes: u64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        // One process: its own cache of persisted queries is the only one.
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// How long materialized pages live in Redis without being rewritten: long enough to outlast
@@ -179,6 +204,10 @@ impl RedisPageStore {
 
     fn key(&self, key: &PageKey) -> String {
         format!("{}page:{}:{}", self.prefix, key.event, key.profile)
+    }
+
+    fn persisted_key(&self) -> String {
+        format!("{}persisted-queries", self.prefix)
     }
 }
 
@@ -250,4 +279,59 @@ impl PageStore for RedisPageStore {
     fn approximate_bytes(&self) -> Option<usize> {
         None
     }
+
+    fn persisted_query(&self, hash: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        let key = self.persisted_key();
+        let hash = hash.to_owned();
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            redis::cmd("HGET")
+                .arg(&key)
+                .arg(&hash)
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn share_persisted_query(
+        &self,
+        hash: &str,
+        text: &str,
+        max_bytes: u64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = self.persisted_key();
+        let (hash, text) = (hash.to_owned(), text.to_owned());
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            redis::Script::new(SHARE_PERSISTED_QUERY)
+                .key(&key)
+                .arg(&hash)
+                .arg(&text)
+                .arg(max_bytes)
+                .arg(REDIS_PERSISTED_TTL.as_secs())
+                .invoke_async::<i64>(&mut connection)
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+    }
 }
+
+/// How long the shared persisted queries outlive their last registration: an app whose
+/// queries nobody registered for a month has been replaced.
+const REDIS_PERSISTED_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// One hash of the shared persisted queries (field: the query's sha256 in hex, value: its text)
+/// with their bytes counted in the field `_bytes` (never a hex hash); a query is added only
+/// while the bytes stay within ARGV[3]. Every addition refreshes the hash's expiry.
+const SHARE_PERSISTED_QUERY: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 1 end
+local used = tonumber(redis.call('HGET', KEYS[1], '_bytes') or '0')
+local cost = #ARGV[1] + #ARGV[2]
+if used + cost > tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[1], '_bytes', cost)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+";

@@ -1115,3 +1115,73 @@ async fn unchanged_answers_are_304_until_a_new_version() {
     assert_eq!(header(&failed, "etag"), None, "{}", failed.text());
     server.stop().await;
 }
+
+/// A persisted query registered on one process is served by hash alone by another process
+/// sharing its Redis (a TV app's cacheable GET hits on any node after one registration); a
+/// text that does not match its hash is never shared.
+#[tokio::test]
+async fn a_persisted_query_registered_on_one_node_is_served_by_another() {
+    let keys = RedisKeys::new("persisted-shared");
+    let start = || {
+        let (url, prefix) = (keys.url.clone(), keys.prefix.clone());
+        TestServer::start_with_prefetch(move |setup| {
+            setup.store = ringside::content::StoreSetup::Redis { url, prefix };
+        })
+    };
+    let (first, second) = (start().await, start().await);
+    let device = token("p000008");
+    let query = "{ prefetch { profileId } }";
+    let hash = sha256_hex(query);
+    let by_hash =
+        json!({ "extensions": { "persistedQuery": { "version": 1, "sha256Hash": hash } } });
+    let (_, body) = second.graphql(&device, by_hash.clone()).await;
+    assert_eq!(error_code(&body), "PERSISTED_QUERY_NOT_FOUND");
+
+    let mut registration = by_hash.clone();
+    registration["query"] = json!(query);
+    let (response, body) = first.graphql(&device, registration).await;
+    assert_eq!(response.status, 200, "{body}");
+    let (response, body) = second.graphql(&device, by_hash).await;
+    assert_eq!(response.status, 200, "{body}");
+    assert_eq!(body["data"]["prefetch"]["profileId"], "p000008", "{body}");
+
+    // A mismatched text is refused and shares nothing.
+    let other = sha256_hex("{ prefetch { events { id } } }");
+    let mismatch = json!({ "query": query,
+        "extensions": { "persistedQuery": { "version": 1, "sha256Hash": other } } });
+    let (_, body) = first.graphql(&device, mismatch).await;
+    assert_eq!(error_code(&body), "PERSISTED_QUERY_HASH_MISMATCH");
+    let unknown =
+        json!({ "extensions": { "persistedQuery": { "version": 1, "sha256Hash": other } } });
+    let (_, body) = second.graphql(&device, unknown).await;
+    assert_eq!(error_code(&body), "PERSISTED_QUERY_NOT_FOUND");
+
+    // The shared queries are bounded by `persisted_query_bytes`: a node whose bound the shared
+    // queries already fill serves its registration but shares nothing more.
+    let tight = {
+        let (url, prefix) = (keys.url.clone(), keys.prefix.clone());
+        TestServer::start_with_prefetch(move |setup| {
+            setup.config.persisted_query_bytes = 200;
+            setup.store = ringside::content::StoreSetup::Redis { url, prefix };
+        })
+        .await
+    };
+    let long = format!("{{ prefetch {{ profileId }} }} # {}", "padding ".repeat(10));
+    let long_hash = sha256_hex(&long);
+    let register = json!({ "query": long,
+        "extensions": { "persistedQuery": { "version": 1, "sha256Hash": long_hash } } });
+    let (response, body) = tight.graphql(&device, register).await;
+    assert_eq!(response.status, 200, "{body}");
+    let by_long_hash =
+        json!({ "extensions": { "persistedQuery": { "version": 1, "sha256Hash": long_hash } } });
+    let (_, body) = second.graphql(&device, by_long_hash).await;
+    assert_eq!(
+        error_code(&body),
+        "PERSISTED_QUERY_NOT_FOUND",
+        "over the bound: not shared"
+    );
+    for server in [first, second, tight] {
+        server.stop().await;
+    }
+    drop(keys);
+}
