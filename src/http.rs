@@ -60,6 +60,10 @@ pub struct HttpConfig {
     /// hyper's read buffer grows to this while it reads them, for every pending connection.
     /// Beyond it hyper answers `431` and closes the connection.
     pub max_request_head_bytes: usize,
+    /// Smallest response body compressed (gzip or brotli, as `Accept-Encoding` asks), in bytes
+    /// (default 1024; 0: never compress). Smaller bodies fit a packet or two as they are, and
+    /// compressing them costs more than it saves.
+    pub compression_min_bytes: u16,
     /// Classification, the adaptive concurrency limit, shedding and the ruleset of every
     /// request behind this HTTP layer (docs/OPERATIONS.md, "Protection").
     pub protection: ProtectionConfig,
@@ -72,6 +76,7 @@ impl Default for HttpConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             max_request_head_bytes: 64 * 1024,
+            compression_min_bytes: 1024,
             protection: ProtectionConfig::default(),
         }
     }
@@ -150,10 +155,33 @@ pub async fn serve_http_protected(
             config.body_read_timeout,
             bound_body_read,
         ))
+        .layer(compression(config.compression_min_bytes))
         .layer(protection.layer());
     let router = ringside_prefetch::http::with_graphql_cors(router, graphql_cors_origins);
     let accept_errors = LogBudget::new(registry, "http_accept", ACCEPT_ERROR_LOG_LINES_PER_S);
     accept_loop(listener, router, config, accept_errors, shutdown, grace).await
+}
+
+/// Response compression as `Accept-Encoding` asks (brotli, else gzip), for bodies of at least
+/// `min_bytes` (none when 0). Quality 4 for both: per-request JSON wants speed (brotli's own
+/// default, 11, costs tens of times more for a few per cent). The event stream (SSE), images and
+/// bodies under the threshold pass as they are; `Content-Length` then gives way to chunks.
+fn compression(
+    min_bytes: u16,
+) -> tower_http::compression::CompressionLayer<impl tower_http::compression::Predicate> {
+    use tower_http::compression::predicate::{NotForContentType, Predicate as _, SizeAbove};
+    use tower_http::compression::{CompressionLayer, CompressionLevel};
+    let wanted = min_bytes > 0;
+    CompressionLayer::new()
+        .gzip(wanted)
+        .br(wanted)
+        .quality(CompressionLevel::Precise(4))
+        .compress_when(
+            SizeAbove::new(min_bytes.saturating_sub(1))
+                .and(NotForContentType::GRPC)
+                .and(NotForContentType::IMAGES)
+                .and(NotForContentType::SSE),
+        )
 }
 
 /// Accept errors (out of file descriptors, typically) logged per second; the rest are counted.

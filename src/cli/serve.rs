@@ -82,6 +82,12 @@ struct HttpArgs {
         help = "Largest request line and headers; 431 beyond [default: 65536]"
     )]
     max_request_head_bytes: Option<usize>,
+    #[arg(
+        long,
+        env = "RINGSIDE_COMPRESSION_MIN_BYTES",
+        help = "Smallest response body compressed (gzip, brotli), 0 for never [default: 1024]"
+    )]
+    compression_min_bytes: Option<u16>,
 }
 
 impl HttpArgs {
@@ -100,6 +106,9 @@ impl HttpArgs {
             max_request_head_bytes: self
                 .max_request_head_bytes
                 .unwrap_or(defaults.max_request_head_bytes),
+            compression_min_bytes: self
+                .compression_min_bytes
+                .unwrap_or(defaults.compression_min_bytes),
             protection,
         }
     }

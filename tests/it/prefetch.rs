@@ -1185,3 +1185,85 @@ async fn a_persisted_query_registered_on_one_node_is_served_by_another() {
     }
     drop(keys);
 }
+
+/// Answers are compressed as `Accept-Encoding` asks (brotli preferred, else gzip) once they
+/// reach `compression_min_bytes`, and decode to the same JSON; smaller ones, and clients that
+/// ask for nothing, get them as they are. The admin API and `/metrics` share the layer.
+#[tokio::test]
+async fn answers_are_compressed_as_the_client_accepts() {
+    use std::io::Read as _;
+    let server = TestServer::start().await;
+    let bearer = format!("Bearer {}", token("p000009"));
+    // Big enough to compress.
+    let big = json!({ "query": "{ prefetch { profileId events { id title byStage { stage home { rows { id title cards { id title synopsis } } } } } } }" });
+    let small = json!({ "query": "{ prefetch { profileId } }" });
+    let post = |body: &Value, encoding: Option<&'static str>| {
+        let (base, bearer, body) = (
+            server.base.clone(),
+            bearer.clone(),
+            serde_json::to_vec(body).unwrap(),
+        );
+        async move {
+            let mut headers = vec![("authorization", bearer.as_str())];
+            if let Some(encoding) = encoding {
+                headers.push(("accept-encoding", encoding));
+            }
+            ringside_client::http::call(&base, "POST", "/graphql", &headers, Some(body))
+                .await
+                .unwrap()
+        }
+    };
+    let encoding = |response: &ringside_client::http::HttpResponse| {
+        response
+            .headers
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let plain = post(&big, None).await;
+    assert_eq!((plain.status, encoding(&plain)), (200, None));
+    assert!(plain.body.len() > 4096, "{} bytes", plain.body.len());
+    let answer: Value = serde_json::from_slice(&plain.body).unwrap();
+    assert!(answer["errors"].is_null(), "{}", plain.text());
+    // The data: `extensions.cacheHint.ttlSeconds` is jittered per answer.
+    let expected = answer["data"].clone();
+
+    let gzip = post(&big, Some("gzip")).await;
+    assert_eq!(encoding(&gzip).as_deref(), Some("gzip"));
+    assert!(
+        gzip.body.len() * 3 < plain.body.len(),
+        "gzip {} of {}",
+        gzip.body.len(),
+        plain.body.len()
+    );
+    let mut decoded = Vec::new();
+    flate2::read::GzDecoder::new(&gzip.body[..])
+        .read_to_end(&mut decoded)
+        .unwrap();
+    assert!(serde_json::from_slice::<Value>(&decoded).unwrap()["data"] == expected);
+
+    let brotli = post(&big, Some("gzip, deflate, br")).await;
+    assert_eq!(
+        encoding(&brotli).as_deref(),
+        Some("br"),
+        "brotli first when both are accepted"
+    );
+    let mut decoded = Vec::new();
+    brotli_decompressor::Decompressor::new(&brotli.body[..], 4096)
+        .read_to_end(&mut decoded)
+        .unwrap();
+    assert!(serde_json::from_slice::<Value>(&decoded).unwrap()["data"] == expected);
+
+    let tiny = post(&small, Some("gzip, br")).await;
+    assert_eq!(encoding(&tiny), None, "under the threshold: as it is");
+    let metrics = ringside_client::http::call(
+        &server.base,
+        "GET",
+        "/metrics",
+        &[("accept-encoding", "gzip")],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(encoding(&metrics).as_deref(), Some("gzip"));
+    server.stop().await;
+}
