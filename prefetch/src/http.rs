@@ -289,12 +289,12 @@ fn malformed(media: Media, error: &PrefetchError) -> Response {
     )
 }
 
-/// The device's profile, from its token.
+/// The device (its id and profile), from its token.
 fn authenticate(
     service: &PrefetchService,
     headers: &HeaderMap,
     query_token: Option<&str>,
-) -> Result<String, ringside_auth::TokenError> {
+) -> Result<ringside_auth::DeviceClaims, ringside_auth::TokenError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -304,10 +304,7 @@ fn authenticate(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    service
-        .device_key
-        .verify(token, now)
-        .map(|claims| claims.profile)
+    service.device_key.verify(token, now)
 }
 
 fn unauthenticated(media: Media, error: ringside_auth::TokenError) -> Response {
@@ -337,8 +334,8 @@ async fn post_graphql(State(service): State<Arc<PrefetchService>>, request: Requ
     // pass (a `Bytes` extractor would read it first).
     let asked = Asked::new(Method::Post, request.headers());
     let media = asked.media;
-    let profile = match authenticate(&service, request.headers(), None) {
-        Ok(profile) => profile,
+    let device = match authenticate(&service, request.headers(), None) {
+        Ok(device) => device,
         Err(error) => return unauthenticated(media, error),
     };
     if !is_json(request.headers()) {
@@ -392,7 +389,7 @@ async fn post_graphql(State(service): State<Arc<PrefetchService>>, request: Requ
         );
     }
     match serde_json::from_slice::<WireRequest>(&body) {
-        Ok(request) => execute(&service, profile, request, asked).await,
+        Ok(request) => execute(&service, device, request, asked).await,
         Err(error) => malformed(
             media,
             &PrefetchError::BadRequest(format!("invalid request body: {error}")),
@@ -419,8 +416,8 @@ async fn get_graphql(
             "expected a query or a persisted query hash",
         );
     }
-    let profile = match authenticate(&service, &headers, params.get("token").map(String::as_str)) {
-        Ok(profile) => profile,
+    let device = match authenticate(&service, &headers, params.get("token").map(String::as_str)) {
+        Ok(device) => device,
         Err(error) => return unauthenticated(media, error),
     };
     // hyper bounds the URI (414 past 64 KiB), not the body limit: hold a GET's request to what
@@ -478,7 +475,7 @@ async fn get_graphql(
         variables,
         extensions,
     };
-    execute(&service, profile, request, asked).await
+    execute(&service, device, request, asked).await
 }
 
 pub(crate) fn sha256_hex(text: &str) -> String {
@@ -516,7 +513,7 @@ async fn query_text(
 
 async fn execute(
     service: &Arc<PrefetchService>,
-    profile_id: String,
+    device: ringside_auth::DeviceClaims,
     request: WireRequest,
     asked: Asked,
 ) -> Response {
@@ -533,14 +530,14 @@ async fn execute(
     }
     let started = Instant::now();
     service.metrics.requests.increment();
-    let response = run(service, profile_id, request, &asked).await;
+    let response = run(service, device, request, &asked).await;
     service.metrics.request_latency.observe(started.elapsed());
     response
 }
 
 async fn run(
     service: &Arc<PrefetchService>,
-    profile_id: String,
+    device: ringside_auth::DeviceClaims,
     request: WireRequest,
     asked: &Asked,
 ) -> Response {
@@ -570,11 +567,11 @@ async fn run(
                 return prefetch_error_response(media, &error);
             }
         };
-    let ttl = service.config.jittered_device_ttl();
+    let ttl = service.config.device_ttl_for(&device.sub);
     let hints = Arc::new(Mutex::new(ResponseHints::default()));
     let scope = RequestScope {
         service: service.clone(),
-        profile_id,
+        profile_id: device.profile,
         hints: hints.clone(),
         ttl_seconds: ttl.as_secs() as u32,
     };

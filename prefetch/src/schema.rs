@@ -48,7 +48,7 @@ pub struct RequestScope {
     /// The profile from the device token.
     pub profile_id: String,
     pub hints: Arc<Mutex<ResponseHints>>,
-    /// The device-cache TTL of this response, in seconds (jittered once per response).
+    /// The device-cache TTL of this response, in seconds (jittered per device).
     pub ttl_seconds: u32,
 }
 
@@ -163,8 +163,8 @@ pub struct Prefetch {
 /// How long the device may keep this response, and which event versions it was built for.
 #[derive(SimpleObject)]
 pub struct CacheHint {
-    /// Seconds to keep the response; jittered per response so devices that fetched together do
-    /// not expire together.
+    /// Seconds to keep the response; jittered per device so devices that fetched together do
+    /// not expire together (one device gets the same value every time).
     pub ttl_seconds: i32,
     pub events: Vec<EventVersion>,
 }

@@ -121,9 +121,17 @@ impl PrefetchConfig {
         Ok(())
     }
 
-    /// A device-cache TTL drawn from the jitter window.
-    pub fn jittered_device_ttl(&self) -> Duration {
-        let factor = 1.0 + self.device_ttl_jitter * (2.0 * fastrand::f64() - 1.0);
+    /// Device `device`'s cache TTL: a point of the jitter window drawn from a hash of the
+    /// device id. Devices that fetch together get TTLs spread over the window (so their
+    /// expiries do not line up), while one device gets the same TTL every time, so that its
+    /// answer for unchanged content is the same bytes (and the same `ETag`, answered `304`).
+    pub fn device_ttl_for(&self, device: &str) -> Duration {
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(device.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        // 53 bits: a uniform f64 in [0, 1).
+        let unit = (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64;
+        let factor = 1.0 + self.device_ttl_jitter * (2.0 * unit - 1.0);
         self.device_ttl.mul_f64(factor.max(0.0))
     }
 }

@@ -111,24 +111,28 @@ async fn prefetch_returns_every_stage_of_every_visible_event_for_the_profile() {
     server.stop().await;
 }
 
+/// Devices that fetch together get TTLs spread over the jitter window; one device gets the
+/// same TTL every time, so its answer for unchanged content stays the same bytes.
 #[tokio::test]
-async fn device_cache_ttls_are_jittered_per_response() {
+async fn device_cache_ttls_are_jittered_per_device() {
     let server = TestServer::start().await;
-    let mut ttls = Vec::new();
-    for _ in 0..20 {
-        let (_, body) = server
-            .graphql(
-                &token("p000002"),
-                json!({ "query": "{ prefetch { cacheHint { ttlSeconds } } }" }),
-            )
-            .await;
-        ttls.push(
+    let ttl_of = |device: String| {
+        let server = &server;
+        async move {
+            let token = profile_token(&device, "p000002", 3600);
+            let query = json!({ "query": "{ prefetch { cacheHint { ttlSeconds } } }" });
+            let (_, body) = server.graphql(&token, query).await;
             body["data"]["prefetch"]["cacheHint"]["ttlSeconds"]
                 .as_u64()
-                .unwrap(),
-        );
+                .unwrap()
+        }
+    };
+    let mut ttls = Vec::new();
+    for device in 0..20 {
+        ttls.push(ttl_of(format!("tv-{device}")).await);
     }
     assert!(ttls.iter().all(|t| (1440..=2160).contains(t)), "{ttls:?}");
+    assert_eq!(ttl_of("tv-3".into()).await, ttls[3], "one device, one TTL");
     ttls.sort_unstable();
     ttls.dedup();
     assert!(
@@ -1102,6 +1106,14 @@ async fn unchanged_answers_are_304_until_a_new_version() {
         Some(receipt.version)
     );
     assert_ne!(header(&changed, "etag"), Some(etag));
+
+    // The full prefetch, TTL included: one device's answer for unchanged content is the same
+    // bytes every time, so it revalidates too.
+    let full = serde_json::to_vec(&json!({ "query": FULL_PREFETCH })).unwrap();
+    let first_full = call("POST", "/graphql".into(), Some(full.clone()), None).await;
+    let full_tag = header(&first_full, "etag").expect("an ETag");
+    let again_full = call("POST", "/graphql".into(), Some(full), Some(full_tag)).await;
+    assert_eq!(again_full.status, 304);
 
     // An answer with errors has no tag (nothing to revalidate).
     let failed = call(
