@@ -559,6 +559,9 @@ async fn run(
             if let Some(variables) = &request.variables {
                 limits::check_variables(variables, &service.config.limits)?;
             }
+            if !service.config.introspection && introspects(&document) {
+                return Err(PrefetchError::IntrospectionDisabled);
+            }
             Ok(document)
         }) {
             Ok(document) => document,
@@ -724,6 +727,19 @@ impl std::io::Write for BoundedBody {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Whether an operation selects `__schema` or `__type` at its root. Off, the executor would
+/// answer them `null` without a word; the client is told instead. (One spread through a
+/// fragment still gets `null`.)
+fn introspects(document: &ExecutableDocument) -> bool {
+    use async_graphql::parser::types::Selection;
+    document.operations.iter().any(|(_, operation)| {
+        operation.node.selection_set.node.items.iter().any(|item| {
+            matches!(&item.node, Selection::Field(field)
+                if matches!(field.node.name.node.as_str(), "__schema" | "__type"))
+        })
+    })
 }
 
 /// Refuses a request that leaves a non-null variable of its operation without a value. The

@@ -61,6 +61,8 @@ pub enum PrefetchError {
     UnknownFragment(String),
     #[error("variable ${0} is required: it is non-null and has no default")]
     MissingVariable(String),
+    #[error("introspection is off on this node (`--graphql-introspection` turns it on)")]
+    IntrospectionDisabled,
     #[error("{0}")]
     ParseFailed(String),
     #[error("query did not finish within {ms} ms")]
@@ -87,7 +89,9 @@ impl PrefetchError {
             Self::TooDeep { .. } | Self::NestedTooDeeply { .. } => "QUERY_TOO_DEEP",
             Self::TooComplex { .. } | Self::ListTooLong { .. } => "QUERY_TOO_COMPLEX",
             Self::TooManyAliases { .. } => "TOO_MANY_ALIASES",
-            Self::UnknownFragment(_) | Self::MissingVariable(_) => "GRAPHQL_VALIDATION_FAILED",
+            Self::UnknownFragment(_) | Self::MissingVariable(_) | Self::IntrospectionDisabled => {
+                "GRAPHQL_VALIDATION_FAILED"
+            }
             Self::ParseFailed(_) => "GRAPHQL_PARSE_FAILED",
             Self::Timeout { .. } => "TIMEOUT",
             Self::ResponseTooLarge { .. } => "RESPONSE_TOO_LARGE",

@@ -18,12 +18,16 @@ use crate::{LiveEvent, PrefetchError};
 
 pub type PrefetchSchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
 
-pub fn build_schema(limits: QueryLimits) -> PrefetchSchema {
+pub fn build_schema(limits: QueryLimits, introspection: bool) -> PrefetchSchema {
     // Our own limits run first with precise error codes (see `limits`); these are a backstop.
-    Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+    let schema = Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
         .limit_depth(limits.max_depth * 2)
-        .limit_complexity(limits.max_fields * 4)
-        .finish()
+        .limit_complexity(limits.max_fields * 4);
+    if introspection {
+        schema.finish()
+    } else {
+        schema.disable_introspection().finish()
+    }
 }
 
 impl ErrorExtensions for PrefetchError {

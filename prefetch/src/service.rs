@@ -35,6 +35,10 @@ pub struct PrefetchConfig {
     pub body_limit_bytes: usize,
     /// Serve the GraphiQL page on `GET /graphql` (development).
     pub graphiql: bool,
+    /// Answer introspection (`__schema`, `__type`); off, such a query fails validation.
+    /// `ringside` turns it (and GraphiQL, which needs it) off in production unless
+    /// `--graphql-introspection` is given.
+    pub introspection: bool,
     /// Bytes of persisted query text (and hashes) remembered per node; the least useful are
     /// evicted past it. Default 8 MiB: thousands of real queries of 1 to 2 KB, and a bound on
     /// what any number of clients registering large queries can make a node hold. Over it a
@@ -65,6 +69,7 @@ impl Default for PrefetchConfig {
             limits: QueryLimits::default(),
             body_limit_bytes: 64 * 1024,
             graphiql: true,
+            introspection: true,
             persisted_query_bytes: 8 * 1024 * 1024,
             execution_timeout: Duration::from_secs(10),
             max_response_bytes: 4 * 1024 * 1024,
@@ -384,7 +389,7 @@ impl PrefetchService {
             CacheMetrics::new(registry),
         );
         Arc::new(Self {
-            schema: build_schema(config.limits),
+            schema: build_schema(config.limits, config.introspection),
             persisted: moka::sync::Cache::builder()
                 .max_capacity(config.persisted_query_bytes)
                 .weigher(|hash: &String, query: &Arc<str>| {

@@ -206,6 +206,10 @@ pub(crate) struct PrefetchArgs {
         value_name = "ORIGIN"
     )]
     cors_origins: Vec<String>,
+    /// Answer GraphQL introspection and serve GraphiQL in production too (without
+    /// `--production` both are always on).
+    #[arg(long, env = "RINGSIDE_GRAPHQL_INTROSPECTION")]
+    graphql_introspection: bool,
     // Last: a flattened group's heading holds for the fields after it.
     #[command(flatten)]
     catalog: CatalogArgs,
@@ -271,7 +275,8 @@ impl PrefetchArgs {
             max_response_bytes: self
                 .graphql_max_response_bytes
                 .unwrap_or(defaults.max_response_bytes),
-            graphiql: !production,
+            graphiql: !production || self.graphql_introspection,
+            introspection: !production || self.graphql_introspection,
             cors_origins: self
                 .cors_origins
                 .iter()
@@ -296,6 +301,7 @@ impl PrefetchArgs {
         PrefetchSetup {
             config: PrefetchConfig {
                 graphiql: !production,
+                introspection: !production,
                 ..PrefetchConfig::default()
             },
             dataset: DatasetSource::Generated(DatasetSize::default()),

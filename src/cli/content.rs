@@ -95,6 +95,6 @@ pub(crate) fn run_dataset(args: DatasetArgs) -> anyhow::Result<()> {
 pub(crate) fn run_schema() {
     print!(
         "{}",
-        ringside_prefetch::schema::build_schema(Default::default()).sdl()
+        ringside_prefetch::schema::build_schema(Default::default(), true).sdl()
     );
 }

@@ -671,6 +671,39 @@ mod tests {
     }
 
     #[test]
+    fn production_turns_introspection_and_graphiql_off_unless_asked() {
+        for (flags, expected) in [
+            (&[][..], (true, true)),
+            (&["--production"][..], (false, false)),
+            (
+                &["--production", "--graphql-introspection"][..],
+                (true, true),
+            ),
+        ] {
+            let cli = Cli::try_parse_from(
+                ["ringside", "control", "--node-id", "n"]
+                    .iter()
+                    .chain(flags),
+            )
+            .expect("parses");
+            let Command::Control(args) = &cli.command else {
+                unreachable!("control was parsed")
+            };
+            let production = flags.contains(&"--production");
+            let config = args
+                .control
+                .prefetch
+                .setup(production, StoreSetup::Memory)
+                .config;
+            assert_eq!(
+                (config.introspection, config.graphiql),
+                expected,
+                "{flags:?}"
+            );
+        }
+    }
+
+    #[test]
     fn each_role_without_flags_serves_the_libraries_defaults() {
         for role in ROLES {
             let cli = Cli::try_parse_from(["ringside", role, "--node-id", "n"]).expect("parses");

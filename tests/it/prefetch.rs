@@ -381,7 +381,7 @@ async fn graphiql_is_served_in_development() {
 
 #[test]
 fn schema_graphql_is_the_schema_the_code_serves() {
-    let served = ringside_prefetch::schema::build_schema(Default::default()).sdl();
+    let served = ringside_prefetch::schema::build_schema(Default::default(), true).sdl();
     let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))
         .unwrap_or_default();
     assert!(
@@ -1278,4 +1278,27 @@ async fn answers_are_compressed_as_the_client_accepts() {
     .unwrap();
     assert_eq!(encoding(&metrics).as_deref(), Some("gzip"));
     server.stop().await;
+}
+
+/// Introspection can be switched off (production does, unless `--graphql-introspection`): an
+/// introspection query then fails validation while the prefetch itself is served.
+#[tokio::test]
+async fn introspection_is_answered_only_where_it_is_on() {
+    let introspect = json!({ "query": "{ __schema { queryType { name } } }" });
+    let prefetch = json!({ "query": "{ prefetch { profileId } }" });
+    let device = token("p000010");
+    let on = TestServer::start().await;
+    let (_, body) = on.graphql(&device, introspect.clone()).await;
+    assert_eq!(
+        body["data"]["__schema"]["queryType"]["name"], "QueryRoot",
+        "{body}"
+    );
+    on.stop().await;
+
+    let off = TestServer::start_with_prefetch(|setup| setup.config.introspection = false).await;
+    let (_, body) = off.graphql(&device, introspect).await;
+    assert_eq!(error_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    let (_, body) = off.graphql(&device, prefetch).await;
+    assert_eq!(body["data"]["prefetch"]["profileId"], "p000010", "{body}");
+    off.stop().await;
 }
