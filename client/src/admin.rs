@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::ClientError;
-use crate::http::{HttpResponse, call};
+use crate::http::{HttpResponse, call_within};
 
 /// What a publish may ask for beyond its stage and payload.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -31,20 +31,33 @@ struct PublishBody<'a> {
     options: PublishOptions,
 }
 
+/// How long an admin call waits for its whole answer unless told otherwise: a publish waits
+/// at most the Kafka publish timeout (5 s by default, 20 s at most) on the server.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Calls the admin API of one control-plane address with the admin token.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
     base: String,
     bearer: String,
+    timeout: std::time::Duration,
 }
 
 impl AdminClient {
-    /// `base` is `http://host:port`.
+    /// `base` is `http://host:port`; each call waits at most [`DEFAULT_TIMEOUT`].
     pub fn new(base: impl Into<String>, admin_token: &str) -> Self {
         Self {
             base: base.into(),
             bearer: format!("Bearer {admin_token}"),
+            timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// The same client, each call given up after `timeout` (`ClientError::Timeout`).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     async fn call<T: DeserializeOwned>(
@@ -53,7 +66,8 @@ impl AdminClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ClientError> {
-        let response = call(
+        let response = call_within(
+            self.timeout,
             &self.base,
             method,
             path,
@@ -172,6 +186,21 @@ mod tests {
             options,
         })
         .expect("serializable")
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_is_given_up_after_the_timeout() {
+        // Accepts (the kernel does, into the backlog) and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", silent.local_addr().expect("address"));
+        let timeout = std::time::Duration::from_millis(200);
+        let admin = AdminClient::new(base, "token").with_timeout(timeout);
+        match admin.stats().await {
+            Err(ClientError::Timeout) => {}
+            other => panic!("expected a timeout, got {other:?}"),
+        }
     }
 
     #[test]

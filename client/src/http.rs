@@ -34,6 +34,21 @@ pub fn authority(base: &str) -> Result<String, ClientError> {
     Ok(authority.to_string())
 }
 
+/// [`call`], given up after `timeout` (connecting, sending and reading the whole answer):
+/// `ClientError::Timeout` then.
+pub async fn call_within(
+    timeout: std::time::Duration,
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Result<HttpResponse, ClientError> {
+    tokio::time::timeout(timeout, call(base, method, path, headers, body))
+        .await
+        .map_err(|_| ClientError::Timeout)?
+}
+
 /// Sends one request to `base` (`http://host:port`) and reads the whole answer.
 pub async fn call(
     base: &str,

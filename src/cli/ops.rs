@@ -1,6 +1,6 @@
 //! The operator's commands: `token`, `event`, `stats` and `watch`, all clients of a running node.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -43,16 +43,27 @@ pub(crate) struct ClientArgs {
     /// Base URL of a Ringside node.
     #[arg(long, env = "RINGSIDE_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
+    /// How long an admin call waits for its whole answer, in ms.
+    #[arg(
+        long,
+        env = "RINGSIDE_ADMIN_TIMEOUT_MS",
+        default_value_t = ringside_client::admin::DEFAULT_TIMEOUT.as_millis() as u64
+    )]
+    timeout_ms: u64,
     #[command(flatten)]
     secrets: SecretArgs,
 }
 
 impl ClientArgs {
     fn admin(&self) -> anyhow::Result<AdminClient> {
-        Ok(AdminClient::new(
-            self.server.clone(),
-            &self.secrets.resolve()?.admin_token,
-        ))
+        Ok(
+            AdminClient::new(self.server.clone(), &self.secrets.resolve()?.admin_token)
+                .with_timeout(self.timeout()),
+        )
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
     }
 }
 
@@ -248,7 +259,8 @@ pub(crate) async fn run_event(command: EventCommand) -> anyhow::Result<()> {
 pub(crate) async fn run_stats(client: ClientArgs) -> anyhow::Result<()> {
     let mut stats = serde_json::to_value(client.admin()?.stats().await?)?;
     let bearer = format!("Bearer {}", client.secrets.resolve()?.admin_token);
-    let answer = ringside_client::http::call(
+    let answer = ringside_client::http::call_within(
+        client.timeout(),
         &client.server,
         "GET",
         "/v1/admin/protection",
