@@ -287,3 +287,134 @@ fn production_mode_refuses_to_start_without_secrets() {
     assert!(!short.status.success());
     assert!(String::from_utf8_lossy(&short.stderr).contains("at least 32 bytes"));
 }
+
+/// No log line, at any level, carries a secret or a token: a node with known secrets and
+/// `RINGSIDE_LOG=trace` is called with them the ways devices and operators do (bearer headers,
+/// `?token=` on the WebSocket and GraphQL GET, a wrong admin token, an expired device token),
+/// and everything it printed is searched for them.
+#[test]
+fn no_log_line_carries_a_secret_or_a_token() {
+    let state = StateDir::new("secrets");
+    let secret = "device-secret-for-the-log-test-0123456789";
+    let admin = "admin-token-for-the-log-test-0123456789ab";
+    let wrong_admin = "wrong-admin-token-for-the-log-test-98765";
+    let with_secrets = |command: &mut Command| {
+        command
+            .env("RINGSIDE_DEVICE_TOKEN_SECRET", secret)
+            .env("RINGSIDE_ADMIN_TOKEN", admin);
+    };
+    let mut serve = ringside(&state, &["serve", "--listen", "127.0.0.1:0"]);
+    with_secrets(&mut serve);
+    let logs = state.0.join("serve.log");
+    std::fs::create_dir_all(&state.0).unwrap();
+    let mut child = serve
+        .env("RINGSIDE_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&logs).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = stdout.next().unwrap().unwrap();
+    let address = first
+        .split_whitespace()
+        .skip_while(|word| *word != "on")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+    let banner = std::thread::spawn(move || {
+        let mut all = first;
+        for line in stdout.map_while(Result::ok) {
+            all.push('\n');
+            all.push_str(&line);
+        }
+        all
+    });
+    let base = format!("http://{address}");
+    let mut mint = ringside(
+        &state,
+        &["token", "--device", "tv-log", "--profile", "p000001"],
+    );
+    with_secrets(&mut mint);
+    let device = run_ok(&mut mint).trim().to_owned();
+    let mut mint_expired = ringside(
+        &state,
+        &[
+            "token",
+            "--device",
+            "tv-old",
+            "--profile",
+            "p000001",
+            "--ttl-s",
+            "0",
+        ],
+    );
+    with_secrets(&mut mint_expired);
+    let expired = run_ok(&mut mint_expired).trim().to_owned();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let call = |method: &'static str, path: String, bearer: Option<&str>| {
+            let base = base.clone();
+            let bearer = bearer.map(|token| format!("Bearer {token}"));
+            async move {
+                let headers: Vec<(&str, &str)> = bearer
+                    .as_deref()
+                    .map(|b| vec![("authorization", b)])
+                    .unwrap_or_default();
+                let body = (method == "POST")
+                    .then(|| br#"{"query":"{ prefetch { profileId } }"}"#.to_vec());
+                ringside_client::http::call(&base, method, &path, &headers, body)
+                    .await
+                    .unwrap()
+                    .status
+            }
+        };
+        assert_eq!(call("POST", "/graphql".into(), Some(&device)).await, 200);
+        let get = format!("/graphql?query=%7Bprefetch%7BprofileId%7D%7D&token={device}");
+        assert_eq!(call("GET", get, None).await, 200);
+        assert_eq!(call("POST", "/graphql".into(), Some(&expired)).await, 401);
+        assert_eq!(
+            call("GET", "/v1/admin/stats".into(), Some(admin)).await,
+            200
+        );
+        assert_eq!(
+            call("GET", "/v1/admin/stats".into(), Some(wrong_admin)).await,
+            401
+        );
+        let ws = ringside_client::device::ws_url(&base);
+        let connection = ringside_client::DeviceConnection::connect(&ws, &device)
+            .await
+            .unwrap();
+        let _ = connection.close().await;
+        assert!(
+            ringside_client::DeviceConnection::connect(&ws, &expired)
+                .await
+                .is_err()
+        );
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let printed = format!(
+        "{}\n{}",
+        banner.join().unwrap(),
+        std::fs::read_to_string(&logs).unwrap()
+    );
+    assert!(
+        printed.contains(" TRACE ") && printed.contains(" DEBUG "),
+        "every level was on: {printed}"
+    );
+    for (name, value) in [
+        ("device secret", secret),
+        ("admin token", admin),
+        ("wrong admin token", wrong_admin),
+        ("device token", device.as_str()),
+        ("expired token", expired.as_str()),
+    ] {
+        if let Some(line) = printed.lines().find(|line| line.contains(value)) {
+            panic!("the {name} is in a log line: {line}");
+        }
+    }
+}
