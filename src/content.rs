@@ -73,7 +73,8 @@ pub const REDIS_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::fro
 
 /// One connection to Redis, shared by every store of the process; it reconnects by itself.
 pub async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url).with_context(|| format!("invalid Redis URL {url}"))?;
+    let shown = without_password(url);
+    let client = redis::Client::open(url).with_context(|| format!("invalid Redis URL {shown}"))?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(REDIS_RESPONSE_TIMEOUT))
         .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
@@ -81,7 +82,46 @@ pub async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionMa
     client
         .get_connection_manager_with_config(config)
         .await
-        .with_context(|| format!("cannot reach Redis at {url}"))
+        .with_context(|| format!("cannot reach Redis at {shown}"))
+}
+
+/// `url` as errors may show it: a `user:password@` (or `:password@`) before the host becomes
+/// `***@`, so that a Redis password never reaches a log line.
+pub fn without_password(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let prefix = if scheme.is_empty() {
+                String::new()
+            } else {
+                format!("{scheme}://")
+            };
+            format!("{prefix}***{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod password_tests {
+    use super::without_password;
+
+    #[test]
+    fn a_redis_url_is_shown_without_its_password() {
+        assert_eq!(
+            without_password("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            without_password("redis://:s3cret@10.0.0.5:6379/2"),
+            "redis://***@10.0.0.5:6379/2"
+        );
+        assert_eq!(
+            without_password("rediss://ops:p@ss@cache.internal/0"),
+            "rediss://***@cache.internal/0"
+        );
+    }
 }
 
 /// Redis as a gateway node uses it: not needed to start or to serve devices, connected when it

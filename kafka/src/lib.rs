@@ -107,8 +107,9 @@ impl KafkaConfig {
                 Some((key, value)) if !key.trim().is_empty() => {
                     Ok((key.trim().to_owned(), value.trim().to_owned()))
                 }
+                // The line itself is not shown: it may hold a password.
                 _ => Err(KafkaSetupError::Options(format!(
-                    "line {}: expected key=value, found {line:?}",
+                    "line {}: expected key=value",
                     index + 1
                 ))),
             })
@@ -973,7 +974,12 @@ mod tests {
                 ("sasl.password".into(), "a=b".into()),
             ]
         );
-        let error = KafkaConfig::parse_options("ok=1\nnot a pair\n").expect_err("invalid");
+        let error =
+            KafkaConfig::parse_options("ok=1\nsasl.password: hunter2\n").expect_err("invalid");
         assert!(error.to_string().contains("line 2"), "{error}");
+        assert!(
+            !error.to_string().contains("hunter2"),
+            "the line may hold a secret: {error}"
+        );
     }
 }
