@@ -12,7 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::future::BoxFuture;
-use ringside_auth::{AdminToken, DeviceTokenKey};
+use ringside_auth::{AdminToken, DeviceTokenKey, TokenRules};
 use ringside_broadcaster::{Bus, MemoryBus};
 use ringside_control::nodes::NodeDrains;
 use ringside_control::{
@@ -75,6 +75,8 @@ pub struct ServeConfig {
     pub gateway: GatewayConfig,
     pub http: HttpConfig,
     pub secrets: Secrets,
+    /// How device tokens' times are read (clock skew, longest lifetime).
+    pub token_rules: TokenRules,
     /// Prefetch settings; `prefetch.store` also decides where events and the node registry
     /// live (Redis when set).
     pub prefetch: PrefetchSetup,
@@ -109,6 +111,7 @@ impl ServeConfig {
             self.admin_stream.validate()?;
         }
         DeviceTokenKey::new(self.secrets.device_token_secret.as_bytes())?;
+        self.token_rules.validate().map_err(anyhow::Error::msg)?;
         AdminToken::new(&self.secrets.admin_token)?;
         let kafka = matches!(self.bus, BusSetup::Kafka(_));
         let redis = matches!(self.prefetch.store, StoreSetup::Redis { .. });
@@ -332,7 +335,8 @@ async fn start(
         Some(
             Node::start(
                 config.gateway.clone(),
-                DeviceTokenKey::new(config.secrets.device_token_secret.as_bytes())?,
+                DeviceTokenKey::new(config.secrets.device_token_secret.as_bytes())?
+                    .with_rules(config.token_rules),
                 bus.clone(),
                 redis
                     .clone()
@@ -459,7 +463,8 @@ async fn start_control(
         catalog,
         pages,
         Arc::new(ControlEvents::new(events.clone())),
-        DeviceTokenKey::new(config.secrets.device_token_secret.as_bytes())?,
+        DeviceTokenKey::new(config.secrets.device_token_secret.as_bytes())?
+            .with_rules(config.token_rules),
         config.prefetch.config.clone(),
         registry,
     );
@@ -541,6 +546,7 @@ mod tests {
                 device_token_secret: "a-device-token-secret-of-32-bytes!".into(),
                 admin_token: "an-admin-token-long-enough-for-its-check".into(),
             },
+            token_rules: TokenRules::default(),
             prefetch: PrefetchSetup {
                 config: PrefetchConfig::default(),
                 dataset: DatasetSource::Generated(DatasetSize {

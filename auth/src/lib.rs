@@ -57,6 +57,9 @@ pub struct DeviceClaims {
     pub class: DeviceClass,
     /// Expiry, in seconds since the Unix epoch.
     pub exp: u64,
+    /// Not before, in seconds since the Unix epoch (absent: valid from its signing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// The highest priority class this device's requests get (absent: the route's class). It
     /// can only lower a request's class, never raise it; a fleet of analytics boxes is minted
     /// with `bulk`.
@@ -77,6 +80,10 @@ pub enum TokenError {
     BadSignature,
     #[error("device token has expired")]
     Expired,
+    #[error("device token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("device token lives longer than this node accepts (exp too far ahead)")]
+    TooLong,
     #[error("device token claims are invalid: sub and profile must be 1 to 128 bytes")]
     InvalidClaims,
 }
@@ -105,10 +112,46 @@ struct Header<'a> {
 
 const HEADER_HS256: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
+/// How a node reads a device token's times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenRules {
+    /// How far the issuer's clock may be from this node's: a token is still accepted this long
+    /// after its `exp`, and this long before its `nbf` (default 60 s, at most 10 minutes).
+    pub clock_skew: std::time::Duration,
+    /// The longest a token may still be valid for: one whose `exp` lies further ahead (plus
+    /// the skew) is refused, so that a leaked long-lived token cannot be minted by mistake and
+    /// used for years (default 30 days; 1 minute to 1 year).
+    pub max_lifetime: std::time::Duration,
+}
+
+impl Default for TokenRules {
+    fn default() -> Self {
+        Self {
+            clock_skew: std::time::Duration::from_secs(60),
+            max_lifetime: std::time::Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+impl TokenRules {
+    /// Checks both bounds; the message names the flag that sets each.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.clock_skew > std::time::Duration::from_secs(600) {
+            return Err("--token-clock-skew-s must be at most 600".into());
+        }
+        let lifetime = self.max_lifetime.as_secs();
+        if !(60..=366 * 24 * 3600).contains(&lifetime) {
+            return Err("--token-max-lifetime-s must be between 60 and 31622400".into());
+        }
+        Ok(())
+    }
+}
+
 /// Signs and verifies device tokens.
 #[derive(Clone)]
 pub struct DeviceTokenKey {
     mac: Hmac<Sha256>,
+    rules: TokenRules,
 }
 
 impl fmt::Debug for DeviceTokenKey {
@@ -122,7 +165,22 @@ impl DeviceTokenKey {
         check_secret("the device-token secret", secret)?;
         let mac = Hmac::<Sha256>::new_from_slice(secret)
             .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-        Ok(Self { mac })
+        Ok(Self {
+            mac,
+            rules: TokenRules::default(),
+        })
+    }
+
+    /// How this key reads a token's times.
+    pub fn rules(&self) -> TokenRules {
+        self.rules
+    }
+
+    /// The same key, reading times by `rules` (validated: see [`TokenRules::validate`]).
+    #[must_use]
+    pub fn with_rules(mut self, rules: TokenRules) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// Issues a token for `claims`.
@@ -177,8 +235,19 @@ impl DeviceTokenKey {
             .map_err(|_| TokenError::Malformed)?;
         let claims: DeviceClaims =
             serde_json::from_slice(&claims_json).map_err(|_| TokenError::Malformed)?;
-        if claims.exp <= now_s {
+        let skew = self.rules.clock_skew.as_secs();
+        if claims.exp.saturating_add(skew) <= now_s {
             return Err(TokenError::Expired);
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now_s.saturating_add(skew))
+        {
+            return Err(TokenError::NotYetValid);
+        }
+        let longest = self.rules.max_lifetime.as_secs().saturating_add(skew);
+        if claims.exp > now_s.saturating_add(longest) {
+            return Err(TokenError::TooLong);
         }
         let id_ok = |id: &str| !id.is_empty() && id.len() <= ID_MAX_BYTES;
         if !id_ok(&claims.sub) || !id_ok(&claims.profile) {
@@ -266,6 +335,7 @@ mod tests {
             profile: "p-1".into(),
             class: DeviceClass::Tv,
             exp,
+            nbf: None,
             priority: None,
         }
     }
@@ -298,7 +368,9 @@ mod tests {
     fn refuses_expired_tampered_foreign_and_malformed_tokens() {
         let key = DeviceTokenKey::new(SECRET).expect("key");
         let token = key.sign(&claims(2_000));
-        assert_eq!(key.verify(&token, 2_000), Err(TokenError::Expired));
+        // Expired once past `exp` by the clock skew (60 s by default).
+        assert_eq!(key.verify(&token, 2_059), Ok(claims(2_000)));
+        assert_eq!(key.verify(&token, 2_060), Err(TokenError::Expired));
 
         let other = DeviceTokenKey::new(b"another secret that is long enough!").expect("key");
         assert_eq!(other.verify(&token, 1_000), Err(TokenError::BadSignature));
@@ -315,6 +387,42 @@ mod tests {
         assert_eq!(key.verify("a.b", 1_000), Err(TokenError::Malformed));
         assert_eq!(key.verify("a.b.c.d", 1_000), Err(TokenError::Malformed));
         assert_eq!(key.verify("!!.!!.!!", 1_000), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn not_before_clock_skew_and_the_longest_lifetime_are_enforced() {
+        let key = DeviceTokenKey::new(b"a-device-secret-of-32-bytes-or-more!")
+            .expect("key")
+            .with_rules(TokenRules {
+                clock_skew: std::time::Duration::from_secs(10),
+                max_lifetime: std::time::Duration::from_secs(3600),
+            });
+        let later = DeviceClaims {
+            nbf: Some(1_100),
+            ..claims(2_000)
+        };
+        let token = key.sign(&later);
+        assert_eq!(key.verify(&token, 1_089), Err(TokenError::NotYetValid));
+        assert_eq!(key.verify(&token, 1_090), Ok(later));
+        let token = key.sign(&claims(2_000));
+        assert_eq!(key.verify(&token, 2_009), Ok(claims(2_000)));
+        assert_eq!(key.verify(&token, 2_010), Err(TokenError::Expired));
+        // At most an hour (plus the skew) ahead.
+        let long = key.sign(&claims(1_000 + 3_600 + 10));
+        assert!(key.verify(&long, 1_000).is_ok());
+        let too_long = key.sign(&claims(1_000 + 3_600 + 11));
+        assert_eq!(key.verify(&too_long, 1_000), Err(TokenError::TooLong));
+        assert_eq!(TokenRules::default().validate(), Ok(()));
+        let skewed = TokenRules {
+            clock_skew: std::time::Duration::from_secs(601),
+            ..TokenRules::default()
+        };
+        assert!(
+            skewed
+                .validate()
+                .unwrap_err()
+                .contains("--token-clock-skew-s")
+        );
     }
 
     #[test]

@@ -146,6 +146,7 @@ impl GatewayError {
 ///     profile: "p-1".into(),
 ///     class: ringside_auth::DeviceClass::Tv,
 ///     exp: ringside_protocol::unix_now_ms() / 1000 + 3600,
+///     nbf: None,
 ///     priority: None,
 /// });
 /// let config = GatewayConfig {

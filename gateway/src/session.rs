@@ -124,7 +124,10 @@ pub(crate) fn run(
     let connection = gateway.next_connection_id();
     gateway.metrics.connections_opened.increment();
     let now = Instant::now();
-    let token_lifetime = Duration::from_secs(claims.exp.saturating_sub(unix_now_s()));
+    // The token was accepted up to the clock skew past its `exp`; it ends there too.
+    let skew = gateway.device_key.rules().clock_skew.as_secs();
+    let token_lifetime =
+        Duration::from_secs(claims.exp.saturating_add(skew).saturating_sub(unix_now_s()));
     let mut session = Session {
         connection,
         mailbox,

@@ -514,6 +514,7 @@ async fn worker(plan: DrainWorkerPlan) -> anyhow::Result<()> {
             profile: format!("p-{}-{index}", plan.worker),
             class: DeviceClass::Tv,
             exp,
+            nbf: None,
             priority: None,
         });
         let options = ConnectOptions {

@@ -83,6 +83,7 @@ pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
                     profile: format!("p-{}-{index}", plan.worker),
                     class: DeviceClass::Tv,
                     exp,
+                    nbf: None,
                     priority: None,
                 };
                 let token = key.as_ref().map(|k| k.sign(&claims)).unwrap_or_default();

@@ -186,6 +186,7 @@ impl Fleet {
                     profile: format!("p{:06}", i % self.profiles.max(1)),
                     class: ringside_auth::DeviceClass::Tv,
                     exp,
+                    nbf: None,
                     priority: None,
                 })
             })

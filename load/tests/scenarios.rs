@@ -36,6 +36,7 @@ async fn start_node(shutdown: &CancellationToken) -> String {
             device_token_secret: DEVICE_SECRET.into(),
             admin_token: ADMIN_TOKEN.into(),
         },
+        token_rules: ringside_auth::TokenRules::default(),
         prefetch: PrefetchSetup {
             config: ringside_prefetch::PrefetchConfig::default(),
             dataset: ringside::content::DatasetSource::Generated(

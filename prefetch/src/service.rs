@@ -307,6 +307,7 @@ const MATERIALIZE_BATCH: usize = 2_000;
 ///     profile: catalog.profiles[0].id.to_string(),
 ///     class: ringside_auth::DeviceClass::Tv,
 ///     exp: ringside_protocol::unix_now_ms() / 1000 + 3600,
+///     nbf: None,
 ///     priority: None,
 /// });
 /// let query = r#"{"query":"{ prefetch { events { id byStage { stage home { rows { title } } } } } }"}"#;

@@ -193,6 +193,7 @@ mod tests {
             profile: "p".into(),
             class: ringside_auth::DeviceClass::Tv,
             exp: u64::MAX / 2,
+            nbf: None,
             priority,
         })
     }

@@ -155,6 +155,7 @@ fn mint_token(
         profile: profile.to_owned(),
         class,
         exp: unix_now_s() + ttl_s,
+        nbf: None,
         priority,
     };
     Ok(key.sign(&claims))

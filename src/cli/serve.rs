@@ -42,6 +42,18 @@ pub(crate) struct NodeArgs {
         help = "Drain deadline: holds the drain window, the goaway grace and a 2 s close [default: 70000]"
     )]
     shutdown_grace_ms: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_TOKEN_CLOCK_SKEW_S",
+        help = "Device tokens are accepted this long past exp and before nbf [default: 60]"
+    )]
+    token_clock_skew_s: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_TOKEN_MAX_LIFETIME_S",
+        help = "Device tokens whose exp lies further ahead are refused [default: 2592000]"
+    )]
+    token_max_lifetime_s: Option<u64>,
     #[command(flatten)]
     http: HttpArgs,
     #[command(flatten)]
@@ -561,6 +573,17 @@ fn serve_config(
         gateway: gateway.map_or_else(|| node.gateway_defaults(), |gateway| gateway.config(node)),
         http: node.http.config(node.protection.config()),
         secrets,
+        token_rules: {
+            let defaults = ringside_auth::TokenRules::default();
+            ringside_auth::TokenRules {
+                clock_skew: node
+                    .token_clock_skew_s
+                    .map_or(defaults.clock_skew, Duration::from_secs),
+                max_lifetime: node
+                    .token_max_lifetime_s
+                    .map_or(defaults.max_lifetime, Duration::from_secs),
+            }
+        },
         prefetch: match control {
             Some(control) => control.prefetch.setup(node.production, store),
             None => PrefetchArgs::unused_setup(node.production, store),

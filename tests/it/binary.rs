@@ -241,7 +241,9 @@ fn token_command_mints_verifiable_tokens() {
         ),
     );
     let key = ringside_auth::DeviceTokenKey::new(secret.as_bytes()).unwrap();
-    let claims = key.verify(token.trim(), 0).unwrap();
+    let claims = key
+        .verify(token.trim(), ringside_protocol::unix_now_ms() / 1000)
+        .unwrap();
     assert_eq!(
         (claims.sub.as_str(), claims.profile.as_str()),
         ("tv-9", "p-9")
@@ -309,6 +311,8 @@ fn no_log_line_carries_a_secret_or_a_token() {
     std::fs::create_dir_all(&state.0).unwrap();
     let mut child = serve
         .env("RINGSIDE_LOG", "trace")
+        // No skew: the `--ttl-s 0` token below is refused at once.
+        .env("RINGSIDE_TOKEN_CLOCK_SKEW_S", "0")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&logs).unwrap())
         .spawn()

@@ -326,7 +326,8 @@ async fn the_header_and_the_device_token_can_only_lower_a_class() {
             sub: "ceiling".into(),
             profile: "profile-ceiling".into(),
             class: ringside_auth::DeviceClass::Tv,
-            exp: u64::MAX / 2,
+            exp: ringside_protocol::unix_now_ms() / 1000 + 3600,
+            nbf: None,
             priority: Some(priority),
         })
     };

@@ -501,6 +501,7 @@ async fn upgrades_without_a_valid_token_get_401_and_no_socket() {
         profile: "p".into(),
         class: ringside_auth::DeviceClass::Mobile,
         exp: u64::MAX / 2,
+        nbf: None,
         priority: None,
     });
     let cases = [

@@ -102,6 +102,11 @@ impl TestServer {
                 device_token_secret: DEVICE_SECRET.into(),
                 admin_token: ADMIN_TOKEN.into(),
             },
+            // No clock skew: the tests' tokens expire when they say (one machine, one clock).
+            token_rules: ringside_auth::TokenRules {
+                clock_skew: Duration::ZERO,
+                ..ringside_auth::TokenRules::default()
+            },
         };
         configure(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -257,6 +262,7 @@ pub fn profile_token(device: &str, profile: &str, ttl_s: i64) -> String {
         profile: profile.into(),
         class: DeviceClass::Tv,
         exp,
+        nbf: None,
         priority: None,
     })
 }
