@@ -172,18 +172,19 @@ impl Media {
         }
     }
 
-    /// The status of an answer that carries no `data` because of `error`: 200 in the legacy
-    /// type; in the spec's own type, 4xx for the client's mistakes and 5xx for what the node
-    /// could not do.
+    /// The status of an answer that carries no `data` because of `error`: 400 for a body that
+    /// is no request in either type; otherwise 200 in the legacy type, and in the spec's own
+    /// type 4xx for the client's mistakes and 5xx for what the node could not do.
     fn status_of(self, error: &PrefetchError) -> StatusCode {
-        if self == Self::Json {
-            return StatusCode::OK;
-        }
-        match error {
-            PrefetchError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            PrefetchError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            PrefetchError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            _ => StatusCode::BAD_REQUEST,
+        match (self, error) {
+            (_, PrefetchError::Malformed(_)) => StatusCode::BAD_REQUEST,
+            (Self::Json, _) => StatusCode::OK,
+            (Self::GraphqlResponse, PrefetchError::Internal) => StatusCode::INTERNAL_SERVER_ERROR,
+            (Self::GraphqlResponse, PrefetchError::StoreUnavailable) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            (Self::GraphqlResponse, PrefetchError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            (Self::GraphqlResponse, _) => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -230,7 +231,9 @@ impl Asked {
         let Some(value) = self.if_none_match.as_ref().and_then(|v| v.to_str().ok()) else {
             return false;
         };
-        let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+        fn opaque(tag: &str) -> &str {
+            tag.trim().trim_start_matches("W/")
+        }
         let wanted = opaque(etag);
         value
             .split(',')
@@ -239,7 +242,8 @@ impl Asked {
 }
 
 /// The entity tag of an answer: a hash of its `data` and of the event versions it was built
-/// for. Weak, since two answers with the same tag differ in their jittered `ttlSeconds`.
+/// for. Weak: two devices' answers with the same tag may differ in their `extensions` (each
+/// device's `ttlSeconds`).
 fn entity_tag(data: &[u8], versions: &BTreeMap<String, u64>) -> String {
     let mut hash = Sha256::new();
     hash.update(data);
@@ -274,16 +278,6 @@ fn prefetch_error_response(media: Media, error: &PrefetchError) -> Response {
     error_response(
         media,
         media.status_of(error),
-        error.code(),
-        &error.to_string(),
-    )
-}
-
-/// A body or parameter that is not JSON (or not the request's shape): 400 in either type.
-fn malformed(media: Media, error: &PrefetchError) -> Response {
-    error_response(
-        media,
-        StatusCode::BAD_REQUEST,
         error.code(),
         &error.to_string(),
     )
@@ -381,18 +375,18 @@ async fn post_graphql(State(service): State<Arc<PrefetchService>>, request: Requ
         );
     }
     if body.trim_ascii_start().starts_with(b"[") {
-        return malformed(
+        return prefetch_error_response(
             media,
-            &PrefetchError::BadRequest(
+            &PrefetchError::Malformed(
                 "batched requests are not supported: send one request per POST".into(),
             ),
         );
     }
     match serde_json::from_slice::<WireRequest>(&body) {
         Ok(request) => execute(&service, device, request, asked).await,
-        Err(error) => malformed(
+        Err(error) => prefetch_error_response(
             media,
-            &PrefetchError::BadRequest(format!("invalid request body: {error}")),
+            &PrefetchError::Malformed(format!("invalid request body: {error}")),
         ),
     }
 }
@@ -449,24 +443,22 @@ async fn get_graphql(
                 max: limits.max_nesting,
             });
         }
-        serde_json::from_str(text).map(Some).map_err(|error| {
-            PrefetchError::BadRequest(format!("{name} is not valid JSON: {error}"))
-        })
+        serde_json::from_str(text)
+            .map(Some)
+            .map_err(|error| PrefetchError::Malformed(format!("{name} is not valid JSON: {error}")))
     };
     let extensions = match parse_json("extensions").and_then(|value| {
         // `null`, like no parameter, is no extensions.
         value
             .map(serde_json::from_value::<Option<WireExtensions>>)
             .transpose()
-            .map_err(|error| PrefetchError::BadRequest(format!("invalid extensions: {error}")))
+            .map_err(|error| PrefetchError::Malformed(format!("invalid extensions: {error}")))
     }) {
         Ok(extensions) => extensions.flatten().unwrap_or_default(),
-        Err(error @ PrefetchError::BadRequest(_)) => return malformed(media, &error),
         Err(error) => return prefetch_error_response(media, &error),
     };
     let variables = match parse_json("variables") {
         Ok(variables) => variables,
-        Err(error @ PrefetchError::BadRequest(_)) => return malformed(media, &error),
         Err(error) => return prefetch_error_response(media, &error),
     };
     let request = WireRequest {
@@ -523,9 +515,9 @@ async fn execute(
         .as_ref()
         .is_some_and(|variables| !variables.is_object() && !variables.is_null())
     {
-        return malformed(
+        return prefetch_error_response(
             media,
-            &PrefetchError::BadRequest("variables must be a JSON object".into()),
+            &PrefetchError::Malformed("variables must be a JSON object".into()),
         );
     }
     let started = Instant::now();
@@ -643,7 +635,7 @@ async fn run(
         let mut http = StatusCode::NOT_MODIFIED.into_response();
         let headers = http.headers_mut();
         headers.insert(header::CACHE_CONTROL, cache_control(false));
-        set_validators(headers, etag, asked.method);
+        set_validators(headers, Some(etag), asked.method);
         return http;
     }
     // A document that did not validate is a request error (no `data`): 400 in the spec's type.
@@ -660,19 +652,14 @@ async fn run(
         .into_response();
     let headers = http.headers_mut();
     headers.insert(header::CACHE_CONTROL, cache_control(failed));
-    match &etag {
-        Some(etag) => set_validators(headers, etag, asked.method),
-        None if asked.method == Method::Get => {
-            headers.insert(header::VARY, HeaderValue::from_static("Authorization"));
-        }
-        None => {}
-    }
+    set_validators(headers, etag.as_deref(), asked.method);
     http
 }
 
-/// `ETag`, and `Vary: Authorization` on a `GET` (the answer is the token's profile's).
-fn set_validators(headers: &mut HeaderMap, etag: &str, method: Method) {
-    if let Ok(value) = HeaderValue::from_str(etag) {
+/// `ETag` when the answer has one, and `Vary: Authorization` on a `GET` (the answer is the
+/// token's profile's).
+fn set_validators(headers: &mut HeaderMap, etag: Option<&str>, method: Method) {
+    if let Some(value) = etag.and_then(|etag| HeaderValue::from_str(etag).ok()) {
         headers.insert(header::ETAG, value);
     }
     if method == Method::Get {

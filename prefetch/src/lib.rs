@@ -75,6 +75,10 @@ pub enum PrefetchError {
     PersistedQueryMismatch,
     #[error("{0}")]
     BadRequest(String),
+    /// The body (or a `GET` parameter) is not JSON, or not one request of the right shape: a
+    /// 400 whatever the media type (`BAD_REQUEST` too).
+    #[error("{0}")]
+    Malformed(String),
     #[error("internal error")]
     Internal,
 }
@@ -97,7 +101,7 @@ impl PrefetchError {
             Self::ResponseTooLarge { .. } => "RESPONSE_TOO_LARGE",
             Self::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
             Self::PersistedQueryMismatch => "PERSISTED_QUERY_HASH_MISMATCH",
-            Self::BadRequest(_) => "BAD_REQUEST",
+            Self::BadRequest(_) | Self::Malformed(_) => "BAD_REQUEST",
             Self::Internal => "INTERNAL",
         }
     }
