@@ -417,6 +417,19 @@ impl GatewayProtectionArgs {
 }
 
 impl NodeArgs {
+    /// How this node reads device tokens' times.
+    fn token_rules(&self) -> ringside_auth::TokenRules {
+        let defaults = ringside_auth::TokenRules::default();
+        ringside_auth::TokenRules {
+            clock_skew: self
+                .token_clock_skew_s
+                .map_or(defaults.clock_skew, Duration::from_secs),
+            max_lifetime: self
+                .token_max_lifetime_s
+                .map_or(defaults.max_lifetime, Duration::from_secs),
+        }
+    }
+
     /// The gateway config of a role without gateway flags: only the node's identity and drain
     /// deadline are its own (the control plane's banner, metrics and drain use them).
     fn gateway_defaults(&self) -> GatewayConfig {
@@ -573,17 +586,7 @@ fn serve_config(
         gateway: gateway.map_or_else(|| node.gateway_defaults(), |gateway| gateway.config(node)),
         http: node.http.config(node.protection.config()),
         secrets,
-        token_rules: {
-            let defaults = ringside_auth::TokenRules::default();
-            ringside_auth::TokenRules {
-                clock_skew: node
-                    .token_clock_skew_s
-                    .map_or(defaults.clock_skew, Duration::from_secs),
-                max_lifetime: node
-                    .token_max_lifetime_s
-                    .map_or(defaults.max_lifetime, Duration::from_secs),
-            }
-        },
+        token_rules: node.token_rules(),
         prefetch: match control {
             Some(control) => control.prefetch.setup(node.production, store),
             None => PrefetchArgs::unused_setup(node.production, store),

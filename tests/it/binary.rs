@@ -64,6 +64,16 @@ impl Drop for Server {
     }
 }
 
+/// The address in the banner's first line (`… listening on ADDRESS (…`).
+fn banner_address(first: &str) -> String {
+    first
+        .split_whitespace()
+        .skip_while(|word| *word != "on")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned()
+}
+
 fn start_server(state: &StateDir) -> Server {
     let mut child = ringside(state, &["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -73,12 +83,7 @@ fn start_server(state: &StateDir) -> Server {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let first = lines.next().unwrap().unwrap();
-    let address = first
-        .split_whitespace()
-        .skip_while(|word| *word != "on")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_owned();
+    let address = banner_address(&first);
     let banner: Vec<String> = lines.by_ref().take(8).map(|l| l.unwrap()).collect();
     assert!(
         banner.iter().any(|l| l.contains("ringside token --device")),
@@ -319,12 +324,7 @@ fn no_log_line_carries_a_secret_or_a_token() {
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = stdout.next().unwrap().unwrap();
-    let address = first
-        .split_whitespace()
-        .skip_while(|word| *word != "on")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_owned();
+    let address = banner_address(&first);
     let banner = std::thread::spawn(move || {
         let mut all = first;
         for line in stdout.map_while(Result::ok) {
