@@ -284,6 +284,10 @@ struct OverloadArgs {
     /// Recorded in the report: how the node was started (`on` or `off`).
     #[arg(long)]
     protection: Option<String>,
+    /// Start the schedules at this Unix time (ms), so that several processes offering the
+    /// classes of one run start together [default: 200 ms from now].
+    #[arg(long)]
+    start_at_unix_ms: Option<u64>,
 }
 
 /// Share of the offered prefetch load that is background (best_effort); the rest is bulk.
@@ -389,6 +393,7 @@ async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
         label: args.label.clone(),
         load_multiple: args.load_multiple,
         protection: args.protection.clone(),
+        start_at_unix_ms: args.start_at_unix_ms,
     })
     .await?;
     report.print_table();
@@ -669,6 +674,7 @@ fn main() -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
                 reports.push(report);
             }
+            let reports = load::overload::OverloadReport::merge_runs(reports);
             load::overload::print_comparison(&reports);
             if let Some(path) = output {
                 std::fs::write(&path, serde_json::to_vec_pretty(&reports)?)?;

@@ -49,6 +49,10 @@ pub struct OverloadPlan {
     pub label: String,
     pub load_multiple: Option<f64>,
     pub protection: Option<String>,
+    /// When the schedules start (Unix time, ms): two processes that offer the classes of one
+    /// run (see `scripts/bench-overload`'s `PROBE_SCHED`) start them at the same moment.
+    /// `None`: 200 ms from now.
+    pub start_at_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,7 +112,7 @@ struct Tally {
 pub async fn run_overload(plan: OverloadPlan) -> anyhow::Result<OverloadReport> {
     let authority = ringside_client::http::authority(&plan.server)?;
     let load_average_before = load_average();
-    let start = Instant::now() + Duration::from_millis(200);
+    let start = start_instant(plan.start_at_unix_ms);
     let end = start + plan.duration;
     let mut classes = Vec::new();
     for class in &plan.classes {
@@ -204,7 +208,51 @@ pub async fn run_overload(plan: OverloadPlan) -> anyhow::Result<OverloadReport> 
     })
 }
 
+/// The higher of two optional figures, either when only one is known.
+fn higher(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The `Instant` of a Unix time in ms; one already past (or none given) is 200 ms from now.
+fn start_instant(unix_ms: Option<u64>) -> Instant {
+    let soon = Duration::from_millis(200);
+    let ahead = unix_ms.and_then(|at| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        Duration::from_millis(at).checked_sub(now)
+    });
+    Instant::now() + ahead.unwrap_or(soon)
+}
+
 impl OverloadReport {
+    /// Reports with the same label are one run whose classes were offered by several
+    /// processes at once (for example the critical and degraded classes from a probe with a
+    /// scheduling priority of its own): one report with every class, goodput summed and the
+    /// highest load averages.
+    pub fn merge_runs(reports: Vec<OverloadReport>) -> Vec<OverloadReport> {
+        let mut runs: Vec<OverloadReport> = Vec::new();
+        for report in reports {
+            match runs.iter_mut().find(|run| run.label == report.label) {
+                Some(run) => {
+                    run.goodput_per_second += report.goodput_per_second;
+                    run.classes.extend(report.classes);
+                    run.load_multiple = higher(run.load_multiple, report.load_multiple);
+                    run.duration_s = run.duration_s.max(report.duration_s);
+                    run.load_average_before =
+                        higher(run.load_average_before, report.load_average_before);
+                    run.load_average_after =
+                        higher(run.load_average_after, report.load_average_after);
+                }
+                None => runs.push(report),
+            }
+        }
+        runs
+    }
+
     pub fn print_table(&self) {
         if !self.label.is_empty() {
             println!("== {}", self.label);
