@@ -465,7 +465,14 @@ async fn start_control(
         Arc::new(ControlEvents::new(events.clone())),
         DeviceTokenKey::new(config.secrets.device_token_secret.as_bytes())?
             .with_rules(config.token_rules),
-        config.prefetch.config.clone(),
+        ringside_prefetch::PrefetchConfig {
+            // One threshold for the compression layer and for kept answers.
+            responses: ringside_prefetch::responses::ResponseCacheConfig {
+                compress_from_bytes: usize::from(config.http.compression_min_bytes),
+                ..config.prefetch.config.responses.clone()
+            },
+            ..config.prefetch.config.clone()
+        },
         registry,
     );
     let fleet = match redis {

@@ -47,6 +47,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::PrefetchError;
 use crate::limits;
+use crate::responses::{Encoding, ResponseKey, events_fingerprint};
 use crate::schema::{RequestScope, ResponseHints};
 use crate::service::PrefetchService;
 
@@ -214,6 +215,8 @@ struct Asked {
     media: Media,
     /// `If-None-Match`: the entity tags the client holds.
     if_none_match: Option<HeaderValue>,
+    /// The content coding `Accept-Encoding` prefers, for kept answers.
+    encoding: Option<Encoding>,
 }
 
 impl Asked {
@@ -222,6 +225,7 @@ impl Asked {
             method,
             media: Media::of(headers),
             if_none_match: headers.get(header::IF_NONE_MATCH).cloned(),
+            encoding: Encoding::preferred(headers),
         }
     }
 
@@ -541,6 +545,47 @@ async fn run(
             return prefetch_error_response(media, &error);
         }
     };
+    let ttl = service.config.device_ttl_for(&device.sub);
+    // Looked up before parsing: an answer is only kept for a request that passed the limits
+    // and validation, and those depend on nothing but the request and the configuration.
+    let kept = match service.responses.enabled() {
+        false => None,
+        true => {
+            let key = ResponseKey {
+                query: query.clone(),
+                operation: request.operation_name.clone(),
+                variables: request
+                    .variables
+                    .as_ref()
+                    .filter(|variables| !variables.is_null())
+                    .map(ToString::to_string),
+                profile: device.profile.clone(),
+                ttl_seconds: ttl.as_secs() as u32,
+            };
+            let events = events_fingerprint(&service.events.events().await);
+            let hit = service
+                .responses
+                .get(&key, events, &service.pages, asked.encoding)
+                .await;
+            if let Some(hit) = hit {
+                if let Some(hash) = register_as
+                    && service.persisted.get(&hash).is_none()
+                {
+                    service.remember_persisted_query(hash, query).await;
+                }
+                let mut http = answer(asked, ttl, Answer::Data, hit.body, Some(&hit.etag));
+                if let Some(encoding) = hit.encoding
+                    && http.status() == StatusCode::OK
+                {
+                    let headers = http.headers_mut();
+                    headers.insert(header::CONTENT_ENCODING, encoding.header_value());
+                    headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+                }
+                return http;
+            }
+            Some((key, events))
+        }
+    };
     let document =
         match limits::parse_and_check(&query, &service.config.limits).and_then(|document| {
             check_required_variables(
@@ -562,7 +607,6 @@ async fn run(
                 return prefetch_error_response(media, &error);
             }
         };
-    let ttl = service.config.device_ttl_for(&device.sub);
     let hints = Arc::new(Mutex::new(ResponseHints::default()));
     let scope = RequestScope {
         service: service.clone(),
@@ -620,39 +664,66 @@ async fn run(
         service.metrics.request_errors.increment();
         return prefetch_error_response(media, &PrefetchError::ResponseTooLarge { max: limit });
     };
-    let cache_control = |failed: bool| {
-        if failed {
-            HeaderValue::from_static("no-store")
-        } else {
-            HeaderValue::from_str(&format!("private, max-age={}", ttl.as_secs()))
-                .unwrap_or(HeaderValue::from_static("no-store"))
-        }
+    let body = Bytes::from(body.bytes);
+    if let (Some((key, events)), Some(etag), false) = (kept, &etag, failed) {
+        let pages = std::mem::take(&mut hints.locked().pages);
+        service
+            .responses
+            .insert(key, events, pages, body.clone(), etag.clone())
+            .await;
+    }
+    let kind = match (failed, validated) {
+        (false, _) => Answer::Data,
+        (true, true) => Answer::DataWithErrors,
+        (true, false) => Answer::RequestError,
     };
-    if let Some(etag) = &etag
+    answer(asked, ttl, kind, body, etag.as_deref())
+}
+
+/// What an answer with a body is, for its status and `Cache-Control`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Data without errors: cacheable by the device for its TTL.
+    Data,
+    /// Data with resolver errors: 200, never cached.
+    DataWithErrors,
+    /// A document that did not validate (no `data`): 400 in the spec's media type.
+    RequestError,
+}
+
+/// The HTTP answer for `body`: `304` without it when the client already holds `etag`, else
+/// the status, media type, `Cache-Control` and validators `kind` and `asked` call for. The
+/// one place both the executor's answers and kept ones are written.
+fn answer(asked: &Asked, ttl: Duration, kind: Answer, body: Bytes, etag: Option<&str>) -> Response {
+    let cache_control = match kind {
+        Answer::Data => HeaderValue::from_str(&format!("private, max-age={}", ttl.as_secs()))
+            .unwrap_or(HeaderValue::from_static("no-store")),
+        Answer::DataWithErrors | Answer::RequestError => HeaderValue::from_static("no-store"),
+    };
+    if let Some(etag) = etag
         && asked.holds(etag)
     {
         // The client holds this content already: no body, the same validators and lifetime.
         let mut http = StatusCode::NOT_MODIFIED.into_response();
         let headers = http.headers_mut();
-        headers.insert(header::CACHE_CONTROL, cache_control(false));
+        headers.insert(header::CACHE_CONTROL, cache_control);
         set_validators(headers, Some(etag), asked.method);
         return http;
     }
-    // A document that did not validate is a request error (no `data`): 400 in the spec's type.
-    let status = if validated || media == Media::Json {
+    let status = if kind != Answer::RequestError || asked.media == Media::Json {
         StatusCode::OK
     } else {
         StatusCode::BAD_REQUEST
     };
     let mut http = (
         status,
-        [(header::CONTENT_TYPE, media.content_type())],
-        body.bytes,
+        [(header::CONTENT_TYPE, asked.media.content_type())],
+        body,
     )
         .into_response();
     let headers = http.headers_mut();
-    headers.insert(header::CACHE_CONTROL, cache_control(failed));
-    set_validators(headers, etag.as_deref(), asked.method);
+    headers.insert(header::CACHE_CONTROL, cache_control);
+    set_validators(headers, etag, asked.method);
     http
 }
 

@@ -9,7 +9,8 @@
 //!   compact page (a page per profile and event).
 //! - [`store`]: where pages live: memory for one process, Redis across prefetch nodes.
 //! - [`cache`]: the per-node cache in front of the store (TTL jitter, coalescing, stale while
-//!   revalidate).
+//!   revalidate); [`responses`]: answers kept as bytes and sent again while the events and
+//!   pages they were built from are unchanged.
 //! - [`service`]: [`PrefetchService`] ties them together: pools per event, page loading,
 //!   background materialization.
 //! - [`schema`]: the GraphQL schema; [`http`]: `POST`/`GET /graphql` with device-token auth,
@@ -23,6 +24,7 @@ pub mod http;
 pub mod jsonl;
 pub mod limits;
 pub mod materialize;
+pub mod responses;
 pub mod schema;
 pub mod service;
 pub mod store;

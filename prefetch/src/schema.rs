@@ -38,11 +38,13 @@ impl ErrorExtensions for PrefetchError {
 }
 
 /// What the HTTP layer learns from a request's resolution: the versions the data was built
-/// for, for the cache hint.
+/// for, for the cache hint, and the pages it was built from, for the response cache.
 #[derive(Debug, Default)]
 pub struct ResponseHints {
     /// Event id → version, once per event however many fields resolved it.
     pub versions: std::collections::BTreeMap<String, u64>,
+    /// Every page read, with the bytes it was decoded from.
+    pub pages: Vec<(crate::store::PageKey, bytes::Bytes)>,
 }
 
 /// Per-request data: who asks, and where to record hints.
@@ -59,12 +61,20 @@ pub struct RequestScope {
 impl RequestScope {
     async fn event_prefetch(&self, event: LiveEvent) -> Result<EventPrefetch, PrefetchError> {
         let profile = self.service.page_profile(&self.profile_id);
-        let page = self.service.page(&event, &profile).await?;
+        let (page, key, blob) = self.service.page(&event, &profile).await?;
         let version = event.state.as_ref().map_or(0, |s| s.version);
-        self.hints
-            .locked()
-            .versions
-            .insert(event.id.to_string(), version);
+        let mut hints = self.hints.locked();
+        hints.versions.insert(event.id.to_string(), version);
+        // Once per page; a page read again with other bytes (refreshed in between) is
+        // recorded twice, and no page cache can hold both, so such an answer is never reused.
+        if !hints
+            .pages
+            .iter()
+            .any(|(read, bytes)| *read == key && *bytes == blob)
+        {
+            hints.pages.push((key, blob));
+        }
+        drop(hints);
         Ok(EventPrefetch {
             catalog: self.service.catalog.clone(),
             artwork_base: Arc::from(self.service.config.artwork_base_url.as_str()),

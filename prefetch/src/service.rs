@@ -15,6 +15,7 @@ use crate::cache::{CacheConfig, CacheMetrics, PageCache, PageLoader};
 use crate::catalog::Catalog;
 use crate::limits::QueryLimits;
 use crate::materialize::{EventPool, EventSpec, Page, decode, encode, fingerprint_of, materialize};
+use crate::responses::{ResponseCache, ResponseCacheConfig};
 use crate::schema::{PrefetchSchema, build_schema};
 use crate::store::{PageKey, PageStore};
 use crate::{EventSource, LiveEvent, PrefetchError};
@@ -23,6 +24,8 @@ use crate::{EventSource, LiveEvent, PrefetchError};
 #[derive(Debug, Clone)]
 pub struct PrefetchConfig {
     pub cache: CacheConfig,
+    /// Answers kept as bytes and sent again while nothing they were built from changed.
+    pub responses: ResponseCacheConfig,
     /// Mean lifetime devices should give a prefetch in their own cache.
     pub device_ttl: Duration,
     /// Relative spread of the device TTL (0.2: ±20 %), drawn per response.
@@ -63,6 +66,7 @@ impl Default for PrefetchConfig {
     fn default() -> Self {
         Self {
             cache: CacheConfig::default(),
+            responses: ResponseCacheConfig::default(),
             device_ttl: Duration::from_secs(1800),
             device_ttl_jitter: 0.2,
             artwork_base_url: "https://artwork.ringside.invalid/".into(),
@@ -104,6 +108,18 @@ impl PrefetchConfig {
         // is refused too.
         if !(0.0..=1.0).contains(&self.cache.jitter) {
             return fail("cache.jitter", "must be between 0 and 1");
+        }
+        if !(0.0..=1.0).contains(&self.responses.jitter) {
+            return fail("responses.jitter", "must be between 0 and 1");
+        }
+        if self.responses.max_bytes > 64 * 1024 * 1024 * 1024 {
+            return fail("responses.max_bytes", "must be at most 64 GiB");
+        }
+        if self.responses.max_bytes > 0
+            && (self.responses.ttl < Duration::from_secs(1)
+                || self.responses.ttl > Duration::from_secs(24 * 3600))
+        {
+            return fail("responses.ttl", "must be between 1 s and 24 h");
         }
         if !(0.0..=1.0).contains(&self.device_ttl_jitter) {
             return fail("device_ttl_jitter", "must be between 0 and 1");
@@ -336,6 +352,7 @@ pub struct PrefetchService {
     pub(crate) metrics: Arc<PrefetchMetrics>,
     pub(crate) schema: PrefetchSchema,
     pub(crate) persisted: moka::sync::Cache<String, Arc<str>>,
+    pub(crate) responses: ResponseCache,
 }
 
 impl std::fmt::Debug for PrefetchService {
@@ -391,6 +408,7 @@ impl PrefetchService {
         );
         Arc::new(Self {
             schema: build_schema(config.limits, config.introspection),
+            responses: ResponseCache::new(config.responses.clone(), registry),
             persisted: moka::sync::Cache::builder()
                 .max_capacity(config.persisted_query_bytes)
                 .weigher(|hash: &String, query: &Arc<str>| {
@@ -478,21 +496,21 @@ impl PrefetchService {
         pool
     }
 
-    /// The page of `profile` for `event`, through the cache.
+    /// The page of `profile` for `event`, through the cache, with its key and the blob it was
+    /// decoded from (what the response cache checks a kept answer against).
     pub(crate) async fn page(
         &self,
         event: &LiveEvent,
         profile: &Arc<str>,
-    ) -> Result<Arc<Page>, PrefetchError> {
+    ) -> Result<(Arc<Page>, PageKey, Bytes), PrefetchError> {
         let pool = self.pool_for(event);
         let key = PageKey {
             event: Arc::from(event.id.as_str()),
             profile: profile.clone(),
         };
         let blob = self.pages.get(&key).await?;
-        decode(&blob, &pool)
-            .map(Arc::new)
-            .map_err(|_| PrefetchError::Internal)
+        let page = decode(&blob, &pool).map_err(|_| PrefetchError::Internal)?;
+        Ok((Arc::new(page), key, blob))
     }
 
     /// The key a device's pages are kept under: its profile, or the shared cold-start key.
@@ -626,7 +644,10 @@ mod tests {
     #[test]
     fn defaults_validate_and_out_of_range_bounds_do_not() {
         assert_eq!(PrefetchConfig::default().validate(), Ok(()));
-        let broken: [fn(&mut PrefetchConfig); 15] = [
+        let broken: [fn(&mut PrefetchConfig); 18] = [
+            |c| c.responses.jitter = 1.5,
+            |c| c.responses.ttl = Duration::ZERO,
+            |c| c.responses.max_bytes = u64::MAX,
             |c| c.cache.jitter = -0.1,
             |c| c.cache.jitter = 1.5,
             |c| c.cache.jitter = f64::NAN,

@@ -12,6 +12,7 @@ use ringside::server::{BusSetup, PrefetchSetup};
 use ringside_prefetch::PrefetchConfig;
 use ringside_prefetch::cache::CacheConfig;
 use ringside_prefetch::generate::DatasetSize;
+use ringside_prefetch::responses::ResponseCacheConfig;
 use ringside_protection::ProtectionConfig;
 use ringside_protocol::admin::{ProtectionMode, RulesetMode};
 
@@ -119,6 +120,18 @@ pub(crate) struct PrefetchArgs {
         help = "Node cache entries [default: 250000]"
     )]
     prefetch_cache_capacity: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_RESPONSE_CACHE_BYTES",
+        help = "Bytes of prefetch answers kept to send again, 0 for none [default: 134217728]"
+    )]
+    response_cache_bytes: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_RESPONSE_CACHE_TTL_S",
+        help = "Mean lifetime of a kept prefetch answer [default: 300]"
+    )]
+    response_cache_ttl_s: Option<u64>,
     #[arg(
         long,
         env = "RINGSIDE_DEVICE_CACHE_TTL_S",
@@ -236,6 +249,14 @@ impl PrefetchArgs {
                 capacity: self
                     .prefetch_cache_capacity
                     .unwrap_or(defaults.cache.capacity),
+            },
+            responses: ResponseCacheConfig {
+                max_bytes: self
+                    .response_cache_bytes
+                    .unwrap_or(defaults.responses.max_bytes),
+                ttl: secs(self.response_cache_ttl_s, defaults.responses.ttl),
+                // The server sets it from the HTTP layer's `--compression-min-bytes`.
+                ..defaults.responses
             },
             device_ttl: secs(self.device_cache_ttl_s, defaults.device_ttl),
             device_ttl_jitter: self

@@ -1265,6 +1265,24 @@ async fn answers_are_compressed_as_the_client_accepts() {
         .unwrap();
     assert!(serde_json::from_slice::<Value>(&decoded).unwrap()["data"] == expected);
 
+    // Asked again, the kept answer's kept compressed bytes (the response cache's hits).
+    const HITS: &str = r#"ringside_prefetch_response_cache_total{outcome="hit"}"#;
+    let hits_before = server.metric(HITS).await;
+    for accepted in ["gzip", "br"] {
+        let again = post(&big, Some(accepted)).await;
+        assert_eq!(encoding(&again).as_deref(), Some(accepted));
+        let vary = again.headers.get_all("vary").iter();
+        assert!(
+            vary.map(|v| v.to_str().unwrap().to_ascii_lowercase())
+                .any(|v| v.contains("accept-encoding")),
+            "{:?}",
+            again.headers
+        );
+        let first = if accepted == "gzip" { &gzip } else { &brotli };
+        assert_eq!(again.body, first.body);
+    }
+    assert_eq!(server.metric(HITS).await, hits_before + 2);
+
     let tiny = post(&small, Some("gzip, br")).await;
     assert_eq!(encoding(&tiny), None, "under the threshold: as it is");
     let metrics = ringside_client::http::call(
