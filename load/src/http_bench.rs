@@ -27,6 +27,8 @@ pub struct HttpTarget {
     pub tokens: std::sync::Arc<[String]>,
     /// Sent as `x-ringside-priority` when set: the class the request marks itself with.
     pub priority: Option<ringside_protocol::Priority>,
+    /// Sent as `Accept-Encoding` when set (`gzip`, `br`): the answers come compressed.
+    pub accept_encoding: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +38,14 @@ pub struct HttpResult {
     pub errors: u64,
     pub requests_per_second: f64,
     pub latency: Latency,
+    /// Mean body bytes of an answer, as sent (compressed when it was).
+    pub body_bytes: u64,
+    /// Keep-alive connections it ran over.
+    #[serde(default)]
+    pub connections: usize,
+    /// The `Accept-Encoding` it sent, if any.
+    #[serde(default)]
+    pub accept_encoding: Option<String>,
 }
 
 /// How a request ended.
@@ -59,6 +69,17 @@ pub(crate) async fn send(
     target: &HttpTarget,
     index: usize,
 ) -> anyhow::Result<Outcome> {
+    Ok(send_counting(sender, authority, target, index).await?.0)
+}
+
+/// [`send`], with the answer's body bytes as they came (compressed when they were; a
+/// compressed answer counts as a success on its status alone).
+pub(crate) async fn send_counting(
+    sender: &mut Sender,
+    authority: &str,
+    target: &HttpTarget,
+    index: usize,
+) -> anyhow::Result<(Outcome, usize)> {
     let mut request = Request::builder()
         .method(target.method)
         .uri(&target.path)
@@ -66,6 +87,9 @@ pub(crate) async fn send(
         .header("content-type", "application/json");
     if let Some(priority) = target.priority {
         request = request.header(ringside_protocol::PRIORITY_HEADER, priority.as_str());
+    }
+    if let Some(encoding) = &target.accept_encoding {
+        request = request.header("accept-encoding", encoding);
     }
     if !target.tokens.is_empty() {
         request = request.header(
@@ -77,14 +101,16 @@ pub(crate) async fn send(
     sender.ready().await?;
     let response = sender.send_request(request).await?;
     let status = response.status();
+    let encoded = response.headers().contains_key("content-encoding");
     let body = response.into_body().collect().await?.to_bytes();
-    Ok(match status.as_u16() {
+    let outcome = match status.as_u16() {
         429 | 503 => Outcome::Shed,
-        _ if status.is_success() && !body.windows(9).any(|w| w == b"\"errors\":") => {
+        _ if status.is_success() && (encoded || !body.windows(9).any(|w| w == b"\"errors\":")) => {
             Outcome::Success
         }
         _ => Outcome::Failed,
-    })
+    };
+    Ok((outcome, body.len()))
 }
 
 pub(crate) async fn open(authority: &str) -> anyhow::Result<Sender> {
@@ -110,26 +136,31 @@ pub async fn measure(
         workers.push(tokio::spawn(async move {
             let mut histogram = new_histogram();
             let mut errors = 0u64;
+            let mut bytes = 0u64;
             let mut sender = open(&authority).await?;
             let mut index = worker;
             while Instant::now() < deadline {
                 let started = Instant::now();
-                let outcome = send(&mut sender, &authority, &target, index).await?;
+                let (outcome, body) =
+                    send_counting(&mut sender, &authority, &target, index).await?;
+                bytes += body as u64;
                 index += connections;
                 histogram.saturating_record((started.elapsed().as_micros() as u64).max(1));
                 if outcome != Outcome::Success {
                     errors += 1;
                 }
             }
-            anyhow::Ok((histogram, errors))
+            anyhow::Ok((histogram, errors, bytes))
         }));
     }
     let mut merged = new_histogram();
-    let mut errors = 0;
+    let (mut errors, mut bytes) = (0, 0);
     for worker in workers {
-        let (histogram, worker_errors) = worker.await.context("worker panicked")??;
+        let (histogram, worker_errors, worker_bytes) =
+            worker.await.context("worker panicked")??;
         merged.add(&histogram).context("merging histograms")?;
         errors += worker_errors;
+        bytes += worker_bytes;
     }
     Ok(HttpResult {
         name: target.name.clone(),
@@ -137,5 +168,8 @@ pub async fn measure(
         errors,
         requests_per_second: merged.len() as f64 / duration.as_secs_f64(),
         latency: Latency::of(&merged),
+        body_bytes: bytes / merged.len().max(1),
+        connections,
+        accept_encoding: target.accept_encoding.clone(),
     })
 }

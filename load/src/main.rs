@@ -212,6 +212,9 @@ struct PrefetchBenchArgs {
     duration_s: u64,
     #[arg(long, default_value = "fight-night")]
     event: String,
+    /// Sent as `Accept-Encoding` by every prefetch request (`gzip`, `br`); unset: identity.
+    #[arg(long)]
+    accept_encoding: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -325,6 +328,7 @@ async fn overload(args: OverloadArgs) -> anyhow::Result<()> {
                 body,
                 tokens,
                 priority: Some(priority),
+                accept_encoding: None,
             },
             rate_per_second: rate,
             connections,
@@ -428,6 +432,7 @@ async fn capacity(args: CapacityArgs) -> anyhow::Result<()> {
         body: Some(body),
         tokens: args.fleet.tokens(args.fleet.profiles)?.into(),
         priority: None,
+        accept_encoding: None,
     };
     let result = load::http_bench::measure(
         &args.fleet.server,
@@ -513,6 +518,14 @@ async fn kickoff(args: KickoffArgs) -> anyhow::Result<()> {
 }
 
 /// The prefetch query the benchmarks send: one event's rows for every stage.
+/// A device's full prefetch: every upcoming event, every stage's billboard and rows with card
+/// ids, titles and one artwork URL each, and the event pages (the query of the prefetch tests).
+const FULL_PREFETCH: &str = "{ prefetch { profileId cacheHint { ttlSeconds events { eventId version } } \
+    events { id topic title stages builtForVersion state { topic version stage publishedAtMs payload } \
+    byStage { stage home { billboard { id title artwork(sizes: [BILLBOARD]) { size url width height } } \
+    rows { id kind title cards { id title genres maturity runtimeMinutes artwork(sizes: [POSTER_SMALL]) { url } } } } \
+    eventPage { hero { id } rows { kind cards { id } } } } } } }";
+
 fn event_query(event: &str) -> String {
     format!(
         r#"{{ event(id: "{event}") {{ builtForVersion byStage {{ stage home {{ billboard {{ id }} rows {{ id title cards {{ id title artwork(sizes: [POSTER_SMALL]) {{ url }} }} }} }} }} }} }}"#
@@ -521,11 +534,22 @@ fn event_query(event: &str) -> String {
 
 async fn prefetch_bench(args: PrefetchBenchArgs) -> anyhow::Result<()> {
     load::system::require_loopback(&args.fleet.server)?;
-    let body = bytes::Bytes::from(serde_json::to_vec(
-        &serde_json::json!({ "query": event_query(&args.event) }),
-    )?);
-    let hit_token = args.fleet.tokens(1)?;
-    let miss_tokens = args.fleet.tokens(args.fleet.profiles)?;
+    let body = |query: &str| -> anyhow::Result<bytes::Bytes> {
+        Ok(serde_json::to_vec(&serde_json::json!({ "query": query }))?.into())
+    };
+    let (one_event, full) = (body(&event_query(&args.event))?, body(FULL_PREFETCH)?);
+    let hit_token: std::sync::Arc<[String]> = args.fleet.tokens(1)?.into();
+    let miss_tokens: std::sync::Arc<[String]> = args.fleet.tokens(args.fleet.profiles)?.into();
+    let prefetch =
+        |name: &str, body: &bytes::Bytes, tokens: &std::sync::Arc<[String]>| HttpTarget {
+            name: name.into(),
+            method: "POST",
+            path: "/graphql".into(),
+            body: Some(body.clone()),
+            tokens: tokens.clone(),
+            priority: None,
+            accept_encoding: args.accept_encoding.clone(),
+        };
     let targets = [
         HttpTarget {
             name: "trivial handler (GET /healthz)".into(),
@@ -534,23 +558,12 @@ async fn prefetch_bench(args: PrefetchBenchArgs) -> anyhow::Result<()> {
             body: None,
             tokens: Vec::new().into(),
             priority: None,
+            accept_encoding: None,
         },
-        HttpTarget {
-            name: "prefetch, node-cache hit".into(),
-            method: "POST",
-            path: "/graphql".into(),
-            body: Some(body.clone()),
-            tokens: hit_token.into(),
-            priority: None,
-        },
-        HttpTarget {
-            name: "prefetch, node-cache miss".into(),
-            method: "POST",
-            path: "/graphql".into(),
-            body: Some(body),
-            tokens: miss_tokens.into(),
-            priority: None,
-        },
+        prefetch("one event, hit (one profile)", &one_event, &hit_token),
+        prefetch("one event, miss (a new profile)", &one_event, &miss_tokens),
+        prefetch("full prefetch, hit (one profile)", &full, &hit_token),
+        prefetch("full prefetch, miss (a new profile)", &full, &miss_tokens),
     ];
     let duration = Duration::from_secs(args.duration_s);
     let load_before = load::system::load_average();
@@ -560,11 +573,12 @@ async fn prefetch_bench(args: PrefetchBenchArgs) -> anyhow::Result<()> {
             load::http_bench::measure(&args.fleet.server, target, args.connections, duration)
                 .await?;
         println!(
-            "{:<34} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+            "{:<36} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  {:>7} B/answer  errors {}",
             result.name,
             result.requests_per_second,
             result.latency.p50_ms,
             result.latency.p99_ms,
+            result.body_bytes,
             result.errors
         );
         results.push(result);
