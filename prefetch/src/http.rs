@@ -46,6 +46,7 @@ use tower::Layer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::PrefetchError;
+use crate::compiled::Written;
 use crate::limits;
 use crate::responses::{Encoding, ResponseKey, events_fingerprint};
 use crate::schema::{RequestScope, ResponseHints};
@@ -607,41 +608,72 @@ async fn run(
                 return prefetch_error_response(media, &error);
             }
         };
-    let hints = Arc::new(Mutex::new(ResponseHints::default()));
-    let scope = RequestScope {
+    let deadline = tokio::time::Instant::now() + service.config.execution_timeout;
+    let timed_out = || {
+        service.metrics.request_errors.increment();
+        let ms = service.config.execution_timeout.as_millis();
+        prefetch_error_response(
+            media,
+            &PrefetchError::Timeout {
+                ms: u64::try_from(ms).unwrap_or(u64::MAX),
+            },
+        )
+    };
+    let scope = |hints: &Arc<Mutex<ResponseHints>>| RequestScope {
         service: service.clone(),
-        profile_id: device.profile,
+        profile_id: device.profile.clone(),
         hints: hints.clone(),
         ttl_seconds: ttl.as_secs() as u32,
     };
-    let mut graphql = async_graphql::Request::new(&*query).data(scope);
-    graphql.set_parsed_query(document);
-    if let Some(name) = request.operation_name {
-        graphql = graphql.operation_name(name);
+    let mut hints = Arc::new(Mutex::new(ResponseHints::default()));
+    // The compiled fast path when the query is in its subset; where it gives way (the
+    // executor would answer an error), the executor starts over with hints of its own.
+    let operation = request.operation_name.as_deref();
+    let mut compiled = None;
+    if let Some(plan) = service.plans.get(&query, operation, &document) {
+        let limit = service.config.max_response_bytes;
+        match tokio::time::timeout_at(deadline, plan.run(&scope(&hints), limit)).await {
+            Err(_) => return timed_out(),
+            Ok(Written::Data(data)) => compiled = Some(data),
+            Ok(Written::TooLarge) => {
+                service.metrics.request_errors.increment();
+                let error = PrefetchError::ResponseTooLarge { max: limit };
+                return prefetch_error_response(media, &error);
+            }
+            Ok(Written::GiveWay) => hints = Arc::new(Mutex::new(ResponseHints::default())),
+        }
     }
-    if let Some(variables) = request.variables {
-        graphql = graphql.variables(Variables::from_json(variables));
-    }
-    let timeout = service.config.execution_timeout;
-    let Ok(mut response) = tokio::time::timeout(timeout, service.schema.execute(graphql)).await
-    else {
-        service.metrics.request_errors.increment();
-        return prefetch_error_response(
-            media,
-            &PrefetchError::Timeout {
-                ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            },
-        );
+    service.metrics.count_path(compiled.is_some());
+    let mut response = match compiled {
+        Some(data) => Executed::Compiled(data),
+        None => {
+            let mut graphql = async_graphql::Request::new(&*query).data(scope(&hints));
+            graphql.set_parsed_query(document);
+            if let Some(name) = request.operation_name {
+                graphql = graphql.operation_name(name);
+            }
+            if let Some(variables) = request.variables {
+                graphql = graphql.variables(Variables::from_json(variables));
+            }
+            match tokio::time::timeout_at(deadline, service.schema.execute(graphql)).await {
+                Ok(response) => Executed::Executor(response),
+                Err(_) => return timed_out(),
+            }
+        }
+    };
+    let errors = match &mut response {
+        Executed::Compiled(_) => &mut Vec::new(),
+        Executed::Executor(response) => &mut response.errors,
     };
     // Errors without a path are the request's own (validation); resolver errors have one.
-    let validated = response.errors.iter().all(|error| !error.path.is_empty());
+    let validated = errors.iter().all(|error| !error.path.is_empty());
     if let (Some(hash), true) = (register_as, validated) {
         service.remember_persisted_query(hash, query.clone()).await;
     }
-    for error in &mut response.errors {
+    for error in errors.iter_mut() {
         give_code(error, &service.metrics.error_log);
     }
-    let failed = !response.errors.is_empty();
+    let failed = !errors.is_empty();
     if failed {
         service.metrics.request_errors.increment();
     }
@@ -651,16 +683,19 @@ async fn run(
         .map(|(event, version)| serde_json::json!({ "eventId": event, "version": version }))
         .collect();
     let hint = serde_json::json!({ "ttlSeconds": ttl.as_secs(), "events": versions });
-    response.extensions.insert(
-        "cacheHint".into(),
-        async_graphql::Value::from_json(hint).unwrap_or(async_graphql::Value::Null),
-    );
+    let hint = async_graphql::Value::from_json(hint).unwrap_or(async_graphql::Value::Null);
+    match &mut response {
+        Executed::Compiled(_) => {}
+        Executed::Executor(response) => {
+            response.extensions.insert("cacheHint".into(), hint.clone());
+        }
+    }
     let limit = service.config.max_response_bytes;
     let mut body = BoundedBody {
         bytes: Vec::new(),
         limit,
     };
-    let Ok(etag) = write_response(&mut body, &response, &built_for) else {
+    let Ok(etag) = write_response(&mut body, &response, hint, &built_for) else {
         service.metrics.request_errors.increment();
         return prefetch_error_response(media, &PrefetchError::ResponseTooLarge { max: limit });
     };
@@ -738,15 +773,26 @@ fn set_validators(headers: &mut HeaderMap, etag: Option<&str>, method: Method) {
     }
 }
 
-/// Serializes `response` into `body` as async-graphql would, and returns the answer's entity
-/// tag when it has no errors (an answer with errors is never cached, so it gets none).
+/// How a request was answered: the compiled fast path's `data` bytes, or the executor's
+/// response.
+enum Executed {
+    Compiled(Vec<u8>),
+    Executor(async_graphql::Response),
+}
+
+/// Serializes the answer into `body` as async-graphql would (for the fast path's bytes, the
+/// same `{"data":…,"extensions":{"cacheHint":…}}` around them), and returns the answer's
+/// entity tag when it has no errors (an answer with errors is never cached, so it gets none).
 fn write_response(
     body: &mut BoundedBody,
-    response: &async_graphql::Response,
+    executed: &Executed,
+    hint: async_graphql::Value,
     built_for: &BTreeMap<String, u64>,
 ) -> Result<Option<String>, serde_json::Error> {
     use std::io::Write as _;
-    if !response.errors.is_empty() {
+    if let Executed::Executor(response) = executed
+        && !response.errors.is_empty()
+    {
         serde_json::to_writer(&mut *body, response)?;
         return Ok(None);
     }
@@ -755,12 +801,23 @@ fn write_response(
     body.write_all(b"{\"data\":")
         .map_err(serde_json::Error::io)?;
     let data_start = body.bytes.len();
-    serde_json::to_writer(&mut *body, &response.data)?;
+    let compiled_extensions;
+    let extensions = match executed {
+        Executed::Compiled(data) => {
+            body.write_all(data).map_err(serde_json::Error::io)?;
+            compiled_extensions = BTreeMap::from([("cacheHint".to_owned(), hint)]);
+            &compiled_extensions
+        }
+        Executed::Executor(response) => {
+            serde_json::to_writer(&mut *body, &response.data)?;
+            &response.extensions
+        }
+    };
     let etag = entity_tag(&body.bytes[data_start..], built_for);
-    if !response.extensions.is_empty() {
+    if !extensions.is_empty() {
         body.write_all(b",\"extensions\":")
             .map_err(serde_json::Error::io)?;
-        serde_json::to_writer(&mut *body, &response.extensions)?;
+        serde_json::to_writer(&mut *body, extensions)?;
     }
     body.write_all(b"}").map_err(serde_json::Error::io)?;
     Ok(Some(etag))

@@ -13,12 +13,14 @@
 //!   pages they were built from are unchanged.
 //! - [`service`]: [`PrefetchService`] ties them together: pools per event, page loading,
 //!   background materialization.
-//! - [`schema`]: the GraphQL schema; [`http`]: `POST`/`GET /graphql` with device-token auth,
+//! - [`schema`]: the GraphQL schema; [`compiled`]: known queries planned once and answered by
+//!   writing JSON from the pages, byte for byte what the executor writes; [`http`]: `POST`/`GET /graphql` with device-token auth,
 //!   persisted queries, limits and cache headers; [`limits`]: nesting, depth, selection and alias
 //!   limits, checked before a query executes ([`limits::parse_and_check`]).
 
 pub mod cache;
 pub mod catalog;
+pub mod compiled;
 pub mod generate;
 pub mod http;
 pub mod jsonl;
@@ -28,6 +30,8 @@ pub mod responses;
 pub mod schema;
 pub mod service;
 pub mod store;
+#[cfg(test)]
+mod testing;
 
 use futures_util::future::BoxFuture;
 use ringside_protocol::{EventId, EventState, Stage};

@@ -399,97 +399,15 @@ impl ResponseCache {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use axum::body::Body;
     use axum::http::Request;
-    use futures_util::future::BoxFuture;
-    use ringside_auth::{DeviceClaims, DeviceClass, DeviceTokenKey};
-    use ringside_protocol::{EventId, EventState, Payload, Priority, Stage};
+    use ringside_protocol::{EventState, Payload, Priority};
     use tower::ServiceExt;
 
     use super::*;
-    use crate::catalog::Catalog;
-    use crate::generate::{DatasetSize, generate};
-    use crate::store::{MemoryPageStore, PageStore};
-    use crate::{EventSource, PrefetchConfig, PrefetchService};
-
-    /// Events a test changes while the service runs.
-    struct Events(Mutex<Vec<LiveEvent>>);
-
-    impl EventSource for Events {
-        fn events(&self) -> BoxFuture<'_, Vec<LiveEvent>> {
-            let events = self.0.lock().unwrap().clone();
-            Box::pin(async move { events })
-        }
-    }
-
-    struct Node {
-        catalog: Arc<Catalog>,
-        store: Arc<MemoryPageStore>,
-        events: Arc<Events>,
-        key: DeviceTokenKey,
-    }
-
-    impl Node {
-        fn new() -> Self {
-            let dataset = generate(DatasetSize {
-                titles: 1_000,
-                profiles: 60,
-                seed: 3,
-            });
-            let catalog =
-                Arc::new(Catalog::build(dataset.titles, dataset.profiles, dataset.events).unwrap());
-            let events = catalog
-                .events
-                .iter()
-                .map(|event| LiveEvent {
-                    id: EventId::parse(&event.content.id).unwrap(),
-                    title: event.content.title.clone(),
-                    starts_at: event.content.starts_at.clone(),
-                    stages: event
-                        .content
-                        .stages
-                        .iter()
-                        .map(|s| Stage::parse(s).unwrap())
-                        .collect(),
-                    state: None,
-                })
-                .collect();
-            Self {
-                store: Arc::new(MemoryPageStore::new(catalog.clone())),
-                catalog,
-                events: Arc::new(Events(Mutex::new(events))),
-                key: DeviceTokenKey::new(b"a-device-secret-of-32-bytes-or-more!").unwrap(),
-            }
-        }
-
-        /// A service over this node's store and events, with `responses` as its cache.
-        fn service(&self, responses: ResponseCacheConfig) -> Arc<PrefetchService> {
-            PrefetchService::new(
-                self.catalog.clone(),
-                self.store.clone(),
-                self.events.clone(),
-                self.key.clone(),
-                PrefetchConfig {
-                    responses,
-                    ..PrefetchConfig::default()
-                },
-                &Registry::new(),
-            )
-        }
-
-        fn token(&self, profile: usize) -> String {
-            self.key.sign(&DeviceClaims {
-                sub: format!("tv-{profile}"),
-                profile: self.catalog.profiles[profile].id.to_string(),
-                class: DeviceClass::Tv,
-                exp: ringside_protocol::unix_now_ms() / 1000 + 3600,
-                nbf: None,
-                priority: None,
-            })
-        }
-    }
+    use crate::store::PageStore;
+    use crate::testing::Node;
+    use crate::{EventSource, PrefetchService};
 
     const QUERY: &str = "{ prefetch { cacheHint { ttlSeconds events { eventId version } } \
                          events { id title state { version stage } byStage { stage home { \
@@ -528,11 +446,8 @@ mod tests {
     #[tokio::test]
     async fn a_kept_answer_is_the_executors_bytes_until_an_event_or_a_page_changes() {
         let node = Node::new();
-        let cached = node.service(ResponseCacheConfig::default());
-        let executed = node.service(ResponseCacheConfig {
-            max_bytes: 0,
-            ..ResponseCacheConfig::default()
-        });
+        let cached = node.service_with(|c| c.responses = ResponseCacheConfig::default());
+        let executed = node.service_with(|c| c.responses.max_bytes = 0);
         assert!(!executed.responses.enabled());
         let token = node.token(1);
 
@@ -609,10 +524,7 @@ mod tests {
     async fn the_cache_stays_within_its_bound_under_many_profiles() {
         let node = Node::new();
         let bound = 64 * 1024;
-        let service = node.service(ResponseCacheConfig {
-            max_bytes: bound,
-            ..ResponseCacheConfig::default()
-        });
+        let service = node.service_with(|c| c.responses.max_bytes = bound);
         let mut answered = 0;
         for profile in 0..node.catalog.profiles.len() {
             answered += ask(&service, &node.token(profile)).await.len() as u64;
@@ -646,7 +558,7 @@ mod tests {
     async fn compressed_bytes_are_made_once_kept_and_counted() {
         use std::io::Read as _;
         let node = Node::new();
-        let service = node.service(ResponseCacheConfig::default());
+        let service = node.service_with(|c| c.responses = ResponseCacheConfig::default());
         let token = node.token(4);
         let body = ask(&service, &token).await;
         let key = ResponseKey {

@@ -59,7 +59,12 @@ pub struct RequestScope {
 }
 
 impl RequestScope {
-    async fn event_prefetch(&self, event: LiveEvent) -> Result<EventPrefetch, PrefetchError> {
+    /// One event's content for this request's profile, its version and page recorded in the
+    /// hints (the executor's resolvers and the compiled fast path both load through it).
+    pub(crate) async fn event_prefetch(
+        &self,
+        event: LiveEvent,
+    ) -> Result<EventPrefetch, PrefetchError> {
         let profile = self.service.page_profile(&self.profile_id);
         let (page, key, blob) = self.service.page(&event, &profile).await?;
         let version = event.state.as_ref().map_or(0, |s| s.version);
@@ -208,14 +213,14 @@ pub struct EventStateObject {
 
 /// One event's content for every stage.
 pub struct EventPrefetch {
-    catalog: Arc<Catalog>,
-    artwork_base: Arc<str>,
-    event: LiveEvent,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) artwork_base: Arc<str>,
+    pub(crate) event: LiveEvent,
     page: Arc<Page>,
 }
 
 impl EventPrefetch {
-    fn stage_content(&self, index: usize) -> Option<StageContent> {
+    pub(crate) fn stage_content(&self, index: usize) -> Option<StageContent> {
         let page = self.page.stages.iter().find(|s| s.stage == index)?;
         let stage = self.event.stages.get(index)?.to_string();
         let card = |title: u32| TitleCard {
@@ -401,7 +406,7 @@ pub struct Artwork {
 /// A title as a card: display metadata and artwork references.
 pub struct TitleCard {
     catalog: Arc<Catalog>,
-    index: u32,
+    pub(crate) index: u32,
     artwork_base: Arc<str>,
 }
 

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::cache::{CacheConfig, CacheMetrics, PageCache, PageLoader};
 use crate::catalog::Catalog;
+use crate::compiled::{CompiledConfig, Plans};
 use crate::limits::QueryLimits;
 use crate::materialize::{EventPool, EventSpec, Page, decode, encode, fingerprint_of, materialize};
 use crate::responses::{ResponseCache, ResponseCacheConfig};
@@ -26,6 +27,8 @@ pub struct PrefetchConfig {
     pub cache: CacheConfig,
     /// Answers kept as bytes and sent again while nothing they were built from changed.
     pub responses: ResponseCacheConfig,
+    /// Known queries planned once and answered without the general executor.
+    pub compiled: CompiledConfig,
     /// Mean lifetime devices should give a prefetch in their own cache.
     pub device_ttl: Duration,
     /// Relative spread of the device TTL (0.2: ±20 %), drawn per response.
@@ -67,6 +70,7 @@ impl Default for PrefetchConfig {
         Self {
             cache: CacheConfig::default(),
             responses: ResponseCacheConfig::default(),
+            compiled: CompiledConfig::default(),
             device_ttl: Duration::from_secs(1800),
             device_ttl_jitter: 0.2,
             artwork_base_url: "https://artwork.ringside.invalid/".into(),
@@ -120,6 +124,12 @@ impl PrefetchConfig {
                 || self.responses.ttl > Duration::from_secs(24 * 3600))
         {
             return fail("responses.ttl", "must be between 1 s and 24 h");
+        }
+        if self.compiled.plans > 100_000 {
+            return fail("compiled.plans", "must be at most 100000");
+        }
+        if self.compiled.card_bytes > 16 * 1024 * 1024 * 1024 {
+            return fail("compiled.card_bytes", "must be at most 16 GiB");
         }
         if !(0.0..=1.0).contains(&self.device_ttl_jitter) {
             return fail("device_ttl_jitter", "must be between 0 and 1");
@@ -188,9 +198,22 @@ pub(crate) struct PrefetchMetrics {
     pub requests: Arc<Counter>,
     pub request_errors: Arc<Counter>,
     pub request_latency: Arc<Histogram>,
+    /// Requests answered by the compiled fast path, and by the executor.
+    pub compiled: Arc<Counter>,
+    pub executed: Arc<Counter>,
     /// Budget of the per-request warning about resolver errors without a code: under
     /// overload it must not become a log flood.
     pub error_log: LogBudget,
+}
+
+impl PrefetchMetrics {
+    pub fn count_path(&self, compiled: bool) {
+        if compiled {
+            self.compiled.increment();
+        } else {
+            self.executed.increment();
+        }
+    }
 }
 
 /// Loads pages: from the store, or materialized on demand when the store has none (yet) for
@@ -353,6 +376,7 @@ pub struct PrefetchService {
     pub(crate) schema: PrefetchSchema,
     pub(crate) persisted: moka::sync::Cache<String, Arc<str>>,
     pub(crate) responses: ResponseCache,
+    pub(crate) plans: Plans,
 }
 
 impl std::fmt::Debug for PrefetchService {
@@ -372,6 +396,13 @@ impl PrefetchService {
         config: PrefetchConfig,
         registry: &Registry,
     ) -> Arc<Self> {
+        let [compiled, executed] = registry.counter_family(
+            "ringside_prefetch_answers_total",
+            "Prefetch requests past the response cache, by the path that answered them: \
+             compiled (a planned query written from the pages) or executor (async-graphql).",
+            "path",
+            ["compiled", "executor"],
+        );
         let metrics = Arc::new(PrefetchMetrics {
             store_reads: registry.counter(
                 "ringside_prefetch_store_reads_total",
@@ -393,6 +424,8 @@ impl PrefetchService {
                 "ringside_prefetch_request_seconds",
                 "GraphQL request latency.",
             ),
+            compiled,
+            executed,
             error_log: LogBudget::new(registry, "graphql_internal_error", 5),
         });
         let source = Arc::new(PageSource {
@@ -409,6 +442,7 @@ impl PrefetchService {
         Arc::new(Self {
             schema: build_schema(config.limits, config.introspection),
             responses: ResponseCache::new(config.responses.clone(), registry),
+            plans: Plans::new(&config.compiled, registry),
             persisted: moka::sync::Cache::builder()
                 .max_capacity(config.persisted_query_bytes)
                 .weigher(|hash: &String, query: &Arc<str>| {

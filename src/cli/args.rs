@@ -11,6 +11,7 @@ use ringside::secrets::{self, Secrets};
 use ringside::server::{BusSetup, PrefetchSetup};
 use ringside_prefetch::PrefetchConfig;
 use ringside_prefetch::cache::CacheConfig;
+use ringside_prefetch::compiled::CompiledConfig;
 use ringside_prefetch::generate::DatasetSize;
 use ringside_prefetch::responses::ResponseCacheConfig;
 use ringside_protection::ProtectionConfig;
@@ -132,6 +133,18 @@ pub(crate) struct PrefetchArgs {
         help = "Mean lifetime of a kept prefetch answer [default: 300]"
     )]
     response_cache_ttl_s: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_COMPILED_PLANS",
+        help = "Query texts whose compiled plan is kept, 0 for no fast path [default: 256]"
+    )]
+    compiled_plans: Option<u64>,
+    #[arg(
+        long,
+        env = "RINGSIDE_COMPILED_CARD_BYTES",
+        help = "Bytes of rendered title cards kept by compiled plans [default: 67108864]"
+    )]
+    compiled_card_bytes: Option<usize>,
     #[arg(
         long,
         env = "RINGSIDE_DEVICE_CACHE_TTL_S",
@@ -257,6 +270,12 @@ impl PrefetchArgs {
                 ttl: secs(self.response_cache_ttl_s, defaults.responses.ttl),
                 // The server sets it from the HTTP layer's `--compression-min-bytes`.
                 ..defaults.responses
+            },
+            compiled: CompiledConfig {
+                plans: self.compiled_plans.unwrap_or(defaults.compiled.plans),
+                card_bytes: self
+                    .compiled_card_bytes
+                    .unwrap_or(defaults.compiled.card_bytes),
             },
             device_ttl: secs(self.device_cache_ttl_s, defaults.device_ttl),
             device_ttl_jitter: self

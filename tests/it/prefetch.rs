@@ -897,7 +897,7 @@ async fn a_query_past_its_execution_deadline_is_answered_timeout() {
     }
     assert!(warmed, "a small query finishes within the deadline");
     // About a second of work in this build (30 aliased artwork lists per card).
-    let query = thirty_artwork_lists_per_card();
+    let query = thirty_artwork_lists_per_card(Path::Executor);
     let (response, body) = server.graphql(&device, json!({ "query": query })).await;
     assert_eq!(response.status, 200);
     let text = body.to_string();
@@ -917,18 +917,20 @@ async fn a_query_past_its_execution_deadline_is_answered_timeout() {
 async fn a_response_past_its_limit_is_refused() {
     let server = TestServer::start().await;
     let device = token("p000046");
-    let query = thirty_artwork_lists_per_card();
-    let (response, body) = server.graphql(&device, json!({ "query": query })).await;
-    assert_eq!(response.status, 200);
-    let text = body.to_string();
-    assert_eq!(
-        error_code(&body),
-        "RESPONSE_TOO_LARGE",
-        "{}",
-        &text[..text.len().min(200)]
-    );
-    assert!(response.body.len() < 1024, "{} bytes", response.body.len());
-    assert_eq!(response.headers["cache-control"], "no-store");
+    for path in [Path::Compiled, Path::Executor] {
+        let query = thirty_artwork_lists_per_card(path);
+        let (response, body) = server.graphql(&device, json!({ "query": query })).await;
+        assert_eq!(response.status, 200);
+        let text = body.to_string();
+        assert_eq!(
+            error_code(&body),
+            "RESPONSE_TOO_LARGE",
+            "{path:?}: {}",
+            &text[..text.len().min(200)]
+        );
+        assert!(response.body.len() < 1024, "{} bytes", response.body.len());
+        assert_eq!(response.headers["cache-control"], "no-store");
+    }
     // The full prefetch is far below the limit.
     let (_, body) = server
         .graphql(&device, json!({ "query": FULL_PREFETCH }))
@@ -937,14 +939,28 @@ async fn a_response_past_its_limit_is_refused() {
     server.stop().await;
 }
 
-/// A query within every limit whose answer is heavy: 30 aliased artwork lists per card.
-fn thirty_artwork_lists_per_card() -> String {
+/// A query whose answer is far past the response limit. `Path::Executor` puts the cards'
+/// fields in a fragment, which the compiled fast path leaves to async-graphql (there it is
+/// about a second of work in this build); `Path::Compiled` is the same query without one.
+fn thirty_artwork_lists_per_card(path: Path) -> String {
     let artwork: String = (0..30)
         .map(|i| format!("a{i}: artwork {{ size url width height }} "))
         .collect();
-    format!(
-        "{{ prefetch {{ events {{ byStage {{ home {{ rows {{ cards {{ id title {artwork} }} }} }} }} }} }} }}"
-    )
+    match path {
+        Path::Compiled => format!(
+            "{{ prefetch {{ events {{ byStage {{ home {{ rows {{ cards {{ id title {artwork} }} }} }} }} }} }} }}"
+        ),
+        Path::Executor => format!(
+            "{{ prefetch {{ events {{ byStage {{ home {{ rows {{ cards {{ ...Card }} }} }} }} }} }} }} \
+             fragment Card on TitleCard {{ id title {artwork} }}"
+        ),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    Compiled,
+    Executor,
 }
 
 /// `/graphql` as GraphQL over HTTP says: the answer's media type follows `Accept`; in
@@ -1319,4 +1335,52 @@ async fn introspection_is_answered_only_where_it_is_on() {
     let (_, body) = off.graphql(&device, prefetch).await;
     assert_eq!(body["data"]["prefetch"]["profileId"], "p000010", "{body}");
     off.stop().await;
+}
+
+/// The full prefetch is answered by the compiled fast path; a query outside its subset (a
+/// fragment) and one whose answer is an error (an unknown stage) by the executor, with the
+/// same data and the same error codes as ever.
+#[tokio::test]
+async fn known_queries_take_the_compiled_path_and_the_rest_the_executor() {
+    const COMPILED: &str = r#"ringside_prefetch_answers_total{path="compiled"}"#;
+    const EXECUTOR: &str = r#"ringside_prefetch_answers_total{path="executor"}"#;
+    let server = TestServer::start().await;
+    let device = token("p000011");
+    let (response, full) = server
+        .graphql(&device, json!({ "query": FULL_PREFETCH }))
+        .await;
+    assert_eq!(response.status, 200);
+    assert!(full.get("errors").is_none(), "{full}");
+    assert_eq!(
+        (server.metric(COMPILED).await, server.metric(EXECUTOR).await),
+        (1, 0)
+    );
+
+    let fragment = "{ prefetch { ...P } } fragment P on Prefetch { profileId events { id title } }";
+    let (_, executed) = server.graphql(&device, json!({ "query": fragment })).await;
+    assert!(executed.get("errors").is_none(), "{executed}");
+    assert_eq!(server.metric(EXECUTOR).await, 1);
+    let events = |answer: &Value| -> Vec<(Value, Value)> {
+        answer["data"]["prefetch"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["id"].clone(), e["title"].clone()))
+            .collect()
+    };
+    assert_eq!(events(&executed), events(&full));
+    assert_eq!(
+        executed["data"]["prefetch"]["profileId"],
+        full["data"]["prefetch"]["profileId"]
+    );
+
+    let unknown = r#"{ event(id: "fight-night") { stage(name: "NO_SUCH_STAGE") { stage } } }"#;
+    let (_, failed) = server.graphql(&device, json!({ "query": unknown })).await;
+    assert_eq!(error_code(&failed), "UNKNOWN_STAGE", "{failed}");
+    assert_eq!(
+        (server.metric(COMPILED).await, server.metric(EXECUTOR).await),
+        (1, 2),
+        "the plan gave way to the executor"
+    );
+    server.stop().await;
 }
