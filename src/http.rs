@@ -36,13 +36,14 @@ use hyper::body::{Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use ringside_protection::{Protection, ProtectionConfig};
+use ringside_protection::{PaceLayer, Protection, ProtectionConfig};
 use ringside_protocol::admin::{ApiError, ApiErrorCode};
 use ringside_telemetry::{LogBudget, Registry};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::Layer as _;
 
 /// Limits of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -226,7 +227,8 @@ async fn accept_loop(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(router.clone());
+        // One pace per connection (protection pauses a connection whose request it shed).
+        let service = TowerToHyperService::new(PaceLayer.layer(router.clone()));
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();

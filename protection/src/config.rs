@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use ringside_protocol::Priority;
 use ringside_protocol::admin::{PerClass, ProtectionMode, RulesetMode};
 
 use crate::RetryAfter;
@@ -71,6 +72,12 @@ pub struct ProtectionConfig {
     pub lag_limits: PerClass<Option<Duration>>,
     /// The same while the ruleset is active.
     pub tightened_lag_limits: PerClass<Option<Duration>>,
+    /// Per class, how long a keep-alive connection is not served after one of its requests
+    /// was shed (default critical and degraded 0: never, best_effort and bulk 1 s; at most
+    /// 60 s). A client that honours `Retry-After` waits longer anyway; one that does not is
+    /// held to one request per pause instead of keeping the node busy refusing it
+    /// ([`crate::pace`]).
+    pub shed_pause: PerClass<Duration>,
 }
 
 impl Default for ProtectionConfig {
@@ -128,6 +135,12 @@ impl Default for ProtectionConfig {
                 degraded: Some(Duration::from_millis(250)),
                 best_effort: Some(Duration::from_millis(20)),
                 bulk: Some(Duration::from_millis(10)),
+            },
+            shed_pause: PerClass {
+                critical: Duration::ZERO,
+                degraded: Duration::ZERO,
+                best_effort: Duration::from_secs(1),
+                bulk: Duration::from_secs(1),
             },
         }
     }
@@ -247,6 +260,12 @@ impl ProtectionConfig {
         }
         if !between(self.fleet_poll_interval, 100 * ms, 60 * s) {
             return fail("fleet_poll_interval", "must be between 100 ms and 60 s");
+        }
+        if Priority::ALL
+            .into_iter()
+            .any(|class| self.shed_pause.get(class) > 60 * s)
+        {
+            return fail("shed_pause", "must be at most 60 s");
         }
         Ok(())
     }

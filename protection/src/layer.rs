@@ -8,7 +8,8 @@
 //!   sample of the adaptive limit unless the response says it streams ([`Streaming`]).
 //! - Shed: answered at once, never queued: `503` with a jittered `Retry-After` from the
 //!   class's window; on `/graphql` a GraphQL error with `extensions.code` `OVERLOADED`,
-//!   `retry_after_ms` and `class`, elsewhere the API error `overloaded`.
+//!   `retry_after_ms` and `class`, elsewhere the API error `overloaded`. The connection's next
+//!   request then waits out the class's shed pause ([`crate::pace`]).
 //! - An unknown `x-ringside-priority` value: `400` naming the header (GraphQL-shaped on
 //!   `/graphql`), whether protection is on or off.
 //!
@@ -31,6 +32,7 @@ use tower::{Layer, Service};
 
 use crate::Protection;
 use crate::classify::{BadPriorityHeader, RequestClass, Route, classify};
+use crate::pace::ConnectionPace;
 
 /// The layer; cheap to clone (one `Arc`).
 #[derive(Debug, Clone)]
@@ -91,7 +93,10 @@ where
         };
         let Some(ticket) = self.protection.admit(class) else {
             return ResponseFuture::Refused {
-                response: Some(self.protection.shed_response(class)),
+                response: Some(
+                    self.protection
+                        .shed_response(class, request.extensions().get::<Arc<ConnectionPace>>()),
+                ),
             };
         };
         request.extensions_mut().insert(class);

@@ -21,6 +21,7 @@ pub mod classify;
 pub mod config;
 pub mod layer;
 pub mod limit;
+pub mod pace;
 pub mod retry;
 pub mod ruleset;
 
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 pub use classify::{RequestClass, Route};
 pub use config::{ProtectionConfig, ProtectionConfigError};
 pub use layer::{ProtectionLayer, Streaming};
+pub use pace::{ConnectionPace, PaceLayer};
 pub use retry::{RetryAfter, retry_after};
 
 use crate::layer::Ticket;
@@ -57,6 +59,7 @@ struct ProtectionMetrics {
     admitted: ClassRouteCounters,
     latency: Arc<Histogram>,
     bad_headers: Arc<Counter>,
+    paused_connections: Arc<Counter>,
 }
 
 fn class_route_counters(
@@ -122,6 +125,11 @@ impl Protection {
             bad_headers: registry.counter(
                 "ringside_protection_bad_priority_header_total",
                 "Requests refused 400 for an unknown x-ringside-priority value.",
+            ),
+            paused_connections: registry.counter(
+                "ringside_protection_paused_connections_total",
+                "Keep-alive connections paused after one of their requests was shed (their \
+                 next request waits out the class's shed pause).",
             ),
         };
         let protection = Arc::new(Self {
@@ -258,7 +266,20 @@ impl Protection {
         }
     }
 
-    pub(crate) fn shed_response(&self, class: RequestClass) -> Response {
+    /// The answer to a shed request; its connection (when it has a pace) is paused for the
+    /// class's shed pause.
+    pub(crate) fn shed_response(
+        &self,
+        class: RequestClass,
+        pace: Option<&Arc<ConnectionPace>>,
+    ) -> Response {
+        let pause = self.config.shed_pause.get(class.class);
+        if let Some(pace) = pace
+            && !pause.is_zero()
+        {
+            pace.hold_for(pause);
+            self.metrics.paused_connections.increment();
+        }
         let retry_after = self.config.retry_after.get(class.class).draw();
         layer::overloaded_response(class.route, class.class, retry_after)
     }

@@ -15,7 +15,7 @@ use ringside_prefetch::compiled::CompiledConfig;
 use ringside_prefetch::generate::DatasetSize;
 use ringside_prefetch::responses::ResponseCacheConfig;
 use ringside_protection::ProtectionConfig;
-use ringside_protocol::admin::{ProtectionMode, RulesetMode};
+use ringside_protocol::admin::{PerClass, ProtectionMode, RulesetMode};
 
 /// Where prefetch content comes from and where it is kept (`materialize`).
 #[derive(Args)]
@@ -515,6 +515,12 @@ pub(crate) struct ProtectionArgs {
         help = "Requests per second that switch the ruleset on [default: none]"
     )]
     protection_max_request_rate: Option<u32>,
+    #[arg(
+        long,
+        env = "RINGSIDE_PROTECTION_SHED_PAUSE_MS",
+        help = "Pause of a keep-alive connection after its best_effort or bulk request was shed, 0 for none [default: 1000]"
+    )]
+    protection_shed_pause_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -563,6 +569,14 @@ impl ProtectionArgs {
             max_request_rate: self
                 .protection_max_request_rate
                 .or(defaults.max_request_rate),
+            shed_pause: match self.protection_shed_pause_ms.map(Duration::from_millis) {
+                None => defaults.shed_pause,
+                Some(pause) => PerClass {
+                    best_effort: pause,
+                    bulk: pause,
+                    ..defaults.shed_pause
+                },
+            },
             ..defaults
         }
     }

@@ -531,3 +531,80 @@ async fn a_switch_put_on_one_process_reaches_every_process_sharing_redis() {
     first.stop().await;
     second.stop().await;
 }
+
+/// One keep-alive connection, requests sent one after the other over it.
+struct KeepAlive(hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>);
+
+impl KeepAlive {
+    async fn open(server: &TestServer) -> Self {
+        let stream = TcpStream::connect(server.addr).await.unwrap();
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        Self(sender)
+    }
+
+    /// `GET /v1/admin/events` marked `class`: its status.
+    async fn admin_read(&mut self, class: &str) -> u16 {
+        let request = hyper::Request::get("/v1/admin/events")
+            .header("host", "ringside")
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .header(PRIORITY_HEADER, class)
+            .body(http_body_util::Full::default())
+            .unwrap();
+        self.0.ready().await.unwrap();
+        let response = self.0.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap();
+        status
+    }
+}
+
+/// A connection whose bulk request was shed is not served again until its pause has passed
+/// (the shed answer itself comes at once); another connection is served meanwhile, and a shed
+/// degraded request pauses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_bulk_request_was_shed_waits_out_its_pause() {
+    const PAUSE: Duration = Duration::from_secs(3);
+    let server = TestServer::start_with_http(|http| {
+        fixed(4, RulesetMode::Off)(http);
+        http.protection.shed_pause.bulk = PAUSE;
+    })
+    .await;
+    let mut held = Held::new();
+    // Bulk is admitted while in flight < 2, degraded while < 3.6.
+    held.up_to(&server, 4).await;
+    let mut paused = KeepAlive::open(&server).await;
+    assert_eq!(paused.admin_read("bulk").await, 503, "shed at once");
+    let shed_at = tokio::time::Instant::now();
+    let mut degraded = KeepAlive::open(&server).await;
+    assert_eq!(degraded.admin_read("degraded").await, 503);
+    held.release(&server).await;
+
+    let waiting = tokio::spawn(async move {
+        let status = paused.admin_read("bulk").await;
+        (status, shed_at.elapsed())
+    });
+    // Another connection, and the shed degraded one, are served while it waits.
+    let mut other = KeepAlive::open(&server).await;
+    assert_eq!(other.admin_read("bulk").await, 200);
+    assert_eq!(degraded.admin_read("degraded").await, 200);
+    assert!(
+        !waiting.is_finished(),
+        "the paused connection was served early"
+    );
+    let (status, waited) = waiting.await.unwrap();
+    assert_eq!(status, 200, "served once the pause has passed");
+    assert!(waited >= PAUSE - Duration::from_millis(100), "{waited:?}");
+    assert_eq!(
+        server
+            .metric("ringside_protection_paused_connections_total")
+            .await,
+        1
+    );
+    server.stop().await;
+}
