@@ -7,10 +7,12 @@
 //! grows in front of every request, an operator's publish included, where no concurrency limit
 //! can see it. So the shed answer is still written at once, and the connection's next request
 //! waits [`ProtectionConfig::shed_pause`](crate::ProtectionConfig::shed_pause) for its class
-//! (best-effort and bulk only by default) before it is looked at: such a connection sends at
-//! most one request per pause, and a client that honours `Retry-After` (a longer wait) never
-//! notices. Other connections are not affected; nothing is queued in the node (the waiting
-//! request holds a timer, no place under the limit).
+//! before it is looked at: such a connection sends at most one request per pause, and a client
+//! that honours `Retry-After` (a longer wait) never notices. Other connections are not
+//! affected; nothing is queued in the node (the waiting request holds a timer, no place under
+//! the limit). Off by default: against a fixed set of clients that ignore `Retry-After`, the
+//! paused connections also leave the node idle (goodput falls), so it is for operators who put
+//! the latency of the classes above first.
 //!
 //! [`PaceLayer`] goes outermost, around each accepted connection's service (one
 //! [`ConnectionPace`] per connection, in every request's extensions); the protection layer
