@@ -34,8 +34,10 @@ pub struct HttpTarget {
 #[derive(Debug, Clone, Serialize)]
 pub struct HttpResult {
     pub name: String,
+    /// Requests that succeeded (2xx without GraphQL errors); the rest are `errors`.
     pub requests: u64,
     pub errors: u64,
+    /// Successful requests per second.
     pub requests_per_second: f64,
     pub latency: Latency,
     /// Mean body bytes of an answer, as sent (compressed when it was).
@@ -143,10 +145,12 @@ pub async fn measure(
                 let started = Instant::now();
                 let (outcome, body) =
                     send_counting(&mut sender, &authority, &target, index).await?;
-                bytes += body as u64;
                 index += connections;
-                histogram.saturating_record((started.elapsed().as_micros() as u64).max(1));
-                if outcome != Outcome::Success {
+                // Only answers that succeeded count as throughput, latency and bytes.
+                if outcome == Outcome::Success {
+                    bytes += body as u64;
+                    histogram.saturating_record((started.elapsed().as_micros() as u64).max(1));
+                } else {
                     errors += 1;
                 }
             }

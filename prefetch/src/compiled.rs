@@ -87,6 +87,12 @@ impl Plans {
         }
     }
 
+    /// The plan of `query` (operation `operation`) if one was compiled already.
+    pub fn cached(&self, query: &Arc<str>, operation: Option<&str>) -> Option<Arc<Plan>> {
+        let key = (query.clone(), operation.map(str::to_owned));
+        self.plans.as_ref()?.get(&key).flatten()
+    }
+
     /// The plan of `query` (operation `operation`), compiled from `document` the first time;
     /// `None` when the fast path is off or the query is outside its subset.
     pub fn get(
@@ -379,33 +385,33 @@ impl Plan {
         Some(Self { key, root })
     }
 
-    /// The `data` object for the request of `scope`, within `limit` bytes.
-    pub async fn run(&self, scope: &RequestScope, limit: usize) -> Written {
+    /// The `data` object for the request of `scope`, within `limit` bytes, from `events` (the
+    /// event list as the node knows it now).
+    pub async fn run(&self, scope: &RequestScope, limit: usize, events: Vec<LiveEvent>) -> Written {
         let mut out = Out {
             bytes: Vec::with_capacity(4096),
             limit,
             too_large: false,
         };
-        match self.write(scope, &mut out).await {
+        match self.write(scope, &mut out, events).await {
             Some(()) => Written::Data(out.bytes),
             None if out.too_large => Written::TooLarge,
             None => Written::GiveWay,
         }
     }
 
-    async fn write(&self, scope: &RequestScope, out: &mut Out) -> Option<()> {
+    async fn write(
+        &self,
+        scope: &RequestScope,
+        out: &mut Out,
+        events: Vec<LiveEvent>,
+    ) -> Option<()> {
         out.push(b'{');
         out.extend_from_slice(&self.key);
         match &self.root {
             Root::Prefetch(fields) => {
-                let events: Vec<LiveEvent> = scope
-                    .service
-                    .events
-                    .events()
-                    .await
-                    .into_iter()
-                    .filter(LiveEvent::is_visible)
-                    .collect();
+                let events: Vec<LiveEvent> =
+                    events.into_iter().filter(LiveEvent::is_visible).collect();
                 let resolved = futures_util::future::try_join_all(
                     events.into_iter().map(|e| scope.event_prefetch(e)),
                 )
@@ -436,13 +442,7 @@ impl Plan {
                 })?;
             }
             Root::Event { id, fields } => {
-                let event = scope
-                    .service
-                    .events
-                    .events()
-                    .await
-                    .into_iter()
-                    .find(|e| e.id.as_str() == id)?;
+                let event = events.into_iter().find(|e| e.id.as_str() == id)?;
                 let event = scope.event_prefetch(event).await.ok()?;
                 write_event(out, fields, &event)?;
             }
@@ -1105,7 +1105,8 @@ mod tests {
             let plan = Plan::compile(&document, None, &service.plans.budget);
             let plan = plan.ok_or_else(|| TestCaseError::fail(format!("not compiled: {query}")))?;
             let fast = scope(service, &profile, ttl);
-            let written = plan.run(&fast, usize::MAX).await;
+            let events = service.events.events().await;
+            let written = plan.run(&fast, usize::MAX, events).await;
             let executor = scope(service, &profile, ttl);
             let request = async_graphql::Request::new(query.as_str()).data(executor.clone());
             let response = service.schema.execute(request).await;
@@ -1199,7 +1200,10 @@ mod tests {
         let plan = Plan::compile(&document, None, &budget).unwrap();
         for profile in 0..10 {
             let profile = node.catalog.profiles[profile].id.to_string();
-            let written = plan.run(&scope(&service, &profile, 60), usize::MAX).await;
+            let events = service.events.events().await;
+            let written = plan
+                .run(&scope(&service, &profile, 60), usize::MAX, events)
+                .await;
             assert!(matches!(written, Written::Data(_)), "{written:?}");
         }
         let used = budget.used();

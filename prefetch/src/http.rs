@@ -547,6 +547,8 @@ async fn run(
         }
     };
     let ttl = service.config.device_ttl_for(&device.sub);
+    // The event list, read once for the response cache's check and the compiled path.
+    let mut events = None;
     // Looked up before parsing: an answer is only kept for a request that passed the limits
     // and validation, and those depend on nothing but the request and the configuration.
     let kept = match service.responses.enabled() {
@@ -563,10 +565,12 @@ async fn run(
                 profile: device.profile.clone(),
                 ttl_seconds: ttl.as_secs() as u32,
             };
-            let events = events_fingerprint(&service.events.events().await);
+            let list = service.events.events().await;
+            let fingerprint = events_fingerprint(&list);
+            events = Some(list);
             let hit = service
                 .responses
-                .get(&key, events, &service.pages, asked.encoding)
+                .get(&key, fingerprint, &service.pages, asked.encoding)
                 .await;
             if let Some(hit) = hit {
                 if let Some(hash) = register_as
@@ -584,30 +588,34 @@ async fn run(
                 }
                 return http;
             }
-            Some((key, events))
+            Some((key, fingerprint))
         }
     };
-    let document =
-        match limits::parse_and_check(&query, &service.config.limits).and_then(|document| {
-            check_required_variables(
-                &document,
-                request.operation_name.as_deref(),
-                request.variables.as_ref(),
-            )?;
-            if let Some(variables) = &request.variables {
-                limits::check_variables(variables, &service.config.limits)?;
+    let operation = request.operation_name.as_deref();
+    // A text with a plan passed the limits and validation when it was compiled (they depend on
+    // the text and the configuration only): it is not parsed again; its variables still are
+    // checked.
+    let (plan, document) = match service.plans.cached(&query, operation) {
+        Some(plan) => {
+            if let Some(variables) = &request.variables
+                && let Err(error) = limits::check_variables(variables, &service.config.limits)
+            {
+                service.metrics.request_errors.increment();
+                return prefetch_error_response(media, &error);
             }
-            if !service.config.introspection && introspects(&document) {
-                return Err(PrefetchError::IntrospectionDisabled);
-            }
-            Ok(document)
-        }) {
-            Ok(document) => document,
+            (Some(plan), None)
+        }
+        None => match checked_document(service, &query, &request) {
+            Ok(document) => (
+                service.plans.get(&query, operation, &document),
+                Some(document),
+            ),
             Err(error) => {
                 service.metrics.request_errors.increment();
                 return prefetch_error_response(media, &error);
             }
-        };
+        },
+    };
     let deadline = tokio::time::Instant::now() + service.config.execution_timeout;
     let timed_out = || {
         service.metrics.request_errors.increment();
@@ -628,11 +636,15 @@ async fn run(
     let mut hints = Arc::new(Mutex::new(ResponseHints::default()));
     // The compiled fast path when the query is in its subset; where it gives way (the
     // executor would answer an error), the executor starts over with hints of its own.
-    let operation = request.operation_name.as_deref();
     let mut compiled = None;
-    if let Some(plan) = service.plans.get(&query, operation, &document) {
+    if let Some(plan) = plan {
         let limit = service.config.max_response_bytes;
-        match tokio::time::timeout_at(deadline, plan.run(&scope(&hints), limit)).await {
+        let events = match events.take() {
+            Some(events) => events,
+            None => service.events.events().await,
+        };
+        let fast = scope(&hints);
+        match tokio::time::timeout_at(deadline, plan.run(&fast, limit, events)).await {
             Err(_) => return timed_out(),
             Ok(Written::Data(data)) => compiled = Some(data),
             Ok(Written::TooLarge) => {
@@ -647,6 +659,16 @@ async fn run(
     let mut response = match compiled {
         Some(data) => Executed::Compiled(data),
         None => {
+            let document = match document {
+                Some(document) => document,
+                None => match checked_document(service, &query, &request) {
+                    Ok(document) => document,
+                    Err(error) => {
+                        service.metrics.request_errors.increment();
+                        return prefetch_error_response(media, &error);
+                    }
+                },
+            };
             let mut graphql = async_graphql::Request::new(&*query).data(scope(&hints));
             graphql.set_parsed_query(document);
             if let Some(name) = request.operation_name {
@@ -713,6 +735,28 @@ async fn run(
         (true, false) => Answer::RequestError,
     };
     answer(asked, ttl, kind, body, etag.as_deref())
+}
+
+/// `query` parsed, within the limits, with its required variables given and, unless
+/// introspection is on, no introspection.
+fn checked_document(
+    service: &PrefetchService,
+    query: &str,
+    request: &WireRequest,
+) -> Result<ExecutableDocument, PrefetchError> {
+    let document = limits::parse_and_check(query, &service.config.limits)?;
+    check_required_variables(
+        &document,
+        request.operation_name.as_deref(),
+        request.variables.as_ref(),
+    )?;
+    if let Some(variables) = &request.variables {
+        limits::check_variables(variables, &service.config.limits)?;
+    }
+    if !service.config.introspection && introspects(&document) {
+        return Err(PrefetchError::IntrospectionDisabled);
+    }
+    Ok(document)
 }
 
 /// What an answer with a body is, for its status and `Cache-Control`.

@@ -511,12 +511,17 @@ impl PrefetchService {
     /// The candidate pool of `event` as it is now; rebuilt (and the event's cached pages
     /// dropped) when its stages changed.
     pub(crate) fn pool_for(&self, event: &LiveEvent) -> Arc<EventPool> {
-        let stages: Vec<String> = event.stages.iter().map(|s| s.as_str().to_owned()).collect();
         if let Some(pool) = self.source.pool(event.id.as_str())
-            && pool.spec.stages == stages
+            && pool
+                .spec
+                .stages
+                .iter()
+                .map(String::as_str)
+                .eq(event.stages.iter().map(|s| s.as_str()))
         {
             return pool;
         }
+        let stages: Vec<String> = event.stages.iter().map(|s| s.as_str().to_owned()).collect();
         let spec = EventSpec::from_catalog(&self.catalog, event.id.as_str(), stages);
         let pool = Arc::new(EventPool::new(&self.catalog, spec));
         let previous = self
