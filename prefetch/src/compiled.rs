@@ -38,8 +38,9 @@ use ringside_sync_util::{LockExt, RwLockExt};
 
 use crate::LiveEvent;
 use crate::catalog::{ArtworkSize, Catalog};
+use crate::materialize::Row as PageRow;
 use crate::materialize::RowKind;
-use crate::schema::{EventPrefetch, RequestScope, Row, StageContent, TitleCard};
+use crate::schema::{EventPrefetch, RequestScope, StageRows};
 
 /// Settings of the compiled fast path (docs/OPERATIONS.md lists them).
 #[derive(Debug, Clone)]
@@ -758,14 +759,14 @@ fn write_event(out: &mut Out, fields: &Fields<EventField>, event: &EventPrefetch
         },
         EventField::ByStage(fields) => write_list(
             out,
-            (0..live.stages.len()).filter_map(|i| event.stage_content(i)),
-            |out, content| write_stage(out, fields, &content, event),
+            (0..live.stages.len()).filter_map(|i| event.stage_rows(i)),
+            |out, stage| write_stage(out, fields, &stage, event),
         ),
         // An unknown stage is the executor's error to give.
         EventField::Stage(name, fields) => {
             let index = live.stages.iter().position(|s| s.as_str() == name)?;
-            let content = event.stage_content(index)?;
-            write_stage(out, fields, &content, event)
+            let stage = event.stage_rows(index)?;
+            write_stage(out, fields, &stage, event)
         }
     })
 }
@@ -773,45 +774,41 @@ fn write_event(out: &mut Out, fields: &Fields<EventField>, event: &EventPrefetch
 fn write_stage(
     out: &mut Out,
     fields: &Fields<StageField>,
-    content: &StageContent,
+    stage: &StageRows<'_>,
     event: &EventPrefetch,
 ) -> Option<()> {
-    let surface =
-        |out: &mut Out, fields: &Fields<SurfaceField>, lead: &Option<TitleCard>, rows: &[Row]| {
-            write_object(out, fields, |out, field| match field {
-                SurfaceField::Typename(name) => string(out, name),
-                SurfaceField::Lead(card) => match lead {
-                    None => {
-                        out.extend_from_slice(b"null");
-                        Some(())
+    let catalog = &event.catalog;
+    let base = &event.artwork_base;
+    let surface = |out: &mut Out, fields: &Fields<SurfaceField>, rows: &[&PageRow]| {
+        write_object(out, fields, |out, field| match field {
+            SurfaceField::Typename(name) => string(out, name),
+            SurfaceField::Lead(card) => match stage.lead {
+                None => {
+                    out.extend_from_slice(b"null");
+                    Some(())
+                }
+                Some(lead) => card.write(out, lead, catalog, base),
+            },
+            SurfaceField::Rows(fields) => write_list(out, rows, |out, row| {
+                write_object(out, fields, |out, field| match field {
+                    RowField::Typename => string(out, "Row"),
+                    RowField::Id => string(out, &event.row_id(row, &stage.stage)),
+                    RowField::Kind => string(out, &enum_name::<RowKind>(&row.kind)),
+                    RowField::Title => {
+                        string(out, &event.row_title(row, &stage.stage, stage.index))
                     }
-                    Some(lead) => card.write(out, lead.index, &event.catalog, &event.artwork_base),
-                },
-                SurfaceField::Rows(fields) => write_list(out, rows, |out, row| {
-                    write_object(out, fields, |out, field| match field {
-                        RowField::Typename => string(out, "Row"),
-                        RowField::Id => string(out, row.id.as_str()),
-                        RowField::Kind => string(out, &enum_name::<RowKind>(&row.kind)),
-                        RowField::Title => string(out, &row.title),
-                        RowField::Cards(card) => write_list(out, &row.cards, |out, c| {
-                            card.write(out, c.index, &event.catalog, &event.artwork_base)
-                        }),
-                    })
-                }),
-            })
-        };
+                    RowField::Cards(card) => write_list(out, &row.titles, |out, &title| {
+                        card.write(out, title, catalog, base)
+                    }),
+                })
+            }),
+        })
+    };
     write_object(out, fields, |out, field| match field {
         StageField::Typename => string(out, "StageContent"),
-        StageField::Stage => string(out, &content.stage),
-        StageField::Home(fields) => {
-            surface(out, fields, &content.home.billboard, &content.home.rows)
-        }
-        StageField::EventPage(fields) => surface(
-            out,
-            fields,
-            &content.event_page.hero,
-            &content.event_page.rows,
-        ),
+        StageField::Stage => string(out, &stage.stage),
+        StageField::Home(fields) => surface(out, fields, &stage.home),
+        StageField::EventPage(fields) => surface(out, fields, &stage.event_page),
     })
 }
 

@@ -211,6 +211,17 @@ pub struct EventStateObject {
     pub fetch_within_ms: Option<Long>,
 }
 
+/// One stage of an event's page, before it becomes GraphQL objects or JSON.
+pub(crate) struct StageRows<'a> {
+    pub stage: String,
+    /// The stage's position in the event's stage list.
+    pub index: usize,
+    /// The billboard of the home surface, and the hero of the event page.
+    pub lead: Option<u32>,
+    pub home: Vec<&'a PageRow>,
+    pub event_page: Vec<&'a PageRow>,
+}
+
 /// One event's content for every stage.
 pub struct EventPrefetch {
     pub(crate) catalog: Arc<Catalog>,
@@ -220,43 +231,60 @@ pub struct EventPrefetch {
 }
 
 impl EventPrefetch {
-    pub(crate) fn stage_content(&self, index: usize) -> Option<StageContent> {
+    /// Stage `index` of the page as both paths write it: its name, its lead title, and its rows
+    /// on the home surface and on the event page, in the order they are shown.
+    pub(crate) fn stage_rows(&self, index: usize) -> Option<StageRows<'_>> {
         let page = self.page.stages.iter().find(|s| s.stage == index)?;
         let stage = self.event.stages.get(index)?.to_string();
+        let (related, home): (Vec<&PageRow>, Vec<&PageRow>) =
+            page.rows.iter().partition(|r| r.kind == RowKind::Related);
+        let mut event_page: Vec<&PageRow> = page
+            .rows
+            .iter()
+            .filter(|r| r.kind == RowKind::Event)
+            .collect();
+        event_page.extend(related);
+        Some(StageRows {
+            stage,
+            index,
+            lead: page.billboard,
+            home,
+            event_page,
+        })
+    }
+
+    fn stage_content(&self, index: usize) -> Option<StageContent> {
+        let rows = self.stage_rows(index)?;
         let card = |title: u32| TitleCard {
             catalog: self.catalog.clone(),
             index: title,
             artwork_base: self.artwork_base.clone(),
         };
-        let row = |row: &PageRow| Row {
-            id: ID(format!("{}:{}:{}", self.event.id, stage, row_id(row))),
+        let row = |row: &&PageRow| Row {
+            id: ID(self.row_id(row, &rows.stage)),
             kind: row.kind,
-            title: self.row_title(row, &stage, index),
+            title: self.row_title(row, &rows.stage, index),
             cards: row.titles.iter().map(|&t| card(t)).collect(),
         };
-        let (event_rows, home_rows): (Vec<&PageRow>, Vec<&PageRow>) =
-            page.rows.iter().partition(|r| r.kind == RowKind::Related);
-        let mut event_page_rows: Vec<Row> = page
-            .rows
-            .iter()
-            .filter(|r| r.kind == RowKind::Event)
-            .map(row)
-            .collect();
-        event_page_rows.extend(event_rows.into_iter().map(row));
         Some(StageContent {
-            stage: stage.clone(),
+            stage: rows.stage.clone(),
             home: HomeSurface {
-                billboard: page.billboard.map(card),
-                rows: home_rows.into_iter().map(row).collect(),
+                billboard: rows.lead.map(card),
+                rows: rows.home.iter().map(row).collect(),
             },
             event_page: EventPageSurface {
-                hero: page.billboard.map(card),
-                rows: event_page_rows,
+                hero: rows.lead.map(card),
+                rows: rows.event_page.iter().map(row).collect(),
             },
         })
     }
 
-    fn row_title(&self, row: &PageRow, stage: &str, index: usize) -> String {
+    /// A row's id: `<event>:<stage>:<row>`, stable across requests.
+    pub(crate) fn row_id(&self, row: &PageRow, stage: &str) -> String {
+        format!("{}:{}:{}", self.event.id, stage, row_id(row))
+    }
+
+    pub(crate) fn row_title(&self, row: &PageRow, stage: &str, index: usize) -> String {
         let event = &self.event.title;
         let last = index + 1 == self.event.stages.len();
         match row.kind {
@@ -406,7 +434,7 @@ pub struct Artwork {
 /// A title as a card: display metadata and artwork references.
 pub struct TitleCard {
     catalog: Arc<Catalog>,
-    pub(crate) index: u32,
+    index: u32,
     artwork_base: Arc<str>,
 }
 
