@@ -20,12 +20,17 @@
 //!   accepts (brotli or gzip, at the quality of the HTTP layer's compression) the first time
 //!   one asks for it, and those bytes are kept with it and counted in the bound; later clients
 //!   get them as they are (the HTTP layer never compresses an answer that has an encoding).
+//! - **Doorkeeper**: an answer is kept the second time its request is seen, not the first
+//!   ([`ResponseCacheConfig::doorkeeper_slots`]): most prefetches are a device's one fetch per
+//!   TTL, and keeping each of those would cost every such request an insertion and evict what
+//!   is asked again.
 //! - **Bound**: at most [`ResponseCacheConfig::max_bytes`] of keys and bodies, least recently
 //!   and least frequently used evicted first (moka's TinyLFU); each entry also expires
 //!   `ttl × (1 ± jitter)` after it was made, so memory of entries no one asks for again is
 //!   given back and entries made together do not expire together.
 
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -51,6 +56,11 @@ pub struct ResponseCacheConfig {
     /// compressed bytes kept too; 0 never. `ringside` sets it from `--compression-min-bytes`,
     /// the HTTP layer's threshold, so that both compress the same answers.
     pub compress_from_bytes: usize,
+    /// Slots of the doorkeeper: an answer is kept the second time its request is seen within
+    /// about this many distinct requests, not the first, so that requests asked once (every
+    /// device's first prefetch) cost no insertion and evict nothing. 8 bytes each; default
+    /// 65,536 (512 KiB); 0 keeps every answer the first time.
+    pub doorkeeper_slots: usize,
 }
 
 impl Default for ResponseCacheConfig {
@@ -60,6 +70,7 @@ impl Default for ResponseCacheConfig {
             ttl: Duration::from_secs(300),
             jitter: 0.2,
             compress_from_bytes: 1024,
+            doorkeeper_slots: 65_536,
         }
     }
 }
@@ -226,6 +237,8 @@ struct ResponseCacheMetrics {
 
 pub(crate) struct ResponseCache {
     entries: Option<moka::future::Cache<ResponseKey, Arc<CachedResponse>>>,
+    /// The doorkeeper: slot `hash % len` holds the hash of the last request seen there.
+    seen: Box<[AtomicU64]>,
     config: ResponseCacheConfig,
     metrics: ResponseCacheMetrics,
 }
@@ -292,6 +305,9 @@ impl ResponseCache {
         }
         Self {
             entries,
+            seen: (0..config.doorkeeper_slots)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             config,
             metrics: ResponseCacheMetrics {
                 hits,
@@ -360,8 +376,23 @@ impl ResponseCache {
         true
     }
 
+    /// Whether the answer to `key` should be kept: the second time the doorkeeper sees it
+    /// (the first, when it has no slots). A slot another request took meanwhile only delays
+    /// keeping by one more request.
+    fn admits(&self, key: &ResponseKey) -> bool {
+        if self.seen.is_empty() {
+            return true;
+        }
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        key.hash(&mut hasher);
+        // 0 marks an empty slot.
+        let hash = hasher.finish().max(1);
+        let slot = &self.seen[(hash % self.seen.len() as u64) as usize];
+        slot.swap(hash, Ordering::Relaxed) == hash
+    }
+
     /// Keeps an answer without errors, built from the event list with fingerprint `events`
-    /// and from `pages`.
+    /// and from `pages`, once the doorkeeper has seen its request before.
     pub async fn insert(
         &self,
         key: ResponseKey,
@@ -373,6 +404,9 @@ impl ResponseCache {
         let Some(entries) = &self.entries else {
             return;
         };
+        if !self.admits(&key) {
+            return;
+        }
         let factor = 1.0 + self.config.jitter * (2.0 * fastrand::f64() - 1.0);
         let entry = CachedResponse {
             body,
@@ -446,7 +480,7 @@ mod tests {
     #[tokio::test]
     async fn a_kept_answer_is_the_executors_bytes_until_an_event_or_a_page_changes() {
         let node = Node::new();
-        let cached = node.service_with(|c| c.responses = ResponseCacheConfig::default());
+        let cached = node.service_with(|c| c.responses.doorkeeper_slots = 0);
         let executed = node.service_with(|c| c.responses.max_bytes = 0);
         assert!(!executed.responses.enabled());
         let token = node.token(1);
@@ -524,7 +558,10 @@ mod tests {
     async fn the_cache_stays_within_its_bound_under_many_profiles() {
         let node = Node::new();
         let bound = 64 * 1024;
-        let service = node.service_with(|c| c.responses.max_bytes = bound);
+        let service = node.service_with(|c| {
+            c.responses.max_bytes = bound;
+            c.responses.doorkeeper_slots = 0;
+        });
         let mut answered = 0;
         for profile in 0..node.catalog.profiles.len() {
             answered += ask(&service, &node.token(profile)).await.len() as u64;
@@ -558,7 +595,7 @@ mod tests {
     async fn compressed_bytes_are_made_once_kept_and_counted() {
         use std::io::Read as _;
         let node = Node::new();
-        let service = node.service_with(|c| c.responses = ResponseCacheConfig::default());
+        let service = node.service_with(|c| c.responses.doorkeeper_slots = 0);
         let token = node.token(4);
         let body = ask(&service, &token).await;
         let key = ResponseKey {
@@ -610,5 +647,33 @@ mod tests {
             .await
             .expect("kept");
         assert_eq!((plain.encoding, plain.body), (None, body));
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_kept_the_second_time_its_request_is_seen() {
+        let node = Node::new();
+        let service = node.service_with(|_| {});
+        let token = node.token(5);
+        let first = ask(&service, &token).await;
+        assert_eq!(counts(&service), [0, 1, 0]);
+        assert_eq!(
+            service.responses.weighted_bytes().await,
+            0,
+            "asked once: not kept"
+        );
+        assert_eq!(ask(&service, &token).await, first);
+        assert_eq!(counts(&service), [0, 2, 0]);
+        assert!(
+            service.responses.weighted_bytes().await > 0,
+            "asked twice: kept"
+        );
+        assert_eq!(ask(&service, &token).await, first);
+        assert_eq!(counts(&service), [1, 2, 0]);
+        // Many requests asked once each keep nothing.
+        for profile in 10..40 {
+            ask(&service, &node.token(profile)).await;
+        }
+        let one = first.len() as u64 + 4096;
+        assert!(service.responses.weighted_bytes().await < 2 * one);
     }
 }
