@@ -118,6 +118,9 @@ type Fields<F> = Vec<(Key, F)>;
 pub(crate) struct Plan {
     key: Key,
     root: Root,
+    /// The size of the last answer written, to size the next one's buffer at once instead of
+    /// growing it (and faulting in fresh pages) a doubling at a time.
+    last_len: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -383,19 +386,27 @@ impl Plan {
             return None;
         }
         let (key, root) = roots.pop()?;
-        Some(Self { key, root })
+        Some(Self {
+            key,
+            root,
+            last_len: AtomicUsize::new(4096),
+        })
     }
 
     /// The `data` object for the request of `scope`, within `limit` bytes, from `events` (the
     /// event list as the node knows it now).
     pub async fn run(&self, scope: &RequestScope, limit: usize, events: Vec<LiveEvent>) -> Written {
+        let expected = self.last_len.load(Ordering::Relaxed);
         let mut out = Out {
-            bytes: Vec::with_capacity(4096),
+            bytes: Vec::with_capacity(expected.min(limit) + expected / 8),
             limit,
             too_large: false,
         };
         match self.write(scope, &mut out, events).await {
-            Some(()) => Written::Data(out.bytes),
+            Some(()) => {
+                self.last_len.store(out.len(), Ordering::Relaxed);
+                Written::Data(out.bytes)
+            }
             None if out.too_large => Written::TooLarge,
             None => Written::GiveWay,
         }
