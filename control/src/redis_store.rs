@@ -21,8 +21,17 @@ use ringside_sync_util::LockExt;
 use crate::store::{EventWithState, NewState, PublishLock};
 use crate::{ControlError, EventStore};
 
+/// The next version of an event: after the last one handed out and after the state the store
+/// holds (so a counter Redis lost is reseeded from the newest state instead of restarting at
+/// the clock, which may be behind versions a burst or a faster host's clock handed out), and
+/// no older than the publish's clock.
 const NEXT_VERSION: &str = r"
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local state = redis.call('GET', KEYS[2])
+if state then
+  local held = tonumber(cjson.decode(state).version) or 0
+  if held > last then last = held end
+end
 local version = math.max(last + 1, tonumber(ARGV[1]))
 redis.call('SET', KEYS[1], string.format('%d', version))
 return version
@@ -234,6 +243,7 @@ impl EventStore for RedisEventStore {
             let mut connection = self.connection.clone();
             let version: u64 = Script::new(NEXT_VERSION)
                 .key(self.key(&format!("version:{id}")))
+                .key(self.key(&format!("state:{id}")))
                 .arg(published_at_ms)
                 .invoke_async(&mut connection)
                 .await

@@ -302,3 +302,55 @@ async fn a_nodes_broadcast_records_are_written_topic_by_topic_and_read_per_topic
         "gone"
     );
 }
+
+/// Known way to lose a publish, #3 of issue #15 (the store's part): versions come from
+/// `max(last + 1, now_ms)`; if Redis loses `version:<id>` after versions ran ahead of the clock
+/// (a burst, or a control host whose clock is fast), the next version must still be newer
+/// than the state the store holds, or every hub drops it while the operator sees 200.
+#[tokio::test]
+async fn a_lost_version_counter_is_reseeded_from_the_newest_state() {
+    let keys = RedisKeys::new("reseed");
+    let store = RedisEventStore::new(
+        ringside::content::connect_redis(&keys.url).await.unwrap(),
+        keys.prefix.clone(),
+    );
+    store.create(event("ahead")).await.unwrap();
+    let id = EventId::parse("ahead").unwrap();
+    let client = redis::Client::open(keys.url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let counter = format!("{}version:{id}", keys.prefix);
+    // Versions an hour ahead of this host's clock, as a faster clock elsewhere assigned them.
+    let ahead = ringside_protocol::unix_now_ms() + 3_600_000;
+    let _: () = redis::cmd("SET")
+        .arg(&counter)
+        .arg(ahead)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let live = Stage::parse("LIVE").unwrap();
+    let newest = store
+        .next_state(&id, live.clone(), Payload::empty())
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(newest.version, ahead + 1);
+    store.record_published(&newest).await.unwrap();
+
+    // Redis loses the counter (an eviction, a restore of an older snapshot of that key).
+    let _: () = redis::cmd("DEL")
+        .arg(&counter)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let next = store
+        .next_state(&id, live, Payload::empty())
+        .await
+        .unwrap()
+        .state;
+    assert!(
+        next.version > newest.version,
+        "version {} after the held {}: every hub would drop it",
+        next.version,
+        newest.version
+    );
+}
