@@ -546,6 +546,19 @@ async fn run(
         }
     };
     let ttl = service.config.device_ttl_for(&device.sub);
+    // One deadline for everything this request waits for: the cache's check, the plan, the
+    // executor.
+    let deadline = tokio::time::Instant::now() + service.config.execution_timeout;
+    let timed_out = || {
+        service.metrics.request_errors.increment();
+        let ms = service.config.execution_timeout.as_millis();
+        prefetch_error_response(
+            media,
+            &PrefetchError::Timeout {
+                ms: u64::try_from(ms).unwrap_or(u64::MAX),
+            },
+        )
+    };
     // The event list, read once for the response cache's check and the compiled path.
     let mut events = None;
     // Looked up before parsing: an answer is only kept for a request that passed the limits
@@ -564,13 +577,17 @@ async fn run(
                 profile: device.profile.clone(),
                 ttl_seconds: ttl.as_secs() as u32,
             };
-            let list = service.events.events().await;
+            let Ok(list) = tokio::time::timeout_at(deadline, service.events.events()).await else {
+                return timed_out();
+            };
             let fingerprint = events_fingerprint(&list);
             events = Some(list);
-            let hit = service
+            let lookup = service
                 .responses
-                .get(&key, fingerprint, &service.pages, asked.encoding)
-                .await;
+                .get(&key, fingerprint, &service.pages, asked.encoding);
+            let Ok(hit) = tokio::time::timeout_at(deadline, lookup).await else {
+                return timed_out();
+            };
             if let Some(hit) = hit {
                 if let Some(hash) = register_as
                     && service.persisted.get(&hash).is_none()
@@ -615,17 +632,6 @@ async fn run(
             }
         },
     };
-    let deadline = tokio::time::Instant::now() + service.config.execution_timeout;
-    let timed_out = || {
-        service.metrics.request_errors.increment();
-        let ms = service.config.execution_timeout.as_millis();
-        prefetch_error_response(
-            media,
-            &PrefetchError::Timeout {
-                ms: u64::try_from(ms).unwrap_or(u64::MAX),
-            },
-        )
-    };
     let scope = |hints: &Arc<Mutex<ResponseHints>>| RequestScope {
         service: service.clone(),
         profile_id: device.profile.clone(),
@@ -640,7 +646,10 @@ async fn run(
         let limit = service.config.max_response_bytes;
         let events = match events.take() {
             Some(events) => events,
-            None => service.events.events().await,
+            None => match tokio::time::timeout_at(deadline, service.events.events()).await {
+                Ok(events) => events,
+                Err(_) => return timed_out(),
+            },
         };
         let fast = scope(&hints);
         match tokio::time::timeout_at(deadline, plan.run(&fast, limit, events)).await {

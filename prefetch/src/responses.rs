@@ -252,8 +252,9 @@ impl std::fmt::Debug for ResponseCache {
 }
 
 /// A fingerprint of everything of the event list an answer can show: a different list gives
-/// a different fingerprint (up to a 64-bit collision of a keyed hash of values that only the
-/// operator controls).
+/// a different fingerprint (up to a 64-bit collision of SipHash over values only operators
+/// control). The state's publish time and payload are hashed too, so a repeated version (a
+/// store that lost its counter) with other content is not taken for the same state.
 pub(crate) fn events_fingerprint(events: &[LiveEvent]) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     events.len().hash(&mut hasher);
@@ -269,6 +270,9 @@ pub(crate) fn events_fingerprint(events: &[LiveEvent]) -> u64 {
             Some(state) => {
                 state.version.hash(&mut hasher);
                 state.stage.as_str().hash(&mut hasher);
+                state.published_at_ms.hash(&mut hasher);
+                state.payload.as_json().hash(&mut hasher);
+                state.fetch_within_ms.hash(&mut hasher);
             }
         }
     }
@@ -376,9 +380,9 @@ impl ResponseCache {
         true
     }
 
-    /// Whether the answer to `key` should be kept: the second time the doorkeeper sees it
-    /// (the first, when it has no slots). A slot another request took meanwhile only delays
-    /// keeping by one more request.
+    /// Whether the answer to `key` should be kept: when the doorkeeper's slot for it still
+    /// holds it from its last sighting (always, when it has no slots). Two requests that take
+    /// turns in one slot are never kept: a bound on what a doorkeeper of this size remembers.
     fn admits(&self, key: &ResponseKey) -> bool {
         if self.seen.is_empty() {
             return true;
