@@ -131,7 +131,18 @@ pub async fn serve_http(
         "http_accept",
         ACCEPT_ERROR_LOG_LINES_PER_S,
     );
-    accept_loop(listener, router, config, accept_errors, shutdown, grace).await
+    // Nothing sheds here, so nothing paces.
+    let pace = PaceLayer::default();
+    accept_loop(
+        listener,
+        router,
+        pace,
+        config,
+        accept_errors,
+        shutdown,
+        grace,
+    )
+    .await
 }
 
 /// [`serve_http`] with protection's layer around every route, outside the body read bound: a
@@ -160,7 +171,17 @@ pub async fn serve_http_protected(
         .layer(protection.layer());
     let router = ringside_prefetch::http::with_graphql_cors(router, graphql_cors_origins);
     let accept_errors = LogBudget::new(registry, "http_accept", ACCEPT_ERROR_LOG_LINES_PER_S);
-    accept_loop(listener, router, config, accept_errors, shutdown, grace).await
+    let pace = PaceLayer::for_protection(protection);
+    accept_loop(
+        listener,
+        router,
+        pace,
+        config,
+        accept_errors,
+        shutdown,
+        grace,
+    )
+    .await
 }
 
 /// Response compression as `Accept-Encoding` asks (brotli, else gzip), for bodies of at least
@@ -191,6 +212,7 @@ const ACCEPT_ERROR_LOG_LINES_PER_S: u32 = 1;
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
+    pace: PaceLayer,
     config: HttpConfig,
     accept_errors: LogBudget,
     shutdown: CancellationToken,
@@ -228,7 +250,7 @@ async fn accept_loop(
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
         // One pace per connection (protection pauses a connection whose request it shed).
-        let service = TowerToHyperService::new(PaceLayer.layer(router.clone()));
+        let service = TowerToHyperService::new(pace.layer(router.clone()));
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();

@@ -266,6 +266,12 @@ impl Protection {
         }
     }
 
+    /// Whether any class pauses its connection after a shed (the layer gives connections a
+    /// pace only then).
+    pub fn paces(&self) -> bool {
+        self.config.shed_pause != PerClass::default()
+    }
+
     /// The answer to a shed request; its connection (when it has a pace) is paused for the
     /// class's shed pause.
     pub(crate) fn shed_response(

@@ -58,9 +58,22 @@ impl ConnectionPace {
     }
 }
 
-/// Gives each connection's service a [`ConnectionPace`] of its own.
+/// Gives each connection's service a [`ConnectionPace`] of its own; when no class pauses
+/// (the default), none: connections and requests then pass without an allocation or an
+/// extension.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PaceLayer;
+pub struct PaceLayer {
+    enabled: bool,
+}
+
+impl PaceLayer {
+    /// Pacing as `protection`'s configuration asks for it.
+    pub fn for_protection(protection: &crate::Protection) -> Self {
+        Self {
+            enabled: protection.paces(),
+        }
+    }
+}
 
 impl<S> Layer<S> for PaceLayer {
     type Service = PaceService<S>;
@@ -68,7 +81,7 @@ impl<S> Layer<S> for PaceLayer {
     fn layer(&self, inner: S) -> Self::Service {
         PaceService {
             inner,
-            pace: Arc::default(),
+            pace: self.enabled.then(Arc::default),
         }
     }
 }
@@ -78,7 +91,7 @@ impl<S> Layer<S> for PaceLayer {
 #[derive(Debug, Clone)]
 pub struct PaceService<S> {
     inner: S,
-    pace: Arc<ConnectionPace>,
+    pace: Option<Arc<ConnectionPace>>,
 }
 
 type Paused<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
@@ -122,8 +135,13 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        request.extensions_mut().insert(self.pace.clone());
-        match self.pace.remaining() {
+        let Some(pace) = &self.pace else {
+            return PaceFuture::Now {
+                inner: self.inner.call(request),
+            };
+        };
+        request.extensions_mut().insert(pace.clone());
+        match pace.remaining() {
             None => PaceFuture::Now {
                 inner: self.inner.call(request),
             },
@@ -155,5 +173,24 @@ mod tests {
         let pace = ConnectionPace::default();
         pace.hold_for(Duration::ZERO);
         assert_eq!(pace.remaining(), None);
+    }
+
+    /// Off (the default), requests pass without a pace; on, each carries its connection's.
+    #[tokio::test]
+    async fn a_disabled_layer_gives_no_connection_a_pace() {
+        let seen = |enabled: bool| async move {
+            let inner = tower::service_fn(|request: Request<()>| async move {
+                Ok::<_, std::convert::Infallible>(
+                    request.extensions().get::<Arc<ConnectionPace>>().is_some(),
+                )
+            });
+            PaceLayer { enabled }
+                .layer(inner)
+                .oneshot(Request::new(()))
+                .await
+                .unwrap()
+        };
+        assert!(!seen(false).await);
+        assert!(seen(true).await);
     }
 }

@@ -569,14 +569,13 @@ impl ProtectionArgs {
             max_request_rate: self
                 .protection_max_request_rate
                 .or(defaults.max_request_rate),
-            shed_pause: PerClass {
-                best_effort: self
-                    .protection_shed_pause_ms
-                    .map_or(defaults.shed_pause.best_effort, Duration::from_millis),
-                bulk: self
-                    .protection_shed_pause_ms
-                    .map_or(defaults.shed_pause.bulk, Duration::from_millis),
-                ..defaults.shed_pause
+            shed_pause: match self.protection_shed_pause_ms.map(Duration::from_millis) {
+                None => defaults.shed_pause,
+                Some(pause) => PerClass {
+                    best_effort: pause,
+                    bulk: pause,
+                    ..defaults.shed_pause
+                },
             },
             ..defaults
         }
