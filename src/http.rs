@@ -45,6 +45,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Layer as _;
 
+use crate::origin::{OriginPolicy, check_origin};
+
 /// Limits of the HTTP layer.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -68,6 +70,9 @@ pub struct HttpConfig {
     /// Classification, the adaptive concurrency limit, shedding and the ruleset of every
     /// request behind this HTTP layer (docs/OPERATIONS.md, "Protection").
     pub protection: ProtectionConfig,
+    /// The web and console origins whose pages may make browser requests besides the node's
+    /// own (default none; [`crate::origin`]).
+    pub origins: OriginPolicy,
 }
 
 impl Default for HttpConfig {
@@ -79,6 +84,7 @@ impl Default for HttpConfig {
             max_request_head_bytes: 64 * 1024,
             compression_min_bytes: 1024,
             protection: ProtectionConfig::default(),
+            origins: OriginPolicy::default(),
         }
     }
 }
@@ -102,6 +108,7 @@ impl HttpConfig {
             }
         }
         self.protection.validate()?;
+        self.origins.validate()?;
         Ok(())
     }
 }
@@ -122,10 +129,15 @@ pub async fn serve_http(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> bool {
-    let router = router.layer(middleware::from_fn_with_state(
-        config.body_read_timeout,
-        bound_body_read,
-    ));
+    let router = router
+        .layer(middleware::from_fn_with_state(
+            config.body_read_timeout,
+            bound_body_read,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(config.origins.clone()),
+            check_origin,
+        ));
     let accept_errors = LogBudget::new(
         &Registry::new(),
         "http_accept",
@@ -168,7 +180,12 @@ pub async fn serve_http_protected(
             bound_body_read,
         ))
         .layer(compression(config.compression_min_bytes))
-        .layer(protection.layer());
+        .layer(protection.layer())
+        // Outermost: a cross-site page's request costs no place under the limit.
+        .layer(middleware::from_fn_with_state(
+            Arc::new(config.origins.clone()),
+            check_origin,
+        ));
     let router = ringside_prefetch::http::with_graphql_cors(router, graphql_cors_origins);
     let accept_errors = LogBudget::new(registry, "http_accept", ACCEPT_ERROR_LOG_LINES_PER_S);
     let pace = PaceLayer::for_protection(protection);

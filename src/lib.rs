@@ -22,6 +22,7 @@ pub mod console;
 pub mod content;
 pub mod fleet_redis;
 pub mod http;
+pub mod origin;
 pub mod overload;
 pub mod secrets;
 pub mod server;

@@ -13,10 +13,75 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 /// The secrets a process runs with.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct Secrets {
     pub device_token_secret: String,
     pub admin_token: String,
+    /// A rotation of the device-token secret under way, from the environment only (never in
+    /// the development file).
+    #[serde(skip)]
+    pub rotation: KeyRotation,
+}
+
+/// Key ids and the secret being rotated out, for a rotation of the device-token secret
+/// (docs/OPERATIONS.md, "Rotating the device-token secret").
+#[derive(Clone, Default)]
+pub struct KeyRotation {
+    /// `RINGSIDE_DEVICE_TOKEN_KID`: the key id tokens are signed under.
+    pub kid: Option<String>,
+    /// `RINGSIDE_DEVICE_TOKEN_PREVIOUS_SECRET` (or `…_FILE`): still accepted, never signs.
+    pub previous_secret: Option<String>,
+    /// `RINGSIDE_DEVICE_TOKEN_PREVIOUS_KID`: the previous secret's key id, if it had one.
+    pub previous_kid: Option<String>,
+}
+
+impl std::fmt::Debug for KeyRotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Key ids are not secret; the previous secret is.
+        f.debug_struct("KeyRotation")
+            .field("kid", &self.kid)
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "<secret>"),
+            )
+            .field("previous_kid", &self.previous_kid)
+            .finish()
+    }
+}
+
+impl KeyRotation {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let plain = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let rotation = Self {
+            kid: plain("RINGSIDE_DEVICE_TOKEN_KID"),
+            previous_secret: from_env("RINGSIDE_DEVICE_TOKEN_PREVIOUS_SECRET")?,
+            previous_kid: plain("RINGSIDE_DEVICE_TOKEN_PREVIOUS_KID"),
+        };
+        if rotation.previous_kid.is_some() && rotation.previous_secret.is_none() {
+            bail!(
+                "RINGSIDE_DEVICE_TOKEN_PREVIOUS_KID is set without \
+                 RINGSIDE_DEVICE_TOKEN_PREVIOUS_SECRET"
+            );
+        }
+        Ok(rotation)
+    }
+}
+
+impl Secrets {
+    /// The device-token key: the current secret (under its kid) and, during a rotation, the
+    /// previous one.
+    pub fn device_token_key(
+        &self,
+    ) -> Result<ringside_auth::DeviceTokenKey, ringside_auth::SecretError> {
+        let mut key = ringside_auth::DeviceTokenKey::new(self.device_token_secret.as_bytes())?;
+        if let Some(kid) = &self.rotation.kid {
+            key = key.with_kid(kid)?;
+        }
+        if let Some(previous) = &self.rotation.previous_secret {
+            key = key.with_previous(previous.as_bytes(), self.rotation.previous_kid.as_deref())?;
+        }
+        Ok(key)
+    }
 }
 
 impl std::fmt::Debug for Secrets {
@@ -61,6 +126,7 @@ pub fn for_server(
             Secrets {
                 device_token_secret,
                 admin_token,
+                rotation: KeyRotation::from_env()?,
             },
             SecretSource::Configured,
         )),
@@ -124,6 +190,7 @@ fn create_file(path: &Path) -> anyhow::Result<Secrets> {
     let secrets = Secrets {
         device_token_secret: random_secret()?,
         admin_token: random_secret()?,
+        rotation: KeyRotation::default(),
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -12,7 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::future::BoxFuture;
-use ringside_auth::{AdminToken, DeviceTokenKey, TokenRules};
+use ringside_auth::{AdminToken, TokenRules};
 use ringside_broadcaster::{Bus, MemoryBus};
 use ringside_control::nodes::NodeDrains;
 use ringside_control::{
@@ -110,7 +110,7 @@ impl ServeConfig {
             self.fetch_window.validate()?;
             self.admin_stream.validate()?;
         }
-        DeviceTokenKey::new(self.secrets.device_token_secret.as_bytes())?;
+        self.secrets.device_token_key()?;
         self.token_rules.validate().map_err(anyhow::Error::msg)?;
         AdminToken::new(&self.secrets.admin_token)?;
         let kafka = matches!(self.bus, BusSetup::Kafka(_));
@@ -265,7 +265,7 @@ pub async fn serve(
     // The admin API, `/graphql` and the WebSocket upgrade all pass protection's layer; a
     // process that serves `/graphql` puts its CORS layer (when configured) in front of it.
     let cors_origins = if config.role.serves_control() {
-        config.prefetch.config.cors_origins.clone()
+        config.http.origins.web.clone()
     } else {
         Vec::new()
     };
@@ -335,7 +335,9 @@ async fn start(
         Some(
             Node::start(
                 config.gateway.clone(),
-                DeviceTokenKey::new(config.secrets.device_token_secret.as_bytes())?
+                config
+                    .secrets
+                    .device_token_key()?
                     .with_rules(config.token_rules),
                 bus.clone(),
                 redis
@@ -463,7 +465,9 @@ async fn start_control(
         catalog,
         pages,
         Arc::new(ControlEvents::new(events.clone())),
-        DeviceTokenKey::new(config.secrets.device_token_secret.as_bytes())?
+        config
+            .secrets
+            .device_token_key()?
             .with_rules(config.token_rules),
         ringside_prefetch::PrefetchConfig {
             // One threshold for the compression layer and for kept answers.
@@ -552,6 +556,7 @@ mod tests {
             secrets: Secrets {
                 device_token_secret: "a-device-token-secret-of-32-bytes!".into(),
                 admin_token: "an-admin-token-long-enough-for-its-check".into(),
+                ..Secrets::default()
             },
             token_rules: TokenRules::default(),
             prefetch: PrefetchSetup {

@@ -1,7 +1,9 @@
 //! Who may connect and who may operate.
 //!
 //! - Devices present a JWT signed HS256 with the device-token secret; its claims say which
-//!   device, profile and device class the connection belongs to ([`DeviceTokenKey`]).
+//!   device, profile and device class the connection belongs to ([`DeviceTokenKey`]). A key
+//!   can rotate: a node accepts a current and a previous secret, told apart by the token
+//!   header's `kid`.
 //! - Operators present the admin token as a bearer token ([`AdminToken`]).
 //!
 //! Both secrets must be long enough to resist guessing; comparisons are constant-time. The
@@ -86,6 +88,8 @@ pub enum TokenError {
     TooLong,
     #[error("device token claims are invalid: sub and profile must be 1 to 128 bytes")]
     InvalidClaims,
+    #[error("device token names a key (kid) this node does not accept")]
+    UnknownKey,
 }
 
 /// Why a secret was refused at startup.
@@ -93,6 +97,27 @@ pub enum TokenError {
 pub enum SecretError {
     #[error("{name} must be at least {SECRET_MIN_BYTES} bytes long (it is {len})")]
     TooShort { name: &'static str, len: usize },
+    #[error(
+        "a device-token key id (kid) must be 1 to {KID_MAX_BYTES} of A-Z a-z 0-9 . _ - (got {0:?})"
+    )]
+    BadKid(String),
+    #[error(
+        "the current and the previous device-token keys must differ in kid (set RINGSIDE_DEVICE_TOKEN_KID or RINGSIDE_DEVICE_TOKEN_PREVIOUS_KID)"
+    )]
+    SameKid,
+}
+
+/// Longest key id, in bytes.
+pub const KID_MAX_BYTES: usize = 64;
+
+fn check_kid(kid: &str) -> Result<(), SecretError> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    if kid.is_empty() || kid.len() > KID_MAX_BYTES || !kid.bytes().all(allowed) {
+        return Err(SecretError::BadKid(
+            kid.chars().take(KID_MAX_BYTES).collect(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_secret(name: &'static str, secret: &[u8]) -> Result<(), SecretError> {
@@ -108,9 +133,9 @@ fn check_secret(name: &'static str, secret: &[u8]) -> Result<(), SecretError> {
 #[derive(Deserialize)]
 struct Header<'a> {
     alg: &'a str,
+    #[serde(default, borrow)]
+    kid: Option<&'a str>,
 }
-
-const HEADER_HS256: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
 /// How a node reads a device token's times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,28 +172,112 @@ impl TokenRules {
     }
 }
 
+/// One secret: its optional key id and its HMAC state, with the encoded header tokens signed
+/// by it carry.
+#[derive(Clone)]
+struct SigningKey {
+    kid: Option<String>,
+    mac: Hmac<Sha256>,
+    /// `base64url({"alg":"HS256","typ":"JWT"[,"kid":…]})`.
+    header: String,
+}
+
+impl SigningKey {
+    fn new(name: &'static str, secret: &[u8], kid: Option<&str>) -> Result<Self, SecretError> {
+        check_secret(name, secret)?;
+        if let Some(kid) = kid {
+            check_kid(kid)?;
+        }
+        let mac = Hmac::<Sha256>::new_from_slice(secret)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        Ok(Self {
+            kid: kid.map(str::to_owned),
+            mac,
+            header: encoded_header(kid),
+        })
+    }
+}
+
+/// The encoded JOSE header of a token signed under `kid` (checked: its characters need no
+/// JSON escaping).
+fn encoded_header(kid: Option<&str>) -> String {
+    let header = match kid {
+        Some(kid) => format!(r#"{{"alg":"HS256","typ":"JWT","kid":"{kid}"}}"#),
+        None => r#"{"alg":"HS256","typ":"JWT"}"#.to_owned(),
+    };
+    URL_SAFE_NO_PAD.encode(header)
+}
+
 /// Signs and verifies device tokens.
+///
+/// It holds the current secret, which signs, and optionally the previous one, which still
+/// verifies while a rotation is under way. A token's header `kid` selects the secret; a token
+/// without one is checked against the secret without a kid, or, when both have one, the
+/// current secret (so tools that sign without a kid keep working against the current key).
 #[derive(Clone)]
 pub struct DeviceTokenKey {
-    mac: Hmac<Sha256>,
+    current: SigningKey,
+    previous: Option<SigningKey>,
     rules: TokenRules,
 }
 
 impl fmt::Debug for DeviceTokenKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DeviceTokenKey(<secret>)")
+        // Key ids are not secret; they say which rotation a node is at.
+        f.debug_struct("DeviceTokenKey")
+            .field("kid", &self.current.kid)
+            .field("previous_kid", &self.previous.as_ref().map(|key| &key.kid))
+            .finish_non_exhaustive()
     }
 }
 
 impl DeviceTokenKey {
+    /// A key of one secret, without a key id.
     pub fn new(secret: &[u8]) -> Result<Self, SecretError> {
-        check_secret("the device-token secret", secret)?;
-        let mac = Hmac::<Sha256>::new_from_slice(secret)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
         Ok(Self {
-            mac,
+            current: SigningKey::new("the device-token secret", secret, None)?,
+            previous: None,
             rules: TokenRules::default(),
         })
+    }
+
+    /// The same secret under key id `kid` (1 to 64 of `A-Z a-z 0-9 . _ -`): tokens it signs
+    /// carry it in their header.
+    pub fn with_kid(mut self, kid: &str) -> Result<Self, SecretError> {
+        check_kid(kid)?;
+        self.current.kid = Some(kid.to_owned());
+        self.current.header = encoded_header(Some(kid));
+        self.check_kids_differ()?;
+        Ok(self)
+    }
+
+    /// Also accepts tokens signed with `secret` (the key being rotated out), under `kid`.
+    /// Tokens are still signed with the current secret only.
+    pub fn with_previous(mut self, secret: &[u8], kid: Option<&str>) -> Result<Self, SecretError> {
+        self.previous = Some(SigningKey::new(
+            "the previous device-token secret",
+            secret,
+            kid,
+        )?);
+        self.check_kids_differ()?;
+        Ok(self)
+    }
+
+    fn check_kids_differ(&self) -> Result<(), SecretError> {
+        match &self.previous {
+            Some(previous) if previous.kid == self.current.kid => Err(SecretError::SameKid),
+            _ => Ok(()),
+        }
+    }
+
+    /// The key id tokens are signed under, if any.
+    pub fn kid(&self) -> Option<&str> {
+        self.current.kid.as_deref()
+    }
+
+    /// Whether a previous secret is still accepted.
+    pub fn accepts_previous(&self) -> bool {
+        self.previous.is_some()
     }
 
     /// How this key reads a token's times.
@@ -183,19 +292,28 @@ impl DeviceTokenKey {
         self
     }
 
-    /// Issues a token for `claims`.
+    /// Issues a token for `claims`, with the current secret.
     pub fn sign(&self, claims: &DeviceClaims) -> String {
         let claims_json =
             serde_json::to_vec(claims).unwrap_or_else(|_| unreachable!("claims always encode"));
         let signing_input = format!(
             "{}.{}",
-            URL_SAFE_NO_PAD.encode(HEADER_HS256),
+            self.current.header,
             URL_SAFE_NO_PAD.encode(claims_json)
         );
-        let mut mac = self.mac.clone();
+        let mut mac = self.current.mac.clone();
         mac.update(signing_input.as_bytes());
         let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         format!("{signing_input}.{signature}")
+    }
+
+    /// The secret a token's header `kid` selects.
+    fn key_for(&self, kid: Option<&str>) -> Option<&SigningKey> {
+        let mut keys = std::iter::once(&self.current).chain(&self.previous);
+        match kid {
+            Some(kid) => keys.find(|key| key.kid.as_deref() == Some(kid)),
+            None => keys.find(|key| key.kid.is_none()).or(Some(&self.current)),
+        }
     }
 
     /// Checks the signature and expiry of `token` at `now_s` (seconds since the Unix epoch).
@@ -223,10 +341,11 @@ impl DeviceTokenKey {
         if header.alg != "HS256" {
             return Err(TokenError::UnsupportedAlgorithm);
         }
+        let key = self.key_for(header.kid).ok_or(TokenError::UnknownKey)?;
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| TokenError::Malformed)?;
-        let mut mac = self.mac.clone();
+        let mut mac = key.mac.clone();
         mac.update(signing_input.as_bytes());
         mac.verify_slice(&signature)
             .map_err(|_| TokenError::BadSignature)?;
@@ -315,6 +434,26 @@ impl AdminToken {
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     Sha256::digest(bytes).into()
+}
+
+/// What is wrong with a configured web origin (CORS, or an `Origin` allow-list), if anything. Browsers send `Origin` as
+/// `scheme://host[:port]`, lowercase, without a path; an entry of another shape would never
+/// match, so it is refused at startup instead of silently allowing nothing.
+pub fn origin_problem(origin: &str) -> Option<&'static str> {
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return Some("each origin must start with https:// or http://");
+    };
+    let host_allowed =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.:[]".contains(c);
+    if rest.is_empty() || !rest.chars().all(host_allowed) {
+        return Some(
+            "each origin is scheme://host[:port] in lowercase, without a path or a trailing slash",
+        );
+    }
+    None
 }
 
 /// The token of an `Authorization: Bearer <token>` header value.
@@ -423,6 +562,76 @@ mod tests {
                 .unwrap_err()
                 .contains("--token-clock-skew-s")
         );
+    }
+
+    #[test]
+    fn a_rotated_key_accepts_both_secrets_by_kid_until_the_old_one_is_removed() {
+        const OLD: &[u8] = b"the-old-device-secret-of-32-bytes!!";
+        const NEW: &[u8] = b"the-new-device-secret-of-32-bytes!!";
+        let before = DeviceTokenKey::new(OLD).expect("key");
+        let legacy = before.sign(&claims(2_000));
+        // The new secret signs under its kid; the old one (no kid) still verifies.
+        let during = DeviceTokenKey::new(NEW)
+            .and_then(|key| key.with_kid("2026-12"))
+            .and_then(|key| key.with_previous(OLD, None))
+            .expect("key");
+        let fresh = during.sign(&claims(2_000));
+        assert_eq!(during.kid(), Some("2026-12"));
+        assert!(fresh.starts_with(&encoded_header(Some("2026-12"))));
+        assert_eq!(during.verify(&legacy, 1_000), Ok(claims(2_000)));
+        assert_eq!(during.verify(&fresh, 1_000), Ok(claims(2_000)));
+        // A node not rotated yet refuses the new kid; a node past the rotation the old tokens.
+        assert_eq!(before.verify(&fresh, 1_000), Err(TokenError::UnknownKey));
+        let after = DeviceTokenKey::new(NEW)
+            .and_then(|key| key.with_kid("2026-12"))
+            .expect("key");
+        assert_eq!(after.verify(&fresh, 1_000), Ok(claims(2_000)));
+        assert_eq!(after.verify(&legacy, 1_000), Err(TokenError::BadSignature));
+        // A kid selects its secret: the old secret under the new kid does not verify.
+        let (_, rest) = legacy.split_once('.').expect("header");
+        let relabelled = format!("{}.{rest}", encoded_header(Some("2026-12")));
+        assert_eq!(
+            during.verify(&relabelled, 1_000),
+            Err(TokenError::BadSignature)
+        );
+        let unknown = format!("{}.{rest}", encoded_header(Some("2025-01")));
+        assert_eq!(during.verify(&unknown, 1_000), Err(TokenError::UnknownKey));
+        // Both under kids, the previous one by its own.
+        let old_kid = DeviceTokenKey::new(OLD)
+            .and_then(|key| key.with_kid("2026-06"))
+            .expect("key");
+        let both = after
+            .clone()
+            .with_previous(OLD, Some("2026-06"))
+            .expect("key");
+        assert_eq!(
+            both.verify(&old_kid.sign(&claims(2_000)), 1_000),
+            Ok(claims(2_000))
+        );
+    }
+
+    #[test]
+    fn key_ids_must_be_plain_and_distinct() {
+        let key = || DeviceTokenKey::new(SECRET).expect("key");
+        for bad in ["", "a\"b", "with space", &"k".repeat(65)] {
+            assert!(
+                matches!(key().with_kid(bad), Err(SecretError::BadKid(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            key().with_previous(SECRET, None),
+            Err(SecretError::SameKid)
+        ));
+        let kid = key().with_kid("a").expect("kid");
+        assert!(matches!(
+            kid.with_previous(SECRET, Some("a")),
+            Err(SecretError::SameKid)
+        ));
+        assert!(matches!(
+            key().with_previous(b"short", Some("old")),
+            Err(SecretError::TooShort { .. })
+        ));
     }
 
     #[test]

@@ -35,6 +35,7 @@ async fn start_node(shutdown: &CancellationToken) -> String {
         secrets: Secrets {
             device_token_secret: DEVICE_SECRET.into(),
             admin_token: ADMIN_TOKEN.into(),
+            ..Secrets::default()
         },
         token_rules: ringside_auth::TokenRules::default(),
         prefetch: PrefetchSetup {

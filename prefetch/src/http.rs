@@ -22,8 +22,7 @@
 //! - Every response carries `extensions.cacheHint`: the device-cache TTL (jittered) and the
 //!   event versions the data was built for. One without errors also carries a weak `ETag` of
 //!   its data and those versions; `If-None-Match` with it answers `304` without a body.
-//! - CORS, only when [`PrefetchConfig::cors_origins`](crate::PrefetchConfig::cors_origins)
-//!   names origins: [`with_graphql_cors`] puts a layer in front of `/graphql` alone (never the
+//! - CORS, only for the web origins a node is given (`--web-origin`): [`with_graphql_cors`] puts a layer in front of `/graphql` alone (never the
 //!   admin API) that answers the preflight and echoes an allowed `Origin`; any other origin
 //!   gets no CORS header.
 

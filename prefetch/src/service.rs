@@ -58,11 +58,6 @@ pub struct PrefetchConfig {
     /// response the query limits allow is about 9 MB, and a slow reader makes the node hold
     /// it per connection. Over it: `RESPONSE_TOO_LARGE`, and the device asks for less.
     pub max_response_bytes: usize,
-    /// Web origins (`https://app.example.com`, scheme, host and optional port, nothing else)
-    /// whose pages may call `/graphql` from a browser: their CORS preflight is answered and
-    /// their responses carry `Access-Control-Allow-Origin`. Default empty: no CORS headers at
-    /// all, so only same-origin pages and non-browser devices can call it.
-    pub cors_origins: Vec<String>,
 }
 
 impl Default for PrefetchConfig {
@@ -81,7 +76,6 @@ impl Default for PrefetchConfig {
             persisted_query_bytes: 8 * 1024 * 1024,
             execution_timeout: Duration::from_secs(10),
             max_response_bytes: 4 * 1024 * 1024,
-            cors_origins: Vec::new(),
         }
     }
 }
@@ -146,9 +140,6 @@ impl PrefetchConfig {
         if self.execution_timeout.is_zero() || self.execution_timeout > Duration::from_secs(300) {
             return fail("execution_timeout", "must be between 1 ms and 5 minutes");
         }
-        if let Some(problem) = self.cors_origins.iter().find_map(|o| origin_problem(o)) {
-            return fail("cors_origins", problem);
-        }
         Ok(())
     }
 
@@ -165,26 +156,6 @@ impl PrefetchConfig {
         let factor = 1.0 + self.device_ttl_jitter * (2.0 * unit - 1.0);
         self.device_ttl.mul_f64(factor.max(0.0))
     }
-}
-
-/// What is wrong with a CORS origin, if anything. Browsers send `Origin` as
-/// `scheme://host[:port]`, lowercase, without a path; an entry of another shape would never
-/// match, so it is refused at startup instead of silently allowing nothing.
-fn origin_problem(origin: &str) -> Option<&'static str> {
-    let Some(rest) = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"))
-    else {
-        return Some("each origin must start with https:// or http://");
-    };
-    let host_allowed =
-        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.:[]".contains(c);
-    if rest.is_empty() || !rest.chars().all(host_allowed) {
-        return Some(
-            "each origin is scheme://host[:port] in lowercase, without a path or a trailing slash",
-        );
-    }
-    None
 }
 
 /// The key under which pages of profiles the catalog does not know are kept: everyone without
@@ -683,7 +654,7 @@ mod tests {
     #[test]
     fn defaults_validate_and_out_of_range_bounds_do_not() {
         assert_eq!(PrefetchConfig::default().validate(), Ok(()));
-        let broken: [fn(&mut PrefetchConfig); 18] = [
+        let broken: [fn(&mut PrefetchConfig); 15] = [
             |c| c.responses.jitter = 1.5,
             |c| c.responses.ttl = Duration::ZERO,
             |c| c.responses.max_bytes = u64::MAX,
@@ -699,23 +670,12 @@ mod tests {
             |c| c.limits.max_list_items = 0,
             |c| c.execution_timeout = Duration::ZERO,
             |c| c.max_response_bytes = 10,
-            |c| c.cors_origins = vec!["app.example.com".into()],
-            |c| c.cors_origins = vec!["https://app.example.com/".into()],
-            |c| c.cors_origins = vec!["https://App.example.com".into()],
         ];
         for breaking in broken {
             let mut config = PrefetchConfig::default();
             breaking(&mut config);
             assert!(config.validate().is_err(), "{config:?}");
         }
-        let web = PrefetchConfig {
-            cors_origins: vec![
-                "https://tv.example.com".into(),
-                "http://127.0.0.1:5173".into(),
-            ],
-            ..PrefetchConfig::default()
-        };
-        assert_eq!(web.validate(), Ok(()));
         let mut edges = PrefetchConfig::default();
         edges.cache.jitter = 0.0;
         edges.device_ttl_jitter = 1.0;

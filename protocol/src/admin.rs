@@ -103,6 +103,8 @@ pub struct TopicStats {
 #[serde(rename_all = "snake_case")]
 pub enum ApiErrorCode {
     Unauthorized,
+    /// A browser page of an origin that may not make this request (the `Origin` allow-lists).
+    Forbidden,
     InvalidRequest,
     NotFound,
     /// The path exists but not with this method; the `Allow` header lists the methods it has.
@@ -123,6 +125,7 @@ impl ApiErrorCode {
     pub fn status(self) -> u16 {
         match self {
             Self::Unauthorized => 401,
+            Self::Forbidden => 403,
             Self::InvalidRequest => 400,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,

@@ -223,15 +223,6 @@ pub(crate) struct PrefetchArgs {
         help = "Largest GraphQL response body [default: 4194304]"
     )]
     graphql_max_response_bytes: Option<usize>,
-    /// A web origin (`https://app.example.com`) whose pages may call /graphql; repeat the flag,
-    /// or separate them with commas in the environment variable. None: no CORS headers.
-    #[arg(
-        long = "cors-origin",
-        env = "RINGSIDE_CORS_ORIGINS",
-        value_delimiter = ',',
-        value_name = "ORIGIN"
-    )]
-    cors_origins: Vec<String>,
     /// Answer GraphQL introspection and serve GraphiQL in production too (without
     /// `--production` both are always on).
     #[arg(long, env = "RINGSIDE_GRAPHQL_INTROSPECTION")]
@@ -317,12 +308,6 @@ impl PrefetchArgs {
                 .unwrap_or(defaults.max_response_bytes),
             graphiql: !production || self.graphql_introspection,
             introspection: !production || self.graphql_introspection,
-            cors_origins: self
-                .cors_origins
-                .iter()
-                .map(|origin| origin.trim().to_owned())
-                .filter(|origin| !origin.is_empty())
-                .collect(),
         };
         PrefetchSetup {
             config,
@@ -354,7 +339,9 @@ impl PrefetchArgs {
 /// Where secrets come from. They are read from the environment (or files the environment
 /// names), never from flags, so that they do not show in process listings:
 /// `RINGSIDE_DEVICE_TOKEN_SECRET` / `RINGSIDE_DEVICE_TOKEN_SECRET_FILE` and
-/// `RINGSIDE_ADMIN_TOKEN` / `RINGSIDE_ADMIN_TOKEN_FILE`.
+/// `RINGSIDE_ADMIN_TOKEN` / `RINGSIDE_ADMIN_TOKEN_FILE`; during a rotation of the device-token
+/// secret also `RINGSIDE_DEVICE_TOKEN_KID`, `RINGSIDE_DEVICE_TOKEN_PREVIOUS_SECRET` (or
+/// `…_FILE`) and `RINGSIDE_DEVICE_TOKEN_PREVIOUS_KID`.
 #[derive(Args)]
 #[command(next_help_heading = "Secrets")]
 pub(crate) struct SecretArgs {
@@ -386,6 +373,7 @@ impl SecretArgs {
             return Ok(Secrets {
                 device_token_secret,
                 admin_token,
+                rotation: secrets::KeyRotation::from_env()?,
             });
         }
         let development = secrets::development(&self.state_dir())?.with_context(|| {
@@ -398,6 +386,7 @@ impl SecretArgs {
         Ok(Secrets {
             device_token_secret: device_token_secret.unwrap_or(development.device_token_secret),
             admin_token: admin_token.unwrap_or(development.admin_token),
+            rotation: secrets::KeyRotation::from_env()?,
         })
     }
 }

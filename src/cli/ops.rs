@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use ringside::secrets::Secrets;
-use ringside_auth::{DeviceClaims, DeviceClass, DeviceTokenKey};
+use ringside_auth::{DeviceClaims, DeviceClass};
 use ringside_client::watcher::WatchEvent;
 use ringside_client::{AdminClient, Watcher, WatcherConfig};
 use ringside_protocol::admin::{CreateEvent, ProtectionStatus, PublishRequest};
@@ -149,7 +149,7 @@ fn mint_token(
     ttl_s: u64,
     priority: Option<Priority>,
 ) -> anyhow::Result<String> {
-    let key = DeviceTokenKey::new(secrets.device_token_secret.as_bytes())?;
+    let key = secrets.device_token_key()?;
     let claims = DeviceClaims {
         sub: device.to_owned(),
         profile: profile.to_owned(),

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use ringside::content::StoreSetup;
 use ringside::http::HttpConfig;
+use ringside::origin::OriginPolicy;
 use ringside::secrets::{self, SecretSource};
 use ringside::server::{BusSetup, Role};
 use ringside::{ServeConfig, serve};
@@ -100,6 +101,26 @@ struct HttpArgs {
         help = "Smallest response body compressed (gzip, brotli), 0 for never [default: 1024]"
     )]
     compression_min_bytes: Option<u16>,
+    /// A web app's origin (`https://tv.example.com`) whose pages may open /v1/ws and call
+    /// /graphql (CORS); repeat the flag, or separate them with commas in the environment
+    /// variable. None: only the node's own pages.
+    #[arg(
+        long = "web-origin",
+        visible_alias = "cors-origin",
+        env = "RINGSIDE_WEB_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    web_origins: Vec<String>,
+    /// An ops console's origin, when it is not served by the node itself (a proxy that
+    /// rewrites Host): its pages may use /v1/admin and /console. Repeatable, or comma-separated.
+    #[arg(
+        long = "console-origin",
+        env = "RINGSIDE_CONSOLE_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    console_origins: Vec<String>,
 }
 
 impl HttpArgs {
@@ -122,8 +143,21 @@ impl HttpArgs {
                 .compression_min_bytes
                 .unwrap_or(defaults.compression_min_bytes),
             protection,
+            origins: OriginPolicy {
+                web: listed(&self.web_origins),
+                console: listed(&self.console_origins),
+            },
         }
     }
+}
+
+/// The non-empty entries of an origin list, trimmed.
+fn listed(origins: &[String]) -> Vec<String> {
+    origins
+        .iter()
+        .map(|origin| origin.trim().to_owned())
+        .filter(|origin| !origin.is_empty())
+        .collect()
 }
 
 /// The device sessions of a gateway node (`serve` and `gateway`).
@@ -579,12 +613,18 @@ fn serve_config(
     role: Role,
     secrets: ringside::secrets::Secrets,
 ) -> anyhow::Result<ServeConfig> {
+    if std::env::var_os("RINGSIDE_CORS_ORIGINS").is_some() {
+        bail!(
+            "RINGSIDE_CORS_ORIGINS is now RINGSIDE_WEB_ORIGINS (the list also allows those \
+             pages' WebSocket): rename it"
+        );
+    }
     let store = node.redis.store();
+    let http = node.http.config(node.protection.config());
     Ok(ServeConfig {
         role,
         bus: node.kafka.setup()?,
         gateway: gateway.map_or_else(|| node.gateway_defaults(), |gateway| gateway.config(node)),
-        http: node.http.config(node.protection.config()),
         secrets,
         token_rules: node.token_rules(),
         prefetch: match control {
@@ -595,6 +635,7 @@ fn serve_config(
             .map_or_else(Default::default, |control| control.fetch_window.config()),
         admin_stream: control
             .map_or_else(Default::default, |control| control.admin_stream.config()),
+        http,
     })
 }
 
@@ -671,6 +712,7 @@ mod tests {
         let secrets = Secrets {
             device_token_secret: "a-device-token-secret-of-32-bytes!".into(),
             admin_token: "an-admin-token-long-enough-for-its-check".into(),
+            ..Secrets::default()
         };
         let config = match &cli.command {
             Command::Serve(a) => serve_config(

@@ -74,8 +74,12 @@ fn banner_address(first: &str) -> String {
         .to_owned()
 }
 
-fn start_server(state: &StateDir) -> Server {
-    let mut child = ringside(state, &["serve", "--listen", "127.0.0.1:0"])
+/// `ringside serve` on a free loopback port with `env` set, and its banner's lines after the
+/// first.
+fn serve_with(state: &StateDir, env: &[(&str, &str)]) -> (Server, Vec<String>) {
+    let mut command = ringside(state, &["serve", "--listen", "127.0.0.1:0"]);
+    command.envs(env.iter().copied());
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -85,6 +89,16 @@ fn start_server(state: &StateDir) -> Server {
     let first = lines.next().unwrap().unwrap();
     let address = banner_address(&first);
     let banner: Vec<String> = lines.by_ref().take(8).map(|l| l.unwrap()).collect();
+    std::thread::spawn(move || lines.for_each(drop));
+    let server = Server {
+        child,
+        base: format!("http://{address}"),
+    };
+    (server, banner)
+}
+
+fn start_server(state: &StateDir) -> Server {
+    let (server, banner) = serve_with(state, &[]);
     assert!(
         banner.iter().any(|l| l.contains("ringside token --device")),
         "{banner:?}"
@@ -93,11 +107,7 @@ fn start_server(state: &StateDir) -> Server {
         banner.iter().any(|l| l.contains("DEVELOPMENT secrets")),
         "{banner:?}"
     );
-    std::thread::spawn(move || lines.for_each(drop));
-    Server {
-        child,
-        base: format!("http://{address}"),
-    }
+    server
 }
 
 #[test]
@@ -263,6 +273,88 @@ fn token_command_mints_verifiable_tokens() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("RINGSIDE_DEVICE_TOKEN_SECRET"));
 }
 
+/// A rotation of the device-token secret as docs/OPERATIONS.md describes it, through the
+/// binary: tokens of the old secret keep working while it is the previous one, new tokens carry
+/// the new key's `kid`, and once the old secret is removed its tokens are refused.
+#[test]
+fn a_device_secret_rotates_without_refusing_tokens_until_the_old_one_is_removed() {
+    let state = StateDir::new("rotation");
+    let old = "the-old-device-token-secret-0123456789";
+    let new = "the-new-device-token-secret-0123456789";
+    let admin = (
+        "RINGSIDE_ADMIN_TOKEN",
+        "an-admin-token-of-enough-length-000000",
+    );
+    let mint = |env: &[(&str, &str)]| {
+        let mut command = ringside(
+            &state,
+            &["token", "--device", "tv-r", "--profile", "p000001"],
+        );
+        command.envs(env.iter().copied()).env(admin.0, admin.1);
+        run_ok(&mut command).trim().to_owned()
+    };
+    let before = mint(&[("RINGSIDE_DEVICE_TOKEN_SECRET", old)]);
+    let during_env = [
+        ("RINGSIDE_DEVICE_TOKEN_SECRET", new),
+        ("RINGSIDE_DEVICE_TOKEN_KID", "2026-12"),
+        ("RINGSIDE_DEVICE_TOKEN_PREVIOUS_SECRET", old),
+        admin,
+    ];
+    let after_env = [
+        ("RINGSIDE_DEVICE_TOKEN_SECRET", new),
+        ("RINGSIDE_DEVICE_TOKEN_KID", "2026-12"),
+        admin,
+    ];
+    let during = mint(&during_env);
+    let header = |token: &str| {
+        use base64::Engine;
+        let header = token.split('.').next().unwrap();
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&json).unwrap()
+    };
+    assert_eq!(header(&during)["kid"], "2026-12");
+    assert_eq!(header(&before).get("kid"), None);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let prefetch = |base: String, token: String| async move {
+        let bearer = format!("Bearer {token}");
+        let answer = ringside_client::http::call(
+            &base,
+            "POST",
+            "/graphql",
+            &[("authorization", bearer.as_str())],
+            Some(br#"{"query":"{ prefetch { profileId } }"}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+        (
+            answer.status,
+            String::from_utf8_lossy(&answer.body).into_owned(),
+        )
+    };
+    let (server, _) = serve_with(&state, &during_env);
+    runtime.block_on(async {
+        for token in [&before, &during] {
+            let (status, body) = prefetch(server.base.clone(), token.clone()).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    });
+    drop(server);
+    let (server, _) = serve_with(&state, &after_env);
+    runtime.block_on(async {
+        let (status, _) = prefetch(server.base.clone(), during.clone()).await;
+        assert_eq!(status, 200);
+        let (status, body) = prefetch(server.base.clone(), before.clone()).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("signature does not verify"), "{body}");
+    });
+}
+
 #[test]
 fn production_mode_refuses_to_start_without_secrets() {
     let state = StateDir::new("prod");
@@ -293,6 +385,14 @@ fn production_mode_refuses_to_start_without_secrets() {
         .unwrap();
     assert!(!short.status.success());
     assert!(String::from_utf8_lossy(&short.stderr).contains("at least 32 bytes"));
+
+    // The renamed origin list is not silently ignored.
+    let renamed = ringside(&state, &["serve", "--listen", "127.0.0.1:0"])
+        .env("RINGSIDE_CORS_ORIGINS", "https://tv.example.com")
+        .output()
+        .unwrap();
+    assert!(!renamed.status.success());
+    assert!(String::from_utf8_lossy(&renamed.stderr).contains("RINGSIDE_WEB_ORIGINS"));
 }
 
 /// No log line, at any level, carries a secret or a token: a node with known secrets and
@@ -305,9 +405,12 @@ fn no_log_line_carries_a_secret_or_a_token() {
     let secret = "device-secret-for-the-log-test-0123456789";
     let admin = "admin-token-for-the-log-test-0123456789ab";
     let wrong_admin = "wrong-admin-token-for-the-log-test-98765";
+    let previous = "previous-device-secret-for-the-log-test-0";
     let with_secrets = |command: &mut Command| {
         command
             .env("RINGSIDE_DEVICE_TOKEN_SECRET", secret)
+            .env("RINGSIDE_DEVICE_TOKEN_KID", "k2")
+            .env("RINGSIDE_DEVICE_TOKEN_PREVIOUS_SECRET", previous)
             .env("RINGSIDE_ADMIN_TOKEN", admin);
     };
     let mut serve = ringside(&state, &["serve", "--listen", "127.0.0.1:0"]);
@@ -412,6 +515,7 @@ fn no_log_line_carries_a_secret_or_a_token() {
     );
     for (name, value) in [
         ("device secret", secret),
+        ("previous device secret", previous),
         ("admin token", admin),
         ("wrong admin token", wrong_admin),
         ("device token", device.as_str()),

@@ -22,6 +22,7 @@ mod console;
 mod control_redis;
 mod cors;
 mod hostile;
+mod origins;
 mod prefetch;
 mod protection;
 mod topics;

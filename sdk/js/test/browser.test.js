@@ -70,7 +70,7 @@ test('a page imports the built package, prefetches across origins and renders a 
   const { chromium } = await import('playwright-core');
   const pagePort = await freePort();
   const origin = `http://127.0.0.1:${pagePort}`;
-  const ringside = await startServer({ args: ['--cors-origin', origin] });
+  const ringside = await startServer({ args: ['--web-origin', origin] });
   const pages = await startPageServer(pagePort);
   const browser = await chromium.launch({
     executablePath: CHROMIUM,

@@ -101,6 +101,7 @@ impl TestServer {
             secrets: Secrets {
                 device_token_secret: DEVICE_SECRET.into(),
                 admin_token: ADMIN_TOKEN.into(),
+                ..Secrets::default()
             },
             // No clock skew: the tests' tokens expire when they say (one machine, one clock).
             token_rules: ringside_auth::TokenRules {
