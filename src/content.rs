@@ -74,7 +74,23 @@ pub const REDIS_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::fro
 /// One connection to Redis, shared by every store of the process; it reconnects by itself.
 pub async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
     let shown = without_password(url);
-    let client = redis::Client::open(url).with_context(|| format!("invalid Redis URL {shown}"))?;
+    let client = match ringside_client::tls::ca_file().filter(|_| url.starts_with("rediss://")) {
+        // A private CA: the Redis server's certificate must chain to it.
+        Some(ca) => {
+            let root = std::fs::read(&ca)
+                .with_context(|| format!("RINGSIDE_CA_FILE {}: cannot read it", ca.display()))?;
+            // The one provider compiled in (ring) serves redis's rustls too; installed once.
+            #[allow(deprecated)]
+            let _already = rustls::crypto::ring::default_provider().install_default();
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root),
+            };
+            redis::Client::build_with_tls(url, certificates)
+        }
+        None => redis::Client::open(url),
+    }
+    .with_context(|| format!("invalid Redis URL {shown}"))?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(REDIS_RESPONSE_TIMEOUT))
         .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))

@@ -46,6 +46,7 @@ use tokio_util::task::TaskTracker;
 use tower::Layer as _;
 
 use crate::origin::{OriginPolicy, check_origin};
+use crate::tls::{ServerTls, TlsFiles};
 
 /// Limits of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -73,6 +74,9 @@ pub struct HttpConfig {
     /// The web and console origins whose pages may make browser requests besides the node's
     /// own (default none; [`crate::origin`]).
     pub origins: OriginPolicy,
+    /// Serve TLS (`https://`, `wss://`) with this certificate and key (default none: plain
+    /// TCP; [`crate::tls`]). The handshake counts as part of the header read timeout.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for HttpConfig {
@@ -85,6 +89,7 @@ impl Default for HttpConfig {
             compression_min_bytes: 1024,
             protection: ProtectionConfig::default(),
             origins: OriginPolicy::default(),
+            tls: None,
         }
     }
 }
@@ -109,6 +114,9 @@ impl HttpConfig {
         }
         self.protection.validate()?;
         self.origins.validate()?;
+        if let Some(files) = &self.tls {
+            files.load()?;
+        }
         Ok(())
     }
 }
@@ -235,6 +243,24 @@ async fn accept_loop(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> bool {
+    let tls = match &config.tls {
+        None => None,
+        Some(files) => match ServerTls::new(files) {
+            Ok(tls) => {
+                tokio::spawn(tls.clone().reload_on_hangup(shutdown.clone()));
+                Some(tls)
+            }
+            Err(error) => {
+                // Checked by `HttpConfig::validate` before the listener was bound: only a file
+                // changed since then gets here.
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "TLS files do not load; not serving"
+                );
+                return true;
+            }
+        },
+    };
     let connections = TaskTracker::new();
     let pending = Arc::new(Semaphore::new(config.max_pending_connections));
     let mut builder = http1::Builder::new();
@@ -268,22 +294,30 @@ async fn accept_loop(
         }
         // One pace per connection (protection pauses a connection whose request it shed).
         let service = TowerToHyperService::new(pace.layer(router.clone()));
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
         let shutdown = shutdown.clone();
+        let (builder, tls) = (builder.clone(), tls.clone());
+        let handshake_timeout = config.header_read_timeout;
         connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = shutdown.cancelled() => {
-                    // Finish the request in flight, then close; idle connections close now.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            match tls {
+                None => serve_connection(&builder, stream, service, &shutdown).await,
+                Some(tls) => {
+                    // The handshake holds a pending place and is bounded like a request's
+                    // headers, so that a client cannot hold either by stalling it.
+                    let accepted = tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        accepted = tokio::time::timeout(
+                            handshake_timeout,
+                            tls.acceptor().accept(stream),
+                        ) => accepted,
+                    };
+                    match accepted {
+                        Ok(Ok(stream)) => {
+                            serve_connection(&builder, stream, service, &shutdown).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
                 }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%error, "HTTP connection ended with an error");
             }
             drop(permit);
         });
@@ -296,6 +330,36 @@ async fn accept_loop(
             tracing::warn!("HTTP connections still open after the grace period; dropping them");
             false
         }
+    }
+}
+
+/// The service each connection runs: the router behind its pace.
+type PacedRouter = ringside_protection::PaceService<Router>;
+
+/// Serves one HTTP/1.1 connection (plain or TLS) with upgrades, until it ends; on `shutdown`
+/// the request in flight finishes and the connection closes.
+async fn serve_connection<I>(
+    builder: &http1::Builder,
+    io: I,
+    service: TowerToHyperService<PacedRouter>,
+    shutdown: &CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.cancelled() => {
+            // Finish the request in flight, then close; idle connections close now.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "HTTP connection ended with an error");
     }
 }
 

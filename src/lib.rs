@@ -26,5 +26,6 @@ pub mod origin;
 pub mod overload;
 pub mod secrets;
 pub mod server;
+pub mod tls;
 
 pub use server::{ServeConfig, serve};

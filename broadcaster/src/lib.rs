@@ -42,7 +42,7 @@ pub use bus::{
 pub use hub::{
     Applied, DeliveryMetrics, EncodedState, Fanout, Hub, HubConfig, HubMetrics, TopicLimit,
 };
-pub use mailbox::{Delivery, Mailbox, Offer};
+pub use mailbox::{Delivery, Mailbox, Offer, SocketWrite};
 pub use record::DeliveryRecord;
 
 /// Errors of the broadcast tier.

@@ -41,6 +41,41 @@ use tokio::io::AsyncWrite;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
+/// The write side of a device's socket as a mailbox drives it: non-blocking writes from any
+/// thread (the fan-out's) under the mailbox's lock, and polled ones from the connection's task.
+/// A plain TCP socket's write half is one; a TLS session's is another, which encrypts what it
+/// takes and may hold records the socket has not taken yet ([`SocketWrite::pending`]).
+pub trait SocketWrite: Send + std::fmt::Debug {
+    /// Writes what the socket takes now, without waiting; `WouldBlock` when it takes nothing.
+    fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize>;
+    /// Writes, registering `cx` for the socket's next writable edge when it takes nothing.
+    fn poll_write(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>>;
+    /// Whether bytes this writer took still wait to reach the socket (a TLS session's records).
+    fn pending(&self) -> bool {
+        false
+    }
+    /// Writes what [`SocketWrite::pending`] holds.
+    fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    /// Shuts the write side (after what is pending).
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl SocketWrite for OwnedWriteHalf {
+    fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        OwnedWriteHalf::try_write(self, bytes)
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(self), cx, bytes)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(self), cx)
+    }
+}
+
 use crate::hub::EncodedState;
 
 /// What happened to an offered state or best-effort message.
@@ -170,7 +205,7 @@ pub struct Delivery {
 #[derive(Debug, Default)]
 struct Outbound {
     slots: Vec<Slot>,
-    socket: Option<OwnedWriteHalf>,
+    socket: Option<Box<dyn SocketWrite>>,
     /// The unwritten rest of frames the socket took only in part: written before anything else.
     backlog: BytesMut,
     /// At most this many bytes wait in the backlog; a writer waits for the socket beyond it.
@@ -195,10 +230,10 @@ impl Mailbox {
     }
 
     /// A mailbox that writes to `socket`, with at most `backlog_limit` bytes waiting for it.
-    pub fn with_socket(socket: OwnedWriteHalf, backlog_limit: usize) -> Arc<Self> {
+    pub fn with_socket(socket: impl SocketWrite + 'static, backlog_limit: usize) -> Arc<Self> {
         Arc::new(Self {
             outbound: Mutex::new(Outbound {
-                socket: Some(socket),
+                socket: Some(Box::new(socket)),
                 backlog_limit,
                 ..Outbound::default()
             }),
@@ -331,12 +366,17 @@ impl Mailbox {
         }
         let idle = slot.pending.is_none() && slot.pending_best_effort.is_none();
         let direct = !catch_up && slot.flag(ANNOUNCED) && idle && backlog.is_empty();
-        if let (true, Some(socket)) = (direct, socket.as_ref()) {
+        if let (true, Some(socket)) = (direct, socket.as_mut()) {
             match socket.try_write(&state.wire) {
                 // A live offer is always newer than what was written (it is newer than what
                 // was offered), and the fan-out counts its direct writes once per pass.
                 Ok(written) if written == state.wire.len() => {
                     slot.note_written(state);
+                    if socket.pending() {
+                        // Taken but not all on the wire yet: the task finishes it.
+                        drop(outbound);
+                        self.wake.notify_one();
+                    }
                     return Offer::Written;
                 }
                 Ok(written) => {
@@ -516,7 +556,7 @@ impl Mailbox {
                 return Poll::Ready(Err(error));
             }
         };
-        if written < frames.len() {
+        if written < frames.len() || socket.pending() {
             out.backlog.extend_from_slice(&frames[written..]);
             // Whoever flushes next writes it; the task is woken in case nobody does.
             drop(outbound);
@@ -543,7 +583,7 @@ impl Mailbox {
         let out = &mut *outbound;
         let socket = writable(&mut out.socket, out.failed)?;
         ready!(drain(socket, &mut out.backlog, cx))?;
-        Pin::new(socket).poll_shutdown(cx)
+        socket.poll_shutdown(cx)
     }
 }
 
@@ -551,7 +591,7 @@ impl Mailbox {
 /// backlog), else appended to the backlog if it stays within `limit`. False when it does not
 /// fit: nothing was taken.
 fn write_whole(
-    socket: &OwnedWriteHalf,
+    socket: &mut Box<dyn SocketWrite>,
     backlog: &mut BytesMut,
     limit: usize,
     frame: &[u8],
@@ -577,7 +617,10 @@ fn write_whole(
     Ok(true)
 }
 
-fn writable(socket: &mut Option<OwnedWriteHalf>, failed: bool) -> io::Result<&mut OwnedWriteHalf> {
+fn writable(
+    socket: &mut Option<Box<dyn SocketWrite>>,
+    failed: bool,
+) -> io::Result<&mut Box<dyn SocketWrite>> {
     match socket {
         Some(socket) if !failed => Ok(socket),
         Some(_) => Err(io::ErrorKind::BrokenPipe.into()),
@@ -585,27 +628,26 @@ fn writable(socket: &mut Option<OwnedWriteHalf>, failed: bool) -> io::Result<&mu
     }
 }
 
-/// Writes the backlog until it is empty or the socket is full (then the task is registered for
-/// its next writable edge).
+/// Writes the backlog, then what the writer holds, until both are empty or the socket is full
+/// (then the task is registered for its next writable edge).
 fn drain(
-    socket: &mut OwnedWriteHalf,
+    socket: &mut Box<dyn SocketWrite>,
     backlog: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
-    if backlog.is_empty() {
-        return Poll::Ready(Ok(()));
-    }
-    while !backlog.is_empty() {
-        let written = ready!(Pin::new(&mut *socket).poll_write(cx, backlog))?;
-        if written == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+    if !backlog.is_empty() {
+        while !backlog.is_empty() {
+            let written = ready!(socket.poll_write(cx, backlog))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            backlog.advance(written);
         }
-        backlog.advance(written);
+        // A backlog is rare: give its memory back rather than keep it on every connection that
+        // once had one.
+        *backlog = BytesMut::new();
     }
-    // A backlog is rare: give its memory back rather than keep it on every connection that
-    // once had one.
-    *backlog = BytesMut::new();
-    Poll::Ready(Ok(()))
+    socket.poll_flush(cx)
 }
 
 #[cfg(test)]
@@ -744,6 +786,55 @@ mod tests {
         mailbox.seal();
         assert!(pending_versions(&mailbox).is_empty());
         assert_eq!(mailbox.offer(&encoded("event:a", 3)), Offer::Ignored);
+    }
+
+    /// A writer like a TLS session's: it takes every frame whole, but holds the bytes until it
+    /// is flushed.
+    #[derive(Debug, Default)]
+    struct Holding {
+        held: Arc<Mutex<Vec<u8>>>,
+        flushed: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl SocketWrite for Holding {
+        fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.held.locked().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn poll_write(&mut self, _cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Ready(self.try_write(bytes))
+        }
+        fn pending(&self) -> bool {
+            !self.held.locked().is_empty()
+        }
+        fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let held = std::mem::take(&mut *self.held.locked());
+            self.flushed.locked().extend_from_slice(&held);
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_direct_write_the_writer_still_holds_wakes_the_task_to_flush_it() {
+        let writer = Holding::default();
+        let flushed = writer.flushed.clone();
+        let mailbox = Mailbox::with_socket(writer, 64 * 1024);
+        let a = Topic::parse("event:a").expect("topic");
+        mailbox.open(&a, 0);
+        mailbox.announce(&a);
+        let state = encoded("event:a", 1);
+        assert_eq!(mailbox.offer(&state), Offer::Written);
+        // Nothing is on the wire yet: the offer woke the task, whose flush sends it.
+        tokio::time::timeout(std::time::Duration::from_secs(5), mailbox.ready())
+            .await
+            .expect("the task is woken");
+        std::future::poll_fn(|cx| mailbox.poll_flush(cx))
+            .await
+            .expect("flushed");
+        assert_eq!(*flushed.locked(), state.wire.to_vec());
     }
 
     #[tokio::test]

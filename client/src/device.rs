@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use ringside_protocol::{ClientFrame, ServerFrame, SubscribeTopic, Topic};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::ClientError;
+use crate::tls::ClientStream;
 
 /// How to open a connection.
 #[derive(Debug, Clone, Default)]
@@ -21,6 +22,9 @@ pub struct ConnectOptions {
     pub bind: Option<IpAddr>,
     /// Read buffer per connection; small keeps big fleets cheap for the load generator.
     pub read_buffer_bytes: Option<usize>,
+    /// The socket's kernel receive buffer (`SO_RCVBUF`; default: the kernel's, autotuned). A
+    /// small one makes a device that stops reading look slow to the server soon.
+    pub receive_buffer_bytes: Option<u32>,
     pub connect_timeout: Option<Duration>,
 }
 
@@ -54,18 +58,21 @@ impl ConnectFailure {
 /// An open connection to `/v1/ws`.
 #[derive(Debug)]
 pub struct DeviceConnection {
-    socket: WebSocketStream<TcpStream>,
+    socket: WebSocketStream<ClientStream>,
     pub welcome: Welcome,
 }
 
-/// `ws://host:port` plus the path, from a base URL such as `ws://127.0.0.1:8080` or
-/// `http://127.0.0.1:8080`.
+/// `ws://host:port` (or `wss://`) plus the path, from a base URL such as `ws://127.0.0.1:8080`,
+/// `http://127.0.0.1:8080` or `https://ringside.example.com`.
 pub fn ws_url(base: &str) -> String {
     let base = base.trim_end_matches('/');
-    let base = base
-        .strip_prefix("http://")
-        .map(|rest| format!("ws://{rest}"))
-        .unwrap_or_else(|| base.to_owned());
+    let base = if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else {
+        base.to_owned()
+    };
     if base.ends_with("/v1/ws") {
         base
     } else {
@@ -109,11 +116,15 @@ impl DeviceConnection {
         let request = format!("{url}{separator}token={token}")
             .into_client_request()
             .map_err(|_| ClientError::InvalidAddress(url.to_owned()))?;
-        if request.uri().scheme_str() != Some("ws") {
-            return Err(ClientError::InvalidAddress(format!(
-                "{url}: only ws:// is supported (terminate TLS in front of Ringside)"
-            )));
-        }
+        let tls = match request.uri().scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => {
+                return Err(ClientError::InvalidAddress(format!(
+                    "{url}: expected ws:// or wss://"
+                )));
+            }
+        };
         let host = request
             .uri()
             .host()
@@ -122,7 +133,10 @@ impl DeviceConnection {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let port = request.uri().port_u16().unwrap_or(80);
+        let port = request
+            .uri()
+            .port_u16()
+            .unwrap_or(if tls { 443 } else { 80 });
         let address = tokio::net::lookup_host((host.as_str(), port))
             .await
             .map_err(|_| ClientError::InvalidAddress(url.to_owned()))?
@@ -136,11 +150,17 @@ impl DeviceConnection {
         if let Some(bind) = options.bind {
             socket.bind(SocketAddr::new(bind, 0))?;
         }
+        if let Some(bytes) = options.receive_buffer_bytes {
+            socket.set_recv_buffer_size(bytes)?;
+        }
         let connect_timeout = options.connect_timeout.unwrap_or(Duration::from_secs(10));
         let stream = tokio::time::timeout(connect_timeout, socket.connect(address))
             .await
             .map_err(|_| ClientError::Timeout)??;
         stream.set_nodelay(true)?;
+        let stream = tokio::time::timeout(connect_timeout, ClientStream::open(stream, tls, &host))
+            .await
+            .map_err(|_| ClientError::Timeout)??;
         let mut config = WebSocketConfig::default();
         if let Some(bytes) = options.read_buffer_bytes {
             config = config.read_buffer_size(bytes).write_buffer_size(0);

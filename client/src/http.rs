@@ -8,6 +8,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::ClientError;
+use crate::tls::ClientStream;
 
 /// An HTTP answer.
 #[derive(Debug, Clone)]
@@ -58,7 +59,24 @@ pub async fn call(
     body: Option<Vec<u8>>,
 ) -> Result<HttpResponse, ClientError> {
     let authority = authority(base)?;
-    let stream = TcpStream::connect(&authority).await?;
+    let uri: hyper::Uri = base
+        .parse()
+        .map_err(|_| ClientError::InvalidAddress(base.into()))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") | None => false,
+        Some(_) => {
+            return Err(ClientError::InvalidAddress(format!(
+                "{base}: expected http:// or https://"
+            )));
+        }
+    };
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let stream = ClientStream::open(TcpStream::connect(&authority).await?, tls, host).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ClientError::Http(e.to_string()))?;

@@ -6,11 +6,13 @@
 //!   than a refusal's `Retry-After`), honours `goaway`, and resubscribes with the last version
 //!   it saw so it catches up exactly.
 //! - [`admin`]: [`AdminClient`], the typed admin API, and [`http`], a minimal HTTP/1.1 call.
+//! - [`tls`]: `https://` and `wss://`, trusting the platform's roots and `RINGSIDE_CA_FILE`.
 
 pub mod admin;
 pub mod backoff;
 pub mod device;
 pub mod http;
+pub mod tls;
 pub mod watcher;
 
 pub use admin::AdminClient;
@@ -44,6 +46,8 @@ pub enum ClientError {
     Api { status: u16, error: ApiError },
     #[error("timed out")]
     Timeout,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ClientError {

@@ -29,6 +29,7 @@ pub mod metrics;
 mod rate;
 pub mod session;
 mod socket;
+mod tls;
 pub mod upgrade;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

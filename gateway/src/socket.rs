@@ -1,6 +1,7 @@
-//! A device's socket as the WebSocket codec sees it: reads come from the socket's read half,
-//! writes go through the connection's [`Mailbox`], which owns the write half and also takes the
-//! fan-out's direct writes, so that the codec's frames and the fan-out's never interleave.
+//! A device's socket as the WebSocket codec sees it: reads come from the socket's read half (or,
+//! over TLS, the connection's TLS session), writes go through the connection's [`Mailbox`],
+//! which owns the write side and also takes the fan-out's direct writes, so that the codec's
+//! frames and the fan-out's never interleave.
 //!
 //! Reads are held to the connection's inbound byte rate: past its budget the socket is not
 //! read for a while, so the kernel's flow control holds the sender back instead of the node
@@ -19,10 +20,19 @@ use tokio::time::{Instant, Sleep};
 
 use crate::Gateway;
 use crate::rate::RateBudget;
+use crate::tls::{TlsSession, TlsWriter};
+
+/// Where a connection's bytes come from.
+#[derive(Debug)]
+enum ReadSide {
+    Plain(OwnedReadHalf),
+    /// Decrypted by the session the mailbox's writer shares.
+    Tls(Arc<TlsSession>),
+}
 
 #[derive(Debug)]
 pub(crate) struct DeviceSocket {
-    read: OwnedReadHalf,
+    read: ReadSide,
     mailbox: Arc<Mailbox>,
     /// For the inbound byte rate and the byte count.
     gateway: Arc<Gateway>,
@@ -44,15 +54,32 @@ impl DeviceSocket {
         let (read, write) = stream.into_split();
         let mailbox = Mailbox::with_socket(write, backlog_limit);
         (
-            Self {
-                read,
-                mailbox: mailbox.clone(),
-                gateway,
-                inbound_bytes: RateBudget::new(Instant::now()),
-                paused: None,
-            },
+            Self::reading(ReadSide::Plain(read), &mailbox, gateway),
             mailbox,
         )
+    }
+
+    /// The same over TLS: `session`'s writes go to a new mailbox, its reads to the codec.
+    pub(crate) fn tls(
+        session: Arc<TlsSession>,
+        backlog_limit: usize,
+        gateway: Arc<Gateway>,
+    ) -> (Self, Arc<Mailbox>) {
+        let mailbox = Mailbox::with_socket(TlsWriter::new(session.clone()), backlog_limit);
+        (
+            Self::reading(ReadSide::Tls(session), &mailbox, gateway),
+            mailbox,
+        )
+    }
+
+    fn reading(read: ReadSide, mailbox: &Arc<Mailbox>, gateway: Arc<Gateway>) -> Self {
+        Self {
+            read,
+            mailbox: mailbox.clone(),
+            gateway,
+            inbound_bytes: RateBudget::new(Instant::now()),
+            paused: None,
+        }
     }
 
     /// Charges `bytes` just read to the inbound byte rate; past the burst, reading pauses until
@@ -86,7 +113,10 @@ impl AsyncRead for DeviceSocket {
             this.paused = None;
         }
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.read).poll_read(cx, buf);
+        let polled = match &mut this.read {
+            ReadSide::Plain(read) => Pin::new(read).poll_read(cx, buf),
+            ReadSide::Tls(session) => session.poll_read(cx, buf),
+        };
         let read = buf.filled().len() - before;
         if read > 0 {
             this.charge_inbound(read);

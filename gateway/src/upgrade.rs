@@ -20,11 +20,13 @@ use futures_util::future::Either;
 use hyper_util::rt::TokioIo;
 use ringside_broadcaster::Mailbox;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::socket::DeviceSocket;
+use crate::tls::TlsSession;
 use crate::{Gateway, GatewayError, session};
 
 /// The device token from `?token=` or `Authorization: Bearer`.
@@ -160,16 +162,29 @@ async fn open(
             return None;
         }
     };
-    // The session needs the TCP socket itself: the fan-out writes to it directly. Frames the
-    // device sent right behind its upgrade request were read with the request; they are copied
-    // out, so that the HTTP read buffer they sit in is freed now.
-    let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-        tracing::error!("upgraded connection is not a TCP socket; closed");
-        return None;
+    // The session needs the TCP socket itself (over TLS, with its TLS session): the fan-out
+    // writes to it directly. Frames the device sent right behind its upgrade request were read
+    // with the request; they are copied out, so that the HTTP read buffer they sit in is freed
+    // now.
+    let (mut socket, mailbox, early_frames) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let stream = parts.io.into_inner();
+            limit_send_buffer(&stream, send_buffer_bytes);
+            let (socket, mailbox) = DeviceSocket::new(stream, backlog_limit, gateway);
+            (socket, mailbox, parts.read_buf.to_vec())
+        }
+        Err(upgraded) => {
+            let Ok(parts) = upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() else {
+                tracing::error!("upgraded connection is neither TCP nor TLS over TCP; closed");
+                return None;
+            };
+            let (stream, tls) = parts.io.into_inner().into_inner();
+            limit_send_buffer(&stream, send_buffer_bytes);
+            let session = TlsSession::new(stream, tls);
+            let (socket, mailbox) = DeviceSocket::tls(session, backlog_limit, gateway);
+            (socket, mailbox, parts.read_buf.to_vec())
+        }
     };
-    let (stream, early_frames) = (parts.io.into_inner(), parts.read_buf.to_vec());
-    limit_send_buffer(&stream, send_buffer_bytes);
-    let (mut socket, mailbox) = DeviceSocket::new(stream, backlog_limit, gateway);
     socket.charge_inbound(early_frames.len());
     let socket =
         WebSocketStream::from_partially_read(socket, early_frames, Role::Server, Some(config))

@@ -524,6 +524,7 @@ async fn worker(plan: DrainWorkerPlan) -> anyhow::Result<()> {
                 .copied(),
             read_buffer_bytes: Some(1024),
             connect_timeout: Some(Duration::from_secs(20)),
+            ..ConnectOptions::default()
         };
         let (endpoints, topic, shared) = (plan.endpoints.clone(), topic.clone(), shared.clone());
         tokio::spawn(device(endpoints, token, options, topic, shared));

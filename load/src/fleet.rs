@@ -91,6 +91,7 @@ pub async fn run_worker(plan: WorkerPlan) -> anyhow::Result<()> {
                     bind,
                     read_buffer_bytes: Some(plan.read_buffer_bytes),
                     connect_timeout: Some(Duration::from_secs(20)),
+                    ..ConnectOptions::default()
                 };
                 let (url, topic) = (ws_url.clone(), Topic::parse(topic)?);
                 if plan.reconnect {

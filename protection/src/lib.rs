@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 pub use classify::{RequestClass, Route};
 pub use config::{ProtectionConfig, ProtectionConfigError};
 pub use layer::{ProtectionLayer, Streaming};
-pub use pace::{ConnectionPace, PaceLayer};
+pub use pace::{ConnectionPace, PaceLayer, PaceService};
 pub use retry::{RetryAfter, retry_after};
 
 use crate::layer::Ticket;

@@ -11,6 +11,7 @@ use ringside::http::HttpConfig;
 use ringside::origin::OriginPolicy;
 use ringside::secrets::{self, SecretSource};
 use ringside::server::{BusSetup, Role};
+use ringside::tls::TlsFiles;
 use ringside::{ServeConfig, serve};
 use ringside_gateway::GatewayConfig;
 use tokio_util::sync::CancellationToken;
@@ -121,6 +122,13 @@ struct HttpArgs {
         value_name = "ORIGIN"
     )]
     console_origins: Vec<String>,
+    /// Serve TLS (https://, wss://) with this PEM certificate chain, leaf first; reloaded on
+    /// SIGHUP. Needs --tls-key.
+    #[arg(long, env = "RINGSIDE_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "RINGSIDE_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 impl HttpArgs {
@@ -147,6 +155,21 @@ impl HttpArgs {
                 web: listed(&self.web_origins),
                 console: listed(&self.console_origins),
             },
+            tls: None,
+        }
+    }
+
+    /// The TLS files: both or neither.
+    fn tls(&self) -> anyhow::Result<Option<TlsFiles>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None) => Ok(None),
+            _ => {
+                bail!("--tls-cert and --tls-key go together (RINGSIDE_TLS_CERT, RINGSIDE_TLS_KEY)")
+            }
         }
     }
 }
@@ -620,7 +643,8 @@ fn serve_config(
         );
     }
     let store = node.redis.store();
-    let http = node.http.config(node.protection.config());
+    let mut http = node.http.config(node.protection.config());
+    http.tls = node.http.tls()?;
     Ok(ServeConfig {
         role,
         bus: node.kafka.setup()?,
@@ -668,19 +692,23 @@ fn print_banner(address: SocketAddr, config: &ServeConfig, source: &SecretSource
         StoreSetup::Memory => "embedded store",
         StoreSetup::Redis { .. } => "Redis store",
     };
+    let (http, ws, tls) = match config.http.tls {
+        Some(_) => ("https", "wss", "; TLS"),
+        None => ("http", "ws", ""),
+    };
     println!(
-        "ringside {} listening on {address} (node {node}: {role}; {bus}; {store})",
+        "ringside {} listening on {address} (node {node}: {role}; {bus}; {store}{tls})",
         env!("CARGO_PKG_VERSION")
     );
     if config.role.serves_devices() {
-        println!("  devices    ws://{address}/v1/ws?token=<device token>");
+        println!("  devices    {ws}://{address}/v1/ws?token=<device token>");
     }
     if config.role.serves_control() {
-        println!("  admin API  http://{address}/v1/admin  (Authorization: Bearer <admin token>)");
-        println!("  prefetch   http://{address}/graphql");
-        println!("  console    http://{address}/console  (sign in with the admin token)");
+        println!("  admin API  {http}://{address}/v1/admin  (Authorization: Bearer <admin token>)");
+        println!("  prefetch   {http}://{address}/graphql");
+        println!("  console    {http}://{address}/console  (sign in with the admin token)");
     }
-    println!("  metrics    http://{address}/metrics   health: http://{address}/healthz");
+    println!("  metrics    {http}://{address}/metrics   health: {http}://{address}/healthz");
     println!("  device token:  ringside token --device tv-1 --profile p-1 --class tv");
     println!("  admin token:   ringside token --admin");
     match source {
@@ -691,7 +719,7 @@ fn print_banner(address: SocketAddr, config: &ServeConfig, source: &SecretSource
         ),
     }
     if address.port() != 8080 {
-        println!("  CLI:           pass --server http://{address} (or set RINGSIDE_SERVER)");
+        println!("  CLI:           pass --server {http}://{address} (or set RINGSIDE_SERVER)");
     }
 }
 

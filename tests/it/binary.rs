@@ -273,6 +273,84 @@ fn token_command_mints_verifiable_tokens() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("RINGSIDE_DEVICE_TOKEN_SECRET"));
 }
 
+/// TLS through the binary: `serve` with `RINGSIDE_TLS_CERT` and `RINGSIDE_TLS_KEY` answers on
+/// `https://` and `wss://`, and the CLI reaches it with `--server https://…` when it trusts the
+/// deployment's CA through `RINGSIDE_CA_FILE`, and refuses to otherwise.
+#[test]
+fn the_cli_publishes_and_watches_over_tls_trusting_the_ca_file() {
+    let state = StateDir::new("tls");
+    let (files, _) = crate::support::pki::leaf("binary");
+    let ca = crate::support::pki::pki()
+        .ca_file
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (server, banner) = serve_with(
+        &state,
+        &[
+            ("RINGSIDE_TLS_CERT", files.cert.to_str().unwrap()),
+            ("RINGSIDE_TLS_KEY", files.key.to_str().unwrap()),
+        ],
+    );
+    assert!(
+        banner.iter().any(|line| line.contains("wss://")),
+        "{banner:?}"
+    );
+    let https = server.base.replace("http://", "https://");
+    let cli = |args: &[&str]| {
+        let mut command = ringside(&state, args);
+        command
+            .args(["--server", https.as_str()])
+            .env("RINGSIDE_CA_FILE", &ca);
+        command
+    };
+    let untrusted = ringside(&state, &["event", "list", "--server", https.as_str()])
+        .output()
+        .unwrap();
+    assert!(!untrusted.status.success());
+    let refused = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(
+        refused.contains("TLS") && refused.contains("UnknownIssuer"),
+        "{refused}"
+    );
+
+    run_ok(&mut cli(&[
+        "event",
+        "create",
+        "tls-show",
+        "--title",
+        "Over TLS",
+        "--starts-at",
+        "2026-12-01T20:00:00Z",
+    ]));
+    let watch = cli(&["watch", "--event", "tls-show", "--count", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let published = run_ok(&mut cli(&[
+        "event",
+        "publish",
+        "tls-show",
+        "--stage",
+        "LIVE",
+        "--payload",
+        r#"{"over":"tls"}"#,
+    ]));
+    let receipt: ringside_protocol::admin::PublishReceipt =
+        serde_json::from_str(&published).unwrap();
+    let output = watch.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let watched: serde_json::Value =
+        serde_json::from_str(String::from_utf8(output.stdout).unwrap().trim()).unwrap();
+    assert_eq!(watched["version"], receipt.version);
+    assert_eq!(watched["payload"]["over"], "tls");
+}
+
 /// A rotation of the device-token secret as docs/OPERATIONS.md describes it, through the
 /// binary: tokens of the old secret keep working while it is the previous one, new tokens carry
 /// the new key's `kid`, and once the old secret is removed its tokens are refused.

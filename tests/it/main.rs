@@ -25,5 +25,6 @@ mod hostile;
 mod origins;
 mod prefetch;
 mod protection;
+mod tls;
 mod topics;
 mod websocket;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod pki;
 pub mod tansu;
 
 use std::net::SocketAddr;
@@ -110,14 +111,18 @@ impl TestServer {
             },
         };
         configure(&mut config);
+        let (http, ws) = match config.http.tls {
+            Some(_) => ("https", "wss"),
+            None => ("http", "ws"),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(serve(listener, config, shutdown.clone()));
         let server = Self {
             addr,
-            base: format!("http://{addr}"),
-            ws_url: format!("ws://{addr}/v1/ws"),
+            base: format!("{http}://{addr}"),
+            ws_url: format!("{ws}://{addr}/v1/ws"),
             shutdown,
             handle,
         };
@@ -377,18 +382,23 @@ pub struct OwnRedis {
 
 impl OwnRedis {
     pub fn start() -> Self {
+        Self::start_with(&["--port", "{port}"])
+    }
+
+    /// `redis-server` with `args` (`{port}` stands for the port it listens on), in memory only.
+    fn start_with(args: &[&str]) -> Self {
         let port = 20_000 + (std::process::id() % 20_000) as u16 + fastrand::u16(..1000);
+        let port_text = port.to_string();
+        let args = args.iter().map(|arg| {
+            if *arg == "{port}" {
+                port_text.as_str()
+            } else {
+                arg
+            }
+        });
         let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server on PATH (scripts/services installs it)");
@@ -401,6 +411,22 @@ impl OwnRedis {
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { child, port }
+    }
+
+    /// A Redis that speaks only TLS (`rediss://`), with `files` as its certificate.
+    pub fn start_tls(files: &ringside::tls::TlsFiles) -> Self {
+        Self::start_with(&[
+            "--port",
+            "0",
+            "--tls-port",
+            "{port}",
+            "--tls-cert-file",
+            files.cert.to_str().unwrap(),
+            "--tls-key-file",
+            files.key.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+        ])
     }
 
     pub fn url(&self) -> String {
