@@ -20,7 +20,7 @@
  * @typedef {{ critical: number, degraded: number, best_effort: number, bulk: number }} PerClass
  * @typedef {{ node: string, protection: string, ruleset: string, active: boolean, reasons: string[],
  *   limit: number, in_flight: number, shed: PerClass, admitted: PerClass }} ProtectionStatus
- * @typedef {{ topic: string, version: number, published_at_ms: number }} PublishReceipt
+ * @typedef {{ topic: string, version: number, published_at_ms: number, recorded?: boolean }} PublishReceipt
  * @typedef {{ p50_ms: number, p90_ms: number, p99_ms: number }} LatencyQuantiles
  * @typedef {{ event: string, topic: string, version: number, stage: string, published_at_ms: number,
  *   subscribed: number, sent: number, acked: number, acked_fraction: number,

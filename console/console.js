@@ -628,7 +628,10 @@ async function confirmTrigger(/** @type {SubmitEvent} */ submit) {
   try {
     const receipt = await api.publish(event.id, request);
     /** @type {HTMLDialogElement} */ (byId('trigger-dialog')).close();
-    say(`Published ${stage} to ${event.id}: version ${receipt.version} at ${clock(receipt.published_at_ms)}.`);
+    const unrecorded = receipt.recorded === false
+      ? ' Devices have it; the event store has not recorded it yet (it is retried), so this list may show the previous state for a moment.'
+      : '';
+    say(`Published ${stage} to ${event.id}: version ${receipt.version} at ${clock(receipt.published_at_ms)}.${unrecorded}`);
     state.events = state.events.map((e) => (e.id === event.id
       ? { ...e, stage, version: receipt.version, published_at_ms: receipt.published_at_ms }
       : e));

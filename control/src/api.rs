@@ -15,7 +15,7 @@ use ringside_auth::AdminToken;
 use ringside_broadcaster::Bus;
 use ringside_protocol::admin::{CreateEvent, EventList, PublishReceipt};
 use ringside_protocol::admin::{NodeBroadcastRecords, UpdateEvent};
-use ringside_protocol::{EventId, Payload, PayloadError, Priority, Stage};
+use ringside_protocol::{EventId, EventState, Payload, PayloadError, Priority, Stage};
 use ringside_sync_util::LockExt;
 use ringside_telemetry::{Counter, Registry};
 
@@ -54,6 +54,7 @@ impl IntoResponse for ControlError {
 struct ControlMetrics {
     publishes: Arc<Counter>,
     publishes_failed: Arc<Counter>,
+    publishes_unrecorded: Arc<Counter>,
 }
 
 /// The control plane's shared state.
@@ -64,6 +65,9 @@ pub struct ControlPlane {
     admin_token: AdminToken,
     metrics: ControlMetrics,
     publish_locks: std::sync::Mutex<HashMap<EventId, Arc<tokio::sync::Mutex<()>>>>,
+    /// States the bus took that the store has not recorded yet, the newest per event, each
+    /// retried by one background task until it is recorded.
+    unrecorded: Arc<std::sync::Mutex<HashMap<EventId, EventState>>>,
     /// Set by [`ControlPlane::with_protection`]; `/v1/admin/protection` answers 404 without.
     pub(crate) protection: std::sync::OnceLock<crate::protection_api::ProtectionControl>,
     /// The default follow-up fetch window of stage states.
@@ -125,6 +129,10 @@ impl ControlPlane {
                 "ringside_publishes_failed_total",
                 "Publishes the bus did not accept (answered 503).",
             ),
+            publishes_unrecorded: registry.counter(
+                "ringside_publishes_unrecorded_total",
+                "Publishes the bus took but the store could not record at once (answered 200 with recorded false; repaired in the background).",
+            ),
         };
         Arc::new(Self {
             store,
@@ -133,6 +141,7 @@ impl ControlPlane {
             admin_token,
             metrics,
             publish_locks: std::sync::Mutex::default(),
+            unrecorded: Arc::default(),
             protection: std::sync::OnceLock::new(),
             fetch_window: FetchWindow::default(),
             drains: std::sync::OnceLock::new(),
@@ -495,19 +504,102 @@ async fn publish_in_order(
         .fetch_window
         .window_for(&state, options.fetch_within_ms, control.stats.as_ref())
         .await;
-    let receipt = PublishReceipt {
-        topic: state.topic.clone(),
-        version: state.version,
-        published_at_ms: state.published_at_ms,
-    };
     if let Err(error) = control.bus.publish(state.clone()).await {
         control.metrics.publishes_failed.increment();
         return Err(error.into());
     }
-    control.store.record_published(&state).await?;
     control.metrics.publishes.increment();
-    tracing::info!(event = %id, version = state.version, stage = %state.stage, lane = %state.priority, "state published");
+    // The bus has the state from here on, so devices get it: the answer is 200 whatever the
+    // store does, and says whether the store has it too.
+    let recorded = record_with_retries(control, &state).await;
+    if !recorded {
+        control.metrics.publishes_unrecorded.increment();
+        tracing::error!(event = %id, version = state.version, "state published but not recorded in the store; retrying in the background");
+        control.repair_record(state.clone());
+    }
+    tracing::info!(event = %id, version = state.version, stage = %state.stage, lane = %state.priority, recorded, "state published");
+    let receipt = PublishReceipt {
+        topic: state.topic.clone(),
+        version: state.version,
+        published_at_ms: state.published_at_ms,
+        recorded,
+    };
     Ok(axum::Json(receipt).into_response())
+}
+
+/// Pauses between the attempts to record a published state before the answer goes out: a
+/// store that blinks (a failover, a restart) gets about a second.
+const RECORD_RETRIES: [std::time::Duration; 2] = [
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_millis(600),
+];
+/// Between the background repair's attempts, and how long it keeps trying.
+const REPAIR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+const REPAIR_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Records `state` in the store, retrying after each of [`RECORD_RETRIES`]; whether it went.
+async fn record_with_retries(control: &ControlPlane, state: &EventState) -> bool {
+    for pause in std::iter::once(None).chain(RECORD_RETRIES.map(Some)) {
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+        match control.store.record_published(state).await {
+            Ok(()) => return true,
+            Err(error) => {
+                tracing::warn!(%error, event = %state.topic, version = state.version, "cannot record a published state");
+            }
+        }
+    }
+    false
+}
+
+impl ControlPlane {
+    /// Keeps recording `state` in the background until the store takes it (or a newer state of
+    /// its event, published since, replaces it; the store keeps the newer of two in any case).
+    /// One task per event; gives up after [`REPAIR_FOR`].
+    fn repair_record(&self, state: EventState) {
+        let event = state.topic.event_id();
+        {
+            let mut unrecorded = self.unrecorded.locked();
+            let running = unrecorded.contains_key(&event);
+            let newer = unrecorded
+                .get(&event)
+                .is_none_or(|waiting| waiting.version < state.version);
+            if newer {
+                unrecorded.insert(event.clone(), state);
+            }
+            if running {
+                return;
+            }
+        }
+        let (store, unrecorded) = (self.store.clone(), self.unrecorded.clone());
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(REPAIR_INTERVAL).await;
+                let Some(state) = unrecorded.locked().get(&event).cloned() else {
+                    return;
+                };
+                if store.record_published(&state).await.is_ok() {
+                    let mut waiting = unrecorded.locked();
+                    if waiting
+                        .get(&event)
+                        .is_some_and(|w| w.version == state.version)
+                    {
+                        waiting.remove(&event);
+                        tracing::info!(%event, version = state.version, "published state recorded after all");
+                        return;
+                    }
+                    continue;
+                }
+                if started.elapsed() > REPAIR_FOR {
+                    unrecorded.locked().remove(&event);
+                    tracing::error!(%event, version = state.version, "gave up recording a published state; the store shows an older one until the next publish");
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// The stage a best-effort message carries: the event's current stage, read under the publish

@@ -67,6 +67,12 @@ enum Command {
     /// Internal: one worker process of a drain run.
     #[command(hide = true)]
     DrainWorker { plan: String },
+    /// Write a private CA (`ca.pem`) and a certificate for 127.0.0.1 and localhost signed by it
+    /// (`cert.pem`, `key.pem`) into DIR: TLS benchmarks on loopback.
+    TlsCert {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -676,6 +682,7 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(overload(args)),
+        Command::TlsCert { dir } => write_tls_cert(&dir),
         Command::Capacity(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
@@ -760,4 +767,23 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A CA and a loopback certificate it signs, as PEM files in `dir`.
+fn write_tls_cert(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+    let cert = params.signed_by(&key, &issuer)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    std::fs::write(dir.join("cert.pem"), cert.pem())?;
+    std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
+    println!("{}", dir.display());
+    Ok(())
 }

@@ -53,6 +53,15 @@ pub struct PublishReceipt {
     pub topic: Topic,
     pub version: u64,
     pub published_at_ms: u64,
+    /// False when the bus took the state (devices get it) but the store could not record it
+    /// yet: the admin API and new nodes show the older state until the control plane's
+    /// background repair records it (docs/OPERATIONS.md, "Faults and what devices see").
+    #[serde(default = "recorded_by_default")]
+    pub recorded: bool,
+}
+
+fn recorded_by_default() -> bool {
+    true
 }
 
 /// `GET /v1/admin/stats`.

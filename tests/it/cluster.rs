@@ -543,3 +543,76 @@ async fn a_drained_node_leaves_the_registry_first_then_spreads_its_goaways_over_
     quarters.dedup();
     assert!(quarters.len() >= 3, "goaways in quarters {quarters:?}");
 }
+
+/// Issue #15, defect 2: the bus takes a state but Redis stalls before it is recorded. Devices
+/// get the state, so the operator is answered 200 saying it is not recorded yet, and the store
+/// is repaired once Redis is back. Before: 503 for a state every device held, and `state:` in
+/// Redis stale for good (the admin API, prefetch and new nodes showed the older version).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_the_bus_took_but_redis_missed_is_answered_200_unrecorded_and_repaired() {
+    use redis::AsyncCommands;
+    let redis = OwnRedis::start();
+    let keys = RedisKeys {
+        url: redis.url(),
+        prefix: "ringside-test:unrecorded:".into(),
+    };
+    let cluster = cluster("unrecorded", &keys);
+    let control = cluster.control("c1").await;
+    let gateway = cluster.gateway("g1").await;
+    let event = create_event(&control.admin(), "cluster-unrecorded").await;
+    let mut device = subscribed(&gateway, "d1", &event.topic(), 0).await;
+    let before = control.publish(&event, "UPCOMING").await.unwrap().version;
+    read_until(&mut device, before).await;
+
+    // The broker stalls; a publish starts and takes its version; then Redis stalls and the
+    // broker comes back, so the bus acknowledges a state Redis cannot record.
+    cluster.broker.pause();
+    let publishing = tokio::spawn({
+        let admin = control.admin();
+        let event = event.clone();
+        async move {
+            let request = ringside_protocol::admin::PublishRequest {
+                stage: ringside_protocol::Stage::parse("LIVE").unwrap(),
+                payload: ringside_protocol::Payload::empty(),
+            };
+            admin.publish(&event, &request).await
+        }
+    });
+    let mut connection = redis::Client::open(keys.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let counter = format!("{}version:{event}", keys.prefix);
+    eventually("the publish took its version", PROMPTLY, || {
+        let mut connection = connection.clone();
+        let counter = counter.clone();
+        async move {
+            let version: Option<u64> = connection.get(&counter).await.ok()?;
+            version.filter(|version| *version > before)
+        }
+    })
+    .await;
+    redis.pause();
+    cluster.broker.resume();
+
+    let receipt = tokio::time::timeout(PROMPTLY, publishing)
+        .await
+        .expect("the publish is answered")
+        .unwrap()
+        .expect("200: the bus took the state");
+    assert!(!receipt.recorded, "{receipt:?}");
+    read_until(&mut device, receipt.version).await;
+
+    redis.resume();
+    eventually("the store records the state", PROMPTLY, || async {
+        let events = control.admin().list_events().await.ok()?;
+        events
+            .iter()
+            .find(|listed| listed.id == event)
+            .filter(|listed| listed.version == receipt.version)
+            .map(|_| ())
+    })
+    .await;
+    let _ = connection.del::<_, ()>(&counter).await;
+}
