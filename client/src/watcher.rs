@@ -195,6 +195,8 @@ pub struct Watcher {
     rng: fastrand::Rng,
     next_endpoint: usize,
     wait_before_connect: Duration,
+    /// States a node sent that were not newer than the one held in their lane.
+    stale_states: u64,
 }
 
 impl Watcher {
@@ -216,7 +218,15 @@ impl Watcher {
             rng,
             next_endpoint,
             wait_before_connect: Duration::ZERO,
+            stale_states: 0,
         }
+    }
+
+    /// How many states nodes sent that were not newer than the one the watcher held in their
+    /// lane (not reported): a node that resends or goes back. Resubscribing with `since`, a
+    /// correct node sends none.
+    pub fn stale_states(&self) -> u64 {
+        self.stale_states
     }
 
     /// The newest stage-state version seen of `topic`: what the watcher resubscribes with as
@@ -269,6 +279,7 @@ impl Watcher {
             match frame {
                 ServerFrame::State(state) => {
                     if !accept(&mut self.versions, &state) {
+                        self.stale_states += 1;
                         continue;
                     }
                     // Acks name stage-state versions; the server ignores best-effort ones.

@@ -25,6 +25,7 @@ mod hostile;
 mod origins;
 mod prefetch;
 mod protection;
+mod soak;
 mod tls;
 mod topics;
 mod websocket;

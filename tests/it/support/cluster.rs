@@ -116,6 +116,11 @@ impl Node {
             .unwrap_or_else(|error| panic!("device {name} on {}: {error}", self.name))
     }
 
+    /// The process id, for its resource use.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `kill -9`: no drain, no goaway, no registry removal.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -195,9 +200,19 @@ impl Cluster {
         self.node("control", name, &[]).await
     }
 
+    /// A gateway listening on `port` (a restarted one comes back where its devices know it).
+    pub async fn gateway_at(&self, name: &str, port: u16) -> Node {
+        self.node_at("gateway", name, &format!("127.0.0.1:{port}"), &[])
+            .await
+    }
+
     async fn node(&self, role: &str, name: &str, env: &[(&str, &str)]) -> Node {
+        self.node_at(role, name, "127.0.0.1:0", env).await
+    }
+
+    async fn node_at(&self, role: &str, name: &str, listen: &str, env: &[(&str, &str)]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringside"))
-            .args([role, "--listen", "127.0.0.1:0", "--node-id", name])
+            .args([role, "--listen", listen, "--node-id", name])
             .env("RINGSIDE_DEVICE_TOKEN_SECRET", DEVICE_SECRET)
             .env("RINGSIDE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RINGSIDE_KAFKA_BROKERS", self.broker.address())

@@ -378,6 +378,8 @@ impl Drop for RedisKeys {
 pub struct OwnRedis {
     pub child: std::process::Child,
     pub port: u16,
+    /// The arguments it was started with, to start it again alike.
+    args: Vec<String>,
 }
 
 impl OwnRedis {
@@ -385,20 +387,44 @@ impl OwnRedis {
         Self::start_with(&["--port", "{port}"])
     }
 
-    /// `redis-server` with `args` (`{port}` stands for the port it listens on), in memory only.
+    /// A Redis that keeps its data across [`OwnRedis::restart`]: an append-only file in `dir`,
+    /// written through on every command.
+    pub fn start_persistent(dir: &std::path::Path) -> Self {
+        Self::start_with(&[
+            "--port",
+            "{port}",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            dir.to_str().expect("a UTF-8 path"),
+        ])
+    }
+
+    /// `redis-server` with `args` (`{port}` stands for the port it listens on; they override
+    /// the defaults: in memory only).
     fn start_with(args: &[&str]) -> Self {
         let port = 20_000 + (std::process::id() % 20_000) as u16 + fastrand::u16(..1000);
         let port_text = port.to_string();
-        let args = args.iter().map(|arg| {
-            if *arg == "{port}" {
-                port_text.as_str()
-            } else {
-                arg
-            }
-        });
+        let args: Vec<String> = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .map(|arg| {
+                if arg == "{port}" {
+                    port_text.clone()
+                } else {
+                    arg.to_owned()
+                }
+            })
+            .collect();
+        let child = Self::spawn(&args, port);
+        Self { child, port, args }
+    }
+
+    fn spawn(args: &[String], port: u16) -> std::process::Child {
         let child = std::process::Command::new("redis-server")
             .args(args)
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server on PATH (scripts/services installs it)");
@@ -410,7 +436,18 @@ impl OwnRedis {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, port }
+        child
+    }
+
+    /// `kill -9`, then the same server again on the same port (with what it persisted, if it
+    /// persists).
+    pub fn restart(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.args, self.port);
     }
 
     /// A Redis that speaks only TLS (`rediss://`), with `files` as its certificate.
