@@ -497,7 +497,17 @@ async fn publish_in_order(
         Priority::Critical => stage,
         _ => best_effort_stage(control, id, &stage).await?,
     };
-    let new = control.store.next_state(id, stage, payload).await?;
+    // What the nodes hold is a floor for the version: a store that lost its counter and the
+    // state (a Redis restored without them) must still hand out a version every hub takes.
+    let held = match control.stats.stats().await {
+        Ok(stats) => stats
+            .topics
+            .iter()
+            .find(|topic| topic.topic == id.topic())
+            .map_or(0, |topic| topic.version),
+        Err(_) => 0,
+    };
+    let new = control.store.next_state(id, stage, payload, held).await?;
     let mut state = new.state;
     state.priority = options.lane;
     state.fetch_within_ms = control

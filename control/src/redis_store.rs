@@ -23,8 +23,9 @@ use crate::{ControlError, EventStore};
 
 /// The next version of an event: after the last one handed out and after the state the store
 /// holds (so a counter Redis lost is reseeded from the newest state instead of restarting at
-/// the clock, which may be behind versions a burst or a faster host's clock handed out), and
-/// no older than the publish's clock.
+/// the clock, which may be behind versions a burst or a faster host's clock handed out), after
+/// the newest version a node reports holding (ARGV[2]: so one that lost the state too is
+/// reseeded from the nodes), and no older than the publish's clock.
 const NEXT_VERSION: &str = r"
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 local state = redis.call('GET', KEYS[2])
@@ -32,7 +33,7 @@ if state then
   local held = tonumber(cjson.decode(state).version) or 0
   if held > last then last = held end
 end
-local version = math.max(last + 1, tonumber(ARGV[1]))
+local version = math.max(last + 1, tonumber(ARGV[1]), tonumber(ARGV[2]) + 1)
 redis.call('SET', KEYS[1], string.format('%d', version))
 return version
 ";
@@ -234,6 +235,7 @@ impl EventStore for RedisEventStore {
         id: &EventId,
         stage: Stage,
         payload: Payload,
+        held: u64,
     ) -> BoxFuture<'_, Result<NewState, ControlError>> {
         let id = id.clone();
         Box::pin(async move {
@@ -245,6 +247,7 @@ impl EventStore for RedisEventStore {
                 .key(self.key(&format!("version:{id}")))
                 .key(self.key(&format!("state:{id}")))
                 .arg(published_at_ms)
+                .arg(held)
                 .invoke_async(&mut connection)
                 .await
                 .map_err(unavailable)?;

@@ -33,12 +33,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// event's publish lock.
     fn update(&self, event: CreateEvent) -> BoxFuture<'_, Result<EventSummary, ControlError>>;
     /// Assigns the next version of `id` to a state with `stage` and `payload`, after checking
-    /// the stage is one of the event's, and stamps it with the publish time.
+    /// the stage is one of the event's, and stamps it with the publish time. The version is
+    /// newer than every version the store assigned or holds, than the clock, and than `held`:
+    /// the newest version any node reports holding (0 when none is known), so that a store that
+    /// lost its counter and state still hands out a version the hubs take.
     fn next_state(
         &self,
         id: &EventId,
         stage: Stage,
         payload: Payload,
+        held: u64,
     ) -> BoxFuture<'_, Result<NewState, ControlError>>;
     /// Records that the bus accepted `state`: it becomes the event's current state (unless a
     /// newer one already is). A best-effort message is never the event's state: it is not
@@ -186,13 +190,16 @@ impl EventStore for MemoryEventStore {
         id: &EventId,
         stage: Stage,
         payload: Payload,
+        held: u64,
     ) -> BoxFuture<'_, Result<NewState, ControlError>> {
         let result = (|| {
             let mut events = self.events.write_locked();
             let published_at_ms = ringside_protocol::unix_now_ms();
             let record = events.get_mut(id).ok_or_else(|| unknown_event(id))?;
             check_stage(id, &record.summary.stages, &stage)?;
-            record.last_assigned = (record.last_assigned + 1).max(published_at_ms);
+            record.last_assigned = (record.last_assigned + 1)
+                .max(published_at_ms)
+                .max(held.saturating_add(1));
             let state = EventState {
                 topic: record.summary.topic.clone(),
                 version: record.last_assigned,
@@ -248,7 +255,12 @@ mod tests {
         };
         fn next(store: &MemoryEventStore) -> BoxFuture<'_, Result<NewState, ControlError>> {
             let id = EventId::parse("e").expect("id");
-            store.next_state(&id, Stage::parse("LIVE").expect("stage"), Payload::empty())
+            store.next_state(
+                &id,
+                Stage::parse("LIVE").expect("stage"),
+                Payload::empty(),
+                0,
+            )
         }
         let before_ms = ringside_protocol::unix_now_ms();
         let first_store = MemoryEventStore::new();
@@ -275,6 +287,7 @@ mod tests {
                 &EventId::parse("nope").expect("id"),
                 Stage::parse("LIVE").expect("stage"),
                 Payload::empty(),
+                0,
             )
             .await;
         assert!(matches!(unknown, Err(ControlError::NotFound(_))));
@@ -283,6 +296,7 @@ mod tests {
                 &EventId::parse("e").expect("id"),
                 Stage::parse("HALF").expect("stage"),
                 Payload::empty(),
+                0,
             )
             .await;
         assert!(matches!(

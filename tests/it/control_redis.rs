@@ -38,7 +38,7 @@ async fn versions_from_two_instances_are_unique_and_increasing() {
         let mut versions = Vec::new();
         for _ in 0..50 {
             let state = store
-                .next_state(&id, Stage::parse("LIVE").unwrap(), Payload::empty())
+                .next_state(&id, Stage::parse("LIVE").unwrap(), Payload::empty(), 0)
                 .await
                 .unwrap()
                 .state;
@@ -329,7 +329,7 @@ async fn a_lost_version_counter_is_reseeded_from_the_newest_state() {
         .unwrap();
     let live = Stage::parse("LIVE").unwrap();
     let newest = store
-        .next_state(&id, live.clone(), Payload::empty())
+        .next_state(&id, live.clone(), Payload::empty(), 0)
         .await
         .unwrap()
         .state;
@@ -343,7 +343,7 @@ async fn a_lost_version_counter_is_reseeded_from_the_newest_state() {
         .await
         .unwrap();
     let next = store
-        .next_state(&id, live, Payload::empty())
+        .next_state(&id, live, Payload::empty(), 0)
         .await
         .unwrap()
         .state;
@@ -353,4 +353,60 @@ async fn a_lost_version_counter_is_reseeded_from_the_newest_state() {
         next.version,
         newest.version
     );
+}
+
+/// Issue #15, defect 3 when Redis loses the state as well as the counter: the nodes still hold
+/// the newest version (from the bus), so the next version must be newer than what they report,
+/// or every hub drops it while the operator is answered 200.
+#[tokio::test]
+async fn a_lost_counter_and_state_are_reseeded_from_what_the_nodes_hold() {
+    let keys = RedisKeys::new("reseed-nodes");
+    let on_redis = |setup: &mut ringside::server::PrefetchSetup| {
+        setup.store = ringside::content::StoreSetup::Redis {
+            url: keys.url.clone(),
+            prefix: keys.prefix.clone(),
+        };
+    };
+    let server = TestServer::start_with_prefetch(on_redis).await;
+    let id = server.create_event("lost-everything").await;
+    let mut device = server.device().await;
+    subscribe(&mut device, &[(id.topic(), 0)]).await;
+    let client = redis::Client::open(keys.url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let counter = format!("{}version:{id}", keys.prefix);
+    let state = format!("{}state:{id}", keys.prefix);
+    // Versions an hour ahead of the clock (a faster host's clock), held by the node.
+    let ahead = ringside_protocol::unix_now_ms() + 3_600_000;
+    let _: () = redis::cmd("SET")
+        .arg(&counter)
+        .arg(ahead)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let held = server.publish(&id, "LIVE", "{}").await.version;
+    assert_eq!(next_state(&mut device).await.version, held);
+
+    // The node reports what it holds (every few seconds); then Redis loses both keys.
+    crate::support::cluster::eventually("the node reports the held version", PROMPTLY, || async {
+        let stats = server.admin().stats().await.ok()?;
+        stats
+            .topics
+            .iter()
+            .any(|topic| topic.topic == id.topic() && topic.version == held)
+            .then_some(())
+    })
+    .await;
+    let _: () = redis::cmd("DEL")
+        .arg(&counter)
+        .arg(&state)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let receipt = server.publish(&id, "ENDED", "{}").await;
+    assert!(
+        receipt.version > held,
+        "version {} after the held {held}: every hub drops it, and the operator was told 200",
+        receipt.version
+    );
+    assert_eq!(next_state(&mut device).await.version, receipt.version);
 }
