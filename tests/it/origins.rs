@@ -4,7 +4,6 @@
 //! the upgrade or the handler, and a refused write changes nothing.
 
 use crate::support::*;
-use tokio_tungstenite::tungstenite::http::Request;
 
 const APP: &str = "https://tv.example.com";
 const OPS: &str = "https://ops.example.com";
@@ -21,21 +20,7 @@ async fn server() -> TestServer {
 /// The status of a device upgrade sent with `origin` (none: no header), and its body when
 /// refused.
 async fn upgrade(server: &TestServer, origin: Option<&str>) -> (u16, String) {
-    let address = server.addr;
-    let mut request = Request::builder()
-        .uri(format!("ws://{address}/v1/ws"))
-        .header("host", address.to_string())
-        .header(
-            "authorization",
-            format!("Bearer {}", device_token("origin", 3600)),
-        )
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header(
-            "sec-websocket-key",
-            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        );
+    let mut request = bearer_upgrade(server.addr, &device_token("origin", 3600));
     if let Some(origin) = origin {
         request = request.header("origin", origin);
     }

@@ -533,20 +533,7 @@ async fn upgrades_without_a_valid_token_get_401_and_no_socket() {
 
     // The same token as a bearer header is accepted.
     let token = device_token("header", 3600);
-    let address = server.addr;
-    let request = tokio_tungstenite::tungstenite::http::Request::builder()
-        .uri(format!("ws://{address}/v1/ws"))
-        .header("host", address.to_string())
-        .header("authorization", format!("Bearer {token}"))
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header(
-            "sec-websocket-key",
-            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        )
-        .body(())
-        .unwrap();
+    let request = bearer_upgrade(server.addr, &token).body(()).unwrap();
     let (mut socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
     assert_eq!(response.status(), 101);
     use futures_util::StreamExt;

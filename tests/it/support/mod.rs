@@ -497,3 +497,22 @@ impl Drop for OwnRedis {
         let _ = self.child.wait();
     }
 }
+
+/// A WebSocket upgrade request to `address`'s `/v1/ws` with `token` as a bearer header, to add
+/// headers to before sending it with `tokio_tungstenite::connect_async`.
+pub fn bearer_upgrade(
+    address: SocketAddr,
+    token: &str,
+) -> tokio_tungstenite::tungstenite::http::request::Builder {
+    tokio_tungstenite::tungstenite::http::Request::builder()
+        .uri(format!("ws://{address}/v1/ws"))
+        .header("host", address.to_string())
+        .header("authorization", format!("Bearer {token}"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+}
