@@ -75,7 +75,8 @@ pub struct HttpConfig {
     /// own (default none; [`crate::origin`]).
     pub origins: OriginPolicy,
     /// Serve TLS (`https://`, `wss://`) with this certificate and key (default none: plain
-    /// TCP; [`crate::tls`]). The handshake counts as part of the header read timeout.
+    /// TCP; [`crate::tls`]). The handshake must finish within the header read timeout, which
+    /// then starts again for the request's headers.
     pub tls: Option<TlsFiles>,
 }
 
@@ -247,7 +248,16 @@ async fn accept_loop(
         None => None,
         Some(files) => match ServerTls::new(files) {
             Ok(tls) => {
-                tokio::spawn(tls.clone().reload_on_hangup(shutdown.clone()));
+                // Listening for SIGHUP from before the first connection: its default action
+                // would end the process.
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                    Ok(hangups) => {
+                        tokio::spawn(tls.clone().reload_on(hangups, shutdown.clone()));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot listen for SIGHUP: TLS files are not reloaded");
+                    }
+                }
                 Some(tls)
             }
             Err(error) => {

@@ -168,6 +168,8 @@ mod tests {
             "https://tv.example.com/",
             "https://TV.example.com",
             "*",
+            "https://tv.example.com:443",
+            "http://tv.example.com:80",
         ] {
             let policy = OriginPolicy {
                 web: vec![bad.into()],

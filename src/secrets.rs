@@ -70,15 +70,18 @@ impl KeyRotation {
 impl Secrets {
     /// The device-token key: the current secret (under its kid) and, during a rotation, the
     /// previous one.
-    pub fn device_token_key(
-        &self,
-    ) -> Result<ringside_auth::DeviceTokenKey, ringside_auth::SecretError> {
-        let mut key = ringside_auth::DeviceTokenKey::new(self.device_token_secret.as_bytes())?;
+    pub fn device_token_key(&self) -> anyhow::Result<ringside_auth::DeviceTokenKey> {
+        let mut key = ringside_auth::DeviceTokenKey::new(self.device_token_secret.as_bytes())
+            .context("RINGSIDE_DEVICE_TOKEN_SECRET")?;
         if let Some(kid) = &self.rotation.kid {
-            key = key.with_kid(kid)?;
+            key = key.with_kid(kid).context("RINGSIDE_DEVICE_TOKEN_KID")?;
         }
         if let Some(previous) = &self.rotation.previous_secret {
-            key = key.with_previous(previous.as_bytes(), self.rotation.previous_kid.as_deref())?;
+            key = key
+                .with_previous(previous.as_bytes(), self.rotation.previous_kid.as_deref())
+                .context(
+                    "RINGSIDE_DEVICE_TOKEN_PREVIOUS_SECRET and RINGSIDE_DEVICE_TOKEN_PREVIOUS_KID",
+                )?;
         }
         Ok(key)
     }
@@ -132,10 +135,12 @@ pub fn for_server(
         )),
         (None, None) if !production => {
             let path = state_dir.join(DEV_SECRETS_FILE);
-            let secrets = match read_file(&path)? {
+            let mut secrets = match read_file(&path)? {
                 Some(secrets) => secrets,
                 None => create_file(&path)?,
             };
+            // As the CLI reads them: a kid set in a development shell applies to both.
+            secrets.rotation = KeyRotation::from_env()?;
             Ok((secrets, SecretSource::DevelopmentFile(path)))
         }
         (None, None) => bail!(

@@ -105,13 +105,12 @@ impl ServerTls {
         Ok(())
     }
 
-    /// Reloads on every `SIGHUP` until `stop`.
-    pub async fn reload_on_hangup(self: Arc<Self>, stop: CancellationToken) {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: TLS files are not reloaded");
-            return;
-        };
+    /// Reloads on every signal `hangups` receives (`SIGHUP`) until `stop`.
+    pub async fn reload_on(
+        self: Arc<Self>,
+        mut hangups: tokio::signal::unix::Signal,
+        stop: CancellationToken,
+    ) {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,

@@ -446,6 +446,15 @@ pub fn origin_problem(origin: &str) -> Option<&'static str> {
     else {
         return Some("each origin must start with https:// or http://");
     };
+    // Browsers leave the scheme's default port out of `Origin`.
+    let default_port = if origin.starts_with("https://") {
+        ":443"
+    } else {
+        ":80"
+    };
+    if rest.ends_with(default_port) {
+        return Some("leave the scheme's default port out: browsers never send it in Origin");
+    }
     let host_allowed =
         |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.:[]".contains(c);
     if rest.is_empty() || !rest.chars().all(host_allowed) {

@@ -521,6 +521,11 @@ impl Mailbox {
         }
     }
 
+    /// Wakes the connection's task to write what waits (its socket writer's pending bytes).
+    pub fn wake_task(&self) {
+        self.wake.notify_one();
+    }
+
     /// Resolves when something may be pending or waiting in the backlog. A wake-up that arrives
     /// while nobody waits is kept, so none is ever lost.
     pub async fn ready(&self) {

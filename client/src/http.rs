@@ -76,7 +76,10 @@ pub async fn call(
         .unwrap_or_default()
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let stream = ClientStream::open(TcpStream::connect(&authority).await?, tls, host).await?;
+    // The scheme's default port when the address names none; `Host` stays as given.
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let tcp = TcpStream::connect((host, port)).await?;
+    let stream = ClientStream::open(tcp, tls, host).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ClientError::Http(e.to_string()))?;

@@ -497,17 +497,20 @@ async fn publish_in_order(
         Priority::Critical => stage,
         _ => best_effort_stage(control, id, &stage).await?,
     };
-    // What the nodes hold is a floor for the version: a store that lost its counter and the
-    // state (a Redis restored without them) must still hand out a version every hub takes.
-    let held = match control.stats.stats().await {
-        Ok(stats) => stats
-            .topics
-            .iter()
-            .find(|topic| topic.topic == id.topic())
-            .map_or(0, |topic| topic.version),
-        Err(_) => 0,
-    };
-    let new = control.store.next_state(id, stage, payload, held).await?;
+    let mut new = control
+        .store
+        .next_state(id, stage.clone(), payload.clone(), 0)
+        .await?;
+    // A store without a counter (the event's first publish, or a Redis restored without its
+    // counter and state) may hand out a version older than what the hubs hold from the bus:
+    // then it is asked again, above the newest version any node reports. The version skipped
+    // is a gap, which versions may have.
+    if new.counter_missing
+        && let Some(held) = held_by_nodes(control, id).await
+        && held >= new.state.version
+    {
+        new = control.store.next_state(id, stage, payload, held).await?;
+    }
     let mut state = new.state;
     state.priority = options.lane;
     state.fetch_within_ms = control
@@ -535,6 +538,23 @@ async fn publish_in_order(
         recorded,
     };
     Ok(axum::Json(receipt).into_response())
+}
+
+/// The newest version of `id` any node reports holding, if the stats answer.
+async fn held_by_nodes(control: &ControlPlane, id: &EventId) -> Option<u64> {
+    match control.stats.stats().await {
+        Ok(stats) => Some(
+            stats
+                .topics
+                .iter()
+                .find(|topic| topic.topic == id.topic())
+                .map_or(0, |topic| topic.version),
+        ),
+        Err(error) => {
+            tracing::warn!(%error, event = %id, "the versions the nodes hold are unknown; the store's counter alone sets the version");
+            None
+        }
+    }
 }
 
 /// Pauses between the attempts to record a published state before the answer goes out: a
@@ -584,12 +604,16 @@ impl ControlPlane {
         }
         let (store, unrecorded) = (self.store.clone(), self.unrecorded.clone());
         tokio::spawn(async move {
-            let started = tokio::time::Instant::now();
+            // When the state being repaired arrived: each newer one gets the whole time.
+            let (mut repairing, mut since) = (0, tokio::time::Instant::now());
             loop {
                 tokio::time::sleep(REPAIR_INTERVAL).await;
                 let Some(state) = unrecorded.locked().get(&event).cloned() else {
                     return;
                 };
+                if state.version != repairing {
+                    (repairing, since) = (state.version, tokio::time::Instant::now());
+                }
                 if store.record_published(&state).await.is_ok() {
                     let mut waiting = unrecorded.locked();
                     if waiting
@@ -602,8 +626,17 @@ impl ControlPlane {
                     }
                     continue;
                 }
-                if started.elapsed() > REPAIR_FOR {
-                    unrecorded.locked().remove(&event);
+                if since.elapsed() > REPAIR_FOR {
+                    let mut waiting = unrecorded.locked();
+                    if waiting
+                        .get(&event)
+                        .is_none_or(|w| w.version != state.version)
+                    {
+                        // A newer state arrived meanwhile: it gets its own time.
+                        continue;
+                    }
+                    waiting.remove(&event);
+                    drop(waiting);
                     tracing::error!(%event, version = state.version, "gave up recording a published state; the store shows an older one until the next publish");
                     return;
                 }

@@ -27,7 +27,8 @@ use crate::{ControlError, EventStore};
 /// the newest version a node reports holding (ARGV[2]: so one that lost the state too is
 /// reseeded from the nodes), and no older than the publish's clock.
 const NEXT_VERSION: &str = r"
-local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local counter = redis.call('GET', KEYS[1])
+local last = tonumber(counter or '0')
 local state = redis.call('GET', KEYS[2])
 if state then
   local held = tonumber(cjson.decode(state).version) or 0
@@ -35,7 +36,7 @@ if state then
 end
 local version = math.max(last + 1, tonumber(ARGV[1]), tonumber(ARGV[2]) + 1)
 redis.call('SET', KEYS[1], string.format('%d', version))
-return version
+return {version, counter and 0 or 1}
 ";
 
 const RECORD_IF_NEWER: &str = r"
@@ -243,7 +244,7 @@ impl EventStore for RedisEventStore {
             crate::store::check_stage(&id, &created.stages, &stage)?;
             let published_at_ms = ringside_protocol::unix_now_ms();
             let mut connection = self.connection.clone();
-            let version: u64 = Script::new(NEXT_VERSION)
+            let (version, counter_missing): (u64, u8) = Script::new(NEXT_VERSION)
                 .key(self.key(&format!("version:{id}")))
                 .key(self.key(&format!("state:{id}")))
                 .arg(published_at_ms)
@@ -261,6 +262,7 @@ impl EventStore for RedisEventStore {
                     priority: ringside_protocol::Priority::Critical,
                     fetch_within_ms: None,
                 },
+                counter_missing: counter_missing == 1,
             })
         })
     }

@@ -17,6 +17,9 @@ pub type EventWithState = (EventSummary, Option<EventState>);
 #[derive(Debug, Clone)]
 pub struct NewState {
     pub state: EventState,
+    /// The store had no version counter for the event: its first publish, or a counter it lost
+    /// (then the versions the nodes hold are the floor to ask again with).
+    pub counter_missing: bool,
 }
 
 /// The events of a deployment and the current state of each.
@@ -197,6 +200,7 @@ impl EventStore for MemoryEventStore {
             let published_at_ms = ringside_protocol::unix_now_ms();
             let record = events.get_mut(id).ok_or_else(|| unknown_event(id))?;
             check_stage(id, &record.summary.stages, &stage)?;
+            let counter_missing = record.last_assigned == 0;
             record.last_assigned = (record.last_assigned + 1)
                 .max(published_at_ms)
                 .max(held.saturating_add(1));
@@ -209,7 +213,10 @@ impl EventStore for MemoryEventStore {
                 priority: ringside_protocol::Priority::Critical,
                 fetch_within_ms: None,
             };
-            Ok(NewState { state })
+            Ok(NewState {
+                state,
+                counter_missing,
+            })
         })();
         Box::pin(async move { result })
     }

@@ -50,6 +50,12 @@ impl Write for Nonblocking<'_> {
 }
 
 impl TlsSession {
+    /// Whether records wait for the socket (ones the read side queued, such as a key update's
+    /// answer, included): the mailbox's task writes them.
+    pub(crate) fn has_pending_records(&self) -> bool {
+        self.tls.locked().wants_write()
+    }
+
     pub(crate) fn new(tcp: TcpStream, tls: ServerConnection) -> Arc<Self> {
         Arc::new(Self {
             tcp,
@@ -140,7 +146,9 @@ impl SocketWrite for TlsWriter {
         }
         let taken = tls.writer().write(bytes)?;
         if taken == 0 && !bytes.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
+            // No records wait, so the session has room: it refusing is not the socket being
+            // full (a WouldBlock here would spin its caller on a writable socket).
+            return Err(io::ErrorKind::WriteZero.into());
         }
         // Records the socket does not take now stay pending, for the task to write.
         session.write_records(&mut tls)?;
@@ -159,7 +167,7 @@ impl SocketWrite for TlsWriter {
     }
 
     fn pending(&self) -> bool {
-        self.session.tls.locked().wants_write()
+        self.session.has_pending_records()
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

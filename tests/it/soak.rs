@@ -151,7 +151,11 @@ async fn watch_until(
     let mut watcher = Watcher::new(config);
     loop {
         let event = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => {
+                // Stale states are swallowed inside `next`: the count as of the end.
+                *stale.locked() = watcher.stale_states();
+                return;
+            }
             event = watcher.next() => event,
         };
         match event {
@@ -426,6 +430,11 @@ async fn soak_no_update_answered_200_is_lost_through_faults() {
     assert_eq!(
         stale, 0,
         "nodes sent states that were not newer than the held ones"
+    );
+    let stale_rounds = faults.get("stale_since").copied().unwrap_or(0) as usize;
+    assert!(
+        stale_devices >= stale_rounds,
+        "only {stale_devices} stale-since devices caught up over {stale_rounds} rounds"
     );
     // The bounds of a control instance over the soak: its file descriptors (sockets to Redis,
     // the broker and the admin calls in flight) and its memory (no per-publish growth).

@@ -172,3 +172,23 @@ async fn a_node_keeps_its_events_in_a_redis_over_tls() {
             .is_err()
     );
 }
+
+/// A drain over TLS: the device is sent its goaway and a close frame through its TLS session
+/// (`TlsWriter::poll_shutdown` sends close_notify after them), and the client reads the close,
+/// not a reset.
+#[tokio::test]
+async fn a_drain_over_tls_ends_with_a_goaway_and_a_clean_close() {
+    let (files, _) = leaf("drain");
+    let server = tls_server(files).await;
+    let mut device = server.device_named("drained").await;
+    server.begin_stop();
+    let (frames, code, reason) = read_until_close(&mut device).await;
+    assert!(
+        frames
+            .iter()
+            .any(|frame| matches!(frame, ServerFrame::Goaway { .. })),
+        "{frames:?}"
+    );
+    assert_eq!(code, 1001, "{reason}");
+    server.stop().await;
+}
