@@ -79,9 +79,8 @@ pub async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionMa
         Some(ca) => {
             let root = std::fs::read(&ca)
                 .with_context(|| format!("RINGSIDE_CA_FILE {}: cannot read it", ca.display()))?;
-            // The one provider compiled in (ring) serves redis's rustls too; installed once.
-            #[allow(deprecated)]
-            let _already = rustls::crypto::ring::default_provider().install_default();
+            // Redis's rustls takes the process's default provider: ours, installed once.
+            let _already = ringside_client::tls::crypto_provider().install_default();
             let certificates = redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(root),

@@ -138,15 +138,11 @@ pub async fn serve_http(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> bool {
-    let router = router
-        .layer(middleware::from_fn_with_state(
-            config.body_read_timeout,
-            bound_body_read,
-        ))
-        .layer(middleware::from_fn_with_state(
-            Arc::new(config.origins.clone()),
-            check_origin,
-        ));
+    let router = router.layer(middleware::from_fn_with_state(
+        config.body_read_timeout,
+        bound_body_read,
+    ));
+    let router = with_origin_check(router, &config.origins);
     let accept_errors = LogBudget::new(
         &Registry::new(),
         "http_accept",
@@ -189,12 +185,9 @@ pub async fn serve_http_protected(
             bound_body_read,
         ))
         .layer(compression(config.compression_min_bytes))
-        .layer(protection.layer())
-        // Outermost: a cross-site page's request costs no place under the limit.
-        .layer(middleware::from_fn_with_state(
-            Arc::new(config.origins.clone()),
-            check_origin,
-        ));
+        .layer(protection.layer());
+    // Outermost: a cross-site page's request costs no place under the limit.
+    let router = with_origin_check(router, &config.origins);
     let router = ringside_prefetch::http::with_graphql_cors(router, graphql_cors_origins);
     let accept_errors = LogBudget::new(registry, "http_accept", ACCEPT_ERROR_LOG_LINES_PER_S);
     let pace = PaceLayer::for_protection(protection);
@@ -208,6 +201,14 @@ pub async fn serve_http_protected(
         grace,
     )
     .await
+}
+
+/// `router` behind the `Origin` allow-lists ([`crate::origin`]).
+fn with_origin_check(router: Router, origins: &OriginPolicy) -> Router {
+    router.layer(middleware::from_fn_with_state(
+        Arc::new(origins.clone()),
+        check_origin,
+    ))
 }
 
 /// Response compression as `Accept-Encoding` asks (brotli, else gzip), for bodies of at least

@@ -146,7 +146,10 @@ mod tests {
     #[test]
     fn same_origin_is_the_host_header_with_either_scheme() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
+        headers.insert(
+            header::HOST,
+            "127.0.0.1:8080".parse().expect("a header value"),
+        );
         assert!(same_origin("http://127.0.0.1:8080", &headers));
         assert!(same_origin("https://127.0.0.1:8080", &headers));
         assert!(!same_origin("http://127.0.0.1:8081", &headers));

@@ -124,24 +124,22 @@ pub fn for_server(
     production: bool,
     state_dir: &Path,
 ) -> anyhow::Result<(Secrets, SecretSource)> {
-    match (device_token_secret, admin_token) {
-        (Some(device_token_secret), Some(admin_token)) => Ok((
+    let (mut secrets, source) = match (device_token_secret, admin_token) {
+        (Some(device_token_secret), Some(admin_token)) => (
             Secrets {
                 device_token_secret,
                 admin_token,
-                rotation: KeyRotation::from_env()?,
+                rotation: KeyRotation::default(),
             },
             SecretSource::Configured,
-        )),
+        ),
         (None, None) if !production => {
             let path = state_dir.join(DEV_SECRETS_FILE);
-            let mut secrets = match read_file(&path)? {
+            let secrets = match read_file(&path)? {
                 Some(secrets) => secrets,
                 None => create_file(&path)?,
             };
-            // As the CLI reads them: a kid set in a development shell applies to both.
-            secrets.rotation = KeyRotation::from_env()?;
-            Ok((secrets, SecretSource::DevelopmentFile(path)))
+            (secrets, SecretSource::DevelopmentFile(path))
         }
         (None, None) => bail!(
             "--production needs RINGSIDE_DEVICE_TOKEN_SECRET and RINGSIDE_ADMIN_TOKEN; \
@@ -151,7 +149,11 @@ pub fn for_server(
             "set both RINGSIDE_DEVICE_TOKEN_SECRET and RINGSIDE_ADMIN_TOKEN, or neither \
              (development mode generates both)"
         ),
-    }
+    };
+    // From the environment whatever the secrets' source, as the CLI reads it: a kid set in a
+    // development shell applies to the server and to `ringside token` alike.
+    secrets.rotation = KeyRotation::from_env()?;
+    Ok((secrets, source))
 }
 
 /// A secret from the environment: `NAME`, or the trimmed contents of the file `NAME_FILE` names

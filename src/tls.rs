@@ -40,16 +40,9 @@ impl TlsFiles {
         let key = self.key.display();
         let private = PrivateKeyDer::from_pem_file(&self.key)
             .with_context(|| format!("--tls-key {key}: cannot read a PEM private key in it"))?;
-        CertifiedKey::from_der(chain, private, &provider())
+        CertifiedKey::from_der(chain, private, &ringside_client::tls::crypto_provider())
             .with_context(|| format!("--tls-key {key}: not the key of the certificate in {cert}"))
     }
-}
-
-/// rustls on ring: aws-lc-rs, the provider with post-quantum key exchange, builds a C library
-/// with cmake, minutes on two cores; ring's X25519 and P-256 are what device stacks offer today.
-#[allow(deprecated)]
-fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
 }
 
 /// The certificate handshakes get: swapped whole on a reload.
@@ -81,11 +74,12 @@ impl ServerTls {
     /// TLS 1.3 and 1.2 (older TV stacks), HTTP/1.1 by ALPN.
     pub fn new(files: &TlsFiles) -> anyhow::Result<Arc<Self>> {
         let current = Arc::new(Current(RwLock::new(Arc::new(files.load()?))));
-        let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_no_client_auth()
-            .with_cert_resolver(current.clone());
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(ringside_client::tls::crypto_provider()))
+                .with_safe_default_protocol_versions()
+                .context("TLS protocol versions")?
+                .with_no_client_auth()
+                .with_cert_resolver(current.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(Self {
             files: files.clone(),

@@ -275,11 +275,6 @@ impl DeviceTokenKey {
         self.current.kid.as_deref()
     }
 
-    /// Whether a previous secret is still accepted.
-    pub fn accepts_previous(&self) -> bool {
-        self.previous.is_some()
-    }
-
     /// How this key reads a token's times.
     pub fn rules(&self) -> TokenRules {
         self.rules
@@ -436,9 +431,10 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// What is wrong with a configured web origin (CORS, or an `Origin` allow-list), if anything. Browsers send `Origin` as
-/// `scheme://host[:port]`, lowercase, without a path; an entry of another shape would never
-/// match, so it is refused at startup instead of silently allowing nothing.
+/// What is wrong with a configured web origin (CORS, or an `Origin` allow-list), if anything.
+/// Browsers send `Origin` as `scheme://host[:port]`, lowercase, without a path or the scheme's
+/// default port; an entry of another shape would never match, so it is refused at startup
+/// instead of silently allowing nothing.
 pub fn origin_problem(origin: &str) -> Option<&'static str> {
     let Some(rest) = origin
         .strip_prefix("https://")

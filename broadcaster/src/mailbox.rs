@@ -41,6 +41,8 @@ use tokio::io::AsyncWrite;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
+use crate::hub::EncodedState;
+
 /// The write side of a device's socket as a mailbox drives it: non-blocking writes from any
 /// thread (the fan-out's) under the mailbox's lock, and polled ones from the connection's task.
 /// A plain TCP socket's write half is one; a TLS session's is another, which encrypts what it
@@ -75,8 +77,6 @@ impl SocketWrite for OwnedWriteHalf {
         AsyncWrite::poll_shutdown(Pin::new(self), cx)
     }
 }
-
-use crate::hub::EncodedState;
 
 /// What happened to an offered state or best-effort message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -116,27 +116,8 @@ impl DeviceConnection {
         let request = format!("{url}{separator}token={token}")
             .into_client_request()
             .map_err(|_| ClientError::InvalidAddress(url.to_owned()))?;
-        let tls = match request.uri().scheme_str() {
-            Some("ws") => false,
-            Some("wss") => true,
-            _ => {
-                return Err(ClientError::InvalidAddress(format!(
-                    "{url}: expected ws:// or wss://"
-                )));
-            }
-        };
-        let host = request
-            .uri()
-            .host()
-            .ok_or_else(|| ClientError::InvalidAddress(url.into()))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = request
-            .uri()
-            .port_u16()
-            .unwrap_or(if tls { 443 } else { 80 });
+        let crate::http::Endpoint { tls, host, port } =
+            crate::http::Endpoint::of(request.uri(), "ws", "wss", url)?;
         let address = tokio::net::lookup_host((host.as_str(), port))
             .await
             .map_err(|_| ClientError::InvalidAddress(url.to_owned()))?
@@ -158,7 +139,7 @@ impl DeviceConnection {
             .await
             .map_err(|_| ClientError::Timeout)??;
         stream.set_nodelay(true)?;
-        let stream = tokio::time::timeout(connect_timeout, ClientStream::open(stream, tls, &host))
+        let stream = tokio::time::timeout(connect_timeout, crate::tls::open(stream, tls, &host))
             .await
             .map_err(|_| ClientError::Timeout)??;
         let mut config = WebSocketConfig::default();

@@ -8,7 +8,6 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::ClientError;
-use crate::tls::ClientStream;
 
 /// An HTTP answer.
 #[derive(Debug, Clone)]
@@ -35,6 +34,40 @@ pub fn authority(base: &str) -> Result<String, ClientError> {
     Ok(authority.to_string())
 }
 
+/// Where a URL points: whether it speaks TLS, and the host (without brackets) and port to
+/// connect to, the scheme's default port when it names none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// The endpoint of `uri`, whose scheme is `plain` (`http`, `ws`; also when it has none) or
+    /// `secure` (`https`, `wss`); `url` is shown in errors.
+    pub fn of(uri: &hyper::Uri, plain: &str, secure: &str, url: &str) -> Result<Self, ClientError> {
+        let tls = match uri.scheme_str() {
+            Some(scheme) if scheme == secure => true,
+            Some(scheme) if scheme == plain => false,
+            None => false,
+            Some(_) => {
+                return Err(ClientError::InvalidAddress(format!(
+                    "{url}: expected {plain}:// or {secure}://"
+                )));
+            }
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| ClientError::InvalidAddress(url.to_owned()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(Self { tls, host, port })
+    }
+}
+
 /// [`call`], given up after `timeout` (connecting, sending and reading the whole answer):
 /// `ClientError::Timeout` then.
 pub async fn call_within(
@@ -58,28 +91,18 @@ pub async fn call(
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
 ) -> Result<HttpResponse, ClientError> {
-    let authority = authority(base)?;
     let uri: hyper::Uri = base
         .parse()
         .map_err(|_| ClientError::InvalidAddress(base.into()))?;
-    let tls = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") | None => false,
-        Some(_) => {
-            return Err(ClientError::InvalidAddress(format!(
-                "{base}: expected http:// or https://"
-            )));
-        }
-    };
-    let host = uri
-        .host()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    // The scheme's default port when the address names none; `Host` stays as given.
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let tcp = TcpStream::connect((host, port)).await?;
-    let stream = ClientStream::open(tcp, tls, host).await?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| ClientError::InvalidAddress(base.into()))?
+        .to_string();
+    // `Host` is the authority as given; the connection goes to the scheme's default port when
+    // it names none.
+    let endpoint = Endpoint::of(&uri, "http", "https", base)?;
+    let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
+    let stream = crate::tls::open(tcp, endpoint.tls, &endpoint.host).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ClientError::Http(e.to_string()))?;
@@ -113,4 +136,29 @@ pub async fn call(
         headers,
         body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(url: &str, plain: &str, secure: &str) -> Result<Endpoint, ClientError> {
+        Endpoint::of(&url.parse().expect("a URI"), plain, secure, url)
+    }
+
+    #[test]
+    fn an_endpoint_without_a_port_gets_its_schemes_default() {
+        let of = |url| endpoint(url, "http", "https").expect("an endpoint");
+        assert_eq!(of("https://ringside.example.com").port, 443);
+        assert_eq!(of("http://ringside.example.com").port, 80);
+        let secure = of("https://[::1]:8443");
+        assert_eq!(
+            (secure.tls, secure.host.as_str(), secure.port),
+            (true, "::1", 8443)
+        );
+        assert!(!of("127.0.0.1:8080").tls);
+        let ws = endpoint("wss://node.example.com/v1/ws", "ws", "wss").expect("an endpoint");
+        assert_eq!((ws.tls, ws.port), (true, 443));
+        assert!(endpoint("ftp://x", "http", "https").is_err());
+    }
 }

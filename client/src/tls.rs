@@ -2,47 +2,46 @@
 //! the certificates of the PEM file `RINGSIDE_CA_FILE` names (a private or self-signed
 //! deployment).
 
-use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 use crate::ClientError;
 
 /// The variable naming a PEM file of extra trusted certificates.
 pub const CA_FILE_VARIABLE: &str = "RINGSIDE_CA_FILE";
 
-/// A connection to a server: plain TCP, or TLS over it.
-#[derive(Debug)]
-pub enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+/// A connection to a server: plain TCP, or TLS over it (boxed: a TLS session is large).
+pub type ClientStream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+
+/// `stream` as is, or (`tls`) after a TLS handshake with `host`, whose certificate must chain
+/// to a trusted root and name `host`.
+pub async fn open(stream: TcpStream, tls: bool, host: &str) -> Result<ClientStream, ClientError> {
+    if !tls {
+        return Ok(Either::Left(stream));
+    }
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|_| ClientError::InvalidAddress(host.to_owned()))?;
+    let connector = TlsConnector::from(client_config()?);
+    let stream = connector
+        .connect(name, stream)
+        .await
+        .map_err(|error| ClientError::Tls(error.to_string()))?;
+    Ok(Either::Right(Box::new(stream)))
 }
 
-impl ClientStream {
-    /// `stream` as is, or (`tls`) after a TLS handshake with `host`, whose certificate must
-    /// chain to a trusted root and name `host`.
-    pub async fn open(stream: TcpStream, tls: bool, host: &str) -> Result<Self, ClientError> {
-        if !tls {
-            return Ok(Self::Plain(stream));
-        }
-        let name = ServerName::try_from(host.to_owned())
-            .map_err(|_| ClientError::InvalidAddress(host.to_owned()))?;
-        let connector = TlsConnector::from(client_config()?);
-        let stream = connector
-            .connect(name, stream)
-            .await
-            .map_err(|error| ClientError::Tls(error.to_string()))?;
-        Ok(Self::Tls(Box::new(stream)))
-    }
+/// The TLS provider of every Ringside process, client and server: rustls on ring. aws-lc-rs,
+/// the provider with post-quantum key exchange, builds a C library with cmake, minutes on two
+/// cores; ring's X25519 and P-256 are what device stacks offer today.
+#[allow(deprecated)]
+pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }
 
 /// An extra CA file set by the program instead of `RINGSIDE_CA_FILE`.
@@ -55,15 +54,15 @@ static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
 /// and once.
 pub fn trust_ca_file(path: impl Into<std::path::PathBuf>) -> Result<(), ClientError> {
     let path = path.into();
-    if CONFIG.get().is_some() || EXTRA_CA_FILE.set(path.clone()).is_err() {
-        if EXTRA_CA_FILE.get() == Some(&path) {
-            return Ok(());
-        }
-        return Err(ClientError::Tls(
-            "the trusted CA file is set once, before the first TLS connection".into(),
-        ));
+    if CONFIG.get().is_none() {
+        let _first_wins = EXTRA_CA_FILE.set(path.clone());
     }
-    Ok(())
+    if EXTRA_CA_FILE.get() == Some(&path) {
+        return Ok(());
+    }
+    Err(ClientError::Tls(
+        "the trusted CA file is set once, before the first TLS connection".into(),
+    ))
 }
 
 /// The extra CA file the process trusts: [`trust_ca_file`]'s, else `RINGSIDE_CA_FILE`'s.
@@ -103,55 +102,13 @@ fn build_config(ca_file: Option<std::ffi::OsString>) -> Result<ClientConfig, Str
                 .map_err(|error| format!("{CA_FILE_VARIABLE} {shown}: {error}"))?;
         }
     }
-    #[allow(deprecated)] // ring: see the server's provider (src/tls.rs)
-    let provider = rustls::crypto::ring::default_provider();
-    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+    let mut config = ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|error| error.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -166,9 +123,9 @@ mod tests {
             "{missing}"
         );
         let empty = std::env::temp_dir().join(format!("ringside-empty-ca-{}", std::process::id()));
-        std::fs::write(&empty, "not a certificate\n").unwrap();
+        std::fs::write(&empty, "not a certificate\n").expect("write");
         let error = build_config(Some(empty.clone().into())).unwrap_err();
-        std::fs::remove_file(&empty).unwrap();
+        std::fs::remove_file(&empty).expect("remove");
         assert!(error.contains("holds no certificate"), "{error}");
         assert!(build_config(None).is_ok());
     }

@@ -583,6 +583,22 @@ async fn record_with_retries(control: &ControlPlane, state: &EventState) -> bool
     false
 }
 
+/// Removes `event`'s waiting state if it is still `version`; whether it was.
+fn forget_if_newest(
+    unrecorded: &std::sync::Mutex<HashMap<EventId, EventState>>,
+    event: &EventId,
+    version: u64,
+) -> bool {
+    let mut waiting = unrecorded.locked();
+    let newest = waiting
+        .get(event)
+        .is_some_and(|state| state.version == version);
+    if newest {
+        waiting.remove(event);
+    }
+    newest
+}
+
 impl ControlPlane {
     /// Keeps recording `state` in the background until the store takes it (or a newer state of
     /// its event, published since, replaces it; the store keeps the newer of two in any case).
@@ -591,14 +607,12 @@ impl ControlPlane {
         let event = state.topic.event_id();
         {
             let mut unrecorded = self.unrecorded.locked();
-            let running = unrecorded.contains_key(&event);
-            let newer = unrecorded
-                .get(&event)
-                .is_none_or(|waiting| waiting.version < state.version);
-            if newer {
+            let waiting = unrecorded.get(&event).map(|waiting| waiting.version);
+            if waiting.is_none_or(|version| version < state.version) {
                 unrecorded.insert(event.clone(), state);
             }
-            if running {
+            if waiting.is_some() {
+                // Its event's task is running and takes the newest.
                 return;
             }
         }
@@ -614,30 +628,16 @@ impl ControlPlane {
                 if state.version != repairing {
                     (repairing, since) = (state.version, tokio::time::Instant::now());
                 }
-                if store.record_published(&state).await.is_ok() {
-                    let mut waiting = unrecorded.locked();
-                    if waiting
-                        .get(&event)
-                        .is_some_and(|w| w.version == state.version)
-                    {
-                        waiting.remove(&event);
+                let recorded = store.record_published(&state).await.is_ok();
+                let gave_up = !recorded && since.elapsed() > REPAIR_FOR;
+                // Done with this event unless a newer state arrived meanwhile: that one is
+                // repaired next, with its own time.
+                if (recorded || gave_up) && forget_if_newest(&unrecorded, &event, state.version) {
+                    if recorded {
                         tracing::info!(%event, version = state.version, "published state recorded after all");
-                        return;
+                    } else {
+                        tracing::error!(%event, version = state.version, "gave up recording a published state; the store shows an older one until the next publish");
                     }
-                    continue;
-                }
-                if since.elapsed() > REPAIR_FOR {
-                    let mut waiting = unrecorded.locked();
-                    if waiting
-                        .get(&event)
-                        .is_none_or(|w| w.version != state.version)
-                    {
-                        // A newer state arrived meanwhile: it gets its own time.
-                        continue;
-                    }
-                    waiting.remove(&event);
-                    drop(waiting);
-                    tracing::error!(%event, version = state.version, "gave up recording a published state; the store shows an older one until the next publish");
                     return;
                 }
             }

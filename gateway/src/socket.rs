@@ -115,15 +115,7 @@ impl AsyncRead for DeviceSocket {
         let before = buf.filled().len();
         let polled = match &mut this.read {
             ReadSide::Plain(read) => Pin::new(read).poll_read(cx, buf),
-            ReadSide::Tls(session) => {
-                let polled = session.poll_read(cx, buf);
-                // Records the session queued while reading (a key update's answer, an alert)
-                // that the socket did not take: the task writes them, not the next state.
-                if session.has_pending_records() {
-                    this.mailbox.wake_task();
-                }
-                polled
-            }
+            ReadSide::Tls(session) => session.poll_read(cx, buf, &this.mailbox),
         };
         let read = buf.filled().len() - before;
         if read > 0 {

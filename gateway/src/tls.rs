@@ -16,7 +16,7 @@ use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
-use ringside_broadcaster::SocketWrite;
+use ringside_broadcaster::{Mailbox, SocketWrite};
 use ringside_sync_util::LockExt;
 use rustls::ServerConnection;
 use tokio::io::ReadBuf;
@@ -50,12 +50,6 @@ impl Write for Nonblocking<'_> {
 }
 
 impl TlsSession {
-    /// Whether records wait for the socket (ones the read side queued, such as a key update's
-    /// answer, included): the mailbox's task writes them.
-    pub(crate) fn has_pending_records(&self) -> bool {
-        self.tls.locked().wants_write()
-    }
-
     pub(crate) fn new(tcp: TcpStream, tls: ServerConnection) -> Arc<Self> {
         Arc::new(Self {
             tcp,
@@ -78,10 +72,13 @@ impl TlsSession {
     }
 
     /// Reads decrypted bytes into `buf`; nothing read means the device closed the connection.
+    /// Records the session answers with by itself (an alert, a key update) that the socket does
+    /// not take at once are left to `mailbox`'s task, which this wakes.
     pub(crate) fn poll_read(
         &self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
+        mailbox: &Mailbox,
     ) -> Poll<io::Result<()>> {
         loop {
             let mut tls = self.tls.locked();
@@ -109,9 +106,10 @@ impl TlsSession {
                 Err(error) => return Poll::Ready(Err(error)),
             }
             let processed = tls.process_new_packets();
-            // What the session answers by itself (an alert, a key update) goes out if the
-            // socket takes it; the rest leaves with the next write.
             let written = self.write_records(&mut tls);
+            if let Ok(false) = written {
+                mailbox.wake_task();
+            }
             if let Err(error) = processed {
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, error)));
             }
@@ -167,7 +165,7 @@ impl SocketWrite for TlsWriter {
     }
 
     fn pending(&self) -> bool {
-        self.session.has_pending_records()
+        self.session.tls.locked().wants_write()
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

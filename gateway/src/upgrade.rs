@@ -166,24 +166,21 @@ async fn open(
     // writes to it directly. Frames the device sent right behind its upgrade request were read
     // with the request; they are copied out, so that the HTTP read buffer they sit in is freed
     // now.
-    let (mut socket, mailbox, early_frames) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let stream = parts.io.into_inner();
-            limit_send_buffer(&stream, send_buffer_bytes);
-            let (socket, mailbox) = DeviceSocket::new(stream, backlog_limit, gateway);
-            (socket, mailbox, parts.read_buf.to_vec())
-        }
+    let (stream, tls, early_frames) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => (parts.io.into_inner(), None, parts.read_buf.to_vec()),
         Err(upgraded) => {
             let Ok(parts) = upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() else {
                 tracing::error!("upgraded connection is neither TCP nor TLS over TCP; closed");
                 return None;
             };
             let (stream, tls) = parts.io.into_inner().into_inner();
-            limit_send_buffer(&stream, send_buffer_bytes);
-            let session = TlsSession::new(stream, tls);
-            let (socket, mailbox) = DeviceSocket::tls(session, backlog_limit, gateway);
-            (socket, mailbox, parts.read_buf.to_vec())
+            (stream, Some(tls), parts.read_buf.to_vec())
         }
+    };
+    limit_send_buffer(&stream, send_buffer_bytes);
+    let (mut socket, mailbox) = match tls {
+        None => DeviceSocket::new(stream, backlog_limit, gateway),
+        Some(tls) => DeviceSocket::tls(TlsSession::new(stream, tls), backlog_limit, gateway),
     };
     socket.charge_inbound(early_frames.len());
     let socket =

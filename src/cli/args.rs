@@ -366,26 +366,25 @@ impl SecretArgs {
 
     /// Configured secrets, else the development ones.
     pub(crate) fn resolve(&self) -> anyhow::Result<Secrets> {
-        let (device_token_secret, admin_token) = self.configured()?;
-        if let (Some(device_token_secret), Some(admin_token)) =
-            (device_token_secret.clone(), admin_token.clone())
-        {
-            return Ok(Secrets {
-                device_token_secret,
-                admin_token,
-                rotation: secrets::KeyRotation::from_env()?,
-            });
-        }
-        let development = secrets::development(&self.state_dir())?.with_context(|| {
-            format!(
-                "no secrets: set RINGSIDE_DEVICE_TOKEN_SECRET and RINGSIDE_ADMIN_TOKEN, or run \
-                 `ringside serve` once in development mode to create {}",
-                self.state_dir().join("dev-secrets.json").display()
-            )
-        })?;
+        let (device_token_secret, admin_token) = match self.configured()? {
+            (Some(device_token_secret), Some(admin_token)) => (device_token_secret, admin_token),
+            (device_token_secret, admin_token) => {
+                let development = secrets::development(&self.state_dir())?.with_context(|| {
+                    format!(
+                        "no secrets: set RINGSIDE_DEVICE_TOKEN_SECRET and RINGSIDE_ADMIN_TOKEN, \
+                         or run `ringside serve` once in development mode to create {}",
+                        self.state_dir().join("dev-secrets.json").display()
+                    )
+                })?;
+                (
+                    device_token_secret.unwrap_or(development.device_token_secret),
+                    admin_token.unwrap_or(development.admin_token),
+                )
+            }
+        };
         Ok(Secrets {
-            device_token_secret: device_token_secret.unwrap_or(development.device_token_secret),
-            admin_token: admin_token.unwrap_or(development.admin_token),
+            device_token_secret,
+            admin_token,
             rotation: secrets::KeyRotation::from_env()?,
         })
     }

@@ -433,6 +433,34 @@ fn a_device_secret_rotates_without_refusing_tokens_until_the_old_one_is_removed(
     });
 }
 
+/// Development mode reads the key id as the CLI does: a kid set in a development shell signs
+/// `ringside token`'s tokens, and the development server accepts them (before, the server
+/// ignored it and refused every such token as naming an unknown key).
+#[test]
+fn a_development_server_and_the_cli_agree_on_the_key_id() {
+    let state = StateDir::new("dev-kid");
+    let kid = [("RINGSIDE_DEVICE_TOKEN_KID", "dev-1")];
+    let (server, _) = serve_with(&state, &kid);
+    let mut mint = ringside(
+        &state,
+        &["token", "--device", "tv-k", "--profile", "p000001"],
+    );
+    let token = run_ok(mint.envs(kid)).trim().to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answer = runtime.block_on(ringside_client::http::call(
+        &server.base,
+        "POST",
+        "/graphql",
+        &[("authorization", &format!("Bearer {token}"))],
+        Some(br#"{"query":"{ prefetch { profileId } }"}"#.to_vec()),
+    ));
+    let answer = answer.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
 #[test]
 fn production_mode_refuses_to_start_without_secrets() {
     let state = StateDir::new("prod");

@@ -120,12 +120,7 @@ async fn one_instance_at_a_time_holds_an_events_publish_lock() {
 #[tokio::test]
 async fn a_restarted_node_on_redis_keeps_its_events_and_serves_exact_catch_up() {
     let keys = RedisKeys::new("restart");
-    let on_redis = |setup: &mut ringside::server::PrefetchSetup| {
-        setup.store = ringside::content::StoreSetup::Redis {
-            url: keys.url.clone(),
-            prefix: keys.prefix.clone(),
-        };
-    };
+    let on_redis = |setup: &mut ringside::server::PrefetchSetup| setup.store = keys.store();
     let first = TestServer::start_with_prefetch(on_redis).await;
     let id = first.create_event("survivor").await;
     let receipt = first.publish(&id, "LIVE", r#"{"kept":true}"#).await;
@@ -361,12 +356,7 @@ async fn a_lost_version_counter_is_reseeded_from_the_newest_state() {
 #[tokio::test]
 async fn a_lost_counter_and_state_are_reseeded_from_what_the_nodes_hold() {
     let keys = RedisKeys::new("reseed-nodes");
-    let on_redis = |setup: &mut ringside::server::PrefetchSetup| {
-        setup.store = ringside::content::StoreSetup::Redis {
-            url: keys.url.clone(),
-            prefix: keys.prefix.clone(),
-        };
-    };
+    let on_redis = |setup: &mut ringside::server::PrefetchSetup| setup.store = keys.store();
     let server = TestServer::start_with_prefetch(on_redis).await;
     let id = server.create_event("lost-everything").await;
     let mut device = server.device().await;

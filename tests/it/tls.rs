@@ -151,12 +151,11 @@ async fn a_node_keeps_its_events_in_a_redis_over_tls() {
     let (files, _) = leaf("redis");
     let redis = OwnRedis::start_tls(&files);
     let url = format!("rediss://127.0.0.1:{}/0", redis.port);
-    let on_redis = |setup: &mut ringside::server::PrefetchSetup| {
-        setup.store = ringside::content::StoreSetup::Redis {
-            url: url.clone(),
-            prefix: "tls-test:".into(),
-        };
+    let keys = RedisKeys {
+        url: url.clone(),
+        prefix: "tls-test:".into(),
     };
+    let on_redis = |setup: &mut ringside::server::PrefetchSetup| setup.store = keys.store();
     let first = TestServer::start_with_prefetch(on_redis).await;
     let id = first.create_event("over-rediss").await;
     let receipt = first.publish(&id, "LIVE", r#"{"kept":"tls"}"#).await;

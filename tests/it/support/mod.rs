@@ -335,6 +335,14 @@ pub struct RedisKeys {
 }
 
 impl RedisKeys {
+    /// A node's store in these keys.
+    pub fn store(&self) -> ringside::content::StoreSetup {
+        ringside::content::StoreSetup::Redis {
+            url: self.url.clone(),
+            prefix: self.prefix.clone(),
+        }
+    }
+
     pub fn new(test: &str) -> Self {
         Self {
             url: "redis://127.0.0.1:6379/0".into(),
