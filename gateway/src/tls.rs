@@ -122,6 +122,10 @@ impl TlsSession {
 #[derive(Debug)]
 pub(crate) struct TlsWriter {
     session: Arc<TlsSession>,
+    /// Records this writer's last write left for the socket: what [`SocketWrite::pending`]
+    /// answers without taking the session's lock again (records the read side queues wake the
+    /// task by themselves).
+    records_waiting: bool,
     /// The close_notify alert is queued.
     closing: bool,
 }
@@ -130,6 +134,7 @@ impl TlsWriter {
     pub(crate) fn new(session: Arc<TlsSession>) -> Self {
         Self {
             session,
+            records_waiting: false,
             closing: false,
         }
     }
@@ -140,6 +145,7 @@ impl SocketWrite for TlsWriter {
         let session = &*self.session;
         let mut tls = session.tls.locked();
         if !session.write_records(&mut tls)? {
+            self.records_waiting = true;
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let taken = tls.writer().write(bytes)?;
@@ -149,7 +155,7 @@ impl SocketWrite for TlsWriter {
             return Err(io::ErrorKind::WriteZero.into());
         }
         // Records the socket does not take now stay pending, for the task to write.
-        session.write_records(&mut tls)?;
+        self.records_waiting = !session.write_records(&mut tls)?;
         Ok(taken)
     }
 
@@ -165,13 +171,15 @@ impl SocketWrite for TlsWriter {
     }
 
     fn pending(&self) -> bool {
-        self.session.tls.locked().wants_write()
+        self.records_waiting
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             let session = &*self.session;
-            if session.write_records(&mut session.tls.locked())? {
+            let all_out = session.write_records(&mut session.tls.locked())?;
+            self.records_waiting = !all_out;
+            if all_out {
                 return Poll::Ready(Ok(()));
             }
             ready!(session.tcp.poll_write_ready(cx))?;
